@@ -1,0 +1,248 @@
+"""
+The one-command local cluster: C{sns-cluster} (and C{twistd -n sns-cluster}).
+
+Starts a router and N VMs as real C{twistd} processes on loopback addresses
+(VM i listens on 127.0.0.(i+1)), with all data and logs under one directory;
+prints the router's address and a ready line once every VM has a master
+registered; stops every process it started on Ctrl-C or SIGTERM, waiting for
+each to exit (TERM, then KILL after L{ClusterService.killTime}).
+"""
+
+import os
+import secrets
+import signal
+import socket
+import sys
+
+from twisted.application.service import MultiService
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+from twisted.python import usage
+
+from snstwist import grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+
+log = Logger()
+
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
+def freePort(host):
+    """A port free on C{host} right now (for the router, whose address clients need)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def vmHost(index):
+    return "127.0.0.%d" % (index + 2,)
+
+
+def twistdArgs(logfile, *args):
+    return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=" + logfile] + list(args)
+
+
+class ChildProtocol(protocol.ProcessProtocol):
+    """Watches one child: forwards what it prints, and tells when it ended."""
+
+    def __init__(self, name):
+        self.name = name
+        self.ended = defer.Deferred()
+        self.pid = None
+
+    def connectionMade(self):
+        self.pid = self.transport.pid
+
+    def outReceived(self, data):
+        for line in data.decode("utf-8", "replace").splitlines():
+            log.info("{name}: {line}", name=self.name, line=line)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        log.info("{name} (pid {pid}) ended: {why}", name=self.name, pid=self.pid,
+                 why=reason.getErrorMessage())
+        self.ended.callback(reason.value)
+
+
+class ClusterService(MultiService):
+    killTime = 5.0
+    readyTimeout = 30.0
+
+    def __init__(self, base, vms=3, routerListen="127.0.0.1:3410", secret=None,
+                 reactor=None, out=None):
+        MultiService.__init__(self)
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.base = os.path.abspath(base)
+        self.vms = vms
+        host, port = routerListen.rsplit(":", 1)
+        if int(port) == 0:
+            port = freePort(host)
+        self.router = "%s:%s" % (host, port)
+        self.secret = secret or secrets.token_hex(16)
+        self.out = out or self._print
+        self.children = {}
+        self.whenReady = defer.Deferred()
+        self.stopping = False
+
+    @classmethod
+    def fromOptions(cls, options):
+        return cls(options["dir"], options["vms"], options["router"],
+                   options.secretOrNone())
+
+    @staticmethod
+    def _print(line):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def _spawn(self, name, args):
+        child = ChildProtocol(name)
+        env = dict(os.environ, SNS_SECRET=self.secret, GRPC_ENABLE_FORK_SUPPORT="0",
+                   GRPC_VERBOSITY=os.environ.get("GRPC_VERBOSITY", "ERROR"))
+        self.reactor.spawnProcess(child, sys.executable, args, env=env)
+        self.children[name] = child
+        child.ended.addCallback(self._childEnded, name)
+        return child
+
+    def _childEnded(self, reason, name):
+        if not self.stopping and not self.whenReady.called:
+            self.whenReady.errback(RuntimeError("%s exited during start-up: see %s"
+                                                % (name, self.base)))
+
+    def startService(self):
+        MultiService.startService(self)
+        os.makedirs(self.base, exist_ok=True)
+        self._spawn("router", twistdArgs(
+            os.path.join(self.base, "router.log"), "sns-router", "--listen", self.router))
+        for i in range(self.vms):
+            vm = "vm%d" % (i + 1,)
+            vmdir = os.path.join(self.base, vm)
+            os.makedirs(vmdir, exist_ok=True)
+            self._spawn(vm, twistdArgs(
+                os.path.join(vmdir, "server.log"), "sns-server",
+                "--router", self.router, "--vm", vm, "--listen", vmHost(i) + ":0",
+                "--data", os.path.join(vmdir, "data")))
+        self.out("sns-cluster: router at %s, %d VMs, data and logs in %s"
+                 % (self.router, self.vms, self.base))
+        d = defer.ensureDeferred(self._waitReady())
+        d.addCallbacks(self._ready, self._notReady)
+
+    async def _waitReady(self):
+        channel = grpcbridge.channel(self.router)
+        stub = pbg.RouterStub(channel)
+        deadline = self.reactor.seconds() + self.readyTimeout
+        try:
+            while not self.whenReady.called:
+                try:
+                    status = await grpcbridge.call(stub.Status, pb.StatusRequest(), timeout=1)
+                except Exception:
+                    status = None
+                if status is not None:
+                    masters = {s.vm: s.address for s in status.servers if s.role == pb.MASTER}
+                    if len(masters) >= self.vms:
+                        return masters
+                if self.reactor.seconds() > deadline:
+                    raise RuntimeError("the cluster was not ready within %ds"
+                                       % (self.readyTimeout,))
+                await deferLater(self.reactor, 0.1)
+        finally:
+            await grpcbridge.closeChannel(channel)
+        return await self.whenReady
+
+    def _ready(self, masters):
+        if not self.whenReady.called:
+            self.whenReady.callback(masters)
+        self.out("sns-cluster ready: router %s; %s" % (
+            self.router, ", ".join("%s %s" % kv for kv in sorted(masters.items()))))
+
+    def _notReady(self, failure):
+        if not self.whenReady.called:
+            self.whenReady.errback(failure)
+        self.out("sns-cluster failed: %s" % (failure.getErrorMessage(),))
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self):
+        self.stopping = True
+        MultiService.stopService(self)
+        return defer.gatherResults([self._stopChild(c) for c in self.children.values()],
+                                   consumeErrors=True)
+
+    def _stopChild(self, child):
+        if child.ended.called:
+            return defer.succeed(None)
+        self._signal(child, signal.SIGTERM)
+        kill = self.reactor.callLater(self.killTime, self._signal, child, signal.SIGKILL)
+        done = defer.Deferred()
+
+        def ended(result):
+            if kill.active():
+                kill.cancel()
+            done.callback(None)
+            return result
+
+        child.ended.addBoth(ended)
+        return done
+
+    def _signal(self, child, signum):
+        try:
+            child.transport.signalProcess(signum)
+        except error.ProcessExitedAlready:
+            pass
+
+
+def deferLater(clock, seconds):
+    from twisted.internet.task import deferLater as later
+    return later(clock, seconds, lambda: None)
+
+
+class ClusterOptions(usage.Options):
+    synopsis = "[--vms N] [--dir DIR] [--router HOST:PORT]"
+    optParameters = [
+        ["vms", "n", 3, "Number of VMs (server pairs).", int],
+        ["dir", "d", "sns-cluster", "Directory for every VM's data and the logs."],
+        ["router", "r", "127.0.0.1:3410", "Router address (port 0: any free port)."],
+        ["secret-file", None, None,
+         "File holding the cluster's shared secret (default: $SNS_SECRET, else random)."],
+    ]
+
+    def postOptions(self):
+        from snstwist.tap import installReactor, parseAddress
+        if not 1 <= self["vms"] <= 200:
+            raise usage.UsageError("--vms must be between 1 and 200")
+        self["router"] = parseAddress(self["router"], "--router")
+        installReactor()
+
+    def secretOrNone(self):
+        if self["secret-file"]:
+            with open(self["secret-file"]) as f:
+                return f.read().strip()
+        return os.environ.get("SNS_SECRET")
+
+
+def main(argv=None):
+    """The C{sns-cluster} command."""
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    options = ClusterOptions()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.stderr.write("%s\nsns-cluster: %s\n" % (options, e))
+        return 2
+    from twisted.internet import reactor
+
+    service = ClusterService.fromOptions(options)
+    os.makedirs(service.base, exist_ok=True)
+    logfile = open(os.path.join(service.base, "cluster.log"), "a")
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(logfile)],
+                                     redirectStandardIO=False)
+    failed = []
+    service.whenReady.addErrback(lambda f: failed.append(f))
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 1 if failed else 0

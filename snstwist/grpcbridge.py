@@ -1,0 +1,355 @@
+"""
+The only place where ``grpc.aio`` meets Twisted.
+
+grpc's asyncio API runs on the asyncio event loop that Twisted's asyncio
+reactor drives, so both share one thread and one loop.  This module converts
+at the boundary:
+
+- outgoing unary calls come back as Deferreds (L{call});
+- outgoing and incoming bidirectional streams are presented to Twisted code as
+  a L{Stream} transport plus a protocol object with C{makeConnection},
+  C{messageReceived} and C{connectionLost}, like any Twisted protocol;
+- servicer methods are plain functions that may return Deferreds
+  (L{Servicer}); domain errors become gRPC statuses through L{errors}.
+
+Nothing here blocks, and nothing above this module touches an asyncio future
+or a grpc call object.
+"""
+
+import asyncio
+import os
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from snstwist import errors
+
+log = Logger()
+
+# Messages are small; a bound keeps a bad peer from making us buffer megabytes.
+MAX_MESSAGE_BYTES = 1 << 20
+
+SECRET_METADATA = "x-sns-secret"
+SESSION_METADATA = "x-sns-session"
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # A respawned server is reached within tens of milliseconds instead of
+    # the default one-second reconnect backoff.
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.min_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.enable_retries", 0),
+]
+
+_SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Without this a second server binds the same port and steals half of
+    # the connections.
+    ("grpc.so_reuseport", 0),
+]
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+
+def _mapCancel(failure):
+    failure.trap(asyncio.CancelledError)
+    return Failure(defer.CancelledError())
+
+
+def deferredFromAwaitable(awaitable):
+    """
+    Run an awaitable on the shared loop and return a Deferred of its result.
+
+    Cancelling the Deferred cancels the task (and so the RPC), and an
+    C{asyncio.CancelledError} arrives as L{defer.CancelledError}, so that
+    C{addTimeout} reports a C{TimeoutError} as usual.
+    """
+    d = defer.Deferred.fromFuture(asyncio.ensure_future(awaitable))
+    d.addErrback(_mapCancel)
+    return d
+
+
+async def awaitDeferred(d):
+    """Await a Deferred from inside a grpc.aio coroutine."""
+    return await d.asFuture(asyncio.get_running_loop())
+
+
+def channel(address):
+    """An insecure channel to C{address} with our bounds and quick reconnects."""
+    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+
+
+def closeChannel(ch):
+    """Close a channel; the Deferred fires when it is closed."""
+    return deferredFromAwaitable(ch.close(None))
+
+
+def call(method, request, timeout=None, metadata=None):
+    """
+    Make a unary call.  The Deferred fires with the reply, or fails with
+    L{grpc.aio.AioRpcError}.
+    """
+    return deferredFromAwaitable(method(request, timeout=timeout, metadata=metadata))
+
+
+def statusOf(failure):
+    """The gRPC status code of a failed call, or None if it was not an RPC error."""
+    if failure.check(grpc.aio.AioRpcError):
+        return failure.value.code()
+    return None
+
+
+_END = object()
+
+
+class Stream:
+    """
+    Our side of one bidirectional stream: a bounded outgoing queue.
+
+    C{send} never blocks.  When more than C{maxQueue} messages are waiting
+    for a slow peer, the stream is aborted (the peer is cut off rather than
+    allowed to grow our memory) and C{send} returns False.
+    """
+
+    def __init__(self, maxQueue=1000):
+        self._queue = asyncio.Queue()
+        self._maxQueue = maxQueue
+        self._ended = False
+        self._abort = None
+        self.metadata = {}
+        self.peer = None
+
+    def send(self, message):
+        if self._ended:
+            return False
+        if self._queue.qsize() >= self._maxQueue:
+            log.warn("cutting off slow peer {peer}: {n} messages queued",
+                     peer=self.peer, n=self._queue.qsize())
+            self.abort()
+            return False
+        self._queue.put_nowait(message)
+        return True
+
+    def close(self):
+        """Finish our side once everything queued has been sent."""
+        if not self._ended:
+            self._ended = True
+            self._queue.put_nowait(_END)
+
+    def abort(self):
+        """Tear the stream down now, dropping anything queued."""
+        self._ended = True
+        if self._abort is not None:
+            self._abort()
+
+    @property
+    def pending(self):
+        return self._queue.qsize()
+
+    async def _outgoing(self):
+        while True:
+            message = await self._queue.get()
+            if message is _END:
+                return
+            yield message
+
+
+async def _pump(messages, protocol):
+    async for message in messages:
+        protocol.messageReceived(message)
+
+
+def _lost(protocol, reason):
+    try:
+        protocol.connectionLost(reason)
+    except Exception:
+        log.failure("connectionLost raised")
+
+
+def openStream(method, protocol, metadata=None, maxQueue=1000):
+    """
+    Open a client-side bidi stream with C{method} (a stub's multicallable) and
+    connect C{protocol} to it.  C{protocol.connectionLost(reason)} is called
+    exactly once: with None when the server ended the stream cleanly, or with
+    a Failure (L{grpc.aio.AioRpcError}, L{defer.CancelledError}).
+    """
+    stream = Stream(maxQueue)
+    grpcCall = method(stream._outgoing(), metadata=metadata)
+
+    async def run():
+        reason = None
+        try:
+            await _pump(grpcCall, protocol)
+        except asyncio.CancelledError:
+            reason = Failure(defer.CancelledError())
+        except BaseException:
+            reason = Failure()
+        finally:
+            stream._ended = True
+            grpcCall.cancel()
+            _lost(protocol, reason)
+
+    task = asyncio.ensure_future(run())
+    stream._abort = task.cancel
+    protocol.makeConnection(stream)
+    return stream
+
+
+class CallContext:
+    """What a servicer function may know of its call: metadata and peer."""
+
+    def __init__(self, context):
+        self._context = context
+        self.metadata = dict(context.invocation_metadata() or ())
+        self.peer = context.peer()
+
+
+def _abortWith(context, exc):
+    code, message = errors.statusFor(exc)
+    return context.abort(code, message)
+
+
+def _unaryHandler(function):
+    async def handler(request, context):
+        ctx = CallContext(context)
+        try:
+            result = await awaitDeferred(defer.maybeDeferred(function, request, ctx))
+        except errors.SNSError as e:
+            await _abortWith(context, e)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.failure("unexpected error in {name}", name=function.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        return result
+
+    return handler
+
+
+def _streamHandler(factory, openStreams, maxQueue):
+    async def handler(requests, context):
+        ctx = CallContext(context)
+        stream = Stream(maxQueue)
+        stream.metadata = ctx.metadata
+        stream.peer = ctx.peer
+        try:
+            protocol = factory(ctx)
+        except errors.SNSError as e:
+            await _abortWith(context, e)
+            return
+        reader = None
+        reason = None
+        me = asyncio.current_task()
+        stream._abort = me.cancel
+        openStreams.add(stream)
+        try:
+            protocol.makeConnection(stream)
+
+            async def read():
+                try:
+                    await _pump(requests, protocol)
+                finally:
+                    # The client finished (or broke) its side: end ours.
+                    stream.close()
+
+            reader = asyncio.ensure_future(read())
+            async for message in stream._outgoing():
+                yield message
+            if reader.done() and not reader.cancelled() and reader.exception():
+                reason = Failure(reader.exception())
+        except asyncio.CancelledError:
+            reason = Failure(defer.CancelledError())
+            raise
+        except BaseException:
+            reason = Failure()
+            raise
+        finally:
+            openStreams.discard(stream)
+            stream._ended = True
+            if reader is not None:
+                reader.cancel()
+            _lost(protocol, reason)
+
+    return handler
+
+
+class Servicer:
+    """
+    A grpc.aio servicer built from Twisted-side functions.
+
+    C{unary} maps method names to C{function(request, callContext)} returning
+    a reply or a Deferred of one; C{streams} maps bidi method names to
+    C{factory(callContext)} returning a stream protocol.  Either may raise
+    L{errors.SNSError}, which is answered with its gRPC status.
+    """
+
+    def __init__(self, unary=None, streams=None, openStreams=None, maxQueue=1000):
+        self.openStreams = openStreams if openStreams is not None else set()
+        for name, function in (unary or {}).items():
+            setattr(self, name, _unaryHandler(function))
+        for name, factory in (streams or {}).items():
+            setattr(self, name, _streamHandler(factory, self.openStreams, maxQueue))
+
+
+class GrpcServerService(Service):
+    """
+    Serve gRPC on C{listen} while this service runs.
+
+    C{register(server, openStreams)} adds the servicers.  The gRPC server is
+    created in C{startService}, never earlier: twistd may fork to daemonize
+    after makeService, and a fork after gRPC's threads exist leaves a server
+    that accepts but never answers.
+    """
+
+    grace = 1.0
+
+    def __init__(self, listen, register, name="grpc"):
+        self.listen = listen
+        self.register = register
+        self.name = name
+        self.port = None
+        self.server = None
+        self.openStreams = set()
+        self.health = None
+
+    @property
+    def address(self):
+        host = self.listen.rsplit(":", 1)[0]
+        return "%s:%d" % (host, self.port)
+
+    def startService(self):
+        Service.startService(self)
+        self.server = grpc.aio.server(options=_SERVER_OPTIONS)
+        self.register(self.server, self.openStreams)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(self.listen)
+        self.started = deferredFromAwaitable(self.server.start())
+        self.started.addCallback(lambda _: self.setHealth(True))
+        self.started.addErrback(lambda f: log.failure("gRPC server failed to start", f))
+        log.info("gRPC listening on {address}", address=self.address)
+
+    def setHealth(self, serving):
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        return deferredFromAwaitable(self.health.set("", status))
+
+    def stopService(self):
+        Service.stopService(self)
+        # Open bidi streams would hold the stop for the whole grace period:
+        # end them first.
+        for stream in list(self.openStreams):
+            stream.close()
+        server, self.server = self.server, None
+        if server is None:
+            return None
+        return deferredFromAwaitable(server.stop(self.grace))

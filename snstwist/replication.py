@@ -1,0 +1,435 @@
+"""
+Replication between VMs: clocks, the VM's node, and C{BroadcastPosts}.
+
+A L{Node} is one VM's copy of the data: it accepts local writes (giving each
+a globally unique id and a hybrid logical clock timestamp), applies writes
+received from peers, and makes both durable through its L{store.IStore}.
+
+The L{Replicator} keeps one outbound C{BroadcastPosts} stream to the master
+of every other VM.  On that stream the receiver first says which updates it
+holds (a version vector); the sender answers with everything the receiver
+lacks (from any origin: this is the catch-up of a VM that was away), then
+pushes each new local write as it happens.  The receiver acknowledges ids
+once they are durable on its disk, which is what lets a write be
+acknowledged to a client only when two VMs hold it.  The receiver repeats its
+version vector every L{ANTI_ENTROPY} seconds, so anything lost in flight is
+sent again; applying an update twice is harmless.
+"""
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from snstwist import auth, errors, grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+from snstwist.model import FollowChange, Post, Update, updateId
+from snstwist.state import Replica, VersionVector
+
+log = Logger()
+
+ANTI_ENTROPY = 1.0
+LINK_TIMEOUT = 3 * ANTI_ENTROPY
+ACK_TIMEOUT = 2.0
+BATCH = 100
+
+
+class HybridClock:
+    """
+    Microsecond timestamps that never go backwards and exceed every timestamp
+    observed from peers: physical time when the clocks agree, a logical bump
+    when they do not.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.last = 0
+
+    def now(self):
+        self.last = max(int(self.clock.seconds() * 1e6), self.last + 1)
+        return self.last
+
+    def observe(self, time_us):
+        self.last = max(self.last, time_us)
+
+
+class Node:
+    """
+    One VM's replica: the in-memory state, its durable store, and the rules
+    for accepting writes.  C{onDurable(updates)} is called with every batch of
+    new updates once it is on disk (to push posts to live sessions).
+    """
+
+    def __init__(self, vm, origin, store, clock, onDurable=lambda updates: None):
+        self.vm = vm
+        self.origin = origin
+        self.store = store
+        self.hlc = HybridClock(clock)
+        self.replica = Replica()
+        self.onDurable = onDurable
+        self.seq = 0
+        self._durable = {}  # update id -> Deferred of its pending flush
+
+    def load(self):
+        def loaded(updates):
+            for u in updates:
+                self.replica.apply(u)
+                self.hlc.observe(u.time_us)
+            self.seq = self.replica.lastSeq(self.origin)
+            return updates
+
+        return self.store.open().addCallback(loaded)
+
+    def _new(self, requestId, **change):
+        self.seq += 1
+        time_us = self.hlc.now()
+        if "post" in change:
+            change["post"] = Post(id=updateId(self.origin, self.seq), time_us=time_us,
+                                  **change["post"])
+        return Update(origin=self.origin, seq=self.seq, time_us=time_us,
+                      request_id=requestId, **change)
+
+    def accept(self, requestId="", **change):
+        """
+        Accept one local write (C{user=}, C{post=dict(author, text)} or
+        C{follow=FollowChange}).  Returns the update; C{durable(update)} gives
+        the Deferred of its local flush.
+        """
+        update = self._new(requestId, **change)
+        self.replica.apply(update)
+        self._persist([update])
+        return update
+
+    def _persist(self, updates):
+        ids = [u.id for u in updates]
+        for i in ids:
+            self._durable[i] = []
+
+        def finished(result):
+            failed = isinstance(result, Failure)
+            for i in ids:
+                for observer in self._durable.pop(i, ()):
+                    observer.errback(result) if failed else observer.callback(None)
+            if failed:
+                log.failure("storing {n} updates failed", result, n=len(updates))
+            else:
+                self.onDurable(updates)
+
+        self.store.persist(updates).addBoth(finished)
+
+    def durable(self, update):
+        """A Deferred that fires once C{update} is on this VM's disk."""
+        observers = self._durable.get(update.id)
+        if observers is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        observers.append(d)
+        return d
+
+    def receive(self, updates):
+        """Apply updates from a peer; the Deferred fires when all are durable."""
+        fresh = []
+        for u in updates:
+            self.hlc.observe(u.time_us)
+            if self.replica.apply(u):
+                fresh.append(u)
+        if fresh:
+            self._persist(fresh)
+        return defer.gatherResults([self.durable(u) for u in updates], consumeErrors=True)
+
+    # -- the domain rules of each write
+
+    def login(self, user):
+        """Create C{user} if new.  Returns the update, or None if it existed."""
+        if user in self.replica.users:
+            return None
+        return self.accept(user=user)
+
+    def follow(self, user, target, requestId):
+        self._checkTarget(user, target)
+        if self.replica.isFollowing(user, target):
+            raise errors.AlreadyFollowing("you already follow %s" % (target,))
+        return self.accept(requestId, follow=FollowChange(user, target, True))
+
+    def unfollow(self, user, target, requestId):
+        self._checkTarget(user, target)
+        if not self.replica.isFollowing(user, target):
+            raise errors.NotFollowing("you do not follow %s" % (target,))
+        return self.accept(requestId, follow=FollowChange(user, target, False))
+
+    def post(self, user, text, requestId):
+        return self.accept(requestId, post=dict(author=user, text=text))
+
+    def _checkTarget(self, user, target):
+        if target == user:
+            raise errors.FollowSelf()
+        if target not in self.replica.users:
+            raise errors.UnknownUser("user %s does not exist" % (target,))
+
+
+@attrs.define
+class _Waiter:
+    deferred: defer.Deferred
+    prefer: str | None
+    acked: set = attrs.field(factory=set)
+    timeout: object = None
+
+
+class PeerLink:
+    """
+    Our outbound C{BroadcastPosts} stream to the master of one other VM, kept
+    open (reconnecting with backoff) until L{stop}.
+    """
+
+    minDelay = 0.05
+    maxDelay = 2.0
+
+    def __init__(self, replicator, vm, address):
+        self.replicator = replicator
+        self.vm = vm
+        self.address = address
+        self.channel = None
+        self.stream = None
+        self.synced = False
+        self.inflight = {}
+        self.queue = []
+        self.stopped = False
+        self.delay = self.minDelay
+        self.retry = None
+        self.lastHeard = 0
+        self.watch = None
+
+    @property
+    def clock(self):
+        return self.replicator.clock
+
+    def start(self):
+        self.channel = grpcbridge.channel(self.address)
+        self._connect()
+
+    def _connect(self):
+        self.retry = None
+        if self.stopped:
+            return
+        stub = pbg.ClusterStub(self.channel)
+        grpcbridge.openStream(stub.BroadcastPosts, self,
+                              metadata=auth.secretMetadata(self.replicator.secret),
+                              maxQueue=10000)
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        self.lastHeard = self.clock.seconds()
+        stream.send(pb.ReplicationMessage(hello=pb.ReplicaHello(
+            vm=self.replicator.node.vm, origin=self.replicator.node.origin)))
+        self.watch = self.clock.callLater(LINK_TIMEOUT, self._checkAlive)
+
+    def _checkAlive(self):
+        self.watch = None
+        silent = self.clock.seconds() - self.lastHeard
+        if silent > LINK_TIMEOUT:
+            log.warn("peer {vm} at {address} silent for {s:.1f}s: reconnecting",
+                     vm=self.vm, address=self.address, s=silent)
+            self.stream.abort()
+            return
+        self.stream.send(pb.ReplicationMessage(heartbeat=pb.Heartbeat()))
+        self.watch = self.clock.callLater(ANTI_ENTROPY, self._checkAlive)
+
+    def messageReceived(self, message):
+        self.lastHeard = self.clock.seconds()
+        kind = message.WhichOneof("kind")
+        if kind == "hello":
+            if not self.synced:
+                log.info("replicating to {vm} at {address}", vm=self.vm, address=self.address)
+                self.delay = self.minDelay
+            self.synced = True
+            self._catchUp(VersionVector.fromProto(message.hello.have))
+        elif kind == "ack":
+            for i in message.ack.ids:
+                self.inflight.pop(i, None)
+                self.replicator.acked(self.vm, i)
+
+    def _catchUp(self, remote):
+        now = self.clock.seconds()
+        missing = [u for u in self.replicator.node.replica.missing(remote)
+                   if now - self.inflight.get(u.id, -ACK_TIMEOUT) >= ACK_TIMEOUT]
+        if missing:
+            log.debug("sending {n} missing updates to {vm}", n=len(missing), vm=self.vm)
+            self.send(missing)
+
+    def send(self, updates):
+        if not self.synced:
+            return
+        now = self.clock.seconds()
+        for start in range(0, len(updates), BATCH):
+            chunk = updates[start:start + BATCH]
+            for u in chunk:
+                self.inflight[u.id] = now
+            self.stream.send(pb.ReplicationMessage(
+                updates=pb.UpdateBatch(updates=[u.toProto() for u in chunk])))
+
+    def connectionLost(self, reason):
+        self.synced = False
+        self.stream = None
+        self.inflight.clear()
+        if self.watch is not None and self.watch.active():
+            self.watch.cancel()
+        self.watch = None
+        if self.stopped:
+            return
+        log.info("replication stream to {vm} at {address} lost ({why}); retrying in {d:.2f}s",
+                 vm=self.vm, address=self.address, d=self.delay,
+                 why=reason.getErrorMessage() if reason else "ended")
+        self.retry = self.clock.callLater(self.delay, self._connect)
+        self.delay = min(self.delay * 2, self.maxDelay)
+
+    def stop(self):
+        self.stopped = True
+        if self.retry is not None and self.retry.active():
+            self.retry.cancel()
+        if self.stream is not None:
+            self.stream.abort()
+        if self.channel is not None:
+            return grpcbridge.closeChannel(self.channel)
+        return defer.succeed(None)
+
+
+class Replicator:
+    """
+    Keeps a L{PeerLink} to the master of every other live VM and tells
+    writers when their update is durable on another VM.
+    """
+
+    def __init__(self, node, secret, clock):
+        self.node = node
+        self.secret = secret
+        self.clock = clock
+        self.links = {}
+        self.waiters = {}
+        self._outbox = []
+        self._flush = None
+
+    def setPeers(self, peers):
+        """C{peers}: {vm: address} of the other VMs' masters."""
+        for vm in list(self.links):
+            if peers.get(vm) != self.links[vm].address:
+                self.links.pop(vm).stop()
+        for vm, address in peers.items():
+            if vm != self.node.vm and vm not in self.links:
+                link = self.links[vm] = PeerLink(self, vm, address)
+                link.start()
+
+    def broadcast(self, update, prefer=None):
+        """
+        Push C{update} to every peer.  The Deferred fires with the number of
+        other VMs holding it durably: when C{prefer} has it (if C{prefer} is
+        a live peer), else when any peer has it, or after L{ACK_TIMEOUT}; 0
+        at once when no peer is connected.
+        """
+        synced = [vm for vm, link in self.links.items() if link.synced]
+        self._outbox.append(update)
+        if self._flush is None:
+            self._flush = self.clock.callLater(0, self._sendOutbox)
+        if not synced:
+            return defer.succeed(0)
+        d = defer.Deferred()
+        waiter = _Waiter(d, prefer if prefer in synced else None)
+        waiter.timeout = self.clock.callLater(ACK_TIMEOUT, self._expire, update.id)
+        self.waiters[update.id] = waiter
+        return d
+
+    def _sendOutbox(self):
+        self._flush = None
+        batch, self._outbox = self._outbox, []
+        for link in self.links.values():
+            link.send(batch)
+
+    def acked(self, vm, updateId):
+        waiter = self.waiters.get(updateId)
+        if waiter is None:
+            return
+        waiter.acked.add(vm)
+        if waiter.prefer is None or waiter.prefer == vm:
+            del self.waiters[updateId]
+            waiter.timeout.cancel()
+            waiter.deferred.callback(len(waiter.acked))
+
+    def _expire(self, updateId):
+        waiter = self.waiters.pop(updateId, None)
+        if waiter is not None:
+            waiter.deferred.callback(len(waiter.acked))
+
+    def stop(self):
+        for waiter in self.waiters.values():
+            waiter.timeout.cancel()
+            waiter.deferred.callback(len(waiter.acked))
+        self.waiters.clear()
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        links, self.links = self.links, {}
+        return defer.gatherResults([link.stop() for link in links.values()],
+                                   consumeErrors=True)
+
+    def lag(self):
+        return sum(len(link.inflight) for link in self.links.values())
+
+
+class ReplicaReceiver:
+    """
+    The receiving end of a peer's C{BroadcastPosts} stream: apply what comes,
+    acknowledge what is durable, and repeat our version vector so the peer
+    can fill any gap.
+    """
+
+    def __init__(self, node, clock):
+        self.node = node
+        self.clock = clock
+        self.stream = None
+        self.peerVm = None
+        self.timer = None
+        self.lastHeard = 0
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        self.lastHeard = self.clock.seconds()
+        self._hello()
+
+    def _hello(self):
+        self.timer = None
+        if self.stream is None:
+            return
+        if self.clock.seconds() - self.lastHeard > LINK_TIMEOUT:
+            log.warn("replication stream from {vm} silent: closing", vm=self.peerVm)
+            self.stream.abort()
+            return
+        self.stream.send(pb.ReplicationMessage(hello=pb.ReplicaHello(
+            vm=self.node.vm, origin=self.node.origin,
+            have=self.node.replica.seen.toProto())))
+        self.timer = self.clock.callLater(ANTI_ENTROPY, self._hello)
+
+    def messageReceived(self, message):
+        self.lastHeard = self.clock.seconds()
+        kind = message.WhichOneof("kind")
+        if kind == "hello":
+            self.peerVm = message.hello.vm
+        elif kind == "updates":
+            try:
+                updates = [Update.fromProto(u) for u in message.updates.updates]
+            except errors.SNSError as e:
+                log.warn("bad update from {vm}: {e}", vm=self.peerVm, e=e)
+                self.stream.abort()
+                return
+            ids = [u.id for u in updates]
+            d = self.node.receive(updates)
+            d.addCallback(self._ack, ids)
+            d.addErrback(lambda f: log.failure("storing replicated updates failed", f))
+
+    def _ack(self, _, ids):
+        if self.stream is not None:
+            self.stream.send(pb.ReplicationMessage(ack=pb.ReplicaAck(ids=ids)))
+
+    def connectionLost(self, reason):
+        self.stream = None
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None

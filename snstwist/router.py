@@ -1,0 +1,247 @@
+"""
+The router: which server processes are alive, on which VM, in which role.
+
+It holds soft state only.  Servers say hello on C{Bidirectional_r_and_s} and
+heartbeat on it; the router pushes the live membership back to every server
+(which is how masters find their peer VMs).  A server whose stream ends, or
+whose heartbeats stop for L{Registry.timeout} seconds, is deactivated and the
+others are told.  A restarted router rebuilds the same view from the
+re-registrations within one heartbeat.
+
+Clients ask C{Onetime_c_to_r} for two live masters on two different VMs,
+least loaded first.
+"""
+
+import attrs
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from snstwist import auth, errors
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+from snstwist.grpcbridge import GrpcServerService, Servicer
+
+log = Logger()
+
+HEARTBEAT = 0.5
+
+
+@attrs.frozen
+class ServerIdentity:
+    vm: str
+    role: int
+    address: str
+    pid: int
+    incarnation: str
+
+    @classmethod
+    def fromHello(cls, hello):
+        if not hello.vm or not hello.address or not hello.incarnation:
+            raise errors.InvalidRequest("hello needs vm, address and incarnation")
+        if hello.role not in (pb.MASTER, pb.SLAVE):
+            raise errors.InvalidRequest("hello needs a role")
+        return cls(hello.vm, hello.role, hello.address, hello.pid, hello.incarnation)
+
+
+@attrs.define
+class ServerRecord:
+    identity: ServerIdentity
+    link: object
+    since: float
+    lastSeen: float
+    clients: int = 0
+    updates: int = 0
+    pending: int = 0
+
+    def info(self, now):
+        i = self.identity
+        return pb.ServerInfo(vm=i.vm, role=i.role, address=i.address, pid=i.pid,
+                             incarnation=i.incarnation, clients=self.clients,
+                             updates=self.updates, pending=self.pending,
+                             seen_ago=now - self.lastSeen)
+
+
+class Registry:
+    """
+    The live servers, by incarnation.  Pure bookkeeping on an injected clock;
+    C{onChange} is called whenever the membership changes.
+    """
+
+    timeout = 3 * HEARTBEAT
+
+    def __init__(self, clock, onChange=lambda: None):
+        self.clock = clock
+        self.onChange = onChange
+        self.servers = {}
+
+    def register(self, identity, link):
+        now = self.clock.seconds()
+        old = self.servers.get(identity.incarnation)
+        if old is not None and old.identity == identity:
+            old.link, old.lastSeen = link, now
+            return old
+        record = ServerRecord(identity, link, since=now, lastSeen=now)
+        if old is not None:
+            record.clients, record.since = old.clients, old.since
+        self.servers[identity.incarnation] = record
+        log.info("server {role} of {vm} at {address} (pid {pid}) is live",
+                 role=pb.Role.Name(identity.role), vm=identity.vm,
+                 address=identity.address, pid=identity.pid)
+        self.onChange()
+        return record
+
+    def heartbeat(self, incarnation, beat):
+        record = self.servers.get(incarnation)
+        if record is not None:
+            record.lastSeen = self.clock.seconds()
+            record.clients, record.updates, record.pending = (
+                beat.clients, beat.updates, beat.pending)
+
+    def remove(self, incarnation, why):
+        record = self.servers.pop(incarnation, None)
+        if record is not None:
+            i = record.identity
+            log.info("server {role} of {vm} at {address} (pid {pid}) deactivated: {why}",
+                     role=pb.Role.Name(i.role), vm=i.vm, address=i.address,
+                     pid=i.pid, why=why)
+            self.onChange()
+        return record
+
+    def expire(self):
+        """Deactivate every server silent for longer than C{timeout}."""
+        now = self.clock.seconds()
+        for incarnation, record in list(self.servers.items()):
+            if now - record.lastSeen > self.timeout:
+                self.remove(incarnation, "no heartbeat for %.1fs" % (now - record.lastSeen,))
+                if record.link is not None:
+                    record.link.abort()
+
+    def masters(self):
+        """The master of each VM: the most recently registered one, if several."""
+        best = {}
+        for record in self.servers.values():
+            if record.identity.role != pb.MASTER:
+                continue
+            vm = record.identity.vm
+            if vm not in best or record.since > best[vm].since:
+                best[vm] = record
+        return best
+
+    def pickMasters(self, exclude=()):
+        """
+        Two live masters on two different VMs, least loaded first; the second
+        is None when only one VM qualifies.
+        """
+        candidates = [r for vm, r in self.masters().items() if vm not in exclude]
+        if not candidates:
+            raise errors.NoMasterAvailable(
+                "no live master server is registered with this router"
+                + (" outside VMs %s" % (", ".join(sorted(exclude)),) if exclude else ""))
+        candidates.sort(key=lambda r: (r.clients, r.identity.vm))
+        first = candidates[0]
+        # Count the client now, so a burst of clients spreads over the VMs
+        # before the next heartbeat reports the real load.
+        first.clients += 1
+        return first, (candidates[1] if len(candidates) > 1 else None)
+
+    def infos(self):
+        now = self.clock.seconds()
+        return [r.info(now) for r in sorted(
+            self.servers.values(), key=lambda r: (r.identity.vm, r.identity.role))]
+
+    def membership(self):
+        return pb.Membership(servers=self.infos())
+
+
+class ServerLink:
+    """The router's end of one server's C{Bidirectional_r_and_s} stream."""
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.stream = None
+        self.incarnation = None
+
+    def makeConnection(self, stream):
+        self.stream = stream
+
+    def messageReceived(self, message):
+        kind = message.WhichOneof("kind")
+        if kind == "hello":
+            try:
+                identity = ServerIdentity.fromHello(message.hello)
+            except errors.SNSError as e:
+                log.warn("bad hello from {peer}: {e}", peer=self.stream.peer, e=e)
+                self.stream.abort()
+                return
+            self.incarnation = identity.incarnation
+            self.registry.register(identity, self)
+        elif kind == "heartbeat" and self.incarnation is not None:
+            self.registry.heartbeat(self.incarnation, message.heartbeat)
+
+    def send(self, message):
+        self.stream.send(message)
+
+    def abort(self):
+        self.stream.abort()
+
+    def connectionLost(self, reason):
+        if self.incarnation is not None:
+            record = self.registry.servers.get(self.incarnation)
+            if record is not None and record.link is self:
+                self.registry.remove(self.incarnation, "stream ended")
+
+
+def _toAddress(record):
+    if record is None:
+        return None
+    return pb.ServerAddress(vm=record.identity.vm, address=record.identity.address)
+
+
+class RouterService(MultiService):
+    """One router process: the registry, its gRPC face and its timers."""
+
+    def __init__(self, listen, secret, clock=None):
+        MultiService.__init__(self)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.secret = secret
+        self.started = clock.seconds()
+        self.registry = Registry(clock, self.broadcastMembership)
+        self.grpc = GrpcServerService(listen, self._register)
+        self.grpc.setServiceParent(self)
+        TimerService(HEARTBEAT, self.tick).setServiceParent(self)
+
+    def _register(self, server, openStreams):
+        servicer = Servicer(
+            unary={"Onetime_c_to_r": self.onetimeCToR, "Status": self.status},
+            streams={"Bidirectional_r_and_s": self.serverLink},
+            openStreams=openStreams)
+        pbg.add_RouterServicer_to_server(servicer, server)
+
+    def tick(self):
+        self.registry.expire()
+        beat = pb.RouterMessage(heartbeat=pb.Heartbeat())
+        for record in self.registry.servers.values():
+            record.link.send(beat)
+
+    def broadcastMembership(self):
+        message = pb.RouterMessage(membership=self.registry.membership())
+        for record in self.registry.servers.values():
+            record.link.send(message)
+
+    # -- RPCs
+
+    def onetimeCToR(self, request, ctx):
+        exclude = set(request.exclude_vms)
+        first, second = self.registry.pickMasters(exclude)
+        return pb.MasterReply(master1=_toAddress(first), master2=_toAddress(second))
+
+    def serverLink(self, ctx):
+        auth.checkSecret(ctx, self.secret)
+        return ServerLink(self.registry)
+
+    def status(self, request, ctx):
+        return pb.StatusReply(servers=self.registry.infos(),
+                              uptime=self.clock.seconds() - self.started)

@@ -1,0 +1,144 @@
+"""
+Live client sessions on a master: C{Bidirectional_s_and_c}.
+
+A session is opened by a logged-in client and kept alive by heartbeats both
+ways.  When the client asks for its timeline, the session sends the recent
+history (or everything after the client's cursor, when it resumes), a ready
+marker, and from then on every new post of the users it follows (and its own)
+as soon as the post is durable here.  The client acknowledges how far it has
+read; when the stream breaks the session is deactivated and that cursor kept,
+so a returning client can resume where it left off.
+
+A client that stops reading is cut off once its queue is full (the bound is in
+L{grpcbridge.Stream}), rather than allowed to grow this process's memory.
+"""
+
+from twisted.logger import Logger
+
+from snstwist import sns_pb2 as pb
+from snstwist.model import HISTORY
+
+log = Logger()
+
+HEARTBEAT = 1.0
+TIMEOUT = 3 * HEARTBEAT
+MAX_QUEUE = 1000
+
+
+class SessionHub:
+    """Every live session of this master, by user, and every user's cursor."""
+
+    def __init__(self, node, clock):
+        self.node = node
+        self.clock = clock
+        self.sessions = {}
+        self.cursors = {}
+
+    def count(self):
+        return sum(len(s) for s in self.sessions.values())
+
+    def session(self, user):
+        return ClientSession(self, user)
+
+    def add(self, session):
+        self.sessions.setdefault(session.user, set()).add(session)
+
+    def remove(self, session):
+        live = self.sessions.get(session.user)
+        if live is not None:
+            live.discard(session)
+            if not live:
+                del self.sessions[session.user]
+
+    def ack(self, user, cursor):
+        key = (cursor.time_us, cursor.id)
+        if key > self.cursors.get(user, (0, "")):
+            self.cursors[user] = key
+
+    def publish(self, updates):
+        """Push the posts among C{updates} to the live timelines that show them."""
+        replica = self.node.replica
+        for update in updates:
+            post = update.post
+            if post is None:
+                continue
+            message = None
+            for user in [post.author] + replica.followers(post.author):
+                for session in self.sessions.get(user, ()):
+                    if session.live:
+                        if message is None:
+                            message = pb.ServerPush(post=post.toProto())
+                        session.push(post.id, message)
+
+    def closeAll(self):
+        for sessions in list(self.sessions.values()):
+            for session in list(sessions):
+                session.stream.close()
+
+
+class ClientSession:
+    """The server's end of one client's C{Bidirectional_s_and_c} stream."""
+
+    def __init__(self, hub, user):
+        self.hub = hub
+        self.user = user
+        self.stream = None
+        self.live = False
+        self.sentHistory = set()
+        self.lastHeard = 0
+        self.timer = None
+
+    @property
+    def clock(self):
+        return self.hub.clock
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        self.lastHeard = self.clock.seconds()
+        self.hub.add(self)
+        self.timer = self.clock.callLater(HEARTBEAT, self._beat)
+
+    def _beat(self):
+        self.timer = None
+        silent = self.clock.seconds() - self.lastHeard
+        if silent > TIMEOUT:
+            log.info("client {user} silent for {s:.1f}s: deactivating", user=self.user, s=silent)
+            self.stream.abort()
+            return
+        self.stream.send(pb.ServerPush(heartbeat=pb.Heartbeat()))
+        self.timer = self.clock.callLater(HEARTBEAT, self._beat)
+
+    def messageReceived(self, message):
+        self.lastHeard = self.clock.seconds()
+        kind = message.WhichOneof("kind")
+        if kind == "open" and message.open.timeline and not self.live:
+            self._startTimeline(message.open)
+        elif kind == "ack":
+            self.hub.ack(self.user, message.ack)
+
+    def _startTimeline(self, request):
+        replica = self.hub.node.replica
+        if request.HasField("cursor"):
+            posts = replica.timelineAfter(self.user, (request.cursor.time_us, request.cursor.id))
+        else:
+            posts = replica.timeline(self.user, min(request.history or HISTORY, HISTORY))
+        for post in posts:
+            self.sentHistory.add(post.id)
+            self.stream.send(pb.ServerPush(post=post.toProto()))
+        self.stream.send(pb.ServerPush(ready=pb.SessionReady(history=len(posts))))
+        self.live = True
+
+    def push(self, postId, message):
+        if postId in self.sentHistory:
+            # Already sent with the history (it was accepted here just
+            # before the timeline opened, and became durable after).
+            self.sentHistory.discard(postId)
+            return
+        self.stream.send(message)
+
+    def connectionLost(self, reason):
+        self.live = False
+        self.hub.remove(self)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None

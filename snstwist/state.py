@@ -1,0 +1,176 @@
+"""
+The replicated state of one VM, in memory: users, follows, posts.
+
+A L{Replica} is a pure data structure: no I/O, no clock, no reactor.  It is
+a state-based CRDT assembled from three simple ones, so that replicas that
+applied the same set of updates are equal whatever the order, duplication or
+delay of delivery:
+
+- users are a grow-only set;
+- a follow relation is a last-writer-wins register per (follower, followee),
+  ordered by (hybrid logical time, update id);
+- posts are a grow-only set, kept ordered by (time, id) per author.
+
+It also remembers every update it holds, by (origin, seq), so that it can
+tell a peer exactly what the peer is missing (its version vector).
+"""
+
+import bisect
+import heapq
+
+import attrs
+
+from snstwist import sns_pb2 as pb
+
+
+@attrs.define
+class Seen:
+    """The sequence numbers seen from one origin: 1..contiguous, plus extra."""
+
+    contiguous: int = 0
+    extra: set = attrs.field(factory=set)
+
+    def has(self, seq):
+        return seq <= self.contiguous or seq in self.extra
+
+    def add(self, seq):
+        if self.has(seq):
+            return False
+        self.extra.add(seq)
+        while self.contiguous + 1 in self.extra:
+            self.contiguous += 1
+            self.extra.discard(self.contiguous)
+        return True
+
+
+class VersionVector:
+    """What a replica holds, per origin."""
+
+    def __init__(self):
+        self.origins = {}
+
+    def has(self, origin, seq):
+        seen = self.origins.get(origin)
+        return seen is not None and seen.has(seq)
+
+    def add(self, origin, seq):
+        return self.origins.setdefault(origin, Seen()).add(seq)
+
+    def count(self):
+        return sum(s.contiguous + len(s.extra) for s in self.origins.values())
+
+    def toProto(self):
+        return pb.VersionVector(origins=[
+            pb.OriginRange(origin=o, contiguous=s.contiguous, extra=sorted(s.extra))
+            for o, s in sorted(self.origins.items())
+        ])
+
+    @classmethod
+    def fromProto(cls, message):
+        vv = cls()
+        for r in message.origins:
+            vv.origins[r.origin] = Seen(r.contiguous, set(r.extra))
+        return vv
+
+
+@attrs.frozen
+class FollowRegister:
+    key: tuple  # (time_us, update id): the last writer wins
+    following: bool
+
+
+class Replica:
+    def __init__(self):
+        self.users = set()
+        self.follows = {}
+        self.posts = {}
+        self.updates = {}
+        self.seen = VersionVector()
+        self.requests = {}
+
+    # -- writing
+
+    def has(self, update):
+        return self.seen.has(update.origin, update.seq)
+
+    def apply(self, update):
+        """
+        Apply C{update}; return True if it was new here.  Idempotent and
+        commutative: the outcome does not depend on order or repetition.
+        """
+        if not self.seen.add(update.origin, update.seq):
+            return False
+        self.updates.setdefault(update.origin, {})[update.seq] = update
+        if update.request_id:
+            self.requests[update.request_id] = update
+        if update.user is not None:
+            self.users.add(update.user)
+        elif update.post is not None:
+            posts = self.posts.setdefault(update.post.author, [])
+            bisect.insort(posts, update.post, key=lambda p: p.key)
+        else:
+            f = update.follow
+            pair = (f.follower, f.followee)
+            current = self.follows.get(pair)
+            if current is None or update.key > current.key:
+                self.follows[pair] = FollowRegister(update.key, f.following)
+        return True
+
+    def lastSeq(self, origin):
+        seqs = self.updates.get(origin)
+        return max(seqs) if seqs else 0
+
+    # -- reading
+
+    def byRequest(self, requestId):
+        return self.requests.get(requestId)
+
+    def isFollowing(self, follower, followee):
+        register = self.follows.get((follower, followee))
+        return register is not None and register.following
+
+    def following(self, user):
+        return sorted(b for (a, b), r in self.follows.items() if a == user and r.following)
+
+    def followers(self, user):
+        return sorted(a for (a, b), r in self.follows.items() if b == user and r.following)
+
+    def postsBy(self, user):
+        return self.posts.get(user, [])
+
+    def _timelineSources(self, user):
+        return [self.postsBy(u) for u in set(self.following(user)) | {user}]
+
+    def timeline(self, user, limit):
+        """The C{limit} newest posts by C{user} and whom they follow, oldest first."""
+        newest = heapq.merge(*(reversed(p[-limit:]) for p in self._timelineSources(user)),
+                             key=lambda p: p.key, reverse=True)
+        recent = [p for _, p in zip(range(limit), newest)]
+        recent.reverse()
+        return recent
+
+    def timelineAfter(self, user, cursor):
+        """Every post of C{user}'s timeline after C{cursor} (a post key), oldest first."""
+        later = []
+        for posts in self._timelineSources(user):
+            later.extend(posts[bisect.bisect_right(posts, cursor, key=lambda p: p.key):])
+        later.sort(key=lambda p: p.key)
+        return later
+
+    def missing(self, remote):
+        """The updates held here that the version vector C{remote} lacks."""
+        out = []
+        for origin, updates in self.updates.items():
+            seen = remote.origins.get(origin)
+            for seq in sorted(updates):
+                if seen is None or not seen.has(seq):
+                    out.append(updates[seq])
+        return out
+
+    def snapshot(self):
+        """A comparable summary of the visible state (for tests and compare)."""
+        return (
+            frozenset(self.users),
+            frozenset((pair, r.following) for pair, r in self.follows.items()),
+            tuple((a, tuple(p.key for p in ps)) for a, ps in sorted(self.posts.items())),
+        )

@@ -1,0 +1,367 @@
+"""
+Durable storage of one VM: the only module that touches SQLite and the post
+files.
+
+Layout of a data directory (DESIGN.md section 3)::
+
+    DATA/sns.sqlite3        users, follows, and the log of their updates (WAL)
+    DATA/posts/<user>.txt   the posts by <user>, one JSON object per line,
+                            ordered by (time, id); the post store itself
+    DATA/lock               held (flock) by the VM's single writer
+
+All disk work runs on one dedicated thread, never on the reactor.  Writes are
+group-committed: while one batch is being written and fsync'd, the next
+accumulates, so durability costs one flush per batch, not one per post.
+"""
+
+import datetime
+import fcntl
+import json
+import os
+import sqlite3
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import Interface, implementer
+
+from snstwist import errors
+from snstwist import sns_pb2 as pb
+from snstwist.model import Post, Update, checkUsername
+
+log = Logger()
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+class IStore(Interface):
+    """Durable storage of the updates a VM holds."""
+
+    def open():
+        """
+        Take the VM's writer lock and read everything stored.  Returns a
+        Deferred firing with the list of stored L{Update}s.
+        """
+
+    def persist(updates):
+        """
+        Make C{updates} durable.  The Deferred fires once all of them are on
+        disk and flushed.  Updates already stored are ignored.
+        """
+
+    def close():
+        """Finish pending writes and release the writer lock (Deferred)."""
+
+
+class DataLocked(errors.SNSError):
+    """Another process holds this VM's data directory."""
+
+
+def formatTime(time_us):
+    moment = _EPOCH + datetime.timedelta(microseconds=time_us)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parseTime(text):
+    moment = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    delta = moment.replace(tzinfo=datetime.timezone.utc) - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1000000 + delta.microseconds
+
+
+def postLine(update):
+    """The line of DATA/posts/<author>.txt that stores C{update}'s post."""
+    post = update.post
+    record = {"time": formatTime(post.time_us), "id": post.id,
+              "author": post.author, "text": post.text}
+    if update.request_id:
+        record["request"] = update.request_id
+    # ensure_ascii=False keeps the file readable; json escapes newlines,
+    # so a post is always exactly one line.
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def parsePostLine(line):
+    record = json.loads(line)
+    origin, _, seq = record["id"].rpartition("/")
+    time_us = parseTime(record["time"])
+    post = Post(id=record["id"], author=record["author"], time_us=time_us,
+                text=record["text"])
+    return Update(origin=origin, seq=int(seq), time_us=time_us, post=post,
+                  request_id=record.get("request", ""))
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS log (
+    origin TEXT NOT NULL, seq INTEGER NOT NULL, time_us INTEGER NOT NULL,
+    body BLOB NOT NULL, PRIMARY KEY (origin, seq));
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, created_us INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS follows (
+    follower TEXT NOT NULL, followee TEXT NOT NULL, following INTEGER NOT NULL,
+    time_us INTEGER NOT NULL, update_id TEXT NOT NULL,
+    PRIMARY KEY (follower, followee));
+"""
+
+
+class _Disk:
+    """The part of the store that runs on the disk thread only."""
+
+    def __init__(self, path):
+        self.path = path
+        self.postsDir = os.path.join(path, "posts")
+        self.db = None
+        self.lockFile = None
+        self.lastKey = {}
+
+    def lock(self):
+        os.makedirs(self.postsDir, exist_ok=True)
+        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataLocked("another process is the writer of %s" % (self.path,))
+        os.ftruncate(fd, 0)
+        os.write(fd, b"%d\n" % (os.getpid(),))
+        self.lockFile = fd
+
+    def open(self):
+        self.lock()
+        self.db = sqlite3.connect(os.path.join(self.path, "sns.sqlite3"),
+                                  isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+        updates = [Update.fromProto(pb.Update.FromString(body))
+                   for (body,) in self.db.execute("SELECT body FROM log")]
+        for name in sorted(os.listdir(self.postsDir)):
+            if name.endswith(".txt"):
+                updates.extend(self._readPosts(os.path.join(self.postsDir, name)))
+        return updates
+
+    def _readPosts(self, path):
+        updates = []
+        good = 0
+        with open(path, "rb") as f:
+            data = f.read()
+        for raw in data.splitlines(keepends=True):
+            try:
+                if not raw.endswith(b"\n"):
+                    raise ValueError("torn last line")
+                updates.append(parsePostLine(raw.decode("utf-8")))
+            except (ValueError, KeyError, errors.SNSError) as e:
+                log.warn("{path}: dropping damaged post line after byte {good}: {e}",
+                         path=path, good=good, e=e)
+                break
+            good += len(raw)
+        if good != len(data):
+            # A crash mid-append left a partial line: it was never
+            # acknowledged, so cut it off.
+            with open(path, "r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        if updates:
+            self.lastKey[updates[0].post.author] = max(u.post.key for u in updates)
+        return updates
+
+    def write(self, updates):
+        posts = {}
+        rows = []
+        for u in updates:
+            if u.post is not None:
+                posts.setdefault(u.post.author, []).append(u)
+            else:
+                rows.append(u)
+        for author, ups in posts.items():
+            self._writePosts(author, ups)
+        if rows:
+            self._writeRows(rows)
+
+    def _postsPath(self, author):
+        return os.path.join(self.postsDir, checkUsername(author) + ".txt")
+
+    def _writePosts(self, author, ups):
+        path = self._postsPath(author)
+        ups.sort(key=lambda u: u.post.key)
+        last = self.lastKey.get(author)
+        if last is None or ups[0].post.key > last:
+            with open(path, "a", encoding="utf-8") as f:
+                f.writelines(postLine(u) for u in ups)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            # A post older than the newest stored one arrived (replication
+            # out of order): rewrite the file in order, atomically, so that
+            # every VM's file is byte-identical.
+            merged = {}
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    for line in f:
+                        u = parsePostLine(line)
+                        merged[u.post.id] = u
+            for u in ups:
+                merged.setdefault(u.post.id, u)
+            ordered = sorted(merged.values(), key=lambda u: u.post.key)
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(postLine(u) for u in ordered)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dirfd = os.open(self.postsDir, os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+        newest = ups[-1].post.key
+        self.lastKey[author] = max(newest, last) if last else newest
+
+    def _writeRows(self, rows):
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO log (origin, seq, time_us, body) VALUES (?, ?, ?, ?)",
+                [(u.origin, u.seq, u.time_us, u.toProto().SerializeToString()) for u in rows])
+            db.executemany(
+                "INSERT OR IGNORE INTO users (name, created_us) VALUES (?, ?)",
+                [(u.user, u.time_us) for u in rows if u.user is not None])
+            db.executemany(
+                "INSERT INTO follows (follower, followee, following, time_us, update_id)"
+                " VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (follower, followee) DO UPDATE SET"
+                " following = excluded.following, time_us = excluded.time_us,"
+                " update_id = excluded.update_id"
+                " WHERE (excluded.time_us, excluded.update_id)"
+                " > (follows.time_us, follows.update_id)",
+                [(u.follow.follower, u.follow.followee, int(u.follow.following),
+                  u.time_us, u.id) for u in rows if u.follow is not None])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        if self.lockFile is not None:
+            os.close(self.lockFile)
+            self.lockFile = None
+
+
+@implementer(IStore)
+class SQLiteStore:
+    """L{IStore} on SQLite and post files, with group commit on one thread."""
+
+    def __init__(self, path, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.path = path
+        self._disk = _Disk(path)
+        self._pool = ThreadPool(1, 1, name="sns-store")
+        self._pending = []
+        self._writing = None
+        self._stored = set()
+        self.batches = 0
+
+    def _onDisk(self, function, *args):
+        return deferToThreadPool(self.reactor, self._pool, function, *args)
+
+    def open(self):
+        self._pool.start()
+        d = self._onDisk(self._disk.open)
+
+        def loaded(updates):
+            self._stored.update((u.origin, u.seq) for u in updates)
+            log.info("opened {path}: {n} updates stored", path=self.path, n=len(updates))
+            return updates
+
+        def failed(f):
+            self._pool.stop()
+            return f
+
+        return d.addCallbacks(loaded, failed)
+
+    def persist(self, updates):
+        fresh = [u for u in updates if (u.origin, u.seq) not in self._stored]
+        if not fresh:
+            return defer.succeed(None)
+        self._stored.update((u.origin, u.seq) for u in fresh)
+        d = defer.Deferred()
+        self._pending.append((fresh, d))
+        if self._writing is None:
+            self._nextBatch()
+        return d
+
+    def _nextBatch(self):
+        batch, self._pending = self._pending, []
+        updates = [u for ups, _ in batch for u in ups]
+        self.batches += 1
+        self._writing = self._onDisk(self._disk.write, updates)
+
+        def done(result):
+            self._writing = None
+            if self._pending:
+                self._nextBatch()
+            for _, d in batch:
+                d.callback(None) if result is None else d.errback(result)
+
+        def failed(f):
+            log.failure("writing {n} updates failed", f, n=len(updates))
+            for ups, _ in batch:
+                self._stored.difference_update((u.origin, u.seq) for u in ups)
+            return f
+
+        self._writing.addCallbacks(lambda _: None, failed).addBoth(done)
+
+    @defer.inlineCallbacks
+    def close(self):
+        while self._writing is not None:
+            try:
+                yield self._writing
+            except Exception:
+                pass
+        if self._pool.started:
+            yield self._onDisk(self._disk.close)
+            self._pool.stop()
+
+
+@implementer(IStore)
+class MemoryStore:
+    """
+    L{IStore} in memory, for tests.  With C{manual=True} writes become durable
+    only at L{flush}, so a test can crash a VM between acceptance and flush
+    and lose exactly what was not flushed.
+    """
+
+    def __init__(self, manual=False):
+        self.manual = manual
+        self.durable = {}
+        self._pending = []
+
+    def open(self):
+        return defer.succeed(list(self.durable.values()))
+
+    def persist(self, updates):
+        d = defer.Deferred()
+        self._pending.append((list(updates), d))
+        if not self.manual:
+            self.flush()
+        return d
+
+    def flush(self):
+        pending, self._pending = self._pending, []
+        for updates, d in pending:
+            for u in updates:
+                self.durable.setdefault((u.origin, u.seq), u)
+            d.callback(None)
+
+    def crash(self):
+        """Forget everything not yet flushed; its Deferreds never fire."""
+        self._pending = []
+
+    def close(self):
+        return defer.succeed(None)

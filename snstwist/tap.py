@@ -1,0 +1,119 @@
+"""
+twistd plugins' options and services: C{sns-router}, C{sns-server},
+C{sns-cluster}.
+
+Each C{Options.postOptions} installs the asyncio reactor (grpc.aio and Twisted
+share its loop).  That must happen here, at option parsing, and never when a
+plugin module is imported: plugin modules are imported only when twistd
+rebuilds its dropin cache.
+"""
+
+import os
+from types import SimpleNamespace
+
+from twisted.python import usage
+
+from snstwist.cluster import ClusterOptions
+from snstwist.model import checkUsername
+
+
+def installReactor():
+    """Install Twisted's asyncio reactor, or check that it is the one installed."""
+    from twisted.internet import asyncioreactor, error
+    try:
+        asyncioreactor.install()
+    except error.ReactorAlreadyInstalledError:
+        from twisted.internet import reactor
+        if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
+            raise usage.UsageError(
+                "snstwist runs on the asyncio reactor, but %s is installed:"
+                " drop the --reactor option" % (type(reactor).__name__,))
+
+
+def parseAddress(text, what):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise usage.UsageError("%s must be HOST:PORT, not %r" % (what, text))
+    return "%s:%d" % (host, int(port))
+
+
+def parseRouters(text):
+    routers = [parseAddress(a.strip(), "--router") for a in text.split(",") if a.strip()]
+    if not routers:
+        raise usage.UsageError("--router needs at least one HOST:PORT")
+    return routers
+
+
+class _Common(usage.Options):
+    optParameters = [
+        ["secret-file", None, None,
+         "File holding the cluster's shared secret (default: $SNS_SECRET)."],
+    ]
+
+    def postOptions(self):
+        installReactor()
+
+    def secret(self):
+        from snstwist.auth import loadSecret
+        try:
+            return loadSecret(self["secret-file"])
+        except (OSError, ValueError) as e:
+            raise usage.UsageError("cannot read the secret: %s" % (e,))
+
+
+class RouterOptions(_Common):
+    synopsis = "[--listen HOST:PORT]"
+    optParameters = [
+        ["listen", "l", "0.0.0.0:3410", "Address to serve clients and servers on."],
+    ]
+
+    def postOptions(self):
+        self["listen"] = parseAddress(self["listen"], "--listen")
+        _Common.postOptions(self)
+
+
+class ServerOptions(_Common):
+    synopsis = "--router HOST:PORT[,HOST:PORT] [--vm NAME] [--listen HOST:PORT] [--data DIR]"
+    optParameters = [
+        ["router", "r", None, "Router(s) to register with, comma-separated."],
+        ["vm", None, "vm1", "Name of this server's VM (one data directory)."],
+        ["listen", "l", "127.0.0.1:0", "Address to serve on (port 0: any free port)."],
+        ["data", "d", None, "Data directory of the VM (default: ./sns-data/VM)."],
+    ]
+
+    def postOptions(self):
+        if not self["router"]:
+            raise usage.UsageError("--router HOST:PORT is required")
+        self["router"] = parseRouters(self["router"])
+        self["listen"] = parseAddress(self["listen"], "--listen")
+        try:
+            checkUsername(self["vm"])
+        except Exception:
+            raise usage.UsageError("--vm must be 1-32 of A-Z a-z 0-9 _ . -")
+        if not self["data"]:
+            self["data"] = os.path.join("sns-data", self["vm"])
+        self["data"] = os.path.abspath(self["data"])
+        _Common.postOptions(self)
+
+
+def makeRouterService(options):
+    from snstwist.router import RouterService
+    return RouterService(options["listen"], options.secret())
+
+
+def makeServerService(options):
+    from snstwist.server import ServerService
+    return ServerService(options["vm"], options["listen"], options["router"],
+                         options["data"], options.secret())
+
+
+def makeClusterService(options):
+    from snstwist.cluster import ClusterService
+    return ClusterService.fromOptions(options)
+
+
+# What the ServiceMakers of twisted/plugins/snstwist_plugins.py name: each has
+# the Options and makeService that twistd looks for.
+router = SimpleNamespace(Options=RouterOptions, makeService=makeRouterService)
+server = SimpleNamespace(Options=ServerOptions, makeService=makeServerService)
+cluster = SimpleNamespace(Options=ClusterOptions, makeService=makeClusterService)

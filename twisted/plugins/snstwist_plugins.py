@@ -1,0 +1,18 @@
+"""twistd plugins of snstwist: sns-router, sns-server, sns-cluster."""
+
+from twisted.application.service import ServiceMaker
+
+snsRouter = ServiceMaker(
+    "snstwist router", "snstwist.tap.router",
+    "Router of an snstwist cluster: tells clients where live masters are.",
+    "sns-router")
+
+snsServer = ServiceMaker(
+    "snstwist server", "snstwist.tap.server",
+    "Server of one snstwist VM (a master, which spawns its slave).",
+    "sns-server")
+
+snsCluster = ServiceMaker(
+    "snstwist local cluster", "snstwist.tap.cluster",
+    "A router and N VMs on loopback, in one command.",
+    "sns-cluster")
