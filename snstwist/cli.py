@@ -1,0 +1,220 @@
+"""
+C{sns-client}: the interactive client, in the style of the course client.
+
+    sns-client --router HOST:PORT --user NAME
+
+Commands (case-insensitive): FOLLOW <user>, UNFOLLOW <user>, LIST, TIMELINE.
+In timeline mode every line typed is posted.  Reading commands from a pipe
+works the same as typing them; EOF ends the client once everything typed has
+been answered.  The sentences printed are the contract of DESIGN.md section 5,
+and L{SENTENCES} is the one table that maps the cluster's statuses to them.
+"""
+
+import sys
+import time
+
+import grpc
+from twisted.internet import defer, stdio
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.protocols.basic import LineReceiver
+from twisted.python import usage
+from zope.interface import implementer
+
+from snstwist import errors
+from snstwist.client import Client, ClusterUnreachable, CommandFailed
+from snstwist.model import USERNAME, checkUsername
+
+OK = "Command completed successfully"
+INVALID_COMMAND = "Command failed with invalid command"
+INVALID_USERNAME = "Command failed with invalid username"
+UNKNOWN = "Command failed with unknown reason"
+TIMELINE = "Now you are in the timeline"
+PROMPT = "Cmd> "
+
+SENTENCES = {
+    grpc.StatusCode.NOT_FOUND: "Input username does not exists, command failed",
+    grpc.StatusCode.ALREADY_EXISTS: "Input username already exists, command failed",
+    grpc.StatusCode.INVALID_ARGUMENT: INVALID_USERNAME,
+    grpc.StatusCode.FAILED_PRECONDITION: "Command failed with not a follower",
+}
+
+_ARGUMENTS = {"FOLLOW": 1, "UNFOLLOW": 1, "LIST": 0, "TIMELINE": 0}
+
+
+def formatPost(post):
+    """One timeline line: C{sender (Tue Nov 24 11:48:30 2026) >> text}."""
+    text = post.text.replace("\r", "\\r").replace("\n", "\\n")
+    return "%s (%s) >> %s" % (post.author, time.ctime(post.time_us / 1e6), text)
+
+
+class Options(usage.Options):
+    synopsis = "--router HOST:PORT[,HOST:PORT] --user NAME"
+    optParameters = [
+        ["router", "r", None, "Router address(es), comma-separated."],
+        ["user", "u", None, "Your username: 1-32 of A-Z a-z 0-9 _ . -"],
+    ]
+
+    def postOptions(self):
+        from snstwist.tap import installReactor, parseRouters
+        if not self["router"] or not self["user"]:
+            raise usage.UsageError("both --router and --user are required")
+        self["router"] = parseRouters(self["router"])
+        if not USERNAME.match(self["user"]):
+            raise usage.UsageError("invalid username %r: use 1-32 of A-Z a-z 0-9 _ . -"
+                                   % (self["user"],))
+        installReactor()
+
+
+@implementer(IHalfCloseableProtocol)
+class CommandLine(LineReceiver):
+    """Reads commands, one at a time, and prints the course client's replies."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64 * 1024
+
+    def __init__(self, client, interactive, err=None):
+        self.client = client
+        self.interactive = interactive
+        self.err = err or sys.stderr
+        self.inTimeline = False
+        self.loggedIn = False
+        self.queue = defer.succeed(None)
+        self.done = defer.Deferred()
+        self.closed = defer.Deferred()
+        self.unreachable = False
+        client.onPost = self._showPost
+        client.onReconnect = lambda address: self.say("Reconnecting to %s..." % (address,))
+
+    def say(self, line):
+        self.transport.write((line + "\n").encode("utf-8"))
+
+    def prompt(self):
+        if self.interactive and not self.inTimeline:
+            self.transport.write(PROMPT.encode())
+
+    def connectionMade(self):
+        self.prompt()
+
+    def lineReceived(self, line):
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        self.queue.addCallback(lambda _: defer.ensureDeferred(self._handle(text)))
+        self.queue.addErrback(self._crashed)
+
+    def lineLengthExceeded(self, line):
+        self.queue.addCallback(lambda _: self.say(INVALID_COMMAND))
+
+    def _crashed(self, failure):
+        self.err.write("sns-client: %s\n" % (failure.getTraceback(),))
+
+    async def _handle(self, text):
+        try:
+            if self.inTimeline:
+                if text.strip():
+                    await self._ensureConnected()
+                    await self.client.post(text)
+                return
+            await self._command(text)
+        except CommandFailed as e:
+            if self.inTimeline:
+                self.say("Post failed: %s" % (e.message,))
+            else:
+                self.say(SENTENCES.get(e.code, UNKNOWN))
+                if e.code not in SENTENCES:
+                    self.err.write("sns-client: %s\n" % (e.message,))
+        except (ClusterUnreachable, grpc.aio.AioRpcError) as e:
+            self.unreachable = True
+            self.say(UNKNOWN)
+            self.err.write("sns-client: cannot reach the cluster: %s\n" % (e,))
+        finally:
+            self.prompt()
+
+    async def _ensureConnected(self):
+        if not self.loggedIn:
+            try:
+                await self.client.connect()
+            except CommandFailed:
+                raise
+            except Exception as e:
+                raise ClusterUnreachable(str(e))
+            self.loggedIn = True
+
+    async def _command(self, text):
+        words = text.split()
+        if not words:
+            return
+        command, args = words[0].upper(), words[1:]
+        if _ARGUMENTS.get(command) != len(args):
+            self.say(INVALID_COMMAND)
+            return
+        if command in ("FOLLOW", "UNFOLLOW"):
+            try:
+                target = checkUsername(args[0])
+            except errors.InvalidUsername:
+                self.say(INVALID_USERNAME)
+                return
+            if target == self.client.user:
+                self.say(INVALID_USERNAME)
+                return
+            await self._ensureConnected()
+            method = self.client.follow if command == "FOLLOW" else self.client.unfollow
+            await method(target)
+            self.say(OK)
+        elif command == "LIST":
+            await self._ensureConnected()
+            reply = await self.client.list()
+            self.say(OK)
+            self.say(("All users: " + ", ".join(reply.all_users)).rstrip())
+            self.say(("Followers: " + ", ".join(reply.followers)).rstrip())
+        else:
+            await self._ensureConnected()
+            self.say(TIMELINE)
+            self.inTimeline = True
+            await self.client.timeline()
+
+    def _showPost(self, post):
+        self.say(formatPost(post))
+
+    def readConnectionLost(self):
+        # EOF: finish what was typed, then end.
+        self.queue.addBoth(lambda _: self.done.callback(None))
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            self.done.callback(None)
+        self.closed.callback(None)
+
+
+async def run(reactor, options):
+    client = Client(options["router"], options["user"], clock=reactor)
+    cli = CommandLine(client, interactive=sys.stdin.isatty())
+    stdio.StandardIO(cli, reactor=reactor)
+    await cli.done
+    await client.close()
+    cli.transport.loseConnection()
+    await cli.closed
+    return 1 if cli.unreachable else 0
+
+
+def main(argv=None):
+    """The C{sns-client} command."""
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.stderr.write("%s\nsns-client: %s\n" % (options, e))
+        return 2
+    from twisted.internet import reactor
+
+    status = []
+
+    def started():
+        d = defer.ensureDeferred(run(reactor, options))
+        d.addCallbacks(status.append, lambda f: (status.append(1), f.printTraceback()))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(started)
+    reactor.run()
+    return status[0] if status else 1

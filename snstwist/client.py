@@ -1,0 +1,351 @@
+"""
+The client library: one logged-in user of an snstwist cluster.
+
+It asks a router for master1 and master2 (C{Onetime_c_to_r}), logs in on
+master1 and keeps C{Bidirectional_s_and_c} open with it, heartbeats both
+ways.  When master1 dies (stream broken, call unavailable, or heartbeats
+stop) it makes master2 its master1, asks the router for a new master2, logs
+in again, resumes the timeline after the last post it showed, and retries
+the command that was in flight with the same request id, so that it is
+applied once.
+
+Every public method returns a Deferred.
+"""
+
+import uuid
+
+import attrs
+import grpc
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from snstwist import auth, grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+from snstwist.model import HISTORY, Post
+
+log = Logger()
+
+CALL_TIMEOUT = 5.0
+HEARTBEAT = 1.0
+FAILOVER_DEADLINE = 15.0
+
+# Statuses that mean "this server is gone or hung", not "your request is bad".
+_DEAD = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+         grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+
+
+class CommandFailed(Exception):
+    """The cluster refused a command: C{code} is its gRPC status."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ClusterUnreachable(Exception):
+    """No router or no master could be reached."""
+
+
+@attrs.frozen
+class Master:
+    vm: str
+    address: str
+
+
+class _Session:
+    """The client's end of C{Bidirectional_s_and_c} on the current master1."""
+
+    def __init__(self, client):
+        self.client = client
+        self.stream = None
+        self.timer = None
+        self.lastHeard = 0
+        self.closing = False
+
+    @property
+    def clock(self):
+        return self.client.clock
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        self.lastHeard = self.clock.seconds()
+        stream.send(pb.ClientMessage(open=self.client._openRequest()))
+        self.timer = self.clock.callLater(HEARTBEAT, self._beat)
+
+    def _beat(self):
+        self.timer = None
+        if self.clock.seconds() - self.lastHeard > 3 * HEARTBEAT:
+            log.info("master silent for {s:.1f}s", s=self.clock.seconds() - self.lastHeard)
+            self.stream.abort()
+            return
+        self.stream.send(pb.ClientMessage(heartbeat=pb.Heartbeat()))
+        self.timer = self.clock.callLater(HEARTBEAT, self._beat)
+
+    def messageReceived(self, message):
+        self.lastHeard = self.clock.seconds()
+        kind = message.WhichOneof("kind")
+        if kind == "post":
+            self.client._received(Post.fromProto(message.post))
+        elif kind == "ready":
+            self.client._timelineReady()
+
+    def send(self, message):
+        if self.stream is not None:
+            self.stream.send(message)
+
+    def close(self):
+        self.closing = True
+        if self.stream is not None:
+            self.stream.abort()
+
+    def connectionLost(self, reason):
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.stream = None
+        if not self.closing:
+            self.client._sessionLost(self, reason)
+
+
+class Client:
+    """
+    A user of the cluster.  C{onReconnect(address)} is called when a failover
+    starts; C{onPost(post)} with each timeline post, once, in order.
+    """
+
+    def __init__(self, routers, user, clock=None, onReconnect=None, onPost=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.routers = list(routers)
+        self.user = user
+        self.onReconnect = onReconnect or (lambda address: None)
+        self.onPost = onPost or (lambda post: None)
+        self.master1 = None
+        self.master2 = None
+        self.channel = None
+        self.stub = None
+        self.token = None
+        self.session = None
+        self.inTimeline = False
+        self.cursor = None
+        self.shown = set()
+        self._ready = None
+        self._failover = None
+        self._ackCall = None
+        self.closed = False
+
+    # -- connecting
+
+    async def _askRouter(self, exclude=()):
+        request = pb.MasterRequest(user=self.user, exclude_vms=sorted(exclude))
+        problems = []
+        for address in self.routers:
+            channel = grpcbridge.channel(address)
+            try:
+                reply = await grpcbridge.call(pbg.RouterStub(channel).Onetime_c_to_r,
+                                              request, timeout=CALL_TIMEOUT)
+                return reply
+            except grpc.aio.AioRpcError as e:
+                problems.append("router %s: %s" % (address, e.details() or e.code().name))
+            finally:
+                await grpcbridge.closeChannel(channel)
+        raise ClusterUnreachable("; ".join(problems))
+
+    @staticmethod
+    def _master(address):
+        return Master(address.vm, address.address) if address.address else None
+
+    async def _login(self, master):
+        if self.channel is not None:
+            await grpcbridge.closeChannel(self.channel)
+        self.channel = grpcbridge.channel(master.address)
+        self.stub = pbg.SNSStub(self.channel)
+        reply = await grpcbridge.call(self.stub.Login, pb.LoginRequest(user=self.user),
+                                      timeout=CALL_TIMEOUT)
+        self.master1 = master
+        self.token = reply.token
+        self.session = _Session(self)
+        grpcbridge.openStream(self.stub.Bidirectional_s_and_c, self.session,
+                              metadata=auth.sessionMetadata(self.token))
+        return reply
+
+    def connect(self):
+        """Find two masters and log in on the first.  Fires with LoginReply."""
+        return defer.ensureDeferred(self._connect())
+
+    async def _connect(self):
+        reply = await self._askRouter()
+        try:
+            login = await self._login(self._master(reply.master1))
+        except grpc.aio.AioRpcError as e:
+            if e.code() not in _DEAD:
+                raise CommandFailed(e.code(), e.details())
+            # master1 died between the router's answer and our login.
+            self.master1 = self._master(reply.master1)
+            self.master2 = self._master(reply.master2)
+            await self._failOver()
+            return pb.LoginReply(token=self.token)
+        self.master2 = self._master(reply.master2)
+        return login
+
+    # -- failover
+
+    def _failOver(self):
+        """Start a failover, or join the one in progress."""
+        d = defer.Deferred()
+        if self._failover is not None:
+            self._failover.append(d)
+            return d
+        self._failover = [d]
+        defer.ensureDeferred(self._doFailover()).addBoth(self._failoverDone)
+        return d
+
+    def _failoverDone(self, result):
+        waiters, self._failover = self._failover, None
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+
+    async def _doFailover(self):
+        dead = self.master1
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        deadline = self.clock.seconds() + FAILOVER_DEADLINE
+        delay = 0.02
+        candidate = self.master2
+        self.master2 = None
+        while not self.closed:
+            if candidate is None:
+                try:
+                    reply = await self._askRouter()
+                    candidate = self._master(reply.master1)
+                    self.master2 = self._master(reply.master2)
+                except ClusterUnreachable as e:
+                    problem = e
+                    candidate = None
+            if candidate is not None:
+                self.onReconnect(candidate.address)
+                try:
+                    await self._login(candidate)
+                    break
+                except grpc.aio.AioRpcError as e:
+                    problem = e
+                    candidate = None
+            if self.clock.seconds() > deadline:
+                raise ClusterUnreachable("failover from %s failed: %s" % (
+                    dead.address if dead else "?", problem))
+            await deferLater(self.clock, delay, lambda: None)
+            delay = min(delay * 2, 0.5)
+        if self.master2 is None or self.master2.vm == self.master1.vm:
+            defer.ensureDeferred(self._refillMaster2())
+
+    async def _refillMaster2(self):
+        try:
+            reply = await self._askRouter(exclude={self.master1.vm})
+        except Exception:
+            self.master2 = None
+            return
+        self.master2 = self._master(reply.master1)
+
+    def _sessionLost(self, session, reason):
+        if session is self.session and not self.closed:
+            log.info("session with {m} lost: {why}", m=self.master1,
+                     why=reason.getErrorMessage() if reason else "ended")
+            self.session = None
+            self._failOver().addErrback(lambda f: log.failure("failover failed", f))
+
+    # -- commands
+
+    async def _call(self, name, request, write=False):
+        for attempt in range(8):
+            if self._failover is not None:
+                await self._failOver()
+            if write and self.master2 is not None:
+                request.prefer_vm = self.master2.vm
+            try:
+                return await grpcbridge.call(getattr(self.stub, name), request,
+                                             timeout=CALL_TIMEOUT,
+                                             metadata=auth.sessionMetadata(self.token))
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in _DEAD:
+                    raise CommandFailed(e.code(), e.details())
+                log.info("{name} on {m} failed: {code}", name=name, m=self.master1,
+                         code=e.code().name)
+                await self._failOver()
+        raise ClusterUnreachable("%s did not succeed after repeated failovers" % (name,))
+
+    def _write(self, name, request):
+        request.request_id = uuid.uuid4().hex
+        return defer.ensureDeferred(self._call(name, request, write=True))
+
+    def follow(self, target):
+        return self._write("Follow", pb.FollowRequest(target=target))
+
+    def unfollow(self, target):
+        return self._write("UnFollow", pb.FollowRequest(target=target))
+
+    def post(self, text):
+        return self._write("Post", pb.PostRequest(text=text))
+
+    def list(self):
+        return defer.ensureDeferred(self._call("List", pb.ListRequest()))
+
+    def history(self, limit=HISTORY):
+        return defer.ensureDeferred(self._call("History", pb.HistoryRequest(limit=limit)))
+
+    # -- the timeline
+
+    def timeline(self):
+        """
+        Enter timeline mode: C{onPost} gets the recent history, then each new
+        post.  The Deferred fires once the history has been delivered.
+        """
+        self.inTimeline = True
+        self._ready = defer.Deferred()
+        if self.session is not None:
+            self.session.send(pb.ClientMessage(open=self._openRequest()))
+        return self._ready
+
+    def _openRequest(self):
+        request = pb.SessionOpen(timeline=self.inTimeline, history=HISTORY)
+        if self.cursor is not None:
+            request.cursor.time_us, request.cursor.id = self.cursor
+        return request
+
+    def _timelineReady(self):
+        if self._ready is not None and not self._ready.called:
+            self._ready.callback(None)
+
+    def _received(self, post):
+        if post.id in self.shown:
+            return
+        self.shown.add(post.id)
+        if self.cursor is None or post.key > self.cursor:
+            self.cursor = post.key
+        self.onPost(post)
+        if self._ackCall is None:
+            self._ackCall = self.clock.callLater(0.2, self._ack)
+
+    def _ack(self):
+        self._ackCall = None
+        if self.session is not None and self.cursor is not None:
+            self.session.send(pb.ClientMessage(ack=pb.Cursor(
+                time_us=self.cursor[0], id=self.cursor[1])))
+
+    def close(self):
+        self.closed = True
+        if self._ackCall is not None and self._ackCall.active():
+            self._ackCall.cancel()
+        if self.session is not None:
+            self.session.close()
+        if self.channel is not None:
+            return grpcbridge.closeChannel(self.channel)
+        return defer.succeed(None)
