@@ -218,3 +218,7 @@ def main(argv=None):
     reactor.callWhenRunning(started)
     reactor.run()
     return status[0] if status else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -246,3 +246,7 @@ def main(argv=None):
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""
+Real processes for integration tests: a local cluster, sns-client runs, a
+bare router.
+
+Everything here waits on events (a line printed, a process ended, a status
+answered) with a deadline, never on fixed sleeps, and every process started
+is stopped in the test's cleanup, by PID, whatever happened in the test.
+"""
+
+import os
+import signal
+import sys
+
+from twisted.internet import defer, error, protocol, reactor
+from twisted.internet.task import deferLater
+
+from snstwist import grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+
+DEADLINE = 30.0
+
+
+def childEnv(**extra):
+    env = dict(os.environ, GRPC_VERBOSITY="ERROR", GRPC_ENABLE_FORK_SUPPORT="0",
+               PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def pidAlive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def killPid(pid, signum=signal.SIGKILL):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+class Collector(protocol.ProcessProtocol):
+    """Collects a child's output; fires C{ended} with its exit code."""
+
+    def __init__(self):
+        self.out = b""
+        self.err = b""
+        self.ended = defer.Deferred()
+        self.exitCode = None
+        self.waiters = []
+
+    @property
+    def pid(self):
+        return self.transport.pid
+
+    @property
+    def text(self):
+        return self.out.decode("utf-8", "replace")
+
+    @property
+    def lines(self):
+        return self.text.splitlines()
+
+    def outReceived(self, data):
+        self.out += data
+        self._check()
+
+    def errReceived(self, data):
+        self.err += data
+
+    def _check(self):
+        for waiter in list(self.waiters):
+            needle, d = waiter
+            if needle in self.text:
+                self.waiters.remove(waiter)
+                d.callback(self.text)
+
+    def waitFor(self, needle, timeout=DEADLINE):
+        """Fires when C{needle} has been printed on stdout."""
+        d = defer.Deferred()
+        self.waiters.append((needle, d))
+        self._check()
+        if d.called:
+            return d
+
+        def timedOut(result, t):
+            raise AssertionError("%r not printed within %ss; stdout:\n%s\nstderr:\n%s"
+                                 % (needle, t, self.text, self.err.decode("utf-8", "replace")))
+
+        return d.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
+
+    def write(self, text):
+        self.transport.write(text.encode("utf-8"))
+
+    def closeStdin(self):
+        self.transport.closeStdin()
+
+    def processEnded(self, reason):
+        self.exitCode = getattr(reason.value, "exitCode", None)
+        if isinstance(reason.value, error.ProcessTerminated) and reason.value.signal:
+            self.exitCode = -reason.value.signal
+        self.ended.callback(self.exitCode)
+
+
+def spawn(testCase, args, env=None, path=None):
+    """Start C{args} (python module invocation) and stop it in cleanup, by PID."""
+    child = Collector()
+    reactor.spawnProcess(child, sys.executable, [sys.executable] + list(args),
+                         env=env or childEnv(), path=path)
+    testCase.addCleanup(stopChild, child)
+    return child
+
+
+def stopChild(child, timeout=10.0):
+    if child.ended.called:
+        return defer.succeed(None)
+    killPid(child.pid, signal.SIGTERM)
+    kill = reactor.callLater(timeout, killPid, child.pid)
+    d = defer.Deferred()
+
+    def ended(result):
+        if kill.active():
+            kill.cancel()
+        d.callback(None)
+        return result
+
+    child.ended.addBoth(ended)
+    return d
+
+
+async def waitUntil(predicate, what, timeout=DEADLINE, interval=0.05):
+    """Poll C{predicate} (maybe async) until true, or fail after C{timeout}."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = predicate()
+        if isinstance(result, defer.Deferred) or hasattr(result, "__await__"):
+            result = await result
+        if result:
+            return result
+        if reactor.seconds() > deadline:
+            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+        await deferLater(reactor, interval, lambda: None)
+
+
+async def routerStatus(address):
+    channel = grpcbridge.channel(address)
+    try:
+        return await grpcbridge.call(pbg.RouterStub(channel).Status, pb.StatusRequest(),
+                                     timeout=2)
+    finally:
+        await grpcbridge.closeChannel(channel)
+
+
+class Cluster:
+    """A running C{sns-cluster}, as a new user starts it."""
+
+    def __init__(self, testCase, vms=2):
+        self.testCase = testCase
+        self.vms = vms
+        self.base = os.path.abspath(testCase.mktemp())
+        self.router = None
+        self.process = None
+        self.pids = set()
+
+    async def start(self):
+        # Cleanups run last-in first-out: the cluster is asked to stop first,
+        # then anything it left behind is killed by PID.
+        self.testCase.addCleanup(self.killAll)
+        self.process = spawn(self.testCase, [
+            "-m", "snstwist.cluster", "--dir", self.base, "--vms", str(self.vms),
+            "--router", "127.0.0.1:0"])
+        await self.process.waitFor("sns-cluster ready")
+        for line in self.process.lines:
+            if line.startswith("sns-cluster ready: router "):
+                self.router = line.split()[3].rstrip(";")
+        status = await routerStatus(self.router)
+        self.pids.update(s.pid for s in status.servers)
+        return self
+
+    async def status(self):
+        status = await routerStatus(self.router)
+        self.pids.update(s.pid for s in status.servers)
+        return status
+
+    async def masters(self):
+        return {s.vm: s for s in (await self.status()).servers if s.role == pb.MASTER}
+
+    def data(self, vm):
+        return os.path.join(self.base, vm, "data")
+
+    def postFiles(self, vm):
+        posts = os.path.join(self.data(vm), "posts")
+        out = {}
+        for name in sorted(os.listdir(posts)):
+            with open(os.path.join(posts, name), "rb") as f:
+                out[name] = f.read()
+        return out
+
+    def client(self, user, stdin=None):
+        """Start sns-client; with C{stdin} text, write it and close stdin."""
+        child = spawn(self.testCase, ["-m", "snstwist.cli", "-r", self.router, "-u", user])
+        if stdin is not None:
+            child.write(stdin)
+            child.closeStdin()
+        return child
+
+    async def run(self, user, stdin):
+        """Run sns-client to completion; returns the Collector."""
+        child = self.client(user, stdin)
+        await child.ended.addTimeout(DEADLINE, reactor)
+        return child
+
+    def killAll(self):
+        """Last-resort cleanup: nothing the cluster started may survive the test."""
+        for pid in self.pids:
+            if pidAlive(pid):
+                killPid(pid)
