@@ -265,7 +265,7 @@ class Client:
     # -- commands
 
     async def _call(self, name, request, write=False):
-        for attempt in range(8):
+        for _attempt in range(8):
             if self._failover is not None:
                 await self._failOver()
             if write and self.master2 is not None:

@@ -6,12 +6,10 @@ through a pipe, real signals.
 import os
 import re
 import signal
-import sys
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from snstwist import sns_pb2 as pb
 from tests.processes import (Cluster, childEnv, pidAlive, routerStatus, spawn,
                              waitUntil)
 
