@@ -61,6 +61,11 @@ class _Common(usage.Options):
             raise usage.UsageError("cannot read the secret: %s" % (e,))
 
 
+def _logAs(options, *words):
+    from snstwist import logs
+    logs.configure(getattr(options, "parent", None), *words)
+
+
 class RouterOptions(_Common):
     synopsis = "[--listen HOST:PORT]"
     optParameters = [
@@ -69,6 +74,7 @@ class RouterOptions(_Common):
 
     def postOptions(self):
         self["listen"] = parseAddress(self["listen"], "--listen")
+        _logAs(self, "router")
         _Common.postOptions(self)
 
 
@@ -93,6 +99,7 @@ class ServerOptions(_Common):
         if not self["data"]:
             self["data"] = os.path.join("sns-data", self["vm"])
         self["data"] = os.path.abspath(self["data"])
+        _logAs(self, self["vm"], "master")
         _Common.postOptions(self)
 
 

@@ -1,0 +1,72 @@
+"""
+C{sns-status}: the cluster as the router sees it, for a person to read.
+
+    sns-status --router HOST:PORT
+
+One row per live server process: VM, role, address, pid, live client
+sessions, updates held, updates not yet acknowledged by a peer VM
+(replication lag), and seconds since its last heartbeat.
+"""
+
+import sys
+
+from twisted.internet import defer
+from twisted.python import usage
+
+from snstwist import grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+
+COLUMNS = ("VM", "ROLE", "ADDRESS", "PID", "CLIENTS", "UPDATES", "LAG", "SEEN")
+
+
+def table(reply):
+    rows = [COLUMNS] + [
+        (s.vm, pb.Role.Name(s.role).lower(), s.address, str(s.pid), str(s.clients),
+         str(s.updates), str(s.pending), "%.1fs" % (s.seen_ago,))
+        for s in reply.servers]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    vms = {s.vm for s in reply.servers}
+    masters = {s.vm for s in reply.servers if s.role == pb.MASTER}
+    lines.append("%d VMs, %d with a live master; router up %.0fs"
+                 % (len(vms), len(masters), reply.uptime))
+    return "\n".join(lines)
+
+
+class Options(usage.Options):
+    optParameters = [["router", "r", "127.0.0.1:3410", "Router address."]]
+
+    def postOptions(self):
+        from snstwist.tap import installReactor, parseAddress
+        self["router"] = parseAddress(self["router"], "--router")
+        installReactor()
+
+
+async def show(reactor, address):
+    channel = grpcbridge.channel(address)
+    try:
+        reply = await grpcbridge.call(pbg.RouterStub(channel).Status, pb.StatusRequest(),
+                                      timeout=5)
+    finally:
+        await grpcbridge.closeChannel(channel)
+    print(table(reply))
+
+
+def main(argv=None):
+    from twisted.internet import task
+
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.stderr.write("%s\nsns-status: %s\n" % (options, e))
+        return 2
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(show(reactor, options["router"])))
+    except SystemExit as e:
+        return e.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
