@@ -168,8 +168,34 @@ class ClusterService(MultiService):
     def stopService(self):
         self.stopping = True
         MultiService.stopService(self)
-        return defer.gatherResults([self._stopChild(c) for c in self.children.values()],
-                                   consumeErrors=True)
+        # A promoted slave is not our child (its master spawned it): find
+        # every server of our VMs by the pid files they keep in their data.
+        others = [pid for pid in self._serverPids()
+                  if pid not in {c.pid for c in self.children.values()}]
+        for pid in others:
+            _kill(pid, signal.SIGTERM)
+        stops = [self._stopChild(c) for c in self.children.values()]
+        stops.append(defer.ensureDeferred(self._waitGone(others)))
+        return defer.gatherResults(stops, consumeErrors=True)
+
+    def _serverPids(self):
+        pids = set()
+        for i in range(self.vms):
+            run = os.path.join(self.base, "vm%d" % (i + 1,), "data", "run")
+            for name in os.listdir(run) if os.path.isdir(run) else ():
+                pid = int(name.split(".")[0]) if name.split(".")[0].isdigit() else 0
+                if pid and _isServer(pid):
+                    pids.add(pid)
+        return pids
+
+    async def _waitGone(self, pids):
+        deadline = self.reactor.seconds() + self.killTime
+        while any(_isServer(p) for p in pids):
+            if self.reactor.seconds() > deadline:
+                for pid in pids:
+                    _kill(pid, signal.SIGKILL)
+                return
+            await deferLater(self.reactor, 0.02)
 
     def _stopChild(self, child):
         if child.ended.called:
@@ -192,6 +218,25 @@ class ClusterService(MultiService):
             child.transport.signalProcess(signum)
         except error.ProcessExitedAlready:
             pass
+
+
+def _isServer(pid):
+    """Is C{pid} a live sns-server process (not a zombie, not a reused pid)?"""
+    try:
+        with open("/proc/%d/cmdline" % (pid,), "rb") as f:
+            cmdline = f.read()
+        with open("/proc/%d/stat" % (pid,)) as f:
+            state = f.read().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return b"sns-server" in cmdline and state != "Z"
+
+
+def _kill(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except OSError:
+        pass
 
 
 def deferLater(clock, seconds):

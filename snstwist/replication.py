@@ -138,6 +138,31 @@ class Node:
             self._persist(fresh)
         return defer.gatherResults([self.durable(u) for u in updates], consumeErrors=True)
 
+    def mirror(self, updates):
+        """
+        Apply updates that are already durable on this VM (the master's,
+        as its slave hears them): memory only.  Returns how many were new.
+        """
+        fresh = 0
+        for u in updates:
+            self.hlc.observe(u.time_us)
+            fresh += self.replica.apply(u)
+        return fresh
+
+    def adopt(self, store):
+        """
+        Take over the VM's data as its writer: open C{store} (writer lock
+        and all) and add whatever it holds that the mirror missed.
+        """
+        self.store = store
+
+        def opened(updates):
+            added = self.mirror(updates)
+            self.seq = self.replica.lastSeq(self.origin)
+            return added
+
+        return store.open().addCallback(opened)
+
     # -- the domain rules of each write
 
     def login(self, user):

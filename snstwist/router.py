@@ -79,11 +79,19 @@ class Registry:
         now = self.clock.seconds()
         old = self.servers.get(identity.incarnation)
         if old is not None and old.identity == identity:
+            relinked = old.link is not link
             old.link, old.lastSeen = link, now
+            if relinked:
+                # Back on a new stream before the old one was noticed gone:
+                # membership pushed meanwhile went to the old stream, so the
+                # new one must be told it again.
+                self.onChange()
             return old
         record = ServerRecord(identity, link, since=now, lastSeen=now)
         if old is not None:
-            record.clients, record.since = old.clients, old.since
+            # A role change (a promoted slave): it is the newest master of
+            # its VM from now on, with the clients it already had.
+            record.clients = old.clients
         self.servers[identity.incarnation] = record
         log.info("server {role} of {vm} at {address} (pid {pid}) is live",
                  role=pb.Role.Name(identity.role), vm=identity.vm,

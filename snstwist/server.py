@@ -1,30 +1,41 @@
 """
-One server process (C{twistd sns-server}): wires the pieces of a VM's master.
+One server process (C{twistd sns-server}): wires the pieces of a VM's
+master or slave.
 
+- a L{buddy.Role} state machine: master or slave, and the hand-over;
 - a L{replication.Node} on the VM's L{store.SQLiteStore};
 - the client-facing C{SNS} service (Login, List, Follow, UnFollow, Post,
-  History, and the live sessions of L{sessions});
-- the cluster-internal C{Cluster} service (C{BroadcastPosts} receiving);
+  History, and the live sessions of L{sessions}), served by the master only;
+- the cluster-internal C{Cluster} service: C{BroadcastPosts} (master),
+  C{BuddyConnection} (the master's end) and C{Onetime_s_to_buddy} (the
+  slave's end, how the master keeps its standby warm);
 - a L{RouterLink} to every router (C{Bidirectional_r_and_s}), whose
   membership tells the L{replication.Replicator} where the peer VMs are.
+
+The master spawns its slave through a L{buddy.BuddySupervisor}; the slave
+dials the master's C{BuddyConnection}.  When the master dies or hangs the
+slave fences it, takes the VM's writer lock, becomes master and spawns a new
+slave.
 """
 
 import os
+import sys
 import uuid
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from snstwist import auth, errors, grpcbridge
+from snstwist import auth, buddy, errors, grpcbridge, logs
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.grpcbridge import GrpcServerService, Servicer
-from snstwist.model import HISTORY, checkPostText, checkUsername
+from snstwist.model import HISTORY, Update, checkPostText, checkUsername
 from snstwist.replication import Node, ReplicaReceiver, Replicator
 from snstwist.router import HEARTBEAT
 from snstwist.sessions import MAX_QUEUE, SessionHub
-from snstwist.store import SQLiteStore
+from snstwist.state import VersionVector
+from snstwist.store import DataLocked, SQLiteStore
 
 log = Logger()
 
@@ -86,6 +97,11 @@ class RouterLink:
         self.stream.send(pb.ServerMessage(heartbeat=self.server.load()))
         self.timer = self.clock.callLater(HEARTBEAT, self._beat)
 
+    def sendHello(self):
+        """Tell the router again who we are (our role changed)."""
+        if self.stream is not None:
+            self.stream.send(pb.ServerMessage(hello=self.server.hello()))
+
     def messageReceived(self, message):
         self.lastHeard = self.clock.seconds()
         if self.delay != self.minDelay:
@@ -116,44 +132,105 @@ class RouterLink:
         return grpcbridge.closeChannel(self.channel) if self.channel else defer.succeed(None)
 
 
-class ServerService(MultiService):
-    """The master of one VM."""
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
-    def __init__(self, vm, listen, routers, data, secret, clock=None):
+
+class BuddyFeed:
+    """
+    C{Onetime_s_to_buddy}: the master tells its slave about every durable
+    update, in batches, one call in flight at a time.  Nothing is lost when a
+    call fails: a (new) slave says what it holds in its hello and is sent the
+    rest.
+    """
+
+    def __init__(self, server, address):
+        self.server = server
+        self.channel = grpcbridge.channel(address)
+        self.stub = pbg.ClusterStub(self.channel)
+        self.queue = []
+        self.busy = False
+        self.closed = False
+
+    def push(self, updates):
+        if self.closed:
+            return
+        self.queue.extend(updates)
+        if not self.busy:
+            self._send()
+
+    def _send(self):
+        batch, self.queue = self.queue[:500], self.queue[500:]
+        if not batch or self.closed:
+            self.busy = False
+            return
+        self.busy = True
+        d = grpcbridge.call(self.stub.Onetime_s_to_buddy,
+                            pb.UpdateBatch(updates=[u.toProto() for u in batch]),
+                            timeout=5, metadata=auth.secretMetadata(self.server.secret))
+
+        def failed(f):
+            log.info("could not update the slave: {why}", why=f.getErrorMessage())
+            self.queue = []
+
+        d.addCallbacks(lambda _: None, failed)
+        d.addCallback(lambda _: self._send())
+
+    def close(self):
+        self.closed = True
+        return grpcbridge.closeChannel(self.channel)
+
+
+class ServerService(MultiService):
+    """One server process of a VM: its master, or its slave."""
+
+    lockDeadline = 10.0
+
+    def __init__(self, vm, listen, routers, data, secret, role="master", master=None,
+                 masterPid=0, logfile=None, clock=None):
         MultiService.__init__(self)
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
         self.vm = vm
+        self.listen = listen
         self.secret = secret
         self.routers = routers
         self.data = data
+        self.logfile = logfile
+        self.startRole = role
+        self.master = master
+        self.masterPid = masterPid
         self.incarnation = "%x" % (int(clock.seconds() * 1e6),) + uuid.uuid4().hex[:6]
         self.origin = "%s.%s" % (vm, self.incarnation)
         self.node = Node(vm, self.origin, SQLiteStore(data), clock, self._durable)
         self.sessions = SessionHub(self.node, clock)
         self.replicator = Replicator(self.node, secret, clock)
         self.grpc = GrpcServerService(listen, self._register)
+        self.role = buddy.Role(self)
         self.links = []
         self.memberships = {}
         self.ready = None
+        self.supervisor = None
+        self.slaveLink = None
+        self.feed = None
+        self.masterLink = None
+        self.pidfile = os.path.join(data, "run", "%d.pid" % (os.getpid(),))
 
     # -- lifecycle
 
     def startService(self):
         MultiService.startService(self)
-        self.ready = self.node.load()
-        self.ready.addCallback(self._loaded)
+        os.makedirs(os.path.dirname(self.pidfile), exist_ok=True)
+        with open(self.pidfile, "w") as f:
+            f.write("%d\n" % (os.getpid(),))
+        if self.startRole == "master":
+            self.ready = self.node.load()
+            self.ready.addCallback(lambda _: self.role.startAsMaster())
+        else:
+            self.ready = self.node.store.read()
+            self.ready.addCallback(self.node.mirror)
+            self.ready.addCallback(lambda _: self.role.startAsSlave())
         self.ready.addErrback(self._failed)
-
-    def _loaded(self, _):
-        self.grpc.setServiceParent(self)
-        for address in self.routers:
-            link = RouterLink(self, address)
-            self.links.append(link)
-            link.start()
-        log.info("master of VM {vm} serving at {address} (pid {pid}, data {data})",
-                 vm=self.vm, address=self.grpc.address, pid=os.getpid(), data=self.data)
 
     def _failed(self, failure):
         log.failure("server of VM {vm} could not start", failure, vm=self.vm)
@@ -161,19 +238,142 @@ class ServerService(MultiService):
         if reactor.running:
             reactor.stop()
 
+    def _serve(self):
+        """Start the gRPC server and the router links (once)."""
+        if self.grpc.parent is None:
+            self.grpc.setServiceParent(self)
+            for address in self.routers:
+                link = RouterLink(self, address)
+                self.links.append(link)
+                link.start()
+        else:
+            for link in self.links:
+                link.sendHello()
+
     @defer.inlineCallbacks
     def stopService(self):
+        self.role.stop()
         for link in self.links:
             yield link.stop()
         yield self.replicator.stop()
         self.sessions.closeAll()
+        if self.supervisor is not None:
+            yield self.supervisor.stop()
+        if self.feed is not None:
+            yield self.feed.close()
         yield MultiService.stopService(self)
         yield self.node.store.close()
+        try:
+            os.remove(self.pidfile)
+        except OSError:
+            pass
+
+    # -- the role's hooks (called by buddy.Role only)
+
+    def serveAsMaster(self):
+        logs.setIdentity(self.vm, "master")
+        self._serve()
+        self.supervisor = buddy.BuddySupervisor(self._slaveCommand(), self._reactor())
+        self.supervisor.start()
+        log.info("master of VM {vm} serving at {address} (pid {pid}, data {data})",
+                 vm=self.vm, address=self.grpc.address, pid=os.getpid(), data=self.data)
+
+    def standBy(self):
+        logs.setIdentity(self.vm, "slave")
+        self._serve()
+        self.masterLink = buddy.SlaveLink(self.clock, self._buddyHello,
+                                          self.role.masterLost, self._masterStopping)
+        self.masterChannel = grpcbridge.channel(self.master)
+        grpcbridge.openStream(pbg.ClusterStub(self.masterChannel).BuddyConnection,
+                              self.masterLink, metadata=auth.secretMetadata(self.secret))
+        log.info("slave of VM {vm} at {address} standing by for master {master} (pid {pid})",
+                 vm=self.vm, address=self.grpc.address, master=self.master,
+                 pid=self.masterPid)
+
+    def takeOver(self, why):
+        logs.setIdentity(self.vm, "promoting")
+        pid = self.masterLink.masterPid or self.masterPid
+        log.warn("master {pid} of VM {vm} lost ({why}): fencing it and taking over",
+                 pid=pid, vm=self.vm, why=why)
+        buddy.fence(pid)
+        grpcbridge.closeChannel(self.masterChannel)
+        self._takeLock(self.clock.seconds() + self.lockDeadline)
+
+    def _takeLock(self, deadline):
+        d = self.node.adopt(SQLiteStore(self.data))
+
+        def locked(added):
+            log.info("took the writer lock of {data}; {n} updates not mirrored before",
+                     data=self.data, n=added)
+            self.role.promoted()
+
+        def busy(f):
+            f.trap(DataLocked)
+            if self.clock.seconds() > deadline:
+                log.critical("the old master still holds {data}: giving up", data=self.data)
+                self._failed(f)
+                return
+            self.clock.callLater(0.01, self._takeLock, deadline)
+
+        d.addCallbacks(locked, busy).addErrback(self._failed)
+
+    def shutdown(self):
+        if self.masterLink is not None:
+            self.masterLink.sendStopping()
+            self.masterLink.close()
+        if self.slaveLink is not None:
+            self.slaveLink.sendStopping()
+
+    def _masterStopping(self):
+        log.info("master is stopping in order: stopping too")
+        from twisted.internet import reactor
+        if reactor.running:
+            reactor.stop()
+
+    def _reactor(self):
+        from twisted.internet import reactor
+        return reactor
+
+    def _slaveCommand(self):
+        host = self.listen.rsplit(":", 1)[0]
+        args = [sys.executable, "-c", TWISTD, "-n", "--pidfile="]
+        if self.logfile:
+            args.append("--logfile=" + self.logfile)
+        args += ["sns-server", "--role", "slave", "--vm", self.vm,
+                 "--listen", host + ":0", "--data", self.data,
+                 "--router", ",".join(self.routers),
+                 "--buddy", self.grpc.address, "--buddy-pid", str(os.getpid())]
+        env = dict(os.environ, SNS_SECRET=self.secret, GRPC_ENABLE_FORK_SUPPORT="0")
+        return buddy.BuddyCommand(sys.executable, tuple(args), env)
+
+    # -- the master's side of its slave
+
+    def _buddyHello(self):
+        return pb.BuddyHello(vm=self.vm, role=self.hello().role, pid=os.getpid(),
+                             address=self.grpc.address, incarnation=self.incarnation,
+                             have=self.node.replica.seen.toProto())
+
+    def _slaveHello(self, link, hello):
+        log.info("slave {pid} at {address} connected", pid=hello.pid, address=hello.address)
+        if self.feed is not None:
+            self.feed.close()
+        self.slaveLink = link
+        self.feed = BuddyFeed(self, hello.address)
+        self.feed.push(self.node.replica.missing(VersionVector.fromProto(hello.have)))
+
+    def _slaveHung(self, hello, why):
+        if self.supervisor is not None:
+            self.supervisor.kill(why)
+
+    def _slaveStopping(self, pid):
+        if self.supervisor is not None:
+            self.supervisor.stopping(pid)
 
     # -- what the router learns and tells
 
     def hello(self):
-        return pb.ServerHello(vm=self.vm, role=pb.MASTER, address=self.grpc.address,
+        role = pb.MASTER if self.role.name == "master" else pb.SLAVE
+        return pb.ServerHello(vm=self.vm, role=role, address=self.grpc.address,
                               pid=os.getpid(), incarnation=self.incarnation)
 
     def load(self):
@@ -183,6 +383,8 @@ class ServerService(MultiService):
 
     def membershipChanged(self, router, membership):
         self.memberships[router] = membership
+        if self.role.name != "master":
+            return
         peers = {}
         for m in self.memberships.values():
             for server in m.servers:
@@ -192,6 +394,8 @@ class ServerService(MultiService):
 
     def _durable(self, updates):
         self.sessions.publish(updates)
+        if self.feed is not None:
+            self.feed.push(updates)
 
     # -- gRPC
 
@@ -209,10 +413,17 @@ class ServerService(MultiService):
             openStreams=openStreams, maxQueue=10000)
         pbg.add_ClusterServicer_to_server(cluster, server)
 
+    def _asMaster(self):
+        if self.role.name != "master":
+            raise errors.NotMaster("this server is the %s of VM %s, not its master"
+                                   % (self.role.name, self.vm))
+
     def _user(self, ctx):
+        self._asMaster()
         return auth.userOf(ctx, self.secret)
 
     def login(self, request, ctx):
+        self._asMaster()
         user = checkUsername(request.user)
         update = self.node.login(user)
         d = defer.succeed(None)
@@ -274,12 +485,18 @@ class ServerService(MultiService):
 
     def onetimeSToBuddy(self, request, ctx):
         auth.checkSecret(ctx, self.secret)
-        raise errors.NotBuddy("this server runs without a buddy")
+        if self.role.name != "slave":
+            raise errors.NotBuddy("this server is not a slave")
+        updates = [Update.fromProto(u) for u in request.updates]
+        return pb.BuddyAck(applied=self.node.mirror(updates))
 
     def buddyConnection(self, ctx):
         auth.checkSecret(ctx, self.secret)
-        raise errors.NotBuddy("this server runs without a buddy")
+        self._asMaster()
+        return buddy.MasterLink(self.clock, self._buddyHello, self._slaveHello,
+                                self._slaveHung, self._slaveStopping)
 
     def broadcastPosts(self, ctx):
         auth.checkSecret(ctx, self.secret)
+        self._asMaster()
         return ReplicaReceiver(self.node, self.clock)

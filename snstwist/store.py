@@ -126,6 +126,29 @@ class _Disk:
         os.write(fd, b"%d\n" % (os.getpid(),))
         self.lockFile = fd
 
+    def read(self):
+        """
+        Read what is stored without taking the lock or repairing anything:
+        how a slave warms up while its master writes.
+        """
+        path = os.path.join(self.path, "sns.sqlite3")
+        updates = []
+        if os.path.exists(path):
+            db = sqlite3.connect("file:%s?mode=ro" % (path,), uri=True)
+            try:
+                updates = [Update.fromProto(pb.Update.FromString(body))
+                           for (body,) in db.execute("SELECT body FROM log")]
+            except sqlite3.OperationalError:
+                updates = []
+            finally:
+                db.close()
+        if os.path.isdir(self.postsDir):
+            for name in sorted(os.listdir(self.postsDir)):
+                if name.endswith(".txt"):
+                    updates.extend(self._readPosts(os.path.join(self.postsDir, name),
+                                                   repair=False))
+        return updates
+
     def open(self):
         self.lock()
         self.db = sqlite3.connect(os.path.join(self.path, "sns.sqlite3"),
@@ -140,7 +163,7 @@ class _Disk:
                 updates.extend(self._readPosts(os.path.join(self.postsDir, name)))
         return updates
 
-    def _readPosts(self, path):
+    def _readPosts(self, path, repair=True):
         updates = []
         good = 0
         with open(path, "rb") as f:
@@ -155,13 +178,13 @@ class _Disk:
                          path=path, good=good, e=e)
                 break
             good += len(raw)
-        if good != len(data):
+        if good != len(data) and repair:
             # A crash mid-append left a partial line: it was never
             # acknowledged, so cut it off.
             with open(path, "r+b") as f:
                 f.truncate(good)
                 os.fsync(f.fileno())
-        if updates:
+        if updates and repair:
             self.lastKey[updates[0].post.author] = max(u.post.key for u in updates)
         return updates
 
@@ -268,10 +291,18 @@ class SQLiteStore:
         self.batches = 0
 
     def _onDisk(self, function, *args):
+        if not self._pool.started:
+            self._pool.start()
         return deferToThreadPool(self.reactor, self._pool, function, *args)
 
+    def read(self):
+        """
+        The updates stored, read without the writer lock and without
+        repairing anything (a slave warming up while its master writes).
+        """
+        return self._onDisk(self._disk.read)
+
     def open(self):
-        self._pool.start()
         d = self._onDisk(self._disk.open)
 
         def loaded(updates):
@@ -279,17 +310,18 @@ class SQLiteStore:
             log.info("opened {path}: {n} updates stored", path=self.path, n=len(updates))
             return updates
 
-        def failed(f):
-            self._pool.stop()
-            return f
-
-        return d.addCallbacks(loaded, failed)
+        return d.addCallback(loaded)
 
     def persist(self, updates):
-        fresh = [u for u in updates if (u.origin, u.seq) not in self._stored]
+        fresh = []
+        for u in updates:
+            # Marked as stored one by one, so an update repeated within
+            # this call is written once, like one repeated across calls.
+            if (u.origin, u.seq) not in self._stored:
+                self._stored.add((u.origin, u.seq))
+                fresh.append(u)
         if not fresh:
             return defer.succeed(None)
-        self._stored.update((u.origin, u.seq) for u in fresh)
         d = defer.Deferred()
         self._pending.append((fresh, d))
         if self._writing is None:

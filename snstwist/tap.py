@@ -85,6 +85,9 @@ class ServerOptions(_Common):
         ["vm", None, "vm1", "Name of this server's VM (one data directory)."],
         ["listen", "l", "127.0.0.1:0", "Address to serve on (port 0: any free port)."],
         ["data", "d", None, "Data directory of the VM (default: ./sns-data/VM)."],
+        ["role", None, "master", "master (the default) or slave; masters spawn their slave."],
+        ["buddy", None, None, "For a slave: its master's address."],
+        ["buddy-pid", None, 0, "For a slave: its master's pid (for fencing).", int],
     ]
 
     def postOptions(self):
@@ -99,7 +102,13 @@ class ServerOptions(_Common):
         if not self["data"]:
             self["data"] = os.path.join("sns-data", self["vm"])
         self["data"] = os.path.abspath(self["data"])
-        _logAs(self, self["vm"], "master")
+        if self["role"] not in ("master", "slave"):
+            raise usage.UsageError("--role is master or slave")
+        if self["role"] == "slave" and not self["buddy"]:
+            raise usage.UsageError("a slave needs --buddy MASTER_ADDRESS")
+        parent = getattr(self, "parent", None)
+        self["logfile"] = parent.get("logfile") if parent is not None else None
+        _logAs(self, self["vm"], self["role"])
         _Common.postOptions(self)
 
 
@@ -111,7 +120,9 @@ def makeRouterService(options):
 def makeServerService(options):
     from snstwist.server import ServerService
     return ServerService(options["vm"], options["listen"], options["router"],
-                         options["data"], options.secret())
+                         options["data"], options.secret(), role=options["role"],
+                         master=options["buddy"], masterPid=options["buddy-pid"],
+                         logfile=options["logfile"])
 
 
 def makeClusterService(options):

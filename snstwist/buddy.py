@@ -1,0 +1,411 @@
+"""
+Buddies: the master and the slave of one VM, which resurrect each other.
+
+- L{Role} is the state machine of a server process: starting, slave,
+  promoting, master, stopping.  Roles change only by its inputs.
+- L{BuddySupervisor} is the master's side of resurrection: it spawns the
+  slave with C{reactor.spawnProcess}, watches it with a ProcessProtocol and
+  respawns it when it dies, with backoff for a buddy that dies at start-up
+  and a bounded restart intensity (like L{twisted.runner.procmon} and OTP
+  supervisors), so a broken buddy is never respawned in a tight loop.
+- L{SlaveLink} and L{MasterLink} are the two ends of C{BuddyConnection}:
+  hello with pids, heartbeats both ways with a timeout that catches a hung
+  process (not only a dead one), and the orderly-shutdown notice.
+- L{fence} is how a slave makes sure the old master can never write again
+  before it takes the VM's writer lock: it kills it, by pid, on this VM.
+
+This is the only module that spawns or signals processes.
+"""
+
+import os
+import random
+import signal
+
+import attrs
+from automat import MethodicalMachine
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+
+from snstwist import sns_pb2 as pb
+
+log = Logger()
+
+HEARTBEAT = 0.25
+TIMEOUT = 6 * HEARTBEAT
+
+
+class Role:
+    """
+    The role of one server process.  C{hooks} does the work of each
+    transition: C{serveAsMaster()}, C{standBy()}, C{takeOver(why)},
+    C{shutdown()}.
+    """
+
+    _machine = MethodicalMachine()
+
+    def __init__(self, hooks):
+        self._hooks = hooks
+        self.name = "starting"
+
+    @_machine.state(initial=True)
+    def starting(self):
+        """Loading; not serving anything yet."""
+
+    @_machine.state()
+    def slave(self):
+        """Hot standby: mirrors the master's updates, watches the master."""
+
+    @_machine.state()
+    def promoting(self):
+        """The master is gone: fencing it and taking the writer lock."""
+
+    @_machine.state()
+    def master(self):
+        """The VM's only writer: serves clients and replicates."""
+
+    @_machine.state()
+    def stopping(self):
+        """An orderly stop: nothing is taken over or respawned any more."""
+
+    @_machine.input()
+    def startAsMaster(self):
+        """Started with the master role."""
+
+    @_machine.input()
+    def startAsSlave(self):
+        """Started with the slave role."""
+
+    @_machine.input()
+    def masterLost(self, why):
+        """The master's stream broke or its heartbeats stopped."""
+
+    @_machine.input()
+    def promoted(self):
+        """Fencing done and writer lock taken."""
+
+    @_machine.input()
+    def stop(self):
+        """Orderly shutdown (SIGTERM, or the master's stopping notice)."""
+
+    @_machine.output()
+    def _serveAsMaster(self):
+        self.name = "master"
+        self._hooks.serveAsMaster()
+
+    @_machine.output()
+    def _standBy(self):
+        self.name = "slave"
+        self._hooks.standBy()
+
+    @_machine.output()
+    def _takeOver(self, why):
+        self.name = "promoting"
+        self._hooks.takeOver(why)
+
+    @_machine.output()
+    def _shutdown(self):
+        self.name = "stopping"
+        self._hooks.shutdown()
+
+    starting.upon(startAsMaster, enter=master, outputs=[_serveAsMaster])
+    starting.upon(startAsSlave, enter=slave, outputs=[_standBy])
+    slave.upon(masterLost, enter=promoting, outputs=[_takeOver])
+    promoting.upon(promoted, enter=master, outputs=[_serveAsMaster])
+    promoting.upon(masterLost, enter=promoting, outputs=[])
+    master.upon(masterLost, enter=master, outputs=[])
+    for _state in (starting, slave, promoting, master):
+        _state.upon(stop, enter=stopping, outputs=[_shutdown])
+    stopping.upon(stop, enter=stopping, outputs=[])
+    stopping.upon(masterLost, enter=stopping, outputs=[])
+    stopping.upon(promoted, enter=stopping, outputs=[])
+    del _state
+
+
+@attrs.frozen
+class BuddyCommand:
+    """What to spawn as the buddy: executable, argv and environment."""
+
+    executable: str
+    args: tuple
+    env: dict = attrs.field(factory=dict, eq=False)
+
+
+class _BuddyProcess(protocol.ProcessProtocol):
+    def __init__(self, supervisor, started):
+        self.supervisor = supervisor
+        self.started = started
+        self.ended = defer.Deferred()
+        self.pid = None
+
+    def connectionMade(self):
+        self.pid = self.transport.pid
+
+    def outReceived(self, data):
+        for line in data.decode("utf-8", "replace").splitlines():
+            log.info("buddy {pid}: {line}", pid=self.pid, line=line)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.supervisor._ended(self, reason)
+        self.ended.callback(None)
+
+
+class BuddySupervisor:
+    """
+    Keeps one buddy process alive, as ProcessMonitor does for its processes:
+    a buddy that dies within C{threshold} seconds of starting waits twice as
+    long (from C{minRestartDelay} up to C{maxRestartDelay}, with jitter)
+    before the next start; one that ran longer is respawned at once.  More
+    than C{intensity} restarts within C{period} seconds and it gives up,
+    logging why.  A stop sends TERM and, C{killTime} later, KILL, and waits
+    for the process to end.
+    """
+
+    threshold = 1.0
+    minRestartDelay = 0.1
+    maxRestartDelay = 10.0
+    killTime = 5.0
+    intensity = 5
+    period = 30.0
+
+    def __init__(self, command, reactor, onSpawn=lambda pid: None, jitter=random.random):
+        self.command = command
+        self.reactor = reactor
+        self.onSpawn = onSpawn
+        self.jitter = jitter
+        self.process = None
+        self.delay = 0.0
+        self.restarts = []
+        self.pending = None
+        self.stopped = False
+        self.gaveUp = False
+        self.noRespawn = set()
+
+    @property
+    def pid(self):
+        return self.process.pid if self.process is not None else None
+
+    def start(self):
+        self.stopped = False
+        self._spawn()
+
+    def _spawn(self):
+        self.pending = None
+        if self.stopped:
+            return
+        process = _BuddyProcess(self, self.reactor.seconds())
+        self.reactor.spawnProcess(process, self.command.executable,
+                                  list(self.command.args), env=self.command.env)
+        self.process = process
+        log.info("spawned buddy, pid {pid}", pid=process.pid)
+        self.onSpawn(process.pid)
+
+    def _ended(self, process, reason):
+        if process is not self.process:
+            return
+        self.process = None
+        if self.stopped:
+            return
+        if process.pid in self.noRespawn:
+            log.info("buddy {pid} stopped in order: not respawning it", pid=process.pid)
+            return
+        now = self.reactor.seconds()
+        lived = now - process.started
+        self.restarts = [t for t in self.restarts if now - t < self.period]
+        if len(self.restarts) >= self.intensity:
+            self.gaveUp = True
+            log.critical(
+                "buddy died {n} times within {period}s (last: {why}): giving up;"
+                " this VM runs without a standby until restarted",
+                n=len(self.restarts) + 1, period=self.period, why=reason.getErrorMessage())
+            return
+        self.restarts.append(now)
+        if lived < self.threshold:
+            self.delay = min(max(self.delay * 2, self.minRestartDelay), self.maxRestartDelay)
+            delay = self.delay * (1 + self.jitter() / 4)
+        else:
+            self.delay = 0.0
+            delay = 0.0
+        log.warn("buddy {pid} ended after {lived:.2f}s ({why}); respawning in {delay:.2f}s",
+                 pid=process.pid, lived=lived, why=reason.getErrorMessage(), delay=delay)
+        self.pending = self.reactor.callLater(delay, self._spawn)
+
+    def kill(self, why):
+        """Kill a hung buddy; it is then respawned like a dead one."""
+        if self.process is not None:
+            log.warn("killing hung buddy {pid}: {why}", pid=self.process.pid, why=why)
+            _signal(self.process, signal.SIGKILL)
+
+    def stopping(self, pid):
+        """The buddy C{pid} announced an orderly stop: do not respawn it."""
+        self.noRespawn.add(pid)
+
+    def stop(self):
+        self.stopped = True
+        if self.pending is not None and self.pending.active():
+            self.pending.cancel()
+        self.pending = None
+        process = self.process
+        if process is None:
+            return defer.succeed(None)
+        _signal(process, signal.SIGTERM)
+        kill = self.reactor.callLater(self.killTime, _signal, process, signal.SIGKILL)
+
+        def ended(result):
+            if kill.active():
+                kill.cancel()
+            return result
+
+        return process.ended.addBoth(ended)
+
+
+def _signal(process, signum):
+    try:
+        process.transport.signalProcess(signum)
+    except error.ProcessExitedAlready:
+        pass
+
+
+def fence(pid, kill=os.kill):
+    """
+    Make sure the old master C{pid} (on this VM) can never write again: kill
+    it.  SIGKILL also ends a stopped (SIGSTOP) process.  Returns True if it
+    was alive.
+    """
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        kill(pid, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        log.warn("cannot fence old master {pid}: permission denied", pid=pid)
+        return False
+
+
+class _Heartbeats:
+    """Send a heartbeat every HEARTBEAT seconds; call C{onSilence} after TIMEOUT."""
+
+    def __init__(self, clock, send, onSilence):
+        self.clock = clock
+        self.send = send
+        self.onSilence = onSilence
+        self.lastHeard = clock.seconds()
+        self.timer = clock.callLater(HEARTBEAT, self._tick)
+
+    def heard(self):
+        self.lastHeard = self.clock.seconds()
+
+    def _tick(self):
+        self.timer = None
+        silent = self.clock.seconds() - self.lastHeard
+        if silent > TIMEOUT:
+            self.onSilence("no heartbeat for %.2fs" % (silent,))
+            return
+        self.send(pb.BuddyMessage(heartbeat=pb.Heartbeat()))
+        self.timer = self.clock.callLater(HEARTBEAT, self._tick)
+
+    def stop(self):
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
+class SlaveLink:
+    """
+    The slave's end of C{BuddyConnection} (the slave dials its master).  A
+    broken stream or missing heartbeats mean the master is lost; a stopping
+    notice means the pair is being shut down in order.
+    """
+
+    def __init__(self, clock, hello, onMasterLost, onMasterStopping):
+        self.clock = clock
+        self.hello = hello
+        self.onMasterLost = onMasterLost
+        self.onMasterStopping = onMasterStopping
+        self.stream = None
+        self.beats = None
+        self.masterPid = None
+        self.closing = False
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        stream.send(pb.BuddyMessage(hello=self.hello()))
+        self.beats = _Heartbeats(self.clock, stream.send, self._silent)
+
+    def _silent(self, why):
+        self.closing = True
+        self.stream.abort()
+        self.onMasterLost("master hung: " + why)
+
+    def messageReceived(self, message):
+        self.beats.heard()
+        kind = message.WhichOneof("kind")
+        if kind == "hello":
+            self.masterPid = message.hello.pid
+        elif kind == "stopping":
+            self.closing = True
+            self.onMasterStopping()
+
+    def sendStopping(self):
+        if self.stream is not None:
+            self.stream.send(pb.BuddyMessage(stopping=True))
+
+    def close(self):
+        self.closing = True
+        if self.stream is not None:
+            self.stream.close()
+
+    def connectionLost(self, reason):
+        if self.beats is not None:
+            self.beats.stop()
+        self.stream = None
+        if not self.closing:
+            self.onMasterLost("buddy stream broke: %s" % (
+                reason.getErrorMessage() if reason else "ended",))
+
+
+class MasterLink:
+    """
+    The master's end of C{BuddyConnection}: learns the slave's pid and
+    address from its hello, and kills a slave whose heartbeats stop.
+    """
+
+    def __init__(self, clock, hello, onSlaveHello, onSlaveHung, onSlaveStopping):
+        self.clock = clock
+        self.hello = hello
+        self.onSlaveHello = onSlaveHello
+        self.onSlaveHung = onSlaveHung
+        self.onSlaveStopping = onSlaveStopping
+        self.stream = None
+        self.beats = None
+        self.slave = None
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        stream.send(pb.BuddyMessage(hello=self.hello()))
+        self.beats = _Heartbeats(self.clock, stream.send, self._silent)
+
+    def _silent(self, why):
+        self.stream.abort()
+        self.onSlaveHung(self.slave, why)
+
+    def messageReceived(self, message):
+        self.beats.heard()
+        kind = message.WhichOneof("kind")
+        if kind == "hello":
+            self.slave = message.hello
+            self.onSlaveHello(self, message.hello)
+        elif kind == "stopping" and self.slave is not None:
+            self.onSlaveStopping(self.slave.pid)
+
+    def sendStopping(self):
+        if self.stream is not None:
+            self.stream.send(pb.BuddyMessage(stopping=True))
+
+    def connectionLost(self, reason):
+        if self.beats is not None:
+            self.beats.stop()
+        self.stream = None
