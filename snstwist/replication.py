@@ -82,13 +82,18 @@ class Node:
         return self.store.open().addCallback(loaded)
 
     def _new(self, requestId, **change):
-        self.seq += 1
+        # Take the seq only once the update is built: a write rejected by
+        # validation must not leave a hole in our origin's sequence (peers
+        # would carry it in their version vectors forever).
+        seq = self.seq + 1
         time_us = self.hlc.now()
         if "post" in change:
-            change["post"] = Post(id=updateId(self.origin, self.seq), time_us=time_us,
+            change["post"] = Post(id=updateId(self.origin, seq), time_us=time_us,
                                   **change["post"])
-        return Update(origin=self.origin, seq=self.seq, time_us=time_us,
-                      request_id=requestId, **change)
+        update = Update(origin=self.origin, seq=seq, time_us=time_us,
+                        request_id=requestId, **change)
+        self.seq = seq
+        return update
 
     def accept(self, requestId="", **change):
         """
