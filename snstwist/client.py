@@ -31,6 +31,8 @@ log = Logger()
 CALL_TIMEOUT = 5.0
 HEARTBEAT = 1.0
 FAILOVER_DEADLINE = 15.0
+RESUME_WINDOW_US = 10 * 1000000
+SHOWN_MEMORY = 10000
 
 # Statuses that mean "this server is gone or hung", not "your request is bad".
 _DEAD = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -133,7 +135,7 @@ class Client:
         self.session = None
         self.inTimeline = False
         self.cursor = None
-        self.shown = set()
+        self.shown = {}  # ids of posts shown, oldest first (bounded)
         self._ready = None
         self._failover = None
         self._ackCall = None
@@ -317,7 +319,10 @@ class Client:
     def _openRequest(self):
         request = pb.SessionOpen(timeline=self.inTimeline, history=HISTORY)
         if self.cursor is not None:
-            request.cursor.time_us, request.cursor.id = self.cursor
+            # Resume a little before the newest post shown: a post with an
+            # older time may have reached the new master later than it
+            # reached the old one.  What was shown already is skipped.
+            request.cursor.time_us = max(0, self.cursor[0] - RESUME_WINDOW_US)
         return request
 
     def _timelineReady(self):
@@ -327,7 +332,9 @@ class Client:
     def _received(self, post):
         if post.id in self.shown:
             return
-        self.shown.add(post.id)
+        self.shown[post.id] = None
+        if len(self.shown) > SHOWN_MEMORY:
+            del self.shown[next(iter(self.shown))]
         if self.cursor is None or post.key > self.cursor:
             self.cursor = post.key
         self.onPost(post)

@@ -81,15 +81,15 @@ class Collector(protocol.ProcessProtocol):
 
     def _check(self):
         for waiter in list(self.waiters):
-            needle, d = waiter
-            if needle in self.text:
+            needle, count, d = waiter
+            if self.text.count(needle) >= count:
                 self.waiters.remove(waiter)
                 d.callback(self.text)
 
-    def waitFor(self, needle, timeout=DEADLINE):
-        """Fires when C{needle} has been printed on stdout."""
+    def waitFor(self, needle, count=1, timeout=DEADLINE):
+        """Fires when C{needle} has been printed on stdout C{count} times."""
         d = defer.Deferred()
-        self.waiters.append((needle, d))
+        self.waiters.append((needle, count, d))
         self._check()
         if d.called:
             return d

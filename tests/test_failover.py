@@ -1,0 +1,117 @@
+"""
+Clients that never notice a dead server: master1/master2 failover with real
+processes and real signals (DESIGN.md sections 1, 2 and 5).
+"""
+
+import os
+import signal
+
+from twisted.trial import unittest
+
+from snstwist import sns_pb2 as pb
+from tests.processes import Cluster, pidAlive, waitUntil
+from tests.test_integration import inlineAsync, posts
+
+
+async def masterOf(cluster, clients=1):
+    """The master serving C{clients} live sessions (once heartbeats report it)."""
+
+    async def serving():
+        for s in (await cluster.status()).servers:
+            if s.role == pb.MASTER and s.clients >= clients:
+                return s
+        return None
+
+    return await waitUntil(serving, "a master to report %d session(s)" % (clients,))
+
+
+class FailoverTests(unittest.TestCase):
+    timeout = 120
+
+    @inlineAsync
+    async def test_idle_client_fails_over_when_master1_is_killed(self):
+        """
+        SIGKILL master1 of an idle client: its next command prints
+        Reconnecting to master2's address, and succeeds there.
+        """
+        cluster = await Cluster(self, vms=2).start()
+        alice = cluster.client("alice")
+        alice.write("LIST\n")
+        await alice.waitFor("Followers:")
+        master1 = await masterOf(cluster)
+        others = {s.vm: s.address for s in (await cluster.status()).servers
+                  if s.role == pb.MASTER and s.vm != master1.vm}
+        os.kill(master1.pid, signal.SIGKILL)
+        alice.write("LIST\n")
+        await alice.waitFor("Followers:", count=2)
+        alice.closeStdin()
+        self.assertEqual(await alice.ended, 0, alice.err)
+        reconnects = [line for line in alice.lines if line.startswith("Reconnecting to ")]
+        self.assertEqual(reconnects, ["Reconnecting to %s..." % (others.popitem()[1],)])
+        self.assertEqual(alice.lines.count("Command completed successfully"), 2)
+
+    @inlineAsync
+    async def test_timeline_shows_every_post_once_across_a_failover(self):
+        """
+        A reader in timeline mode whose master1 is killed sees every post of
+        the user it follows exactly once, in order, with one reconnect line.
+        """
+        cluster = await Cluster(self, vms=2).start()
+        await cluster.run("bob", "LIST\n")
+        alice = cluster.client("alice")
+        alice.write("FOLLOW bob\nTIMELINE\n")
+        await alice.waitFor("Now you are in the timeline")
+        master1 = await masterOf(cluster)
+        bob = await cluster.run("bob", "TIMELINE\nb1\nb2\nb3\n")
+        self.assertEqual(bob.exitCode, 0, bob.err)
+        await alice.waitFor(">> b3")
+        os.kill(master1.pid, signal.SIGKILL)
+        bob = await cluster.run("bob", "TIMELINE\nb4\nb5\nb6\n")
+        self.assertEqual(bob.exitCode, 0, bob.err)
+        await alice.waitFor(">> b6")
+        alice.closeStdin()
+        self.assertEqual(await alice.ended, 0, alice.err)
+        self.assertEqual(posts(alice.lines), [("bob", "b%d" % (i,)) for i in range(1, 7)])
+        self.assertEqual(len([line for line in alice.lines
+                              if line.startswith("Reconnecting to ")]), 1)
+
+    @inlineAsync
+    async def test_command_in_flight_when_master1_dies_is_applied_once(self):
+        """
+        A post sent to a hung master1 that is then killed is retried on
+        master2 with the same request id and stored exactly once.
+        """
+        cluster = await Cluster(self, vms=2).start()
+        alice = cluster.client("alice")
+        alice.write("TIMELINE\nbefore\n")
+        await alice.waitFor(">> before")
+        master1 = await masterOf(cluster)
+        os.kill(master1.pid, signal.SIGSTOP)
+        self.addCleanup(lambda: pidAlive(master1.pid) and os.kill(master1.pid, signal.SIGKILL))
+        alice.write("in flight\n")
+        await alice.waitFor("Reconnecting to ")
+        alice.closeStdin()
+        self.assertEqual(await alice.ended, 0, alice.err)
+        again = await cluster.run("alice", "TIMELINE\n")
+        self.assertEqual(posts(again.lines), [("alice", "before"), ("alice", "in flight")])
+
+    @inlineAsync
+    async def test_new_clients_spread_over_the_least_loaded_vms(self):
+        """Four live clients on two VMs: two on each master."""
+        cluster = await Cluster(self, vms=2).start()
+        clients = []
+        for name in ("u1", "u2", "u3", "u4"):
+            c = cluster.client(name)
+            c.write("LIST\n")
+            await c.waitFor("Followers:")
+            clients.append(c)
+
+        async def spread():
+            loads = sorted(s.clients for s in (await cluster.status()).servers
+                           if s.role == pb.MASTER)
+            return loads == [2, 2]
+
+        await waitUntil(spread, "two sessions on each master")
+        for c in clients:
+            c.closeStdin()
+            await c.ended
