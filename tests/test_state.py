@@ -1,0 +1,248 @@
+"""
+The replicated state: L{Seen}, L{VersionVector} and L{Replica}, as a CRDT
+whose outcome does not depend on delivery order, duplication or delay.
+"""
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from snstwist import sns_pb2 as pb
+from snstwist.state import Replica, Seen, VersionVector
+from tests.strategies import followUpdate, postUpdate, updateLists, userUpdate
+
+
+def replicaOf(updates):
+    replica = Replica()
+    for u in updates:
+        replica.apply(u)
+    return replica
+
+
+def keys(posts):
+    return [p.key for p in posts]
+
+
+def vectorOf(pairs):
+    vv = VersionVector()
+    for origin, seq in pairs:
+        vv.add(origin, seq)
+    return vv
+
+
+class SeenTests(SynchronousTestCase):
+    def test_in_order_seqs_extend_the_contiguous_prefix(self):
+        """Seqs 1, 2, 3 in order leave contiguous at 3 and nothing extra."""
+        seen = Seen()
+        for seq in (1, 2, 3):
+            seen.add(seq)
+        self.assertEqual((seen.contiguous, seen.extra), (3, set()))
+
+    def test_a_seq_after_a_gap_is_kept_as_extra(self):
+        """Without seq 2, seq 3 is remembered apart from the prefix."""
+        seen = Seen()
+        seen.add(1)
+        seen.add(3)
+        self.assertEqual((seen.contiguous, seen.extra), (1, {3}))
+
+    def test_filling_the_gap_absorbs_the_extras(self):
+        """Once the gap is filled, the extras join the contiguous prefix."""
+        seen = Seen()
+        for seq in (4, 2, 3, 1):
+            seen.add(seq)
+        self.assertEqual((seen.contiguous, seen.extra), (4, set()))
+
+    def test_add_tells_whether_the_seq_was_new(self):
+        """add() is True the first time a seq is seen, False after."""
+        seen = Seen()
+        self.assertEqual([seen.add(2), seen.add(2), seen.add(1), seen.add(1)],
+                         [True, False, True, False])
+
+    def test_has_covers_prefix_and_extras_only(self):
+        """has() is true for the prefix and the extras, false for the gaps."""
+        seen = Seen(contiguous=2, extra={5})
+        self.assertEqual([seen.has(s) for s in (1, 2, 3, 4, 5, 6)],
+                         [True, True, False, False, True, False])
+
+
+class VersionVectorTests(SynchronousTestCase):
+    def test_has_only_what_was_added(self):
+        """A vector holds exactly the (origin, seq) pairs added to it."""
+        vv = vectorOf([("vm1.a", 1), ("vm2.a", 2)])
+        self.assertEqual(
+            [vv.has("vm1.a", 1), vv.has("vm2.a", 2), vv.has("vm2.a", 1), vv.has("vm3.a", 1)],
+            [True, True, False, False])
+
+    def test_count_is_the_number_of_updates_held(self):
+        """count() adds up prefixes and extras of every origin."""
+        vv = vectorOf([("vm1.a", 1), ("vm1.a", 2), ("vm1.a", 5), ("vm2.a", 3)])
+        self.assertEqual(vv.count(), 4)
+
+    def test_proto_round_trip_keeps_every_origin(self):
+        """A vector read back from its proto holds the same prefixes and extras."""
+        vv = vectorOf([("vm1.a", 1), ("vm1.a", 2), ("vm1.a", 7), ("vm2.b", 4)])
+        wire = pb.VersionVector.FromString(vv.toProto().SerializeToString())
+        back = VersionVector.fromProto(wire)
+        self.assertEqual(back.origins, vv.origins)
+
+
+class ApplyTests(SynchronousTestCase):
+    def test_apply_is_true_only_the_first_time(self):
+        """apply() reports an update as new once, and never again."""
+        replica = Replica()
+        u = postUpdate("vm1.a", 1, 10, "alice")
+        self.assertEqual([replica.apply(u), replica.apply(u)], [True, False])
+
+    def test_applying_an_update_twice_changes_nothing(self):
+        """A repeated update leaves the state as the first application left it."""
+        u = postUpdate("vm1.a", 1, 10, "alice")
+        replica = replicaOf([u])
+        before = replica.snapshot()
+        replica.apply(u)
+        self.assertEqual(replica.snapshot(), before)
+
+    def test_a_user_created_on_two_vms_is_one_user(self):
+        """Users are a set: the same name from two origins is one user."""
+        replica = replicaOf([userUpdate("vm1.a", 1, 10, "alice"),
+                             userUpdate("vm2.a", 1, 11, "alice")])
+        self.assertEqual(replica.users, {"alice"})
+
+    def test_users_are_never_removed(self):
+        """Users only grow: later updates of any kind keep every user."""
+        replica = replicaOf([userUpdate("vm1.a", 1, 10, "alice"),
+                             userUpdate("vm1.a", 2, 11, "bob"),
+                             followUpdate("vm1.a", 3, 12, "alice", "bob"),
+                             followUpdate("vm1.a", 4, 13, "alice", "bob", False),
+                             postUpdate("vm1.a", 5, 14, "bob")])
+        self.assertEqual(replica.users, {"alice", "bob"})
+
+    def test_the_later_follow_change_wins_whatever_the_order(self):
+        """An unfollow newer than the follow wins even when it arrives first."""
+        replica = replicaOf([followUpdate("vm2.a", 1, 20, "alice", "bob", False),
+                             followUpdate("vm1.a", 1, 10, "alice", "bob", True)])
+        self.assertFalse(replica.isFollowing("alice", "bob"))
+
+    def test_equal_follow_times_are_decided_by_update_id(self):
+        """At equal times the change with the greater update id wins."""
+        replica = replicaOf([followUpdate("vm2.a", 1, 10, "alice", "bob", True),
+                             followUpdate("vm1.a", 1, 10, "alice", "bob", False)])
+        self.assertTrue(replica.isFollowing("alice", "bob"))
+
+    def test_following_and_followers_list_live_relations_sorted(self):
+        """following() and followers() list current relations only, sorted."""
+        replica = replicaOf([followUpdate("vm1.a", 1, 10, "carol", "alice"),
+                             followUpdate("vm1.a", 2, 11, "bob", "alice"),
+                             followUpdate("vm1.a", 3, 12, "dave", "alice"),
+                             followUpdate("vm1.a", 4, 13, "dave", "alice", False),
+                             followUpdate("vm1.a", 5, 14, "bob", "carol")])
+        self.assertEqual((replica.followers("alice"), replica.following("bob")),
+                         (["bob", "carol"], ["alice", "carol"]))
+
+    def test_posts_by_an_author_are_kept_in_time_order(self):
+        """Posts arriving out of order are held ordered by (time, id)."""
+        replica = replicaOf([postUpdate("vm1.a", 2, 30, "alice"),
+                             postUpdate("vm2.a", 1, 10, "alice"),
+                             postUpdate("vm1.a", 1, 20, "alice")])
+        self.assertEqual(keys(replica.postsBy("alice")),
+                         [(10, "vm2.a/1"), (20, "vm1.a/1"), (30, "vm1.a/2")])
+
+    def test_an_update_is_found_by_its_request_id(self):
+        """byRequest() finds the update a client's request produced."""
+        u = postUpdate("vm1.a", 1, 10, "alice", requestId="r-1")
+        replica = replicaOf([u])
+        self.assertEqual((replica.byRequest("r-1"), replica.byRequest("r-2")), (u, None))
+
+    def test_last_seq_is_the_highest_held_from_an_origin(self):
+        """lastSeq() is the greatest seq held from an origin, 0 for none."""
+        replica = replicaOf([userUpdate("vm1.a", 3, 10, "alice"),
+                             userUpdate("vm1.a", 1, 11, "bob")])
+        self.assertEqual((replica.lastSeq("vm1.a"), replica.lastSeq("vm2.a")), (3, 0))
+
+
+class TimelineTests(SynchronousTestCase):
+    def setUp(self):
+        # alice follows bob; nobody follows carol; dave was unfollowed.
+        self.replica = replicaOf([
+            followUpdate("vm1.a", 1, 1, "alice", "bob"),
+            followUpdate("vm1.a", 2, 2, "alice", "dave"),
+            followUpdate("vm1.a", 3, 3, "alice", "dave", False),
+            postUpdate("vm1.a", 4, 10, "bob"),
+            postUpdate("vm1.a", 5, 20, "alice"),
+            postUpdate("vm1.a", 6, 25, "carol"),
+            postUpdate("vm1.a", 7, 26, "dave"),
+            postUpdate("vm2.a", 1, 30, "bob"),
+            postUpdate("vm2.a", 2, 40, "alice"),
+        ])
+
+    def test_timeline_holds_own_and_followed_posts_oldest_first(self):
+        """The timeline merges the user's and followees' posts, oldest first."""
+        self.assertEqual(keys(self.replica.timeline("alice", 20)),
+                         [(10, "vm1.a/4"), (20, "vm1.a/5"), (30, "vm2.a/1"),
+                          (40, "vm2.a/2")])
+
+    def test_timeline_leaves_out_unfollowed_users(self):
+        """Posts of users not followed (or no longer) are not in the timeline."""
+        authors = {p.author for p in self.replica.timeline("alice", 20)}
+        self.assertEqual(authors, {"alice", "bob"})
+
+    def test_timeline_keeps_only_the_newest(self):
+        """With a limit, the timeline is the newest posts, still oldest first."""
+        self.assertEqual(keys(self.replica.timeline("alice", 2)),
+                         [(30, "vm2.a/1"), (40, "vm2.a/2")])
+
+    def test_timeline_of_a_user_without_posts_is_empty(self):
+        """A user who posts nothing and follows nobody has an empty timeline."""
+        self.assertEqual(self.replica.timeline("erin", 20), [])
+
+    def test_timeline_after_cursor_gives_only_later_posts(self):
+        """timelineAfter() returns the posts after the cursor key, oldest first."""
+        self.assertEqual(keys(self.replica.timelineAfter("alice", (20, "vm1.a/5"))),
+                         [(30, "vm2.a/1"), (40, "vm2.a/2")])
+
+    def test_timeline_after_cursor_breaks_time_ties_by_id(self):
+        """A post at the cursor's time but with a greater id is after it."""
+        self.replica.apply(postUpdate("vm3.a", 1, 20, "bob"))
+        self.assertEqual(keys(self.replica.timelineAfter("alice", (20, "vm1.a/5"))),
+                         [(20, "vm3.a/1"), (30, "vm2.a/1"), (40, "vm2.a/2")])
+
+
+class MissingTests(SynchronousTestCase):
+    def setUp(self):
+        self.updates = [userUpdate("vm1.a", seq, seq, "alice") for seq in (1, 2, 3, 4)]
+        self.updates.append(userUpdate("vm2.a", 1, 5, "bob"))
+        self.replica = replicaOf(self.updates)
+
+    def test_an_empty_vector_misses_everything(self):
+        """Against an empty version vector, every update held is missing."""
+        self.assertEqual(self.replica.missing(VersionVector()), self.updates)
+
+    def test_missing_is_exactly_what_the_remote_lacks(self):
+        """Updates in the remote's prefix or extras are not sent again."""
+        remote = vectorOf([("vm1.a", 1), ("vm1.a", 3), ("vm2.a", 1), ("vm3.a", 1)])
+        self.assertEqual([u.id for u in self.replica.missing(remote)],
+                         ["vm1.a/2", "vm1.a/4"])
+
+    def test_an_equal_vector_misses_nothing(self):
+        """A remote holding what we hold misses nothing."""
+        self.assertEqual(self.replica.missing(self.replica.seen), [])
+
+
+class ConvergenceTests(SynchronousTestCase):
+    @given(st.data())
+    def test_any_order_with_duplicates_gives_the_same_state(self, data):
+        """Replicas that apply the same updates agree, whatever order and repeats."""
+        updates = data.draw(updateLists())
+        repeats = data.draw(st.lists(st.sampled_from(updates))) if updates else []
+        shuffled = data.draw(st.permutations(updates + repeats))
+        self.assertEqual(replicaOf(shuffled).snapshot(), replicaOf(updates).snapshot())
+
+    @given(st.data())
+    def test_applying_what_is_missing_catches_up(self, data):
+        """A replica that applies a.missing(its vector) holds all a holds, and its own."""
+        updates = data.draw(updateLists())
+        ours = data.draw(st.lists(st.sampled_from(updates))) if updates else []
+        theirs = data.draw(st.lists(st.sampled_from(updates))) if updates else []
+        a, b = replicaOf(theirs), replicaOf(ours)
+        for u in a.missing(b.seen):
+            b.apply(u)
+        self.assertEqual(b.snapshot(), replicaOf(ours + theirs).snapshot())

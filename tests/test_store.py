@@ -1,0 +1,240 @@
+"""
+Durable storage: L{SQLiteStore} on a real directory and the real reactor (its
+disk work runs on a thread), L{MemoryStore} for the tests of other modules,
+and the time format of the post files.
+"""
+
+import json
+import os
+import sqlite3
+
+from hypothesis import given
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from snstwist import store
+from tests.strategies import followUpdate, microseconds, postUpdate, userUpdate
+
+
+def readBytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def byId(updates):
+    return sorted(updates, key=lambda u: u.id)
+
+
+class SQLiteStoreTests(TestCase):
+    def setUp(self):
+        self.path = self.mktemp()
+        os.makedirs(self.path)
+
+    async def openStore(self, path=None):
+        """An open store on C{path} (ours by default), closed at cleanup."""
+        s = store.SQLiteStore(path or self.path)
+        self.addCleanup(s.close)
+        await s.open()
+        return s
+
+    async def reopen(self):
+        """The updates a fresh store finds in our directory (it is closed again)."""
+        s = store.SQLiteStore(self.path)
+        self.addCleanup(s.close)
+        loaded = await s.open()
+        await s.close()
+        return loaded
+
+    async def storeAndClose(self, updates, path=None):
+        s = await self.openStore(path)
+        await s.persist(updates)
+        await s.close()
+
+    def postsFile(self, user, path=None):
+        return os.path.join(path or self.path, "posts", user + ".txt")
+
+    async def test_open_on_an_empty_dir_creates_database_and_posts_dir(self):
+        """Opening an empty directory creates sns.sqlite3 and posts/, and loads nothing."""
+        loaded = await self.reopen()
+        self.assertEqual(
+            (loaded, os.path.isfile(os.path.join(self.path, "sns.sqlite3")),
+             os.path.isdir(os.path.join(self.path, "posts"))),
+            ([], True, True))
+
+    async def test_reopen_returns_stored_users_follows_and_posts(self):
+        """A new store on the same directory loads every update persisted."""
+        updates = [userUpdate("vm1.a", 1, 10, "alice"),
+                   userUpdate("vm1.a", 2, 11, "bob"),
+                   followUpdate("vm1.a", 3, 12, "alice", "bob"),
+                   postUpdate("vm1.a", 4, 13, "bob", "hi", requestId="r-4"),
+                   postUpdate("vm2.a", 1, 14, "alice", "hey")]
+        await self.storeAndClose(updates)
+        self.assertEqual(byId(await self.reopen()), byId(updates))
+
+    async def test_a_post_is_one_json_line_with_time_id_author_text(self):
+        """posts/<author>.txt holds one JSON object per post, readable as it is."""
+        await self.storeAndClose([postUpdate("vm1.a", 1, 1_500_000, "alice", "héllo")])
+        self.assertEqual(
+            readBytes(self.postsFile("alice")).decode("utf-8").splitlines(),
+            [json.dumps({"time": "1970-01-01T00:00:01.500000Z", "id": "vm1.a/1",
+                         "author": "alice", "text": "héllo"}, ensure_ascii=False)])
+
+    async def test_a_post_with_a_newline_stays_one_line(self):
+        """A newline in a post's text never splits its line."""
+        await self.storeAndClose([postUpdate("vm1.a", 1, 10, "alice", "two\nlines\r\n")])
+        lines = readBytes(self.postsFile("alice")).split(b"\n")
+        self.assertEqual((len(lines), lines[-1]), (2, b""))
+
+    async def test_a_late_post_rewrites_the_file_in_time_order(self):
+        """A post older than those stored is put in its (time, id) place."""
+        s = await self.openStore()
+        await s.persist([postUpdate("vm1.a", 1, 30, "alice")])
+        await s.persist([postUpdate("vm2.a", 1, 10, "alice"),
+                         postUpdate("vm1.a", 2, 30, "alice")])
+        lines = readBytes(self.postsFile("alice")).splitlines()
+        self.assertEqual([json.loads(line)["id"] for line in lines],
+                         ["vm2.a/1", "vm1.a/1", "vm1.a/2"])
+
+    async def test_a_late_post_after_a_reopen_is_put_in_order(self):
+        """A reopened store knows its files' newest posts and still orders a late one."""
+        await self.storeAndClose([postUpdate("vm1.a", 1, 30, "alice")])
+        await self.storeAndClose([postUpdate("vm2.a", 1, 10, "alice")])
+        lines = readBytes(self.postsFile("alice")).splitlines()
+        self.assertEqual([json.loads(line)["id"] for line in lines], ["vm2.a/1", "vm1.a/1"])
+
+    async def test_same_posts_in_any_order_give_identical_files(self):
+        """Two stores fed the same posts in different orders write the same bytes."""
+        posts = [postUpdate("vm1.a", seq, t, "alice", "post %d" % seq)
+                 for seq, t in ((1, 40), (2, 10), (3, 30), (4, 10), (5, 20))]
+        other = self.mktemp()
+        for path, order in ((self.path, posts), (other, posts[::-1])):
+            s = await self.openStore(path)
+            for u in order:
+                await s.persist([u])
+            await s.close()
+        self.assertEqual(readBytes(self.postsFile("alice")),
+                         readBytes(self.postsFile("alice", other)))
+
+    async def test_a_torn_last_line_is_cut_off_on_open(self):
+        """A partial last line (a crash mid-append) is truncated; good lines stay."""
+        posts = [postUpdate("vm1.a", 1, 10, "alice"), postUpdate("vm1.a", 2, 20, "alice")]
+        await self.storeAndClose(posts)
+        good = readBytes(self.postsFile("alice"))
+        with open(self.postsFile("alice"), "ab") as f:
+            f.write(b'{"time": "1970-01-01T00:00:00.0000')
+        self.assertEqual(
+            (byId(await self.reopen()), readBytes(self.postsFile("alice"))),
+            (posts, good))
+
+    async def test_a_second_store_on_an_open_dir_is_refused(self):
+        """While one store holds the directory, opening another fails with DataLocked."""
+        await self.openStore()
+        with self.assertRaises(store.DataLocked):
+            await self.openStore()
+
+    async def test_the_lock_is_released_on_close(self):
+        """After close(), another store can open the directory."""
+        await self.storeAndClose([userUpdate("vm1.a", 1, 10, "alice")])
+        self.assertEqual(len(await self.reopen()), 1)
+
+    async def test_persisting_stored_updates_again_writes_nothing(self):
+        """persist() of updates already stored fires at once without a batch."""
+        s = await self.openStore()
+        updates = [userUpdate("vm1.a", 1, 10, "alice"), postUpdate("vm1.a", 2, 11, "alice")]
+        await s.persist(updates)
+        batches = s.batches
+        await s.persist(updates)
+        self.assertEqual(s.batches, batches)
+
+    async def test_updates_stored_before_a_reopen_are_not_written_again(self):
+        """After a reopen, persisting what was loaded leaves the files unchanged."""
+        posts = [postUpdate("vm1.a", 1, 10, "alice"), postUpdate("vm1.a", 2, 20, "alice")]
+        await self.storeAndClose(posts)
+        before = readBytes(self.postsFile("alice"))
+        s = await self.openStore()
+        await s.persist(posts[::-1])
+        self.assertEqual((s.batches, readBytes(self.postsFile("alice"))), (0, before))
+
+    async def test_an_update_repeated_in_one_call_is_written_once(self):
+        """The same post twice in one persist() is one line."""
+        u = postUpdate("vm1.a", 1, 10, "alice")
+        await self.storeAndClose([u, u])
+        self.assertEqual(len(readBytes(self.postsFile("alice")).splitlines()), 1)
+
+    async def test_persists_in_one_turn_are_group_committed(self):
+        """Many persist() calls in one reactor turn are written in fewer batches."""
+        s = await self.openStore()
+        calls = [s.persist([postUpdate("vm1.a", seq, seq, "alice")]) for seq in range(1, 21)]
+        await defer.gatherResults(calls)
+        self.assertLess(s.batches, len(calls))
+
+    async def test_group_committed_posts_are_all_stored(self):
+        """Every post of a group commit is in the file, in order."""
+        s = await self.openStore()
+        await defer.gatherResults(
+            [s.persist([postUpdate("vm1.a", seq, seq, "alice")]) for seq in range(1, 21)])
+        lines = readBytes(self.postsFile("alice")).splitlines()
+        self.assertEqual([json.loads(line)["id"] for line in lines],
+                         ["vm1.a/%d" % seq for seq in range(1, 21)])
+
+    async def test_follows_table_holds_the_last_writer(self):
+        """An older follow change arriving later does not overwrite a newer one."""
+        await self.storeAndClose([followUpdate("vm2.a", 1, 20, "alice", "bob", False)])
+        await self.storeAndClose([followUpdate("vm1.a", 1, 10, "alice", "bob", True),
+                                  followUpdate("vm1.a", 2, 5, "carol", "bob", True)])
+        db = sqlite3.connect(os.path.join(self.path, "sns.sqlite3"))
+        self.addCleanup(db.close)
+        rows = db.execute("SELECT follower, followee, following, time_us, update_id"
+                          " FROM follows ORDER BY follower").fetchall()
+        self.assertEqual(rows, [("alice", "bob", 0, 20, "vm2.a/1"),
+                                ("carol", "bob", 1, 5, "vm1.a/2")])
+
+
+class MemoryStoreTests(SynchronousTestCase):
+    def setUp(self):
+        self.update = userUpdate("vm1.a", 1, 10, "alice")
+
+    def test_writes_are_durable_at_once_by_default(self):
+        """Without manual mode, persist() is durable and fired on return."""
+        s = store.MemoryStore()
+        self.successResultOf(s.persist([self.update]))
+        self.assertEqual(s.durable, {("vm1.a", 1): self.update})
+
+    def test_manual_mode_holds_writes_until_flush(self):
+        """In manual mode, persist() neither stores nor fires before flush()."""
+        s = store.MemoryStore(manual=True)
+        d = s.persist([self.update])
+        self.assertNoResult(d)
+        self.assertEqual(s.durable, {})
+
+    def test_flush_makes_pending_writes_durable(self):
+        """flush() stores the pending writes and fires their Deferreds."""
+        s = store.MemoryStore(manual=True)
+        d = s.persist([self.update])
+        s.flush()
+        self.successResultOf(d)
+        self.assertEqual(s.durable, {("vm1.a", 1): self.update})
+
+    def test_crash_loses_unflushed_writes(self):
+        """After crash(), what was not flushed is gone, and stays gone on flush."""
+        s = store.MemoryStore(manual=True)
+        s.persist([self.update])
+        s.flush()
+        later = userUpdate("vm1.a", 2, 11, "bob")
+        d = s.persist([later])
+        s.crash()
+        s.flush()
+        self.assertNoResult(d)
+        self.assertEqual(self.successResultOf(s.open()), [self.update])
+
+
+class TimeFormatTests(SynchronousTestCase):
+    def test_time_is_written_as_utc_with_microseconds(self):
+        """formatTime() writes ISO 8601 UTC with six fractional digits."""
+        self.assertEqual(store.formatTime(1_700_000_000_000_001),
+                         "2023-11-14T22:13:20.000001Z")
+
+    @given(microseconds())
+    def test_parse_time_reads_back_what_format_time_wrote(self, time_us):
+        """parseTime(formatTime(t)) == t for any t from 1970 to 9999."""
+        self.assertEqual(store.parseTime(store.formatTime(time_us)), time_us)
