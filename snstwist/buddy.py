@@ -115,6 +115,10 @@ class Role:
     master.upon(masterLost, enter=master, outputs=[])
     for _state in (starting, slave, promoting, master):
         _state.upon(stop, enter=stopping, outputs=[_shutdown])
+    # A stop during start-up (SIGTERM while loading) must not be undone when
+    # the loading finishes.
+    stopping.upon(startAsMaster, enter=stopping, outputs=[])
+    stopping.upon(startAsSlave, enter=stopping, outputs=[])
     stopping.upon(stop, enter=stopping, outputs=[])
     stopping.upon(masterLost, enter=stopping, outputs=[])
     stopping.upon(promoted, enter=stopping, outputs=[])

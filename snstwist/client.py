@@ -67,6 +67,7 @@ class _Session:
         self.timer = None
         self.lastHeard = 0
         self.closing = False
+        self.ended = None
 
     @property
     def clock(self):
@@ -100,15 +101,31 @@ class _Session:
             self.stream.send(message)
 
     def close(self):
+        """Abandon the session now (its master is being replaced)."""
         self.closing = True
         if self.stream is not None:
             self.stream.abort()
+
+    def finish(self, timeout=1.0):
+        """
+        End the session in order: what is queued (the last ack) is sent
+        first.  The Deferred fires when the server has ended it too, or
+        after C{timeout}.
+        """
+        self.closing = True
+        if self.stream is None:
+            return defer.succeed(None)
+        self.stream.close()
+        self.ended = defer.Deferred()
+        return self.ended.addTimeout(timeout, self.clock).addErrback(lambda f: None)
 
     def connectionLost(self, reason):
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
         self.stream = None
+        if self.ended is not None and not self.ended.called:
+            self.ended.callback(None)
         if not self.closing:
             self.client._sessionLost(self, reason)
 
@@ -347,12 +364,14 @@ class Client:
             self.session.send(pb.ClientMessage(ack=pb.Cursor(
                 time_us=self.cursor[0], id=self.cursor[1])))
 
+    @defer.inlineCallbacks
     def close(self):
+        """Say how far we read, end the session in order, close the channel."""
         self.closed = True
         if self._ackCall is not None and self._ackCall.active():
             self._ackCall.cancel()
+            self._ack()
         if self.session is not None:
-            self.session.close()
+            yield self.session.finish()
         if self.channel is not None:
-            return grpcbridge.closeChannel(self.channel)
-        return defer.succeed(None)
+            yield grpcbridge.closeChannel(self.channel)

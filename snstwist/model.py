@@ -82,10 +82,23 @@ class FollowChange:
 
 
 @attrs.frozen
+class ReadMark:
+    """C{user} has seen their timeline up to the post (time_us, post_id)."""
+
+    user: str = attrs.field(validator=_username)
+    time_us: int
+    post_id: str
+
+    @property
+    def key(self):
+        return (self.time_us, self.post_id)
+
+
+@attrs.frozen
 class Update:
     """
     One replicated write, identified everywhere by (origin, seq).  Exactly
-    one of C{user}, C{post}, C{follow} is set.
+    one of C{user}, C{post}, C{follow}, C{read} is set.
     """
 
     origin: str
@@ -94,6 +107,7 @@ class Update:
     user: str | None = None
     post: Post | None = None
     follow: FollowChange | None = None
+    read: ReadMark | None = None
     request_id: str = ""
 
     @property
@@ -111,6 +125,9 @@ class Update:
             u.user.name = self.user
         elif self.post is not None:
             u.post.CopyFrom(self.post.toProto())
+        elif self.read is not None:
+            r = self.read
+            u.read.user, u.read.time_us, u.read.post_id = r.user, r.time_us, r.post_id
         else:
             f = self.follow
             u.follow.follower = f.follower
@@ -134,4 +151,7 @@ class Update:
         if kind == "follow":
             f = u.follow
             return cls(follow=FollowChange(f.follower, f.followee, f.following), **common)
+        if kind == "read":
+            r = u.read
+            return cls(read=ReadMark(r.user, r.time_us, r.post_id), **common)
         raise errors.InvalidRequest("update with no change")

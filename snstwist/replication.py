@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from snstwist import auth, errors, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
-from snstwist.model import FollowChange, Post, Update, updateId
+from snstwist.model import FollowChange, Post, ReadMark, Update, updateId
 from snstwist.state import Replica, VersionVector
 
 log = Logger()
@@ -190,6 +190,13 @@ class Node:
 
     def post(self, user, text, requestId):
         return self.accept(requestId, post=dict(author=user, text=text))
+
+    def markRead(self, user, key):
+        """Record that C{user} has read up to the post C{key}; None if not newer."""
+        current = self.replica.readUpTo(user)
+        if current is not None and key <= current:
+            return None
+        return self.accept(read=ReadMark(user, key[0], key[1]))
 
     def _checkTarget(self, user, target):
         if target == user:

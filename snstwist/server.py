@@ -203,7 +203,7 @@ class ServerService(MultiService):
         self.incarnation = "%x" % (int(clock.seconds() * 1e6),) + uuid.uuid4().hex[:6]
         self.origin = "%s.%s" % (vm, self.incarnation)
         self.node = Node(vm, self.origin, SQLiteStore(data), clock, self._durable)
-        self.sessions = SessionHub(self.node, clock)
+        self.sessions = SessionHub(self.node, clock, self._replicate)
         self.replicator = Replicator(self.node, secret, clock)
         self.grpc = GrpcServerService(listen, self._register)
         self.role = buddy.Role(self)
@@ -468,6 +468,10 @@ class ServerService(MultiService):
             return out
 
         return d.addCallback(reply)
+
+    def _replicate(self, update):
+        """Replicate a write nobody waits for (a read mark)."""
+        self.replicator.broadcast(update)
 
     def _acknowledged(self, update, prefer):
         """Fires with the number of VMs holding C{update} durably (at least 1)."""

@@ -23,16 +23,20 @@ log = Logger()
 HEARTBEAT = 1.0
 TIMEOUT = 3 * HEARTBEAT
 MAX_QUEUE = 1000
+READ_MARK_INTERVAL = 1.0
 
 
 class SessionHub:
     """Every live session of this master, by user, and every user's cursor."""
 
-    def __init__(self, node, clock):
+    def __init__(self, node, clock, record=lambda update: None):
         self.node = node
         self.clock = clock
+        self.record = record
         self.sessions = {}
         self.cursors = {}
+        self.unsaved = {}
+        self.saver = None
 
     def count(self):
         return sum(len(s) for s in self.sessions.values())
@@ -54,6 +58,24 @@ class SessionHub:
         key = (cursor.time_us, cursor.id)
         if key > self.cursors.get(user, (0, "")):
             self.cursors[user] = key
+            self.unsaved[user] = key
+            if self.saver is None:
+                self.saver = self.clock.callLater(READ_MARK_INTERVAL, self.saveReadMarks)
+
+    def saveReadMarks(self):
+        """
+        Write (and replicate, through C{record}) how far each user has read,
+        at most once per L{READ_MARK_INTERVAL}: a returning client, on any
+        master, then gets every post it missed.
+        """
+        if self.saver is not None and self.saver.active():
+            self.saver.cancel()
+        self.saver = None
+        unsaved, self.unsaved = self.unsaved, {}
+        for user, key in unsaved.items():
+            update = self.node.markRead(user, key)
+            if update is not None:
+                self.record(update)
 
     def publish(self, updates):
         """Push the posts among C{updates} to the live timelines that show them."""
@@ -71,6 +93,7 @@ class SessionHub:
                         session.push(post.id, message)
 
     def closeAll(self):
+        self.saveReadMarks()
         for sessions in list(self.sessions.values()):
             for session in list(sessions):
                 session.stream.close()
@@ -122,6 +145,14 @@ class ClientSession:
             posts = replica.timelineAfter(self.user, (request.cursor.time_us, request.cursor.id))
         else:
             posts = replica.timeline(self.user, min(request.history or HISTORY, HISTORY))
+            mark = replica.readUpTo(self.user)
+            if mark is not None:
+                # A returning client: the recent history, and before it
+                # anything older that it has not read yet.
+                known = {p.id for p in posts}
+                missed = [p for p in replica.timelineAfter(self.user, mark)
+                          if p.id not in known]
+                posts = sorted(missed + posts, key=lambda p: p.key)
         for post in posts:
             self.sentHistory.add(post.id)
             self.stream.send(pb.ServerPush(post=post.toProto()))

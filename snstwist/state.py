@@ -84,6 +84,7 @@ class Replica:
         self.users = set()
         self.follows = {}
         self.posts = {}
+        self.reads = {}
         self.updates = {}
         self.seen = VersionVector()
         self.requests = {}
@@ -108,6 +109,10 @@ class Replica:
         elif update.post is not None:
             posts = self.posts.setdefault(update.post.author, [])
             bisect.insort(posts, update.post, key=lambda p: p.key)
+        elif update.read is not None:
+            mark = update.read
+            if mark.key > self.reads.get(mark.user, (0, "")):
+                self.reads[mark.user] = mark.key
         else:
             f = update.follow
             pair = (f.follower, f.followee)
@@ -121,6 +126,10 @@ class Replica:
         return max(seqs) if seqs else 0
 
     # -- reading
+
+    def readUpTo(self, user):
+        """The newest post key C{user} is known to have read, or None."""
+        return self.reads.get(user)
 
     def byRequest(self, requestId):
         return self.requests.get(requestId)
@@ -173,4 +182,5 @@ class Replica:
             frozenset(self.users),
             frozenset((pair, r.following) for pair, r in self.follows.items()),
             tuple((a, tuple(p.key for p in ps)) for a, ps in sorted(self.posts.items())),
+            frozenset(self.reads.items()),
         )

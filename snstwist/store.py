@@ -101,6 +101,8 @@ CREATE TABLE IF NOT EXISTS follows (
     follower TEXT NOT NULL, followee TEXT NOT NULL, following INTEGER NOT NULL,
     time_us INTEGER NOT NULL, update_id TEXT NOT NULL,
     PRIMARY KEY (follower, followee));
+CREATE TABLE IF NOT EXISTS reads (
+    user TEXT PRIMARY KEY, time_us INTEGER NOT NULL, post_id TEXT NOT NULL);
 """
 
 
@@ -209,10 +211,13 @@ class _Disk:
         ups.sort(key=lambda u: u.post.key)
         last = self.lastKey.get(author)
         if last is None or ups[0].post.key > last:
+            created = last is None and not os.path.exists(path)
             with open(path, "a", encoding="utf-8") as f:
                 f.writelines(postLine(u) for u in ups)
                 f.flush()
                 os.fsync(f.fileno())
+            if created:
+                self._syncDir()
         else:
             # A post older than the newest stored one arrived (replication
             # out of order): rewrite the file in order, atomically, so that
@@ -232,13 +237,17 @@ class _Disk:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            dirfd = os.open(self.postsDir, os.O_RDONLY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+            self._syncDir()
         newest = ups[-1].post.key
         self.lastKey[author] = max(newest, last) if last else newest
+
+    def _syncDir(self):
+        """Make a new or renamed post file's directory entry durable."""
+        dirfd = os.open(self.postsDir, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
 
     def _writeRows(self, rows):
         db = self.db
@@ -260,6 +269,13 @@ class _Disk:
                 " > (follows.time_us, follows.update_id)",
                 [(u.follow.follower, u.follow.followee, int(u.follow.following),
                   u.time_us, u.id) for u in rows if u.follow is not None])
+            db.executemany(
+                "INSERT INTO reads (user, time_us, post_id) VALUES (?, ?, ?)"
+                " ON CONFLICT (user) DO UPDATE SET"
+                " time_us = excluded.time_us, post_id = excluded.post_id"
+                " WHERE (excluded.time_us, excluded.post_id) > (reads.time_us, reads.post_id)",
+                [(u.read.user, u.read.time_us, u.read.post_id)
+                 for u in rows if u.read is not None])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

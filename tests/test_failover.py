@@ -115,3 +115,43 @@ class FailoverTests(unittest.TestCase):
         for c in clients:
             c.closeStdin()
             await c.ended
+
+
+def readMark(cluster, vm, user):
+    """The read mark of C{user} stored on C{vm}'s disk, or None."""
+    import sqlite3
+    path = os.path.join(cluster.data(vm), "sns.sqlite3")
+    db = sqlite3.connect("file:%s?mode=ro" % (path,), uri=True)
+    try:
+        return db.execute("SELECT time_us, post_id FROM reads WHERE user = ?",
+                          (user,)).fetchone()
+    finally:
+        db.close()
+
+
+class ReturningClientTests(unittest.TestCase):
+    timeout = 120
+
+    @inlineAsync
+    async def test_returning_client_gets_every_post_it_missed(self):
+        """
+        A reader that left and comes back gets every post it missed while
+        away, in order, even more than the usual 20 of history.
+        """
+        cluster = await Cluster(self, vms=2).start()
+        await cluster.run("bob", "LIST\n")
+        alice = cluster.client("alice")
+        alice.write("FOLLOW bob\nTIMELINE\n")
+        await alice.waitFor("Now you are in the timeline")
+        await cluster.run("bob", "TIMELINE\nb0\n")
+        await alice.waitFor(">> b0")
+        alice.closeStdin()
+        await alice.ended
+        # How far alice read is saved and replicated to both VMs.
+        await waitUntil(lambda: all(readMark(cluster, vm, "alice") for vm in ("vm1", "vm2")),
+                        "alice's read mark on both VMs")
+        bob = await cluster.run("bob", "TIMELINE\n" + "".join(
+            "b%d\n" % (i,) for i in range(1, 26)))
+        self.assertEqual(bob.exitCode, 0, bob.err)
+        back = await cluster.run("alice", "TIMELINE\n")
+        self.assertEqual(posts(back.lines), [("bob", "b%d" % (i,)) for i in range(1, 26)])
