@@ -83,6 +83,7 @@ class ClusterService(MultiService):
             port = freePort(host)
         self.router = "%s:%s" % (host, port)
         self.secret = secret or secrets.token_hex(16)
+        self.secretFile = os.path.join(self.base, "secret")
         self.out = out or self._print
         self.children = {}
         self.whenReady = defer.Deferred()
@@ -115,6 +116,11 @@ class ClusterService(MultiService):
     def startService(self):
         MultiService.startService(self)
         os.makedirs(self.base, exist_ok=True)
+        # The secret, for an operator who adds or restarts a server by hand
+        # (twistd sns-server --secret-file DIR/secret ...).
+        fd = os.open(self.secretFile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.secret + "\n")
         self._spawn("router", twistdArgs(
             os.path.join(self.base, "router.log"), "sns-router", "--listen", self.router))
         for i in range(self.vms):

@@ -194,7 +194,9 @@ def openStream(method, protocol, metadata=None, maxQueue=1000):
         except BaseException:
             reason = Failure()
         finally:
-            stream._ended = True
+            # End our outgoing side too: grpc's task consuming it is not
+            # cancelled when the call ended first, and would wait forever.
+            stream.close()
             grpcCall.cancel()
             _lost(protocol, reason)
 
@@ -216,6 +218,13 @@ class CallContext:
 def _abortWith(context, exc):
     code, message = errors.statusFor(exc)
     return context.abort(code, message)
+
+
+async def _endAborted(context):
+    try:
+        await context.abort(grpc.StatusCode.ABORTED, "stream aborted by the server")
+    except (grpc.aio.AbortError, grpc.aio.UsageError):
+        pass
 
 
 def _unaryHandler(function):
@@ -246,10 +255,21 @@ def _streamHandler(factory, openStreams, maxQueue):
         except errors.SNSError as e:
             await _abortWith(context, e)
             return
+        # Headers go now, so that an abort's status never races a first
+        # message for them (grpc refuses that batch: TOO_MANY_OPERATIONS).
+        await context.send_initial_metadata(())
         reader = None
         reason = None
         me = asyncio.current_task()
-        stream._abort = me.cancel
+
+        def abort():
+            # grpc sends no status for a cancelled handler, so the peer would
+            # wait on a dead stream: end the call with a status as well.
+            if not context.done():
+                asyncio.ensure_future(_endAborted(context))
+            me.cancel()
+
+        stream._abort = abort
         openStreams.add(stream)
         try:
             protocol.makeConnection(stream)
@@ -275,6 +295,7 @@ def _streamHandler(factory, openStreams, maxQueue):
         finally:
             openStreams.discard(stream)
             stream._ended = True
+            stream._abort = None
             if reader is not None:
                 reader.cancel()
             _lost(protocol, reason)

@@ -407,7 +407,7 @@ class ServerService(MultiService):
             openStreams=openStreams, maxQueue=MAX_QUEUE)
         pbg.add_SNSServicer_to_server(sns, server)
         cluster = Servicer(
-            unary={"Onetime_s_to_buddy": self.onetimeSToBuddy},
+            unary={"Onetime_s_to_buddy": self.onetimeSToBuddy, "Digest": self.digest},
             streams={"BroadcastPosts": self.broadcastPosts,
                      "BuddyConnection": self.buddyConnection},
             openStreams=openStreams, maxQueue=10000)
@@ -493,6 +493,15 @@ class ServerService(MultiService):
             raise errors.NotBuddy("this server is not a slave")
         updates = [Update.fromProto(u) for u in request.updates]
         return pb.BuddyAck(applied=self.node.mirror(updates))
+
+    def digest(self, request, ctx):
+        self._asMaster()
+
+        def reply(digest):
+            return pb.DigestReply(vm=self.vm, updates=self.node.replica.seen.count(),
+                                  unreplicated=self.replicator.lag(), **digest)
+
+        return self.node.store.digest().addCallback(reply)
 
     def buddyConnection(self, ctx):
         auth.checkSecret(ctx, self.secret)

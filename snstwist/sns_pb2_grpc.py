@@ -537,6 +537,11 @@ class ClusterStub:
                 request_serializer=snstwist_dot_sns__pb2.ReplicationMessage.SerializeToString,
                 response_deserializer=snstwist_dot_sns__pb2.ReplicationMessage.FromString,
                 _registered_method=True)
+        self.Digest = channel.unary_unary(
+                '/snstwist.Cluster/Digest',
+                request_serializer=snstwist_dot_sns__pb2.DigestRequest.SerializeToString,
+                response_deserializer=snstwist_dot_sns__pb2.DigestReply.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -560,6 +565,13 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Digest(self, request, context):
+        """Not one of the seed's RPCs: read-only hashes for operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -577,6 +589,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.BroadcastPosts,
                     request_deserializer=snstwist_dot_sns__pb2.ReplicationMessage.FromString,
                     response_serializer=snstwist_dot_sns__pb2.ReplicationMessage.SerializeToString,
+            ),
+            'Digest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Digest,
+                    request_deserializer=snstwist_dot_sns__pb2.DigestRequest.FromString,
+                    response_serializer=snstwist_dot_sns__pb2.DigestReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -660,6 +677,33 @@ class Cluster:
             '/snstwist.Cluster/BroadcastPosts',
             snstwist_dot_sns__pb2.ReplicationMessage.SerializeToString,
             snstwist_dot_sns__pb2.ReplicationMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Digest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snstwist.Cluster/Digest',
+            snstwist_dot_sns__pb2.DigestRequest.SerializeToString,
+            snstwist_dot_sns__pb2.DigestReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,6 +16,7 @@ accumulates, so durability costs one flush per batch, not one per post.
 
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import sqlite3
@@ -281,6 +282,24 @@ class _Disk:
             db.execute("ROLLBACK")
             raise
 
+    def digest(self):
+        """Hashes of what is on disk: each post file, the users, the follows."""
+        files = {}
+        lines = 0
+        for name in sorted(os.listdir(self.postsDir)):
+            if name.endswith(".txt"):
+                with open(os.path.join(self.postsDir, name), "rb") as f:
+                    data = f.read()
+                files[name] = hashlib.sha256(data).hexdigest()
+                lines += data.count(b"\n")
+        users = "\n".join(n for (n,) in self.db.execute("SELECT name FROM users ORDER BY name"))
+        follows = "\n".join("%s %s" % pair for pair in self.db.execute(
+            "SELECT follower, followee FROM follows WHERE following = 1"
+            " ORDER BY follower, followee"))
+        return {"post_files": files, "posts": lines,
+                "users": hashlib.sha256(users.encode()).hexdigest(),
+                "follows": hashlib.sha256(follows.encode()).hexdigest()}
+
     def close(self):
         if self.db is not None:
             self.db.close()
@@ -364,6 +383,10 @@ class SQLiteStore:
             return f
 
         self._writing.addCallbacks(lambda _: None, failed).addBoth(done)
+
+    def digest(self):
+        """Hashes of the VM's files and tables (a dict), read on the disk thread."""
+        return self._onDisk(self._disk.digest)
 
     @defer.inlineCallbacks
     def close(self):

@@ -1,0 +1,123 @@
+"""
+C{sns-compare}: do the VMs of a running cluster hold the same data?
+
+    sns-compare --router HOST:PORT [--wait SECONDS]
+
+Asks the router for the live masters, asks each master for the hashes of
+what its VM holds on disk (every posts/<user>.txt, the users, the follows),
+and says whether they agree; with C{--wait}, keeps asking until they do (the
+cluster quiesces) or the time is up.  Exit status 0 when they agree.
+"""
+
+import sys
+
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+from twisted.python import usage
+
+from snstwist import grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+
+
+async def digests(router):
+    """{vm: DigestReply} of every live master known to C{router}."""
+    channel = grpcbridge.channel(router)
+    try:
+        status = await grpcbridge.call(pbg.RouterStub(channel).Status, pb.StatusRequest(),
+                                       timeout=5)
+    finally:
+        await grpcbridge.closeChannel(channel)
+    out = {}
+    for server in status.servers:
+        if server.role != pb.MASTER:
+            continue
+        ch = grpcbridge.channel(server.address)
+        try:
+            out[server.vm] = await grpcbridge.call(pbg.ClusterStub(ch).Digest,
+                                                   pb.DigestRequest(), timeout=5)
+        finally:
+            await grpcbridge.closeChannel(ch)
+    return out
+
+
+def differences(replies):
+    """Human-readable lines, one per disagreement; empty when all agree."""
+    problems = []
+    vms = sorted(replies)
+    if not vms:
+        return ["no live master"]
+    first = replies[vms[0]]
+    for vm in vms[1:]:
+        other = replies[vm]
+        for name in sorted(set(first.post_files) | set(other.post_files)):
+            a, b = first.post_files.get(name), other.post_files.get(name)
+            if a != b:
+                problems.append("posts/%s differs between %s and %s" % (name, vms[0], vm))
+        if first.users != other.users:
+            problems.append("users differ between %s and %s" % (vms[0], vm))
+        if first.follows != other.follows:
+            problems.append("follows differ between %s and %s" % (vms[0], vm))
+    return problems
+
+
+def summary(replies):
+    return ["%s: %d post files, %d posts, %d updates, %d not yet replicated"
+            % (vm, len(r.post_files), r.posts, r.updates, r.unreplicated)
+            for vm, r in sorted(replies.items())]
+
+
+async def compare(reactor, router, wait):
+    deadline = reactor.seconds() + wait
+    while True:
+        replies = await digests(router)
+        problems = differences(replies)
+        if not problems or reactor.seconds() >= deadline:
+            break
+        await deferLater(reactor, 0.2, lambda: None)
+    for line in summary(replies) + problems:
+        print(line)
+    if problems:
+        print("the VMs DISAGREE")
+        return 1
+    print("all %d VMs agree" % (len(replies),))
+    return 0
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["router", "r", "127.0.0.1:3410", "Router address."],
+        ["wait", "w", 0.0, "Keep comparing for up to this many seconds until they agree.",
+         float],
+    ]
+
+    def postOptions(self):
+        from snstwist.tap import installReactor, parseAddress
+        self["router"] = parseAddress(self["router"], "--router")
+        installReactor()
+
+
+def main(argv=None):
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.stderr.write("%s\nsns-compare: %s\n" % (options, e))
+        return 2
+    from twisted.internet import reactor
+
+    result = []
+
+    def run():
+        d = defer.ensureDeferred(compare(reactor, options["router"], options["wait"]))
+        d.addCallbacks(result.append, lambda f: (
+            sys.stderr.write("sns-compare: %s\n" % (f.getErrorMessage(),)), result.append(2)))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(run)
+    reactor.run()
+    return result[0] if result else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
