@@ -319,20 +319,41 @@ class _Heartbeats:
 
 class SlaveLink:
     """
-    The slave's end of C{BuddyConnection} (the slave dials its master).  A
-    broken stream or missing heartbeats mean the master is lost; a stopping
-    notice means the pair is being shut down in order.
+    The slave's end of C{BuddyConnection}: C{connect(link)} opens a stream
+    to the master and connects this link to it.  A broken stream or missing
+    heartbeats mean the master is lost; a stopping notice means the pair is
+    being shut down in order.
+
+    Until the master's hello has arrived, a failed stream is dialled again
+    for up to TIMEOUT: a live master on a loaded machine may miss one
+    connection attempt, and a slave must never fence a live master for that.
     """
 
-    def __init__(self, clock, hello, onMasterLost, onMasterStopping):
+    redialDelay = HEARTBEAT / 5
+
+    def __init__(self, clock, hello, onMasterLost, onMasterStopping, connect):
         self.clock = clock
         self.hello = hello
         self.onMasterLost = onMasterLost
         self.onMasterStopping = onMasterStopping
+        self.connect = connect
         self.stream = None
         self.beats = None
         self.masterPid = None
         self.closing = False
+        self.since = None
+        self.redial = None
+        self.redials = 0
+
+    def start(self):
+        """Dial the master."""
+        self.since = self.clock.seconds()
+        self.connect(self)
+
+    def _redial(self):
+        self.redial = None
+        if not self.closing:
+            self.connect(self)
 
     def makeConnection(self, stream):
         self.stream = stream
@@ -359,6 +380,9 @@ class SlaveLink:
 
     def close(self):
         self.closing = True
+        if self.redial is not None and self.redial.active():
+            self.redial.cancel()
+        self.redial = None
         if self.stream is not None:
             self.stream.close()
 
@@ -366,9 +390,16 @@ class SlaveLink:
         if self.beats is not None:
             self.beats.stop()
         self.stream = None
-        if not self.closing:
-            self.onMasterLost("buddy stream broke: %s" % (
-                reason.getErrorMessage() if reason else "ended",))
+        if self.closing:
+            return
+        why = reason.getErrorMessage() if reason else "ended"
+        if self.masterPid is None and self.clock.seconds() - self.since < TIMEOUT:
+            if self.redials == 0:
+                log.info("master not reached yet ({why}): dialling again", why=why)
+            self.redials += 1
+            self.redial = self.clock.callLater(self.redialDelay, self._redial)
+            return
+        self.onMasterLost("buddy stream broke: %s" % (why,))
 
 
 class MasterLink:

@@ -125,6 +125,9 @@ class CommandLine(LineReceiver):
             self.unreachable = True
             self.say(UNKNOWN)
             self.err.write("sns-client: cannot reach the cluster: %s\n" % (e,))
+        except Exception as e:
+            self.say(UNKNOWN)
+            self.err.write("sns-client: %s: %s\n" % (type(e).__name__, e))
         finally:
             self.prompt()
 

@@ -155,6 +155,7 @@ class Client:
         self.shown = {}  # ids of posts shown, oldest first (bounded)
         self._ready = None
         self._failover = None
+        self.epoch = 0
         self._ackCall = None
         self.closed = False
 
@@ -187,6 +188,7 @@ class Client:
         reply = await grpcbridge.call(self.stub.Login, pb.LoginRequest(user=self.user),
                                       timeout=CALL_TIMEOUT)
         self.master1 = master
+        self.epoch += 1
         self.token = reply.token
         self.session = _Session(self)
         grpcbridge.openStream(self.stub.Bidirectional_s_and_c, self.session,
@@ -289,6 +291,7 @@ class Client:
                 await self._failOver()
             if write and self.master2 is not None:
                 request.prefer_vm = self.master2.vm
+            epoch = self.epoch
             try:
                 return await grpcbridge.call(getattr(self.stub, name), request,
                                              timeout=CALL_TIMEOUT,
@@ -298,6 +301,13 @@ class Client:
                     raise CommandFailed(e.code(), e.details())
                 log.info("{name} on {m} failed: {code}", name=name, m=self.master1,
                          code=e.code().name)
+            except defer.CancelledError:
+                # A failover closed the channel under this call.
+                if self.closed:
+                    raise
+                log.info("{name} on {m} cancelled by a failover", name=name, m=self.master1)
+            if self.epoch == epoch:
+                # Nobody has replaced this master yet: we do.
                 await self._failOver()
         raise ClusterUnreachable("%s did not succeed after repeated failovers" % (name,))
 

@@ -3,8 +3,8 @@ The one-command local cluster: C{sns-cluster} (and C{twistd -n sns-cluster}).
 
 Starts a router and N VMs as real C{twistd} processes on loopback addresses
 (VM i listens on 127.0.0.(i+1)), with all data and logs under one directory;
-prints the router's address and a ready line once every VM has a master
-registered; stops every process it started on Ctrl-C or SIGTERM, waiting for
+prints the router's address and a ready line once every VM has its master
+and its slave registered; stops every process it started on Ctrl-C or SIGTERM, waiting for
 each to exit (TERM, then KILL after L{ClusterService.killTime}).
 """
 
@@ -147,8 +147,11 @@ class ClusterService(MultiService):
                 except Exception:
                     status = None
                 if status is not None:
+                    # Ready means fault tolerant: every VM has its master
+                    # and that master's slave.
                     masters = {s.vm: s.address for s in status.servers if s.role == pb.MASTER}
-                    if len(masters) >= self.vms:
+                    slaves = {s.vm for s in status.servers if s.role == pb.SLAVE}
+                    if len(masters) >= self.vms and len(slaves) >= self.vms:
                         return masters
                 if self.reactor.seconds() > deadline:
                     raise RuntimeError("the cluster was not ready within %ds"
@@ -156,7 +159,9 @@ class ClusterService(MultiService):
                 await deferLater(self.reactor, 0.1)
         finally:
             await grpcbridge.closeChannel(channel)
-        return await self.whenReady
+        # Only _childEnded stops the loop early: it failed whenReady, whose
+        # failure main() has consumed (awaiting it would give None).
+        raise RuntimeError("a process exited during start-up: see %s" % (self.base,))
 
     def _ready(self, masters):
         if not self.whenReady.called:

@@ -53,13 +53,14 @@ class ServerRecord:
     clients: int = 0
     updates: int = 0
     pending: int = 0
+    users: tuple = ()
 
     def info(self, now):
         i = self.identity
         return pb.ServerInfo(vm=i.vm, role=i.role, address=i.address, pid=i.pid,
                              incarnation=i.incarnation, clients=self.clients,
                              updates=self.updates, pending=self.pending,
-                             seen_ago=now - self.lastSeen)
+                             seen_ago=now - self.lastSeen, users=self.users)
 
 
 class Registry:
@@ -105,6 +106,7 @@ class Registry:
             record.lastSeen = self.clock.seconds()
             record.clients, record.updates, record.pending = (
                 beat.clients, beat.updates, beat.pending)
+            record.users = tuple(beat.users)
 
     def remove(self, incarnation, why):
         record = self.servers.pop(incarnation, None)

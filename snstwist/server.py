@@ -281,14 +281,18 @@ class ServerService(MultiService):
     def standBy(self):
         logs.setIdentity(self.vm, "slave")
         self._serve()
-        self.masterLink = buddy.SlaveLink(self.clock, self._buddyHello,
-                                          self.role.masterLost, self._masterStopping)
         self.masterChannel = grpcbridge.channel(self.master)
-        grpcbridge.openStream(pbg.ClusterStub(self.masterChannel).BuddyConnection,
-                              self.masterLink, metadata=auth.secretMetadata(self.secret))
+        self.masterLink = buddy.SlaveLink(self.clock, self._buddyHello,
+                                          self.role.masterLost, self._masterStopping,
+                                          self._dialMaster)
+        self.masterLink.start()
         log.info("slave of VM {vm} at {address} standing by for master {master} (pid {pid})",
                  vm=self.vm, address=self.grpc.address, master=self.master,
                  pid=self.masterPid)
+
+    def _dialMaster(self, link):
+        grpcbridge.openStream(pbg.ClusterStub(self.masterChannel).BuddyConnection,
+                              link, metadata=auth.secretMetadata(self.secret))
 
     def takeOver(self, why):
         logs.setIdentity(self.vm, "promoting")
@@ -379,7 +383,8 @@ class ServerService(MultiService):
     def load(self):
         return pb.Heartbeat(clients=self.sessions.count(),
                             updates=self.node.replica.seen.count(),
-                            pending=self.replicator.lag())
+                            pending=self.replicator.lag(),
+                            users=sorted(self.sessions.sessions)[:100])
 
     def membershipChanged(self, router, membership):
         self.memberships[router] = membership

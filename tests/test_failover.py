@@ -13,16 +13,16 @@ from tests.processes import Cluster, pidAlive, waitUntil
 from tests.test_integration import inlineAsync, posts
 
 
-async def masterOf(cluster, clients=1):
-    """The master serving C{clients} live sessions (once heartbeats report it)."""
+async def masterOf(cluster, user):
+    """The master that reports a live session of C{user} (its master1)."""
 
     async def serving():
         for s in (await cluster.status()).servers:
-            if s.role == pb.MASTER and s.clients >= clients:
+            if s.role == pb.MASTER and user in s.users:
                 return s
         return None
 
-    return await waitUntil(serving, "a master to report %d session(s)" % (clients,))
+    return await waitUntil(serving, "a master to report a session of %s" % (user,))
 
 
 class FailoverTests(unittest.TestCase):
@@ -38,7 +38,7 @@ class FailoverTests(unittest.TestCase):
         alice = cluster.client("alice")
         alice.write("LIST\n")
         await alice.waitFor("Followers:")
-        master1 = await masterOf(cluster)
+        master1 = await masterOf(cluster, "alice")
         others = {s.vm: s.address for s in (await cluster.status()).servers
                   if s.role == pb.MASTER and s.vm != master1.vm}
         os.kill(master1.pid, signal.SIGKILL)
@@ -61,7 +61,7 @@ class FailoverTests(unittest.TestCase):
         alice = cluster.client("alice")
         alice.write("FOLLOW bob\nTIMELINE\n")
         await alice.waitFor("Now you are in the timeline")
-        master1 = await masterOf(cluster)
+        master1 = await masterOf(cluster, "alice")
         bob = await cluster.run("bob", "TIMELINE\nb1\nb2\nb3\n")
         self.assertEqual(bob.exitCode, 0, bob.err)
         await alice.waitFor(">> b3")
@@ -85,7 +85,7 @@ class FailoverTests(unittest.TestCase):
         alice = cluster.client("alice")
         alice.write("TIMELINE\nbefore\n")
         await alice.waitFor(">> before")
-        master1 = await masterOf(cluster)
+        master1 = await masterOf(cluster, "alice")
         os.kill(master1.pid, signal.SIGSTOP)
         self.addCleanup(lambda: pidAlive(master1.pid) and os.kill(master1.pid, signal.SIGKILL))
         alice.write("in flight\n")
