@@ -224,7 +224,10 @@ async def _endAborted(context):
     try:
         await context.abort(grpc.StatusCode.ABORTED, "stream aborted by the server")
     except (grpc.aio.AbortError, grpc.aio.UsageError):
-        pass
+        pass  # abort raises once the status is out; or it was already sent
+    except Exception as e:
+        # The peer cancelled the call first: there is nobody to tell.
+        log.debug("aborted stream had already ended: {e}", e=e)
 
 
 def _unaryHandler(function):
