@@ -31,7 +31,7 @@ from snstwist import sns_pb2 as pb
 log = Logger()
 
 HEARTBEAT = 0.25
-TIMEOUT = 6 * HEARTBEAT
+TIMEOUT = 8 * HEARTBEAT  # 2 s: a hung master is caught, a starved one is not
 
 
 class Role:

@@ -69,7 +69,7 @@ class Registry:
     C{onChange} is called whenever the membership changes.
     """
 
-    timeout = 3 * HEARTBEAT
+    timeout = 4 * HEARTBEAT
 
     def __init__(self, clock, onChange=lambda: None):
         self.clock = clock
