@@ -16,7 +16,7 @@ import time
 import grpc
 from twisted.internet import defer, stdio
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.protocols.basic import LineReceiver
+from twisted.internet.protocol import Protocol
 from twisted.python import usage
 from zope.interface import implementer
 
@@ -66,11 +66,20 @@ class Options(usage.Options):
 
 
 @implementer(IHalfCloseableProtocol)
-class CommandLine(LineReceiver):
-    """Reads commands, one at a time, and prints the course client's replies."""
+class CommandLine(Protocol):
+    """
+    Reads commands, one at a time, and prints the course client's replies.
 
-    delimiter = b"\n"
+    Lines are split here rather than by LineReceiver, whose handling of an
+    over-long line drops whatever follows it in the buffer: here a line
+    longer than C{MAX_LENGTH} is answered as an invalid command and the
+    next line is read as usual, and a last line without a newline still
+    counts at EOF.
+    """
+
     MAX_LENGTH = 64 * 1024
+    _buffer = b""
+    _skipping = False
 
     def __init__(self, client, interactive, err=None):
         self.client = client
@@ -99,6 +108,23 @@ class CommandLine(LineReceiver):
         text = line.decode("utf-8", "replace").rstrip("\r")
         self.queue.addCallback(lambda _: defer.ensureDeferred(self._handle(text)))
         self.queue.addErrback(self._crashed)
+
+    def dataReceived(self, data):
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > self.MAX_LENGTH:
+                    # Too long already: drop it, and the rest of the line.
+                    self._buffer = b""
+                    self._skipping = True
+                return
+            line, self._buffer = self._buffer[:end], self._buffer[end + 1:]
+            if self._skipping or len(line) > self.MAX_LENGTH:
+                self._skipping = False
+                self.lineLengthExceeded(line)
+            else:
+                self.lineReceived(line)
 
     def lineLengthExceeded(self, line):
         self.queue.addCallback(lambda _: self.say(INVALID_COMMAND))
@@ -178,7 +204,13 @@ class CommandLine(LineReceiver):
         self.say(formatPost(post))
 
     def readConnectionLost(self):
-        # EOF: finish what was typed, then end.
+        # EOF: a last line without a newline counts; finish what was typed,
+        # then end.
+        if self._skipping:
+            self.lineLengthExceeded(b"")
+        elif self._buffer:
+            self.lineReceived(self._buffer)
+        self._buffer, self._skipping = b"", False
         self.queue.addBoth(lambda _: self.done.callback(None))
 
     def writeConnectionLost(self):

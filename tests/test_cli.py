@@ -166,6 +166,20 @@ class CommandTests(CommandLineTestCase):
         self.assertEqual(self.output(), [INVALID_COMMAND])
         self.assertEqual(self.client.calls, [])
 
+    def test_commands_after_an_over_long_line_are_still_answered(self):
+        """The line after an over-long one is read as a command of its own."""
+        cli = self.start(FakeClient(list=pb.ListReply(all_users=["a"])))
+        self.type("x" * (cli.MAX_LENGTH * 2 + 7), "LIST")
+        self.assertEqual(self.output(), [INVALID_COMMAND, OK, "All users: a", "Followers:"])
+
+    def test_a_last_line_without_newline_counts_at_eof(self):
+        """printf 'LIST' (no newline) still runs LIST before the client ends."""
+        self.start(FakeClient(list=pb.ListReply(all_users=["a"])))
+        self.cli.dataReceived(b"LIST")
+        self.assertEqual(self.output(), [])
+        self.cli.readConnectionLost()
+        self.assertEqual(self.output(), [OK, "All users: a", "Followers:"])
+
     def test_blank_line_does_nothing(self):
         """An empty line is not a command and prints nothing."""
         self.start(FakeClient())

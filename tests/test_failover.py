@@ -6,6 +6,7 @@ processes and real signals (DESIGN.md sections 1, 2 and 5).
 import os
 import signal
 
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from snstwist import sns_pb2 as pb
@@ -155,3 +156,89 @@ class ReturningClientTests(unittest.TestCase):
         self.assertEqual(bob.exitCode, 0, bob.err)
         back = await cluster.run("alice", "TIMELINE\n")
         self.assertEqual(posts(back.lines), [("bob", "b%d" % (i,)) for i in range(1, 26)])
+
+
+class SlowReaderTests(unittest.TestCase):
+    timeout = 180
+
+    @inlineAsync
+    async def test_a_reader_that_stops_reading_is_cut_off(self):
+        """
+        A timeline session whose client stops reading (but still heartbeats)
+        is cut off once its bounded queue is full, instead of growing the
+        master's memory; the user can come back afterwards.
+        """
+        import asyncio
+
+        import grpc
+
+        from snstwist import auth, grpcbridge
+        from snstwist import sns_pb2_grpc as pbg
+        from snstwist.client import Client
+
+        cluster = await Cluster(self, vms=2).start()
+        flood = Client([cluster.router], "flood", clock=reactor)
+        await flood.connect()
+        self.addCleanup(flood.close)
+        sloth = Client([cluster.router], "sloth", clock=reactor)
+        await sloth.connect()
+        await sloth.follow("flood")
+        master = sloth.master1
+        await sloth.close()
+
+        # Without BDP probing the flow-control window stays small, so what
+        # the client does not read backs up into the server's queue soon.
+        channel = grpc.aio.insecure_channel(master.address,
+                                            options=[("grpc.http2.bdp_probe", 0)])
+        self.addCleanup(lambda: grpcbridge.closeChannel(channel))
+        stub = pbg.SNSStub(channel)
+        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user="sloth"))
+        stop = asyncio.Event()
+
+        async def requests():
+            yield pb.ClientMessage(open=pb.SessionOpen(timeline=True, history=20))
+            while not stop.is_set():
+                yield pb.ClientMessage(heartbeat=pb.Heartbeat())
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+
+        call = stub.Bidirectional_s_and_c(requests(),
+                                          metadata=auth.sessionMetadata(login.token))
+        self.addCleanup(stop.set)
+        self.addCleanup(call.cancel)
+        await waitUntil(lambda: _hasSession(cluster, master.vm, "sloth"),
+                        "sloth's slow session to be live")
+
+        text = "x" * 1000
+
+        sent = []
+
+        async def post(n):
+            for i in range(n):
+                await flood.post("%d %s" % (i, text))
+                sent.append(i)
+
+        # Never reading while more than a queue's worth (and every buffer in
+        # between) is pushed at it.
+        posting = defer.gatherResults([defer.ensureDeferred(post(600)) for _ in range(5)])
+        await waitUntil(lambda: _hasSession(cluster, master.vm, "sloth", present=False),
+                        "the slow session to be cut off", timeout=120)
+        stop.set()
+        posting.cancel()
+        posting.addErrback(lambda f: None)
+        with self.assertRaises(grpc.aio.AioRpcError):
+            async for _ in call:
+                pass
+
+        back = await cluster.run("sloth", "LIST\n")
+        self.assertEqual(back.lines[:2], ["Command completed successfully",
+                                          "All users: flood, sloth"])
+
+
+async def _hasSession(cluster, vm, user, present=True):
+    for s in (await cluster.status()).servers:
+        if s.vm == vm and s.role == pb.MASTER:
+            return (user in s.users) == present
+    return False
