@@ -83,6 +83,10 @@ class Replica:
     def __init__(self):
         self.users = set()
         self.follows = {}
+        # Indexes of the live follows, derived from self.follows, so that
+        # fan-out does not scan every relation for every post.
+        self._followers = {}
+        self._following = {}
         self.posts = {}
         self.reads = {}
         self.updates = {}
@@ -119,6 +123,12 @@ class Replica:
             current = self.follows.get(pair)
             if current is None or update.key > current.key:
                 self.follows[pair] = FollowRegister(update.key, f.following)
+                if f.following:
+                    self._followers.setdefault(f.followee, set()).add(f.follower)
+                    self._following.setdefault(f.follower, set()).add(f.followee)
+                else:
+                    self._followers.get(f.followee, set()).discard(f.follower)
+                    self._following.get(f.follower, set()).discard(f.followee)
         return True
 
     def lastSeq(self, origin):
@@ -139,10 +149,10 @@ class Replica:
         return register is not None and register.following
 
     def following(self, user):
-        return sorted(b for (a, b), r in self.follows.items() if a == user and r.following)
+        return sorted(self._following.get(user, ()))
 
     def followers(self, user):
-        return sorted(a for (a, b), r in self.follows.items() if b == user and r.following)
+        return sorted(self._followers.get(user, ()))
 
     def postsBy(self, user):
         return self.posts.get(user, [])
@@ -171,9 +181,16 @@ class Replica:
         out = []
         for origin, updates in self.updates.items():
             seen = remote.origins.get(origin)
-            for seq in sorted(updates):
-                if seen is None or not seen.has(seq):
-                    out.append(updates[seq])
+            if seen is None:
+                out.extend(updates[seq] for seq in sorted(updates))
+                continue
+            mine = self.seen.origins[origin]
+            if not mine.extra and mine.contiguous <= seen.contiguous:
+                # The usual case, asked every second: nothing to send, found
+                # without looking at every update of the origin.
+                continue
+            out.extend(updates[seq] for seq in sorted(updates)
+                       if seq > seen.contiguous and seq not in seen.extra)
         return out
 
     def snapshot(self):

@@ -246,3 +246,14 @@ class ConvergenceTests(SynchronousTestCase):
         for u in a.missing(b.seen):
             b.apply(u)
         self.assertEqual(b.snapshot(), replicaOf(ours + theirs).snapshot())
+
+    @given(st.data())
+    def test_follow_indexes_agree_with_the_registers(self, data):
+        """followers()/following() always say what a scan of the registers says."""
+        updates = data.draw(st.permutations(data.draw(updateLists())))
+        replica = replicaOf(updates)
+        users = {u for pair in replica.follows for u in pair}
+        for user in users:
+            live = [pair for pair, r in replica.follows.items() if r.following]
+            self.assertEqual(replica.followers(user), sorted(a for a, b in live if b == user))
+            self.assertEqual(replica.following(user), sorted(b for a, b in live if a == user))
