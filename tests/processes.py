@@ -153,11 +153,14 @@ async def waitUntil(predicate, what, timeout=DEADLINE, interval=0.05):
         await deferLater(reactor, interval, lambda: None)
 
 
-async def routerStatus(address):
+async def routerStatus(address, channel=None):
+    """The router's Status; on C{channel} if given, else on a channel of its own."""
+    if channel is not None:
+        return await grpcbridge.call(pbg.RouterStub(channel).Status, pb.StatusRequest(),
+                                     timeout=10)
     channel = grpcbridge.channel(address)
     try:
-        return await grpcbridge.call(pbg.RouterStub(channel).Status, pb.StatusRequest(),
-                                     timeout=2)
+        return await routerStatus(address, channel)
     finally:
         await grpcbridge.closeChannel(channel)
 
@@ -172,6 +175,7 @@ class Cluster:
         self.router = None
         self.process = None
         self.pids = set()
+        self.channel = None
 
     async def start(self):
         # Cleanups run last-in first-out: the cluster is asked to stop first,
@@ -184,12 +188,16 @@ class Cluster:
         for line in self.process.lines:
             if line.startswith("sns-cluster ready: router "):
                 self.router = line.split()[3].rstrip(";")
-        status = await routerStatus(self.router)
+        # One channel for every status poll of the test: a busy machine
+        # should not fail a test on connection set-up.
+        self.channel = grpcbridge.channel(self.router)
+        self.testCase.addCleanup(lambda: grpcbridge.closeChannel(self.channel))
+        status = await routerStatus(self.router, self.channel)
         self.pids.update(s.pid for s in status.servers)
         return self
 
     async def status(self):
-        status = await routerStatus(self.router)
+        status = await routerStatus(self.router, self.channel)
         self.pids.update(s.pid for s in status.servers)
         return status
 
