@@ -217,17 +217,19 @@ class SlowReaderTests(unittest.TestCase):
 
         async def post(n):
             for i in range(n):
+                if stop.is_set():
+                    return
                 await flood.post("%d %s" % (i, text))
                 sent.append(i)
 
         # Never reading while more than a queue's worth (and every buffer in
         # between) is pushed at it.
-        posting = defer.gatherResults([defer.ensureDeferred(post(600)) for _ in range(5)])
+        posting = defer.gatherResults([defer.ensureDeferred(post(600)) for _ in range(5)],
+                                      consumeErrors=True)
         await waitUntil(lambda: _hasSession(cluster, master.vm, "sloth", present=False),
                         "the slow session to be cut off", timeout=120)
         stop.set()
-        posting.cancel()
-        posting.addErrback(lambda f: None)
+        await posting
         async def drain():
             async for _ in call:
                 pass

@@ -1,0 +1,237 @@
+"""
+Failover figures of DESIGN.md section 8, measured on real processes.
+
+Starts a 2-VM cluster (``python -m snstwist.cluster``) in a temporary
+directory and, N times:
+
+(a) SIGKILLs vm1's master and measures the time until the promoted master
+    (vm1's master in the router's Status, not the killed pid) answers a
+    client RPC (Login), polling every 5 ms;
+(b) SIGKILLs vm1's slave and measures the time until its replacement is
+    registered with the router, polling Status every 5 ms.
+
+Along the way it also notes (c): master SIGKILL -> the promoted master's new
+slave registered, i.e. the VM is a full pair again.  Each kill waits until
+the pair has been up for more than the supervisor's threshold, so every
+respawn is immediate, not backed off.
+
+Prints median and max of each, then stops the cluster with SIGTERM and
+checks that no server it saw is left running.
+
+Usage: python benchmarks/failover.py [-n 10] [--keep]
+
+A measurement, not a test: it is not run by trial or CI.
+"""
+
+import argparse
+import os
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+
+POLL = 0.005
+DEADLINE = 30.0
+SETTLE = 1.2  # longer than BuddySupervisor.threshold: a respawn is not backed off
+USER = "bench"
+
+
+class Cluster:
+    def __init__(self, base):
+        self.base = base
+        self.process = None
+        self.router = None
+        self.channels = {}
+        self.seen = set()
+
+    def start(self):
+        env = dict(os.environ, GRPC_VERBOSITY="ERROR", GRPC_ENABLE_FORK_SUPPORT="0",
+                   PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "snstwist.cluster", "--router", "127.0.0.1:0",
+             "--dir", self.base, "--vms", "2"],
+            stdout=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stdout], [], [], 0.5)
+            if not ready:
+                continue
+            line = self.process.stdout.readline()
+            if not line:
+                raise SystemExit("sns-cluster exited during start-up; see %s" % (self.base,))
+            if line.startswith("sns-cluster ready: router "):
+                self.router = line.split()[3].rstrip(";")
+                return
+        raise SystemExit("sns-cluster not ready within %ds" % (DEADLINE,))
+
+    def channel(self, address):
+        if address not in self.channels:
+            self.channels[address] = grpc.insecure_channel(address)
+        return self.channels[address]
+
+    def status(self):
+        reply = pbg.RouterStub(self.channel(self.router)).Status(pb.StatusRequest(),
+                                                                  timeout=1)
+        self.seen.update(s.pid for s in reply.servers)
+        return reply
+
+    def servers(self, vm, role):
+        return [s for s in self.status().servers if s.vm == vm and s.role == role]
+
+    def login(self, address):
+        pbg.SNSStub(self.channel(address)).Login(pb.LoginRequest(user=USER), timeout=0.5)
+
+    def stop(self):
+        for ch in self.channels.values():
+            ch.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        left = [pid for pid in self.seen | serversIn(self.base) if isServer(pid)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        return left
+
+
+def isServer(pid):
+    """Is C{pid} a live (not zombie) sns-server process?"""
+    try:
+        with open("/proc/%d/cmdline" % (pid,), "rb") as f:
+            cmdline = f.read()
+        with open("/proc/%d/stat" % (pid,)) as f:
+            state = f.read().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return b"sns-server" in cmdline and state != "Z"
+
+
+def serversIn(base):
+    pids = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % (name,), "rb") as f:
+                    if base.encode() in f.read():
+                        pids.add(int(name))
+            except OSError:
+                pass
+    return pids
+
+
+def until(what, predicate):
+    """Poll C{predicate} every POLL seconds until it returns something true."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            result = predicate()
+        except grpc.RpcError:
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise SystemExit("timed out waiting for %s" % (what,))
+        time.sleep(POLL)
+
+
+def pair(cluster, vm="vm1"):
+    """Wait for one master and one slave of C{vm}; returns them."""
+    def check():
+        masters, slaves = cluster.servers(vm, pb.MASTER), cluster.servers(vm, pb.SLAVE)
+        return (masters[0], slaves[0]) if len(masters) == 1 and len(slaves) == 1 else None
+
+    return until("a master and a slave of %s" % (vm,), check)
+
+
+def killMaster(cluster):
+    """(a) and (c) for one SIGKILL of vm1's master, in seconds."""
+    master, slave = pair(cluster)
+    start = time.monotonic()
+    os.kill(master.pid, signal.SIGKILL)
+
+    def answers():
+        for m in cluster.servers("vm1", pb.MASTER):
+            if m.pid != master.pid:
+                try:
+                    cluster.login(m.address)
+                    return True
+                except grpc.RpcError:
+                    return False
+        return False
+
+    until("the promoted master to answer", answers)
+    served = time.monotonic() - start
+    until("a new slave", lambda: [s for s in cluster.servers("vm1", pb.SLAVE)
+                                  if s.pid not in (master.pid, slave.pid)])
+    return served, time.monotonic() - start
+
+
+def killSlave(cluster):
+    """(b) for one SIGKILL of vm1's slave, in seconds."""
+    master, slave = pair(cluster)
+    start = time.monotonic()
+    os.kill(slave.pid, signal.SIGKILL)
+    until("the slave's replacement", lambda: [s for s in cluster.servers("vm1", pb.SLAVE)
+                                             if s.pid != slave.pid])
+    return time.monotonic() - start
+
+
+def summary(name, seconds):
+    ms = sorted(s * 1000 for s in seconds)
+    print("%-58s median %7.1f ms   max %7.1f ms   (n=%d)"
+          % (name, statistics.median(ms), ms[-1], len(ms)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=10, help="kills of each kind (default 10)")
+    parser.add_argument("--keep", action="store_true", help="keep the cluster's directory")
+    args = parser.parse_args()
+
+    base = tempfile.mkdtemp(prefix="sns-failover-")
+    cluster = Cluster(base)
+    served, paired, replaced = [], [], []
+    try:
+        cluster.start()
+        until("the first login", lambda: cluster.login(pair(cluster)[0].address) or True)
+        for i in range(args.n):
+            time.sleep(SETTLE)
+            a, c = killMaster(cluster)
+            served.append(a)
+            paired.append(c)
+            time.sleep(SETTLE)
+            replaced.append(killSlave(cluster))
+            print("run %2d: master kill -> served %6.1f ms, pair again %6.1f ms;"
+                  " slave kill -> replacement registered %6.1f ms"
+                  % (i + 1, a * 1000, c * 1000, replaced[-1] * 1000), flush=True)
+    finally:
+        left = cluster.stop()
+        if left:
+            print("WARNING: servers left running after the cluster stopped (killed): %s"
+                  % (sorted(left),))
+        else:
+            print("cluster stopped; no server left running (%d pids seen)" % (len(cluster.seen),))
+        if args.keep:
+            print("data and logs in %s" % (base,))
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    print()
+    summary("(a) master SIGKILL -> promoted master answers Login", served)
+    summary("(b) slave SIGKILL -> replacement registered with router", replaced)
+    summary("(c) master SIGKILL -> new slave registered (pair again)", paired)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""
+Buddies with real processes and real signals: a master spawns its slave, the
+slave takes over from a killed or hung master, a killed slave is replaced,
+an orderly stop respawns nothing, and a buddy that dies at start-up is given
+up on.
+
+Every wait has a deadline and waits on an event (a status answered, a pid
+gone), never a fixed sleep; every pid seen is killed in cleanup.
+"""
+
+import os
+import signal
+import sys
+
+import grpc
+from twisted.internet import reactor
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial import unittest
+
+from snstwist import buddy, grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+from snstwist.cluster import freePort
+from tests.processes import (Cluster, childEnv, killPid, pidAlive, routerStatus, spawn,
+                             waitUntil)
+from tests.test_integration import inlineAsync, posts
+
+SECRET = "buddies-s3cret"
+
+
+def byRole(status, vm="vm1"):
+    """{MASTER: [ServerInfo], SLAVE: [ServerInfo]} of C{vm} in a router status."""
+    out = {pb.MASTER: [], pb.SLAVE: []}
+    for server in status.servers:
+        if server.vm == vm:
+            out[server.role].append(server)
+    return out
+
+
+async def statusOf(cluster):
+    """
+    The router's status, or None when it did not answer in time: a loaded
+    machine may make one call time out, which is not what these tests test.
+    """
+    try:
+        return await cluster.status()
+    except grpc.aio.AioRpcError:
+        return None
+
+
+async def pair(cluster, vm="vm1", timeout=10):
+    """
+    Wait until C{vm} has exactly one master and one slave registered; returns
+    (master, slave) as ServerInfo.
+    """
+    async def ready():
+        status = await statusOf(cluster)
+        if status is None:
+            return None
+        roles = byRole(status, vm)
+        if len(roles[pb.MASTER]) == 1 and len(roles[pb.SLAVE]) == 1:
+            return roles[pb.MASTER][0], roles[pb.SLAVE][0]
+        return None
+
+    return await waitUntil(ready, "%s to have one master and one slave" % (vm,),
+                           timeout=timeout)
+
+
+async def assertBecomesMaster(cluster, pid, vm="vm1", timeout=10):
+    """Wait until the router has C{pid} as the (only) master of C{vm}."""
+    async def check():
+        status = await statusOf(cluster)
+        return status is not None and [s.pid for s in byRole(status, vm)[pb.MASTER]] == [pid]
+
+    await waitUntil(check, "pid %d to be the master of %s" % (pid, vm), timeout=timeout)
+
+
+async def slaveOtherThan(cluster, pids, vm="vm1", timeout=10):
+    """Wait until a slave of C{vm} whose pid is not in C{pids} is registered."""
+    async def check():
+        status = await statusOf(cluster)
+        slaves = [s for s in byRole(status, vm)[pb.SLAVE]
+                  if s.pid not in pids] if status is not None else []
+        return slaves[0] if slaves else None
+
+    return await waitUntil(check, "a new slave of %s" % (vm,), timeout=timeout)
+
+
+async def askRouter(router, times):
+    """C{times} answers of the router's Onetime_c_to_r, as a client asks it."""
+    channel = grpcbridge.channel(router)
+    stub = pbg.RouterStub(channel)
+
+    async def ask(user):
+        try:
+            return await grpcbridge.call(stub.Onetime_c_to_r, pb.MasterRequest(user=user),
+                                         timeout=2)
+        except grpc.aio.AioRpcError as e:
+            if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            return None
+
+    try:
+        return [await waitUntil(lambda user=user: ask(user), "Onetime_c_to_r to answer",
+                                timeout=10)
+                for user in ("u%d" % i for i in range(times))]
+    finally:
+        await grpcbridge.closeChannel(channel)
+
+
+def serversUsing(path):
+    """Pids of live sns-server processes with a data directory in C{path}."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % (name,), "rb") as f:
+                cmdline = f.read().split(b"\0")
+        except OSError:
+            continue
+        if (b"sns-server" in cmdline and any(a.startswith(path.encode()) for a in cmdline)
+                and pidAlive(int(name))):
+            found.append(int(name))
+    return found
+
+
+def killServersUsing(path):
+    for pid in serversUsing(path):
+        killPid(pid)
+
+
+async def startCluster(testCase, vms):
+    """
+    Start a Cluster.  Cleanup kills by pid, last of all, every server still
+    running on its data, even one spawned after the last status was taken.
+    """
+    cluster = Cluster(testCase, vms=vms)
+    testCase.addCleanup(killServersUsing, cluster.base)
+    return await cluster.start()
+
+
+def startByHand(testCase):
+    """
+    Start a router, and a master of VM vmx against it, by hand (as an
+    operator would); returns (router address, the master's Collector, its
+    data directory).  Cleanup stops both and kills any server left on the
+    data.
+    """
+    router = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
+    env = childEnv(SNS_SECRET=SECRET)
+    twistd = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+    spawn(testCase, twistd + ["sns-router", "--listen", router], env=env)
+    data = os.path.abspath(testCase.mktemp())
+    testCase.addCleanup(killServersUsing, data)
+    server = spawn(testCase, twistd + ["sns-server", "--router", router, "--vm", "vmx",
+                                       "--listen", "127.0.0.5:0", "--data", data], env=env)
+    return router, server, data
+
+
+async def registered(router, vm="vmx"):
+    """{MASTER: [...], SLAVE: [...]} of C{vm} at C{router}, or None if it did not answer."""
+    try:
+        return byRole(await routerStatus(router), vm)
+    except grpc.aio.AioRpcError:
+        return None
+
+
+class MasterSpawnsSlaveTests(unittest.TestCase):
+    timeout = 120
+
+    @inlineAsync
+    async def test_master_spawns_its_slave_within_about_a_second(self):
+        """
+        Once the master is registered, its slave registers within about a
+        second (it needs about 0.3 s; the deadline leaves room for a loaded
+        machine).
+        """
+        router, server, data = startByHand(self)
+
+        async def masterUp():
+            roles = await registered(router)
+            return roles is not None and roles[pb.MASTER]
+
+        async def slaveUp():
+            roles = await registered(router)
+            return roles is not None and roles[pb.SLAVE]
+
+        await waitUntil(masterUp, "the master to register", timeout=15)
+        (slave,) = await waitUntil(slaveUp, "its slave to register", timeout=2)
+        self.assertNotEqual(slave.pid, server.pid)
+
+    @inlineAsync
+    async def test_master_and_slave_register_with_their_roles_pids_and_addresses(self):
+        """The router knows one master and one slave of the VM, as two processes."""
+        cluster = await startCluster(self, 1)
+        master, slave = await pair(cluster)
+        self.assertNotEqual(master.pid, slave.pid)
+        self.assertNotEqual(master.address, slave.address)
+
+    @inlineAsync
+    async def test_router_never_hands_a_client_a_slave(self):
+        """Onetime_c_to_r answers only with masters, never a slave's address."""
+        cluster = await startCluster(self, 2)
+        pairs = [await pair(cluster, vm) for vm in ("vm1", "vm2")]
+        masters = {master.address for master, slave in pairs}
+        slaves = {slave.address for master, slave in pairs}
+        given = set()
+        for reply in await askRouter(cluster.router, 20):
+            given.update({reply.master1.address, reply.master2.address})
+        self.assertEqual((given, given & slaves), (masters, set()))
+
+
+class MasterKilledTests(unittest.TestCase):
+    timeout = 120
+
+    async def killMaster(self):
+        """A cluster whose vm1 master was just SIGKILLed; returns (cluster, master, slave)."""
+        cluster = await startCluster(self, 1)
+        master, slave = await pair(cluster)
+        os.kill(master.pid, signal.SIGKILL)
+        return cluster, master, slave
+
+    @inlineAsync
+    async def test_slave_becomes_master_when_master_is_killed(self):
+        """SIGKILL the master: its slave (same pid) registers as the VM's master."""
+        cluster, master, slave = await self.killMaster()
+        await assertBecomesMaster(cluster, slave.pid)
+        self.assertFalse(pidAlive(master.pid))
+
+    @inlineAsync
+    async def test_promoted_slave_spawns_a_new_slave(self):
+        """The promoted slave spawns a slave of its own (a new pid)."""
+        cluster, master, slave = await self.killMaster()
+        await assertBecomesMaster(cluster, slave.pid)
+        new = await slaveOtherThan(cluster, {master.pid, slave.pid})
+        self.assertTrue(pidAlive(new.pid))
+
+    @inlineAsync
+    async def test_posts_made_before_the_kill_are_served_by_the_new_master(self):
+        """A post acknowledged by the old master is in the new master's timeline."""
+        cluster = await startCluster(self, 1)
+        master, slave = await pair(cluster)
+        before = await cluster.run("alice", "TIMELINE\nbefore the kill\n")
+        self.assertEqual(before.exitCode, 0, before.err)
+        os.kill(master.pid, signal.SIGKILL)
+        await assertBecomesMaster(cluster, slave.pid)
+        after = await cluster.run("alice", "TIMELINE\n")
+        self.assertEqual(after.exitCode, 0, after.err)
+        self.assertEqual(after.lines[0], "Now you are in the timeline")
+        self.assertEqual(posts(after.lines), [("alice", "before the kill")])
+
+    @inlineAsync
+    async def test_new_post_succeeds_on_the_new_master(self):
+        """After the take-over, a new post is acknowledged and shown."""
+        cluster, master, slave = await self.killMaster()
+        await assertBecomesMaster(cluster, slave.pid)
+        bob = await cluster.run("bob", "TIMELINE\nafter the kill\n")
+        self.assertEqual(bob.exitCode, 0, bob.err)
+        again = await cluster.run("bob", "TIMELINE\n")
+        self.assertEqual((again.exitCode, posts(again.lines)),
+                         (0, [("bob", "after the kill")]), again.err)
+
+
+class SlaveKilledTests(unittest.TestCase):
+    timeout = 120
+
+    @inlineAsync
+    async def test_killed_slave_is_replaced_by_a_new_one(self):
+        """SIGKILL the slave: the master spawns a new slave, which registers."""
+        cluster = await startCluster(self, 1)
+        master, slave = await pair(cluster)
+        os.kill(slave.pid, signal.SIGKILL)
+        new = await slaveOtherThan(cluster, {slave.pid})
+        self.assertEqual([s.pid for s in await pair(cluster)], [master.pid, new.pid])
+
+    @inlineAsync
+    async def test_stopped_slave_is_killed_and_replaced(self):
+        """SIGSTOP the slave: the master kills the hung slave and spawns a new one."""
+        cluster = await startCluster(self, 1)
+        master, slave = await pair(cluster)
+
+        def neverResume():
+            killPid(slave.pid, signal.SIGKILL)
+            killPid(slave.pid, signal.SIGCONT)
+
+        self.addCleanup(neverResume)
+        os.kill(slave.pid, signal.SIGSTOP)
+        await slaveOtherThan(cluster, {slave.pid})
+        await waitUntil(lambda: not pidAlive(slave.pid),
+                        "hung slave %d to be killed" % (slave.pid,), timeout=5)
+
+
+class MasterHungTests(unittest.TestCase):
+    timeout = 120
+
+    async def stopMaster(self):
+        """SIGSTOP the vm1 master of a new cluster; returns (cluster, master, slave)."""
+        cluster = await startCluster(self, 1)
+        master, slave = await pair(cluster)
+
+        def neverResume():
+            # KILL before CONT: a stopped process resumed by cleanup must not
+            # run on (and write) for even a moment.
+            killPid(master.pid, signal.SIGKILL)
+            killPid(master.pid, signal.SIGCONT)
+
+        self.addCleanup(neverResume)
+        os.kill(master.pid, signal.SIGSTOP)
+        return cluster, master, slave
+
+    @inlineAsync
+    async def test_slave_takes_over_from_a_stopped_master_within_seconds(self):
+        """SIGSTOP the master: within a few seconds its slave is the master."""
+        cluster, master, slave = await self.stopMaster()
+        await assertBecomesMaster(cluster, slave.pid, timeout=5)
+
+    @inlineAsync
+    async def test_stopped_master_is_fenced(self):
+        """The slave kills the hung old master when it takes over."""
+        cluster, master, slave = await self.stopMaster()
+        await assertBecomesMaster(cluster, slave.pid, timeout=5)
+        await waitUntil(lambda: not pidAlive(master.pid),
+                        "pid %d to be fenced" % (master.pid,), timeout=2)
+
+
+class OrderlyStopTests(unittest.TestCase):
+    timeout = 120
+
+    async def stopByHand(self):
+        """
+        Start a router and a master by hand, wait for its slave, SIGTERM the
+        master, and wait for it to exit; returns (router, slave pid, data
+        directory).
+        """
+        router, server, data = startByHand(self)
+
+        async def paired():
+            roles = await registered(router)
+            if roles is not None and len(roles[pb.MASTER]) == len(roles[pb.SLAVE]) == 1:
+                return roles[pb.MASTER][0].pid, roles[pb.SLAVE][0].pid
+            return None
+
+        masterPid, slavePid = await waitUntil(paired, "vmx master and slave", timeout=15)
+        self.assertEqual(masterPid, server.pid)
+        os.kill(masterPid, signal.SIGTERM)
+        await server.ended.addTimeout(15, reactor)
+        return router, slavePid, data
+
+    @inlineAsync
+    async def test_sigterm_to_the_master_stops_its_slave_too(self):
+        """SIGTERM the master: the master exits, and so does its slave."""
+        router, slavePid, data = await self.stopByHand()
+        await waitUntil(lambda: not pidAlive(slavePid), "slave %d to exit" % (slavePid,),
+                        timeout=10)
+
+    @inlineAsync
+    async def test_sigterm_to_the_master_respawns_nothing(self):
+        """After an orderly stop no server runs on the data and none is registered."""
+        router, slavePid, data = await self.stopByHand()
+        await waitUntil(lambda: not pidAlive(slavePid), "slave %d to exit" % (slavePid,),
+                        timeout=10)
+        self.assertEqual(serversUsing(data), [])
+
+        async def nobodyRegistered():
+            try:
+                return list((await routerStatus(router)).servers) == []
+            except grpc.aio.AioRpcError:
+                return False
+
+        await waitUntil(nobodyRegistered, "the router to have no server", timeout=5)
+
+    @inlineAsync
+    async def test_sigterm_to_the_master_leaves_no_pid_file(self):
+        """Both buddies remove their pid files from the data's run/ directory."""
+        router, slavePid, data = await self.stopByHand()
+        run = os.path.join(data, "run")
+        await waitUntil(lambda: os.listdir(run) == [], "%s to be empty" % (run,), timeout=10)
+
+
+class FailingBuddyTests(unittest.TestCase):
+    timeout = 120
+
+    async def superviseFailingBuddy(self):
+        """
+        Supervise, on the real reactor, a buddy that exits 3 at once, until
+        the supervisor gives up; returns the spawn times and the supervisor.
+        """
+        command = buddy.BuddyCommand(
+            sys.executable, (sys.executable, "-c", "import sys; sys.exit(3)"), dict(os.environ))
+        spawns = []
+        supervisor = buddy.BuddySupervisor(command, reactor,
+                                           onSpawn=lambda pid: spawns.append(reactor.seconds()),
+                                           jitter=lambda: 0.0)
+        supervisor.minRestartDelay = 0.2
+        supervisor.maxRestartDelay = 2.0
+        supervisor.intensity = 3
+        supervisor.period = 30.0
+        self.addCleanup(supervisor.stop)
+        supervisor.start()
+        await waitUntil(lambda: supervisor.gaveUp, "the supervisor to give up", timeout=20)
+        return spawns, supervisor
+
+    @inlineAsync
+    async def test_buddy_dying_at_start_up_is_respawned_after_growing_delays(self):
+        """The gaps between spawns grow: at least 0.2 s, 0.4 s, 0.8 s."""
+        spawns, supervisor = await self.superviseFailingBuddy()
+        gaps = [b - a for a, b in zip(spawns, spawns[1:])]
+        self.assertEqual(len(gaps), 3)
+        for gap, delay in zip(gaps, [0.2, 0.4, 0.8]):
+            self.assertGreaterEqual(gap, delay, gaps)
+        self.assertEqual(gaps, sorted(gaps))
+
+    @inlineAsync
+    async def test_buddy_dying_at_start_up_is_given_up_on(self):
+        """After `intensity` restarts it stops: nothing runs and nothing is scheduled."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        spawns, supervisor = await self.superviseFailingBuddy()
+        self.assertEqual((len(spawns), supervisor.pid, supervisor.pending), (4, None, None))
+        self.assertEqual(len([e for e in logged if e["log_level"] == LogLevel.critical]), 1)
