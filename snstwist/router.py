@@ -25,6 +25,7 @@ from snstwist.grpcbridge import GrpcServerService, Servicer
 log = Logger()
 
 HEARTBEAT = 0.5
+PICK_MEMORY = 4 * HEARTBEAT
 
 
 @attrs.frozen
@@ -54,6 +55,15 @@ class ServerRecord:
     updates: int = 0
     pending: int = 0
     users: tuple = ()
+    picks: list = attrs.field(factory=list)
+
+    def load(self, now):
+        """
+        Live sessions, plus clients handed this server so recently that its
+        heartbeats may not count them yet.
+        """
+        self.picks = [t for t in self.picks if now - t < PICK_MEMORY]
+        return self.clients + len(self.picks)
 
     def info(self, now):
         i = self.identity
@@ -148,11 +158,12 @@ class Registry:
             raise errors.NoMasterAvailable(
                 "no live master server is registered with this router"
                 + (" outside VMs %s" % (", ".join(sorted(exclude)),) if exclude else ""))
-        candidates.sort(key=lambda r: (r.clients, r.identity.vm))
+        now = self.clock.seconds()
+        candidates.sort(key=lambda r: (r.load(now), r.identity.vm))
         first = candidates[0]
         # Count the client now, so a burst of clients spreads over the VMs
-        # before the next heartbeat reports the real load.
-        first.clients += 1
+        # before heartbeats report the real load.
+        first.picks.append(now)
         return first, (candidates[1] if len(candidates) > 1 else None)
 
     def infos(self):

@@ -7,7 +7,7 @@ import grpc
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import auth, errors
+from snstwist import auth, errors, router
 from snstwist import sns_pb2 as pb
 from snstwist.grpcbridge import SECRET_METADATA
 from snstwist.router import HEARTBEAT, Registry, RouterService, ServerIdentity, ServerLink
@@ -326,16 +326,30 @@ class PickMastersTests(SynchronousTestCase):
         self.assertEqual(sorted(firsts), ["vm1", "vm1", "vm2", "vm2", "vm3", "vm3"])
         self.assertEqual(firsts[:3], ["vm1", "vm2", "vm3"])
 
-    def test_heartbeat_replaces_the_counted_picks(self):
-        """The next heartbeat's real load overrides the clients counted by picks."""
+    def test_picks_count_on_top_of_heartbeats_until_they_expire(self):
+        """
+        A client just handed out counts as load even when a heartbeat sent
+        before its session opened says otherwise, for PICK_MEMORY seconds.
+        """
         clock, registry, changes = makeRegistry()
         registry.register(identity("vm1"), FakeLink())
         for _ in range(3):
             registry.pickMasters()
         record = registry.servers[identity("vm1").incarnation]
-        self.assertEqual(record.clients, 3)
         registry.heartbeat(identity("vm1").incarnation, pb.Heartbeat(clients=1))
-        self.assertEqual(record.clients, 1)
+        self.assertEqual(record.load(clock.seconds()), 4)
+        clock.advance(router.PICK_MEMORY)
+        self.assertEqual(record.load(clock.seconds()), 1)
+
+    def test_a_stale_heartbeat_does_not_send_the_next_client_to_the_same_vm(self):
+        """Two clients in a row go to two VMs even if vm1 then reports 0 sessions."""
+        clock, registry, changes = makeRegistry()
+        registry.register(identity("vm1"), FakeLink())
+        registry.register(identity("vm2"), FakeLink())
+        first, _ = registry.pickMasters()
+        registry.heartbeat(first.identity.incarnation, pb.Heartbeat(clients=0))
+        second, _ = registry.pickMasters()
+        self.assertNotEqual(first.identity.vm, second.identity.vm)
 
 
 class ServerLinkTests(SynchronousTestCase):
