@@ -341,8 +341,10 @@ class ServerService(MultiService):
     def _slaveCommand(self):
         host = self.listen.rsplit(":", 1)[0]
         args = [sys.executable, "-c", TWISTD, "-n", "--pidfile="]
-        if self.logfile:
-            args.append("--logfile=" + self.logfile)
+        # Never a pipe to us: a slave outlives its master when it takes over,
+        # and a full pipe to a hung master would block it.
+        args.append("--logfile=" + (self.logfile if self.logfile and self.logfile != "-"
+                                    else os.path.join(self.data, "buddies.log")))
         args += ["sns-server", "--role", "slave", "--vm", self.vm,
                  "--listen", host + ":0", "--data", self.data,
                  "--router", ",".join(self.routers),
