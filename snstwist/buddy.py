@@ -27,10 +27,12 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from snstwist import sns_pb2 as pb
+from snstwist.heartbeat import Heartbeat
 
 log = Logger()
 
 HEARTBEAT = 0.25
+_BEAT = pb.BuddyMessage(heartbeat=pb.Heartbeat())
 TIMEOUT = 8 * HEARTBEAT  # 2 s: a hung master is caught, a starved one is not
 
 
@@ -289,34 +291,6 @@ def fence(pid, kill=os.kill):
         return False
 
 
-class _Heartbeats:
-    """Send a heartbeat every HEARTBEAT seconds; call C{onSilence} after TIMEOUT."""
-
-    def __init__(self, clock, send, onSilence):
-        self.clock = clock
-        self.send = send
-        self.onSilence = onSilence
-        self.lastHeard = clock.seconds()
-        self.timer = clock.callLater(HEARTBEAT, self._tick)
-
-    def heard(self):
-        self.lastHeard = self.clock.seconds()
-
-    def _tick(self):
-        self.timer = None
-        silent = self.clock.seconds() - self.lastHeard
-        if silent > TIMEOUT:
-            self.onSilence("no heartbeat for %.2fs" % (silent,))
-            return
-        self.send(pb.BuddyMessage(heartbeat=pb.Heartbeat()))
-        self.timer = self.clock.callLater(HEARTBEAT, self._tick)
-
-    def stop(self):
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-
-
 class SlaveLink:
     """
     The slave's end of C{BuddyConnection}: C{connect(link)} opens a stream
@@ -358,12 +332,13 @@ class SlaveLink:
     def makeConnection(self, stream):
         self.stream = stream
         stream.send(pb.BuddyMessage(hello=self.hello()))
-        self.beats = _Heartbeats(self.clock, stream.send, self._silent)
+        self.beats = Heartbeat(self.clock, HEARTBEAT, TIMEOUT, lambda: stream.send(_BEAT),
+                               self._silent)
 
-    def _silent(self, why):
+    def _silent(self, seconds):
         self.closing = True
         self.stream.abort()
-        self.onMasterLost("master hung: " + why)
+        self.onMasterLost("master hung: no heartbeat for %.2fs" % (seconds,))
 
     def messageReceived(self, message):
         self.beats.heard()
@@ -421,11 +396,12 @@ class MasterLink:
     def makeConnection(self, stream):
         self.stream = stream
         stream.send(pb.BuddyMessage(hello=self.hello()))
-        self.beats = _Heartbeats(self.clock, stream.send, self._silent)
+        self.beats = Heartbeat(self.clock, HEARTBEAT, TIMEOUT, lambda: stream.send(_BEAT),
+                               self._silent)
 
-    def _silent(self, why):
+    def _silent(self, seconds):
         self.stream.abort()
-        self.onSlaveHung(self.slave, why)
+        self.onSlaveHung(self.slave, "no heartbeat for %.2fs" % (seconds,))
 
     def messageReceived(self, message):
         self.beats.heard()

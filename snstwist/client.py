@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from snstwist import auth, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
+from snstwist.heartbeat import Heartbeat
 from snstwist.model import HISTORY, Post
 
 log = Logger()
@@ -33,6 +34,7 @@ HEARTBEAT = 1.0
 FAILOVER_DEADLINE = 15.0
 RESUME_WINDOW_US = 10 * 1000000
 SHOWN_MEMORY = 10000
+_BEAT = pb.ClientMessage(heartbeat=pb.Heartbeat())
 
 # Statuses that mean "this server is gone or hung", not "your request is bad".
 _DEAD = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -64,8 +66,7 @@ class _Session:
     def __init__(self, client):
         self.client = client
         self.stream = None
-        self.timer = None
-        self.lastHeard = 0
+        self.beats = None
         self.closing = False
         self.ended = None
 
@@ -75,21 +76,16 @@ class _Session:
 
     def makeConnection(self, stream):
         self.stream = stream
-        self.lastHeard = self.clock.seconds()
         stream.send(pb.ClientMessage(open=self.client._openRequest()))
-        self.timer = self.clock.callLater(HEARTBEAT, self._beat)
+        self.beats = Heartbeat(self.clock, HEARTBEAT, 3 * HEARTBEAT,
+                               lambda: stream.send(_BEAT), self._silent)
 
-    def _beat(self):
-        self.timer = None
-        if self.clock.seconds() - self.lastHeard > 3 * HEARTBEAT:
-            log.info("master silent for {s:.1f}s", s=self.clock.seconds() - self.lastHeard)
-            self.stream.abort()
-            return
-        self.stream.send(pb.ClientMessage(heartbeat=pb.Heartbeat()))
-        self.timer = self.clock.callLater(HEARTBEAT, self._beat)
+    def _silent(self, seconds):
+        log.info("master silent for {s:.1f}s", s=seconds)
+        self.stream.abort()
 
     def messageReceived(self, message):
-        self.lastHeard = self.clock.seconds()
+        self.beats.heard()
         kind = message.WhichOneof("kind")
         if kind == "post":
             self.client._received(Post.fromProto(message.post))
@@ -120,9 +116,8 @@ class _Session:
         return self.ended.addTimeout(timeout, self.clock).addErrback(lambda f: None)
 
     def connectionLost(self, reason):
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        if self.beats is not None:
+            self.beats.stop()
         self.stream = None
         if self.ended is not None and not self.ended.called:
             self.ended.callback(None)

@@ -30,6 +30,7 @@ from snstwist import auth, buddy, errors, grpcbridge, logs
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.grpcbridge import GrpcServerService, Servicer
+from snstwist.heartbeat import Heartbeat
 from snstwist.model import HISTORY, Update, checkPostText, checkUsername
 from snstwist.replication import Node, ReplicaReceiver, Replicator
 from snstwist.router import HEARTBEAT
@@ -66,7 +67,7 @@ class RouterLink:
         self.stopped = False
         self.delay = self.minDelay
         self.timer = None
-        self.lastHeard = 0
+        self.beats = None
 
     @property
     def clock(self):
@@ -84,18 +85,15 @@ class RouterLink:
 
     def makeConnection(self, stream):
         self.stream = stream
-        self.lastHeard = self.clock.seconds()
         stream.send(pb.ServerMessage(hello=self.server.hello()))
-        self.timer = self.clock.callLater(HEARTBEAT, self._beat)
+        self.beats = Heartbeat(
+            self.clock, HEARTBEAT, 3 * HEARTBEAT,
+            lambda: stream.send(pb.ServerMessage(heartbeat=self.server.load())), self._silent)
 
-    def _beat(self):
-        self.timer = None
-        if self.clock.seconds() - self.lastHeard > 3 * HEARTBEAT:
-            log.warn("router {address} silent: reconnecting", address=self.address)
-            self.stream.abort()
-            return
-        self.stream.send(pb.ServerMessage(heartbeat=self.server.load()))
-        self.timer = self.clock.callLater(HEARTBEAT, self._beat)
+    def _silent(self, seconds):
+        log.warn("router {address} silent for {s:.1f}s: reconnecting",
+                 address=self.address, s=seconds)
+        self.stream.abort()
 
     def sendHello(self):
         """Tell the router again who we are (our role changed)."""
@@ -103,7 +101,7 @@ class RouterLink:
             self.stream.send(pb.ServerMessage(hello=self.server.hello()))
 
     def messageReceived(self, message):
-        self.lastHeard = self.clock.seconds()
+        self.beats.heard()
         if self.delay != self.minDelay:
             log.info("registered with router {address}", address=self.address)
             self.delay = self.minDelay
@@ -112,9 +110,8 @@ class RouterLink:
 
     def connectionLost(self, reason):
         self.stream = None
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        if self.beats is not None:
+            self.beats.stop()
         if self.stopped:
             return
         if self.delay == self.minDelay:

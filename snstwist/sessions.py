@@ -16,6 +16,7 @@ L{grpcbridge.Stream}), rather than allowed to grow this process's memory.
 from twisted.logger import Logger
 
 from snstwist import sns_pb2 as pb
+from snstwist.heartbeat import Heartbeat
 from snstwist.model import HISTORY
 
 log = Logger()
@@ -24,6 +25,7 @@ HEARTBEAT = 1.0
 TIMEOUT = 3 * HEARTBEAT
 MAX_QUEUE = 1000
 READ_MARK_INTERVAL = 1.0
+_BEAT = pb.ServerPush(heartbeat=pb.Heartbeat())
 
 
 class SessionHub:
@@ -108,8 +110,7 @@ class ClientSession:
         self.stream = None
         self.live = False
         self.sentHistory = set()
-        self.lastHeard = 0
-        self.timer = None
+        self.beats = None
 
     @property
     def clock(self):
@@ -117,22 +118,16 @@ class ClientSession:
 
     def makeConnection(self, stream):
         self.stream = stream
-        self.lastHeard = self.clock.seconds()
         self.hub.add(self)
-        self.timer = self.clock.callLater(HEARTBEAT, self._beat)
+        self.beats = Heartbeat(self.clock, HEARTBEAT, TIMEOUT,
+                               lambda: stream.send(_BEAT), self._silent)
 
-    def _beat(self):
-        self.timer = None
-        silent = self.clock.seconds() - self.lastHeard
-        if silent > TIMEOUT:
-            log.info("client {user} silent for {s:.1f}s: deactivating", user=self.user, s=silent)
-            self.stream.abort()
-            return
-        self.stream.send(pb.ServerPush(heartbeat=pb.Heartbeat()))
-        self.timer = self.clock.callLater(HEARTBEAT, self._beat)
+    def _silent(self, seconds):
+        log.info("client {user} silent for {s:.1f}s: deactivating", user=self.user, s=seconds)
+        self.stream.abort()
 
     def messageReceived(self, message):
-        self.lastHeard = self.clock.seconds()
+        self.beats.heard()
         kind = message.WhichOneof("kind")
         if kind == "open" and message.open.timeline and not self.live:
             self._startTimeline(message.open)
@@ -170,6 +165,5 @@ class ClientSession:
     def connectionLost(self, reason):
         self.live = False
         self.hub.remove(self)
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        if self.beats is not None:
+            self.beats.stop()
