@@ -235,24 +235,8 @@ async def run(reactor, options):
 
 def main(argv=None):
     """The C{sns-client} command."""
-    options = Options()
-    try:
-        options.parseOptions(sys.argv[1:] if argv is None else argv)
-    except usage.UsageError as e:
-        sys.stderr.write("%s\nsns-client: %s\n" % (options, e))
-        return 2
-    from twisted.internet import reactor
-
-    status = []
-
-    def started():
-        d = defer.ensureDeferred(run(reactor, options))
-        d.addCallbacks(status.append, lambda f: (status.append(1), f.printTraceback()))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(started)
-    reactor.run()
-    return status[0] if status else 1
+    from snstwist.tap import runCommand
+    return runCommand("sns-client", Options(), argv, run)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ cluster quiesces) or the time is up.  Exit status 0 when they agree.
 
 import sys
 
-from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.python import usage
 
@@ -67,7 +66,8 @@ def summary(replies):
             for vm, r in sorted(replies.items())]
 
 
-async def compare(reactor, router, wait):
+async def compare(reactor, options):
+    router, wait = options["router"], options["wait"]
     deadline = reactor.seconds() + wait
     while True:
         replies = await digests(router)
@@ -98,25 +98,9 @@ class Options(usage.Options):
 
 
 def main(argv=None):
-    options = Options()
-    try:
-        options.parseOptions(sys.argv[1:] if argv is None else argv)
-    except usage.UsageError as e:
-        sys.stderr.write("%s\nsns-compare: %s\n" % (options, e))
-        return 2
-    from twisted.internet import reactor
-
-    result = []
-
-    def run():
-        d = defer.ensureDeferred(compare(reactor, options["router"], options["wait"]))
-        d.addCallbacks(result.append, lambda f: (
-            sys.stderr.write("sns-compare: %s\n" % (f.getErrorMessage(),)), result.append(2)))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(run)
-    reactor.run()
-    return result[0] if result else 2
+    """The C{sns-compare} command."""
+    from snstwist.tap import runCommand
+    return runCommand("sns-compare", Options(), argv, compare)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ sessions, updates held, updates not yet acknowledged by a peer VM
 
 import sys
 
-from twisted.internet import defer
 from twisted.python import usage
 
 from snstwist import grpcbridge
@@ -43,29 +42,21 @@ class Options(usage.Options):
         installReactor()
 
 
-async def show(reactor, address):
-    channel = grpcbridge.channel(address)
+async def show(reactor, options):
+    channel = grpcbridge.channel(options["router"])
     try:
         reply = await grpcbridge.call(pbg.RouterStub(channel).Status, pb.StatusRequest(),
                                       timeout=5)
     finally:
         await grpcbridge.closeChannel(channel)
     print(table(reply))
+    return 0
 
 
 def main(argv=None):
-    from twisted.internet import task
-
-    options = Options()
-    try:
-        options.parseOptions(sys.argv[1:] if argv is None else argv)
-    except usage.UsageError as e:
-        sys.stderr.write("%s\nsns-status: %s\n" % (options, e))
-        return 2
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(show(reactor, options["router"])))
-    except SystemExit as e:
-        return e.code
+    """The C{sns-status} command."""
+    from snstwist.tap import runCommand
+    return runCommand("sns-status", Options(), argv, show)
 
 
 if __name__ == "__main__":

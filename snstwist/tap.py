@@ -9,6 +9,7 @@ rebuilds its dropin cache.
 """
 
 import os
+import sys
 from types import SimpleNamespace
 
 from twisted.python import usage
@@ -28,6 +29,38 @@ def installReactor():
             raise usage.UsageError(
                 "snstwist runs on the asyncio reactor, but %s is installed:"
                 " drop the --reactor option" % (type(reactor).__name__,))
+
+
+def runCommand(name, options, argv, main):
+    """
+    The body of every command-line program here: parse C{argv} with
+    C{options} (a usage error prints the usage and exits 2; the options
+    install the asyncio reactor), run C{main(reactor, options)}, a coroutine
+    function, and return the exit status it returns.
+    """
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.stderr.write("%s\n%s: %s\n" % (options, name, e))
+        return 2
+    from twisted.internet import defer, reactor
+
+    status = []
+
+    def failed(failure):
+        details = getattr(failure.value, "details", None)
+        message = details() if callable(details) else failure.getErrorMessage()
+        sys.stderr.write("%s: %s\n" % (name, message))
+        status.append(1)
+
+    def started():
+        d = defer.ensureDeferred(main(reactor, options))
+        d.addCallbacks(status.append, failed)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(started)
+    reactor.run()
+    return status[0] if status else 1
 
 
 def parseAddress(text, what):
