@@ -136,10 +136,17 @@ class BuddyCommand:
     env: dict = attrs.field(factory=dict, eq=False)
 
 
-class _BuddyProcess(protocol.ProcessProtocol):
-    def __init__(self, supervisor, started):
-        self.supervisor = supervisor
+class WatchedProcess(protocol.ProcessProtocol):
+    """
+    A child process of ours: what it prints goes to our log, prefixed with
+    its name; C{ended} fires (with the reason's value) when it has exited,
+    after C{onEnded(process, reason)} is called.
+    """
+
+    def __init__(self, name, started=0.0, onEnded=None):
+        self.name = name
         self.started = started
+        self.onEnded = onEnded
         self.ended = defer.Deferred()
         self.pid = None
 
@@ -148,13 +155,44 @@ class _BuddyProcess(protocol.ProcessProtocol):
 
     def outReceived(self, data):
         for line in data.decode("utf-8", "replace").splitlines():
-            log.info("buddy {pid}: {line}", pid=self.pid, line=line)
+            log.info("{name} {pid}: {line}", name=self.name, pid=self.pid, line=line)
 
     errReceived = outReceived
 
     def processEnded(self, reason):
-        self.supervisor._ended(self, reason)
-        self.ended.callback(None)
+        log.info("{name} (pid {pid}) ended: {why}", name=self.name, pid=self.pid,
+                 why=reason.getErrorMessage())
+        if self.onEnded is not None:
+            self.onEnded(self, reason)
+        self.ended.callback(reason.value)
+
+
+def spawn(reactor, name, command, onEnded=None):
+    """Start C{command} (a L{BuddyCommand}) as a L{WatchedProcess}."""
+    process = WatchedProcess(name, reactor.seconds(), onEnded)
+    reactor.spawnProcess(process, command.executable, list(command.args), env=command.env)
+    return process
+
+
+def terminate(reactor, process, killTime):
+    """
+    Stop C{process}: SIGTERM now, SIGKILL C{killTime} seconds later if it is
+    still there.  The Deferred fires once it has exited.
+    """
+    if process.ended.called:
+        return defer.succeed(None)
+    _signal(process, signal.SIGTERM)
+    kill = reactor.callLater(killTime, _signal, process, signal.SIGKILL)
+    done = defer.Deferred()
+
+    def ended(result):
+        if kill.active():
+            kill.cancel()
+        done.callback(None)
+        return result
+
+    process.ended.addBoth(ended)
+    return done
 
 
 class BuddySupervisor:
@@ -200,9 +238,7 @@ class BuddySupervisor:
         self.pending = None
         if self.stopped:
             return
-        process = _BuddyProcess(self, self.reactor.seconds())
-        self.reactor.spawnProcess(process, self.command.executable,
-                                  list(self.command.args), env=self.command.env)
+        process = spawn(self.reactor, "buddy", self.command, self._ended)
         self.process = process
         log.info("spawned buddy, pid {pid}", pid=process.pid)
         self.onSpawn(process.pid)
@@ -252,18 +288,9 @@ class BuddySupervisor:
         if self.pending is not None and self.pending.active():
             self.pending.cancel()
         self.pending = None
-        process = self.process
-        if process is None:
+        if self.process is None:
             return defer.succeed(None)
-        _signal(process, signal.SIGTERM)
-        kill = self.reactor.callLater(self.killTime, _signal, process, signal.SIGKILL)
-
-        def ended(result):
-            if kill.active():
-                kill.cancel()
-            return result
-
-        return process.ended.addBoth(ended)
+        return terminate(self.reactor, self.process, self.killTime)
 
 
 def _signal(process, signum):

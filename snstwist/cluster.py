@@ -15,11 +15,11 @@ import socket
 import sys
 
 from twisted.application.service import MultiService
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
-from snstwist import grpcbridge
+from snstwist import buddy, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -41,29 +41,6 @@ def vmHost(index):
 
 def twistdArgs(logfile, *args):
     return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=" + logfile] + list(args)
-
-
-class ChildProtocol(protocol.ProcessProtocol):
-    """Watches one child: forwards what it prints, and tells when it ended."""
-
-    def __init__(self, name):
-        self.name = name
-        self.ended = defer.Deferred()
-        self.pid = None
-
-    def connectionMade(self):
-        self.pid = self.transport.pid
-
-    def outReceived(self, data):
-        for line in data.decode("utf-8", "replace").splitlines():
-            log.info("{name}: {line}", name=self.name, line=line)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        log.info("{name} (pid {pid}) ended: {why}", name=self.name, pid=self.pid,
-                 why=reason.getErrorMessage())
-        self.ended.callback(reason.value)
 
 
 class ClusterService(MultiService):
@@ -100,15 +77,15 @@ class ClusterService(MultiService):
         sys.stdout.flush()
 
     def _spawn(self, name, args):
-        child = ChildProtocol(name)
         env = dict(os.environ, SNS_SECRET=self.secret, GRPC_ENABLE_FORK_SUPPORT="0",
                    GRPC_VERBOSITY=os.environ.get("GRPC_VERBOSITY", "ERROR"))
-        self.reactor.spawnProcess(child, sys.executable, args, env=env)
+        child = buddy.spawn(self.reactor, name, buddy.BuddyCommand(sys.executable, args, env),
+                            self._childEnded)
         self.children[name] = child
-        child.ended.addCallback(self._childEnded, name)
         return child
 
-    def _childEnded(self, reason, name):
+    def _childEnded(self, child, reason):
+        name = child.name
         if not self.stopping and not self.whenReady.called:
             self.whenReady.errback(RuntimeError("%s exited during start-up: see %s"
                                                 % (name, self.base)))
@@ -185,7 +162,8 @@ class ClusterService(MultiService):
                   if pid not in {c.pid for c in self.children.values()}]
         for pid in others:
             _kill(pid, signal.SIGTERM)
-        stops = [self._stopChild(c) for c in self.children.values()]
+        stops = [buddy.terminate(self.reactor, c, self.killTime)
+                 for c in self.children.values()]
         stops.append(defer.ensureDeferred(self._waitGone(others)))
         return defer.gatherResults(stops, consumeErrors=True)
 
@@ -207,28 +185,6 @@ class ClusterService(MultiService):
                     _kill(pid, signal.SIGKILL)
                 return
             await deferLater(self.reactor, 0.02)
-
-    def _stopChild(self, child):
-        if child.ended.called:
-            return defer.succeed(None)
-        self._signal(child, signal.SIGTERM)
-        kill = self.reactor.callLater(self.killTime, self._signal, child, signal.SIGKILL)
-        done = defer.Deferred()
-
-        def ended(result):
-            if kill.active():
-                kill.cancel()
-            done.callback(None)
-            return result
-
-        child.ended.addBoth(ended)
-        return done
-
-    def _signal(self, child, signum):
-        try:
-            child.transport.signalProcess(signum)
-        except error.ProcessExitedAlready:
-            pass
 
 
 def _isServer(pid):
