@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from snstwist import buddy
 from snstwist import sns_pb2 as pb
 from snstwist.buddy import HEARTBEAT, TIMEOUT
+from tests.fakes import FakeStream
 
 # -- the role machine
 
@@ -365,28 +366,6 @@ class BuddySupervisorTests(SynchronousTestCase):
 
 
 # -- the two ends of BuddyConnection
-
-
-class FakeStream:
-    """Our side of a bidi stream: what was sent, and whether it was ended."""
-
-    def __init__(self):
-        self.sent = []
-        self.aborted = False
-        self.closed = False
-
-    def send(self, message):
-        self.sent.append(message)
-        return True
-
-    def abort(self):
-        self.aborted = True
-
-    def close(self):
-        self.closed = True
-
-    def kinds(self):
-        return [m.WhichOneof("kind") for m in self.sent]
 
 
 def hello(pid, role=pb.SLAVE, address="127.0.0.2:4000"):

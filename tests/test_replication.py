@@ -15,31 +15,7 @@ from snstwist.replication import (
     ReplicaReceiver, Replicator)
 from snstwist.store import MemoryStore
 from tests.strategies import postUpdate, userUpdate
-
-
-class FakeStream:
-    """Our side of a stream: records what the code under test does with it."""
-
-    def __init__(self):
-        self.sent = []
-        self.closed = False
-        self.aborted = False
-
-    def send(self, message):
-        self.sent.append(message)
-        return True
-
-    def close(self):
-        self.closed = True
-
-    def abort(self):
-        self.aborted = True
-
-    def kinds(self):
-        return [m.WhichOneof("kind") for m in self.sent]
-
-    def last(self, kind):
-        return [getattr(m, kind) for m in self.sent if m.WhichOneof("kind") == kind][-1]
+from tests.fakes import FakeStream
 
 
 class RecordingStore(MemoryStore):

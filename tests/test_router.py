@@ -11,6 +11,7 @@ from snstwist import auth, errors, router
 from snstwist import sns_pb2 as pb
 from snstwist.grpcbridge import SECRET_METADATA
 from snstwist.router import HEARTBEAT, Registry, RouterService, ServerIdentity, ServerLink
+from tests.fakes import FakeStream
 
 SECRET = "test-secret"
 
@@ -29,27 +30,6 @@ def hello(vm="vm1", role=pb.MASTER, incarnation=None, address=None, pid=100):
 def heartbeat(clients=0, updates=0, pending=0):
     return pb.ServerMessage(heartbeat=pb.Heartbeat(
         clients=clients, updates=updates, pending=pending))
-
-
-class FakeStream:
-    """The transport of one stream: records what is sent and how it ends."""
-
-    peer = "ipv4:127.0.0.1:5555"
-
-    def __init__(self):
-        self.sent = []
-        self.closed = False
-        self.aborted = False
-
-    def send(self, message):
-        self.sent.append(message)
-        return True
-
-    def close(self):
-        self.closed = True
-
-    def abort(self):
-        self.aborted = True
 
 
 class FakeLink:

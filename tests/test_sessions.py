@@ -11,27 +11,7 @@ from snstwist.model import HISTORY
 from snstwist.replication import Node
 from snstwist.sessions import HEARTBEAT, TIMEOUT, SessionHub
 from snstwist.store import MemoryStore
-
-
-class FakeStream:
-    """The transport of one session: records what is sent and how it ends."""
-
-    peer = "ipv4:127.0.0.1:5555"
-
-    def __init__(self):
-        self.sent = []
-        self.closed = False
-        self.aborted = False
-
-    def send(self, message):
-        self.sent.append(message)
-        return True
-
-    def close(self):
-        self.closed = True
-
-    def abort(self):
-        self.aborted = True
+from tests.fakes import FakeStream
 
 
 def sentPosts(stream):
