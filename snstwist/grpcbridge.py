@@ -18,6 +18,7 @@ or a grpc call object.
 
 import asyncio
 import os
+import socket
 
 import grpc
 import grpc.aio
@@ -349,7 +350,10 @@ class GrpcServerService(Service):
 
     @property
     def address(self):
+        """Where others reach us: the listening host, or our name if it is a wildcard."""
         host = self.listen.rsplit(":", 1)[0]
+        if host in ("0.0.0.0", "[::]", "::", ""):
+            host = socket.gethostname()
         return "%s:%d" % (host, self.port)
 
     def startService(self):
