@@ -31,7 +31,8 @@ log = Logger()
 
 ANTI_ENTROPY = 1.0
 LINK_TIMEOUT = 3 * ANTI_ENTROPY
-ACK_TIMEOUT = 2.0
+ACK_TIMEOUT = 5.0
+SWEEP = 0.5
 BATCH = 100
 
 
@@ -207,10 +208,22 @@ class Node:
 
 @attrs.define
 class _Waiter:
+    """A writer waiting for a peer VM's durable copy of its update."""
+
     deferred: defer.Deferred
     prefer: str | None
+    peers: set  # the synced peers the update was pushed to
+    deadline: float
     acked: set = attrs.field(factory=set)
-    timeout: object = None
+
+    def ready(self):
+        """Fire now?  The preferred peer has it, or any peer when none is preferred."""
+        if self.prefer is not None:
+            return self.prefer in self.acked
+        return bool(self.acked) or not self.peers
+
+    def fire(self):
+        self.deferred.callback(len(self.acked))
 
 
 class PeerLink:
@@ -306,9 +319,11 @@ class PeerLink:
                 updates=pb.UpdateBatch(updates=[u.toProto() for u in chunk])))
 
     def connectionLost(self, reason):
-        self.synced = False
+        wasSynced, self.synced = self.synced, False
         self.stream = None
         self.inflight.clear()
+        if wasSynced:
+            self.replicator.linkLost(self.vm)
         if self.watch is not None and self.watch.active():
             self.watch.cancel()
         self.watch = None
@@ -324,6 +339,9 @@ class PeerLink:
         self.stopped = True
         if self.retry is not None and self.retry.active():
             self.retry.cancel()
+        if self.synced:
+            self.synced = False
+            self.replicator.linkLost(self.vm)
         if self.stream is not None:
             self.stream.abort()
         if self.channel is not None:
@@ -345,6 +363,7 @@ class Replicator:
         self.waiters = {}
         self._outbox = []
         self._flush = None
+        self._sweep = None
 
     def setPeers(self, peers):
         """C{peers}: {vm: address} of the other VMs' masters."""
@@ -360,19 +379,22 @@ class Replicator:
         """
         Push C{update} to every peer.  The Deferred fires with the number of
         other VMs holding it durably: when C{prefer} has it (if C{prefer} is
-        a live peer), else when any peer has it, or after L{ACK_TIMEOUT}; 0
-        at once when no peer is connected.
+        a live peer), else when any peer has it; early with what it has when
+        the peers it was pushed to are lost, and after L{ACK_TIMEOUT} at the
+        latest; with 0 at once when no peer is connected.
         """
-        synced = [vm for vm, link in self.links.items() if link.synced]
+        synced = {vm for vm, link in self.links.items() if link.synced}
         self._outbox.append(update)
         if self._flush is None:
             self._flush = self.clock.callLater(0, self._sendOutbox)
         if not synced:
             return defer.succeed(0)
         d = defer.Deferred()
-        waiter = _Waiter(d, prefer if prefer in synced else None)
-        waiter.timeout = self.clock.callLater(ACK_TIMEOUT, self._expire, update.id)
-        self.waiters[update.id] = waiter
+        self.waiters[update.id] = _Waiter(d, prefer if prefer in synced else None, synced,
+                                          self.clock.seconds() + ACK_TIMEOUT)
+        if self._sweep is None:
+            # One timer for every waiter, not one per write.
+            self._sweep = self.clock.callLater(SWEEP, self._expire)
         return d
 
     def _sendOutbox(self):
@@ -386,23 +408,47 @@ class Replicator:
         if waiter is None:
             return
         waiter.acked.add(vm)
-        if waiter.prefer is None or waiter.prefer == vm:
+        if waiter.ready():
             del self.waiters[updateId]
-            waiter.timeout.cancel()
-            waiter.deferred.callback(len(waiter.acked))
+            waiter.fire()
+            self._idle()
 
-    def _expire(self, updateId):
-        waiter = self.waiters.pop(updateId, None)
-        if waiter is not None:
-            waiter.deferred.callback(len(waiter.acked))
+    def _idle(self):
+        """No writer waits any more: no timer is left behind."""
+        if not self.waiters and self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+            self._sweep = None
+
+    def linkLost(self, vm):
+        """The stream to C{vm} broke: nobody waits for its acks any more."""
+        for key, waiter in list(self.waiters.items()):
+            if vm in waiter.peers:
+                waiter.peers.discard(vm)
+                if waiter.prefer == vm:
+                    waiter.prefer = None
+                if waiter.ready():
+                    del self.waiters[key]
+                    waiter.fire()
+        self._idle()
+
+    def _expire(self):
+        self._sweep = None
+        now = self.clock.seconds()
+        for key, waiter in list(self.waiters.items()):
+            if now >= waiter.deadline:
+                del self.waiters[key]
+                waiter.fire()
+        if self.waiters:
+            self._sweep = self.clock.callLater(SWEEP, self._expire)
 
     def stop(self):
-        for waiter in self.waiters.values():
-            waiter.timeout.cancel()
-            waiter.deferred.callback(len(waiter.acked))
-        self.waiters.clear()
-        if self._flush is not None and self._flush.active():
-            self._flush.cancel()
+        waiters, self.waiters = self.waiters, {}
+        for waiter in waiters.values():
+            waiter.fire()
+        for call in (self._flush, self._sweep):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush = self._sweep = None
         links, self.links = self.links, {}
         return defer.gatherResults([link.stop() for link in links.values()],
                                    consumeErrors=True)

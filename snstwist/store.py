@@ -14,6 +14,7 @@ group-committed: while one batch is being written and fsync'd, the next
 accumulates, so durability costs one flush per batch, not one per post.
 """
 
+import concurrent.futures
 import datetime
 import fcntl
 import hashlib
@@ -65,8 +66,10 @@ def formatTime(time_us):
 
 
 def parseTime(text):
-    moment = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
-    delta = moment.replace(tzinfo=datetime.timezone.utc) - _EPOCH
+    # fromisoformat is several times faster than strptime, and a promoted
+    # slave parses every stored post.
+    moment = datetime.datetime.fromisoformat(text)
+    delta = moment - _EPOCH
     return (delta.days * 86400 + delta.seconds) * 1000000 + delta.microseconds
 
 
@@ -107,12 +110,30 @@ CREATE TABLE IF NOT EXISTS reads (
 """
 
 
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsyncAll(pool, paths):
+    """fsync every file of C{paths}, several at a time."""
+    if len(paths) == 1:
+        _fsync(paths[0])
+    elif paths:
+        for _ in pool.map(_fsync, paths):
+            pass
+
+
 class _Disk:
     """The part of the store that runs on the disk thread only."""
 
     def __init__(self, path):
         self.path = path
         self.postsDir = os.path.join(path, "posts")
+        self._flushers = concurrent.futures.ThreadPoolExecutor(8, "sns-fsync")
         self.db = None
         self.lockFile = None
         self.lastKey = {}
@@ -199,8 +220,18 @@ class _Disk:
                 posts.setdefault(u.post.author, []).append(u)
             else:
                 rows.append(u)
+        appended, created = [], False
         for author, ups in posts.items():
-            self._writePosts(author, ups)
+            path, new = self._writePosts(author, ups)
+            if path is not None:
+                appended.append(path)
+                created = created or new
+        # One flush per batch, not one per file in turn: the files of a
+        # batch are fsync'd at the same time (the disk takes them together),
+        # then their new directory entries.
+        _fsyncAll(self._flushers, appended)
+        if created:
+            self._syncDir()
         if rows:
             self._writeRows(rows)
 
@@ -208,6 +239,11 @@ class _Disk:
         return os.path.join(self.postsDir, checkUsername(author) + ".txt")
 
     def _writePosts(self, author, ups):
+        """
+        Add C{ups} to the author's file.  Returns (path, created) when the
+        lines were appended and still need an fsync, (None, False) when the
+        file was rewritten (and flushed) whole.
+        """
         path = self._postsPath(author)
         ups.sort(key=lambda u: u.post.key)
         last = self.lastKey.get(author)
@@ -215,10 +251,9 @@ class _Disk:
             created = last is None and not os.path.exists(path)
             with open(path, "a", encoding="utf-8") as f:
                 f.writelines(postLine(u) for u in ups)
-                f.flush()
-                os.fsync(f.fileno())
-            if created:
-                self._syncDir()
+            newest = ups[-1].post.key
+            self.lastKey[author] = max(newest, last) if last else newest
+            return path, created
         else:
             # A post older than the newest stored one arrived (replication
             # out of order): rewrite the file in order, atomically, so that
@@ -241,6 +276,7 @@ class _Disk:
             self._syncDir()
         newest = ups[-1].post.key
         self.lastKey[author] = max(newest, last) if last else newest
+        return None, False
 
     def _syncDir(self):
         """Make a new or renamed post file's directory entry durable."""
@@ -301,6 +337,7 @@ class _Disk:
                 "follows": hashlib.sha256(follows.encode()).hexdigest()}
 
     def close(self):
+        self._flushers.shutdown()
         if self.db is not None:
             self.db.close()
             self.db = None

@@ -421,6 +421,25 @@ class ReplicatorTests(SynchronousTestCase):
         link.messageReceived(ackMessage(self.update.id))
         self.assertEqual(self.successResultOf(d), 1)
 
+    def test_losing_the_preferred_vm_settles_for_another_copy(self):
+        """The preferred peer's stream breaks: a copy on another peer is enough."""
+        other = self.link("vm2")
+        preferred = self.link("vm3")
+        d = self.broadcast(prefer="vm3")
+        other.messageReceived(ackMessage(self.update.id))
+        self.assertNoResult(d)
+        preferred.connectionLost(None)
+        self.assertEqual(self.successResultOf(d), 1)
+
+    def test_losing_every_peer_answers_at_once_not_after_the_timeout(self):
+        """A dead peer is not waited on: with every peer gone the writer hears 0 now."""
+        link = self.link("vm2")
+        d = self.broadcast()
+        link.connectionLost(None)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual([c for c in self.clock.getDelayedCalls()
+                          if "_expire" in repr(c)], [])
+
     def test_ack_timeout_fires_with_what_was_acked(self):
         """After ACK_TIMEOUT the broadcast fires with the peers that did ack."""
         other = self.link("vm2")
