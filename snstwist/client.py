@@ -26,11 +26,13 @@ from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.heartbeat import Heartbeat
 from snstwist.model import HISTORY, Post
+# The session's heartbeat interval is the server's: the deadline on each side
+# is three of the other side's intervals.
+from snstwist.sessions import HEARTBEAT
 
 log = Logger()
 
 CALL_TIMEOUT = 5.0
-HEARTBEAT = 1.0
 FAILOVER_DEADLINE = 15.0
 RESUME_WINDOW_US = 10 * 1000000
 SHOWN_MEMORY = 10000

@@ -16,12 +16,11 @@ L{grpcbridge.Stream}), rather than allowed to grow this process's memory.
 from twisted.logger import Logger
 
 from snstwist import sns_pb2 as pb
-from snstwist.heartbeat import Heartbeat
 from snstwist.model import HISTORY
 
 log = Logger()
 
-HEARTBEAT = 1.0
+HEARTBEAT = 2.0
 TIMEOUT = 3 * HEARTBEAT
 MAX_QUEUE = 1000
 READ_MARK_INTERVAL = 1.0
@@ -39,6 +38,7 @@ class SessionHub:
         self.cursors = {}
         self.unsaved = {}
         self.saver = None
+        self.beat = None
 
     def count(self):
         return sum(len(s) for s in self.sessions.values())
@@ -48,6 +48,8 @@ class SessionHub:
 
     def add(self, session):
         self.sessions.setdefault(session.user, set()).add(session)
+        if self.beat is None:
+            self.beat = self.clock.callLater(HEARTBEAT, self._heartbeat)
 
     def remove(self, session):
         live = self.sessions.get(session.user)
@@ -55,6 +57,23 @@ class SessionHub:
             live.discard(session)
             if not live:
                 del self.sessions[session.user]
+        if not self.sessions and self.beat is not None:
+            self.beat.cancel()
+            self.beat = None
+
+    def _heartbeat(self):
+        """
+        One timer for every session (a thousand sessions are a thousand
+        DelayedCalls otherwise): each gets a heartbeat unless it was sent
+        something since the last one, and a silent client is cut off.
+        """
+        self.beat = None
+        now = self.clock.seconds()
+        for sessions in list(self.sessions.values()):
+            for session in list(sessions):
+                session.check(now)
+        if self.sessions and self.beat is None:
+            self.beat = self.clock.callLater(HEARTBEAT, self._heartbeat)
 
     def ack(self, user, cursor):
         key = (cursor.time_us, cursor.id)
@@ -110,7 +129,8 @@ class ClientSession:
         self.stream = None
         self.live = False
         self.sentHistory = set()
-        self.beats = None
+        self.lastHeard = 0
+        self.busy = False
 
     @property
     def clock(self):
@@ -118,16 +138,23 @@ class ClientSession:
 
     def makeConnection(self, stream):
         self.stream = stream
+        self.lastHeard = self.clock.seconds()
         self.hub.add(self)
-        self.beats = Heartbeat(self.clock, HEARTBEAT, TIMEOUT,
-                               lambda: stream.send(_BEAT), self._silent)
 
-    def _silent(self, seconds):
-        log.info("client {user} silent for {s:.1f}s: deactivating", user=self.user, s=seconds)
-        self.stream.abort()
+    def check(self, now):
+        """The hub's heartbeat: cut off a silent client, or say we are alive."""
+        silent = now - self.lastHeard
+        if silent > TIMEOUT:
+            log.info("client {user} silent for {s:.1f}s: deactivating", user=self.user, s=silent)
+            self.live = False
+            self.hub.remove(self)
+            self.stream.abort()
+        elif not self.busy:
+            self.stream.send(_BEAT)
+        self.busy = False
 
     def messageReceived(self, message):
-        self.beats.heard()
+        self.lastHeard = self.clock.seconds()
         kind = message.WhichOneof("kind")
         if kind == "open" and message.open.timeline and not self.live:
             self._startTimeline(message.open)
@@ -161,9 +188,8 @@ class ClientSession:
             self.sentHistory.discard(postId)
             return
         self.stream.send(message)
+        self.busy = True
 
     def connectionLost(self, reason):
         self.live = False
         self.hub.remove(self)
-        if self.beats is not None:
-            self.beats.stop()
