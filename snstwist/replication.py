@@ -107,7 +107,13 @@ class Node:
         self._persist([update])
         return update
 
-    def _persist(self, updates):
+    def _persist(self, updates, displaced=()):
+        """
+        Store C{updates}.  Posts that are duplicates of a request already
+        shown, and the shown posts C{displaced} by an earlier copy of their
+        request, are kept out of the post files (stored, not shown).
+        """
+        hidden = {u.id for u in updates if u.post is not None and not self.replica.shows(u)}
         ids = [u.id for u in updates]
         for i in ids:
             self._durable[i] = []
@@ -122,7 +128,7 @@ class Node:
             else:
                 self.onDurable(updates)
 
-        self.store.persist(updates).addBoth(finished)
+        self.store.persist(updates, hidden, displaced).addBoth(finished)
 
     def durable(self, update):
         """A Deferred that fires once C{update} is on this VM's disk."""
@@ -135,13 +141,13 @@ class Node:
 
     def receive(self, updates):
         """Apply updates from a peer; the Deferred fires when all are durable."""
-        fresh = []
+        fresh, displaced = [], []
         for u in updates:
             self.hlc.observe(u.time_us)
-            if self.replica.apply(u):
+            if self.replica.apply(u, displaced):
                 fresh.append(u)
         if fresh:
-            self._persist(fresh)
+            self._persist(fresh, displaced)
         return defer.gatherResults([self.durable(u) for u in updates], consumeErrors=True)
 
     def mirror(self, updates):

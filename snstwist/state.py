@@ -98,19 +98,33 @@ class Replica:
     def has(self, update):
         return self.seen.has(update.origin, update.seq)
 
-    def apply(self, update):
+    def apply(self, update, displaced=None):
         """
         Apply C{update}; return True if it was new here.  Idempotent and
         commutative: the outcome does not depend on order or repetition.
+
+        A post is shown once per request id: when a client's retry was
+        accepted by a second VM before the first VM's copy arrived, both
+        updates are kept, and the one with the smaller (time, id) is the post
+        shown everywhere.  A post this update hides from view is appended to
+        C{displaced}.
         """
         if not self.seen.add(update.origin, update.seq):
             return False
         self.updates.setdefault(update.origin, {})[update.seq] = update
-        if update.request_id:
-            self.requests[update.request_id] = update
+        rid = update.request_id
+        prior = self.requests.get(rid) if rid else None
+        if rid and (prior is None or update.key < prior.key):
+            self.requests[rid] = update
         if update.user is not None:
             self.users.add(update.user)
         elif update.post is not None:
+            if prior is not None and prior.post is not None:
+                if update.key > prior.key:
+                    return True
+                self._unshow(prior.post)
+                if displaced is not None:
+                    displaced.append(prior)
             posts = self.posts.setdefault(update.post.author, [])
             bisect.insort(posts, update.post, key=lambda p: p.key)
         elif update.read is not None:
@@ -130,6 +144,15 @@ class Replica:
                     self._followers.get(f.followee, set()).discard(f.follower)
                     self._following.get(f.follower, set()).discard(f.followee)
         return True
+
+    def _unshow(self, post):
+        posts = self.posts[post.author]
+        del posts[bisect.bisect_left(posts, post.key, key=lambda p: p.key)]
+
+    def shows(self, update):
+        """Is C{update}'s post the one shown for its request (not a duplicate)?"""
+        rid = update.request_id
+        return not rid or self.requests[rid].id == update.id
 
     def lastSeq(self, origin):
         seqs = self.updates.get(origin)

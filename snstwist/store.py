@@ -46,10 +46,13 @@ class IStore(Interface):
         Deferred firing with the list of stored L{Update}s.
         """
 
-    def persist(updates):
+    def persist(updates, hidden=frozenset(), displaced=()):
         """
         Make C{updates} durable.  The Deferred fires once all of them are on
-        disk and flushed.  Updates already stored are ignored.
+        disk and flushed.  Updates already stored are ignored.  Posts whose
+        id is in C{hidden} (duplicates of a request already shown) are stored
+        but not shown; the already stored posts C{displaced} by an earlier
+        copy of their request stop being shown.
         """
 
     def close():
@@ -212,17 +215,23 @@ class _Disk:
             self.lastKey[updates[0].post.author] = max(u.post.key for u in updates)
         return updates
 
-    def write(self, updates):
+    def write(self, updates, hidden=frozenset(), displaced=()):
         posts = {}
         rows = []
         for u in updates:
-            if u.post is not None:
+            if u.post is not None and u.id not in hidden:
                 posts.setdefault(u.post.author, []).append(u)
             else:
+                # Not shown (a duplicate of a request): kept in the log so
+                # that it still counts as held.
                 rows.append(u)
+        drop = {}
+        for u in displaced:
+            drop.setdefault(u.post.author, set()).add(u.post.id)
+            rows.append(u)
         appended, created = [], False
-        for author, ups in posts.items():
-            path, new = self._writePosts(author, ups)
+        for author in set(posts) | set(drop):
+            path, new = self._writePosts(author, posts.get(author, []), drop.get(author))
             if path is not None:
                 appended.append(path)
                 created = created or new
@@ -238,16 +247,16 @@ class _Disk:
     def _postsPath(self, author):
         return os.path.join(self.postsDir, checkUsername(author) + ".txt")
 
-    def _writePosts(self, author, ups):
+    def _writePosts(self, author, ups, drop=None):
         """
-        Add C{ups} to the author's file.  Returns (path, created) when the
-        lines were appended and still need an fsync, (None, False) when the
-        file was rewritten (and flushed) whole.
+        Add C{ups} to the author's file, without the posts C{drop}.  Returns
+        (path, created) when the lines were appended and still need an
+        fsync, (None, False) when the file was rewritten (and flushed) whole.
         """
         path = self._postsPath(author)
         ups.sort(key=lambda u: u.post.key)
         last = self.lastKey.get(author)
-        if last is None or ups[0].post.key > last:
+        if not drop and (last is None or ups[0].post.key > last):
             created = last is None and not os.path.exists(path)
             with open(path, "a", encoding="utf-8") as f:
                 f.writelines(postLine(u) for u in ups)
@@ -266,6 +275,8 @@ class _Disk:
                         merged[u.post.id] = u
             for u in ups:
                 merged.setdefault(u.post.id, u)
+            for postId in drop or ():
+                merged.pop(postId, None)
             ordered = sorted(merged.values(), key=lambda u: u.post.key)
             tmp = path + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
@@ -274,8 +285,7 @@ class _Disk:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             self._syncDir()
-        newest = ups[-1].post.key
-        self.lastKey[author] = max(newest, last) if last else newest
+            self.lastKey[author] = ordered[-1].post.key if ordered else None
         return None, False
 
     def _syncDir(self):
@@ -384,7 +394,7 @@ class SQLiteStore:
 
         return d.addCallback(loaded)
 
-    def persist(self, updates):
+    def persist(self, updates, hidden=frozenset(), displaced=()):
         fresh = []
         for u in updates:
             # Marked as stored one by one, so an update repeated within
@@ -392,30 +402,32 @@ class SQLiteStore:
             if (u.origin, u.seq) not in self._stored:
                 self._stored.add((u.origin, u.seq))
                 fresh.append(u)
-        if not fresh:
+        if not fresh and not displaced:
             return defer.succeed(None)
         d = defer.Deferred()
-        self._pending.append((fresh, d))
+        self._pending.append((fresh, d, set(hidden), list(displaced)))
         if self._writing is None:
             self._nextBatch()
         return d
 
     def _nextBatch(self):
         batch, self._pending = self._pending, []
-        updates = [u for ups, _ in batch for u in ups]
+        updates = [u for ups, _, _, _ in batch for u in ups]
+        hidden = set().union(*(h for _, _, h, _ in batch))
+        displaced = [u for _, _, _, ds in batch for u in ds]
         self.batches += 1
-        self._writing = self._onDisk(self._disk.write, updates)
+        self._writing = self._onDisk(self._disk.write, updates, hidden, displaced)
 
         def done(result):
             self._writing = None
             if self._pending:
                 self._nextBatch()
-            for _, d in batch:
+            for _, d, _, _ in batch:
                 d.callback(None) if result is None else d.errback(result)
 
         def failed(f):
             log.failure("writing {n} updates failed", f, n=len(updates))
-            for ups, _ in batch:
+            for ups, _, _, _ in batch:
                 self._stored.difference_update((u.origin, u.seq) for u in ups)
             return f
 
@@ -453,7 +465,7 @@ class MemoryStore:
     def open(self):
         return defer.succeed(list(self.durable.values()))
 
-    def persist(self, updates):
+    def persist(self, updates, hidden=frozenset(), displaced=()):
         d = defer.Deferred()
         self._pending.append((list(updates), d))
         if not self.manual:

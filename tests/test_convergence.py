@@ -373,6 +373,23 @@ class ReplicationMachine(RuleBasedStateMachine):
         self.login(vm, user, prefer)
         self._write(vm, lambda node, rid: node.post(user, text, rid), prefer)
 
+    @rule(vm=st.sampled_from(VMS), nth=st.integers(0, 7),
+          prefer=st.sampled_from((None,) + VMS))
+    def retry_post(self, vm, nth, prefer):
+        """
+        A client whose master died retries a post at another VM, with the
+        same request id: that VM answers from what it holds, or (if the
+        original has not reached it) accepts the post again.
+        """
+        posts = [u for u in self.produced.values() if u.post is not None]
+        if not posts:
+            return
+        original = posts[nth % len(posts)]
+        if self.vms[vm].node.replica.byRequest(original.request_id) is not None:
+            return
+        self._write(vm, lambda node, rid: node.post(
+            original.post.author, original.post.text, original.request_id), prefer)
+
     @rule(vm=st.sampled_from(VMS), user=st.sampled_from(NAMES[:3]),
           followee=st.sampled_from(NAMES[:3]),
           change=st.sampled_from(["toggle", "follow", "unfollow"]),
@@ -597,6 +614,12 @@ class ReplicationMachine(RuleBasedStateMachine):
         assert len(set(snapshots.values())) == 1, snapshots
         views = {inc.vm: userViews(inc.node.replica) for inc in self.live()}
         assert len(set(views.values())) == 1, views
+
+        # A request retried at another VM is shown once, the same everywhere.
+        for inc in self.live():
+            shown = [self.produced[p.id].request_id
+                     for posts in inc.node.replica.posts.values() for p in posts]
+            assert len(shown) == len(set(shown)), "a request shown twice on %s" % (inc.vm,)
 
         # A MemoryStore never loses what it flushed, and every acknowledged
         # write was flushed at least on its own VM: so every one of them,

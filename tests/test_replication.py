@@ -25,9 +25,9 @@ class RecordingStore(MemoryStore):
         super().__init__(manual)
         self.persisted = []
 
-    def persist(self, updates):
+    def persist(self, updates, hidden=frozenset(), displaced=()):
         self.persisted.extend(updates)
-        return super().persist(updates)
+        return super().persist(updates, hidden, displaced)
 
 
 def makeNode(store=None, clock=None, onDurable=lambda updates: None):

@@ -257,3 +257,32 @@ class ConvergenceTests(SynchronousTestCase):
             live = [pair for pair, r in replica.follows.items() if r.following]
             self.assertEqual(replica.followers(user), sorted(a for a, b in live if b == user))
             self.assertEqual(replica.following(user), sorted(b for a, b in live if a == user))
+
+
+class RetriedRequestTests(SynchronousTestCase):
+    """Two copies of one request (a retry accepted by a second VM): one post shown."""
+
+    first = postUpdate("vm1.a", 1, 1000, "alice", "hi", requestId="req-1")
+    retry = postUpdate("vm2.b", 1, 2000, "alice", "hi", requestId="req-1")
+
+    def test_the_earlier_copy_is_shown_whatever_the_order(self):
+        """Either order of arrival shows exactly the earlier (time, id) copy."""
+        for order in ([self.first, self.retry], [self.retry, self.first]):
+            replica = replicaOf(order)
+            self.assertEqual([p.id for p in replica.postsBy("alice")], ["vm1.a/1"])
+            self.assertEqual(replica.byRequest("req-1").id, "vm1.a/1")
+
+    def test_both_copies_are_held(self):
+        """The hidden copy still counts as held, so peers do not send it again."""
+        replica = replicaOf([self.retry, self.first])
+        self.assertTrue(replica.has(self.retry) and replica.has(self.first))
+        self.assertEqual(replica.missing(replica.seen), [])
+
+    def test_a_later_copy_displaces_nothing_and_an_earlier_one_reports_what_it_hid(self):
+        """apply() says which shown post an earlier copy took the place of."""
+        replica, displaced = Replica(), []
+        replica.apply(self.retry, displaced)
+        replica.apply(self.first, displaced)
+        self.assertEqual(displaced, [self.retry])
+        self.assertFalse(replica.shows(self.retry))
+        self.assertTrue(replica.shows(self.first))

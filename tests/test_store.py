@@ -238,3 +238,55 @@ class TimeFormatTests(SynchronousTestCase):
     def test_parse_time_reads_back_what_format_time_wrote(self, time_us):
         """parseTime(formatTime(t)) == t for any t from 1970 to 9999."""
         self.assertEqual(store.parseTime(store.formatTime(time_us)), time_us)
+
+
+class RetriedRequestTests(TestCase):
+    """A post accepted twice (a retry on another VM) is stored twice, shown once."""
+
+    def setUp(self):
+        # The first VM's copy (earlier) and the retry's copy on a second VM.
+        self.first = postUpdate("vm1.a", 1, 1000, "alice", "hi", requestId="req-1")
+        self.retry = postUpdate("vm2.b", 1, 2000, "alice", "hi", requestId="req-1")
+
+    async def feed(self, path, order):
+        """Feed C{order} to a Node-like replica and a store, as Node._persist does."""
+        from snstwist.state import Replica
+        replica = Replica()
+        s = store.SQLiteStore(path)
+        self.addCleanup(s.close)
+        await s.open()
+        for u in order:
+            displaced = []
+            replica.apply(u, displaced)
+            hidden = {u.id} if not replica.shows(u) else set()
+            await s.persist([u], hidden, displaced)
+        await s.close()
+        return replica
+
+    async def test_either_order_gives_the_same_file_showing_the_first_copy(self):
+        """Whichever copy arrives first, both VMs end with one line: the earlier copy."""
+        paths = [self.mktemp(), self.mktemp()]
+        for path in paths:
+            os.makedirs(path)
+        await self.feed(paths[0], [self.first, self.retry])
+        await self.feed(paths[1], [self.retry, self.first])
+        files = [readBytes(os.path.join(p, "posts", "alice.txt")) for p in paths]
+        self.assertEqual(files[0], files[1])
+        self.assertEqual(len(files[0].splitlines()), 1)
+        self.assertIn(b'"id": "vm1.a/1"', files[0])
+
+    async def test_the_hidden_copy_is_still_held_after_a_reopen(self):
+        """Both copies are loaded again (the version vector is whole); one is shown."""
+        from snstwist.state import Replica
+        path = self.mktemp()
+        os.makedirs(path)
+        await self.feed(path, [self.retry, self.first])
+        s = store.SQLiteStore(path)
+        self.addCleanup(s.close)
+        loaded = await s.open()
+        await s.close()
+        self.assertEqual(sorted(u.id for u in loaded), ["vm1.a/1", "vm2.b/1"])
+        replica = Replica()
+        for u in loaded:
+            replica.apply(u)
+        self.assertEqual([p.id for p in replica.postsBy("alice")], ["vm1.a/1"])
