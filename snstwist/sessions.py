@@ -103,7 +103,8 @@ class SessionHub:
         replica = self.node.replica
         for update in updates:
             post = update.post
-            if post is None:
+            if post is None or not replica.shows(update):
+                # A second copy of a retried request is not shown.
                 continue
             message = None
             for user in [post.author] + replica.followers(post.author):
