@@ -36,6 +36,7 @@ import time
 
 import grpc
 
+from snstwist.cluster import isServer
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -104,18 +105,6 @@ class Cluster:
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         return left
-
-
-def isServer(pid):
-    """Is C{pid} a live (not zombie) sns-server process?"""
-    try:
-        with open("/proc/%d/cmdline" % (pid,), "rb") as f:
-            cmdline = f.read()
-        with open("/proc/%d/stat" % (pid,)) as f:
-            state = f.read().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return b"sns-server" in cmdline and state != "Z"
 
 
 def serversIn(base):

@@ -173,13 +173,13 @@ class ClusterService(MultiService):
             run = os.path.join(self.base, "vm%d" % (i + 1,), "data", "run")
             for name in os.listdir(run) if os.path.isdir(run) else ():
                 pid = int(name.split(".")[0]) if name.split(".")[0].isdigit() else 0
-                if pid and _isServer(pid):
+                if pid and isServer(pid):
                     pids.add(pid)
         return pids
 
     async def _waitGone(self, pids):
         deadline = self.reactor.seconds() + self.killTime
-        while any(_isServer(p) for p in pids):
+        while any(isServer(p) for p in pids):
             if self.reactor.seconds() > deadline:
                 for pid in pids:
                     _kill(pid, signal.SIGKILL)
@@ -187,7 +187,7 @@ class ClusterService(MultiService):
             await deferLater(self.reactor, 0.02)
 
 
-def _isServer(pid):
+def isServer(pid):
     """Is C{pid} a live sns-server process (not a zombie, not a reused pid)?"""
     try:
         with open("/proc/%d/cmdline" % (pid,), "rb") as f:

@@ -34,6 +34,7 @@ LINK_TIMEOUT = 3 * ANTI_ENTROPY
 ACK_TIMEOUT = 5.0
 SWEEP = 0.5
 BATCH = 100
+_BEAT = pb.ReplicationMessage(heartbeat=pb.Heartbeat())
 
 
 class HybridClock:
@@ -232,72 +233,44 @@ class _Waiter:
         self.deferred.callback(len(self.acked))
 
 
-class PeerLink:
+class PeerLink(grpcbridge.ReconnectingLink):
     """
     Our outbound C{BroadcastPosts} stream to the master of one other VM, kept
     open (reconnecting with backoff) until L{stop}.
     """
 
-    minDelay = 0.05
     maxDelay = 2.0
+    maxQueue = 10000
+    interval = ANTI_ENTROPY
+    timeout = LINK_TIMEOUT
 
     def __init__(self, replicator, vm, address):
         self.replicator = replicator
         self.vm = vm
         self.address = address
-        self.channel = None
-        self.stream = None
+        self.metadata = auth.secretMetadata(replicator.secret)
         self.synced = False
         self.inflight = {}
-        self.queue = []
-        self.stopped = False
-        self.delay = self.minDelay
-        self.retry = None
-        self.lastHeard = 0
-        self.watch = None
 
     @property
     def clock(self):
         return self.replicator.clock
 
-    def start(self):
-        self.channel = grpcbridge.channel(self.address)
-        self._connect()
+    def method(self, channel):
+        return pbg.ClusterStub(channel).BroadcastPosts
 
-    def _connect(self):
-        self.retry = None
-        if self.stopped:
-            return
-        stub = pbg.ClusterStub(self.channel)
-        grpcbridge.openStream(stub.BroadcastPosts, self,
-                              metadata=auth.secretMetadata(self.replicator.secret),
-                              maxQueue=10000)
-
-    def makeConnection(self, stream):
-        self.stream = stream
-        self.lastHeard = self.clock.seconds()
-        stream.send(pb.ReplicationMessage(hello=pb.ReplicaHello(
+    def connected(self):
+        self.send(pb.ReplicationMessage(hello=pb.ReplicaHello(
             vm=self.replicator.node.vm, origin=self.replicator.node.origin)))
-        self.watch = self.clock.callLater(LINK_TIMEOUT, self._checkAlive)
 
-    def _checkAlive(self):
-        self.watch = None
-        silent = self.clock.seconds() - self.lastHeard
-        if silent > LINK_TIMEOUT:
-            log.warn("peer {vm} at {address} silent for {s:.1f}s: reconnecting",
-                     vm=self.vm, address=self.address, s=silent)
-            self.stream.abort()
-            return
-        self.stream.send(pb.ReplicationMessage(heartbeat=pb.Heartbeat()))
-        self.watch = self.clock.callLater(ANTI_ENTROPY, self._checkAlive)
+    def beat(self):
+        self.send(_BEAT)
 
-    def messageReceived(self, message):
-        self.lastHeard = self.clock.seconds()
+    def received(self, message):
         kind = message.WhichOneof("kind")
         if kind == "hello":
             if not self.synced:
                 log.info("replicating to {vm} at {address}", vm=self.vm, address=self.address)
-                self.delay = self.minDelay
             self.synced = True
             self._catchUp(VersionVector.fromProto(message.hello.have))
         elif kind == "ack":
@@ -311,9 +284,10 @@ class PeerLink:
                    if now - self.inflight.get(u.id, -ACK_TIMEOUT) >= ACK_TIMEOUT]
         if missing:
             log.debug("sending {n} missing updates to {vm}", n=len(missing), vm=self.vm)
-            self.send(missing)
+            self.push(missing)
 
-    def send(self, updates):
+    def push(self, updates):
+        """Send C{updates} (in batches), if the peer has said what it holds."""
         if not self.synced:
             return
         now = self.clock.seconds()
@@ -321,38 +295,14 @@ class PeerLink:
             chunk = updates[start:start + BATCH]
             for u in chunk:
                 self.inflight[u.id] = now
-            self.stream.send(pb.ReplicationMessage(
+            self.send(pb.ReplicationMessage(
                 updates=pb.UpdateBatch(updates=[u.toProto() for u in chunk])))
 
-    def connectionLost(self, reason):
+    def disconnected(self, reason):
         wasSynced, self.synced = self.synced, False
-        self.stream = None
         self.inflight.clear()
         if wasSynced:
             self.replicator.linkLost(self.vm)
-        if self.watch is not None and self.watch.active():
-            self.watch.cancel()
-        self.watch = None
-        if self.stopped:
-            return
-        log.info("replication stream to {vm} at {address} lost ({why}); retrying in {d:.2f}s",
-                 vm=self.vm, address=self.address, d=self.delay,
-                 why=reason.getErrorMessage() if reason else "ended")
-        self.retry = self.clock.callLater(self.delay, self._connect)
-        self.delay = min(self.delay * 2, self.maxDelay)
-
-    def stop(self):
-        self.stopped = True
-        if self.retry is not None and self.retry.active():
-            self.retry.cancel()
-        if self.synced:
-            self.synced = False
-            self.replicator.linkLost(self.vm)
-        if self.stream is not None:
-            self.stream.abort()
-        if self.channel is not None:
-            return grpcbridge.closeChannel(self.channel)
-        return defer.succeed(None)
 
 
 class Replicator:
@@ -407,7 +357,7 @@ class Replicator:
         self._flush = None
         batch, self._outbox = self._outbox, []
         for link in self.links.values():
-            link.send(batch)
+            link.push(batch)
 
     def acked(self, vm, updateId):
         waiter = self.waiters.get(updateId)

@@ -31,7 +31,6 @@ from snstwist import auth, buddy, errors, grpcbridge, logs
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.grpcbridge import GrpcServerService, Servicer
-from snstwist.heartbeat import Heartbeat
 from snstwist.model import HISTORY, Update, checkPostText, checkUsername
 from snstwist.replication import Node, ReplicaReceiver, Replicator
 from snstwist.router import HEARTBEAT
@@ -50,84 +49,41 @@ def _checkRequestId(requestId):
     return requestId
 
 
-class RouterLink:
+class RouterLink(grpcbridge.ReconnectingLink):
     """
     This server's C{Bidirectional_r_and_s} stream to one router: hello,
     heartbeats with our load, and the membership pushed back.  Reconnects
     with backoff for as long as the server runs.
     """
 
-    minDelay = 0.05
-    maxDelay = 1.0
+    interval = HEARTBEAT
+    timeout = 3 * HEARTBEAT
 
     def __init__(self, server, address):
         self.server = server
         self.address = address
-        self.channel = None
-        self.stream = None
-        self.stopped = False
-        self.delay = self.minDelay
-        self.timer = None
-        self.beats = None
+        self.metadata = auth.secretMetadata(server.secret)
 
     @property
     def clock(self):
         return self.server.clock
 
-    def start(self):
-        self.channel = grpcbridge.channel(self.address)
-        self._connect()
+    def method(self, channel):
+        return pbg.RouterStub(channel).Bidirectional_r_and_s
 
-    def _connect(self):
-        self.timer = None
-        if not self.stopped:
-            grpcbridge.openStream(pbg.RouterStub(self.channel).Bidirectional_r_and_s, self,
-                                  metadata=auth.secretMetadata(self.server.secret))
-
-    def makeConnection(self, stream):
-        self.stream = stream
-        stream.send(pb.ServerMessage(hello=self.server.hello()))
-        self.beats = Heartbeat(
-            self.clock, HEARTBEAT, 3 * HEARTBEAT,
-            lambda: stream.send(pb.ServerMessage(heartbeat=self.server.load())), self._silent)
-
-    def _silent(self, seconds):
-        log.warn("router {address} silent for {s:.1f}s: reconnecting",
-                 address=self.address, s=seconds)
-        self.stream.abort()
+    def connected(self):
+        self.sendHello()
 
     def sendHello(self):
-        """Tell the router again who we are (our role changed)."""
-        if self.stream is not None:
-            self.stream.send(pb.ServerMessage(hello=self.server.hello()))
+        """Tell the router who we are (again, when our role changed)."""
+        self.send(pb.ServerMessage(hello=self.server.hello()))
 
-    def messageReceived(self, message):
-        self.beats.heard()
-        if self.delay != self.minDelay:
-            log.info("registered with router {address}", address=self.address)
-            self.delay = self.minDelay
+    def beat(self):
+        self.send(pb.ServerMessage(heartbeat=self.server.load()))
+
+    def received(self, message):
         if message.WhichOneof("kind") == "membership":
             self.server.membershipChanged(self.address, message.membership)
-
-    def connectionLost(self, reason):
-        self.stream = None
-        if self.beats is not None:
-            self.beats.stop()
-        if self.stopped:
-            return
-        if self.delay == self.minDelay:
-            log.warn("lost router {address}: {why}", address=self.address,
-                     why=reason.getErrorMessage() if reason else "stream ended")
-        self.timer = self.clock.callLater(self.delay, self._connect)
-        self.delay = min(self.delay * 2, self.maxDelay)
-
-    def stop(self):
-        self.stopped = True
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        if self.stream is not None:
-            self.stream.close()
-        return grpcbridge.closeChannel(self.channel) if self.channel else defer.succeed(None)
 
 
 def _settleMemory():
@@ -261,7 +217,7 @@ class ServerService(MultiService):
     def stopService(self):
         self.role.stop()
         for link in self.links:
-            yield link.stop()
+            yield link.stop(graceful=True)
         yield self.replicator.stop()
         self.sessions.closeAll()
         if self.supervisor is not None:

@@ -14,7 +14,7 @@ import sys
 from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.task import deferLater
 
-from snstwist import grpcbridge
+from snstwist import buddy, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -123,20 +123,8 @@ def spawn(testCase, args, env=None, path=None):
 
 
 def stopChild(child, timeout=10.0):
-    if child.ended.called:
-        return defer.succeed(None)
-    killPid(child.pid, signal.SIGTERM)
-    kill = reactor.callLater(timeout, killPid, child.pid)
-    d = defer.Deferred()
-
-    def ended(result):
-        if kill.active():
-            kill.cancel()
-        d.callback(None)
-        return result
-
-    child.ended.addBoth(ended)
-    return d
+    """SIGTERM, then SIGKILL after C{timeout}; fires when the child has exited."""
+    return buddy.terminate(reactor, child, timeout)
 
 
 async def waitUntil(predicate, what, timeout=DEADLINE, interval=0.05):

@@ -125,7 +125,6 @@ class RouterTests(unittest.TestCase):
     timeout = 60
 
     def startRouter(self):
-        from tests.processes import Collector  # noqa: F401
         from snstwist.cluster import freePort
         address = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
         router = spawn(self, ["-c", "from twisted.scripts.twistd import run; run()",
