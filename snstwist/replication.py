@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from snstwist import auth, errors, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
+from snstwist.heartbeat import Heartbeat
 from snstwist.model import FollowChange, Post, ReadMark, Update, updateId
 from snstwist.state import Replica, VersionVector
 
@@ -425,29 +426,26 @@ class ReplicaReceiver:
         self.clock = clock
         self.stream = None
         self.peerVm = None
-        self.timer = None
-        self.lastHeard = 0
+        self.beats = None
 
     def makeConnection(self, stream):
         self.stream = stream
-        self.lastHeard = self.clock.seconds()
         self._hello()
+        # The repeated hello is this side's heartbeat, and the anti-entropy.
+        self.beats = Heartbeat(self.clock, ANTI_ENTROPY, LINK_TIMEOUT, self._hello, self._silent)
+
+    def _silent(self, seconds):
+        log.warn("replication stream from {vm} silent for {s:.1f}s: closing",
+                 vm=self.peerVm, s=seconds)
+        self.stream.abort()
 
     def _hello(self):
-        self.timer = None
-        if self.stream is None:
-            return
-        if self.clock.seconds() - self.lastHeard > LINK_TIMEOUT:
-            log.warn("replication stream from {vm} silent: closing", vm=self.peerVm)
-            self.stream.abort()
-            return
         self.stream.send(pb.ReplicationMessage(hello=pb.ReplicaHello(
             vm=self.node.vm, origin=self.node.origin,
             have=self.node.replica.seen.toProto())))
-        self.timer = self.clock.callLater(ANTI_ENTROPY, self._hello)
 
     def messageReceived(self, message):
-        self.lastHeard = self.clock.seconds()
+        self.beats.heard()
         kind = message.WhichOneof("kind")
         if kind == "hello":
             self.peerVm = message.hello.vm
@@ -469,6 +467,5 @@ class ReplicaReceiver:
 
     def connectionLost(self, reason):
         self.stream = None
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        if self.beats is not None:
+            self.beats.stop()
