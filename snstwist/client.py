@@ -294,6 +294,11 @@ class Client:
                                              timeout=CALL_TIMEOUT,
                                              metadata=auth.sessionMetadata(self.token))
             except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # The master is shedding load: back off, then the same
+                    # request (same id) again.
+                    await deferLater(self.clock, 0.05 * 2 ** _attempt, lambda: None)
+                    continue
                 if e.code() not in _DEAD:
                     raise CommandFailed(e.code(), e.details())
                 log.info("{name} on {m} failed: {code}", name=name, m=self.master1,

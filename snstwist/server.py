@@ -148,6 +148,8 @@ class ServerService(MultiService):
     """One server process of a VM: its master, or its slave."""
 
     lockDeadline = 10.0
+    maxWriting = 10000
+    writing = 0
 
     def __init__(self, vm, listen, routers, data, secret, role="master", master=None,
                  masterPid=0, logfile=None, clock=None):
@@ -432,6 +434,11 @@ class ServerService(MultiService):
     def _write(self, ctx, request, make):
         user = self._user(ctx)
         requestId = _checkRequestId(request.request_id)
+        if self.writing >= self.maxWriting:
+            # Writes waiting on disks and peers are bounded: past that the
+            # client is told to back off instead of growing our memory.
+            raise errors.Overloaded("%d writes in flight on this master; try again"
+                                    % (self.writing,))
         update = self.node.replica.byRequest(requestId) if requestId else None
         if update is None:
             update = make(user, requestId)
@@ -446,7 +453,12 @@ class ServerService(MultiService):
                 out.post.CopyFrom(update.post.toProto())
             return out
 
-        return d.addCallback(reply)
+        def done(result):
+            self.writing -= 1
+            return result
+
+        self.writing += 1
+        return d.addCallback(reply).addBoth(done)
 
     def _replicate(self, update):
         """Replicate a write nobody waits for (a read mark)."""

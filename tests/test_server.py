@@ -1,0 +1,66 @@
+"""The server's write path, on a Clock and an in-memory store (no gRPC)."""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from snstwist import errors
+from snstwist import sns_pb2 as pb
+from snstwist.replication import Node
+from snstwist.server import ServerService
+from snstwist.store import MemoryStore
+
+
+def makeServer(test):
+    """A ServerService whose node runs on a manual MemoryStore, as user alice."""
+    clock = Clock()
+    service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], test.mktemp(), "s",
+                            clock=clock)
+    store = MemoryStore(manual=True)
+    service.node = Node("vm1", service.origin, store, clock, service._durable)
+    service.replicator.node = service.node
+    test.successResultOf(service.node.load())
+    service._user = lambda ctx: "alice"
+    service.node.login("alice")
+    store.flush()
+    return service, store
+
+
+class WritePathTests(SynchronousTestCase):
+    def test_a_write_is_answered_once_durable_with_its_copies(self):
+        """With no peer VM, a post is answered after the local flush: one copy."""
+        service, store = makeServer(self)
+        d = service.post(pb.PostRequest(text="hi", request_id="r1"), None)
+        self.assertNoResult(d)
+        store.flush()
+        reply = self.successResultOf(d)
+        self.assertEqual((reply.copies, reply.post.text), (1, "hi"))
+
+    def test_a_retried_request_is_answered_with_the_first_write(self):
+        """The same request id twice: one post, the same id in both replies."""
+        service, store = makeServer(self)
+        first = service.post(pb.PostRequest(text="hi", request_id="r1"), None)
+        again = service.post(pb.PostRequest(text="hi", request_id="r1"), None)
+        store.flush()
+        self.assertEqual(self.successResultOf(first).id, self.successResultOf(again).id)
+        self.assertEqual(len(service.node.replica.postsBy("alice")), 1)
+
+    def test_too_many_writes_in_flight_are_refused_as_overloaded(self):
+        """Past maxWriting unanswered writes, the next is refused, not queued."""
+        service, store = makeServer(self)
+        service.maxWriting = 2
+        pending = [service.post(pb.PostRequest(text="p%d" % i, request_id="r%d" % i), None)
+                   for i in range(2)]
+        self.assertRaises(errors.Overloaded, service.post,
+                          pb.PostRequest(text="p2", request_id="r2"), None)
+        store.flush()
+        for d in pending:
+            self.successResultOf(d)
+        self.assertEqual(service.writing, 0)
+        store.flush()
+        service.post(pb.PostRequest(text="p3", request_id="r3"), None)
+
+    def test_an_overly_long_request_id_is_invalid(self):
+        """Request ids are bounded: a 65-character one is an invalid request."""
+        service, store = makeServer(self)
+        self.assertRaises(errors.InvalidRequest, service.post,
+                          pb.PostRequest(text="hi", request_id="x" * 65), None)
