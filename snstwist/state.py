@@ -151,8 +151,8 @@ class Replica:
 
     def shows(self, update):
         """Is C{update}'s post the one shown for its request (not a duplicate)?"""
-        rid = update.request_id
-        return not rid or self.requests[rid].id == update.id
+        shown = self.requests.get(update.request_id) if update.request_id else None
+        return shown is None or shown.id == update.id
 
     def lastSeq(self, origin):
         seqs = self.updates.get(origin)

@@ -18,6 +18,7 @@ def makeServer(test):
     store = MemoryStore(manual=True)
     service.node = Node("vm1", service.origin, store, clock, service._durable)
     service.replicator.node = service.node
+    service.sessions.node = service.node
     test.successResultOf(service.node.load())
     service._user = lambda ctx: "alice"
     service.node.login("alice")
