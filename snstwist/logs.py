@@ -36,7 +36,13 @@ def _format(event):
     event["log_system"] = "%s pid=%d %s#%s" % (
         _identity["who"], os.getpid(), event.get("log_namespace", "-"),
         level.name if level is not None else "-")
-    return formatEventAsClassicLogText(event)
+    text = formatEventAsClassicLogText(event)
+    if text is None:
+        return None
+    # One event, one line: a traceback's lines are kept, joined by a
+    # visible separator, so that grep and line-based shippers see it whole.
+    body = text[:-1] if text.endswith("\n") else text
+    return body.replace("\n", " \u23ce ") + "\n"
 
 
 def observer():

@@ -1,0 +1,43 @@
+"""Log lines name the VM, the role and the pid, one event per line."""
+
+import os
+
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from snstwist import logs
+
+
+def event(**fields):
+    base = {"log_format": "promoted after buddy {pid} died", "pid": 42,
+            "log_level": LogLevel.info, "log_namespace": "snstwist.server", "log_time": 0}
+    base.update(fields)
+    return base
+
+
+class LogFormatTests(SynchronousTestCase):
+    def setUp(self):
+        self.addCleanup(logs.setIdentity, "sns")
+
+    def test_each_line_names_the_vm_role_and_pid(self):
+        """The identity set for this process is in every line."""
+        logs.setIdentity("vm2", "master")
+        line = logs._format(event())
+        self.assertIn("[vm2 master pid=%d snstwist.server#info]" % (os.getpid(),), line)
+        self.assertTrue(line.endswith("promoted after buddy 42 died\n"))
+
+    def test_a_role_change_shows_in_later_lines(self):
+        """After a promotion the lines say master."""
+        logs.setIdentity("vm1", "slave")
+        before = logs._format(event())
+        logs.setIdentity("vm1", "master")
+        self.assertIn("vm1 slave", before)
+        self.assertIn("vm1 master", logs._format(event()))
+
+    def test_a_traceback_stays_on_one_line(self):
+        """An event with a failure is still exactly one line."""
+        failure = Failure(ZeroDivisionError("division by zero"))
+        line = logs._format(event(log_failure=failure, log_level=LogLevel.error))
+        self.assertEqual(line.count("\n"), 1)
+        self.assertIn("ZeroDivisionError", line)
