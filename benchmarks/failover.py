@@ -37,6 +37,8 @@ import time
 import grpc
 
 from snstwist.cluster import isServer
+
+from run import until  # benchmarks/run.py, beside this file
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -118,21 +120,6 @@ def serversIn(base):
             except OSError:
                 pass
     return pids
-
-
-def until(what, predicate):
-    """Poll C{predicate} every POLL seconds until it returns something true."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        try:
-            result = predicate()
-        except grpc.RpcError:
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise SystemExit("timed out waiting for %s" % (what,))
-        time.sleep(POLL)
 
 
 def pair(cluster, vm="vm1"):

@@ -318,7 +318,36 @@ def fence(pid, kill=os.kill):
         return False
 
 
-class SlaveLink:
+class _BuddyEnd:
+    """
+    What both ends of C{BuddyConnection} do: say hello with our pid,
+    heartbeat, notice silence (C{silent(why)}), and announce an orderly stop.
+    """
+
+    stream = None
+    beats = None
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        stream.send(pb.BuddyMessage(hello=self.hello()))
+        self.beats = Heartbeat(self.clock, HEARTBEAT, TIMEOUT, lambda: stream.send(_BEAT),
+                               self._silent)
+
+    def _silent(self, seconds):
+        self.stream.abort()
+        self.silent("no heartbeat for %.2fs" % (seconds,))
+
+    def sendStopping(self):
+        if self.stream is not None:
+            self.stream.send(pb.BuddyMessage(stopping=True))
+
+    def _stopBeats(self):
+        if self.beats is not None:
+            self.beats.stop()
+        self.stream = None
+
+
+class SlaveLink(_BuddyEnd):
     """
     The slave's end of C{BuddyConnection}: C{connect(link)} opens a stream
     to the master and connects this link to it.  A broken stream or missing
@@ -356,16 +385,9 @@ class SlaveLink:
         if not self.closing:
             self.connect(self)
 
-    def makeConnection(self, stream):
-        self.stream = stream
-        stream.send(pb.BuddyMessage(hello=self.hello()))
-        self.beats = Heartbeat(self.clock, HEARTBEAT, TIMEOUT, lambda: stream.send(_BEAT),
-                               self._silent)
-
-    def _silent(self, seconds):
+    def silent(self, why):
         self.closing = True
-        self.stream.abort()
-        self.onMasterLost("master hung: no heartbeat for %.2fs" % (seconds,))
+        self.onMasterLost("master hung: " + why)
 
     def messageReceived(self, message):
         self.beats.heard()
@@ -376,10 +398,6 @@ class SlaveLink:
             self.closing = True
             self.onMasterStopping()
 
-    def sendStopping(self):
-        if self.stream is not None:
-            self.stream.send(pb.BuddyMessage(stopping=True))
-
     def close(self):
         self.closing = True
         if self.redial is not None and self.redial.active():
@@ -389,9 +407,7 @@ class SlaveLink:
             self.stream.close()
 
     def connectionLost(self, reason):
-        if self.beats is not None:
-            self.beats.stop()
-        self.stream = None
+        self._stopBeats()
         if self.closing:
             return
         why = reason.getErrorMessage() if reason else "ended"
@@ -404,7 +420,7 @@ class SlaveLink:
         self.onMasterLost("buddy stream broke: %s" % (why,))
 
 
-class MasterLink:
+class MasterLink(_BuddyEnd):
     """
     The master's end of C{BuddyConnection}: learns the slave's pid and
     address from its hello, and kills a slave whose heartbeats stop.
@@ -420,15 +436,8 @@ class MasterLink:
         self.beats = None
         self.slave = None
 
-    def makeConnection(self, stream):
-        self.stream = stream
-        stream.send(pb.BuddyMessage(hello=self.hello()))
-        self.beats = Heartbeat(self.clock, HEARTBEAT, TIMEOUT, lambda: stream.send(_BEAT),
-                               self._silent)
-
-    def _silent(self, seconds):
-        self.stream.abort()
-        self.onSlaveHung(self.slave, "no heartbeat for %.2fs" % (seconds,))
+    def silent(self, why):
+        self.onSlaveHung(self.slave, why)
 
     def messageReceived(self, message):
         self.beats.heard()
@@ -439,11 +448,5 @@ class MasterLink:
         elif kind == "stopping" and self.slave is not None:
             self.onSlaveStopping(self.slave.pid)
 
-    def sendStopping(self):
-        if self.stream is not None:
-            self.stream.send(pb.BuddyMessage(stopping=True))
-
     def connectionLost(self, reason):
-        if self.beats is not None:
-            self.beats.stop()
-        self.stream = None
+        self._stopBeats()
