@@ -10,7 +10,7 @@ import signal
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.processes import (Cluster, childEnv, pidAlive, routerStatus, spawn,
+from tests.processes import (Cluster, childEnv, killPid, pidAlive, routerStatus, spawn,
                              waitUntil)
 
 POST_LINE = re.compile(r"^(\S+) \(\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\) >> (.*)$")
@@ -191,3 +191,28 @@ class PluginTests(unittest.TestCase):
         await child.ended
         for name in ("sns-router", "sns-server", "sns-cluster"):
             self.assertIn(name, child.text)
+
+
+class TwistdClusterTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineAsync
+    async def test_twistd_sns_cluster_starts_and_stops_everything(self):
+        """
+        twistd -n sns-cluster prints the ready line and, on SIGTERM, stops
+        the router, the masters and their slaves.
+        """
+        base = os.path.abspath(self.mktemp())
+        cluster = spawn(self, ["-c", "from twisted.scripts.twistd import run; run()", "-n",
+                               "--pidfile=", "sns-cluster", "--dir", base, "--vms", "2",
+                               "--router", "127.0.0.1:0"])
+        await cluster.waitFor("sns-cluster ready")
+        router = [line.split("router ")[1].split(";")[0] for line in cluster.lines
+                  if "sns-cluster ready" in line][0]
+        pids = {s.pid for s in (await routerStatus(router)).servers}
+        self.addCleanup(lambda: [killPid(p) for p in pids if pidAlive(p)])
+        self.assertEqual(len(pids), 4, "two masters and their slaves")
+        os.kill(cluster.pid, signal.SIGTERM)
+        await cluster.ended
+        for pid in pids:
+            self.assertFalse(pidAlive(pid), "pid %d survived" % (pid,))
