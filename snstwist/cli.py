@@ -137,7 +137,7 @@ class CommandLine(Protocol):
             if self.inTimeline:
                 if text.strip():
                     await self._ensureConnected()
-                    await self.client.post(text)
+                    self._copies(await self.client.post(text))
                 return
             await self._command(text)
         except CommandFailed as e:
@@ -186,7 +186,7 @@ class CommandLine(Protocol):
                 return
             await self._ensureConnected()
             method = self.client.follow if command == "FOLLOW" else self.client.unfollow
-            await method(target)
+            self._copies(await method(target))
             self.say(OK)
         elif command == "LIST":
             await self._ensureConnected()
@@ -199,6 +199,16 @@ class CommandLine(Protocol):
             self.say(TIMELINE)
             self.inTimeline = True
             await self.client.timeline()
+
+    def _copies(self, reply):
+        """
+        A write the cluster could store on one VM only is accepted and will
+        be replicated when another VM is up: say so, on stderr, so that the
+        reply lines on stdout stay the contract's.
+        """
+        if reply is not None and getattr(reply, "copies", 2) == 1:
+            self.err.write("sns-client: stored on one VM only for now; it is replicated"
+                           " when another VM is up\n")
 
     def _showPost(self, post):
         self.say(formatPost(post))

@@ -537,3 +537,18 @@ class ReconnectTests(CommandLineTestCase):
         self.start(client)
         client.onReconnect("127.0.0.3:5000")
         self.assertEqual(self.output(), ["Reconnecting to 127.0.0.3:5000..."])
+
+
+class CopiesTests(CommandLineTestCase):
+    def test_a_write_stored_on_one_vm_only_is_said_on_stderr(self):
+        """copies=1: stdout keeps the contract line, stderr says why it matters."""
+        self.start(FakeClient(follow=pb.WriteReply(copies=1)))
+        self.type("FOLLOW bob")
+        self.assertEqual(self.output(), [OK])
+        self.assertIn("stored on one VM only", self.err.getvalue())
+
+    def test_a_write_on_two_vms_says_nothing_more(self):
+        """copies=2 is the normal case: nothing on stderr."""
+        self.start(FakeClient(follow=pb.WriteReply(copies=2)))
+        self.type("FOLLOW bob")
+        self.assertEqual((self.output(), self.err.getvalue()), ([OK], ""))
