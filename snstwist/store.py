@@ -11,7 +11,12 @@ Layout of a data directory (DESIGN.md section 3)::
 
 All disk work runs on one dedicated thread, never on the reactor.  Writes are
 group-committed: while one batch is being written and fsync'd, the next
-accumulates, so durability costs one flush per batch, not one per post.
+accumulates, so durability costs one round of flushes per batch (the batch's
+post files together, then one SQLite commit), not one per post.
+
+A post that duplicates a request already shown (a client's retry that a
+second VM accepted) is kept in the SQLite log, not in the post files, so
+that every VM's files hold exactly the posts shown.
 """
 
 import concurrent.futures
