@@ -166,7 +166,8 @@ class Node:
     def adopt(self, store):
         """
         Take over the VM's data as its writer: open C{store} (writer lock
-        and all) and add whatever it holds that the mirror missed.
+        and all) and add whatever it holds that the mirror missed; only
+        that is read.
         """
         self.store = store
 
@@ -175,7 +176,7 @@ class Node:
             self.seq = self.replica.lastSeq(self.origin)
             return added
 
-        return store.open().addCallback(opened)
+        return store.open(self.replica.seen).addCallback(opened)
 
     # -- the domain rules of each write
 

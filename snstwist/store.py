@@ -36,6 +36,7 @@ from zope.interface import Interface, implementer
 from snstwist import errors
 from snstwist import sns_pb2 as pb
 from snstwist.model import Post, Update, checkUsername
+from snstwist.state import VersionVector
 
 log = Logger()
 
@@ -45,10 +46,11 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 class IStore(Interface):
     """Durable storage of the updates a VM holds."""
 
-    def open():
+    def open(known=None):
         """
-        Take the VM's writer lock and read everything stored.  Returns a
-        Deferred firing with the list of stored L{Update}s.
+        Take the VM's writer lock and read everything stored (with a version
+        vector C{known}: only what it lacks).  Returns a Deferred firing with
+        the list of stored L{Update}s.
         """
 
     def persist(updates, hidden=frozenset(), displaced=()):
@@ -115,6 +117,9 @@ CREATE TABLE IF NOT EXISTS follows (
     PRIMARY KEY (follower, followee));
 CREATE TABLE IF NOT EXISTS reads (
     user TEXT PRIMARY KEY, time_us INTEGER NOT NULL, post_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS post_files (
+    origin TEXT NOT NULL, seq INTEGER NOT NULL, author TEXT NOT NULL,
+    PRIMARY KEY (origin, seq));
 """
 
 
@@ -181,19 +186,56 @@ class _Disk:
                                                    repair=False))
         return updates
 
-    def open(self):
+    def open(self, known=None):
+        """
+        Lock and load.  With C{known} (a version vector: what a warm slave
+        already holds), only what it lacks is read: the log rows it lacks,
+        and only the post files that the post_files table says hold a post
+        it lacks.
+        """
         self.lock()
         self.db = sqlite3.connect(os.path.join(self.path, "sns.sqlite3"),
                                   isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        lacks = (lambda origin, seq: not known.has(origin, seq)) if known else None
         updates = [Update.fromProto(pb.Update.FromString(body))
-                   for (body,) in self.db.execute("SELECT body FROM log")]
-        for name in sorted(os.listdir(self.postsDir)):
-            if name.endswith(".txt"):
-                updates.extend(self._readPosts(os.path.join(self.postsDir, name)))
+                   for (origin, seq, body) in self.db.execute("SELECT origin, seq, body FROM log")
+                   if lacks is None or lacks(origin, seq)]
+        if lacks is None:
+            names = [n for n in os.listdir(self.postsDir) if n.endswith(".txt")]
+        else:
+            names = {author + ".txt" for (origin, seq, author)
+                     in self.db.execute("SELECT origin, seq, author FROM post_files")
+                     if lacks(origin, seq)}
+        for name in sorted(names):
+            path = os.path.join(self.postsDir, name)
+            if os.path.exists(path):
+                updates.extend(u for u in self._readPosts(path)
+                               if lacks is None or lacks(u.origin, u.seq))
         return updates
+
+    def _lastKey(self, author):
+        """The (time, id) of the last post in the author's file, read from its end."""
+        if author not in self.lastKey:
+            path = self._postsPath(author)
+            last = None
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    f.seek(0, os.SEEK_END)
+                    size = f.tell()
+                    f.seek(max(0, size - 64 * 1024))
+                    lines = f.read().splitlines()
+                try:
+                    last = parsePostLine(lines[-1].decode("utf-8")).post.key if lines else None
+                except (ValueError, KeyError, errors.SNSError):
+                    # A torn last line: read (and repair) the whole file.
+                    self.lastKey.pop(author, None)
+                    self._readPosts(path)
+                    return self.lastKey.get(author)
+            self.lastKey[author] = last
+        return self.lastKey[author]
 
     def _readPosts(self, path, repair=True):
         updates = []
@@ -234,6 +276,10 @@ class _Disk:
         for u in displaced:
             drop.setdefault(u.post.author, set()).add(u.post.id)
             rows.append(u)
+        # The rows first, with the index of which file holds which post: a
+        # crash between the two leaves an index entry for a post never
+        # written (harmless), never a post the index does not know.
+        self._writeRows(rows, [u for ups in posts.values() for u in ups])
         appended, created = [], False
         for author in set(posts) | set(drop):
             path, new = self._writePosts(author, posts.get(author, []), drop.get(author))
@@ -246,8 +292,6 @@ class _Disk:
         _fsyncAll(self._flushers, appended)
         if created:
             self._syncDir()
-        if rows:
-            self._writeRows(rows)
 
     def _postsPath(self, author):
         return os.path.join(self.postsDir, checkUsername(author) + ".txt")
@@ -260,7 +304,7 @@ class _Disk:
         """
         path = self._postsPath(author)
         ups.sort(key=lambda u: u.post.key)
-        last = self.lastKey.get(author)
+        last = self._lastKey(author)
         if not drop and (last is None or ups[0].post.key > last):
             created = last is None and not os.path.exists(path)
             with open(path, "a", encoding="utf-8") as f:
@@ -301,7 +345,9 @@ class _Disk:
         finally:
             os.close(dirfd)
 
-    def _writeRows(self, rows):
+    def _writeRows(self, rows, posted=()):
+        if not rows and not posted:
+            return
         db = self.db
         db.execute("BEGIN")
         try:
@@ -328,6 +374,9 @@ class _Disk:
                 " WHERE (excluded.time_us, excluded.post_id) > (reads.time_us, reads.post_id)",
                 [(u.read.user, u.read.time_us, u.read.post_id)
                  for u in rows if u.read is not None])
+            db.executemany(
+                "INSERT OR IGNORE INTO post_files (origin, seq, author) VALUES (?, ?, ?)",
+                [(u.origin, u.seq, u.post.author) for u in posted])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -375,6 +424,7 @@ class SQLiteStore:
         self._pending = []
         self._writing = None
         self._stored = set()
+        self._known = None
         self.batches = 0
 
     def _onDisk(self, function, *args):
@@ -389,8 +439,13 @@ class SQLiteStore:
         """
         return self._onDisk(self._disk.read)
 
-    def open(self):
-        d = self._onDisk(self._disk.open)
+    def open(self, known=None):
+        if known is not None:
+            # A copy: the replica goes on learning, and what it learns from
+            # now on must still be written here.
+            known = VersionVector.fromProto(known.toProto())
+        d = self._onDisk(self._disk.open, known)
+        self._known = known
 
         def loaded(updates):
             self._stored.update((u.origin, u.seq) for u in updates)
@@ -404,7 +459,8 @@ class SQLiteStore:
         for u in updates:
             # Marked as stored one by one, so an update repeated within
             # this call is written once, like one repeated across calls.
-            if (u.origin, u.seq) not in self._stored:
+            if (u.origin, u.seq) not in self._stored and not (
+                    self._known is not None and self._known.has(u.origin, u.seq)):
                 self._stored.add((u.origin, u.seq))
                 fresh.append(u)
         if not fresh and not displaced:
@@ -467,8 +523,9 @@ class MemoryStore:
         self.durable = {}
         self._pending = []
 
-    def open(self):
-        return defer.succeed(list(self.durable.values()))
+    def open(self, known=None):
+        return defer.succeed([u for u in self.durable.values()
+                              if known is None or not known.has(u.origin, u.seq)])
 
     def persist(self, updates, hidden=frozenset(), displaced=()):
         d = defer.Deferred()
