@@ -212,6 +212,17 @@ def pidsWith(text):
     return out
 
 
+def killLeft(text):
+    """SIGKILL every live process whose command line contains C{text}; their pids."""
+    left = pidsWith(text)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
 def cpuSeconds(pid):
     try:
         with open("/proc/%d/stat" % (pid,)) as f:
@@ -340,13 +351,7 @@ class Cluster:
                 self.child.process.wait()
         if self.child is not None:
             self.child.stop()
-        left = pidsWith(self.base)
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return left
+        return killLeft(self.base)
 
 
 def until(what, predicate, timeout=30.0, interval=POLL):
@@ -755,12 +760,7 @@ class Bench:
             if left:
                 sys.stdout.write("killed %d processes left by the cluster: %s\n"
                                  % (len(left), left))
-        left = pidsWith(self.work)
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        left = killLeft(self.work)
         if left:
             sys.stdout.write("killed leftover processes: %s\n" % (left,))
 
