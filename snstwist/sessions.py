@@ -107,7 +107,7 @@ class SessionHub:
                 # A second copy of a retried request is not shown.
                 continue
             message = None
-            for user in [post.author] + replica.followers(post.author):
+            for user in (post.author, *replica.followerSet(post.author)):
                 for session in self.sessions.get(user, ()):
                     if session.live:
                         if message is None:

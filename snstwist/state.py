@@ -177,6 +177,10 @@ class Replica:
     def followers(self, user):
         return sorted(self._followers.get(user, ()))
 
+    def followerSet(self, user):
+        """The followers of C{user}, unsorted: for fan-out, on every post."""
+        return self._followers.get(user, frozenset())
+
     def postsBy(self, user):
         return self.posts.get(user, [])
 
