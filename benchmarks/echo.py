@@ -1,5 +1,5 @@
 """
-The yardstick of DESIGN.md section 8: a bare ``grpc.aio`` unary echo server
+The yardstick of docs/design.md section 10: a bare ``grpc.aio`` unary echo server
 and its load generator, on plain asyncio (no Twisted, no snstwist code in
 the path), for ``benchmarks/run.py``.
 

@@ -1,5 +1,5 @@
 """
-Failover figures of DESIGN.md section 8, measured on real processes.
+Failover figures of docs/design.md section 10, measured on real processes.
 
 Starts a 2-VM cluster (``python -m snstwist.cluster``) in a temporary
 directory and, N times:

@@ -1,5 +1,5 @@
 """
-The benchmark of DESIGN.md section 8, on real processes on this machine.
+The benchmark of docs/design.md section 10, on real processes on this machine.
 
     python benchmarks/run.py [--short | --full] [--out DIR] [--profile]
 
@@ -910,7 +910,7 @@ def markdown(results):
     lats = base.get("latency", [])
     fo = base.get("failover")
     mem = base.get("memory")
-    lines += ["| figure (DESIGN.md section 8) | measured | target | |", "|---|---|---|---|"]
+    lines += ["| figure (docs/design.md section 10) | measured | target | |", "|---|---|---|---|"]
     if headline:
         lines.append("| acked posts/s (copies >= 2), %d clients, vs bare grpc.aio echo | %s / %s"
                      " calls/s = **%.0f%%** | >= 40%% | %s |" % (

@@ -6,7 +6,7 @@ C{sns-client}: the interactive client, in the style of the course client.
 Commands (case-insensitive): FOLLOW <user>, UNFOLLOW <user>, LIST, TIMELINE.
 In timeline mode every line typed is posted.  Reading commands from a pipe
 works the same as typing them; EOF ends the client once everything typed has
-been answered.  The sentences printed are the contract of DESIGN.md section 5,
+been answered.  The sentences printed are the contract of docs/design.md section 6,
 and L{SENTENCES} is the one table that maps the cluster's statuses to them.
 """
 

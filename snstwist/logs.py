@@ -1,6 +1,6 @@
 """
 Log lines that say who wrote them: one event per line, with the VM, the role
-and the pid in each (DESIGN.md section 6).
+and the pid in each (docs/design.md section 7).
 
 The plugins' options point twistd's C{--logger} here (unless the user chose
 another), so C{twistd sns-server ...} logs this way with no extra flag.  The

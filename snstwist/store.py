@@ -2,7 +2,7 @@
 Durable storage of one VM: the only module that touches SQLite and the post
 files.
 
-Layout of a data directory (DESIGN.md section 3)::
+Layout of a data directory (docs/design.md section 4)::
 
     DATA/sns.sqlite3        users, follows, and the log of their updates (WAL)
     DATA/posts/<user>.txt   the posts by <user>, one JSON object per line,

@@ -1,5 +1,5 @@
 """
-The sns-client command line against DESIGN.md section 5, line by line.
+The sns-client command line against docs/design.md section 6, line by line.
 
 C{CommandLine} is driven through a StringTransport with a fake client whose
 Deferreds the tests fire, so every test is synchronous: nothing runs on the

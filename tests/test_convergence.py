@@ -1,5 +1,5 @@
 """
-DESIGN.md section 4, checked on the real replication code: a Hypothesis state
+docs/design.md section 5, checked on the real replication code: a Hypothesis state
 machine runs three VMs (L{Node}, L{Replicator}, L{PeerLink}s and
 L{ReplicaReceiver}s over L{MemoryStore}s) on one L{Clock} and an in-memory
 network that delivers replication messages late, twice, out of order or not

@@ -1,6 +1,6 @@
 """
 No acknowledged write is lost while a VM that stored it survives: real
-processes, real load, a whole VM SIGKILLed in the middle (DESIGN.md section 4).
+processes, real load, a whole VM SIGKILLed in the middle (docs/design.md section 5).
 """
 
 import os

@@ -1,6 +1,6 @@
 """
 Clients that never notice a dead server: master1/master2 failover with real
-processes and real signals (DESIGN.md sections 1, 2 and 5).
+processes and real signals (docs/design.md sections 2, 3, 6 and 8).
 """
 
 import os

@@ -1,5 +1,5 @@
 """
-Routers hold soft state only, and there may be several (DESIGN.md section 1):
+Routers hold soft state only, and there may be several (docs/design.md section 2):
 real processes, real kills.
 """
 
