@@ -38,7 +38,7 @@ import grpc
 
 from snstwist.cluster import isServer
 
-from run import until  # benchmarks/run.py, beside this file
+from run import clusterSecret, until  # benchmarks/run.py, beside this file
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -82,8 +82,8 @@ class Cluster:
         return self.channels[address]
 
     def status(self):
-        reply = pbg.RouterStub(self.channel(self.router)).Status(pb.StatusRequest(),
-                                                                  timeout=1)
+        reply = pbg.RouterStub(self.channel(self.router)).Status(
+            pb.StatusRequest(), timeout=1, metadata=clusterSecret(self.base))
         self.seen.update(s.pid for s in reply.servers)
         return reply
 

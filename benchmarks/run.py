@@ -257,6 +257,13 @@ def rssKB(pid):
     raise RuntimeError("no VmRSS for pid %d" % (pid,))
 
 
+def clusterSecret(base):
+    """Metadata proving we know the secret sns-cluster wrote to BASE/secret."""
+    from snstwist import auth
+    with open(os.path.join(base, "secret")) as f:
+        return auth.secretMetadata(f.read().strip())
+
+
 # ---------------------------------------------------------------- the cluster
 
 class Cluster:
@@ -292,7 +299,8 @@ class Cluster:
     def status(self):
         from snstwist import sns_pb2 as pb
         from snstwist import sns_pb2_grpc as pbg
-        reply = pbg.RouterStub(self.channel(self.router)).Status(pb.StatusRequest(), timeout=2)
+        reply = pbg.RouterStub(self.channel(self.router)).Status(
+            pb.StatusRequest(), timeout=2, metadata=clusterSecret(self.base))
         now = time.monotonic()
         for s in reply.servers:
             self.firstSeen.setdefault(s.pid, now)

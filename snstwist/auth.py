@@ -1,40 +1,58 @@
 """
 The cluster's shared secret and client session tokens.
 
-Cluster-internal RPCs need the shared secret in the C{x-sns-secret} metadata.
-Login hands a client a token that names its user, signed with the secret, so
-that any master of the cluster can check it and a session can act only as the
-user it logged in as.
+Every router and server of a cluster shares one secret: cluster-internal
+RPCs, and the operators' views (C{Status}, C{Digest}), need it in the
+C{x-sns-secret} metadata.  There is no default: a process given none refuses
+to start and says how to give one.  Login hands a client a token that names
+its user, signed with a key derived from the secret, so that any master of
+the cluster can check it and a session can act only as the user it logged
+in as.
 """
 
 import hashlib
 import hmac
 import os
 
-from twisted.logger import Logger
-
 from snstwist import errors
 from snstwist.grpcbridge import SECRET_METADATA, SESSION_METADATA
 
-log = Logger()
+MIN_SECRET_CHARS = 16
 
-DEFAULT_SECRET = "snstwist-insecure-default-secret"
+HOW_TO_GIVE_A_SECRET = (
+    "give the cluster's shared secret with --secret-file FILE or $SNS_SECRET"
+    " (make one with: openssl rand -hex 32 > FILE; sns-cluster writes one to"
+    " DIR/secret)")
 
 
-def loadSecret(path=None):
-    """The secret from C{path}, else $SNS_SECRET, else the insecure default."""
+class MissingSecret(ValueError):
+    """No usable cluster secret was given."""
+
+
+def loadSecret(path=None, environ=None):
+    """
+    The secret from the file C{path}, else from $SNS_SECRET.  Raises
+    L{MissingSecret} (with a sentence saying how to give one) when there is
+    none, or when it is too short to be a secret.
+    """
+    environ = os.environ if environ is None else environ
     if path:
-        with open(path) as f:
-            secret = f.read().strip()
+        try:
+            with open(path) as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise MissingSecret("cannot read the secret file %s (%s): %s"
+                                % (path, e.strerror, HOW_TO_GIVE_A_SECRET))
+        where = "the secret file %s" % (path,)
+    else:
+        secret = environ.get("SNS_SECRET", "").strip()
+        where = "$SNS_SECRET"
         if not secret:
-            raise ValueError("secret file %s is empty" % (path,))
-        return secret
-    secret = os.environ.get("SNS_SECRET")
-    if secret:
-        return secret
-    log.warn("no cluster secret given (--secret-file or $SNS_SECRET):"
-             " using the insecure default")
-    return DEFAULT_SECRET
+            raise MissingSecret("no cluster secret: " + HOW_TO_GIVE_A_SECRET)
+    if len(secret) < MIN_SECRET_CHARS:
+        raise MissingSecret("%s holds %d characters; a secret has at least %d: %s"
+                            % (where, len(secret), MIN_SECRET_CHARS, HOW_TO_GIVE_A_SECRET))
+    return secret
 
 
 def secretMetadata(secret):
@@ -45,7 +63,7 @@ def checkSecret(callContext, secret):
     given = callContext.metadata.get(SECRET_METADATA, "")
     if not hmac.compare_digest(given.encode(), secret.encode()):
         raise errors.PermissionDenied(
-            "this RPC is internal to the cluster and needs its shared secret")
+            "this RPC needs the cluster's shared secret (--secret-file or $SNS_SECRET)")
 
 
 def makeToken(secret, user):

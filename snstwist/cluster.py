@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
-from snstwist import buddy, grpcbridge
+from snstwist import auth, buddy, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -59,7 +59,7 @@ class ClusterService(MultiService):
         if int(port) == 0:
             port = freePort(host)
         self.router = "%s:%s" % (host, port)
-        self.secret = secret or secrets.token_hex(16)
+        self.secret = secret or secrets.token_hex(32)
         self.secretFile = os.path.join(self.base, "secret")
         self.out = out or self._print
         self.children = {}
@@ -120,7 +120,8 @@ class ClusterService(MultiService):
         try:
             while not self.whenReady.called:
                 try:
-                    status = await grpcbridge.call(stub.Status, pb.StatusRequest(), timeout=1)
+                    status = await grpcbridge.call(stub.Status, pb.StatusRequest(), timeout=1,
+                                                  metadata=auth.secretMetadata(self.secret))
                 except Exception:
                     status = None
                 if status is not None:
@@ -222,17 +223,18 @@ class ClusterOptions(usage.Options):
     ]
 
     def postOptions(self):
-        from snstwist.tap import installReactor, parseAddress
+        from snstwist.tap import installReactor, parseAddress, readSecret
         if not 1 <= self["vms"] <= 200:
             raise usage.UsageError("--vms must be between 1 and 200")
         self["router"] = parseAddress(self["router"], "--router")
+        self["secret"] = None
+        if self["secret-file"] or os.environ.get("SNS_SECRET"):
+            self["secret"] = readSecret(self["secret-file"])
         installReactor()
 
     def secretOrNone(self):
-        if self["secret-file"]:
-            with open(self["secret-file"]) as f:
-                return f.read().strip()
-        return os.environ.get("SNS_SECRET")
+        """The secret given, or None: the cluster then makes a random one."""
+        return self["secret"]
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """
 C{sns-compare}: do the VMs of a running cluster hold the same data?
 
-    sns-compare --router HOST:PORT [--wait SECONDS]
+    sns-compare --router HOST:PORT --secret-file FILE [--wait SECONDS]
 
 Asks the router for the live masters, asks each master for the hashes of
 what its VM holds on disk (every posts/<user>.txt, the users, the follows),
@@ -12,29 +12,24 @@ cluster quiesces) or the time is up.  Exit status 0 when they agree.
 import sys
 
 from twisted.internet.task import deferLater
-from twisted.python import usage
 
-from snstwist import grpcbridge
+from snstwist import auth, grpcbridge, status
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
 
-async def digests(router):
+async def digests(router, secret):
     """{vm: DigestReply} of every live master known to C{router}."""
-    channel = grpcbridge.channel(router)
-    try:
-        status = await grpcbridge.call(pbg.RouterStub(channel).Status, pb.StatusRequest(),
-                                       timeout=5)
-    finally:
-        await grpcbridge.closeChannel(channel)
+    reply = await status.routerStatus(router, secret)
     out = {}
-    for server in status.servers:
+    for server in reply.servers:
         if server.role != pb.MASTER:
             continue
         ch = grpcbridge.channel(server.address)
         try:
             out[server.vm] = await grpcbridge.call(pbg.ClusterStub(ch).Digest,
-                                                   pb.DigestRequest(), timeout=5)
+                                                   pb.DigestRequest(), timeout=5,
+                                                   metadata=auth.secretMetadata(secret))
         finally:
             await grpcbridge.closeChannel(ch)
     return out
@@ -70,7 +65,7 @@ async def compare(reactor, options):
     router, wait = options["router"], options["wait"]
     deadline = reactor.seconds() + wait
     while True:
-        replies = await digests(router)
+        replies = await digests(router, options["secret"])
         problems = differences(replies)
         if not problems or reactor.seconds() >= deadline:
             break
@@ -84,17 +79,11 @@ async def compare(reactor, options):
     return 0
 
 
-class Options(usage.Options):
+class Options(status.Options):
     optParameters = [
-        ["router", "r", "127.0.0.1:3410", "Router address."],
         ["wait", "w", 0.0, "Keep comparing for up to this many seconds until they agree.",
          float],
     ]
-
-    def postOptions(self):
-        from snstwist.tap import installReactor, parseAddress
-        self["router"] = parseAddress(self["router"], "--router")
-        installReactor()
 
 
 def main(argv=None):

@@ -264,5 +264,7 @@ class RouterService(MultiService):
         return ServerLink(self.registry)
 
     def status(self, request, ctx):
+        # Pids, addresses and the names of users online are for operators.
+        auth.checkSecret(ctx, self.secret)
         return pb.StatusReply(servers=self.registry.infos(),
                               uptime=self.clock.seconds() - self.started)

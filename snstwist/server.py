@@ -486,6 +486,8 @@ class ServerService(MultiService):
         return pb.BuddyAck(applied=self.node.mirror(updates))
 
     def digest(self, request, ctx):
+        # Post file names are user names: for operators only.
+        auth.checkSecret(ctx, self.secret)
         self._asMaster()
 
         def reply(digest):

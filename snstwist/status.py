@@ -1,7 +1,10 @@
 """
 C{sns-status}: the cluster as the router sees it, for a person to read.
 
-    sns-status --router HOST:PORT
+    sns-status --router HOST:PORT --secret-file FILE
+
+The router answers only with the cluster's secret (--secret-file, or
+$SNS_SECRET): its view names processes, addresses and the users online.
 
 One row per live server process: VM, role, address, pid, live client
 sessions, updates held, updates not yet acknowledged by a peer VM
@@ -12,9 +15,10 @@ import sys
 
 from twisted.python import usage
 
-from snstwist import grpcbridge
+from snstwist import auth, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
+from snstwist.tap import SECRET_OPTION
 
 COLUMNS = ("VM", "ROLE", "ADDRESS", "PID", "CLIENTS", "UPDATES", "LAG", "SEEN")
 
@@ -34,22 +38,29 @@ def table(reply):
 
 
 class Options(usage.Options):
-    optParameters = [["router", "r", "127.0.0.1:3410", "Router address."]]
+    """The options of an operator's command: the router, and the cluster's secret."""
+
+    optParameters = [["router", "r", "127.0.0.1:3410", "Router address."], SECRET_OPTION]
 
     def postOptions(self):
-        from snstwist.tap import installReactor, parseAddress
+        from snstwist.tap import installReactor, parseAddress, readSecret
         self["router"] = parseAddress(self["router"], "--router")
+        self["secret"] = readSecret(self["secret-file"])
         installReactor()
 
 
-async def show(reactor, options):
-    channel = grpcbridge.channel(options["router"])
+async def routerStatus(router, secret, timeout=5):
+    """The router's Status reply (the caller proves it knows the cluster's secret)."""
+    channel = grpcbridge.channel(router)
     try:
-        reply = await grpcbridge.call(pbg.RouterStub(channel).Status, pb.StatusRequest(),
-                                      timeout=5)
+        return await grpcbridge.call(pbg.RouterStub(channel).Status, pb.StatusRequest(),
+                                     timeout=timeout, metadata=auth.secretMetadata(secret))
     finally:
         await grpcbridge.closeChannel(channel)
-    print(table(reply))
+
+
+async def show(reactor, options):
+    print(table(await routerStatus(options["router"], options["secret"])))
     return 0
 
 

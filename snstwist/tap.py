@@ -77,21 +77,30 @@ def parseRouters(text):
     return routers
 
 
+SECRET_OPTION = ["secret-file", None, None,
+                 "File holding the cluster's shared secret (default: $SNS_SECRET)."]
+
+
+def readSecret(path):
+    """The cluster secret (L{auth.loadSecret}), or a usage error saying how to give one."""
+    from snstwist.auth import MissingSecret, loadSecret
+    try:
+        return loadSecret(path)
+    except MissingSecret as e:
+        raise usage.UsageError(str(e))
+
+
 class _Common(usage.Options):
-    optParameters = [
-        ["secret-file", None, None,
-         "File holding the cluster's shared secret (default: $SNS_SECRET)."],
-    ]
+    optParameters = [SECRET_OPTION]
 
     def postOptions(self):
+        # Refuse to start without a secret: checked here, before twistd
+        # daemonizes, so that the sentence reaches the operator.
+        self["secret"] = readSecret(self["secret-file"])
         installReactor()
 
     def secret(self):
-        from snstwist.auth import loadSecret
-        try:
-            return loadSecret(self["secret-file"])
-        except (OSError, ValueError) as e:
-            raise usage.UsageError("cannot read the secret: %s" % (e,))
+        return self["secret"]
 
 
 def _logAs(options, *words):

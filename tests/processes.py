@@ -14,16 +14,20 @@ import sys
 from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.task import deferLater
 
-from snstwist import buddy, grpcbridge
+from snstwist import auth, buddy, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
 DEADLINE = 30.0
 
+# The cluster secret of every router and server the tests start (sns-cluster
+# takes it from $SNS_SECRET too): tests ask Status and Digest with it.
+SECRET = "snstwist-tests-shared-secret"
+
 
 def childEnv(**extra):
     env = dict(os.environ, GRPC_VERBOSITY="ERROR", GRPC_ENABLE_FORK_SUPPORT="0",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", SNS_SECRET=SECRET)
     env.update(extra)
     return env
 
@@ -141,14 +145,14 @@ async def waitUntil(predicate, what, timeout=DEADLINE, interval=0.05):
         await deferLater(reactor, interval, lambda: None)
 
 
-async def routerStatus(address, channel=None):
+async def routerStatus(address, channel=None, secret=SECRET):
     """The router's Status; on C{channel} if given, else on a channel of its own."""
     if channel is not None:
         return await grpcbridge.call(pbg.RouterStub(channel).Status, pb.StatusRequest(),
-                                     timeout=10)
+                                     timeout=10, metadata=auth.secretMetadata(secret))
     channel = grpcbridge.channel(address)
     try:
-        return await routerStatus(address, channel)
+        return await routerStatus(address, channel, secret)
     finally:
         await grpcbridge.closeChannel(channel)
 

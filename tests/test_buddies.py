@@ -26,7 +26,6 @@ from tests.processes import (Cluster, childEnv, killPid, pidAlive, routerStatus,
                              waitUntil)
 from tests.test_integration import inlineAsync, posts
 
-SECRET = "buddies-s3cret"
 
 
 def byRole(status, vm="vm1"):
@@ -149,7 +148,7 @@ def startByHand(testCase):
     data.
     """
     router = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
-    env = childEnv(SNS_SECRET=SECRET)
+    env = childEnv()
     twistd = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
     spawn(testCase, twistd + ["sns-router", "--listen", router], env=env)
     data = os.path.abspath(testCase.mktemp())

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 from snstwist import compare
 from snstwist import sns_pb2 as pb
 from snstwist.client import Client
-from tests.processes import Cluster, childEnv, spawn, waitUntil
+from tests.processes import SECRET, Cluster, childEnv, spawn, waitUntil
 from tests.test_integration import inlineAsync
 
 CLIENTS = 4
@@ -65,7 +65,7 @@ class WholeVMDeathTests(unittest.TestCase):
               env=childEnv())
 
         async def agreeing():
-            replies = await compare.digests(cluster.router)
+            replies = await compare.digests(cluster.router, SECRET)
             await cluster.status()
             return len(replies) == 3 and not compare.differences(replies)
 

@@ -129,7 +129,7 @@ class RouterTests(unittest.TestCase):
         address = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
         router = spawn(self, ["-c", "from twisted.scripts.twistd import run; run()",
                               "-n", "--pidfile=", "sns-router", "--listen", address],
-                       env=childEnv(SNS_SECRET="s3cret"))
+                       env=childEnv())
         return router, address
 
     @inlineAsync

@@ -493,7 +493,7 @@ class RouterServiceTests(SynchronousTestCase):
         serverOn(router, "vm1", role=pb.SLAVE)
         router.registry.heartbeat(identity("vm1").incarnation, pb.Heartbeat(clients=2))
         clock.advance(5)
-        reply = router.status(pb.StatusRequest(), FakeContext())
+        reply = router.status(pb.StatusRequest(), FakeContext(auth.secretMetadata(SECRET)))
         self.assertEqual(reply.uptime, 5)
         self.assertEqual([(s.vm, s.role, s.clients, s.seen_ago) for s in reply.servers],
                          [("vm1", pb.MASTER, 2, 5), ("vm1", pb.SLAVE, 0, 5)])
@@ -544,6 +544,15 @@ class RouterServiceTests(SynchronousTestCase):
         self.assertTrue(silent.aborted)
         self.assertFalse(talking.aborted)
         self.assertEqual([s.vm for s in memberships(talking)[-1].servers], ["vm2"])
+
+    def test_status_needs_the_cluster_secret(self):
+        """Status names pids, addresses and users online: not without the secret."""
+        clock, router = makeRouter()
+        serverOn(router, "vm1")
+        for context in (FakeContext(), FakeContext({SECRET_METADATA: "wrong"})):
+            e = self.assertRaises(errors.PermissionDenied, router.status,
+                                  pb.StatusRequest(), context)
+            self.assertEqual(errors.statusFor(e)[0], grpc.StatusCode.PERMISSION_DENIED)
 
     def test_server_link_needs_the_cluster_secret(self):
         """Bidirectional_r_and_s without the shared secret is refused."""

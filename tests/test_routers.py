@@ -14,7 +14,7 @@ from tests.processes import childEnv, routerStatus, spawn, waitUntil
 from tests.test_integration import inlineAsync
 
 TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
-ENV = childEnv(SNS_SECRET="test-secret")
+ENV = childEnv()
 
 
 class SeveralRoutersTests(unittest.TestCase):

@@ -1,0 +1,175 @@
+"""
+The attacks of an outsider on loopback, tried on real processes, each
+refused with a clear status (issue 12): no default secret, operator views
+that need the cluster's secret, no fake peer, no fake master.
+"""
+
+import os
+
+import grpc
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from snstwist import auth, grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+from tests.processes import SECRET, Cluster, childEnv, spawn
+from tests.test_integration import inlineAsync
+
+TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+
+# What anyone could read in the source before issue 12: the default secret.
+PUBLISHED_DEFAULT = "snstwist-insecure-default-secret"
+
+
+def withoutSecret():
+    env = childEnv()
+    del env["SNS_SECRET"]
+    return env
+
+
+async def refusal(call):
+    """The AioRpcError a call fails with (the test fails if it succeeds)."""
+    try:
+        reply = await call
+    except grpc.aio.AioRpcError as e:
+        return e
+    raise AssertionError("the call succeeded: %r" % (reply,))
+
+
+class NoDefaultSecretTests(unittest.TestCase):
+    timeout = 60
+
+    async def refusesToStart(self, args):
+        child = spawn(self, TWISTD + args, env=withoutSecret())
+        code = await child.ended
+        self.assertNotEqual(code, 0)
+        said = child.text + child.err.decode()
+        self.assertIn("--secret-file", said)
+        self.assertIn("SNS_SECRET", said)
+
+    @inlineAsync
+    async def test_router_without_a_secret_refuses_to_start_and_says_how_to_give_one(self):
+        await self.refusesToStart(["sns-router", "--listen", "127.0.0.1:0"])
+
+    @inlineAsync
+    async def test_server_without_a_secret_refuses_to_start_and_says_how_to_give_one(self):
+        data = os.path.abspath(self.mktemp())
+        await self.refusesToStart(["sns-server", "--router", "127.0.0.1:1", "--vm", "vm1",
+                                   "--data", data])
+        self.assertFalse(os.path.exists(os.path.join(data, "sns.sqlite3")))
+
+    @inlineAsync
+    async def test_a_short_secret_is_refused(self):
+        """A secret of a few characters is as guessable as a published one."""
+        env = childEnv(SNS_SECRET="s3cret")
+        child = spawn(self, TWISTD + ["sns-router", "--listen", "127.0.0.1:0"], env=env)
+        self.assertNotEqual(await child.ended, 0)
+        self.assertIn("at least 16", child.text + child.err.decode())
+
+
+class ClusterAttackTests(unittest.TestCase):
+    """One cluster, attacked from outside by someone without its secret."""
+
+    timeout = 120
+
+    @inlineAsync
+    async def test_status_without_the_secret_is_permission_denied(self):
+        cluster = await Cluster(self, vms=1).start()
+        channel = grpcbridge.channel(cluster.router)
+        self.addCleanup(grpcbridge.closeChannel, channel)
+        stub = pbg.RouterStub(channel)
+        for metadata in (None, auth.secretMetadata(PUBLISHED_DEFAULT)):
+            e = await refusal(grpcbridge.call(stub.Status, pb.StatusRequest(), timeout=10,
+                                              metadata=metadata))
+            self.assertEqual(e.code(), grpc.StatusCode.PERMISSION_DENIED)
+            self.assertIn("secret", e.details())
+
+    @inlineAsync
+    async def test_digest_without_the_secret_is_permission_denied(self):
+        cluster = await Cluster(self, vms=1).start()
+        master = (await cluster.masters())["vm1"]
+        channel = grpcbridge.channel(master.address)
+        self.addCleanup(grpcbridge.closeChannel, channel)
+        stub = pbg.ClusterStub(channel)
+        for metadata in (None, auth.secretMetadata(PUBLISHED_DEFAULT)):
+            e = await refusal(grpcbridge.call(stub.Digest, pb.DigestRequest(), timeout=10,
+                                              metadata=metadata))
+            self.assertEqual(e.code(), grpc.StatusCode.PERMISSION_DENIED)
+
+    @inlineAsync
+    async def test_sns_status_and_sns_compare_need_the_secret_file(self):
+        """Without a secret they say how to give one; with --secret-file they answer."""
+        cluster = await Cluster(self, vms=1).start()
+        secretFile = os.path.join(cluster.base, "secret")
+        with open(secretFile) as f:
+            self.assertEqual(f.read().strip(), SECRET)
+        for module in ("snstwist.status", "snstwist.compare"):
+            refused = spawn(self, ["-m", module, "-r", cluster.router], env=withoutSecret())
+            self.assertEqual(await refused.ended, 2)
+            self.assertIn("--secret-file", refused.err.decode())
+            answered = spawn(self, ["-m", module, "-r", cluster.router,
+                                    "--secret-file", secretFile], env=withoutSecret())
+            self.assertEqual(await answered.ended, 0, answered.err.decode())
+        self.assertIn("vm1", answered.text)
+
+    @inlineAsync
+    async def test_a_fake_peer_can_not_inject_posts(self):
+        """BroadcastPosts with no secret, or the published default, is refused."""
+        cluster = await Cluster(self, vms=1).start()
+        master = (await cluster.masters())["vm1"]
+        for metadata in ((), auth.secretMetadata(PUBLISHED_DEFAULT)):
+            ended = defer.Deferred()
+            fake = _FakePeer(ended)
+            channel = grpcbridge.channel(master.address)
+            self.addCleanup(grpcbridge.closeChannel, channel)
+            grpcbridge.openStream(pbg.ClusterStub(channel).BroadcastPosts, fake,
+                                  metadata=metadata)
+            reason = await ended
+            self.assertEqual(reason.code(), grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(cluster.postFiles("vm1"), {})
+
+    @inlineAsync
+    async def test_a_fake_master_can_not_register_with_the_router(self):
+        """Bidirectional_r_and_s with the published default secret is refused."""
+        cluster = await Cluster(self, vms=1).start()
+        ended = defer.Deferred()
+        fake = _FakeMaster(ended)
+        channel = grpcbridge.channel(cluster.router)
+        self.addCleanup(grpcbridge.closeChannel, channel)
+        grpcbridge.openStream(pbg.RouterStub(channel).Bidirectional_r_and_s, fake,
+                              metadata=auth.secretMetadata(PUBLISHED_DEFAULT))
+        reason = await ended
+        self.assertEqual(reason.code(), grpc.StatusCode.PERMISSION_DENIED)
+        status = await cluster.status()
+        self.assertNotIn("fake", {s.vm for s in status.servers})
+
+
+class _Ending:
+    def __init__(self, ended):
+        self.ended = ended
+
+    def messageReceived(self, message):
+        pass
+
+    def connectionLost(self, reason):
+        self.ended.callback(reason.value if reason is not None else None)
+
+
+class _FakePeer(_Ending):
+    """A would-be peer VM pushing a post as alice."""
+
+    def makeConnection(self, stream):
+        post = pb.Post(id="evil.1/1", author="alice", time_us=1, text="injected")
+        stream.send(pb.ReplicationMessage(hello=pb.ReplicaHello(vm="evil", origin="evil.1")))
+        stream.send(pb.ReplicationMessage(updates=pb.UpdateBatch(updates=[
+            pb.Update(origin="evil.1", seq=1, time_us=1, post=post)])))
+
+
+class _FakeMaster(_Ending):
+    """A would-be master saying hello to the router."""
+
+    def makeConnection(self, stream):
+        stream.send(pb.ServerMessage(hello=pb.ServerHello(
+            vm="fake", role=pb.MASTER, address="127.0.0.9:1", pid=1, incarnation="x")))
+
