@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 
 from twisted.internet import defer
@@ -35,7 +36,8 @@ from zope.interface import Interface, implementer
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
-from snstwist.model import Post, Update, checkUsername
+from snstwist.model import (FollowChange, Post, Update, checkPostText, checkUsername,
+                            parseUpdateId, updateId)
 from snstwist.state import VersionVector
 
 log = Logger()
@@ -86,10 +88,14 @@ def parseTime(text):
 def postLine(update):
     """The line of DATA/posts/<author>.txt that stores C{update}'s post."""
     post = update.post
-    record = {"time": formatTime(post.time_us), "id": post.id,
-              "author": post.author, "text": post.text}
-    if update.request_id:
-        record["request"] = update.request_id
+    return _postLine(formatTime(post.time_us), post.id, post.author, post.text,
+                     update.request_id)
+
+
+def _postLine(time, postId, author, text, requestId):
+    record = {"time": time, "id": postId, "author": author, "text": text}
+    if requestId:
+        record["request"] = requestId
     # ensure_ascii=False keeps the file readable; json escapes newlines,
     # so a post is always exactly one line.
     return json.dumps(record, ensure_ascii=False) + "\n"
@@ -547,3 +553,399 @@ class MemoryStore:
 
     def close(self):
         return defer.succeed(None)
+
+
+# -- operators' copies of a data directory (sns-admin): export, import, backup.
+#
+# These run in their own short-lived process, never in a server, so they
+# work synchronously; what they share with the server is the format above.
+
+EXPORT_FORMAT = """\
+One JSON object per line, in this order: users, then follows, then posts.
+  {"user": NAME, "time": T}
+  {"follower": A, "followee": B, "time": T}
+  {"time": T, "id": ID, "author": A, "text": TEXT, "request": RID}
+T is UTC "YYYY-MM-DDTHH:MM:SS.ffffffZ". A post line is its line of
+posts/<author>.txt as is; "request" is absent when the post had no request id.
+"""
+
+_IMPORT_FIELDS = {
+    "user": ({"user"}, {"time"}),
+    "follow": ({"follower", "followee"}, {"time"}),
+    "post": ({"author", "time", "text"}, {"id", "request"}),
+}
+_FLUSH_LINES = 20000
+_FLUSH_BYTES = 16 * 1024 * 1024
+MAX_REQUEST_ID = 64
+
+
+class BadLine(errors.SNSError):
+    """A line of an import file that can not be imported."""
+
+    def __init__(self, lineno, why):
+        errors.SNSError.__init__(self, "line %d: %s" % (lineno, why))
+        self.lineno = lineno
+
+
+class NotEmpty(errors.SNSError):
+    """The data directory to import into already holds data."""
+
+
+def _readOnly(path):
+    if not os.path.exists(os.path.join(path, "sns.sqlite3")):
+        raise errors.SNSError("%s holds no sns.sqlite3: not a data directory" % (path,))
+    return sqlite3.connect("file:%s?mode=ro" % (os.path.join(path, "sns.sqlite3"),),
+                           uri=True)
+
+
+def exportLines(path):
+    """
+    The lines (bytes) of the export of the data directory C{path}, streamed:
+    one post file is read a chunk at a time, SQLite rows a cursor at a time.
+    The users and follows come from one read transaction; post files of
+    users that transaction does not know yet (created since) are left out.
+    """
+    db = _readOnly(path)
+    try:
+        db.execute("BEGIN")
+        for name, created in db.execute("SELECT name, created_us FROM users ORDER BY name"):
+            yield _jsonLine({"user": name, "time": formatTime(created)})
+        for follower, followee, time_us in db.execute(
+                "SELECT follower, followee, time_us FROM follows WHERE following = 1"
+                " ORDER BY follower, followee"):
+            yield _jsonLine({"follower": follower, "followee": followee,
+                             "time": formatTime(time_us)})
+        postsDir = os.path.join(path, "posts")
+        names = sorted(n for n in os.listdir(postsDir) if n.endswith(".txt"))
+        for name in names:
+            author = name[:-len(".txt")]
+            if db.execute("SELECT 1 FROM users WHERE name = ?", (author,)).fetchone() is None:
+                continue
+            with open(os.path.join(postsDir, name), "rb") as f:
+                for line in f:
+                    # A torn last line is a write in progress: not a post yet.
+                    if line.endswith(b"\n"):
+                        yield line
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def _jsonLine(record):
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _isEmpty(path):
+    return not os.path.exists(path) or not os.listdir(path)
+
+
+class Importer:
+    """
+    Fills an empty data directory from export lines, streamed: SQLite rows
+    go in by batches in one transaction, post lines are appended to their
+    files by batches, and memory holds only users and follows (which a
+    server holds anyway) and one batch.
+
+    Users and follows without an id get one of the origin C{origin}, in the
+    order of the lines, and so do posts without an id; a post without a
+    request id gets its update id as request id.  Importing the same file
+    with the same origin on every VM gives every VM the same ids.
+
+    Everything is written under C{DATA/.importing} and moved into place at
+    the end: a bad line leaves the data directory as empty as it was.
+    """
+
+    def __init__(self, path, origin):
+        self.path = path
+        self.origin = origin
+        self.seq = 0
+        self.users = set()
+        self.follows = set()
+        self.counts = {"user": 0, "follow": 0, "post": 0}
+        self._lastKey = {}
+        self._unsorted = set()
+        self._lines = {}
+        self._bytes = 0
+        self._posts = []
+        self._rows = {"log": [], "users": [], "follows": []}
+        self._pending = 0
+
+    def run(self, lines):
+        """Import every line of C{lines} (bytes, numbered from 1)."""
+        if not _isEmpty(self.path):
+            raise NotEmpty("%s is not empty: import only into a new data directory"
+                           % (self.path,))
+        os.makedirs(self.path, exist_ok=True)
+        self.work = os.path.join(self.path, ".importing")
+        self.postsDir = os.path.join(self.work, "posts")
+        os.makedirs(self.postsDir)
+        try:
+            self.db = sqlite3.connect(os.path.join(self.work, "sns.sqlite3"),
+                                      isolation_level=None)
+            # No rollback journal on disk (a failed import is thrown away
+            # whole), but one in memory for the savepoint of each batch.
+            self.db.execute("PRAGMA journal_mode=MEMORY")
+            self.db.execute("PRAGMA synchronous=OFF")
+            self.db.executescript(_SCHEMA)
+            self.db.execute("CREATE TEMP TABLE requests (author TEXT NOT NULL,"
+                            " request TEXT NOT NULL, PRIMARY KEY (author, request))")
+            self.db.execute("BEGIN")
+            for lineno, line in enumerate(lines, 1):
+                self._line(lineno, line)
+            self._flush()
+            self.db.execute("COMMIT")
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.close()
+            self._sortFiles()
+            self._syncAll()
+            os.replace(os.path.join(self.work, "sns.sqlite3"),
+                       os.path.join(self.path, "sns.sqlite3"))
+            os.replace(self.postsDir, os.path.join(self.path, "posts"))
+            os.rmdir(self.work)
+            _fsync(self.path)
+        except BaseException:
+            try:
+                self.db.close()
+            except Exception:
+                pass
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise
+        return self.counts
+
+    def _nextId(self):
+        self.seq += 1
+        return self.origin, self.seq
+
+    def _line(self, lineno, line):
+        try:
+            kind = self._apply(lineno, line)
+        except (errors.SNSError, TypeError, ValueError) as e:
+            # A duplicate post in the batch before this line is the first
+            # bad line: check the batch before naming this one.
+            self._checkPosts()
+            if isinstance(e, BadLine):
+                raise
+            raise BadLine(lineno, getattr(e, "message", None) or str(e))
+        self.counts[kind] += 1
+        self._pending += 1
+        if self._pending >= _FLUSH_LINES or self._bytes >= _FLUSH_BYTES:
+            self._flush()
+
+    def _apply(self, lineno, line):
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError("not JSON (%s)" % (getattr(e, "msg", e),))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        kind = ("user" if "user" in record else "follow" if "follower" in record
+                else "post" if "author" in record else None)
+        if kind is None:
+            raise ValueError("neither a user, a follow nor a post")
+        required, optional = _IMPORT_FIELDS[kind]
+        if not required <= record.keys():
+            raise ValueError("a %s line needs %s" % (kind, ", ".join(sorted(required))))
+        unknown = record.keys() - required - optional
+        if unknown:
+            raise ValueError("unknown field %s" % (", ".join(sorted(unknown)),))
+        getattr(self, "_" + kind)(lineno, record)
+        return kind
+
+    def _time(self, record, default=0):
+        text = record.get("time")
+        if text is None:
+            return default
+        if not isinstance(text, str) or not text.endswith("Z"):
+            raise ValueError("time must be a UTC time like 2026-11-29T18:26:21.986269Z")
+        try:
+            return parseTime(text)
+        except ValueError:
+            raise ValueError("time must be a UTC time like 2026-11-29T18:26:21.986269Z")
+
+    def _user(self, lineno, record):
+        name = checkUsername(record["user"])
+        if name in self.users:
+            raise BadLine(lineno, "user %s twice" % (name,))
+        origin, seq = self._nextId()
+        update = Update(origin=origin, seq=seq, time_us=self._time(record), user=name)
+        self.users.add(name)
+        self._rows["log"].append(update)
+        self._rows["users"].append((name, update.time_us))
+
+    def _known(self, lineno, name):
+        if checkUsername(name) not in self.users:
+            raise BadLine(lineno, "user %s is not on a user line before this one" % (name,))
+        return name
+
+    def _follow(self, lineno, record):
+        pair = (self._known(lineno, record["follower"]),
+                self._known(lineno, record["followee"]))
+        if pair[0] == pair[1]:
+            raise errors.FollowSelf()
+        if pair in self.follows:
+            raise BadLine(lineno, "%s follows %s twice" % pair)
+        origin, seq = self._nextId()
+        update = Update(origin=origin, seq=seq, time_us=self._time(record),
+                        follow=FollowChange(pair[0], pair[1], True))
+        self.follows.add(pair)
+        self._rows["log"].append(update)
+        self._rows["follows"].append((pair[0], pair[1], 1, update.time_us, update.id))
+
+    def _post(self, lineno, record):
+        author = self._known(lineno, record["author"])
+        text = checkPostText(record["text"])
+        time_us = self._time(record)
+        timeText = record["time"]
+        if len(timeText) != 27 or timeText[10] != "T" or timeText[19] != ".":
+            timeText = formatTime(time_us)
+        if "id" in record:
+            if not isinstance(record["id"], str):
+                raise ValueError("a post id is a string")
+            origin, seq = parseUpdateId(record["id"])
+            if seq < 1:
+                raise ValueError("a post id ends in a sequence number from 1")
+        else:
+            origin, seq = self._nextId()
+        postId = updateId(origin, seq)
+        # A post read from an export keeps what it had (no request id is
+        # made up for a post that has an id), so a round trip is exact.
+        requestId = record.get("request", "" if "id" in record else postId)
+        if not isinstance(requestId, str) or len(requestId) > MAX_REQUEST_ID or (
+                "request" in record and not requestId):
+            raise ValueError("a request id is 1-%d characters" % (MAX_REQUEST_ID,))
+        self._posts.append((lineno, origin, seq, author, requestId))
+        line = _postLine(timeText, postId, author, text, requestId).encode("utf-8")
+        key = (time_us, postId)
+        last = self._lastKey.get(author)
+        if last is not None and key < last:
+            self._unsorted.add(author)
+        else:
+            self._lastKey[author] = key
+        self._lines.setdefault(author, []).append(line)
+        self._bytes += len(line)
+
+    def _checkPosts(self):
+        """
+        Index the batch's posts, refusing a post id or a (user, request id)
+        seen before: in bulk, and line by line only to name the bad line.
+        """
+        posts, self._posts = self._posts, []
+        db = self.db
+        db.execute("SAVEPOINT batch")
+        try:
+            db.executemany("INSERT INTO post_files (origin, seq, author) VALUES (?, ?, ?)",
+                           [(o, s, a) for _, o, s, a, _ in posts])
+            db.executemany("INSERT INTO temp.requests (author, request) VALUES (?, ?)",
+                           [(a, r) for _, _, _, a, r in posts if r])
+        except sqlite3.IntegrityError:
+            db.execute("ROLLBACK TO batch")
+            for lineno, origin, seq, author, requestId in posts:
+                try:
+                    db.execute("INSERT INTO post_files (origin, seq, author) VALUES (?, ?, ?)",
+                               (origin, seq, author))
+                except sqlite3.IntegrityError:
+                    raise BadLine(lineno, "post id %s twice" % (updateId(origin, seq),))
+                try:
+                    if requestId:
+                        db.execute("INSERT INTO temp.requests (author, request) VALUES (?, ?)",
+                                   (author, requestId))
+                except sqlite3.IntegrityError:
+                    raise BadLine(lineno, "request id %s of %s twice" % (requestId, author))
+            raise
+        db.execute("RELEASE batch")
+
+    def _flush(self):
+        self._checkPosts()
+        rows = self._rows
+        self.db.executemany(
+            "INSERT INTO log (origin, seq, time_us, body) VALUES (?, ?, ?, ?)",
+            [(u.origin, u.seq, u.time_us, u.toProto().SerializeToString())
+             for u in rows["log"]])
+        self.db.executemany("INSERT INTO users (name, created_us) VALUES (?, ?)", rows["users"])
+        self.db.executemany(
+            "INSERT INTO follows (follower, followee, following, time_us, update_id)"
+            " VALUES (?, ?, ?, ?, ?)", rows["follows"])
+        for author, lines in self._lines.items():
+            with open(os.path.join(self.postsDir, author + ".txt"), "ab") as f:
+                f.writelines(lines)
+        self._rows = {"log": [], "users": [], "follows": []}
+        self._lines = {}
+        self._bytes = self._pending = 0
+
+    def _sortFiles(self):
+        """Rewrite in (time, id) order the files whose posts came out of order."""
+        for author in sorted(self._unsorted):
+            path = os.path.join(self.postsDir, author + ".txt")
+            with open(path, "rb") as f:
+                lines = f.readlines()
+            keyed = []
+            for line in lines:
+                u = parsePostLine(line.decode("utf-8"))
+                keyed.append((u.post.key, line))
+            keyed.sort(key=lambda pair: pair[0])
+            with open(path, "wb") as f:
+                f.writelines(line for _, line in keyed)
+
+    def _syncAll(self):
+        for name in os.listdir(self.postsDir):
+            _fsync(os.path.join(self.postsDir, name))
+        _fsync(os.path.join(self.work, "sns.sqlite3"))
+        _fsync(self.postsDir)
+        _fsync(self.work)
+
+
+def backup(path, dest):
+    """
+    A consistent copy of the data directory C{path} of a running VM into the
+    new directory C{dest}; returns (post files, bytes of posts).
+
+    The master commits a batch's SQLite rows (with the index of which file
+    holds which post) before it appends the batch's posts to their files.
+    So the post files are copied first and SQLite (with its backup API, one
+    snapshot) after: every post line copied was committed before the
+    snapshot, so the copy never holds a post its SQLite does not know; what
+    the snapshot knows beyond the files (posts written after their file was
+    copied) is what a crash between commit and append leaves, which a VM
+    handles on start (its peers send those posts again).  A torn last line
+    (an append in progress) is cut off, as the VM itself does on start.
+    """
+    if not _isEmpty(dest):
+        raise NotEmpty("%s is not empty: back up into a new directory" % (dest,))
+    src = _readOnly(path)
+    postsDir = os.path.join(path, "posts")
+    outDir = os.path.join(dest, "posts")
+    os.makedirs(outDir)
+    files = size = 0
+    for name in sorted(os.listdir(postsDir)):
+        if not name.endswith(".txt"):
+            continue
+        files += 1
+        size += _copyWholeLines(os.path.join(postsDir, name), os.path.join(outDir, name))
+    out = sqlite3.connect(os.path.join(dest, "sns.sqlite3"))
+    try:
+        src.backup(out)
+    finally:
+        out.close()
+        src.close()
+    _fsync(os.path.join(dest, "sns.sqlite3"))
+    _fsync(outDir)
+    _fsync(dest)
+    return files, size
+
+
+def _copyWholeLines(source, target, chunk=1024 * 1024):
+    """Copy C{source} up to its last newline, a chunk at a time; fsync it."""
+    end = 0
+    with open(source, "rb") as f, open(target, "wb") as out:
+        while True:
+            data = f.read(chunk)
+            if not data:
+                break
+            out.write(data)
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                end = out.tell() - len(data) + cut + 1
+        out.truncate(end)
+        out.flush()
+        os.fsync(out.fileno())
+    return end

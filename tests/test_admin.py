@@ -1,0 +1,338 @@
+"""
+sns-admin: export, import and backup of a data directory.  Export and import
+on real directories; backup of a running VM under writes in
+L{BackupOfARunningVMTests}, with real processes.
+"""
+
+import io
+import json
+import os
+import signal
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from snstwist import admin, compare, grpcbridge, store
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+from snstwist.client import Client
+from snstwist.model import ReadMark, Update
+from snstwist.state import Replica
+from tests.processes import Cluster, childEnv, pidAlive, spawn, waitUntil
+from tests.strategies import followUpdate, postUpdate, userUpdate
+from tests.test_integration import inlineAsync
+
+
+def readBytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def exported(path):
+    return b"".join(store.exportLines(path))
+
+
+def jsonLines(*records):
+    return [(json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records]
+
+
+def loadReplica(path):
+    """The replica a server starting on C{path} would hold (read on a thread)."""
+    s = store.SQLiteStore(path)
+    d = s.open()
+
+    def loaded(updates):
+        replica = Replica()
+        for u in updates:
+            replica.apply(u)
+        return s.close().addCallback(lambda _: replica)
+
+    return d.addCallback(loaded)
+
+
+HISTORY = [
+    userUpdate("vm1.a", 1, 10, "alice"),
+    userUpdate("vm2.a", 1, 11, "bob"),
+    userUpdate("vm1.a", 2, 12, "carol"),
+    followUpdate("vm1.a", 3, 13, "alice", "bob"),
+    followUpdate("vm2.a", 2, 14, "bob", "alice"),
+    followUpdate("vm1.a", 4, 15, "carol", "bob"),
+    followUpdate("vm1.a", 5, 16, "carol", "bob", following=False),
+    postUpdate("vm1.a", 6, 1_700_000_000_000_001, "alice", "héllo\nworld", requestId="r1"),
+    postUpdate("vm2.a", 3, 1_700_000_000_000_000, "alice", "earlier, from vm2", requestId="r2"),
+    postUpdate("vm2.a", 4, 1_700_000_000_000_002, "bob", "no request id"),
+    Update(origin="vm1.a", seq=7, time_us=1_700_000_000_000_003,
+           read=ReadMark("alice", 1_700_000_000_000_002, "vm2.a/4")),
+]
+
+
+class ExportImportTests(TestCase):
+    def setUp(self):
+        self.base = self.mktemp()
+        os.makedirs(self.base)
+
+    def dir(self, name):
+        return os.path.join(self.base, name)
+
+    async def stored(self, updates):
+        path = self.dir("original")
+        s = store.SQLiteStore(path)
+        await s.open()
+        await s.persist(updates)
+        await s.close()
+        return path
+
+    def importLines(self, name, lines, origin="import-test"):
+        return store.Importer(self.dir(name), origin).run(lines)
+
+    async def test_export_import_export_is_identical(self):
+        """Export a VM, import that into a new directory, export again: the same bytes."""
+        first = exported(await self.stored(HISTORY))
+        self.importLines("copy", io.BytesIO(first))
+        self.assertEqual(exported(self.dir("copy")), first)
+
+    async def test_export_is_users_then_follows_then_post_file_lines(self):
+        """The export is the users, the live follows, then every post file's lines as they are."""
+        path = await self.stored(HISTORY)
+        lines = exported(path).splitlines(keepends=True)
+        users = [json.loads(line)["user"] for line in lines[:3]]
+        follows = [(r["follower"], r["followee"]) for r in map(json.loads, lines[3:5])]
+        self.assertEqual(
+            (users, follows, b"".join(lines[5:])),
+            (["alice", "bob", "carol"], [("alice", "bob"), ("bob", "alice")],
+             readBytes(os.path.join(path, "posts", "alice.txt"))
+             + readBytes(os.path.join(path, "posts", "bob.txt"))))
+
+    async def test_an_imported_directory_serves_what_was_exported(self):
+        """A server starting on an imported directory holds the same users, follows and posts."""
+        path = await self.stored(HISTORY)
+        self.importLines("copy", io.BytesIO(exported(path)))
+        original, copy = await loadReplica(path), await loadReplica(self.dir("copy"))
+        self.assertEqual(
+            (copy.users, {p: r.following for p, r in copy.follows.items() if r.following},
+             copy.posts),
+            (original.users,
+             {p: r.following for p, r in original.follows.items() if r.following},
+             original.posts))
+
+    def test_lines_without_ids_get_ids_and_request_ids_of_the_origin(self):
+        """Lines without ids get origin/1, /2, ... in line order; posts also a request id."""
+        self.importLines("d", jsonLines(
+            {"user": "alice"}, {"user": "bob"}, {"follower": "bob", "followee": "alice"},
+            {"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "hi"}),
+            origin="import-x")
+        self.assertEqual(
+            json.loads(readBytes(os.path.join(self.dir("d"), "posts", "alice.txt"))),
+            {"time": "2026-11-29T18:26:21.986269Z", "id": "import-x/4", "author": "alice",
+             "text": "hi", "request": "import-x/4"})
+
+    def test_the_same_file_gives_every_vm_the_same_files(self):
+        """Two imports of the same lines with the same origin hold the same bytes."""
+        lines = jsonLines({"user": "alice"},
+                          *({"author": "alice", "time": "2026-11-29T18:26:%02d.000000Z" % (s,),
+                             "text": "post %d" % (s,)} for s in range(10)))
+        self.importLines("a", lines)
+        self.importLines("b", lines)
+        self.assertEqual(exported(self.dir("a")), exported(self.dir("b")))
+
+    def test_posts_out_of_order_are_stored_in_time_order(self):
+        """A post file is ordered by (time, id) whatever the order of the import lines."""
+        times = ["2026-11-29T18:26:%02d.000000Z" % (s,) for s in (5, 1, 9, 3)]
+        self.importLines("d", jsonLines(
+            {"user": "alice"}, *({"author": "alice", "time": t, "text": t} for t in times)))
+        stored = [json.loads(line)["time"] for line in
+                  readBytes(os.path.join(self.dir("d"), "posts", "alice.txt")).splitlines()]
+        self.assertEqual(stored, sorted(times))
+
+    def test_import_refuses_a_directory_that_holds_anything(self):
+        """Import only fills a new or empty data directory."""
+        os.makedirs(os.path.join(self.dir("d"), "posts"))
+        error = self.assertRaises(store.NotEmpty, self.importLines, "d",
+                                  jsonLines({"user": "alice"}))
+        self.assertIn("not empty", error.message)
+
+    BAD = [
+        (b"{not json\n", "not JSON"),
+        (b"[1, 2]\n", "not a JSON object"),
+        (b'{"name": "x"}\n', "neither a user, a follow nor a post"),
+        (b'{"user": "a b"}\n', "invalid username"),
+        (b'{"user": "alice"}\n', "user alice twice"),
+        (b'{"user": "dave", "admin": true}\n', "unknown field admin"),
+        (b'{"follower": "alice", "followee": "zed"}\n', "user zed is not on a user line"),
+        (b'{"follower": "alice", "followee": "alice"}\n', "can not follow"),
+        (b'{"follower": "alice", "followee": "bob"}\n', "alice follows bob twice"),
+        (b'{"author": "alice", "text": "x"}\n', "a post line needs author, text, time"),
+        (b'{"author": "alice", "time": "yesterday", "text": "x"}\n', "time must be a UTC time"),
+        (b'{"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": ""}\n',
+         "a post is 1-1000 characters"),
+        (b'{"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "x",'
+         b' "id": "nonsense"}\n', "malformed update id"),
+        (b'{"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "x",'
+         b' "id": "vm1.a/1"}\n', "post id vm1.a/1 twice"),
+        (b'{"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "x",'
+         b' "request": "r1"}\n', "request id r1 of alice twice"),
+    ]
+
+    def test_a_bad_line_is_named_by_its_number_and_nothing_is_written(self):
+        """Each kind of bad line stops the import with its line number; nothing is written."""
+        good = jsonLines(
+            {"user": "alice"}, {"user": "bob"}, {"follower": "alice", "followee": "bob"},
+            {"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "x",
+             "id": "vm1.a/1", "request": "r1"})
+        outcomes = []
+        for n, (bad, why) in enumerate(self.BAD):
+            name = "bad%d" % (n,)
+            try:
+                self.importLines(name, good + [bad] + good[:1])
+                outcomes.append((why, "imported"))
+            except store.BadLine as e:
+                outcomes.append((why, e.lineno, why in e.message, os.listdir(self.dir(name))))
+        self.assertEqual(outcomes, [(why, 5, True, []) for _, why in self.BAD])
+
+    def test_a_duplicate_is_named_even_when_a_later_line_is_bad_too(self):
+        """The first bad line is the one named, though duplicates are found a batch at a time."""
+        lines = jsonLines(
+            {"user": "alice"},
+            {"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "x", "id": "o/1"},
+            {"author": "alice", "time": "2026-11-29T18:26:22.986269Z", "text": "y", "id": "o/1"})
+        error = self.assertRaises(store.BadLine, self.importLines, "d",
+                                  lines + [b"garbage\n"])
+        self.assertEqual(error.lineno, 3)
+
+
+class AdminCommandTests(SynchronousTestCase):
+    def setUp(self):
+        self.base = self.mktemp()
+        os.makedirs(self.base)
+        self.file = os.path.join(self.base, "in.jsonl")
+        with open(self.file, "wb") as f:
+            f.writelines(jsonLines(
+                {"user": "alice"}, {"user": "bob"}, {"follower": "bob", "followee": "alice"},
+                {"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "hi"}))
+
+    def command(self, *argv):
+        out, err = io.BytesIO(), io.StringIO()
+        code = admin.main(list(argv), stdout=out, stderr=err)
+        return code, out.getvalue(), err.getvalue()
+
+    def test_import_then_export_on_the_command_line(self):
+        """sns-admin import fills a directory, says what it did; export writes the lines."""
+        data = os.path.join(self.base, "data")
+        code, _, err = self.command("import", "--data", data, self.file)
+        self.assertEqual((code, err.startswith("imported 2 users, 1 follows, 1 posts")),
+                         (0, True), err)
+        code, out, _ = self.command("export", "--data", data)
+        origin = admin.fileOrigin(self.file)
+        self.assertEqual((code, out.splitlines()[-1]), (0, json.dumps({
+            "time": "2026-11-29T18:26:21.986269Z", "id": origin + "/4", "author": "alice",
+            "text": "hi", "request": origin + "/4"}).encode()))
+
+    def test_a_bad_line_exits_1_with_its_number(self):
+        """A bad import line is one line on stderr, with its number, and exit status 1."""
+        with open(self.file, "ab") as f:
+            f.write(b'{"user": "no spaces allowed"}\n')
+        code, _, err = self.command("import", "--data", os.path.join(self.base, "data"), self.file)
+        self.assertEqual((code, err.splitlines()[0].startswith("sns-admin import: line 5: ")),
+                         (1, True), err)
+
+    def test_export_of_a_directory_without_data_says_so(self):
+        """Exporting a directory that is not a data directory is an error, not an empty export."""
+        code, out, err = self.command("export", "--data", self.base)
+        self.assertEqual((code, out, "not a data directory" in err), (1, b"", True))
+
+    def test_backup_refuses_an_existing_target(self):
+        """backup writes only into a new (or empty) directory."""
+        data = os.path.join(self.base, "data")
+        self.command("import", "--data", data, self.file)
+        code, _, err = self.command("backup", "--data", data, "--to", self.base)
+        self.assertEqual((code, "not empty" in err), (1, True))
+
+    def test_a_missing_subcommand_is_a_usage_error(self):
+        """Without export, import or backup, sns-admin prints its usage and exits 2."""
+        code, _, err = self.command()
+        self.assertEqual((code, "say export, import or backup" in err), (2, True))
+
+
+class BackupTests(TestCase):
+    async def test_a_backup_copies_whole_lines_and_the_database(self):
+        """A backup holds every post file up to its last whole line, and a database that opens."""
+        base = self.mktemp()
+        path = os.path.join(base, "vm")
+        s = store.SQLiteStore(path)
+        await s.open()
+        await s.persist(HISTORY)
+        await s.close()
+        with open(os.path.join(path, "posts", "bob.txt"), "ab") as f:
+            f.write(b'{"time": "2026-11-29T18:2')  # an append in progress
+        store.backup(path, os.path.join(base, "copy"))
+        self.assertEqual(exported(os.path.join(base, "copy")), exported(path))
+        original, copy = await loadReplica(path), await loadReplica(os.path.join(base, "copy"))
+        self.assertEqual(copy.snapshot(), original.snapshot())
+
+
+class BackupOfARunningVMTests(TestCase):
+    timeout = 180
+
+    @inlineAsync
+    async def test_backup_under_writes_restores_to_a_vm_that_serves_and_agrees(self):
+        """
+        vm1 is backed up while clients post; vm1 is then SIGKILLed, its data
+        replaced by the backup and its server started again: it serves a
+        login, and once caught up every VM agrees (sns-compare).
+        """
+        cluster = await Cluster(self, vms=2).start()
+        clients = []
+        for i in range(3):
+            c = Client([cluster.router], "writer%d" % (i,), clock=reactor)
+            await c.connect()
+            self.addCleanup(c.close)
+            clients.append(c)
+        stop = []
+
+        async def write(c):
+            n = 0
+            while not stop:
+                await c.post("%s post %d" % (c.user, n))
+                n += 1
+
+        writers = [defer.ensureDeferred(write(c)) for c in clients]
+        copy = os.path.join(cluster.base, "vm1-backup")
+        await waitUntil(lambda: len(os.listdir(os.path.join(cluster.data("vm1"), "posts"))) == 3,
+                        "every writer to have posted on vm1")
+        backup = spawn(self, ["-m", "snstwist.admin", "backup", "--data", cluster.data("vm1"),
+                              "--to", copy])
+        self.assertEqual(await backup.ended, 0, backup.err)
+        stop.append(True)
+        await defer.gatherResults(writers)
+
+        vm1 = [s for s in (await cluster.status()).servers if s.vm == "vm1"]
+        for s in vm1:
+            os.kill(s.pid, signal.SIGKILL)
+        await waitUntil(lambda: not any(pidAlive(s.pid) for s in vm1),
+                        "vm1's processes to be gone")
+        restored = os.path.join(cluster.base, "vm1-restored")
+        os.rename(copy, restored)
+        spawn(self, ["-c", "from twisted.scripts.twistd import run; run()", "-n",
+                     "--pidfile=", "--logfile=" + os.path.join(cluster.base, "restored.log"),
+                     "sns-server", "--router", cluster.router, "--vm", "vm1",
+                     "--listen", "127.0.0.2:0", "--data", restored,
+                     "--secret-file", os.path.join(cluster.base, "secret")],
+              env=childEnv())
+
+        async def vm1Serves():
+            masters = await cluster.masters()
+            return "vm1" in masters and masters["vm1"].pid not in {s.pid for s in vm1}
+
+        await waitUntil(vm1Serves, "the restored vm1 to register")
+        channel = grpcbridge.channel((await cluster.masters())["vm1"].address)
+        self.addCleanup(grpcbridge.closeChannel, channel)
+        reply = await grpcbridge.call(pbg.SNSStub(channel).Login,
+                                      pb.LoginRequest(user="reader"), timeout=10)
+        self.assertTrue(reply.created)
+
+        async def agreeing():
+            replies = await compare.digests(cluster.router)
+            await cluster.status()
+            return len(replies) == 2 and not compare.differences(replies)
+
+        await waitUntil(agreeing, "the restored vm1 and vm2 to agree", timeout=60, interval=0.2)
