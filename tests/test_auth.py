@@ -1,0 +1,228 @@
+"""
+Who may call what: session tokens on the user RPCs, the cluster secret on
+the cluster-internal ones.  The servicer functions are called in-process
+with a call context carrying the metadata a real call would carry.
+"""
+
+import grpc
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from snstwist import auth, buddy, errors
+from snstwist import sns_pb2 as pb
+from snstwist.grpcbridge import SECRET_METADATA, SESSION_METADATA
+from snstwist.router import RouterService
+from snstwist.server import ServerService
+from tests.fakes import FakeStream
+from tests.test_server import makeServer
+
+SECRET = "s"
+
+
+class FakeCallContext:
+    """What a servicer function sees of a call: its metadata and peer."""
+
+    peer = "ipv4:127.0.0.1:5555"
+
+    def __init__(self, metadata=()):
+        self.metadata = dict(metadata)
+
+
+def session(token):
+    return FakeCallContext({SESSION_METADATA: token})
+
+
+def secret(value):
+    return FakeCallContext({SECRET_METADATA: value})
+
+
+class _NoWork:
+    """Role hooks that do nothing: the role machine alone, no processes."""
+
+    def serveAsMaster(self):
+        pass
+
+    def standBy(self):
+        pass
+
+    def takeOver(self, why):
+        pass
+
+    def shutdown(self):
+        pass
+
+
+def serverAs(test, role, secret=SECRET):
+    """A server in C{role} ('master' or 'slave'), checking real tokens."""
+    service, store = makeServer(test)
+    del service._user  # makeServer lets every call act as alice
+    service.secret = secret
+    service.role = buddy.Role(_NoWork())
+    if role == "master":
+        service.role.startAsMaster()
+    else:
+        service.role.startAsSlave()
+    return service, store
+
+
+def login(test, service, store, user):
+    d = service.login(pb.LoginRequest(user=user), FakeCallContext())
+    store.flush()
+    return test.successResultOf(d).token
+
+
+def forgeries(test, service, store):
+    """
+    Tokens that must not let anyone act as alice: none, a made-up
+    signature, alice's own token with one character changed, alice's token
+    from a cluster with another secret, and bob's signature under alice's
+    name.
+    """
+    alice = login(test, service, store, "alice")
+    bob = login(test, service, store, "bob")
+    other, otherStore = serverAs(test, "master", secret="another-cluster")
+    foreign = login(test, other, otherStore, "alice")
+    self_ = alice[:-1] + ("0" if alice[-1] != "0" else "1")
+    bobsSignature = "alice" + bob[len("bob"):]
+    return {
+        "no token": FakeCallContext(),
+        "empty token": session(""),
+        "made-up signature": session("alice:" + "0" * 32),
+        "one character changed": session(self_),
+        "signed by another cluster": session(foreign),
+        "another user's signature": session(bobsSignature),
+        "a name alone": session("alice"),
+    }
+
+
+def userCalls(service):
+    """Every RPC that acts as the caller, as a function of the call context."""
+    return {
+        "List": lambda ctx: service.list(pb.ListRequest(), ctx),
+        "Follow": lambda ctx: service.follow(pb.FollowRequest(target="bob", request_id="r1"), ctx),
+        "UnFollow": lambda ctx: service.unfollow(
+            pb.FollowRequest(target="bob", request_id="r2"), ctx),
+        "Post": lambda ctx: service.post(pb.PostRequest(text="forged", request_id="r3"), ctx),
+        "History": lambda ctx: service.history(pb.HistoryRequest(), ctx),
+        "Bidirectional_s_and_c": lambda ctx: service.session(ctx),
+    }
+
+
+class SessionTokenTests(SynchronousTestCase):
+    def test_every_user_rpc_refuses_a_forged_token(self):
+        """
+        Each RPC that acts as a user refuses each forged token with
+        UNAUTHENTICATED, and nothing is written.
+        """
+        service, store = serverAs(self, "master")
+        tokens = forgeries(self, service, store)
+        before = service.node.replica.snapshot()
+        for rpc, call in userCalls(service).items():
+            for name, ctx in tokens.items():
+                with self.subTest(rpc=rpc, token=name):
+                    e = self.assertRaises(errors.SNSError, call, ctx)
+                    self.assertEqual(errors.statusFor(e)[0], grpc.StatusCode.UNAUTHENTICATED,
+                                     "%s with %s" % (rpc, name))
+        store.flush()
+        self.assertEqual(service.node.replica.snapshot(), before)
+
+    def test_a_genuine_token_acts_as_its_own_user_only(self):
+        """Bob's token posts as bob, alice's as alice; each follows as itself."""
+        service, store = serverAs(self, "master")
+        alice = login(self, service, store, "alice")
+        bob = login(self, service, store, "bob")
+        d = service.post(pb.PostRequest(text="from bob", request_id="b1"), session(bob))
+        store.flush()
+        self.assertEqual(self.successResultOf(d).post.author, "bob")
+        d = service.follow(pb.FollowRequest(target="bob", request_id="a1"), session(alice))
+        store.flush()
+        self.successResultOf(d)
+        self.assertTrue(service.node.replica.isFollowing("alice", "bob"))
+        self.assertFalse(service.node.replica.isFollowing("bob", "alice"))
+        reply = service.list(pb.ListRequest(), session(bob))
+        self.assertEqual(list(reply.followers), ["alice"])
+        self.assertEqual(service.session(session(alice)).user, "alice")
+
+    def test_login_hands_out_a_token_for_the_name_given(self):
+        """A token from Login is accepted, and names the user who logged in."""
+        service, store = serverAs(self, "master")
+        token = login(self, service, store, "carol")
+        self.assertEqual(auth.userOf(session(token), SECRET), "carol")
+
+    def test_a_slave_serves_no_user_rpc(self):
+        """Even with a genuine token, a slave answers UNAVAILABLE (not its master)."""
+        master, store = serverAs(self, "master")
+        token = login(self, master, store, "alice")
+        slave, _ = serverAs(self, "slave")
+        for rpc, call in userCalls(slave).items():
+            with self.subTest(rpc=rpc):
+                self.assertRaises(errors.NotMaster, call, session(token))
+        self.assertRaises(errors.NotMaster, slave.login, pb.LoginRequest(user="alice"),
+                          FakeCallContext())
+
+
+def wrongSecrets():
+    return {"no secret": FakeCallContext(), "empty secret": secret(""),
+            "wrong secret": secret("not-the-secret"), "a prefix of it": secret(SECRET[:-1]),
+            "the secret and more": secret(SECRET + "x"),
+            "a session token instead": session(auth.makeToken(SECRET, "alice"))}
+
+
+class ClusterSecretTests(SynchronousTestCase):
+    def assertRefused(self, call):
+        for name, ctx in wrongSecrets().items():
+            with self.subTest(secret=name):
+                e = self.assertRaises(errors.SNSError, call, ctx)
+                self.assertEqual(errors.statusFor(e)[0], grpc.StatusCode.PERMISSION_DENIED,
+                                 name)
+
+    def test_onetime_s_to_buddy_needs_the_secret(self):
+        """A slave refuses updates from anyone without the secret, and applies none."""
+        slave, _ = serverAs(self, "slave")
+        update = pb.Update(origin="vm9.x", seq=1, time_us=1)
+        update.user.name = "mallory"
+        batch = pb.UpdateBatch(updates=[update])
+        self.assertRefused(lambda ctx: slave.onetimeSToBuddy(batch, ctx))
+        self.assertNotIn("mallory", slave.node.replica.users)
+        reply = slave.onetimeSToBuddy(batch, secret(SECRET))
+        self.assertEqual(reply.applied, 1)
+        self.assertIn("mallory", slave.node.replica.users)
+
+    def test_broadcast_posts_needs_the_secret(self):
+        """A master opens no replication stream for a caller without the secret."""
+        master, _ = serverAs(self, "master")
+        self.assertRefused(master.broadcastPosts)
+        receiver = master.broadcastPosts(secret(SECRET))
+        stream = FakeStream()
+        receiver.makeConnection(stream)
+        self.assertEqual(stream.kinds(), ["hello"])
+        receiver.connectionLost(None)
+
+    def test_buddy_connection_needs_the_secret(self):
+        """A master opens no buddy stream for a caller without the secret."""
+        master, _ = serverAs(self, "master")
+        self.assertRefused(master.buddyConnection)
+        self.assertIsInstance(master.buddyConnection(secret(SECRET)), buddy.MasterLink)
+
+    def test_bidirectional_r_and_s_needs_the_secret(self):
+        """A router registers no server that lacks the secret."""
+        router = RouterService("127.0.0.1:0", SECRET, clock=Clock())
+        self.assertRefused(router.serverLink)
+        self.assertIsNotNone(router.serverLink(secret(SECRET)))
+
+    def test_the_secret_is_required_whatever_the_role(self):
+        """A slave refuses the master's streams for lack of the secret first."""
+        slave, _ = serverAs(self, "slave")
+        self.assertRefused(slave.broadcastPosts)
+        self.assertRefused(slave.buddyConnection)
+
+
+class ServiceSecretTests(SynchronousTestCase):
+    def test_the_server_checks_the_secret_it_was_given(self):
+        """A server started with secret X refuses secret Y, however it was set."""
+        service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], self.mktemp(), "X",
+                                clock=Clock())
+        service.role = buddy.Role(_NoWork())
+        service.role.startAsMaster()
+        self.assertRaises(errors.PermissionDenied, service.buddyConnection, secret("Y"))
+        self.assertIsInstance(service.buddyConnection(secret("X")), buddy.MasterLink)

@@ -1,0 +1,109 @@
+"""
+C{sns-compare}: it notices every way two VMs can disagree on disk (post
+files, users, follows), and only those; the digests come from real stores.
+"""
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from snstwist import compare
+from snstwist import sns_pb2 as pb
+from snstwist.store import SQLiteStore
+from tests.strategies import followUpdate, postUpdate, userUpdate
+
+
+def reply(vm, files=None, users="u", follows="f"):
+    return pb.DigestReply(vm=vm, post_files=files or {"alice.txt": "1"}, users=users,
+                          follows=follows)
+
+
+class DifferencesTests(SynchronousTestCase):
+    def test_equal_digests_agree(self):
+        self.assertEqual(compare.differences({"vm1": reply("vm1"), "vm2": reply("vm2"),
+                                              "vm3": reply("vm3")}), [])
+
+    def test_differing_follows_are_noticed(self):
+        problems = compare.differences({"vm1": reply("vm1"), "vm2": reply("vm2", follows="g")})
+        self.assertEqual(problems, ["follows differ between vm1 and vm2"])
+
+    def test_differing_users_are_noticed(self):
+        problems = compare.differences({"vm1": reply("vm1"), "vm2": reply("vm2", users="v")})
+        self.assertEqual(problems, ["users differ between vm1 and vm2"])
+
+    def test_a_differing_post_file_is_noticed(self):
+        problems = compare.differences({"vm1": reply("vm1"),
+                                        "vm2": reply("vm2", {"alice.txt": "2"})})
+        self.assertEqual(problems, ["posts/alice.txt differs between vm1 and vm2"])
+
+    def test_a_post_file_missing_on_either_side_is_noticed(self):
+        two = {"alice.txt": "1", "bob.txt": "3"}
+        for a, b in ((reply("vm1"), reply("vm2", two)), (reply("vm1", two), reply("vm2"))):
+            self.assertEqual(compare.differences({"vm1": a, "vm2": b}),
+                             ["posts/bob.txt differs between vm1 and vm2"])
+
+    def test_the_vm_that_differs_is_named_whichever_it_is(self):
+        replies = {"vm1": reply("vm1"), "vm2": reply("vm2"), "vm3": reply("vm3", follows="x")}
+        self.assertEqual(compare.differences(replies), ["follows differ between vm1 and vm3"])
+        replies = {"vm1": reply("vm1", users="x"), "vm2": reply("vm2"), "vm3": reply("vm3")}
+        self.assertEqual(compare.differences(replies), ["users differ between vm1 and vm2",
+                                                        "users differ between vm1 and vm3"])
+
+    def test_every_difference_is_listed(self):
+        problems = compare.differences({
+            "vm1": reply("vm1"), "vm2": reply("vm2", {"alice.txt": "2"}, "v", "g")})
+        self.assertEqual(len(problems), 3)
+
+    def test_no_master_is_a_problem(self):
+        self.assertEqual(compare.differences({}), ["no live master"])
+
+    def test_one_vm_alone_agrees_with_itself(self):
+        self.assertEqual(compare.differences({"vm1": reply("vm1")}), [])
+
+
+class StoreDigestTests(TestCase):
+    """Digests of real data directories differ exactly when their contents do."""
+
+    async def digest(self, updates):
+        path = self.mktemp()
+        os.makedirs(path)
+        store = SQLiteStore(path)
+        self.addCleanup(store.close)
+        await store.open()
+        await store.persist(updates)
+        return pb.DigestReply(**await store.digest())
+
+    def base(self):
+        return [userUpdate("vm1.a", 1, 1, "alice"), userUpdate("vm1.a", 2, 2, "bob"),
+                postUpdate("vm1.a", 3, 3, "alice", "hello")]
+
+    async def test_the_same_data_in_another_order_agrees(self):
+        a = await self.digest(self.base())
+        b = await self.digest(list(reversed(self.base())))
+        self.assertEqual(compare.differences({"vm1": a, "vm2": b}), [])
+
+    async def test_a_follow_held_by_one_vm_only_is_noticed(self):
+        a = await self.digest(self.base())
+        b = await self.digest(self.base() + [followUpdate("vm1.a", 4, 4, "alice", "bob")])
+        self.assertEqual(compare.differences({"vm1": a, "vm2": b}),
+                         ["follows differ between vm1 and vm2"])
+
+    async def test_an_undone_follow_agrees_with_none(self):
+        a = await self.digest(self.base())
+        b = await self.digest(self.base() + [
+            followUpdate("vm1.a", 4, 4, "alice", "bob"),
+            followUpdate("vm1.a", 5, 5, "alice", "bob", following=False)])
+        self.assertEqual(compare.differences({"vm1": a, "vm2": b}), [])
+
+    async def test_a_user_held_by_one_vm_only_is_noticed(self):
+        a = await self.digest(self.base())
+        b = await self.digest(self.base() + [userUpdate("vm1.a", 4, 4, "carol")])
+        self.assertEqual(compare.differences({"vm1": a, "vm2": b}),
+                         ["users differ between vm1 and vm2"])
+
+    async def test_a_post_held_by_one_vm_only_is_noticed(self):
+        a = await self.digest(self.base())
+        b = await self.digest(self.base() + [postUpdate("vm1.a", 4, 4, "alice", "again")])
+        self.assertEqual(compare.differences({"vm1": a, "vm2": b}),
+                         ["posts/alice.txt differs between vm1 and vm2"])
+        self.assertEqual((a.posts, b.posts), (1, 2))

@@ -1,0 +1,179 @@
+"""
+The bounds on what a client or a peer may send, each accepted exactly at the
+bound and refused one past it (DESIGN: usernames 1-32 of [A-Za-z0-9_.-],
+posts 1-1000 characters of UTF-8, request ids bounded), at the RPC surface
+and where peer updates enter.
+"""
+
+import string
+
+import grpc
+from twisted.trial.unittest import SynchronousTestCase
+
+from snstwist import errors
+from snstwist import sns_pb2 as pb
+from snstwist.model import Post, Update
+from tests.test_auth import FakeCallContext, login, serverAs, session
+
+USERNAME_CHARS = string.ascii_letters + string.digits + "_.-"
+
+
+def assertInvalid(test, call, *args):
+    """C{call(*args)} is refused with INVALID_ARGUMENT."""
+    e = test.assertRaises(errors.SNSError, call, *args)
+    test.assertEqual(errors.statusFor(e)[0], grpc.StatusCode.INVALID_ARGUMENT, e.message)
+    return e
+
+
+class UsernameTests(SynchronousTestCase):
+    def setUp(self):
+        self.service, self.store = serverAs(self, "master")
+
+    def login(self, name):
+        d = self.service.login(pb.LoginRequest(user=name), FakeCallContext())
+        self.store.flush()
+        return self.successResultOf(d)
+
+    def test_a_name_of_32_characters_is_accepted(self):
+        self.assertTrue(self.login("a" * 32).created)
+        self.assertIn("a" * 32, self.service.node.replica.users)
+
+    def test_a_name_of_33_characters_is_refused(self):
+        assertInvalid(self, self.service.login, pb.LoginRequest(user="a" * 33),
+                      FakeCallContext())
+        self.assertNotIn("a" * 33, self.service.node.replica.users)
+
+    def test_a_name_of_one_character_is_accepted(self):
+        self.assertTrue(self.login("z").created)
+
+    def test_an_empty_name_is_refused(self):
+        assertInvalid(self, self.service.login, pb.LoginRequest(user=""), FakeCallContext())
+
+    def test_every_allowed_character_is_accepted(self):
+        """Letters, digits, underscore, dot and dash, anywhere in the name."""
+        for start in range(0, len(USERNAME_CHARS), 32):
+            name = USERNAME_CHARS[start:start + 32]
+            self.assertTrue(self.login(name).created, name)
+        for c in "_.-":
+            self.assertTrue(self.login("x" + c).created, c)
+            self.assertTrue(self.login(c + c).created, c)
+
+    def test_characters_outside_the_set_are_refused(self):
+        """Spaces, separators, non-ASCII letters and digits, a trailing newline."""
+        for name in ("a b", "a/b", "a:b", "a@b", "caf\u00e9", "\u0661", "alice\n", "\nalice",
+                     "a\x00", "a+b", "\u212a"):
+            with self.subTest(name=name):
+                assertInvalid(self, self.service.login, pb.LoginRequest(user=name),
+                              FakeCallContext())
+        self.assertEqual(self.service.node.replica.users, {"alice"})
+
+    def test_a_follow_target_is_checked_like_a_name(self):
+        """FOLLOW of a 33-character or ill-formed name is invalid, not 'unknown user'."""
+        token = login(self, self.service, self.store, "alice")
+        for target in ("b" * 33, "", "bo b"):
+            assertInvalid(self, self.service.follow,
+                          pb.FollowRequest(target=target, request_id="f"), session(token))
+            assertInvalid(self, self.service.unfollow,
+                          pb.FollowRequest(target=target, request_id="u"), session(token))
+
+
+class PostTextTests(SynchronousTestCase):
+    def setUp(self):
+        self.service, self.store = serverAs(self, "master")
+        self.token = login(self, self.service, self.store, "alice")
+
+    def post(self, text, rid="r"):
+        d = self.service.post(pb.PostRequest(text=text, request_id=rid), session(self.token))
+        self.store.flush()
+        return self.successResultOf(d).post
+
+    def posts(self):
+        return [p.text for p in self.service.node.replica.postsBy("alice")]
+
+    def test_a_post_of_1000_characters_is_accepted(self):
+        self.assertEqual(self.post("x" * 1000).text, "x" * 1000)
+
+    def test_a_post_of_1001_characters_is_refused_and_not_stored(self):
+        assertInvalid(self, self.service.post, pb.PostRequest(text="x" * 1001, request_id="r"),
+                      session(self.token))
+        self.assertEqual(self.posts(), [])
+
+    def test_the_bound_counts_characters_not_bytes(self):
+        """1000 two-byte and 1000 four-byte characters are within the bound."""
+        self.assertEqual(self.post("\u00e9" * 1000, "r1").text, "\u00e9" * 1000)
+        self.assertEqual(self.post("\U0001f600" * 1000, "r2").text, "\U0001f600" * 1000)
+        assertInvalid(self, self.service.post,
+                      pb.PostRequest(text="\u00e9" * 1001, request_id="r3"), session(self.token))
+        self.assertEqual(len(self.posts()), 2)
+
+    def test_a_post_of_one_character_is_accepted(self):
+        self.assertEqual(self.post("x").text, "x")
+
+    def test_an_empty_post_is_refused(self):
+        assertInvalid(self, self.service.post, pb.PostRequest(text="", request_id="r"),
+                      session(self.token))
+        self.assertEqual(self.posts(), [])
+
+
+class RequestIdTests(SynchronousTestCase):
+    def setUp(self):
+        self.service, self.store = serverAs(self, "master")
+        self.token = login(self, self.service, self.store, "alice")
+
+    def test_a_request_id_of_64_characters_is_accepted(self):
+        d = self.service.post(pb.PostRequest(text="hi", request_id="r" * 64), session(self.token))
+        self.store.flush()
+        self.assertEqual(self.successResultOf(d).post.text, "hi")
+
+    def test_a_request_id_of_65_characters_is_refused(self):
+        for write in (self.service.post, self.service.follow, self.service.unfollow):
+            request = (pb.PostRequest(text="hi", request_id="r" * 65) if write == self.service.post
+                       else pb.FollowRequest(target="alice", request_id="r" * 65))
+            assertInvalid(self, write, request, session(self.token))
+        self.assertEqual(self.service.node.replica.postsBy("alice"), [])
+
+
+def peerPost(text="hi", author="bob", origin="vm2.x", seq=1):
+    u = pb.Update(origin=origin, seq=seq, time_us=5)
+    u.post.CopyFrom(pb.Post(id="%s/%d" % (origin, seq), author=author, time_us=5, text=text))
+    return u
+
+
+class PeerUpdateTests(SynchronousTestCase):
+    """A peer's update is held to the same bounds as a client's write."""
+
+    def test_a_peer_post_at_the_bound_is_accepted(self):
+        self.assertEqual(Update.fromProto(peerPost("x" * 1000)).post.text, "x" * 1000)
+        self.assertEqual(Update.fromProto(peerPost(author="b" * 32)).post.author, "b" * 32)
+
+    def test_a_peer_post_past_the_bound_is_refused(self):
+        assertInvalid(self, Update.fromProto, peerPost("x" * 1001))
+        assertInvalid(self, Update.fromProto, peerPost(""))
+        assertInvalid(self, Update.fromProto, peerPost(author="b" * 33))
+
+    def test_a_peer_user_or_follow_with_a_bad_name_is_refused(self):
+        u = pb.Update(origin="vm2.x", seq=1, time_us=5)
+        u.user.name = "b" * 33
+        assertInvalid(self, Update.fromProto, u)
+        u = pb.Update(origin="vm2.x", seq=1, time_us=5)
+        u.follow.follower, u.follow.followee, u.follow.following = "bob", "a b", True
+        assertInvalid(self, Update.fromProto, u)
+
+    def test_an_update_without_origin_or_sequence_is_refused(self):
+        assertInvalid(self, Update.fromProto, peerPost(origin=""))
+        assertInvalid(self, Update.fromProto, peerPost(seq=0))
+        self.assertEqual(Update.fromProto(peerPost(seq=1)).seq, 1)
+
+    def test_a_post_whose_id_is_not_its_update_is_refused(self):
+        u = peerPost()
+        u.post.id = "vm2.x/2"
+        assertInvalid(self, Update.fromProto, u)
+
+    def test_an_update_with_no_change_is_refused(self):
+        assertInvalid(self, Update.fromProto, pb.Update(origin="vm2.x", seq=1, time_us=5))
+
+    def test_posts_are_ordered_by_time_then_id(self):
+        a = Post(id="vm1.x/2", author="bob", time_us=5, text="a")
+        b = Post(id="vm1.x/10", author="bob", time_us=5, text="b")
+        c = Post(id="vm1.x/1", author="bob", time_us=6, text="c")
+        self.assertEqual(sorted([c, a, b], key=lambda p: p.key), [b, a, c])
