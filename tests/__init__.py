@@ -15,6 +15,10 @@ settings.register_profile(
 settings.register_profile(
     "thorough", deadline=None, max_examples=2000,
     suppress_health_check=[HealthCheck.too_slow])
+# The mutation run (scripts/mutants.py) runs the unit tests once per mutant.
+settings.register_profile(
+    "mutants", derandomize=True, deadline=None, max_examples=10,
+    suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("SNS_HYPOTHESIS_PROFILE", "ci"))
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
