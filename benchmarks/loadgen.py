@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 
-from snstwist.tap import installReactor
+from snstwist.commandline import installReactor
 
 installReactor()
 

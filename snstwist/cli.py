@@ -55,7 +55,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        from snstwist.tap import installReactor, parseRouters
+        from snstwist.commandline import installReactor, parseRouters
         if not self["router"] or not self["user"]:
             raise usage.UsageError("both --router and --user are required")
         self["router"] = parseRouters(self["router"])
@@ -245,7 +245,7 @@ async def run(reactor, options):
 
 def main(argv=None):
     """The C{sns-client} command."""
-    from snstwist.tap import runCommand
+    from snstwist.commandline import runCommand
     return runCommand("sns-client", Options(), argv, run)
 
 

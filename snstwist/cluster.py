@@ -223,7 +223,7 @@ class ClusterOptions(usage.Options):
     ]
 
     def postOptions(self):
-        from snstwist.tap import installReactor, parseAddress, readSecret
+        from snstwist.commandline import installReactor, parseAddress, readSecret
         if not 1 <= self["vms"] <= 200:
             raise usage.UsageError("--vms must be between 1 and 200")
         self["router"] = parseAddress(self["router"], "--router")

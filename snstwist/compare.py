@@ -88,7 +88,7 @@ class Options(status.Options):
 
 def main(argv=None):
     """The C{sns-compare} command."""
-    from snstwist.tap import runCommand
+    from snstwist.commandline import runCommand
     return runCommand("sns-compare", Options(), argv, compare)
 
 

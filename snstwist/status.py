@@ -18,7 +18,7 @@ from twisted.python import usage
 from snstwist import auth, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
-from snstwist.tap import SECRET_OPTION
+from snstwist.commandline import SECRET_OPTION
 
 COLUMNS = ("VM", "ROLE", "ADDRESS", "PID", "CLIENTS", "UPDATES", "LAG", "SEEN")
 
@@ -43,7 +43,7 @@ class Options(usage.Options):
     optParameters = [["router", "r", "127.0.0.1:3410", "Router address."], SECRET_OPTION]
 
     def postOptions(self):
-        from snstwist.tap import installReactor, parseAddress, readSecret
+        from snstwist.commandline import installReactor, parseAddress, readSecret
         self["router"] = parseAddress(self["router"], "--router")
         self["secret"] = readSecret(self["secret-file"])
         installReactor()
@@ -66,7 +66,7 @@ async def show(reactor, options):
 
 def main(argv=None):
     """The C{sns-status} command."""
-    from snstwist.tap import runCommand
+    from snstwist.commandline import runCommand
     return runCommand("sns-status", Options(), argv, show)
 
 

@@ -6,88 +6,21 @@ Each C{Options.postOptions} installs the asyncio reactor (grpc.aio and Twisted
 share its loop).  That must happen here, at option parsing, and never when a
 plugin module is imported: plugin modules are imported only when twistd
 rebuilds its dropin cache.
+
+This module imports the cluster (for sns-cluster's options); the helpers it
+shares with the command-line programs live in L{snstwist.commandline}, which
+imports nothing of the cluster, so that sns-client does not load the server.
 """
 
 import os
-import sys
 from types import SimpleNamespace
 
 from twisted.python import usage
 
 from snstwist.cluster import ClusterOptions
+from snstwist.commandline import (SECRET_OPTION, installReactor, parseAddress, parseRouters,
+                                  readSecret)
 from snstwist.model import checkUsername
-
-
-def installReactor():
-    """Install Twisted's asyncio reactor, or check that it is the one installed."""
-    from twisted.internet import asyncioreactor, error
-    try:
-        asyncioreactor.install()
-    except error.ReactorAlreadyInstalledError:
-        from twisted.internet import reactor
-        if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
-            raise usage.UsageError(
-                "snstwist runs on the asyncio reactor, but %s is installed:"
-                " drop the --reactor option" % (type(reactor).__name__,))
-
-
-def runCommand(name, options, argv, main):
-    """
-    The body of every command-line program here: parse C{argv} with
-    C{options} (a usage error prints the usage and exits 2; the options
-    install the asyncio reactor), run C{main(reactor, options)}, a coroutine
-    function, and return the exit status it returns.
-    """
-    try:
-        options.parseOptions(sys.argv[1:] if argv is None else argv)
-    except usage.UsageError as e:
-        sys.stderr.write("%s\n%s: %s\n" % (options, name, e))
-        return 2
-    from twisted.internet import defer, reactor
-
-    status = []
-
-    def failed(failure):
-        details = getattr(failure.value, "details", None)
-        message = details() if callable(details) else failure.getErrorMessage()
-        sys.stderr.write("%s: %s\n" % (name, message))
-        status.append(1)
-
-    def started():
-        d = defer.ensureDeferred(main(reactor, options))
-        d.addCallbacks(status.append, failed)
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(started)
-    reactor.run()
-    return status[0] if status else 1
-
-
-def parseAddress(text, what):
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise usage.UsageError("%s must be HOST:PORT, not %r" % (what, text))
-    return "%s:%d" % (host, int(port))
-
-
-def parseRouters(text):
-    routers = [parseAddress(a.strip(), "--router") for a in text.split(",") if a.strip()]
-    if not routers:
-        raise usage.UsageError("--router needs at least one HOST:PORT")
-    return routers
-
-
-SECRET_OPTION = ["secret-file", None, None,
-                 "File holding the cluster's shared secret (default: $SNS_SECRET)."]
-
-
-def readSecret(path):
-    """The cluster secret (L{auth.loadSecret}), or a usage error saying how to give one."""
-    from snstwist.auth import MissingSecret, loadSecret
-    try:
-        return loadSecret(path)
-    except MissingSecret as e:
-        raise usage.UsageError(str(e))
 
 
 class _Common(usage.Options):

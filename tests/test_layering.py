@@ -1,0 +1,142 @@
+"""
+Which modules a program loads: the layering of the package, checked in a
+fresh interpreter (this one has imported everything already).
+
+A client program must not load the server side (the buddy supervisor, the
+server, the store, the local cluster): it would pay for their imports at
+every start, and a change there could break the client.
+"""
+
+import ast
+import os
+import sys
+
+from twisted.internet import utils
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+import snstwist.commandline
+
+# What a client-side program may never load.
+SERVER_SIDE = {"snstwist.buddy", "snstwist.cluster", "snstwist.server", "snstwist.store",
+               "snstwist.replication", "snstwist.router", "snstwist.tap"}
+
+_LOADED = """
+import sys
+{}
+print("\\n".join(sorted(m for m in sys.modules if m.startswith("snstwist"))))
+"""
+
+
+async def loadedBy(code):
+    """The snstwist modules loaded by running C{code} in a new interpreter."""
+    from twisted.internet import reactor
+    out, err, status = await utils.getProcessOutputAndValue(
+        sys.executable, ["-c", _LOADED.format(code)], env=dict(os.environ), reactor=reactor)
+    if status != 0:
+        raise AssertionError("the child failed (%d): %s" % (status, err.decode()))
+    return set(out.decode().split())
+
+
+class ClientSideTests(TestCase):
+    async def test_sns_client_loads_no_server_code(self):
+        """
+        sns-client, up to the point where its reactor runs (module, options
+        parsed, the runner of command-line programs), loads no server-side
+        module.
+        """
+        loaded = await loadedBy(
+            "import snstwist.cli, snstwist.commandline\n"
+            "snstwist.cli.Options().parseOptions(['-r', '127.0.0.1:3410', '-u', 'alice'])")
+        self.assertIn("snstwist.client", loaded)
+        self.assertEqual(loaded & SERVER_SIDE, set())
+
+    async def test_operator_views_load_no_server_code(self):
+        """sns-status and sns-compare are clients too."""
+        loaded = await loadedBy("import snstwist.status, snstwist.compare")
+        self.assertIn("snstwist.status", loaded)
+        self.assertEqual(loaded & SERVER_SIDE, set())
+
+
+def importGraph(root, base):
+    """
+    {module: the package's modules it imports}, read from the source of the
+    package C{base} in the directory C{root}, counting imports inside
+    functions too: a cycle through a deferred import is still a cycle.
+    """
+    paths = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            if name.endswith(".py"):
+                parts = os.path.relpath(os.path.join(directory, name), root)[:-3].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts.pop()
+                paths[".".join([base] + parts)] = os.path.join(directory, name)
+    graph = {}
+    for module, path in paths.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        isPackage = path.endswith("__init__.py")
+        here = module if isPackage else module.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                source = node.module or ""
+                if node.level:
+                    anchor = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+                    source = anchor + ("." + source if source else "")
+                for alias in node.names:
+                    name = source + "." + alias.name
+                    deps.add(name if name in paths else source)
+        graph[module] = {d for d in deps if d in paths and d != module}
+    return graph
+
+
+def cycles(graph):
+    """The strongly connected components of more than one module."""
+    order, low, stack, onStack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        onStack.add(v)
+        for w in graph[v]:
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in onStack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                onStack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in order:
+            visit(v)
+    return found
+
+
+class ImportCycleTests(SynchronousTestCase):
+    def test_cycles_are_found(self):
+        """The check itself: a cycle through any number of modules is reported."""
+        graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+        self.assertEqual(cycles(graph), [["a", "b", "c"]])
+        self.assertEqual(cycles({"a": {"b"}, "b": set()}), [])
+
+    def test_the_package_has_no_import_cycle(self):
+        """
+        No module of snstwist imports, even from inside a function, a module
+        that imports it back (tap imports cluster; cluster never imports tap).
+        """
+        # snstwist is a namespace package: its directory is that of a module.
+        graph = importGraph(os.path.dirname(snstwist.commandline.__file__), "snstwist")
+        self.assertIn("snstwist.commandline", graph["snstwist.cluster"])
+        self.assertEqual(cycles(graph), [])
