@@ -18,7 +18,7 @@ from snstwist import sns_pb2_grpc as pbg
 from snstwist.client import Client
 from snstwist.model import ReadMark, Update
 from snstwist.state import Replica
-from tests.processes import Cluster, childEnv, pidAlive, spawn, waitUntil
+from tests.processes import SECRET, Cluster, childEnv, pidAlive, spawn, waitUntil
 from tests.strategies import followUpdate, postUpdate, userUpdate
 from tests.test_integration import inlineAsync
 
@@ -331,7 +331,7 @@ class BackupOfARunningVMTests(TestCase):
         self.assertTrue(reply.created)
 
         async def agreeing():
-            replies = await compare.digests(cluster.router)
+            replies = await compare.digests(cluster.router, SECRET)
             await cluster.status()
             return len(replies) == 2 and not compare.differences(replies)
 
