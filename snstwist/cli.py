@@ -10,6 +10,7 @@ been answered.  The sentences printed are the contract of docs/design.md section
 and L{SENTENCES} is the one table that maps the cluster's statuses to them.
 """
 
+import re
 import sys
 import time
 
@@ -41,10 +42,35 @@ SENTENCES = {
 _ARGUMENTS = {"FOLLOW": 1, "UNFOLLOW": 1, "LIST": 0, "TIMELINE": 0}
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\u2028": "\\u2028",
+            "\u2029": "\\u2029"}
+
+
+def _visible(char):
+    code = ord(char)
+    if code < 0x20 or code == 0x7F:
+        # Caret notation, as cat -v shows it: ESC is ^[, DEL is ^?.
+        return "^" + chr(code ^ 0x40)
+    # C1 controls (U+0080-U+009F; U+009B is a one-character CSI).
+    return "M-^" + chr((code - 0x80) ^ 0x40)
+
+
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def visibleText(text):
+    """
+    C{text} with every terminal control character shown visibly, so that a
+    post can neither rewrite the reader's screen nor break its line: a
+    newline is C{\\n}, ESC is C{^[}, a C1 control such as CSI is C{M-^[}.
+    """
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group()) or _visible(m.group()), text)
+
+
 def formatPost(post):
     """One timeline line: C{sender (Tue Nov 24 11:48:30 2026) >> text}."""
-    text = post.text.replace("\r", "\\r").replace("\n", "\\n")
-    return "%s (%s) >> %s" % (post.author, time.ctime(post.time_us / 1e6), text)
+    return "%s (%s) >> %s" % (post.author, time.ctime(post.time_us / 1e6),
+                              visibleText(post.text))
 
 
 class Options(usage.Options):

@@ -352,6 +352,34 @@ class FormatPostTests(CommandLineTestCase):
         self.assertEqual(len(line.splitlines()), 1)
         self.assertTrue(line.endswith(r">> one\ntwo\r\nthree"))
 
+    def test_escape_sequences_in_a_post_are_shown_visibly(self):
+        """
+        ESC, BEL, backspace and DEL reach the terminal as ^[, ^G, ^H and ^?:
+        a post can not clear, recolour or retitle the reader's screen.
+        """
+        self.useTimeZone("UTC")
+        line = formatPost(post("\x1b[2J\x1b]0;owned\x07x\x08\x7fy"))
+        self.assertEqual(line, "bob (Tue Nov 24 11:48:30 2026) >> ^[[2J^[]0;owned^Gx^H^?y")
+
+    def test_c1_controls_in_a_post_are_shown_visibly(self):
+        """A one-character CSI (U+009B) and NEL (U+0085) are shown as M-^[ and M-^E."""
+        line = formatPost(post("a\x9b2Jb\x85c"))
+        self.assertTrue(line.endswith(">> aM-^[2JbM-^Ec"), line)
+
+    def test_no_control_character_reaches_the_terminal(self):
+        """Whatever the text, the line holds no control character but tab, and is one line."""
+        text = "".join(chr(c) for c in range(0, 0xA0)) + "\u2028\u2029 done"
+        line = formatPost(post(text))
+        self.assertEqual(len(line.splitlines()), 1)
+        raw = [c for c in line if c != "\t" and (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0)]
+        self.assertEqual(raw, [])
+        self.assertTrue(line.endswith(r"\u2028\u2029 done"))
+
+    def test_printable_unicode_is_shown_as_it_is(self):
+        """Accents, CJK and emoji are not escaped; a tab stays a tab."""
+        line = formatPost(post("café 東京 \U0001F600\tend"))
+        self.assertTrue(line.endswith(">> café 東京 \U0001F600\tend"))
+
 
 class TimelineTests(CommandLineTestCase):
     def enterTimeline(self, client=None):
