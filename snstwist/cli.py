@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from snstwist import errors
 from snstwist.client import Client, ClusterUnreachable, CommandFailed
-from snstwist.model import USERNAME, checkUsername
+from snstwist.model import USERNAME, checkUsername, excerpt
 
 OK = "Command completed successfully"
 INVALID_COMMAND = "Command failed with invalid command"
@@ -86,8 +86,8 @@ class Options(usage.Options):
             raise usage.UsageError("both --router and --user are required")
         self["router"] = parseRouters(self["router"])
         if not USERNAME.match(self["user"]):
-            raise usage.UsageError("invalid username %r: use 1-32 of A-Z a-z 0-9 _ . -"
-                                   % (self["user"],))
+            raise usage.UsageError("invalid username %s: use 1-32 of A-Z a-z 0-9 _ . -"
+                                   % (excerpt(self["user"]),))
         installReactor()
 
 

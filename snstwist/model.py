@@ -15,12 +15,25 @@ from snstwist import sns_pb2 as pb
 USERNAME = re.compile(r"[A-Za-z0-9_.\-]{1,32}\Z")
 MAX_POST_CHARS = 1000
 HISTORY = 20
+# An error message quotes at most this much of the input it refuses: a 20 KB
+# name must not come back whole (nor overflow gRPC's 8 KB metadata limit,
+# which would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED).
+MAX_ECHO = 40
+
+
+def excerpt(value, limit=MAX_ECHO):
+    """C{repr(value)}, cut to C{limit} characters, saying how long the value was."""
+    quoted = repr(value)
+    if len(quoted) <= limit:
+        return quoted
+    size = " (%d characters)" % (len(value),) if isinstance(value, (str, bytes)) else ""
+    return quoted[:limit] + "..." + size
 
 
 def checkUsername(name):
     if not isinstance(name, str) or not USERNAME.match(name):
         raise errors.InvalidUsername(
-            "invalid username %r: use 1-32 of A-Z a-z 0-9 _ . -" % (name,))
+            "invalid username %s: use 1-32 of A-Z a-z 0-9 _ . -" % (excerpt(name),))
     return name
 
 
@@ -50,7 +63,7 @@ def updateId(origin, seq):
 def parseUpdateId(identifier):
     origin, _, seq = identifier.rpartition("/")
     if not origin or not seq.isdigit():
-        raise errors.InvalidRequest("malformed update id %r" % (identifier,))
+        raise errors.InvalidRequest("malformed update id %s" % (excerpt(identifier),))
     return origin, int(seq)
 
 

@@ -1,0 +1,64 @@
+"""
+What a hostile or careless client meets at the gRPC edge of a master, over a
+real grpc.aio connection in this process: long input is never echoed whole,
+and garbage is answered with INVALID_ARGUMENT.
+"""
+
+import grpc
+
+from twisted.internet.task import Clock
+
+from snstwist import auth, grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+from snstwist.model import MAX_ECHO
+from snstwist.replication import Node
+from snstwist.server import ServerService
+from snstwist.store import MemoryStore
+from tests.test_grpcbridge import GrpcTestCase
+
+
+def masterService(test, clock=None):
+    """A ServerService acting as a master, on a MemoryStore; nothing spawned."""
+    clock = clock or Clock()
+    service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], test.mktemp(), "s",
+                            clock=clock)
+    service.node = Node("vm1", service.origin, MemoryStore(), clock, service._durable)
+    service.replicator.node = service.node
+    service.sessions.node = service.node
+    test.successResultOf(service.node.load())
+    service.role.name = "master"
+    return service
+
+
+class EdgeTestCase(GrpcTestCase):
+    async def serveMaster(self, clock=None):
+        """The SNS service of a master over gRPC: (service, stub, channel)."""
+        service = masterService(self, clock)
+        grpcService, channel = await self.serve(service._register)
+        return service, pbg.SNSStub(channel), channel
+
+
+class LongInputTests(EdgeTestCase):
+    async def test_a_20kb_username_is_invalid_not_resource_exhausted(self):
+        """
+        Login with a 20 KB name: INVALID_ARGUMENT, with a message that quotes
+        only the start of the name and says how long it was.
+        """
+        service, stub, _ = await self.serveMaster()
+        e = await self.assertCallFails(
+            grpcbridge.call(stub.Login, pb.LoginRequest(user="x" * 20000), timeout=10),
+            grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertLess(len(e.details()), 200)
+        self.assertIn("20000 characters", e.details())
+        self.assertIn("x" * (MAX_ECHO // 2), e.details())
+
+    async def test_a_20kb_follow_target_is_invalid_and_not_echoed(self):
+        """FOLLOW of a 20 KB name by a logged-in user: INVALID_ARGUMENT, short message."""
+        service, stub, _ = await self.serveMaster()
+        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user="alice"), timeout=10)
+        e = await self.assertCallFails(
+            grpcbridge.call(stub.Follow, pb.FollowRequest(target="\x1b" * 20000),
+                            timeout=10, metadata=auth.sessionMetadata(login.token)),
+            grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertLess(len(e.details()), 200)
