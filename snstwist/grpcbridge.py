@@ -22,6 +22,7 @@ import socket
 
 import grpc
 import grpc.aio
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -167,8 +168,33 @@ class Stream:
             yield message
 
 
+class _Garbage:
+    """What a request that is not a valid message of its type arrives as."""
+
+    def __init__(self, messageClass):
+        self.error = errors.InvalidRequest(
+            "the request is not a valid %s message" % (messageClass.DESCRIPTOR.name,))
+
+
+def _lenient(messageClass):
+    """
+    A request deserializer that never raises: grpc would answer UNKNOWN,
+    with a protobuf exception's name, for bytes that do not parse.  The
+    handler answers a L{_Garbage} with INVALID_ARGUMENT instead.
+    """
+    def deserialize(data):
+        try:
+            return messageClass.FromString(data)
+        except Exception:
+            return _Garbage(messageClass)
+
+    return deserialize
+
+
 async def _pump(messages, protocol):
     async for message in messages:
+        if isinstance(message, _Garbage):
+            raise message.error
         protocol.messageReceived(message)
 
 
@@ -236,6 +262,8 @@ async def _endAborted(context):
 
 def _unaryHandler(function):
     async def handler(request, context):
+        if isinstance(request, _Garbage):
+            await _abortWith(context, request.error)
         ctx = CallContext(context)
         try:
             result = await awaitDeferred(defer.maybeDeferred(function, request, ctx))
@@ -267,6 +295,7 @@ def _streamHandler(factory, openStreams, maxQueue):
         await context.send_initial_metadata(())
         reader = None
         reason = None
+        refused = []
         me = asyncio.current_task()
 
         def abort():
@@ -284,6 +313,11 @@ def _streamHandler(factory, openStreams, maxQueue):
             async def read():
                 try:
                     await _pump(requests, protocol)
+                except errors.SNSError as e:
+                    # A message we refuse (garbage): end the stream with its
+                    # status once what is queued has gone.
+                    refused.append(e)
+                    raise
                 finally:
                     # The client finished (or broke) its side: end ours.
                     stream.close()
@@ -293,6 +327,8 @@ def _streamHandler(factory, openStreams, maxQueue):
                 yield message
             if reader.done() and not reader.cancelled() and reader.exception():
                 reason = Failure(reader.exception())
+            if refused:
+                await _abortWith(context, refused[0])
         except asyncio.CancelledError:
             reason = Failure(defer.CancelledError())
             raise
@@ -326,6 +362,24 @@ class Servicer:
             setattr(self, name, _unaryHandler(function))
         for name, factory in (streams or {}).items():
             setattr(self, name, _streamHandler(factory, self.openStreams, maxQueue))
+
+    def register(self, server, service):
+        """
+        Serve the methods of C{service} (a service descriptor of the proto)
+        on C{server}, with request deserializers that answer bytes that do
+        not parse with INVALID_ARGUMENT.
+        """
+        handlers = {}
+        for method in service.methods:
+            request = message_factory.GetMessageClass(method.input_type)
+            reply = message_factory.GetMessageClass(method.output_type)
+            make = (grpc.stream_stream_rpc_method_handler if method.client_streaming
+                    else grpc.unary_unary_rpc_method_handler)
+            handlers[method.name] = make(getattr(self, method.name),
+                                         request_deserializer=_lenient(request),
+                                         response_serializer=reply.SerializeToString)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 class GrpcServerService(Service):

@@ -19,7 +19,6 @@ from twisted.logger import Logger
 
 from snstwist import auth, errors
 from snstwist import sns_pb2 as pb
-from snstwist import sns_pb2_grpc as pbg
 from snstwist.grpcbridge import GrpcServerService, Servicer
 
 log = Logger()
@@ -239,7 +238,7 @@ class RouterService(MultiService):
             unary={"Onetime_c_to_r": self.onetimeCToR, "Status": self.status},
             streams={"Bidirectional_r_and_s": self.serverLink},
             openStreams=openStreams)
-        pbg.add_RouterServicer_to_server(servicer, server)
+        servicer.register(server, pb.DESCRIPTOR.services_by_name["Router"])
 
     def tick(self):
         self.registry.expire()

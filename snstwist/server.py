@@ -386,13 +386,13 @@ class ServerService(MultiService):
                    "UnFollow": self.unfollow, "Post": self.post, "History": self.history},
             streams={"Bidirectional_s_and_c": self.session},
             openStreams=openStreams, maxQueue=MAX_QUEUE)
-        pbg.add_SNSServicer_to_server(sns, server)
+        sns.register(server, pb.DESCRIPTOR.services_by_name["SNS"])
         cluster = Servicer(
             unary={"Onetime_s_to_buddy": self.onetimeSToBuddy, "Digest": self.digest},
             streams={"BroadcastPosts": self.broadcastPosts,
                      "BuddyConnection": self.buddyConnection},
             openStreams=openStreams, maxQueue=10000)
-        pbg.add_ClusterServicer_to_server(cluster, server)
+        cluster.register(server, pb.DESCRIPTOR.services_by_name["Cluster"])
 
     def _asMaster(self):
         if self.role.name != "master":

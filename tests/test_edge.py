@@ -62,3 +62,53 @@ class LongInputTests(EdgeTestCase):
                             timeout=10, metadata=auth.sessionMetadata(login.token)),
             grpc.StatusCode.INVALID_ARGUMENT)
         self.assertLess(len(e.details()), 200)
+
+
+def rawCall(channel, method, kind="unary"):
+    """A multicallable on C{channel} that sends and receives raw bytes."""
+    make = channel.unary_unary if kind == "unary" else channel.stream_stream
+    return make(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+
+
+GARBAGE = b"\xff\xff\xff\xff\x0f\x0a\x80"
+
+
+class GarbageTests(EdgeTestCase):
+    async def test_garbage_bytes_on_a_unary_rpc_are_invalid_argument(self):
+        """
+        Bytes that are no protobuf message, sent to Login: INVALID_ARGUMENT,
+        saying which message was expected, not UNKNOWN with a protobuf
+        exception's name.
+        """
+        service, stub, channel = await self.serveMaster()
+        e = await self.assertCallFails(
+            grpcbridge.call(rawCall(channel, "/snstwist.SNS/Login"), GARBAGE, timeout=10),
+            grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("LoginRequest", e.details())
+        self.assertNotIn("Error", e.details())
+
+    async def test_garbage_on_every_unary_rpc_of_every_service_is_invalid_argument(self):
+        """The same for every unary method a server process serves, cluster ones too."""
+        service, stub, channel = await self.serveMaster()
+        for name in ("SNS", "Cluster"):
+            for method in pb.DESCRIPTOR.services_by_name[name].methods:
+                if method.client_streaming:
+                    continue
+                path = "/snstwist.%s/%s" % (name, method.name)
+                await self.assertCallFails(
+                    grpcbridge.call(rawCall(channel, path), GARBAGE, timeout=10),
+                    grpc.StatusCode.INVALID_ARGUMENT)
+
+    async def test_garbage_on_the_session_stream_ends_it_as_invalid_argument(self):
+        """A garbage message on Bidirectional_s_and_c ends the stream with INVALID_ARGUMENT."""
+        service, stub, channel = await self.serveMaster()
+        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user="alice"), timeout=10)
+        call = rawCall(channel, "/snstwist.SNS/Bidirectional_s_and_c", "stream")(
+            iter([GARBAGE]), metadata=auth.sessionMetadata(login.token), timeout=10)
+
+        async def drain():
+            async for _ in call:
+                pass
+
+        await self.assertCallFails(grpcbridge.deferredFromAwaitable(drain()),
+                                   grpc.StatusCode.INVALID_ARGUMENT)
