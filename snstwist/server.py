@@ -25,6 +25,7 @@ import uuid
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 from snstwist import auth, buddy, errors, grpcbridge, logs
@@ -150,6 +151,8 @@ class ServerService(MultiService):
     lockDeadline = 10.0
     maxWriting = 10000
     writing = 0
+    orphanStop = 10.0
+    orphaned = None
 
     def __init__(self, vm, listen, routers, data, secret, role="master", master=None,
                  masterPid=0, logfile=None, clock=None):
@@ -199,9 +202,14 @@ class ServerService(MultiService):
 
     def _failed(self, failure):
         log.failure("server of VM {vm} could not start", failure, vm=self.vm)
-        from twisted.internet import reactor
-        if reactor.running:
-            reactor.stop()
+        self._stopReactor()
+
+    def _stopReactor(self):
+        """Stop this process, unless it is stopping already."""
+        try:
+            self._reactor().stop()
+        except ReactorNotRunning:
+            pass
 
     def _serve(self):
         """Start the gRPC server and the router links (once)."""
@@ -217,6 +225,8 @@ class ServerService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        if self.orphaned is not None and self.orphaned.active():
+            self.orphaned.cancel()
         self.role.stop()
         for link in self.links:
             yield link.stop(graceful=True)
@@ -303,10 +313,15 @@ class ServerService(MultiService):
             self.slaveLink.sendStopping()
 
     def _masterStopping(self):
+        """
+        The master is stopping in order and stops us next (SIGTERM): take
+        nothing over from now on, and wait for that signal rather than stop
+        first (twistd logs a second stop as a critical error).  Should the
+        master die before it signals us, we stop by ourselves.
+        """
         log.info("master is stopping in order: stopping too")
-        from twisted.internet import reactor
-        if reactor.running:
-            reactor.stop()
+        self.role.stop()
+        self.orphaned = self.clock.callLater(self.orphanStop, self._stopReactor)
 
     def _reactor(self):
         from twisted.internet import reactor

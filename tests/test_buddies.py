@@ -371,6 +371,22 @@ class OrderlyStopTests(unittest.TestCase):
         await waitUntil(nobodyRegistered, "the router to have no server", timeout=5)
 
     @inlineAsync
+    async def test_sigterm_to_the_master_logs_nothing_critical_in_the_slave(self):
+        """
+        The slave's log (DATA/buddies.log) after an orderly stop says it
+        stopped, with no critical line (no ReactorNotRunning traceback: the
+        master's stopping notice and its SIGTERM both reach the slave).
+        """
+        router, slavePid, data = await self.stopByHand()
+        await waitUntil(lambda: not pidAlive(slavePid), "slave %d to exit" % (slavePid,),
+                        timeout=10)
+        with open(os.path.join(data, "buddies.log"), encoding="utf-8") as f:
+            log = f.read()
+        self.assertIn("Server Shut Down", log)
+        self.assertNotIn("#critical", log)
+        self.assertNotIn("ReactorNotRunning", log)
+
+    @inlineAsync
     async def test_sigterm_to_the_master_leaves_no_pid_file(self):
         """Both buddies remove their pid files from the data's run/ directory."""
         router, slavePid, data = await self.stopByHand()
