@@ -41,12 +41,11 @@ from twisted.logger import (  # noqa: E402
 )
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
-import grpc  # noqa: E402
-
 from snstwist import grpcbridge  # noqa: E402
 from snstwist import sns_pb2 as pb  # noqa: E402
 from snstwist import sns_pb2_grpc as pbg  # noqa: E402
 from snstwist.client import Client, CommandFailed  # noqa: E402
+from snstwist.errors import Status  # noqa: E402
 
 CONNECT_PARALLEL = 25
 
@@ -258,9 +257,9 @@ class Follower(Worker):
                 await client.follow(a.follow)
                 break
             except CommandFailed as e:
-                if e.code == grpc.StatusCode.ALREADY_EXISTS:
+                if e.code == Status.ALREADY_EXISTS:
                     break  # following already
-                if e.code != grpc.StatusCode.NOT_FOUND:
+                if e.code != Status.NOT_FOUND:
                     raise
                 # The followee was created on another VM and has not
                 # reached ours yet.

@@ -14,7 +14,6 @@ import re
 import sys
 import time
 
-import grpc
 from twisted.internet import defer, stdio
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -22,6 +21,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from snstwist import errors
+from snstwist.errors import RemoteError, Status
 from snstwist.client import Client, ClusterUnreachable, CommandFailed
 from snstwist.model import USERNAME, checkUsername, excerpt
 
@@ -33,10 +33,10 @@ TIMELINE = "Now you are in the timeline"
 PROMPT = "Cmd> "
 
 SENTENCES = {
-    grpc.StatusCode.NOT_FOUND: "Input username does not exists, command failed",
-    grpc.StatusCode.ALREADY_EXISTS: "Input username already exists, command failed",
-    grpc.StatusCode.INVALID_ARGUMENT: INVALID_USERNAME,
-    grpc.StatusCode.FAILED_PRECONDITION: "Command failed with not a follower",
+    Status.NOT_FOUND: "Input username does not exists, command failed",
+    Status.ALREADY_EXISTS: "Input username already exists, command failed",
+    Status.INVALID_ARGUMENT: INVALID_USERNAME,
+    Status.FAILED_PRECONDITION: "Command failed with not a follower",
 }
 
 _ARGUMENTS = {"FOLLOW": 1, "UNFOLLOW": 1, "LIST": 0, "TIMELINE": 0}
@@ -173,7 +173,7 @@ class CommandLine(Protocol):
                 self.say(SENTENCES.get(e.code, UNKNOWN))
                 if e.code not in SENTENCES:
                     self.err.write("sns-client: %s\n" % (e.message,))
-        except (ClusterUnreachable, grpc.aio.AioRpcError) as e:
+        except (ClusterUnreachable, RemoteError) as e:
             self.unreachable = True
             self.say(UNKNOWN)
             self.err.write("sns-client: cannot reach the cluster: %s\n" % (e,))

@@ -15,13 +15,13 @@ Every public method returns a Deferred.
 import uuid
 
 import attrs
-import grpc
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from snstwist import auth, grpcbridge
+from snstwist.errors import RemoteError, Status
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.heartbeat import Heartbeat
@@ -39,12 +39,11 @@ SHOWN_MEMORY = 10000
 _BEAT = pb.ClientMessage(heartbeat=pb.Heartbeat())
 
 # Statuses that mean "this server is gone or hung", not "your request is bad".
-_DEAD = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-         grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+_DEAD = {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED, Status.UNKNOWN}
 
 
 class CommandFailed(Exception):
-    """The cluster refused a command: C{code} is its gRPC status."""
+    """The cluster refused a command: C{code} is its L{Status}."""
 
     def __init__(self, code, message):
         super().__init__(message)
@@ -167,8 +166,8 @@ class Client:
                 reply = await grpcbridge.call(pbg.RouterStub(channel).Onetime_c_to_r,
                                               request, timeout=CALL_TIMEOUT)
                 return reply
-            except grpc.aio.AioRpcError as e:
-                problems.append("router %s: %s" % (address, e.details() or e.code().name))
+            except RemoteError as e:
+                problems.append("router %s: %s" % (address, e.message))
             finally:
                 await grpcbridge.closeChannel(channel)
         raise ClusterUnreachable("; ".join(problems))
@@ -200,9 +199,9 @@ class Client:
         reply = await self._askRouter()
         try:
             login = await self._login(self._master(reply.master1))
-        except grpc.aio.AioRpcError as e:
-            if e.code() not in _DEAD:
-                raise CommandFailed(e.code(), e.details())
+        except RemoteError as e:
+            if e.status not in _DEAD:
+                raise CommandFailed(e.status, e.message)
             # master1 died between the router's answer and our login.
             self.master1 = self._master(reply.master1)
             self.master2 = self._master(reply.master2)
@@ -254,7 +253,7 @@ class Client:
                 try:
                     await self._login(candidate)
                     break
-                except grpc.aio.AioRpcError as e:
+                except RemoteError as e:
                     problem = e
                     candidate = None
             if self.clock.seconds() > deadline:
@@ -293,16 +292,16 @@ class Client:
                 return await grpcbridge.call(getattr(self.stub, name), request,
                                              timeout=CALL_TIMEOUT,
                                              metadata=auth.sessionMetadata(self.token))
-            except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            except RemoteError as e:
+                if e.status == Status.RESOURCE_EXHAUSTED:
                     # The master is shedding load: back off, then the same
                     # request (same id) again.
                     await deferLater(self.clock, 0.05 * 2 ** _attempt, lambda: None)
                     continue
-                if e.code() not in _DEAD:
-                    raise CommandFailed(e.code(), e.details())
+                if e.status not in _DEAD:
+                    raise CommandFailed(e.status, e.message)
                 log.info("{name} on {m} failed: {code}", name=name, m=self.master1,
-                         code=e.code().name)
+                         code=e.status.name)
             except defer.CancelledError:
                 # A failover closed the channel under this call.
                 if self.closed:

@@ -44,9 +44,7 @@ def runCommand(name, options, argv, main):
     status = []
 
     def failed(failure):
-        details = getattr(failure.value, "details", None)
-        message = details() if callable(details) else failure.getErrorMessage()
-        sys.stderr.write("%s: %s\n" % (name, message))
+        sys.stderr.write("%s: %s\n" % (name, failure.getErrorMessage()))
         status.append(1)
 
     def started():

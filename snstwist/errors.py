@@ -1,11 +1,38 @@
 """
-Domain errors, and the one table that maps each to a gRPC status.
+Domain errors, and the one table that maps each to the status of a failed
+call.
 
 Domain code raises these; only the gRPC edge (grpcbridge) turns them into
-statuses, and only the CLI turns statuses into the course client's sentences.
+gRPC statuses, and a failed call into a L{RemoteError}; only the CLI turns
+statuses into the course client's sentences.  Nothing here knows gRPC.
 """
 
-import grpc
+import enum
+
+
+class Status(enum.Enum):
+    """
+    How a call failed.  The names and numbers are gRPC's status codes, which
+    is what crosses the wire; L{snstwist.grpcbridge} converts by name.
+    """
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 class SNSError(Exception):
@@ -71,26 +98,37 @@ class Overloaded(SNSError):
     """Too many requests in flight; try again."""
 
 
+class RemoteError(SNSError):
+    """
+    A call to another process failed: C{status} (a L{Status}) says how,
+    C{message} is what the other side said (or the status's name).
+    """
+
+    def __init__(self, status, message=""):
+        super().__init__(message or status.name)
+        self.status = status
+
+
 _STATUS = {
-    InvalidUsername: grpc.StatusCode.INVALID_ARGUMENT,
-    FollowSelf: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidPost: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    UnknownUser: grpc.StatusCode.NOT_FOUND,
-    AlreadyFollowing: grpc.StatusCode.ALREADY_EXISTS,
-    NotFollowing: grpc.StatusCode.FAILED_PRECONDITION,
-    NotMaster: grpc.StatusCode.UNAVAILABLE,
-    NoMasterAvailable: grpc.StatusCode.UNAVAILABLE,
-    NotBuddy: grpc.StatusCode.FAILED_PRECONDITION,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    NotLoggedIn: grpc.StatusCode.UNAUTHENTICATED,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    InvalidUsername: Status.INVALID_ARGUMENT,
+    FollowSelf: Status.INVALID_ARGUMENT,
+    InvalidPost: Status.INVALID_ARGUMENT,
+    InvalidRequest: Status.INVALID_ARGUMENT,
+    UnknownUser: Status.NOT_FOUND,
+    AlreadyFollowing: Status.ALREADY_EXISTS,
+    NotFollowing: Status.FAILED_PRECONDITION,
+    NotMaster: Status.UNAVAILABLE,
+    NoMasterAvailable: Status.UNAVAILABLE,
+    NotBuddy: Status.FAILED_PRECONDITION,
+    PermissionDenied: Status.PERMISSION_DENIED,
+    NotLoggedIn: Status.UNAUTHENTICATED,
+    Overloaded: Status.RESOURCE_EXHAUSTED,
 }
 
 
 def statusFor(exc):
-    """The (grpc.StatusCode, message) answering C{exc}."""
+    """The (L{Status}, message) answering C{exc}."""
     for cls in type(exc).__mro__:
         if cls in _STATUS:
             return _STATUS[cls], exc.message
-    return grpc.StatusCode.INTERNAL, "internal error"
+    return Status.INTERNAL, "internal error"

@@ -10,10 +10,12 @@ at the boundary:
   a L{Stream} transport plus a protocol object with C{makeConnection},
   C{messageReceived} and C{connectionLost}, like any Twisted protocol;
 - servicer methods are plain functions that may return Deferreds
-  (L{Servicer}); domain errors become gRPC statuses through L{errors}.
+  (L{Servicer}); domain errors become gRPC statuses through L{errors};
+- a failed call (unary or stream) arrives as an L{errors.RemoteError}
+  carrying its L{errors.Status}, never as grpc's own exception.
 
-Nothing here blocks, and nothing above this module touches an asyncio future
-or a grpc call object.
+Nothing here blocks, and nothing above this module touches an asyncio future,
+a grpc call object or a grpc exception.
 """
 
 import asyncio
@@ -65,8 +67,15 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 
-def _mapCancel(failure):
-    failure.trap(asyncio.CancelledError)
+def remoteError(e):
+    """The L{errors.RemoteError} saying what the failed call C{e} (an AioRpcError) said."""
+    return errors.RemoteError(errors.Status[e.code().name], e.details() or "")
+
+
+def _mapErrors(failure):
+    failure.trap(asyncio.CancelledError, grpc.aio.AioRpcError)
+    if failure.check(grpc.aio.AioRpcError):
+        return Failure(remoteError(failure.value))
     return Failure(defer.CancelledError())
 
 
@@ -76,10 +85,11 @@ def deferredFromAwaitable(awaitable):
 
     Cancelling the Deferred cancels the task (and so the RPC), and an
     C{asyncio.CancelledError} arrives as L{defer.CancelledError}, so that
-    C{addTimeout} reports a C{TimeoutError} as usual.
+    C{addTimeout} reports a C{TimeoutError} as usual.  A failed RPC arrives
+    as an L{errors.RemoteError}.
     """
     d = defer.Deferred.fromFuture(asyncio.ensure_future(awaitable))
-    d.addErrback(_mapCancel)
+    d.addErrback(_mapErrors)
     return d
 
 
@@ -101,15 +111,15 @@ def closeChannel(ch):
 def call(method, request, timeout=None, metadata=None):
     """
     Make a unary call.  The Deferred fires with the reply, or fails with
-    L{grpc.aio.AioRpcError}.
+    L{errors.RemoteError}.
     """
     return deferredFromAwaitable(method(request, timeout=timeout, metadata=metadata))
 
 
 def statusOf(failure):
-    """The gRPC status code of a failed call, or None if it was not an RPC error."""
-    if failure.check(grpc.aio.AioRpcError):
-        return failure.value.code()
+    """The L{errors.Status} of a failed call, or None if it was not an RPC error."""
+    if failure.check(errors.RemoteError):
+        return failure.value.status
     return None
 
 
@@ -210,7 +220,7 @@ def openStream(method, protocol, metadata=None, maxQueue=1000):
     Open a client-side bidi stream with C{method} (a stub's multicallable) and
     connect C{protocol} to it.  C{protocol.connectionLost(reason)} is called
     exactly once: with None when the server ended the stream cleanly, or with
-    a Failure (L{grpc.aio.AioRpcError}, L{defer.CancelledError}).
+    a Failure (L{errors.RemoteError}, L{defer.CancelledError}).
     """
     stream = Stream(maxQueue)
     grpcCall = method(stream._outgoing(), metadata=metadata)
@@ -221,6 +231,8 @@ def openStream(method, protocol, metadata=None, maxQueue=1000):
             await _pump(grpcCall, protocol)
         except asyncio.CancelledError:
             reason = Failure(defer.CancelledError())
+        except grpc.aio.AioRpcError as e:
+            reason = Failure(remoteError(e))
         except BaseException:
             reason = Failure()
         finally:
@@ -246,8 +258,8 @@ class CallContext:
 
 
 def _abortWith(context, exc):
-    code, message = errors.statusFor(exc)
-    return context.abort(code, message)
+    status, message = errors.statusFor(exc)
+    return context.abort(grpc.StatusCode[status.name], message)
 
 
 async def _endAborted(context):
@@ -268,6 +280,9 @@ def _unaryHandler(function):
         try:
             result = await awaitDeferred(defer.maybeDeferred(function, request, ctx))
         except errors.SNSError as e:
+            if isinstance(e, errors.RemoteError):
+                # Another process's failure is not an answer to this call.
+                log.failure("unexpected error in {name}", name=function.__name__)
             await _abortWith(context, e)
         except asyncio.CancelledError:
             raise

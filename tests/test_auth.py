@@ -4,7 +4,6 @@ the cluster-internal ones.  The servicer functions are called in-process
 with a call context carrying the metadata a real call would carry.
 """
 
-import grpc
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -121,7 +120,7 @@ class SessionTokenTests(SynchronousTestCase):
             for name, ctx in tokens.items():
                 with self.subTest(rpc=rpc, token=name):
                     e = self.assertRaises(errors.SNSError, call, ctx)
-                    self.assertEqual(errors.statusFor(e)[0], grpc.StatusCode.UNAUTHENTICATED,
+                    self.assertEqual(errors.statusFor(e)[0], errors.Status.UNAUTHENTICATED,
                                      "%s with %s" % (rpc, name))
         store.flush()
         self.assertEqual(service.node.replica.snapshot(), before)
@@ -173,7 +172,7 @@ class ClusterSecretTests(SynchronousTestCase):
         for name, ctx in wrongSecrets().items():
             with self.subTest(secret=name):
                 e = self.assertRaises(errors.SNSError, call, ctx)
-                self.assertEqual(errors.statusFor(e)[0], grpc.StatusCode.PERMISSION_DENIED,
+                self.assertEqual(errors.statusFor(e)[0], errors.Status.PERMISSION_DENIED,
                                  name)
 
     def test_onetime_s_to_buddy_needs_the_secret(self):

@@ -12,13 +12,12 @@ import os
 import signal
 import sys
 
-import grpc
 from twisted.internet import reactor
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
-from snstwist import buddy, grpcbridge
+from snstwist import buddy, errors, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.cluster import freePort
@@ -44,7 +43,7 @@ async def statusOf(cluster):
     """
     try:
         return await cluster.status()
-    except grpc.aio.AioRpcError:
+    except errors.RemoteError:
         return None
 
 
@@ -95,8 +94,8 @@ async def askRouter(router, times):
         try:
             return await grpcbridge.call(stub.Onetime_c_to_r, pb.MasterRequest(user=user),
                                          timeout=2)
-        except grpc.aio.AioRpcError as e:
-            if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        except errors.RemoteError as e:
+            if e.status not in (errors.Status.UNAVAILABLE, errors.Status.DEADLINE_EXCEEDED):
                 raise
             return None
 
@@ -162,7 +161,7 @@ async def registered(router, vm="vmx"):
     """{MASTER: [...], SLAVE: [...]} of C{vm} at C{router}, or None if it did not answer."""
     try:
         return byRole(await routerStatus(router), vm)
-    except grpc.aio.AioRpcError:
+    except errors.RemoteError:
         return None
 
 
@@ -365,7 +364,7 @@ class OrderlyStopTests(unittest.TestCase):
         async def nobodyRegistered():
             try:
                 return list((await routerStatus(router)).servers) == []
-            except grpc.aio.AioRpcError:
+            except errors.RemoteError:
                 return False
 
         await waitUntil(nobodyRegistered, "the router to have no server", timeout=5)

@@ -10,11 +10,11 @@ import io
 import os
 import time
 
-import grpc
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from snstwist import errors
 from snstwist import sns_pb2 as pb
 from snstwist.cli import CommandLine, formatPost
 from snstwist.client import ClusterUnreachable, CommandFailed
@@ -196,37 +196,37 @@ class RefusalTests(CommandLineTestCase):
 
     def test_follow_unknown_user(self):
         """FOLLOW of a user who does not exist (NOT_FOUND)."""
-        self.assertRefusal("follow", grpc.StatusCode.NOT_FOUND, "FOLLOW nobody",
+        self.assertRefusal("follow", errors.Status.NOT_FOUND, "FOLLOW nobody",
                            "Input username does not exists, command failed")
 
     def test_unfollow_unknown_user(self):
         """UNFOLLOW of a user who does not exist (NOT_FOUND)."""
-        self.assertRefusal("unfollow", grpc.StatusCode.NOT_FOUND, "UNFOLLOW nobody",
+        self.assertRefusal("unfollow", errors.Status.NOT_FOUND, "UNFOLLOW nobody",
                            "Input username does not exists, command failed")
 
     def test_follow_someone_already_followed(self):
         """FOLLOW of a user you already follow (ALREADY_EXISTS)."""
-        self.assertRefusal("follow", grpc.StatusCode.ALREADY_EXISTS, "FOLLOW bob",
+        self.assertRefusal("follow", errors.Status.ALREADY_EXISTS, "FOLLOW bob",
                            "Input username already exists, command failed")
 
     def test_unfollow_someone_not_followed(self):
         """UNFOLLOW of a user you do not follow (FAILED_PRECONDITION)."""
-        self.assertRefusal("unfollow", grpc.StatusCode.FAILED_PRECONDITION, "UNFOLLOW bob",
+        self.assertRefusal("unfollow", errors.Status.FAILED_PRECONDITION, "UNFOLLOW bob",
                            "Command failed with not a follower")
 
     def test_server_rejects_username(self):
         """A username the server finds invalid (INVALID_ARGUMENT)."""
-        self.assertRefusal("follow", grpc.StatusCode.INVALID_ARGUMENT, "FOLLOW bob",
+        self.assertRefusal("follow", errors.Status.INVALID_ARGUMENT, "FOLLOW bob",
                            INVALID_USERNAME)
 
     def test_unmapped_status_is_unknown_reason(self):
         """A status with no sentence of its own prints the unknown-reason line."""
-        self.assertRefusal("follow", grpc.StatusCode.RESOURCE_EXHAUSTED, "FOLLOW bob",
+        self.assertRefusal("follow", errors.Status.RESOURCE_EXHAUSTED, "FOLLOW bob",
                            UNKNOWN)
 
     def test_unmapped_status_cause_goes_to_err(self):
         """The cause of an unknown-reason failure is written on the err stream."""
-        self.start(FakeClient(follow=CommandFailed(grpc.StatusCode.INTERNAL, "disk on fire")))
+        self.start(FakeClient(follow=CommandFailed(errors.Status.INTERNAL, "disk on fire")))
         self.type("FOLLOW bob")
         self.assertIn("disk on fire", self.err.getvalue())
 
@@ -468,7 +468,7 @@ class OrderTests(CommandLineTestCase):
         self.start(client)
         self.type("FOLLOW bob", "LIST")
         self.assertEqual(self.output(), [])
-        client.pending[0].errback(CommandFailed(grpc.StatusCode.ALREADY_EXISTS, "dup"))
+        client.pending[0].errback(CommandFailed(errors.Status.ALREADY_EXISTS, "dup"))
         self.assertEqual(self.output(), [
             "Input username already exists, command failed",
             OK, "All users: a", "Followers: x",

@@ -172,7 +172,7 @@ class SlowReaderTests(unittest.TestCase):
 
         import grpc
 
-        from snstwist import auth, grpcbridge
+        from snstwist import auth, errors, grpcbridge
         from snstwist import sns_pb2_grpc as pbg
         from snstwist.client import Client
 
@@ -236,7 +236,7 @@ class SlowReaderTests(unittest.TestCase):
 
         # What was queued before the cut-off is delivered; then the stream
         # ends with an error status, not cleanly.
-        with self.assertRaises(grpc.aio.AioRpcError):
+        with self.assertRaises(errors.RemoteError):
             await grpcbridge.deferredFromAwaitable(drain())
 
         back = await cluster.run("sloth", "LIST\n")

@@ -8,8 +8,6 @@ its channel) in a cleanup.  Nothing sleeps: tests wait on Deferreds that fire
 when the awaited thing has happened.
 """
 
-import grpc
-import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
@@ -140,8 +138,8 @@ class GrpcTestCase(unittest.TestCase):
         """Assert that the call C{d} fails with status C{code}; return the error."""
         try:
             await d
-        except grpc.aio.AioRpcError as e:
-            self.assertEqual(e.code(), code)
+        except errors.RemoteError as e:
+            self.assertEqual(e.status, code)
             return e
         self.fail("the call succeeded; expected %s" % (code,))
 
@@ -192,16 +190,16 @@ class UnaryCallTests(GrpcTestCase):
 
         stub = await self.routerStub(status)
         e = await self.assertCallFails(grpcbridge.call(stub.Status, pb.StatusRequest()),
-                                       grpc.StatusCode.NOT_FOUND)
-        self.assertEqual(e.details(), "no user named bob")
+                                       errors.Status.NOT_FOUND)
+        self.assertEqual(e.message, "no user named bob")
 
     async def test_domain_error_from_a_deferred_arrives_with_its_status(self):
         """A servicer's Deferred failing with AlreadyFollowing is ALREADY_EXISTS."""
         stub = await self.routerStub(
             lambda request, ctx: defer.fail(errors.AlreadyFollowing()))
         e = await self.assertCallFails(grpcbridge.call(stub.Status, pb.StatusRequest()),
-                                       grpc.StatusCode.ALREADY_EXISTS)
-        self.assertEqual(e.details(), errors.AlreadyFollowing().message)
+                                       errors.Status.ALREADY_EXISTS)
+        self.assertEqual(e.message, errors.AlreadyFollowing().message)
 
     async def test_unexpected_exception_is_internal(self):
         """An exception that is not a domain error is INTERNAL, and logged."""
@@ -210,9 +208,23 @@ class UnaryCallTests(GrpcTestCase):
 
         stub = await self.routerStub(status)
         e = await self.assertCallFails(grpcbridge.call(stub.Status, pb.StatusRequest()),
-                                       grpc.StatusCode.INTERNAL)
-        self.assertEqual(e.details(), "internal error")
+                                       errors.Status.INTERNAL)
+        self.assertEqual(e.message, "internal error")
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    async def test_a_remote_error_in_a_servicer_is_internal_and_logged(self):
+        """
+        A servicer failing because a call it made failed does not pass the
+        other process's status on as its own: INTERNAL, and a log line.
+        """
+        def status(request, ctx):
+            raise errors.RemoteError(errors.Status.NOT_FOUND, "elsewhere")
+
+        stub = await self.routerStub(status)
+        e = await self.assertCallFails(grpcbridge.call(stub.Status, pb.StatusRequest()),
+                                       errors.Status.INTERNAL)
+        self.assertEqual(e.message, "internal error")
+        self.assertEqual(len(self.flushLoggedErrors(errors.RemoteError)), 1)
 
     async def test_status_of_a_failed_call_is_its_code(self):
         """statusOf gives the gRPC code of a failed call and None for other failures."""
@@ -223,7 +235,7 @@ class UnaryCallTests(GrpcTestCase):
         d.addErrback(failures.append)
         await d
         self.assertEqual(grpcbridge.statusOf(failures[0]),
-                         grpc.StatusCode.FAILED_PRECONDITION)
+                         errors.Status.FAILED_PRECONDITION)
         self.assertIsNone(grpcbridge.statusOf(Failure(ValueError())))
 
     async def test_timeout_gives_twisted_timeout_error(self):
@@ -360,9 +372,9 @@ class StreamTests(GrpcTestCase):
 
         _, client, _ = await self.openSession(session)
         reason = await client.lost()
-        self.assertTrue(reason.check(grpc.aio.AioRpcError))
-        self.assertEqual(grpcbridge.statusOf(reason), grpc.StatusCode.PERMISSION_DENIED)
-        self.assertEqual(reason.value.details(), errors.PermissionDenied().message)
+        self.assertTrue(reason.check(errors.RemoteError))
+        self.assertEqual(grpcbridge.statusOf(reason), errors.Status.PERMISSION_DENIED)
+        self.assertEqual(reason.value.message, errors.PermissionDenied().message)
 
     async def test_send_beyond_max_queue_returns_false(self):
         """A send that would queue more than maxQueue messages returns False."""
@@ -382,20 +394,20 @@ class StreamTests(GrpcTestCase):
         client, server = await self.openBusySession(maxQueue=2)
         for n in (1, 2, 3):
             server.transport.send(push(n))
-        self.assertEqual(grpcbridge.statusOf(await client.lost()), grpc.StatusCode.ABORTED)
+        self.assertEqual(grpcbridge.statusOf(await client.lost()), errors.Status.ABORTED)
 
     async def test_overflow_while_opening_ends_the_stream_for_the_client(self):
         """Overflowing the queue from makeConnection also ends the client's stream."""
         server = RecordingProtocol()
         server.makeConnection = lambda transport: [transport.send(push(n)) for n in (1, 2, 3)]
         _, client, _ = await self.openSession(lambda ctx: server, maxQueue=2)
-        self.assertEqual(grpcbridge.statusOf(await client.lost()), grpc.StatusCode.ABORTED)
+        self.assertEqual(grpcbridge.statusOf(await client.lost()), errors.Status.ABORTED)
 
     async def test_server_abort_ends_the_stream_for_the_client(self):
         """Stream.abort on the server side ends the client's stream with ABORTED."""
         client, server = await self.openBusySession(maxQueue=1000)
         server.transport.abort()
-        self.assertEqual(grpcbridge.statusOf(await client.lost()), grpc.StatusCode.ABORTED)
+        self.assertEqual(grpcbridge.statusOf(await client.lost()), errors.Status.ABORTED)
 
     async def test_send_after_close_returns_false(self):
         """Nothing can be sent on a closed stream."""

@@ -93,6 +93,29 @@ def importGraph(root, base):
     return graph
 
 
+def importers(root, base, top):
+    """The modules of the package C{base} (in C{root}) that import C{top} or a submodule."""
+    found = set()
+    for directory, _, names in os.walk(root):
+        for name in names:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(directory, name)
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    imported = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    imported = [node.module or ""]
+                else:
+                    continue
+                if any(n == top or n.startswith(top + ".") for n in imported):
+                    parts = os.path.relpath(path, root)[:-3].split(os.sep)
+                    found.add(".".join([base] + parts))
+    return found
+
+
 def cycles(graph):
     """The strongly connected components of more than one module."""
     order, low, stack, onStack, found = {}, {}, [], set(), []
@@ -140,3 +163,14 @@ class ImportCycleTests(SynchronousTestCase):
         graph = importGraph(os.path.dirname(snstwist.commandline.__file__), "snstwist")
         self.assertIn("snstwist.commandline", graph["snstwist.cluster"])
         self.assertEqual(cycles(graph), [])
+
+
+class GrpcBoundaryTests(SynchronousTestCase):
+    def test_only_the_bridge_imports_grpc(self):
+        """
+        grpc is imported by grpcbridge and the generated stubs only: the rest
+        of the package sees Deferreds, domain values and L{errors.RemoteError}.
+        """
+        root = os.path.dirname(snstwist.commandline.__file__)
+        self.assertEqual(importers(root, "snstwist", "grpc"),
+                         {"snstwist.grpcbridge", "snstwist.sns_pb2_grpc"})

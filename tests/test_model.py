@@ -7,7 +7,6 @@ and where peer updates enter.
 
 import string
 
-import grpc
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import errors
@@ -21,7 +20,7 @@ USERNAME_CHARS = string.ascii_letters + string.digits + "_.-"
 def assertInvalid(test, call, *args):
     """C{call(*args)} is refused with INVALID_ARGUMENT."""
     e = test.assertRaises(errors.SNSError, call, *args)
-    test.assertEqual(errors.statusFor(e)[0], grpc.StatusCode.INVALID_ARGUMENT, e.message)
+    test.assertEqual(errors.statusFor(e)[0], errors.Status.INVALID_ARGUMENT, e.message)
     return e
 
 

@@ -6,11 +6,10 @@ that need the cluster's secret, no fake peer, no fake master.
 
 import os
 
-import grpc
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from snstwist import auth, grpcbridge
+from snstwist import auth, errors, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from tests.processes import SECRET, Cluster, childEnv, spawn
@@ -29,10 +28,10 @@ def withoutSecret():
 
 
 async def refusal(call):
-    """The AioRpcError a call fails with (the test fails if it succeeds)."""
+    """The RemoteError a call fails with (the test fails if it succeeds)."""
     try:
         reply = await call
-    except grpc.aio.AioRpcError as e:
+    except errors.RemoteError as e:
         return e
     raise AssertionError("the call succeeded: %r" % (reply,))
 
@@ -82,8 +81,8 @@ class ClusterAttackTests(unittest.TestCase):
         for metadata in (None, auth.secretMetadata(PUBLISHED_DEFAULT)):
             e = await refusal(grpcbridge.call(stub.Status, pb.StatusRequest(), timeout=10,
                                               metadata=metadata))
-            self.assertEqual(e.code(), grpc.StatusCode.PERMISSION_DENIED)
-            self.assertIn("secret", e.details())
+            self.assertEqual(e.status, errors.Status.PERMISSION_DENIED)
+            self.assertIn("secret", e.message)
 
     @inlineAsync
     async def test_digest_without_the_secret_is_permission_denied(self):
@@ -95,7 +94,7 @@ class ClusterAttackTests(unittest.TestCase):
         for metadata in (None, auth.secretMetadata(PUBLISHED_DEFAULT)):
             e = await refusal(grpcbridge.call(stub.Digest, pb.DigestRequest(), timeout=10,
                                               metadata=metadata))
-            self.assertEqual(e.code(), grpc.StatusCode.PERMISSION_DENIED)
+            self.assertEqual(e.status, errors.Status.PERMISSION_DENIED)
 
     @inlineAsync
     async def test_sns_status_and_sns_compare_need_the_secret_file(self):
@@ -126,7 +125,7 @@ class ClusterAttackTests(unittest.TestCase):
             grpcbridge.openStream(pbg.ClusterStub(channel).BroadcastPosts, fake,
                                   metadata=metadata)
             reason = await ended
-            self.assertEqual(reason.code(), grpc.StatusCode.PERMISSION_DENIED)
+            self.assertEqual(reason.status, errors.Status.PERMISSION_DENIED)
         self.assertEqual(cluster.postFiles("vm1"), {})
 
     @inlineAsync
@@ -140,7 +139,7 @@ class ClusterAttackTests(unittest.TestCase):
         grpcbridge.openStream(pbg.RouterStub(channel).Bidirectional_r_and_s, fake,
                               metadata=auth.secretMetadata(PUBLISHED_DEFAULT))
         reason = await ended
-        self.assertEqual(reason.code(), grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(reason.status, errors.Status.PERMISSION_DENIED)
         status = await cluster.status()
         self.assertNotIn("fake", {s.vm for s in status.servers})
 
