@@ -209,6 +209,17 @@ class ClusterSecretTests(SynchronousTestCase):
         self.assertRefused(router.serverLink)
         self.assertIsNotNone(router.serverLink(secret(SECRET)))
 
+    def test_digest_needs_the_secret(self):
+        """What a VM holds (post file names are user names) is for the cluster's operators."""
+        master, _ = serverAs(self, "master")
+        self.assertRefused(lambda ctx: master.digest(pb.DigestRequest(), ctx))
+
+    def test_status_needs_the_secret(self):
+        """The router's view (pids, addresses, users online) is for the cluster's operators."""
+        router = RouterService("127.0.0.1:0", SECRET, clock=Clock())
+        self.assertRefused(lambda ctx: router.status(pb.StatusRequest(), ctx))
+        self.assertEqual(list(router.status(pb.StatusRequest(), secret(SECRET)).servers), [])
+
     def test_the_secret_is_required_whatever_the_role(self):
         """A slave refuses the master's streams for lack of the secret first."""
         slave, _ = serverAs(self, "slave")

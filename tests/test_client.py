@@ -1,0 +1,142 @@
+"""
+The client library's timeline cursor: what it shows once, what it
+acknowledges, and where a resumed session (after a failover) starts.
+"""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from snstwist import client as clientModule
+from snstwist.client import Client, _Session
+from snstwist.model import Post
+from tests.fakes import FakeStream
+
+SECOND = 1000000
+
+
+def post(seq, time_us, author="bob"):
+    return Post(id="vm1.a/%d" % (seq,), author=author, time_us=time_us, text="p%d" % (seq,))
+
+
+def makeClient():
+    shown = []
+    c = Client(["127.0.0.1:1"], "alice", clock=Clock(), onPost=shown.append)
+    return c, shown
+
+
+def reopen(c):
+    """The open request a new session (after a failover) sends first."""
+    stream = FakeStream()
+    session = _Session(c)
+    session.makeConnection(stream)
+    session.beats.stop()
+    return stream.sent[0].open
+
+
+def acks(stream):
+    return [(m.ack.time_us, m.ack.id) for m in stream.sent if m.WhichOneof("kind") == "ack"]
+
+
+class ResumeTests(SynchronousTestCase):
+    def test_a_resumed_session_starts_from_the_newest_post_shown(self):
+        """
+        After posts up to time 50 s were shown, the new session asks from the
+        newest one, less the documented 10 s window (for posts that reach the
+        new master later than the old one).
+        """
+        c, shown = makeClient()
+        for i, t in enumerate((10, 30, 50), 1):
+            c._received(post(i, t * SECOND))
+        request = reopen(c)
+        self.assertTrue(request.HasField("cursor"))
+        self.assertEqual(request.cursor.time_us, 40 * SECOND)
+
+    def test_the_cursor_moves_with_every_newer_post(self):
+        c, shown = makeClient()
+        c._received(post(1, 100 * SECOND))
+        self.assertEqual(reopen(c).cursor.time_us, 90 * SECOND)
+        c._received(post(2, 200 * SECOND))
+        self.assertEqual(reopen(c).cursor.time_us, 190 * SECOND)
+
+    def test_an_older_post_shown_late_does_not_move_the_cursor_back(self):
+        c, shown = makeClient()
+        c._received(post(2, 200 * SECOND))
+        c._received(post(1, 100 * SECOND))
+        self.assertEqual(reopen(c).cursor.time_us, 190 * SECOND)
+        self.assertEqual([p.id for p in shown], ["vm1.a/2", "vm1.a/1"])
+
+    def test_a_window_before_the_epoch_starts_at_zero(self):
+        c, shown = makeClient()
+        c._received(post(1, 3 * SECOND))
+        self.assertEqual(reopen(c).cursor.time_us, 0)
+
+    def test_before_any_post_is_shown_the_session_asks_for_history(self):
+        c, shown = makeClient()
+        request = reopen(c)
+        self.assertFalse(request.HasField("cursor"))
+        self.assertEqual(request.history, 20)
+
+    def test_a_session_reopened_in_the_timeline_asks_for_the_timeline(self):
+        c, shown = makeClient()
+        self.assertFalse(reopen(c).timeline)
+        c.timeline()
+        self.assertTrue(reopen(c).timeline)
+
+
+class ShownOnceTests(SynchronousTestCase):
+    def test_a_post_received_again_is_not_shown_again(self):
+        """The resumed session re-sends the window; what was shown is skipped."""
+        c, shown = makeClient()
+        c._received(post(1, 10 * SECOND))
+        c._received(post(2, 20 * SECOND))
+        c._received(post(1, 10 * SECOND))
+        c._received(post(2, 20 * SECOND))
+        c._received(post(3, 30 * SECOND))
+        self.assertEqual([p.id for p in shown], ["vm1.a/1", "vm1.a/2", "vm1.a/3"])
+
+    def test_the_memory_of_shown_posts_is_bounded_oldest_first(self):
+        c, shown = makeClient()
+        self.patch(clientModule, "SHOWN_MEMORY", 3)
+        for i in range(1, 5):
+            c._received(post(i, i * SECOND))
+        self.assertEqual(list(c.shown), ["vm1.a/2", "vm1.a/3", "vm1.a/4"])
+        c._received(post(4, 4 * SECOND))
+        self.assertEqual(len(shown), 4)
+
+
+class AckTests(SynchronousTestCase):
+    def live(self):
+        c, shown = makeClient()
+        stream = FakeStream()
+        c.session = _Session(c)
+        c.session.makeConnection(stream)
+        self.addCleanup(c.session.beats.stop)
+        return c, stream
+
+    def test_the_newest_post_shown_is_acknowledged(self):
+        c, stream = self.live()
+        c._received(post(1, 10 * SECOND))
+        c._received(post(3, 30 * SECOND))
+        c._received(post(2, 20 * SECOND))
+        c.clock.advance(0.2)
+        self.assertEqual(acks(stream), [(30 * SECOND, "vm1.a/3")])
+
+    def test_acks_are_batched(self):
+        """One ack per 0.2 s, however many posts were shown meanwhile."""
+        c, stream = self.live()
+        for i in range(1, 6):
+            c._received(post(i, i * SECOND))
+        c.clock.advance(0.19)
+        self.assertEqual(acks(stream), [])
+        c.clock.advance(0.01)
+        self.assertEqual(acks(stream), [(5 * SECOND, "vm1.a/5")])
+        c._received(post(6, 6 * SECOND))
+        c.clock.advance(0.2)
+        self.assertEqual(acks(stream)[-1], (6 * SECOND, "vm1.a/6"))
+
+    def test_closing_sends_the_last_ack_at_once(self):
+        c, stream = self.live()
+        c._received(post(1, 10 * SECOND))
+        c.close()
+        self.assertEqual(acks(stream), [(10 * SECOND, "vm1.a/1")])
+        self.assertTrue(stream.closed)

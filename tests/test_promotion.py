@@ -1,0 +1,231 @@
+"""
+What a slave holds: what its master feeds it (C{Onetime_s_to_buddy}, in
+batches), and, once promoted, everything on the VM's disk, fed or not.
+"""
+
+import os
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from snstwist import buddy, grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist.replication import Node
+from snstwist.server import ServerService
+from snstwist.store import MemoryStore, SQLiteStore
+from tests.test_auth import FakeCallContext, _NoWork, login, serverAs, session
+
+
+class FakeChannel:
+    """A channel no call goes through: the calls are routed by L{feedSlave}."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: name
+
+
+def feedSlave(test, slave, fail=()):
+    """
+    Route the master's C{Onetime_s_to_buddy} calls to C{slave} in-process,
+    with the metadata they carry.  Calls whose number (from 0) is in C{fail}
+    fail as an unreachable slave would.  Returns the list of batch sizes sent.
+    """
+    sent = []
+
+    def call(method, request, timeout=None, metadata=None):
+        sent.append(len(request.updates))
+        if len(sent) - 1 in fail:
+            return defer.fail(RuntimeError("slave unreachable"))
+        return defer.succeed(slave.onetimeSToBuddy(request, FakeCallContext(metadata or ())))
+
+    test.patch(grpcbridge, "channel", lambda address: FakeChannel())
+    test.patch(grpcbridge, "call", call)
+    test.patch(grpcbridge, "closeChannel", lambda ch: defer.succeed(None))
+    return sent
+
+
+def emptySlave(test):
+    """A slave that holds nothing yet."""
+    slave, _ = serverAs(test, "slave")
+    slave.node = Node("vm1", slave.origin, MemoryStore(), slave.clock, slave._durable)
+    return slave
+
+
+def slaveHello(slave):
+    return pb.BuddyHello(vm="vm1", role=pb.SLAVE, pid=4242, address="127.0.0.9:1",
+                         have=slave.node.replica.seen.toProto())
+
+
+def writePosts(test, master, store, n):
+    token = login(test, master, store, "alice")
+    for i in range(n):
+        master.post(pb.PostRequest(text="p%d" % (i,), request_id="r%d" % (i,)), session(token))
+    store.flush()
+
+
+class BuddyFeedTests(SynchronousTestCase):
+    def test_a_slave_lacking_several_batches_ends_up_holding_everything(self):
+        """
+        A slave that says it holds the first 100 updates of 1,300 is sent
+        the other 1,200 (in several batches) and then holds all of them.
+        """
+        master, store = serverAs(self, "master")
+        slave = emptySlave(self)
+        writePosts(self, master, store, 1300)
+        held = sorted(master.node.replica.updates[master.origin].values(), key=lambda u: u.seq)
+        slave.node.mirror(held[:100])
+        sent = feedSlave(self, slave)
+        master._slaveHello(object(), slaveHello(slave))
+        self.assertGreater(len(sent), 1, "more than one batch")
+        self.assertEqual(sum(sent), len(held) - 100)
+        self.assertEqual(slave.node.replica.snapshot(), master.node.replica.snapshot())
+        self.assertEqual(slave.node.replica.seen.count(), master.node.replica.seen.count())
+
+    def test_updates_made_while_a_batch_is_in_flight_all_arrive(self):
+        """New writes queue behind the call in flight; none is skipped or sent twice."""
+        master, store = serverAs(self, "master")
+        slave = emptySlave(self)
+        pending = []
+
+        def call(method, request, timeout=None, metadata=None):
+            d = defer.Deferred()
+            pending.append((request, metadata, d))
+            return d
+
+        def deliver():
+            request, metadata, d = pending.pop(0)
+            self.assertLessEqual(len(request.updates), 500)
+            d.callback(slave.onetimeSToBuddy(request, FakeCallContext(metadata)))
+
+        self.patch(grpcbridge, "channel", lambda address: FakeChannel())
+        self.patch(grpcbridge, "call", call)
+        self.patch(grpcbridge, "closeChannel", lambda ch: defer.succeed(None))
+        master._slaveHello(object(), slaveHello(slave))
+        self.assertEqual(len(pending), 1, "one call in flight at a time")
+        writePosts(self, master, store, 300)
+        deliver()
+        writePosts(self, master, store, 700)
+        self.assertEqual(len(pending), 1, "one call in flight at a time")
+        while pending:
+            deliver()
+        self.assertEqual(slave.node.replica.snapshot(), master.node.replica.snapshot())
+        self.assertEqual(slave.node.replica.seen.count(), master.node.replica.seen.count())
+
+    def test_a_failed_feed_is_made_good_by_the_next_hello(self):
+        """A call that fails loses nothing: the slave's next hello brings the rest."""
+        master, store = serverAs(self, "master")
+        slave = emptySlave(self)
+        writePosts(self, master, store, 1200)
+        feedSlave(self, slave, fail={1})
+        master._slaveHello(object(), slaveHello(slave))
+        self.assertNotEqual(slave.node.replica.seen.count(), master.node.replica.seen.count())
+        master._slaveHello(object(), slaveHello(slave))
+        self.assertEqual(slave.node.replica.snapshot(), master.node.replica.snapshot())
+
+    def test_the_feed_carries_the_cluster_secret(self):
+        """The slave accepts the feed: it carries the secret the slave checks."""
+        master, store = serverAs(self, "master")
+        slave = emptySlave(self)
+        writePosts(self, master, store, 3)
+        feedSlave(self, slave)
+        master._slaveHello(object(), slaveHello(slave))
+        self.assertEqual(slave.node.replica.postsBy("alice"), master.node.replica.postsBy("alice"))
+
+    def test_every_durable_write_is_fed_to_the_slave(self):
+        """Once a slave has said hello, each write reaches it when durable."""
+        master, store = serverAs(self, "master")
+        slave = emptySlave(self)
+        sent = feedSlave(self, slave)
+        master._slaveHello(object(), slaveHello(slave))
+        writePosts(self, master, store, 5)
+        self.assertTrue(sent)
+        self.assertEqual([p.text for p in slave.node.replica.postsBy("alice")],
+                         ["p0", "p1", "p2", "p3", "p4"])
+
+
+class PromotionTests(TestCase):
+    """A slave taking over reads the VM's disk: what it was never fed too."""
+
+    async def masterWrote(self, path):
+        """A master on C{path} that wrote users, follows and posts, then died."""
+        node = Node("vm1", "vm1.old", SQLiteStore(path), Clock())
+        await node.load()
+        updates = [node.login("alice"), node.login("bob"),
+                   node.follow("alice", "bob", "f1")]
+        updates += [node.post("bob", "post %d" % (i,), "p%d" % (i,)) for i in range(6)]
+        await defer.gatherResults([node.durable(u) for u in updates])
+        await node.store.close()  # the lock goes with the process
+        return updates
+
+    def slaveOn(self, path):
+        clock = Clock()
+        slave = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], path,
+                              "the-cluster-secret", role="slave", clock=clock)
+        slave.role = buddy.Role(_NoWork())
+        slave.role.startAsSlave()
+        return slave
+
+    async def promote(self, slave):
+        slave.role.masterLost("master died")
+        promoted = defer.Deferred()
+        slave.role = _Watch(slave.role, promoted)
+        slave._takeLock(slave.clock.seconds() + 10)
+        await promoted
+        self.addCleanup(slave.node.store.close)
+
+    async def test_a_promoted_slave_serves_what_it_was_never_fed(self):
+        """
+        Fed only the users and the first two posts, the slave, once master,
+        shows all six posts and the follow from the disk.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        updates = await self.masterWrote(path)
+        slave = self.slaveOn(path)
+        self.assertEqual(slave.node.mirror(updates[:2] + updates[3:5]), 4)
+        await self.promote(slave)
+        self.assertEqual(slave.role.name, "master")
+        replica = slave.node.replica
+        self.assertTrue(replica.isFollowing("alice", "bob"))
+        self.assertEqual([p.text for p in replica.timeline("alice", 20)],
+                         ["post %d" % (i,) for i in range(6)])
+        token = (await slave.login(pb.LoginRequest(user="alice"), FakeCallContext())).token
+        history = slave.history(pb.HistoryRequest(), session(token))
+        self.assertEqual(len(history.posts), 6)
+
+    async def test_a_cold_slave_promoted_serves_everything(self):
+        """A slave fed nothing at all takes over with all that is on disk."""
+        path = self.mktemp()
+        os.makedirs(path)
+        updates = await self.masterWrote(path)
+        slave = self.slaveOn(path)
+        await self.promote(slave)
+        self.assertEqual(slave.node.replica.seen.count(), len(updates))
+        self.assertEqual(len(slave.node.replica.postsBy("bob")), 6)
+
+    async def test_a_promoted_slave_numbers_its_writes_after_the_old_masters(self):
+        """Nothing the old master wrote is hidden by a new write's id or time."""
+        path = self.mktemp()
+        os.makedirs(path)
+        updates = await self.masterWrote(path)
+        slave = self.slaveOn(path)
+        await self.promote(slave)
+        newest = max(u.time_us for u in updates)
+        post = slave.node.post("bob", "after", "p-after")
+        self.assertGreater(post.time_us, newest)
+        self.assertEqual(slave.node.replica.postsBy("bob")[-1].text, "after")
+
+
+class _Watch:
+    """A role that tells when C{promoted} is input."""
+
+    def __init__(self, role, promoted):
+        self._role = role
+        self._promoted = promoted
+
+    def __getattr__(self, name):
+        return getattr(self._role, name)
+
+    def promoted(self):
+        self._role.promoted()
+        self._promoted.callback(None)
