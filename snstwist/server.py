@@ -447,6 +447,17 @@ class ServerService(MultiService):
             user, checkPostText(request.text), rid))
 
     def _write(self, ctx, request, make):
+        """
+        Apply a write once per request id and answer when it is durable.
+
+        The reply's id names the copy of the request this VM holds.  A write
+        is identified by its request, not by that id: when a VM stored a
+        request and died before answering, and the client's retry was
+        stored by another VM, the request has two copies; every VM shows the
+        earlier by (time, id) and hides the other, so the reply may name the
+        hidden copy (this VM could not know of one still on a dead VM's
+        disk).  Either way the request is shown exactly once.
+        """
         user = self._user(ctx)
         requestId = _checkRequestId(request.request_id)
         if self.writing >= self.maxWriting:
