@@ -56,24 +56,28 @@ TARGETS = {
     "snstwist/auth.py": (["tests.test_auth", "tests.test_server", "tests.test_router"], None),
     "snstwist/state.py": (["tests.test_state", "tests.test_replication",
                            "tests.test_convergence"], None),
-    "snstwist/router.py": (["tests.test_router"], None),
-    "snstwist/buddy.py": (["tests.test_buddy"], None),
-    "snstwist/heartbeat.py": (["tests.test_heartbeat", "tests.test_buddy"], None),
-    "snstwist/replication.py": (["tests.test_replication", "tests.test_promotion",
-                                 "tests.test_convergence", "tests.test_server"], None),
-    "snstwist/store.py": (["tests.test_store", "tests.test_promotion"], None),
-    "snstwist/sessions.py": (["tests.test_sessions"], None),
+    "snstwist/router.py": (["tests.test_router", "tests.test_timeouts"], None),
+    "snstwist/buddy.py": (["tests.test_buddy", "tests.test_timeouts"], None),
+    "snstwist/heartbeat.py": (["tests.test_heartbeat", "tests.test_timeouts",
+                               "tests.test_buddy"], None),
+    "snstwist/replication.py": (["tests.test_replication", "tests.test_timeouts",
+                                 "tests.test_promotion", "tests.test_convergence",
+                                 "tests.test_server"], None),
+    "snstwist/store.py": (["tests.test_store", "tests.test_store_fsync",
+                           "tests.test_promotion", "tests.test_compare"], None),
+    "snstwist/sessions.py": (["tests.test_sessions", "tests.test_timeouts"], None),
     "snstwist/compare.py": (["tests.test_compare"], {"differences"}),
-    "snstwist/server.py": (["tests.test_server", "tests.test_auth", "tests.test_promotion"], {
+    "snstwist/server.py": (["tests.test_server", "tests.test_auth", "tests.test_model",
+                            "tests.test_promotion"], {
         "_checkRequestId", "BuddyFeed", "ServerService._slaveHello",
         "ServerService.membershipChanged", "ServerService._asMaster",
         "ServerService._user", "ServerService.login", "ServerService.list",
         "ServerService.follow", "ServerService.unfollow", "ServerService.post",
         "ServerService._write", "ServerService._acknowledged", "ServerService.history",
-        "ServerService.session", "ServerService.onetimeSToBuddy",
+        "ServerService.session", "ServerService.onetimeSToBuddy", "ServerService.digest",
         "ServerService.buddyConnection", "ServerService.broadcastPosts",
         "ServerService._takeLock"}),
-    "snstwist/client.py": (["tests.test_client", "tests.test_cli"], {
+    "snstwist/client.py": (["tests.test_client", "tests.test_timeouts", "tests.test_cli"], {
         "_Session", "Client._failOver", "Client._failoverDone", "Client._doFailover",
         "Client._refillMaster2", "Client._sessionLost", "Client._call",
         "Client._openRequest", "Client._received", "Client._ack", "Client.timeline",
@@ -237,10 +241,17 @@ def _replace(parent, step, new):
         getattr(parent, field)[i] = new
 
 
-def mutantId(module, site):
-    return "%s:%d:%s:%s:%s" % (module, site.line, site.scope, "/".join(
-        "%s%s" % (f, "" if i is None else "[%d]" % i) for f, i in site.path),
-        ":".join(map(str, site.kind)))
+def mutantId(module, site, node, seen):
+    """
+    A name for the mutant that survives unrelated edits: the scope, the
+    mutation, the text of the node mutated, and which occurrence of that
+    text in the scope it is (not the line, so that sampling and before/after
+    comparisons pick the same mutants when other code moves).
+    """
+    key = (site.scope, site.kind, ast.unparse(node))
+    seen[key] = seen.get(key, 0) + 1
+    return "%s:%s:%s:%s#%d" % (module, site.scope or "<module>", ":".join(map(str, site.kind)),
+                               hashlib.sha1(key[2].encode()).hexdigest()[:10], seen[key])
 
 
 # -- running
@@ -303,8 +314,9 @@ def plan(tree, sample, only):
         with open(os.path.join(tree, module), encoding="utf-8") as f:
             parsed = ast.parse(f.read())
         mutants = []
+        seen = {}
         for site in sites(parsed, scope):
-            ident = mutantId(module, site)
+            ident = mutantId(module, site, _locate(parsed, site.path)[2], seen)
             mutants.append((hashlib.sha1(ident.encode()).hexdigest(), ident, site))
         mutants.sort()
         keep = len(mutants) if sample >= 1 else int(round(len(mutants) * sample))
