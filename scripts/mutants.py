@@ -77,7 +77,8 @@ TARGETS = {
         "ServerService.session", "ServerService.onetimeSToBuddy", "ServerService.digest",
         "ServerService.buddyConnection", "ServerService.broadcastPosts",
         "ServerService._takeLock"}),
-    "snstwist/client.py": (["tests.test_client", "tests.test_timeouts", "tests.test_cli"], {
+    "snstwist/client.py": (["tests.test_client", "tests.test_client_failover",
+                            "tests.test_timeouts", "tests.test_cli"], {
         "_Session", "Client._failOver", "Client._failoverDone", "Client._doFailover",
         "Client._refillMaster2", "Client._sessionLost", "Client._call",
         "Client._openRequest", "Client._received", "Client._ack", "Client.timeline",
