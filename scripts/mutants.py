@@ -321,8 +321,7 @@ def plan(tree, sample, only):
             mutants.append((hashlib.sha1(ident.encode()).hexdigest(), ident, site))
         mutants.sort()
         keep = len(mutants) if sample >= 1 else int(round(len(mutants) * sample))
-        chosen = sorted(mutants[:keep], key=lambda m: (m[2].line, m[1]))
-        out[module] = (tests, parsed, [(ident, site) for _, ident, site in chosen],
+        out[module] = (tests, parsed, [(ident, site) for _, ident, site in mutants[:keep]],
                        len(mutants))
     return out
 
@@ -400,7 +399,10 @@ def _run(work, args, temp, results):
             print("%s: %d mutants (of %d), tests %s take %.1fs" % (
                 module, len(work[module][2]), work[module][3],
                 " ".join(work[module][0]) or "(none)", seconds), flush=True)
-        futures = {}
+        # Run in the order of the sampling hash, across modules: a run
+        # stopped early (and resumed with --resume, perhaps with a smaller
+        # --sample) has done the mutants a smaller sample keeps.
+        queue = []
         for module, limit in limits.items():
             tests, parsed, mutants, _total = work[module]
             for ident, site in mutants:
@@ -409,9 +411,13 @@ def _run(work, args, temp, results):
                 if not tests:
                     _record(args, results, ident, site, module, "passed", 0.0)
                     continue
-                source = ast.unparse(mutate(parsed, site))
-                futures[pool.submit(_job, module, source, tests, limit, ident)] = (
-                    site, module)
+                queue.append((hashlib.sha1(ident.encode()).hexdigest(), module, ident, site))
+        futures = {}
+        for _hash, module, ident, site in sorted(queue, key=lambda q: q[0]):
+            tests, parsed, _mutants, _total = work[module]
+            source = ast.unparse(mutate(parsed, site))
+            futures[pool.submit(_job, module, source, tests, limits[module], ident)] = (
+                site, module)
         done = 0
         for future in concurrent.futures.as_completed(futures):
             site, module = futures[future]
