@@ -402,8 +402,8 @@ def _run(work, args, temp, results):
         # Run in the order of the sampling hash, across modules: a run
         # stopped early (and resumed with --resume, perhaps with a smaller
         # --sample) has done the mutants a smaller sample keeps.
-        queue = []
-        for module, limit in limits.items():
+        todo = []
+        for module in limits:
             tests, parsed, mutants, _total = work[module]
             for ident, site in mutants:
                 if ident in results:
@@ -411,9 +411,9 @@ def _run(work, args, temp, results):
                 if not tests:
                     _record(args, results, ident, site, module, "passed", 0.0)
                     continue
-                queue.append((hashlib.sha1(ident.encode()).hexdigest(), module, ident, site))
+                todo.append((hashlib.sha1(ident.encode()).hexdigest(), module, ident, site))
         futures = {}
-        for _hash, module, ident, site in sorted(queue, key=lambda q: q[0]):
+        for _hash, module, ident, site in sorted(todo, key=lambda q: q[0]):
             tests, parsed, _mutants, _total = work[module]
             source = ast.unparse(mutate(parsed, site))
             futures[pool.submit(_job, module, source, tests, limits[module], ident)] = (
