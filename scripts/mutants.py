@@ -36,10 +36,11 @@ import ast
 import concurrent.futures
 import copy
 import hashlib
+import importlib
 import json
 import os
 import shutil
-import subprocess
+import signal
 import sys
 import tempfile
 import time
@@ -263,19 +264,48 @@ def _copyTree(source, dest):
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "_trial_temp*"))
 
 
+# What every test run imports, imported once per worker: each run is a fork
+# of the worker (which has imported neither snstwist nor the tests), so it
+# costs the tests and not the start of an interpreter.  No reactor is
+# installed before the fork: trial installs the asyncio one in the child.
+_PRELOAD = ("twisted.scripts.trial", "twisted.trial.unittest", "twisted.internet.defer",
+            "twisted.internet.task", "twisted.internet.asyncioreactor",
+            "twisted.application.service", "twisted.logger", "grpc", "grpc.aio",
+            "grpc_health.v1.health", "google.protobuf.message", "hypothesis",
+            "hypothesis.stateful", "attrs", "automat", "sqlite3", "json")
+
+
 def _runTests(workdir, tests, timeout):
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", GRPC_VERBOSITY="ERROR",
-               SNS_HYPOTHESIS_PROFILE="mutants", PYTHONPATH=workdir)
+    """Run trial on C{tests} in a fork of this worker; (outcome, seconds)."""
     started = time.monotonic()
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "twisted.trial", "--reactor=asyncio", "-x",
-             "--temp-directory", os.path.join(workdir, "_trial_temp")] + tests,
-            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=timeout)
-        outcome = "passed" if result.returncode == 0 else "failed"
-    except subprocess.TimeoutExpired:
-        outcome = "timeout"
+    pid = os.fork()
+    if pid == 0:  # the child: run the tests and exit with trial's status
+        code = 70
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.environ.update(GRPC_VERBOSITY="ERROR", SNS_HYPOTHESIS_PROFILE="mutants")
+            sys.argv = ["trial", "--reactor=asyncio", "-x", "--temp-directory",
+                        os.path.join(workdir, "_trial_temp")] + tests
+            from twisted.scripts.trial import run
+            run()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            os._exit(code)
+    deadline = started + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "timeout", time.monotonic() - started
+        time.sleep(0.02)
+    outcome = "passed" if os.waitstatus_to_exitcode(status) == 0 else "failed"
     return outcome, time.monotonic() - started
 
 
@@ -286,6 +316,12 @@ def _initWorker(source, workdirs):
     workdir = workdirs.get()
     _copyTree(source, workdir)
     _worker["dir"] = workdir
+    os.chdir(workdir)
+    sys.path.insert(0, workdir)
+    sys.dont_write_bytecode = True
+    for name in _PRELOAD:
+        importlib.import_module(name)
+    assert "twisted.internet.reactor" not in sys.modules
 
 
 def _job(module, source, tests, timeout, mutantId):
