@@ -5,21 +5,21 @@ same request id, resumes its timeline after the last post shown, refills
 master2, and gives up after the documented 15 s when no master answers.
 """
 
-import grpc
-import grpc.aio
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import grpcbridge
 from snstwist import sns_pb2 as pb
+from snstwist.errors import RemoteError, Status
 from snstwist.client import Client, ClusterUnreachable, CommandFailed
 from snstwist.model import Post
 from tests.fakes import FakeStream
 
 
-def rpcError(code):
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "fake")
+def rpcError(status):
+    """How a failed call comes out of the bridge."""
+    return RemoteError(status, "fake")
 
 
 class FakeMethod:
@@ -57,9 +57,9 @@ class FakeCluster:
     def pick(self, exclude=()):
         live = [a for a in self.masters if self.vms[a] not in exclude]
         if self.routerDown:
-            raise rpcError(grpc.StatusCode.UNAVAILABLE)
+            raise rpcError(Status.UNAVAILABLE)
         if not live:
-            raise rpcError(grpc.StatusCode.UNAVAILABLE)
+            raise rpcError(Status.UNAVAILABLE)
         first = pb.ServerAddress(vm=self.vms[live[0]], address=live[0])
         second = (pb.ServerAddress(vm=self.vms[live[1]], address=live[1])
                   if len(live) > 1 else None)
@@ -74,9 +74,9 @@ class FakeCluster:
                 return defer.succeed(self.pick(set(request.exclude_vms)))
             handlers = self.masters.get(method.address)
             if handlers is None:
-                raise rpcError(grpc.StatusCode.UNAVAILABLE)
+                raise rpcError(Status.UNAVAILABLE)
             return defer.succeed(handlers[method.name](request))
-        except grpc.aio.AioRpcError as e:
+        except RemoteError as e:
             return defer.fail(e)
 
     def openStream(self, method, protocol, metadata=None):
@@ -147,7 +147,7 @@ class FailoverTests(SynchronousTestCase):
 
         def dying(request):
             cluster.kill("a:1")
-            raise rpcError(grpc.StatusCode.UNAVAILABLE)
+            raise rpcError(Status.UNAVAILABLE)
 
         handlers["Post"] = dying
         self.successResultOf(client.post("once"))
@@ -187,11 +187,11 @@ class FailoverTests(SynchronousTestCase):
         cluster, client, posted, reconnects = threeVMs(self)
 
         def refuse(request):
-            raise rpcError(grpc.StatusCode.INVALID_ARGUMENT)
+            raise rpcError(Status.INVALID_ARGUMENT)
 
         cluster.masters["a:1"]["Follow"] = refuse
         f = self.failureResultOf(client.follow("a b"), CommandFailed)
-        self.assertEqual(f.value.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertEqual(f.value.code, Status.INVALID_ARGUMENT)
         self.assertEqual(reconnects, [])
         self.assertEqual(len([1 for a, n, r in cluster.calls if n == "Follow"]), 1)
 
@@ -204,7 +204,7 @@ class FailoverTests(SynchronousTestCase):
         def shedding(request):
             if busy[0]:
                 busy[0] = False
-                raise rpcError(grpc.StatusCode.RESOURCE_EXHAUSTED)
+                raise rpcError(Status.RESOURCE_EXHAUSTED)
             return post(request)
 
         handlers["Post"] = shedding
