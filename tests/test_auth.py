@@ -4,6 +4,8 @@ the cluster-internal ones.  The servicer functions are called in-process
 with a call context carrying the metadata a real call would carry.
 """
 
+import os
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -236,3 +238,46 @@ class ServiceSecretTests(SynchronousTestCase):
         service.role.startAsMaster()
         self.assertRaises(errors.PermissionDenied, service.buddyConnection, secret("Y"))
         self.assertIsInstance(service.buddyConnection(secret("X")), buddy.MasterLink)
+
+
+class LoadSecretTests(SynchronousTestCase):
+    """Where a process finds the cluster secret, and what it refuses."""
+
+    def secretFile(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_the_file_is_read_and_stripped(self):
+        path = self.secretFile("  0123456789abcdef\n")
+        self.assertEqual(auth.loadSecret(path, environ={}), "0123456789abcdef")
+
+    def test_the_file_wins_over_the_environment(self):
+        path = self.secretFile("from-the-file-0123")
+        self.assertEqual(auth.loadSecret(path, environ={"SNS_SECRET": "from-the-env-01234"}),
+                         "from-the-file-0123")
+
+    def test_without_a_file_the_environment_is_read(self):
+        self.assertEqual(auth.loadSecret(None, environ={"SNS_SECRET": "from-the-env-01234"}),
+                         "from-the-env-01234")
+
+    def test_the_process_environment_is_the_default(self):
+        self.patch(os, "environ", {"SNS_SECRET": "from-os-environ-0123"})
+        self.assertEqual(auth.loadSecret(), "from-os-environ-0123")
+
+    def test_no_secret_at_all_is_refused(self):
+        self.assertRaises(auth.MissingSecret, auth.loadSecret, None, environ={})
+        self.assertRaises(auth.MissingSecret, auth.loadSecret, None, environ={"SNS_SECRET": " "})
+
+    def test_a_secret_of_16_characters_is_accepted_and_15_refused(self):
+        self.assertEqual(auth.loadSecret(self.secretFile("x" * 16), environ={}), "x" * 16)
+        self.assertRaises(auth.MissingSecret, auth.loadSecret, self.secretFile("x" * 15),
+                          environ={})
+        self.assertRaises(auth.MissingSecret, auth.loadSecret, None,
+                          environ={"SNS_SECRET": "y" * 15})
+
+    def test_an_unreadable_file_is_refused_with_its_name(self):
+        e = self.assertRaises(auth.MissingSecret, auth.loadSecret, "/nonexistent/secret",
+                              environ={"SNS_SECRET": "from-the-env-01234"})
+        self.assertIn("/nonexistent/secret", str(e))

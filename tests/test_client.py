@@ -7,6 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import client as clientModule
+from snstwist import sns_pb2 as pb
 from snstwist.client import Client, _Session
 from snstwist.model import Post
 from tests.fakes import FakeStream
@@ -140,3 +141,25 @@ class AckTests(SynchronousTestCase):
         c.close()
         self.assertEqual(acks(stream), [(10 * SECOND, "vm1.a/1")])
         self.assertTrue(stream.closed)
+
+
+class TimelineTests(SynchronousTestCase):
+    def test_entering_the_timeline_on_a_live_session_asks_for_it(self):
+        """TIMELINE on an open session sends an open request for the timeline, at once."""
+        c, shown = makeClient()
+        stream = FakeStream()
+        c.session = _Session(c)
+        c.session.makeConnection(stream)
+        self.addCleanup(c.session.beats.stop)
+        d = c.timeline()
+        opens = [m.open for m in stream.sent if m.WhichOneof("kind") == "open"]
+        self.assertEqual([o.timeline for o in opens], [False, True])
+        self.assertNoResult(d)
+        c.session.messageReceived(pb.ServerPush(ready=pb.SessionReady(history=0)))
+        self.successResultOf(d)
+
+    def test_the_timeline_waits_for_a_session_when_there_is_none(self):
+        c, shown = makeClient()
+        d = c.timeline()
+        self.assertNoResult(d)
+        self.assertTrue(reopen(c).timeline)

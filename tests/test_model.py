@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
-from snstwist.model import Post, Update
+from snstwist.model import Post, Update, parseUpdateId, updateId
 from tests.test_auth import FakeCallContext, login, serverAs, session
 
 USERNAME_CHARS = string.ascii_letters + string.digits + "_.-"
@@ -176,3 +176,16 @@ class PeerUpdateTests(SynchronousTestCase):
         b = Post(id="vm1.x/10", author="bob", time_us=5, text="b")
         c = Post(id="vm1.x/1", author="bob", time_us=6, text="c")
         self.assertEqual(sorted([c, a, b], key=lambda p: p.key), [b, a, c])
+
+
+class UpdateIdTests(SynchronousTestCase):
+    def test_an_update_id_is_its_origin_and_sequence_number(self):
+        self.assertEqual(updateId("vm1.a1b2", 12), "vm1.a1b2/12")
+        self.assertEqual(parseUpdateId("vm1.a1b2/12"), ("vm1.a1b2", 12))
+
+    def test_an_origin_may_hold_a_slash(self):
+        self.assertEqual(parseUpdateId("a/b/3"), ("a/b", 3))
+
+    def test_a_malformed_update_id_is_refused(self):
+        for bad in ("", "12", "/12", "vm1/", "vm1/x", "vm1/-1", "vm1/1.5"):
+            assertInvalid(self, parseUpdateId, bad)

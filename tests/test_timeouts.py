@@ -41,6 +41,7 @@ def steps(clock, seconds, step=0.25):
 class RouterTests(SynchronousTestCase):
     def registered(self):
         clock = Clock()
+        clock.advance(1000)  # the deadline is measured from the last heartbeat, not from 0
         router = RouterService("127.0.0.1:0", "a-secret-of-16-chars", clock=clock)
         router.registry.register(ServerIdentity("vm1", pb.MASTER, "127.0.0.2:1", 7, "i1"),
                                  _Link())
@@ -75,6 +76,7 @@ class RouterTests(SynchronousTestCase):
 
     def test_the_registry_deadline_is_two_seconds(self):
         clock = Clock()
+        clock.advance(1000)
         registry = Registry(clock)
         registry.register(ServerIdentity("vm1", pb.SLAVE, "127.0.0.2:1", 7, "i1"), _Link())
         clock.advance(2.0)

@@ -1,0 +1,82 @@
+"""
+Whom a master replicates to, and that every write goes out: the peers come
+from the routers' membership (the masters of the other VMs), and each
+broadcast reaches every synced peer, however many came before it.
+"""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from snstwist import sns_pb2 as pb
+from snstwist.replication import Node, PeerLink, Replicator
+from snstwist.store import MemoryStore
+from tests.fakes import FakeStream
+from tests.test_auth import serverAs
+
+
+def membership(*servers):
+    return pb.Membership(servers=[pb.ServerInfo(vm=vm, role=role, address=address)
+                                  for vm, role, address in servers])
+
+
+class PeersFromMembershipTests(SynchronousTestCase):
+    def peersOf(self, service, router, m):
+        chosen = []
+        self.patch(service.replicator, "setPeers", chosen.append)
+        service.membershipChanged(router, m)
+        return chosen
+
+    def test_a_master_replicates_to_the_masters_of_the_other_vms(self):
+        service, _ = serverAs(self, "master")
+        chosen = self.peersOf(service, "r1", membership(
+            ("vm1", pb.MASTER, "127.0.0.2:1"), ("vm1", pb.SLAVE, "127.0.0.2:2"),
+            ("vm2", pb.MASTER, "127.0.0.3:1"), ("vm2", pb.SLAVE, "127.0.0.3:2"),
+            ("vm3", pb.MASTER, "127.0.0.4:1")))
+        self.assertEqual(chosen, [{"vm2": "127.0.0.3:1", "vm3": "127.0.0.4:1"}])
+
+    def test_what_several_routers_know_is_put_together(self):
+        service, _ = serverAs(self, "master")
+        service.membershipChanged("r1", membership(("vm2", pb.MASTER, "127.0.0.3:1")))
+        chosen = self.peersOf(service, "r2", membership(("vm3", pb.MASTER, "127.0.0.4:1")))
+        self.assertEqual(chosen, [{"vm2": "127.0.0.3:1", "vm3": "127.0.0.4:1"}])
+
+    def test_a_slave_replicates_to_nobody(self):
+        service, _ = serverAs(self, "slave")
+        chosen = self.peersOf(service, "r1", membership(("vm2", pb.MASTER, "127.0.0.3:1")))
+        self.assertEqual(chosen, [])
+
+
+class OutboxTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.node = Node("vm1", "vm1.a", MemoryStore(), self.clock)
+        self.node.login("alice")
+        self.replicator = Replicator(self.node, "a-secret-of-16-chars", self.clock)
+        self.stream = FakeStream()
+        link = PeerLink(self.replicator, "vm2", "127.0.0.3:1")
+        link.synced = True
+        link.stream = self.stream
+        self.replicator.links["vm2"] = link
+
+    def sentIds(self):
+        return [u.origin + "/%d" % (u.seq,) for m in self.stream.sent
+                if m.WhichOneof("kind") == "updates" for u in m.updates.updates]
+
+    def test_every_broadcast_goes_out_on_the_next_turn(self):
+        """Writes broadcast one after another, turns apart, each reach the peer."""
+        ids = []
+        for i in range(3):
+            update = self.node.post("alice", "p%d" % (i,), "r%d" % (i,))
+            ids.append(update.id)
+            self.replicator.broadcast(update)
+            self.clock.advance(0)
+            self.assertEqual(self.sentIds(), ids)
+
+    def test_writes_of_one_turn_go_out_together(self):
+        updates = [self.node.post("alice", "p%d" % (i,), "r%d" % (i,)) for i in range(3)]
+        for u in updates:
+            self.replicator.broadcast(u)
+        self.assertEqual(self.sentIds(), [])
+        self.clock.advance(0)
+        self.assertEqual(self.sentIds(), [u.id for u in updates])
+        self.assertEqual(len(self.stream.sent), 1)
