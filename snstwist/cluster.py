@@ -76,13 +76,42 @@ class ClusterService(MultiService):
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
+    def command(self, name, args, env):
+        """
+        What to run for process C{name}: C{args} (an argv) as it is here; a
+        test bed that puts each host in a network namespace wraps it.
+        """
+        return buddy.BuddyCommand(sys.executable, args, env)
+
+    def vmListen(self, index):
+        """The address the VM of C{index} (0, 1, ...) serves on."""
+        return vmHost(index) + ":0"
+
     def _spawn(self, name, args):
         env = dict(os.environ, SNS_SECRET=self.secret, GRPC_ENABLE_FORK_SUPPORT="0",
                    GRPC_VERBOSITY=os.environ.get("GRPC_VERBOSITY", "ERROR"))
-        child = buddy.spawn(self.reactor, name, buddy.BuddyCommand(sys.executable, args, env),
+        child = buddy.spawn(self.reactor, name, self.command(name, args, env),
                             self._childEnded)
         self.children[name] = child
         return child
+
+    def startRouter(self):
+        """Start the router (again, after it was killed)."""
+        return self._spawn("router", twistdArgs(
+            os.path.join(self.base, "router.log"), "sns-router", "--listen", self.router))
+
+    def startVM(self, index):
+        """
+        Start the master of VM C{index} (0, 1, ...), which spawns its slave;
+        again after the VM was killed, on the same data.
+        """
+        vm = "vm%d" % (index + 1,)
+        vmdir = os.path.join(self.base, vm)
+        os.makedirs(vmdir, exist_ok=True)
+        return self._spawn(vm, twistdArgs(
+            os.path.join(vmdir, "server.log"), "sns-server",
+            "--router", self.router, "--vm", vm, "--listen", self.vmListen(index),
+            "--data", os.path.join(vmdir, "data")))
 
     def _childEnded(self, child, reason):
         name = child.name
@@ -98,16 +127,9 @@ class ClusterService(MultiService):
         fd = os.open(self.secretFile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(self.secret + "\n")
-        self._spawn("router", twistdArgs(
-            os.path.join(self.base, "router.log"), "sns-router", "--listen", self.router))
+        self.startRouter()
         for i in range(self.vms):
-            vm = "vm%d" % (i + 1,)
-            vmdir = os.path.join(self.base, vm)
-            os.makedirs(vmdir, exist_ok=True)
-            self._spawn(vm, twistdArgs(
-                os.path.join(vmdir, "server.log"), "sns-server",
-                "--router", self.router, "--vm", vm, "--listen", vmHost(i) + ":0",
-                "--data", os.path.join(vmdir, "data")))
+            self.startVM(i)
         self.out("sns-cluster: router at %s, %d VMs, data and logs in %s"
                  % (self.router, self.vms, self.base))
         d = defer.ensureDeferred(self._waitReady())
@@ -159,7 +181,7 @@ class ClusterService(MultiService):
         MultiService.stopService(self)
         # A promoted slave is not our child (its master spawned it): find
         # every server of our VMs by the pid files they keep in their data.
-        others = [pid for pid in self._serverPids()
+        others = [pid for pid in self.serverPids()
                   if pid not in {c.pid for c in self.children.values()}]
         for pid in others:
             _kill(pid, signal.SIGTERM)
@@ -168,14 +190,18 @@ class ClusterService(MultiService):
         stops.append(defer.ensureDeferred(self._waitGone(others)))
         return defer.gatherResults(stops, consumeErrors=True)
 
-    def _serverPids(self):
+    def serverPids(self, vm=None):
+        """The live sns-server pids of VM C{vm} (default: of every VM), from their pid files."""
         pids = set()
         for i in range(self.vms):
-            run = os.path.join(self.base, "vm%d" % (i + 1,), "data", "run")
-            for name in os.listdir(run) if os.path.isdir(run) else ():
-                pid = int(name.split(".")[0]) if name.split(".")[0].isdigit() else 0
-                if pid and isServer(pid):
-                    pids.add(pid)
+            name = "vm%d" % (i + 1,)
+            if vm not in (None, name):
+                continue
+            run = os.path.join(self.base, name, "data", "run")
+            for entry in os.listdir(run) if os.path.isdir(run) else ():
+                stem = entry.split(".")[0]
+                if stem.isdigit() and isServer(int(stem)):
+                    pids.add(int(stem))
         return pids
 
     async def _waitGone(self, pids):
