@@ -16,7 +16,8 @@ from twisted.trial import unittest
 
 from snstwist import grpcbridge, netbed
 from snstwist import sns_pb2 as pb
-from tests.processes import DEADLINE, Collector, childEnv, routerStatus, stopChild, waitUntil
+from tests.processes import (DEADLINE, SECRET, Collector, childEnv, routerStatus, stopChild,
+                             waitUntil)
 
 _unavailable = []
 
@@ -47,7 +48,7 @@ class Bed:
         # cluster stopped and every client was stopped.
         self.testCase.addCleanup(self.net.destroy)
         await self.net.create()
-        self.cluster = netbed.NetCluster(self.net, self.base, len(self.vms))
+        self.cluster = netbed.NetCluster(self.net, self.base, len(self.vms), secret=SECRET)
         self.cluster.startService()
         self.testCase.addCleanup(self.cluster.stopService)
         await self.cluster.whenReady.addTimeout(DEADLINE, reactor)
