@@ -16,10 +16,13 @@ from twisted.python import usage
 
 def installReactor():
     """Install Twisted's asyncio reactor, or check that it is the one installed."""
-    from twisted.internet import asyncioreactor, error
-    try:
+    from twisted.internet import asyncioreactor
+    # Never call install() a second time: it makes a new asyncio loop, the
+    # current one from then on, before it finds the reactor installed, and
+    # grpc.aio would then run on a loop that nothing drives.
+    if "twisted.internet.reactor" not in sys.modules:
         asyncioreactor.install()
-    except error.ReactorAlreadyInstalledError:
+    else:
         from twisted.internet import reactor
         if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
             raise usage.UsageError(
