@@ -1,5 +1,5 @@
 """
-The options of the command-line programs (snstwist/tap.py).
+What every command-line program shares (snstwist/commandline.py).
 """
 
 import asyncio

@@ -8,12 +8,11 @@ cut-off hosts and healing.  What a partition does is the README's section
 import os
 import sys
 
-import grpc
-
 from twisted.internet import reactor
 from twisted.trial import unittest
 
 from snstwist import netbed
+from snstwist.errors import RemoteError
 from snstwist import sns_pb2 as pb
 from tests.beds import Bed, skipUnlessNamespaces
 from tests.processes import DEADLINE, Collector, childEnv, waitUntil
@@ -220,7 +219,7 @@ class PartitionTests(unittest.TestCase):
         async def everyone():
             try:
                 servers = (await bed.status()).servers
-            except grpc.aio.AioRpcError:
+            except RemoteError:
                 return False
             return len([s for s in servers if s.role == pb.MASTER]) == 2 and \
                 len(servers) == 4
