@@ -32,6 +32,7 @@ from snstwist import auth, buddy, errors, grpcbridge, logs
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.grpcbridge import GrpcServerService, Servicer
+from snstwist.looplag import LoopLag
 from snstwist.model import HISTORY, Update, checkPostText, checkUsername
 from snstwist.replication import Node, ReplicaReceiver, Replicator
 from snstwist.router import HEARTBEAT
@@ -184,6 +185,9 @@ class ServerService(MultiService):
         self.feed = None
         self.masterLink = None
         self.pidfile = os.path.join(data, "run", "%d.pid" % (os.getpid(),))
+        lag = LoopLag.fromEnvironment(clock)
+        if lag is not None:
+            lag.setServiceParent(self)
 
     # -- lifecycle
 

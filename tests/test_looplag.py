@@ -1,0 +1,50 @@
+"""
+L{looplag.LoopLag}: how late a frequent timer fires is how long the reactor
+was held.
+"""
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from snstwist.looplag import LoopLag
+
+
+class LoopLagTests(SynchronousTestCase):
+    def setUp(self):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def lagEvents(self):
+        return [e for e in self.events if e.get("log_namespace") == "snstwist.looplag"]
+
+    def test_a_long_turn_is_logged_with_its_length(self):
+        """A timer due in 5 ms firing 105 ms later is a 100 ms turn, logged once."""
+        clock = Clock()
+        lag = LoopLag(clock, 0.020)
+        lag.startService()
+        clock.advance(0.005)
+        clock.advance(0.005)
+        clock.advance(0.105)
+        lag.stopService()
+        self.assertEqual([round(e["ms"]) for e in self.lagEvents()], [100])
+        self.assertEqual(round(lag.worst * 1000), 100)
+
+    def test_timers_on_time_log_nothing_and_stop_leaves_no_call(self):
+        """Turns under the threshold are not logged; stopping cancels the timer."""
+        clock = Clock()
+        lag = LoopLag(clock, 0.020)
+        lag.startService()
+        for _ in range(10):
+            clock.advance(0.005)
+        lag.stopService()
+        self.assertEqual((self.lagEvents(), clock.getDelayedCalls()), ([], []))
+
+    def test_only_the_environment_turns_it_on(self):
+        """Without $SNS_LOOP_LAG_MS there is no monitor; with it, its threshold."""
+        clock = Clock()
+        self.assertEqual(
+            (LoopLag.fromEnvironment(clock, {}),
+             LoopLag.fromEnvironment(clock, {"SNS_LOOP_LAG_MS": "20"}).threshold),
+            (None, 0.020))
