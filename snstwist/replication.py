@@ -26,6 +26,7 @@ from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.heartbeat import Heartbeat
 from snstwist.model import FollowChange, Post, ReadMark, Update, updateId
+from snstwist.slices import inSlices
 from snstwist.state import Replica, VersionVector
 
 log = Logger()
@@ -68,6 +69,7 @@ class Node:
         self.vm = vm
         self.origin = origin
         self.store = store
+        self.clock = clock
         self.hlc = HybridClock(clock)
         self.replica = Replica()
         self.onDurable = onDurable
@@ -75,12 +77,11 @@ class Node:
         self._durable = {}  # update id -> Deferred of its pending flush
 
     def load(self):
+        """Open the store and apply what it holds, in slices (L{slices})."""
         def loaded(updates):
-            for u in updates:
-                self.replica.apply(u)
-                self.hlc.observe(u.time_us)
-            self.seq = self.replica.lastSeq(self.origin)
-            return updates
+            d = self.mirrorAll(updates)
+            return d.addCallback(lambda _: setattr(
+                self, "seq", self.replica.lastSeq(self.origin))).addCallback(lambda _: updates)
 
         return self.store.open().addCallback(loaded)
 
@@ -163,6 +164,20 @@ class Node:
             fresh += self.replica.apply(u)
         return fresh
 
+    def mirrorAll(self, updates):
+        """
+        L{mirror} for many updates (a whole history read from disk), a
+        slice at a time so that the reactor keeps running; the Deferred
+        fires with how many were new.
+        """
+        fresh = [0]
+
+        def one(u):
+            self.hlc.observe(u.time_us)
+            fresh[0] += self.replica.apply(u)
+
+        return inSlices(self.clock, updates, one).addCallback(lambda _: fresh[0])
+
     def adopt(self, store):
         """
         Take over the VM's data as its writer: open C{store} (writer lock
@@ -171,12 +186,12 @@ class Node:
         """
         self.store = store
 
-        def opened(updates):
-            added = self.mirror(updates)
+        def opened(added):
             self.seq = self.replica.lastSeq(self.origin)
             return added
 
-        return store.open(self.replica.seen).addCallback(opened)
+        d = store.open(self.replica.seen).addCallback(self.mirrorAll)
+        return d.addCallback(opened)
 
     # -- the domain rules of each write
 
@@ -289,16 +304,24 @@ class PeerLink(grpcbridge.ReconnectingLink):
             self.push(missing)
 
     def push(self, updates):
-        """Send C{updates} (in batches), if the peer has said what it holds."""
+        """
+        Send C{updates} (in batches), if the peer has said what it holds.
+        A long catch-up is sent a slice of batches at a time (L{slices}).
+        """
         if not self.synced:
             return
-        now = self.clock.seconds()
-        for start in range(0, len(updates), BATCH):
+
+        def send(start):
+            if not self.synced:
+                return
             chunk = updates[start:start + BATCH]
+            now = self.clock.seconds()
             for u in chunk:
                 self.inflight[u.id] = now
             self.send(pb.ReplicationMessage(
                 updates=pb.UpdateBatch(updates=[u.toProto() for u in chunk])))
+
+        inSlices(self.clock, range(0, len(updates), BATCH), send)
 
     def disconnected(self, reason):
         wasSynced, self.synced = self.synced, False

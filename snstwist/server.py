@@ -18,13 +18,14 @@ slave fences it, takes the VM's writer lock, becomes master and spawns a new
 slave.
 """
 
+import collections
 import gc
 import os
 import sys
 import uuid
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
@@ -90,12 +91,34 @@ class RouterLink(grpcbridge.ReconnectingLink):
 
 def _settleMemory():
     """
-    Everything loaded so far lives as long as the process: keep it out of
-    the garbage collector's full passes, which otherwise pause the reactor
-    for tens of milliseconds once many posts are held.
+    What was loaded or accepted so far lives as long as the process: keep it
+    out of the garbage collector's full passes, which otherwise hold the
+    reactor for hundreds of milliseconds once a million posts are held.
+    Young garbage is collected first; a full collection is not (it would
+    cost what freezing saves).  Done once warm, then every L{SETTLE} seconds.
     """
-    gc.collect()
+    gc.collect(1)
     gc.freeze()
+
+
+def _withoutCollections(load):
+    """
+    Run C{load()} (a Deferred: a history read on the disk thread and applied
+    in slices) with the collector off, so that no full collection over the
+    objects being loaded runs in the middle, on either thread; settle the
+    memory and turn it on again after.
+    """
+    gc.disable()
+
+    def settle(result):
+        _settleMemory()
+        gc.enable()
+        return result
+
+    return load().addBoth(settle)
+
+
+SETTLE = 60.0
 
 
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
@@ -113,7 +136,7 @@ class BuddyFeed:
         self.server = server
         self.channel = grpcbridge.channel(address)
         self.stub = pbg.ClusterStub(self.channel)
-        self.queue = []
+        self.queue = collections.deque()
         self.busy = False
         self.closed = False
 
@@ -125,7 +148,9 @@ class BuddyFeed:
             self._send()
 
     def _send(self):
-        batch, self.queue = self.queue[:500], self.queue[500:]
+        # Cut from the front without copying the rest: a cold slave's
+        # first push is the whole history.
+        batch = [self.queue.popleft() for _ in range(min(500, len(self.queue)))]
         if not batch or self.closed:
             self.busy = False
             return
@@ -136,7 +161,7 @@ class BuddyFeed:
 
         def failed(f):
             log.info("could not update the slave: {why}", why=f.getErrorMessage())
-            self.queue = []
+            self.queue.clear()
 
         d.addCallbacks(lambda _: None, failed)
         d.addCallback(lambda _: self._send())
@@ -185,6 +210,8 @@ class ServerService(MultiService):
         self.feed = None
         self.masterLink = None
         self.pidfile = os.path.join(data, "run", "%d.pid" % (os.getpid(),))
+        self.settler = task.LoopingCall(_settleMemory)
+        self.settler.clock = clock
         lag = LoopLag.fromEnvironment(clock)
         if lag is not None:
             lag.setServiceParent(self)
@@ -197,12 +224,17 @@ class ServerService(MultiService):
         with open(self.pidfile, "w") as f:
             f.write("%d\n" % (os.getpid(),))
         if self.startRole == "master":
-            self.ready = self.node.load()
+            self.ready = _withoutCollections(self.node.load)
             self.ready.addCallback(lambda _: self.role.startAsMaster())
         else:
+            # A slave settles its memory once warm (standBy).
             self.ready = defer.maybeDeferred(self.role.startAsSlave)
-        self.ready.addCallback(lambda _: _settleMemory())
+        self.ready.addCallback(self._settleEvery)
         self.ready.addErrback(self._failed)
+
+    def _settleEvery(self, _):
+        self.settler.start(SETTLE, now=False).addErrback(
+            lambda f: log.failure("settling memory failed", f))
 
     def _failed(self, failure):
         log.failure("server of VM {vm} could not start", failure, vm=self.vm)
@@ -231,6 +263,8 @@ class ServerService(MultiService):
     def stopService(self):
         if self.orphaned is not None and self.orphaned.active():
             self.orphaned.cancel()
+        if self.settler.running:
+            self.settler.stop()
         self.role.stop()
         for link in self.links:
             yield link.stop(graceful=True)
@@ -270,8 +304,7 @@ class ServerService(MultiService):
         self.masterLink = buddy.SlaveLink(self.clock, self._buddyHello,
                                           self.role.masterLost, self._masterStopping,
                                           self._dialMaster)
-        d = self.node.store.read()
-        d.addCallback(self.node.mirror)
+        d = _withoutCollections(lambda: self.node.store.read().addCallback(self.node.mirrorAll))
         d.addCallback(lambda _: self.masterLink.start())
         d.addErrback(self._failed)
         log.info("slave of VM {vm} at {address} standing by for master {master} (pid {pid})",

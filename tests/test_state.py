@@ -58,6 +58,23 @@ class SeenTests(SynchronousTestCase):
         self.assertEqual([seen.add(2), seen.add(2), seen.add(1), seen.add(1)],
                          [True, False, True, False])
 
+    def test_top_is_the_highest_seq_seen(self):
+        """top follows add() and is rebuilt by a copy from the wire."""
+        seen = Seen()
+        for seq in (1, 5, 3):
+            seen.add(seq)
+        self.assertEqual((seen.top, Seen(seen.contiguous, set(seen.extra)).top, Seen(4).top),
+                         (5, 5, 4))
+
+    def test_lacking_walks_only_above_the_remote_prefix(self):
+        """What a remote lacks: seqs held here, above its prefix, not in its extras."""
+        mine, theirs = Seen(), Seen()
+        for seq in (1, 2, 3, 5, 6, 9):
+            mine.add(seq)
+        for seq in (1, 2, 6):
+            theirs.add(seq)
+        self.assertEqual(mine.lacking(theirs), [3, 5, 9])
+
     def test_has_covers_prefix_and_extras_only(self):
         """has() is true for the prefix and the extras, false for the gaps."""
         seen = Seen(contiguous=2, extra={5})
@@ -225,6 +242,25 @@ class MissingTests(SynchronousTestCase):
     def test_an_equal_vector_misses_nothing(self):
         """A remote holding what we hold misses nothing."""
         self.assertEqual(self.replica.missing(self.replica.seen), [])
+
+    def test_missing_comes_in_sequence_order_per_origin(self):
+        """Updates applied out of order are sent in (origin, seq) order, gaps skipped."""
+        replica = replicaOf([userUpdate("vm1.a", seq, seq, "alice") for seq in (7, 2, 5, 1)])
+        self.assertEqual([u.id for u in replica.missing(vectorOf([("vm1.a", 1)]))],
+                         ["vm1.a/2", "vm1.a/5", "vm1.a/7"])
+
+    @given(st.data())
+    def test_missing_is_what_a_sorted_scan_finds(self, data):
+        """missing() is every held update the remote lacks, each origin's in order."""
+        updates = data.draw(updateLists())
+        theirs = data.draw(st.lists(st.sampled_from(updates))) if updates else []
+        a, remote = replicaOf(updates), replicaOf(theirs).seen
+        expected = sorted({(u.origin, u.seq) for u in updates
+                           if not remote.has(u.origin, u.seq)})
+        sent = [(u.origin, u.seq) for u in a.missing(remote)]
+        perOrigin = [[seq for o, seq in sent if o == origin] for origin in {o for o, _ in sent}]
+        self.assertEqual((sorted(sent), [sorted(seqs) for seqs in perOrigin]),
+                         (expected, perOrigin))
 
 
 class ConvergenceTests(SynchronousTestCase):
