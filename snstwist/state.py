@@ -47,6 +47,17 @@ class Seen:
             self.extra.discard(self.contiguous)
         return True
 
+    def discard(self, seq):
+        """
+        Forget C{seq} (a write that failed).  C{top} stays what it was: an
+        upper bound is all L{lacking} needs.
+        """
+        if seq <= self.contiguous:
+            self.extra.update(range(seq + 1, self.contiguous + 1))
+            self.contiguous = seq - 1
+        else:
+            self.extra.discard(seq)
+
     def lacking(self, remote):
         """
         The sequence numbers seen here that C{remote} (a L{Seen}) lacks, in
@@ -71,6 +82,11 @@ class VersionVector:
 
     def add(self, origin, seq):
         return self.origins.setdefault(origin, Seen()).add(seq)
+
+    def discard(self, origin, seq):
+        seen = self.origins.get(origin)
+        if seen is not None:
+            seen.discard(seq)
 
     def count(self):
         return sum(s.contiguous + len(s.extra) for s in self.origins.values())

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -105,7 +106,8 @@ def parsePostLine(line):
     record = json.loads(line)
     origin, _, seq = record["id"].rpartition("/")
     time_us = parseTime(record["time"])
-    post = Post(id=record["id"], author=record["author"], time_us=time_us,
+    # One string per author, not one per post held.
+    post = Post(id=record["id"], author=sys.intern(record["author"]), time_us=time_us,
                 text=record["text"])
     return Update(origin=origin, seq=int(seq), time_us=time_us, post=post,
                   request_id=record.get("request", ""))
@@ -429,7 +431,9 @@ class SQLiteStore:
         self._pool = ThreadPool(1, 1, name="sns-store")
         self._pending = []
         self._writing = None
-        self._stored = set()
+        # What is stored or being written, as ranges per origin: a set of
+        # (origin, seq) would cost about 90 bytes per post held.
+        self._stored = VersionVector()
         self._known = None
         self.batches = 0
 
@@ -454,7 +458,8 @@ class SQLiteStore:
         self._known = known
 
         def loaded(updates):
-            self._stored.update((u.origin, u.seq) for u in updates)
+            for u in updates:
+                self._stored.add(u.origin, u.seq)
             log.info("opened {path}: {n} updates stored", path=self.path, n=len(updates))
             return updates
 
@@ -465,9 +470,9 @@ class SQLiteStore:
         for u in updates:
             # Marked as stored one by one, so an update repeated within
             # this call is written once, like one repeated across calls.
-            if (u.origin, u.seq) not in self._stored and not (
+            if not self._stored.has(u.origin, u.seq) and not (
                     self._known is not None and self._known.has(u.origin, u.seq)):
-                self._stored.add((u.origin, u.seq))
+                self._stored.add(u.origin, u.seq)
                 fresh.append(u)
         if not fresh and not displaced:
             return defer.succeed(None)
@@ -495,7 +500,8 @@ class SQLiteStore:
         def failed(f):
             log.failure("writing {n} updates failed", f, n=len(updates))
             for ups, _, _, _ in batch:
-                self._stored.difference_update((u.origin, u.seq) for u in ups)
+                for u in ups:
+                    self._stored.discard(u.origin, u.seq)
             return f
 
         self._writing.addCallbacks(lambda _: None, failed).addBoth(done)

@@ -66,6 +66,16 @@ class SeenTests(SynchronousTestCase):
         self.assertEqual((seen.top, Seen(seen.contiguous, set(seen.extra)).top, Seen(4).top),
                          (5, 5, 4))
 
+    def test_discard_forgets_one_seq_of_the_prefix_or_the_extras(self):
+        """A failed write is forgotten; everything else is still held."""
+        seen = Seen()
+        for seq in (1, 2, 3, 4, 7):
+            seen.add(seq)
+        seen.discard(2)
+        seen.discard(7)
+        self.assertEqual([seq for seq in range(1, 9) if seen.has(seq)], [1, 3, 4])
+        self.assertEqual((seen.add(2), seen.contiguous, seen.extra), (True, 4, set()))
+
     def test_lacking_walks_only_above_the_remote_prefix(self):
         """What a remote lacks: seqs held here, above its prefix, not in its extras."""
         mine, theirs = Seen(), Seen()
