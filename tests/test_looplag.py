@@ -20,15 +20,17 @@ class LoopLagTests(SynchronousTestCase):
         return [e for e in self.events if e.get("log_namespace") == "snstwist.looplag"]
 
     def test_a_long_turn_is_logged_with_its_length(self):
-        """A timer due in 5 ms firing 105 ms later is a 100 ms turn, logged once."""
+        """A timer due in 5 ms firing 105 ms later is 100 ms late, logged with the CPU used."""
         clock = Clock()
-        lag = LoopLag(clock, 0.020)
+        cpu = iter([0.0, 0.001, 0.002, 0.062]).__next__
+        lag = LoopLag(clock, 0.020, cpu=cpu)
         lag.startService()
         clock.advance(0.005)
         clock.advance(0.005)
         clock.advance(0.105)
         lag.stopService()
-        self.assertEqual([round(e["ms"]) for e in self.lagEvents()], [100])
+        self.assertEqual([(round(e["ms"]), round(e["busy"])) for e in self.lagEvents()],
+                         [(100, 60)])
         self.assertEqual(round(lag.worst * 1000), 100)
 
     def test_timers_on_time_log_nothing_and_stop_leaves_no_call(self):
