@@ -21,9 +21,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from snstwist import auth, grpcbridge
-from snstwist.errors import RemoteError, Status
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
+from snstwist.errors import RemoteError, Status
 from snstwist.heartbeat import Heartbeat
 from snstwist.model import HISTORY, Post
 # The session's heartbeat interval is the server's: the deadline on each side
@@ -262,12 +262,15 @@ class Client:
             await deferLater(self.clock, delay, lambda: None)
             delay = min(delay * 2, 0.5)
         if self.master2 is None or self.master2.vm == self.master1.vm:
-            defer.ensureDeferred(self._refillMaster2())
+            d = defer.ensureDeferred(self._refillMaster2())
+            d.addErrback(lambda f: log.failure("finding a new master2 failed", f))
 
     async def _refillMaster2(self):
         try:
             reply = await self._askRouter(exclude={self.master1.vm})
-        except Exception:
+        except ClusterUnreachable as e:
+            # Not fatal: a failover with no master2 asks the router again.
+            log.info("no master2 outside {vm} for now: {why}", vm=self.master1.vm, why=e)
             self.master2 = None
             return
         self.master2 = self._master(reply.master1)

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
-from snstwist import auth, buddy, grpcbridge
+from snstwist import auth, buddy, errors, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -139,13 +139,19 @@ class ClusterService(MultiService):
         channel = grpcbridge.channel(self.router)
         stub = pbg.RouterStub(channel)
         deadline = self.reactor.seconds() + self.readyTimeout
+        problem = None
         try:
             while not self.whenReady.called:
                 try:
                     status = await grpcbridge.call(stub.Status, pb.StatusRequest(), timeout=1,
                                                   metadata=auth.secretMetadata(self.secret))
-                except Exception:
+                except errors.RemoteError as e:
+                    # The router is still starting: ask again.  Each new
+                    # reason is logged once, not every tenth of a second.
                     status = None
+                    if e.message != problem:
+                        problem = e.message
+                        log.info("router not answering yet: {why}", why=problem)
                 if status is not None:
                     # Ready means fault tolerant: every VM has its master
                     # and that master's slave.

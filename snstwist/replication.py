@@ -350,7 +350,8 @@ class Replicator:
         """C{peers}: {vm: address} of the other VMs' masters."""
         for vm in list(self.links):
             if peers.get(vm) != self.links[vm].address:
-                self.links.pop(vm).stop()
+                self.links.pop(vm).stop().addErrback(
+                    lambda f, vm=vm: log.failure("closing the link to {vm} failed", f, vm=vm))
         for vm, address in peers.items():
             if vm != self.node.vm and vm not in self.links:
                 link = self.links[vm] = PeerLink(self, vm, address)

@@ -321,7 +321,8 @@ class ServerService(MultiService):
         log.warn("master {pid} of VM {vm} lost ({why}): fencing it and taking over",
                  pid=pid, vm=self.vm, why=why)
         buddy.fence(pid)
-        grpcbridge.closeChannel(self.masterChannel)
+        grpcbridge.closeChannel(self.masterChannel).addErrback(
+            lambda f: log.failure("closing the channel to the old master failed", f))
         self._takeLock(self.clock.seconds() + self.lockDeadline)
 
     def _takeLock(self, deadline):
@@ -388,7 +389,8 @@ class ServerService(MultiService):
     def _slaveHello(self, link, hello):
         log.info("slave {pid} at {address} connected", pid=hello.pid, address=hello.address)
         if self.feed is not None:
-            self.feed.close()
+            self.feed.close().addErrback(
+                lambda f: log.failure("closing the feed to the old slave failed", f))
         self.slaveLink = link
         self.feed = BuddyFeed(self, hello.address)
         self.feed.push(self.node.replica.missing(VersionVector.fromProto(hello.have)))

@@ -515,8 +515,9 @@ class SQLiteStore:
         while self._writing is not None:
             try:
                 yield self._writing
-            except Exception:
-                pass
+            except Exception as e:
+                # _nextBatch logged the failure, and its writers got it.
+                log.info("closing {path} after a failed write: {e}", path=self.path, e=e)
         if self._pool.started:
             yield self._onDisk(self._disk.close)
             self._pool.stop()
