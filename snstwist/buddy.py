@@ -26,8 +26,10 @@ from automat import MethodicalMachine
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
+from snstwist import errors
 from snstwist import sns_pb2 as pb
 from snstwist.heartbeat import Heartbeat
+from snstwist.model import checkHeartbeat, checkServerHello, checkVersionVector
 
 log = Logger()
 
@@ -318,6 +320,16 @@ def fence(pid, kill=os.kill):
         return False
 
 
+def checkBuddyMessage(message):
+    """The bounds of a C{BuddyConnection} message."""
+    kind = message.WhichOneof("kind")
+    if kind == "hello":
+        checkServerHello(message.hello)
+        checkVersionVector(message.hello.have)
+    elif kind == "heartbeat":
+        checkHeartbeat(message.heartbeat)
+
+
 class _BuddyEnd:
     """
     What both ends of C{BuddyConnection} do: say hello with our pid,
@@ -336,6 +348,19 @@ class _BuddyEnd:
     def _silent(self, seconds):
         self.stream.abort()
         self.silent("no heartbeat for %.2fs" % (seconds,))
+
+    def _checked(self, message):
+        """
+        Is C{message} within its bounds?  A buddy that breaks them is treated
+        as one that went silent.
+        """
+        try:
+            checkBuddyMessage(message)
+        except errors.SNSError as e:
+            log.warn("bad message from buddy: {e}", e=e.message)
+            self.stream.abort(e)
+            return False
+        return True
 
     def sendStopping(self):
         if self.stream is not None:
@@ -390,6 +415,8 @@ class SlaveLink(_BuddyEnd):
         self.onMasterLost("master hung: " + why)
 
     def messageReceived(self, message):
+        if not self._checked(message):
+            return
         self.beats.heard()
         kind = message.WhichOneof("kind")
         if kind == "hello":
@@ -440,6 +467,8 @@ class MasterLink(_BuddyEnd):
         self.onSlaveHung(self.slave, why)
 
     def messageReceived(self, message):
+        if not self._checked(message):
+            return
         self.beats.heard()
         kind = message.WhichOneof("kind")
         if kind == "hello":

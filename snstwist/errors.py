@@ -94,6 +94,10 @@ class NotLoggedIn(SNSError):
     """Missing or invalid session token: call Login first."""
 
 
+class TooMany(SNSError):
+    """Too many values: a bound on a count was reached."""
+
+
 class Overloaded(SNSError):
     """Too many requests in flight; try again."""
 
@@ -122,6 +126,7 @@ _STATUS = {
     NotBuddy: Status.FAILED_PRECONDITION,
     PermissionDenied: Status.PERMISSION_DENIED,
     NotLoggedIn: Status.UNAUTHENTICATED,
+    TooMany: Status.RESOURCE_EXHAUSTED,
     Overloaded: Status.RESOURCE_EXHAUSTED,
 }
 

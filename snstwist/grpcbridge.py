@@ -33,11 +33,11 @@ from twisted.python.failure import Failure
 
 from snstwist import errors
 from snstwist.heartbeat import Heartbeat
+# Both ends of every channel set the largest message: model.py derives the
+# bounds on every field from it, so that any update accepted fits in one.
+from snstwist.model import MAX_MESSAGE_BYTES
 
 log = Logger()
-
-# Messages are small; a bound keeps a bad peer from making us buffer megabytes.
-MAX_MESSAGE_BYTES = 1 << 20
 
 SECRET_METADATA = "x-sns-secret"
 SESSION_METADATA = "x-sns-session"
@@ -160,11 +160,15 @@ class Stream:
             self._ended = True
             self._queue.put_nowait(_END)
 
-    def abort(self):
-        """Tear the stream down now, dropping anything queued."""
+    def abort(self, reason=None):
+        """
+        Tear the stream down now, dropping anything queued.  On a server's
+        stream, C{reason} (an L{errors.SNSError}) is the status the peer
+        gets; ABORTED without one.
+        """
         self._ended = True
         if self._abort is not None:
-            self._abort()
+            self._abort(reason)
 
     @property
     def pending(self):
@@ -243,7 +247,8 @@ def openStream(method, protocol, metadata=None, maxQueue=1000):
             _lost(protocol, reason)
 
     task = asyncio.ensure_future(run())
-    stream._abort = task.cancel
+    # A client can not send a status: the reason is only the server's.
+    stream._abort = lambda reason=None: task.cancel()
     protocol.makeConnection(stream)
     return stream
 
@@ -262,9 +267,13 @@ def _abortWith(context, exc):
     return context.abort(grpc.StatusCode[status.name], message)
 
 
-async def _endAborted(context):
+async def _endAborted(context, reason=None):
+    if reason is None:
+        code, message = grpc.StatusCode.ABORTED, "stream aborted by the server"
+    else:
+        code, message = errors.statusFor(reason)
     try:
-        await context.abort(grpc.StatusCode.ABORTED, "stream aborted by the server")
+        await context.abort(code, message)
     except (grpc.aio.AbortError, grpc.aio.UsageError):
         pass  # abort raises once the status is out; or it was already sent
     except Exception as e:
@@ -313,11 +322,11 @@ def _streamHandler(factory, openStreams, maxQueue):
         refused = []
         me = asyncio.current_task()
 
-        def abort():
+        def abort(reason=None):
             # grpc sends no status for a cancelled handler, so the peer would
             # wait on a dead stream: end the call with a status as well.
             if not context.done():
-                asyncio.ensure_future(_endAborted(context))
+                asyncio.ensure_future(_endAborted(context, reason))
             me.cancel()
 
         stream._abort = abort

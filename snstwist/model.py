@@ -1,8 +1,18 @@
 """
-Values of the domain: posts, updates, usernames; and their limits, in one place.
+Values of the domain: posts, updates, usernames; and every bound on what a
+client or a peer may send, in one place.
 
 Everything here is a frozen attrs value validated at construction, so a bad
 value never travels.  Conversions to and from the wire types live here too.
+
+The limits below are checked where data enters (a client's request in
+server.py and sessions.py, a peer's message in replication.py, router.py and
+buddy.py) with the C{check*} functions of this module, and answered with
+INVALID_ARGUMENT (a value too long, malformed or out of its window) or
+RESOURCE_EXHAUSTED (too many of something).  An error message names the bound
+and shows at most L{MAX_ECHO} characters of what was sent.  The README's
+"Limits" table lists every bound and what a client gets past it: add a row
+there when you add one here.
 """
 
 import re
@@ -12,9 +22,68 @@ import attrs
 from snstwist import errors
 from snstwist import sns_pb2 as pb
 
-USERNAME = re.compile(r"[A-Za-z0-9_.\-]{1,32}\Z")
+# ------------------------------------------------------------------ limits
+
+# The largest gRPC message any channel or server of ours sends or receives
+# (grpcbridge sets both ends to it).
+MAX_MESSAGE_BYTES = 1 << 20
+
+# Of the values a client sends.
+MAX_USERNAME = 32
+USERNAME = re.compile(r"[A-Za-z0-9_.\-]{1,%d}\Z" % (MAX_USERNAME,))
 MAX_POST_CHARS = 1000
-HISTORY = 20
+MAX_REQUEST_ID = 64
+REQUEST_ID = re.compile(r"[\x21-\x7e]{0,%d}\Z" % (MAX_REQUEST_ID,))
+HISTORY = 20            # posts of history sent, at most
+MAX_EXCLUDED_VMS = 16   # VMs a client may exclude when asking the router
+
+# Of the values peers (servers, routers) send.  VM names follow the
+# username rule; an origin is "<vm>.<incarnation>", an update id
+# "<origin>/<seq>".
+MAX_INCARNATION = 24
+MAX_ORIGIN = MAX_USERNAME + 1 + MAX_INCARNATION
+ORIGIN = re.compile(r"[A-Za-z0-9_.\-]{1,%d}\Z" % (MAX_ORIGIN,))
+MAX_SEQ = 2**63 - 1     # SQLite integers are signed 64-bit
+MAX_TIME_US = 2**63 - 1  # times are never negative
+MAX_UPDATE_ID = MAX_ORIGIN + 1 + len(str(MAX_SEQ))
+MAX_ADDRESS = 270       # host:port; a DNS name is at most 253 characters
+MAX_HEARTBEAT_USERS = 100
+MAX_ORIGINS = 10000     # origins in one version vector
+MAX_EXTRA = 10000       # out-of-order sequence numbers of one origin
+MAX_SERVERS = 128       # server processes registered with one router
+
+# Times a peer sends (update and read-mark times, in microseconds since the
+# epoch) may be at most this far ahead of our own clock: a peer whose clock
+# runs further ahead has its updates refused (and retried by its
+# anti-entropy) until ours catches up.  Never adopted into our hybrid clock.
+CLOCK_WINDOW_US = 5 * 60 * 10**6
+
+def _largestUpdate():
+    """The largest update the bounds above allow: a post at every maximum."""
+    wide = "\U0001f600"  # four bytes of UTF-8 per character
+    origin = "o" * MAX_ORIGIN
+    biggest = pb.Update(origin=origin, seq=MAX_SEQ, time_us=MAX_TIME_US,
+                        request_id="r" * MAX_REQUEST_ID)
+    biggest.post.id = "i" * MAX_UPDATE_ID
+    biggest.post.author = "a" * MAX_USERNAME
+    biggest.post.time_us = MAX_TIME_US
+    biggest.post.text = wide * MAX_POST_CHARS
+    return biggest
+
+
+# The most bytes one update takes on the wire, and how many fit in one
+# replication or buddy message (UpdateBatch inside ReplicationMessage): each
+# update costs its bytes plus a tag and a length, the batch a tag and a
+# length more.  Anything accepted always fits in one message.
+MAX_UPDATE_BYTES = _largestUpdate().ByteSize()
+UPDATES_PER_MESSAGE = (MAX_MESSAGE_BYTES - 16) // (MAX_UPDATE_BYTES + 4)
+
+# Users are a grow-only set that LIST returns whole (with the followers) and
+# a digest hashes file by file: bounded so that those replies always fit in
+# one message too.
+MAX_USERS = 8000
+
+
 # An error message quotes at most this much of the input it refuses: a 20 KB
 # name must not come back whole (nor overflow gRPC's 8 KB metadata limit,
 # which would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED).
@@ -33,7 +102,7 @@ def excerpt(value, limit=MAX_ECHO):
 def checkUsername(name):
     if not isinstance(name, str) or not USERNAME.match(name):
         raise errors.InvalidUsername(
-            "invalid username %s: use 1-32 of A-Z a-z 0-9 _ . -" % (excerpt(name),))
+            "invalid username %s: use 1-%d of A-Z a-z 0-9 _ . -" % (excerpt(name), MAX_USERNAME))
     return name
 
 
@@ -46,6 +115,101 @@ def checkPostText(text):
     except UnicodeEncodeError:
         raise errors.InvalidPost("a post must be valid UTF-8 text")
     return text
+
+
+def checkRequestId(requestId):
+    """A client's request id: 0-64 printable ASCII characters, no spaces."""
+    if not isinstance(requestId, str) or not REQUEST_ID.match(requestId):
+        raise errors.InvalidRequest(
+            "a request id is at most %d printable ASCII characters without spaces (got %s)"
+            % (MAX_REQUEST_ID, excerpt(requestId)))
+    return requestId
+
+
+def checkVm(name, what="VM name"):
+    """A VM's name: the username rule."""
+    if not isinstance(name, str) or not USERNAME.match(name):
+        raise errors.InvalidRequest("invalid %s %s: use 1-%d of A-Z a-z 0-9 _ . -"
+                                    % (what, excerpt(name), MAX_USERNAME))
+    return name
+
+
+def checkOrigin(origin):
+    if not isinstance(origin, str) or not ORIGIN.match(origin):
+        raise errors.InvalidRequest("invalid origin %s: use 1-%d of A-Z a-z 0-9 _ . -"
+                                    % (excerpt(origin), MAX_ORIGIN))
+    return origin
+
+
+def checkSeq(seq):
+    if not 1 <= seq <= MAX_SEQ:
+        raise errors.InvalidRequest("a sequence number is 1-%d (got %d)" % (MAX_SEQ, seq))
+    return seq
+
+
+def checkText(value, what, maximum, minimum=1):
+    """A peer's printable ASCII field (an address, an incarnation) of bounded length."""
+    if (not isinstance(value, str) or not minimum <= len(value) <= maximum
+            or not value.isascii() or not value.isprintable() or " " in value):
+        raise errors.InvalidRequest("invalid %s %s: %d-%d printable ASCII characters"
+                                    % (what, excerpt(value), minimum, maximum))
+    return value
+
+
+def checkTime(time_us, now_us=None):
+    """
+    A time a peer or a client sends: not before the epoch, and (given our
+    clock's C{now_us}) not more than L{CLOCK_WINDOW_US} ahead of it.
+    """
+    if time_us < 0:
+        raise errors.InvalidRequest("a time before 1970 (%d us)" % (time_us,))
+    if now_us is not None and time_us > now_us + CLOCK_WINDOW_US:
+        raise errors.InvalidRequest(
+            "a time %.0f s ahead of this server's clock (at most %d s allowed)"
+            % ((time_us - now_us) / 1e6, CLOCK_WINDOW_US // 10**6))
+    return time_us
+
+
+def checkCount(values, what, maximum):
+    """A repeated field of at most C{maximum} values."""
+    if len(values) > maximum:
+        raise errors.TooMany("at most %d %s (got %d)" % (maximum, what, len(values)))
+    return values
+
+
+def checkHeartbeat(beat):
+    """A heartbeat's bounds: the users it names (its counters are any value)."""
+    checkCount(beat.users, "users in a heartbeat", MAX_HEARTBEAT_USERS)
+    for user in beat.users:
+        checkUsername(user)
+    return beat
+
+
+def checkVersionVector(vector):
+    """A peer's version vector (wire form): origins and their sequence numbers."""
+    checkCount(vector.origins, "origins in a version vector", MAX_ORIGINS)
+    for r in vector.origins:
+        checkOrigin(r.origin)
+        if r.contiguous > MAX_SEQ:
+            checkSeq(r.contiguous)
+        checkCount(r.extra, "out-of-order sequence numbers of one origin", MAX_EXTRA)
+        for seq in r.extra:
+            checkSeq(seq)
+    return vector
+
+
+def checkServerHello(hello):
+    """
+    The bounds of a server's hello (on C{Bidirectional_r_and_s}, and as
+    C{BuddyHello} without its version vector): what the router keeps and
+    pushes to every server.
+    """
+    checkVm(hello.vm)
+    checkText(hello.address, "address", MAX_ADDRESS)
+    checkText(hello.incarnation, "incarnation", MAX_INCARNATION)
+    if hello.pid < 0:
+        raise errors.InvalidRequest("a negative pid (%d)" % (hello.pid,))
+    return hello
 
 
 def _username(instance, attribute, value):
@@ -61,10 +225,20 @@ def updateId(origin, seq):
 
 
 def parseUpdateId(identifier):
-    origin, _, seq = identifier.rpartition("/")
-    if not origin or not seq.isdigit():
+    if not isinstance(identifier, str) or len(identifier) > MAX_UPDATE_ID:
         raise errors.InvalidRequest("malformed update id %s" % (excerpt(identifier),))
-    return origin, int(seq)
+    origin, _, seq = identifier.rpartition("/")
+    if not origin or not seq.isdigit() or not seq.isascii():
+        raise errors.InvalidRequest("malformed update id %s" % (excerpt(identifier),))
+    return checkOrigin(origin), checkSeq(int(seq))
+
+
+def checkCursor(time_us, postId, now_us=None):
+    """A timeline position: a post's (time, id), the id possibly empty."""
+    checkTime(time_us, now_us)
+    if postId:
+        parseUpdateId(postId)
+    return (time_us, postId)
 
 
 @attrs.frozen(order=False)
@@ -148,23 +322,55 @@ class Update:
             u.follow.following = f.following
         return u
 
+    @property
+    def requester(self):
+        """
+        The user whose request made this update: request ids are scoped to
+        (requester, request id), so two users may pick the same id.
+        """
+        if self.post is not None:
+            return self.post.author
+        if self.follow is not None:
+            return self.follow.follower
+        if self.read is not None:
+            return self.read.user
+        return self.user
+
+    @property
+    def request(self):
+        """(requester, request id), or None for an update made by no request."""
+        return (self.requester, self.request_id) if self.request_id else None
+
     @classmethod
     def fromProto(cls, u):
-        kind = u.WhichOneof("change")
-        common = dict(origin=u.origin, seq=u.seq, time_us=u.time_us, request_id=u.request_id)
+        """
+        An update as a peer sent it, every field checked against its bound
+        (L{errors.InvalidRequest} otherwise).  Times are checked against our
+        clock by the node that receives it, not here.
+        """
         if not u.origin or u.seq < 1:
             raise errors.InvalidRequest("update without origin or sequence number")
-        if kind == "user":
-            return cls(user=checkUsername(u.user.name), **common)
-        if kind == "post":
-            post = Post.fromProto(u.post)
-            if post.id != updateId(u.origin, u.seq):
-                raise errors.InvalidRequest("post id does not match its update")
-            return cls(post=post, **common)
-        if kind == "follow":
-            f = u.follow
-            return cls(follow=FollowChange(f.follower, f.followee, f.following), **common)
-        if kind == "read":
-            r = u.read
-            return cls(read=ReadMark(r.user, r.time_us, r.post_id), **common)
+        common = dict(origin=checkOrigin(u.origin), seq=checkSeq(u.seq),
+                      time_us=checkTime(u.time_us), request_id=checkRequestId(u.request_id))
+        kind = u.WhichOneof("change")
+        try:
+            if kind == "user":
+                return cls(user=checkUsername(u.user.name), **common)
+            if kind == "post":
+                post = Post.fromProto(u.post)
+                if post.id != updateId(u.origin, u.seq) or post.time_us != u.time_us:
+                    raise errors.InvalidRequest("post id or time does not match its update")
+                return cls(post=post, **common)
+            if kind == "follow":
+                f = u.follow
+                if f.follower == f.followee:
+                    raise errors.InvalidRequest("a follow of oneself")
+                return cls(follow=FollowChange(f.follower, f.followee, f.following), **common)
+            if kind == "read":
+                r = u.read
+                checkCursor(r.time_us, r.post_id)
+                return cls(read=ReadMark(r.user, r.time_us, r.post_id), **common)
+        except (errors.InvalidUsername, errors.InvalidPost) as e:
+            # A peer's bad value is a bad request, whatever its field.
+            raise errors.InvalidRequest("bad update %s: %s" % (excerpt(u.origin), e.message))
         raise errors.InvalidRequest("update with no change")

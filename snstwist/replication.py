@@ -25,7 +25,10 @@ from snstwist import auth, errors, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.heartbeat import Heartbeat
-from snstwist.model import FollowChange, Post, ReadMark, Update, updateId
+from snstwist.model import (
+    MAX_UPDATE_BYTES, MAX_USERS, UPDATES_PER_MESSAGE, FollowChange, Post, ReadMark, Update,
+    checkCount, checkHeartbeat, checkOrigin, checkTime, checkVersionVector, checkVm,
+    parseUpdateId, updateId)
 from snstwist.slices import inSlices
 from snstwist.state import Replica, VersionVector
 
@@ -35,8 +38,28 @@ ANTI_ENTROPY = 1.0
 LINK_TIMEOUT = 3 * ANTI_ENTROPY
 ACK_TIMEOUT = 5.0
 SWEEP = 0.5
-BATCH = 100
+BATCH = min(100, UPDATES_PER_MESSAGE)
 _BEAT = pb.ReplicationMessage(heartbeat=pb.Heartbeat())
+
+
+def checkReplicationMessage(message):
+    """
+    The bounds of a C{BroadcastPosts} message (either way), but for each
+    update's own fields (L{Update.fromProto} checks those).
+    """
+    kind = message.WhichOneof("kind")
+    if kind == "hello":
+        checkVm(message.hello.vm)
+        checkOrigin(message.hello.origin)
+        checkVersionVector(message.hello.have)
+    elif kind == "updates":
+        checkCount(message.updates.updates, "updates in one message", UPDATES_PER_MESSAGE)
+    elif kind == "ack":
+        checkCount(message.ack.ids, "ids in one ack", UPDATES_PER_MESSAGE)
+        for i in message.ack.ids:
+            parseUpdateId(i)
+    elif kind == "heartbeat":
+        checkHeartbeat(message.heartbeat)
 
 
 class HybridClock:
@@ -57,6 +80,10 @@ class HybridClock:
     def observe(self, time_us):
         self.last = max(self.last, time_us)
 
+    def physical(self):
+        """Our physical clock, in microseconds: what a peer's times are checked against."""
+        return int(self.clock.seconds() * 1e6)
+
 
 class Node:
     """
@@ -75,6 +102,8 @@ class Node:
         self.onDurable = onDurable
         self.seq = 0
         self._durable = {}  # update id -> Deferred of its pending flush
+        self.refused = 0  # peer updates refused (out of the clock window)
+        self._refusedIds = set()  # logged once each (bounded)
 
     def load(self):
         """Open the store and apply what it holds, in slices (L{slices})."""
@@ -96,6 +125,13 @@ class Node:
                                   **change["post"])
         update = Update(origin=self.origin, seq=seq, time_us=time_us,
                         request_id=requestId, **change)
+        size = update.toProto().ByteSize()
+        if size > MAX_UPDATE_BYTES:
+            # The bounds of model.py make this impossible; should a new
+            # field escape them, the write is refused here rather than
+            # stored and then never replicated.
+            raise errors.InvalidRequest("this write would take %d bytes; at most %d replicate"
+                                        % (size, MAX_UPDATE_BYTES))
         self.seq = seq
         return update
 
@@ -143,15 +179,39 @@ class Node:
         return d
 
     def receive(self, updates):
-        """Apply updates from a peer; the Deferred fires when all are durable."""
-        fresh, displaced = [], []
+        """
+        Apply updates from a peer.  The Deferred fires, once they are
+        durable, with the ids of those accepted: an update dated more than
+        L{CLOCK_WINDOW_US} ahead of our clock is refused (and logged), not
+        stored and never observed by our hybrid clock; the peer's
+        anti-entropy offers it again later.
+        """
+        fresh, displaced, accepted = [], [], []
+        now = self.hlc.physical()
         for u in updates:
+            try:
+                checkTime(u.time_us, now)
+                if u.read is not None:
+                    checkTime(u.read.time_us, now)
+            except errors.InvalidRequest as e:
+                self._refuse(u, e)
+                continue
+            accepted.append(u)
             self.hlc.observe(u.time_us)
             if self.replica.apply(u, displaced):
                 fresh.append(u)
         if fresh:
             self._persist(fresh, displaced)
-        return defer.gatherResults([self.durable(u) for u in updates], consumeErrors=True)
+        d = defer.gatherResults([self.durable(u) for u in accepted], consumeErrors=True)
+        return d.addCallback(lambda _: [u.id for u in accepted])
+
+    def _refuse(self, update, why):
+        self.refused += 1
+        if update.id not in self._refusedIds:
+            if len(self._refusedIds) >= 1000:
+                self._refusedIds.clear()
+            self._refusedIds.add(update.id)
+            log.warn("refused update {id} from a peer: {why}", id=update.id, why=why.message)
 
     def mirror(self, updates):
         """
@@ -199,6 +259,8 @@ class Node:
         """Create C{user} if new.  Returns the update, or None if it existed."""
         if user in self.replica.users:
             return None
+        if len(self.replica.users) >= MAX_USERS:
+            raise errors.TooMany("this cluster has its maximum of %d users" % (MAX_USERS,))
         return self.accept(user=user)
 
     def follow(self, user, target, requestId):
@@ -284,6 +346,12 @@ class PeerLink(grpcbridge.ReconnectingLink):
         self.send(_BEAT)
 
     def received(self, message):
+        try:
+            checkReplicationMessage(message)
+        except errors.SNSError as e:
+            log.warn("bad replication message from {vm}: {e}", vm=self.vm, e=e.message)
+            self.stream.abort()
+            return
         kind = message.WhichOneof("kind")
         if kind == "hello":
             if not self.synced:
@@ -471,23 +539,24 @@ class ReplicaReceiver:
 
     def messageReceived(self, message):
         self.beats.heard()
-        kind = message.WhichOneof("kind")
+        try:
+            checkReplicationMessage(message)
+            kind = message.WhichOneof("kind")
+            if kind == "updates":
+                updates = [Update.fromProto(u) for u in message.updates.updates]
+        except errors.SNSError as e:
+            log.warn("bad replication message from {vm}: {e}", vm=self.peerVm, e=e.message)
+            self.stream.abort(e)
+            return
         if kind == "hello":
             self.peerVm = message.hello.vm
         elif kind == "updates":
-            try:
-                updates = [Update.fromProto(u) for u in message.updates.updates]
-            except errors.SNSError as e:
-                log.warn("bad update from {vm}: {e}", vm=self.peerVm, e=e)
-                self.stream.abort()
-                return
-            ids = [u.id for u in updates]
             d = self.node.receive(updates)
-            d.addCallback(self._ack, ids)
+            d.addCallback(self._ack)
             d.addErrback(lambda f: log.failure("storing replicated updates failed", f))
 
-    def _ack(self, _, ids):
-        if self.stream is not None:
+    def _ack(self, ids):
+        if self.stream is not None and ids:
             self.stream.send(pb.ReplicationMessage(ack=pb.ReplicaAck(ids=ids)))
 
     def connectionLost(self, reason):

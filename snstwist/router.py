@@ -20,6 +20,9 @@ from twisted.logger import Logger
 from snstwist import auth, errors
 from snstwist import sns_pb2 as pb
 from snstwist.grpcbridge import GrpcServerService, Servicer
+from snstwist.model import (
+    MAX_EXCLUDED_VMS, MAX_SERVERS, checkCount, checkHeartbeat, checkServerHello, checkUsername,
+    checkVm)
 
 log = Logger()
 
@@ -41,7 +44,9 @@ class ServerIdentity:
             raise errors.InvalidRequest("hello needs vm, address and incarnation")
         if hello.role not in (pb.MASTER, pb.SLAVE):
             raise errors.InvalidRequest("hello needs a role")
+        checkServerHello(hello)
         return cls(hello.vm, hello.role, hello.address, hello.pid, hello.incarnation)
+
 
 
 @attrs.define
@@ -187,13 +192,21 @@ class ServerLink:
 
     def messageReceived(self, message):
         kind = message.WhichOneof("kind")
-        if kind == "hello":
-            try:
+        try:
+            if kind == "hello":
                 identity = ServerIdentity.fromHello(message.hello)
-            except errors.SNSError as e:
-                log.warn("bad hello from {peer}: {e}", peer=self.stream.peer, e=e)
-                self.stream.abort()
-                return
+                if (identity.incarnation not in self.registry.servers
+                        and len(self.registry.servers) >= MAX_SERVERS):
+                    raise errors.TooMany("this router has its maximum of %d servers"
+                                         % (MAX_SERVERS,))
+            elif kind == "heartbeat":
+                checkHeartbeat(message.heartbeat)
+        except errors.SNSError as e:
+            log.warn("bad {kind} from {peer}: {e}", kind=kind, peer=self.stream.peer,
+                     e=e.message)
+            self.stream.abort(e)
+            return
+        if kind == "hello":
             self.incarnation = identity.incarnation
             self.registry.register(identity, self)
         elif kind == "heartbeat" and self.incarnation is not None:
@@ -254,6 +267,11 @@ class RouterService(MultiService):
     # -- RPCs
 
     def onetimeCToR(self, request, ctx):
+        if request.user:
+            checkUsername(request.user)
+        checkCount(request.exclude_vms, "excluded VMs", MAX_EXCLUDED_VMS)
+        for vm in request.exclude_vms:
+            checkVm(vm, "excluded VM")
         exclude = set(request.exclude_vms)
         first, second = self.registry.pickMasters(exclude)
         return pb.MasterReply(master1=_toAddress(first), master2=_toAddress(second))

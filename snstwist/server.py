@@ -34,7 +34,9 @@ from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.grpcbridge import GrpcServerService, Servicer
 from snstwist.looplag import LoopLag
-from snstwist.model import HISTORY, Update, checkPostText, checkUsername
+from snstwist.model import (
+    HISTORY, UPDATES_PER_MESSAGE, Update, checkCount, checkPostText, checkRequestId,
+    checkUsername, checkVm)
 from snstwist.replication import Node, ReplicaReceiver, Replicator
 from snstwist.router import HEARTBEAT
 from snstwist.sessions import MAX_QUEUE, SessionHub
@@ -42,15 +44,6 @@ from snstwist.state import VersionVector
 from snstwist.store import DataLocked, SQLiteStore
 
 log = Logger()
-
-MAX_REQUEST_ID = 64
-
-
-def _checkRequestId(requestId):
-    if len(requestId) > MAX_REQUEST_ID:
-        raise errors.InvalidRequest("request ids are at most %d characters" % (MAX_REQUEST_ID,))
-    return requestId
-
 
 class RouterLink(grpcbridge.ReconnectingLink):
     """
@@ -150,7 +143,7 @@ class BuddyFeed:
     def _send(self):
         # Cut from the front without copying the rest: a cold slave's
         # first push is the whole history.
-        batch = [self.queue.popleft() for _ in range(min(500, len(self.queue)))]
+        batch = [self.queue.popleft() for _ in range(min(UPDATES_PER_MESSAGE, len(self.queue)))]
         if not batch or self.closed:
             self.busy = False
             return
@@ -498,13 +491,15 @@ class ServerService(MultiService):
         disk).  Either way the request is shown exactly once.
         """
         user = self._user(ctx)
-        requestId = _checkRequestId(request.request_id)
+        requestId = checkRequestId(request.request_id)
+        if request.prefer_vm:
+            checkVm(request.prefer_vm, "preferred VM")
         if self.writing >= self.maxWriting:
             # Writes waiting on disks and peers are bounded: past that the
             # client is told to back off instead of growing our memory.
             raise errors.Overloaded("%d writes in flight on this master; try again"
                                     % (self.writing,))
-        update = self.node.replica.byRequest(requestId) if requestId else None
+        update = self.node.replica.byRequest(user, requestId) if requestId else None
         if update is None:
             update = make(user, requestId)
             d = self._acknowledged(update, request.prefer_vm)
@@ -547,6 +542,7 @@ class ServerService(MultiService):
         auth.checkSecret(ctx, self.secret)
         if self.role.name != "slave":
             raise errors.NotBuddy("this server is not a slave")
+        checkCount(request.updates, "updates in one message", UPDATES_PER_MESSAGE)
         updates = [Update.fromProto(u) for u in request.updates]
         return pb.BuddyAck(applied=self.node.mirror(updates))
 

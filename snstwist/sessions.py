@@ -15,10 +15,27 @@ L{grpcbridge.Stream}), rather than allowed to grow this process's memory.
 
 from twisted.logger import Logger
 
+from snstwist import errors
 from snstwist import sns_pb2 as pb
-from snstwist.model import HISTORY
+from snstwist.model import HISTORY, checkCursor, checkHeartbeat
 
 log = Logger()
+
+
+def checkClientMessage(message, now_us):
+    """
+    The bounds of what a client sends on its session: a cursor is a post's
+    (time, id), the time within the clock window of C{now_us}; a heartbeat
+    names at most a few users.
+    """
+    kind = message.WhichOneof("kind")
+    if kind == "open" and message.open.HasField("cursor"):
+        cursor = message.open.cursor
+        checkCursor(cursor.time_us, cursor.id, now_us)
+    elif kind == "ack":
+        checkCursor(message.ack.time_us, message.ack.id, now_us)
+    elif kind == "heartbeat":
+        checkHeartbeat(message.heartbeat)
 
 HEARTBEAT = 2.0
 TIMEOUT = 3 * HEARTBEAT
@@ -156,6 +173,14 @@ class ClientSession:
 
     def messageReceived(self, message):
         self.lastHeard = self.clock.seconds()
+        try:
+            checkClientMessage(message, self.hub.node.hlc.physical())
+        except errors.SNSError as e:
+            log.info("refused a session message of {user}: {e}", user=self.user, e=e.message)
+            self.live = False
+            self.hub.remove(self)
+            self.stream.abort(e)
+            return
         kind = message.WhichOneof("kind")
         if kind == "open" and message.open.timeline and not self.live:
             self._startTimeline(message.open)

@@ -135,7 +135,7 @@ class Replica:
         Apply C{update}; return True if it was new here.  Idempotent and
         commutative: the outcome does not depend on order or repetition.
 
-        A post is shown once per request id: when a client's retry was
+        A post is shown once per (user, request id): when a client's retry was
         accepted by a second VM before the first VM's copy arrived, both
         updates are kept, and the one with the smaller (time, id) is the post
         shown everywhere.  A post this update hides from view is appended to
@@ -144,10 +144,12 @@ class Replica:
         if not self.seen.add(update.origin, update.seq):
             return False
         self.updates.setdefault(update.origin, {})[update.seq] = update
-        rid = update.request_id
-        prior = self.requests.get(rid) if rid else None
-        if rid and (prior is None or update.key < prior.key):
-            self.requests[rid] = update
+        # Request ids are the client's, and scoped to its user: two users
+        # may pick the same one.
+        request = update.request
+        prior = self.requests.get(request) if request else None
+        if request and (prior is None or update.key < prior.key):
+            self.requests[request] = update
         if update.user is not None:
             self.users.add(update.user)
         elif update.post is not None:
@@ -183,7 +185,8 @@ class Replica:
 
     def shows(self, update):
         """Is C{update}'s post the one shown for its request (not a duplicate)?"""
-        shown = self.requests.get(update.request_id) if update.request_id else None
+        request = update.request
+        shown = self.requests.get(request) if request else None
         return shown is None or shown.id == update.id
 
     def lastSeq(self, origin):
@@ -196,8 +199,9 @@ class Replica:
         """The newest post key C{user} is known to have read, or None."""
         return self.reads.get(user)
 
-    def byRequest(self, requestId):
-        return self.requests.get(requestId)
+    def byRequest(self, user, requestId):
+        """The update C{user}'s request C{requestId} made (the earliest copy), or None."""
+        return self.requests.get((user, requestId))
 
     def isFollowing(self, follower, followee):
         register = self.follows.get((follower, followee))

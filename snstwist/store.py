@@ -113,6 +113,21 @@ def parsePostLine(line):
                   request_id=record.get("request", ""))
 
 
+def _decoded(bodies):
+    """
+    The stored updates of the log.  One that breaks a bound of model.py (it
+    was stored before the bound existed) is left out, and said so: it could
+    never be replicated, and loading it would keep the VM apart forever.
+    """
+    updates = []
+    for body in bodies:
+        try:
+            updates.append(Update.fromProto(pb.Update.FromString(body)))
+        except errors.SNSError as e:
+            log.warn("ignoring a stored update that breaks a bound: {e}", e=e.message)
+    return updates
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
     origin TEXT NOT NULL, seq INTEGER NOT NULL, time_us INTEGER NOT NULL,
@@ -181,8 +196,7 @@ class _Disk:
         if os.path.exists(path):
             db = sqlite3.connect("file:%s?mode=ro" % (path,), uri=True)
             try:
-                updates = [Update.fromProto(pb.Update.FromString(body))
-                           for (body,) in db.execute("SELECT body FROM log")]
+                updates = _decoded(body for (body,) in db.execute("SELECT body FROM log"))
             except sqlite3.OperationalError:
                 updates = []
             finally:
@@ -208,9 +222,9 @@ class _Disk:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
         lacks = (lambda origin, seq: not known.has(origin, seq)) if known else None
-        updates = [Update.fromProto(pb.Update.FromString(body))
-                   for (origin, seq, body) in self.db.execute("SELECT origin, seq, body FROM log")
-                   if lacks is None or lacks(origin, seq)]
+        updates = _decoded(body for (origin, seq, body)
+                           in self.db.execute("SELECT origin, seq, body FROM log")
+                           if lacks is None or lacks(origin, seq))
         if lacks is None:
             names = [n for n in os.listdir(self.postsDir) if n.endswith(".txt")]
         else:

@@ -13,6 +13,7 @@ class FakeStream:
         self.sent = []
         self.closed = False
         self.aborted = False
+        self.reason = None
 
     def send(self, message):
         self.sent.append(message)
@@ -21,8 +22,9 @@ class FakeStream:
     def close(self):
         self.closed = True
 
-    def abort(self):
+    def abort(self, reason=None):
         self.aborted = True
+        self.reason = reason
 
     def kinds(self):
         """The oneof kind of every message sent, in order."""

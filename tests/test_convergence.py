@@ -113,7 +113,7 @@ class End:
     def close(self):
         self.connection.breakOff()
 
-    def abort(self):
+    def abort(self, reason=None):
         self.connection.breakOff()
 
 
@@ -264,7 +264,7 @@ class ReplicationMachine(RuleBasedStateMachine):
         self.vms = {}
         self.skews = {}
         self.incarnations = 0
-        self.requests = 0
+        self.requests = {}      # user -> request ids used (scoped to the user)
         self.produced = {}      # update id -> Update, every write any node made
         self.acknowledged = {}  # update id -> copies the client was told
         self.problems = []
@@ -319,12 +319,16 @@ class ReplicationMachine(RuleBasedStateMachine):
 
     # -- writes, acknowledged the way ServerService._acknowledged does
 
-    def _produce(self, vm, make):
-        """Make one write at C{vm}'s node; None if the node refused or had nothing to do."""
+    def _produce(self, vm, user, make):
+        """
+        Make one write of C{user} at C{vm}'s node; None if the node refused
+        or had nothing to do.  Each user numbers its own requests, so users
+        pick the same request ids all the time: they must not collide.
+        """
         inc = self.vms[vm]
-        self.requests += 1
+        self.requests[user] = self.requests.get(user, 0) + 1
         try:
-            update = make(inc.node, "r-%d" % (self.requests,))
+            update = make(inc.node, "r-%d" % (self.requests[user],))
         except DOMAIN_REFUSALS:
             return None
         if update is None:
@@ -336,9 +340,9 @@ class ReplicationMachine(RuleBasedStateMachine):
         self.produced[update.id] = update
         return update
 
-    def _write(self, vm, make, prefer):
+    def _write(self, vm, user, make, prefer):
         """A client's write: answered once durable here and acked by a peer (or timed out)."""
-        update = self._produce(vm, make)
+        update = self._produce(vm, user, make)
         if update is None:
             return
         inc = self.vms[vm]
@@ -364,14 +368,14 @@ class ReplicationMachine(RuleBasedStateMachine):
           prefer=st.sampled_from((None,) + VMS))
     def login(self, vm, user, prefer):
         """A login creates the user on that VM if the VM does not know them yet."""
-        self._write(vm, lambda node, rid: node.login(user), prefer)
+        self._write(vm, user, lambda node, rid: node.login(user), prefer)
 
     @rule(vm=st.sampled_from(VMS), user=st.sampled_from(NAMES), text=postTexts(),
           prefer=st.sampled_from((None,) + VMS))
     def post(self, vm, user, text, prefer):
         """A client logs in at C{vm} (as the CLI does on connecting) and posts."""
         self.login(vm, user, prefer)
-        self._write(vm, lambda node, rid: node.post(user, text, rid), prefer)
+        self._write(vm, user, lambda node, rid: node.post(user, text, rid), prefer)
 
     @rule(vm=st.sampled_from(VMS), nth=st.integers(0, 7),
           prefer=st.sampled_from((None,) + VMS))
@@ -385,9 +389,10 @@ class ReplicationMachine(RuleBasedStateMachine):
         if not posts:
             return
         original = posts[nth % len(posts)]
-        if self.vms[vm].node.replica.byRequest(original.request_id) is not None:
+        author = original.post.author
+        if self.vms[vm].node.replica.byRequest(author, original.request_id) is not None:
             return
-        self._write(vm, lambda node, rid: node.post(
+        self._write(vm, author, lambda node, rid: node.post(
             original.post.author, original.post.text, original.request_id), prefer)
 
     @rule(vm=st.sampled_from(VMS), user=st.sampled_from(NAMES[:3]),
@@ -405,7 +410,8 @@ class ReplicationMachine(RuleBasedStateMachine):
         if change == "toggle":
             following = self.vms[vm].node.replica.isFollowing(user, followee)
             change = "unfollow" if following else "follow"
-        self._write(vm, lambda node, rid: getattr(node, change)(user, followee, rid), prefer)
+        self._write(vm, user, lambda node, rid: getattr(node, change)(user, followee, rid),
+                    prefer)
 
     @rule(vm=st.sampled_from(VMS), user=st.sampled_from(NAMES), nth=st.integers(0, 7))
     def read(self, vm, user, nth):
@@ -417,7 +423,7 @@ class ReplicationMachine(RuleBasedStateMachine):
         timeline = self.vms[vm].node.replica.timeline(user, HISTORY)
         if timeline:
             key = timeline[nth % len(timeline)].key
-            update = self._produce(vm, lambda node, rid: node.markRead(user, key))
+            update = self._produce(vm, user, lambda node, rid: node.markRead(user, key))
             if update is not None:
                 self.vms[vm].replicator.broadcast(update)
                 self.clock.advance(0)
@@ -615,11 +621,16 @@ class ReplicationMachine(RuleBasedStateMachine):
         views = {inc.vm: userViews(inc.node.replica) for inc in self.live()}
         assert len(set(views.values())) == 1, views
 
-        # A request retried at another VM is shown once, the same everywhere.
+        # A request retried at another VM is shown once, the same everywhere;
+        # and every request is shown, whoever else used its id.
         for inc in self.live():
-            shown = [self.produced[p.id].request_id
+            shown = [(p.author, self.produced[p.id].request_id)
                      for posts in inc.node.replica.posts.values() for p in posts]
             assert len(shown) == len(set(shown)), "a request shown twice on %s" % (inc.vm,)
+            made = {(u.post.author, u.request_id) for u in self.produced.values()
+                    if u.post is not None and inc.node.replica.has(u)}
+            assert set(shown) == made, "a request not shown on %s: %s" % (
+                inc.vm, made - set(shown))
 
         # A MemoryStore never loses what it flushed, and every acknowledged
         # write was flushed at least on its own VM: so every one of them,

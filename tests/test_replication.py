@@ -9,12 +9,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
-from snstwist.model import FollowChange
+from snstwist.model import CLOCK_WINDOW_US, FollowChange, ReadMark, Update
 from snstwist.replication import (
     ACK_TIMEOUT, ANTI_ENTROPY, LINK_TIMEOUT, HybridClock, Node, PeerLink,
     ReplicaReceiver, Replicator)
 from snstwist.store import MemoryStore
-from tests.strategies import postUpdate, userUpdate
+from tests.strategies import LAST_US, postUpdate, userUpdate
 from tests.fakes import FakeStream
 
 
@@ -254,6 +254,66 @@ class NodeDurabilityTests(SynchronousTestCase):
         """Nothing is reported durable before the store flushed it."""
         self.node.login("alice")
         self.assertEqual(self.durableBatches, [])
+
+
+class ClockWindowTests(SynchronousTestCase):
+    """Peer times more than CLOCK_WINDOW_US ahead of ours are refused, never adopted."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.now = int(self.clock.seconds() * 1e6)
+        self.store = MemoryStore()
+        self.node = withUsers("alice", store=self.store, clock=self.clock)
+
+    def test_an_update_within_the_window_is_accepted(self):
+        """An update dated CLOCK_WINDOW_US ahead is accepted and acknowledged."""
+        ahead = userUpdate("vm2.a", 1, self.now + CLOCK_WINDOW_US, "bob")
+        self.assertEqual(self.successResultOf(self.node.receive([ahead])), [ahead.id])
+        self.assertIn("bob", self.node.replica.users)
+
+    def test_a_far_future_update_is_refused_and_posts_go_on(self):
+        """
+        An update dated in the year 9999 beside a sound one: only the sound
+        one is applied and acknowledged, the hybrid clock is untouched, and
+        the next post is dated now.
+        """
+        before = self.node.hlc.last
+        future = userUpdate("vm2.a", 1, LAST_US, "mallory")
+        sound = userUpdate("vm2.a", 2, self.now, "bob")
+        self.assertEqual(self.successResultOf(self.node.receive([future, sound])), [sound.id])
+        self.assertNotIn("mallory", self.node.replica.users)
+        self.assertFalse(self.node.replica.has(future))
+        self.assertEqual(self.node.hlc.last, before)
+        self.assertEqual(self.node.refused, 1)
+        post = self.node.post("alice", "hi", "r")
+        self.assertLess(post.time_us, self.now + CLOCK_WINDOW_US)
+
+    def test_just_past_the_window_is_refused(self):
+        """One microsecond past the window is refused."""
+        late = userUpdate("vm2.a", 1, self.now + CLOCK_WINDOW_US + 1, "bob")
+        self.assertEqual(self.successResultOf(self.node.receive([late])), [])
+
+    def test_a_far_future_read_mark_is_refused(self):
+        """A read mark's own time is checked too, not only its update's."""
+        mark = Update(origin="vm2.a", seq=1, time_us=self.now,
+                      read=ReadMark("alice", LAST_US, "vm2.a/9"))
+        self.assertEqual(self.successResultOf(self.node.receive([mark])), [])
+        self.assertIsNone(self.node.replica.readUpTo("alice"))
+
+    def test_a_restarted_node_posts_after_a_refused_update(self):
+        """Nothing refused was stored: a node loaded from the same store posts now."""
+        self.node.receive([userUpdate("vm2.a", 1, LAST_US, "mallory")])
+        again = makeNode(store=self.store, clock=self.clock)
+        self.successResultOf(again.load())
+        self.assertLess(again.post("alice", "hi", "r").time_us, self.now + CLOCK_WINDOW_US)
+
+    def test_the_sender_offers_it_again_once_our_clock_catches_up(self):
+        """A peer whose clock is ahead is delayed, not lost: later it is accepted."""
+        ahead = userUpdate("vm2.a", 1, self.now + 2 * CLOCK_WINDOW_US, "bob")
+        self.assertEqual(self.successResultOf(self.node.receive([ahead])), [])
+        self.clock.advance(CLOCK_WINDOW_US / 1e6)
+        self.assertEqual(self.successResultOf(self.node.receive([ahead])), [ahead.id])
 
 
 class ReplicaReceiverTests(SynchronousTestCase):

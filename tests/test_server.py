@@ -45,6 +45,21 @@ class WritePathTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(first).id, self.successResultOf(again).id)
         self.assertEqual(len(service.node.replica.postsBy("alice")), 1)
 
+    def test_a_request_id_of_another_user_is_a_new_request(self):
+        """
+        Request ids are scoped to their user: bob's r1 is not alice's r1,
+        so bob's post is stored and answered with his own write.
+        """
+        service, store = makeServer(self)
+        service.node.login("bob")
+        mine = service.post(pb.PostRequest(text="alice's", request_id="r1"), None)
+        service._user = lambda ctx: "bob"
+        theirs = service.post(pb.PostRequest(text="bob's", request_id="r1"), None)
+        store.flush()
+        self.assertEqual([self.successResultOf(d).post.text for d in (mine, theirs)],
+                         ["alice's", "bob's"])
+        self.assertEqual([p.text for p in service.node.replica.postsBy("bob")], ["bob's"])
+
     def test_too_many_writes_in_flight_are_refused_as_overloaded(self):
         """Past maxWriting unanswered writes, the next is refused, not queued."""
         service, store = makeServer(self)

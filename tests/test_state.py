@@ -177,7 +177,27 @@ class ApplyTests(SynchronousTestCase):
         """byRequest() finds the update a client's request produced."""
         u = postUpdate("vm1.a", 1, 10, "alice", requestId="r-1")
         replica = replicaOf([u])
-        self.assertEqual((replica.byRequest("r-1"), replica.byRequest("r-2")), (u, None))
+        self.assertEqual((replica.byRequest("alice", "r-1"), replica.byRequest("alice", "r-2")),
+                         (u, None))
+
+    def test_request_ids_are_scoped_to_their_user(self):
+        """
+        Two users who pick the same request id made two requests: both
+        posts are shown, each found under its own user, and neither is
+        displaced, in either order of arrival.
+        """
+        mine = postUpdate("vm1.a", 1, 10, "alice", "mine", requestId="r-1")
+        theirs = postUpdate("vm2.a", 1, 5, "bob", "theirs", requestId="r-1")
+        for order in ([mine, theirs], [theirs, mine]):
+            replica, displaced = Replica(), []
+            for u in order:
+                replica.apply(u, displaced)
+            self.assertEqual(displaced, [])
+            self.assertEqual((replica.byRequest("alice", "r-1"), replica.byRequest("bob", "r-1")),
+                             (mine, theirs))
+            self.assertTrue(replica.shows(mine) and replica.shows(theirs))
+            self.assertEqual(keys(replica.postsBy("alice")), [mine.post.key])
+            self.assertEqual(keys(replica.postsBy("bob")), [theirs.post.key])
 
     def test_last_seq_is_the_highest_held_from_an_origin(self):
         """lastSeq() is the greatest seq held from an origin, 0 for none."""
@@ -316,7 +336,7 @@ class RetriedRequestTests(SynchronousTestCase):
         for order in ([self.first, self.retry], [self.retry, self.first]):
             replica = replicaOf(order)
             self.assertEqual([p.id for p in replica.postsBy("alice")], ["vm1.a/1"])
-            self.assertEqual(replica.byRequest("req-1").id, "vm1.a/1")
+            self.assertEqual(replica.byRequest("alice", "req-1").id, "vm1.a/1")
 
     def test_both_copies_are_held(self):
         """The hidden copy still counts as held, so peers do not send it again."""

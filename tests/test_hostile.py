@@ -1,0 +1,216 @@
+"""
+Hostile clients and peers against real processes: each case of issue 9 that
+broke a running cluster, as it was found, now a regression test.
+"""
+
+import os
+import signal
+import time
+
+import grpc
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from snstwist import auth, compare, grpcbridge
+from snstwist import sns_pb2 as pb
+from snstwist import sns_pb2_grpc as pbg
+from snstwist.client import Client
+from snstwist.model import CLOCK_WINDOW_US, MAX_MESSAGE_BYTES
+from tests.processes import DEADLINE, Cluster, waitUntil
+from tests.strategies import LAST_US, userUpdate
+from tests.test_integration import inlineAsync
+
+
+class _Recorder:
+    """A stream protocol that remembers how its stream ended."""
+
+    def __init__(self):
+        self.stream = None
+        self.messages = []
+        self.ended = defer.Deferred()
+
+    def makeConnection(self, stream):
+        self.stream = stream
+
+    def messageReceived(self, message):
+        self.messages.append(message)
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.ended.callback(None)
+
+
+def largestCursorAck():
+    """A session ack whose id is as long as one client message may carry."""
+    message = pb.ClientMessage(ack=pb.Cursor(time_us=1, id=""))
+    message.ack.id = "x" * (MAX_MESSAGE_BYTES - message.ByteSize() - 8)
+    return message
+
+
+async def hostileSession(address, user, message):
+    """Log in on C{address} as C{user}, send C{message} on a session; how it ended."""
+    channel = grpcbridge.channel(address)
+    try:
+        stub = pbg.SNSStub(channel)
+        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user=user), timeout=10)
+        session = _Recorder()
+        grpcbridge.openStream(stub.Bidirectional_s_and_c, session,
+                              metadata=auth.sessionMetadata(login.token))
+        session.stream.send(message)
+        await session.ended.addTimeout(DEADLINE, _reactor())
+        return session.reason
+    finally:
+        await grpcbridge.closeChannel(channel)
+
+
+def _reactor():
+    from twisted.internet import reactor
+    return reactor
+
+
+async def postAll(router, user, texts):
+    """Post C{texts} as C{user} through the client library; the replies."""
+    client = Client([router], user)
+    try:
+        await client.connect()
+        return [await client.post(text) for text in texts]
+    finally:
+        await client.close()
+
+
+async def agree(cluster):
+    """Do the VMs hold the same files, and the same number of updates (read marks too)?"""
+    digests = await compare.digests(cluster.router)
+    return (len(digests) == cluster.vms and not compare.differences(digests)
+            and len({d.updates for d in digests.values()}) == 1)
+
+
+class OneMessageNeverStopsReplicationTests(unittest.TestCase):
+    timeout = 120
+
+    @inlineAsync
+    async def test_a_huge_cursor_is_refused_and_replication_goes_on(self):
+        """
+        A logged-in client acks a cursor with an id as long as a client
+        message may carry.  Its read mark would be larger than a replication
+        message may be: the session is refused with INVALID_ARGUMENT, and
+        later posts are still acknowledged on two VMs, which agree.
+        """
+        cluster = await Cluster(self, vms=2).start()
+        masters = await cluster.masters()
+        reason = await hostileSession(masters["vm1"].address, "mallory", largestCursorAck())
+
+        replies = await postAll(cluster.router, "alice", ["post %d" % (i,) for i in range(20)])
+        self.assertEqual([r.copies >= 2 for r in replies], [True] * 20,
+                         [r.copies for r in replies])
+
+        await waitUntil(lambda: agree(cluster), "the VMs to agree")
+        self.assertEqual(cluster.postFiles("vm1"), cluster.postFiles("vm2"))
+        self.assertIsNotNone(reason, "the hostile session was ended cleanly")
+        self.assertEqual(grpcbridge.statusOf(reason), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertLess(len(reason.value.details()), 200)
+
+
+async def loggedIn(address, user):
+    """A channel to C{address}, its SNS stub and C{user}'s session metadata."""
+    channel = grpcbridge.channel(address)
+    stub = pbg.SNSStub(channel)
+    login = await grpcbridge.call(stub.Login, pb.LoginRequest(user=user), timeout=10)
+    return channel, stub, auth.sessionMetadata(login.token)
+
+
+class RequestIdsPerUserTests(unittest.TestCase):
+    timeout = 120
+
+    @inlineAsync
+    async def test_two_users_with_one_request_id_on_two_vms_both_post(self):
+        """
+        alice on vm1 and bob on vm2 post at the same moment with the same
+        request id: both are answered with their own post, and both posts
+        are in every VM's post files.
+        """
+        cluster = await Cluster(self, vms=2).start()
+        masters = await cluster.masters()
+        sessions = [await loggedIn(masters[vm].address, user)
+                    for vm, user in (("vm1", "alice"), ("vm2", "bob"))]
+        try:
+            replies = await defer.gatherResults([
+                grpcbridge.call(stub.Post, pb.PostRequest(
+                    text="%s's post" % (user,), request_id="same-id", prefer_vm=other),
+                    timeout=10, metadata=metadata)
+                for (_, stub, metadata), user, other in zip(
+                    sessions, ("alice", "bob"), ("vm2", "vm1"))])
+        finally:
+            for channel, _, _ in sessions:
+                await grpcbridge.closeChannel(channel)
+        self.assertEqual([(r.post.author, r.post.text) for r in replies],
+                         [("alice", "alice's post"), ("bob", "bob's post")])
+        await waitUntil(lambda: agree(cluster), "the VMs to agree")
+        for vm in ("vm1", "vm2"):
+            files = cluster.postFiles(vm)
+            self.assertIn(b"alice's post", files["alice.txt"])
+            self.assertIn(b"bob's post", files["bob.txt"])
+
+
+class _Peer(_Recorder):
+    """A hostile peer VM on BroadcastPosts: says hello, then sends C{updates}."""
+
+    def __init__(self, updates):
+        super().__init__()
+        self.updates = updates
+        self.acked = defer.Deferred()
+
+    def makeConnection(self, stream):
+        super().makeConnection(stream)
+        stream.send(pb.ReplicationMessage(hello=pb.ReplicaHello(vm="evil", origin="evil.1")))
+        stream.send(pb.ReplicationMessage(updates=pb.UpdateBatch(
+            updates=[u.toProto() for u in self.updates])))
+
+    def messageReceived(self, message):
+        super().messageReceived(message)
+        if message.WhichOneof("kind") == "ack" and not self.acked.called:
+            self.acked.callback(list(message.ack.ids))
+
+
+class ClockWindowTests(unittest.TestCase):
+    timeout = 120
+
+    @inlineAsync
+    async def test_a_far_future_peer_update_is_refused_and_posts_go_on(self):
+        """
+        A peer sends an update dated in the year 9999 with a sound one: only
+        the sound one is acknowledged, and posts still succeed, dated now,
+        also after the master is killed and its slave takes over.
+        """
+        cluster = await Cluster(self, vms=2).start()
+        with open(os.path.join(cluster.base, "secret")) as f:
+            secret = f.read().strip()
+        masters = await cluster.masters()
+        now = int(time.time() * 1e6)
+        peer = _Peer([userUpdate("evil.1", 1, LAST_US, "mallory"),
+                      userUpdate("evil.1", 2, now, "mallet")])
+        channel = grpcbridge.channel(masters["vm1"].address)
+        try:
+            grpcbridge.openStream(pbg.ClusterStub(channel).BroadcastPosts, peer,
+                                  metadata=auth.secretMetadata(secret))
+            acked = await peer.acked.addTimeout(DEADLINE, _reactor())
+            peer.stream.close()
+        finally:
+            await grpcbridge.closeChannel(channel)
+        self.assertEqual(acked, ["evil.1/2"])
+
+        async def postNow():
+            [reply] = await postAll(cluster.router, "alice", ["still here"])
+            self.assertLess(reply.post.time_us, int(time.time() * 1e6) + CLOCK_WINDOW_US)
+            return reply
+
+        await postNow()
+        os.kill(masters["vm1"].pid, signal.SIGKILL)
+
+        async def promoted():
+            now = await cluster.masters()
+            return "vm1" in now and now["vm1"].pid != masters["vm1"].pid
+
+        await waitUntil(promoted, "vm1's slave to take over")
+        await postNow()
+        await waitUntil(lambda: agree(cluster), "the VMs to agree")

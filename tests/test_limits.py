@@ -1,0 +1,135 @@
+"""
+The limits of model.py add up: anything accepted fits in one message.
+
+These are the sums behind the limits, checked on the wire types: the
+largest update of every kind, a full batch of them in a replication and a
+buddy message, the largest LIST, digest, membership and version vector.
+"""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from snstwist import errors, grpcbridge, model, replication
+from snstwist import sns_pb2 as pb
+from snstwist.model import (
+    MAX_EXCLUDED_VMS, MAX_HEARTBEAT_USERS, MAX_MESSAGE_BYTES, MAX_ORIGIN, MAX_POST_CHARS,
+    MAX_REQUEST_ID, MAX_SEQ, MAX_SERVERS, MAX_UPDATE_BYTES, MAX_USERNAME, MAX_USERS,
+    UPDATES_PER_MESSAGE, FollowChange, Post, ReadMark, Update, updateId)
+from snstwist.store import MemoryStore
+
+WIDE = "\U0001f600"  # four bytes of UTF-8
+NAME = "n" * MAX_USERNAME
+ORIGIN = "o" * MAX_ORIGIN
+LAST_ID = updateId(ORIGIN, MAX_SEQ)
+LAST_TIME = 2**63 - 1
+
+
+def largestUpdates():
+    """The largest update of each kind the bounds allow."""
+    common = dict(origin=ORIGIN, seq=MAX_SEQ, time_us=LAST_TIME, request_id="r" * MAX_REQUEST_ID)
+    post = Post(id=LAST_ID, author=NAME, time_us=LAST_TIME, text=WIDE * MAX_POST_CHARS)
+    return [
+        Update(user=NAME, **common),
+        Update(post=post, **common),
+        Update(follow=FollowChange(NAME, "m" * MAX_USERNAME, True), **common),
+        Update(read=ReadMark(NAME, LAST_TIME, LAST_ID), **common),
+    ]
+
+
+class UpdateSizeTests(SynchronousTestCase):
+    def test_the_largest_update_of_every_kind_fits_the_bound(self):
+        """No update within the bounds takes more than MAX_UPDATE_BYTES."""
+        sizes = [u.toProto().ByteSize() for u in largestUpdates()]
+        self.assertLessEqual(max(sizes), MAX_UPDATE_BYTES)
+        self.assertEqual(max(sizes), MAX_UPDATE_BYTES, "the bound is the post's, exactly")
+
+    def test_a_full_batch_fits_one_replication_message(self):
+        """UPDATES_PER_MESSAGE of the largest updates fit one BroadcastPosts message."""
+        biggest = largestUpdates()[1].toProto()
+        message = pb.ReplicationMessage(updates=pb.UpdateBatch(
+            updates=[biggest] * UPDATES_PER_MESSAGE))
+        self.assertLessEqual(message.ByteSize(), MAX_MESSAGE_BYTES)
+
+    def test_a_full_batch_fits_one_buddy_message(self):
+        """What the master sends its slave (Onetime_s_to_buddy) fits too."""
+        biggest = largestUpdates()[1].toProto()
+        batch = pb.UpdateBatch(updates=[biggest] * UPDATES_PER_MESSAGE)
+        self.assertLessEqual(batch.ByteSize(), MAX_MESSAGE_BYTES)
+
+    def test_replication_batches_are_no_larger(self):
+        """The sender batches at most UPDATES_PER_MESSAGE updates per message."""
+        self.assertLessEqual(replication.BATCH, UPDATES_PER_MESSAGE)
+
+    def test_an_ack_of_a_full_batch_fits(self):
+        """The receiver acks a whole batch in one message."""
+        ack = pb.ReplicationMessage(ack=pb.ReplicaAck(ids=[LAST_ID] * UPDATES_PER_MESSAGE))
+        self.assertLessEqual(ack.ByteSize(), MAX_MESSAGE_BYTES)
+
+    def test_every_channel_and_server_uses_the_bound(self):
+        """Both ends of every gRPC connection send and receive up to MAX_MESSAGE_BYTES."""
+        for options in (grpcbridge._CHANNEL_OPTIONS, grpcbridge._SERVER_OPTIONS):
+            self.assertEqual(dict(options)["grpc.max_send_message_length"], MAX_MESSAGE_BYTES)
+            self.assertEqual(dict(options)["grpc.max_receive_message_length"],
+                             MAX_MESSAGE_BYTES)
+
+    def test_a_node_refuses_an_update_too_large_to_replicate(self):
+        """
+        Should a write escape the bounds, the node refuses it when it is
+        made: nothing is applied or stored, no sequence number is used.
+        """
+        store = MemoryStore()
+        node = replication.Node("vm1", "vm1.a", store, Clock())
+        node.login("alice")
+        self.patch(replication, "MAX_UPDATE_BYTES", 100)
+        self.assertRaises(errors.InvalidRequest, node.post, "alice", "x" * 200, "r")
+        self.assertEqual((node.seq, len(store.durable), node.replica.postsBy("alice")),
+                         (1, 1, []))
+
+
+class ReplySizeTests(SynchronousTestCase):
+    def test_list_fits_with_the_most_users(self):
+        """LIST with MAX_USERS users, every one a follower, fits one reply."""
+        names = ["%0*d" % (MAX_USERNAME, i) for i in range(MAX_USERS)]
+        reply = pb.ListReply(all_users=names, followers=names)
+        self.assertLessEqual(reply.ByteSize(), MAX_MESSAGE_BYTES)
+
+    def test_a_digest_fits_with_a_post_file_per_user(self):
+        """sns-compare's digest of MAX_USERS post files fits one reply."""
+        files = {"%0*d.txt" % (MAX_USERNAME, i): "f" * 64 for i in range(MAX_USERS)}
+        reply = pb.DigestReply(vm=NAME, post_files=files, users="u" * 64, follows="f" * 64,
+                               posts=2**64 - 1, updates=2**64 - 1, unreplicated=2**32 - 1)
+        self.assertLessEqual(reply.ByteSize(), MAX_MESSAGE_BYTES)
+
+    def test_a_membership_fits_with_the_most_servers(self):
+        """The router's membership of MAX_SERVERS servers, each naming its users, fits."""
+        info = pb.ServerInfo(vm=NAME, role=pb.MASTER, address="a" * model.MAX_ADDRESS,
+                             pid=-1, incarnation="i" * model.MAX_INCARNATION,
+                             clients=2**32 - 1, updates=2**64 - 1, pending=2**32 - 1,
+                             seen_ago=1e300, users=[NAME] * MAX_HEARTBEAT_USERS)
+        message = pb.RouterMessage(membership=pb.Membership(servers=[info] * MAX_SERVERS))
+        self.assertLessEqual(message.ByteSize(), MAX_MESSAGE_BYTES)
+
+    def test_a_version_vector_fits_with_the_most_origins(self):
+        """A hello naming MAX_ORIGINS origins (no gaps) fits one message."""
+        have = pb.VersionVector(origins=[pb.OriginRange(origin=ORIGIN, contiguous=MAX_SEQ)]
+                                * model.MAX_ORIGINS)
+        message = pb.ReplicationMessage(hello=pb.ReplicaHello(vm=NAME, origin=ORIGIN, have=have))
+        self.assertLessEqual(message.ByteSize(), MAX_MESSAGE_BYTES)
+
+    def test_a_router_request_fits(self):
+        """The largest Onetime_c_to_r request is small."""
+        request = pb.MasterRequest(user=NAME, exclude_vms=[NAME] * MAX_EXCLUDED_VMS)
+        self.assertLess(request.ByteSize(), 1024)
+
+
+class EchoTests(SynchronousTestCase):
+    def test_an_error_shows_at_most_a_few_characters_of_the_input(self):
+        """A 20 KB name is refused with a short message that says how long it was."""
+        e = self.assertRaises(errors.InvalidUsername, model.checkUsername, "x" * 20000)
+        self.assertLess(len(e.message), 200)
+        self.assertIn("20000 characters", e.message)
+
+    def test_a_short_input_is_shown_whole(self):
+        """A short bad value is quoted as it is."""
+        e = self.assertRaises(errors.InvalidRequest, model.checkRequestId, "has space")
+        self.assertIn("'has space'", e.message)
