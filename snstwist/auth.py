@@ -61,7 +61,7 @@ def secretMetadata(secret):
 
 def checkSecret(callContext, secret):
     given = callContext.metadata.get(SECRET_METADATA, "")
-    if not hmac.compare_digest(given.encode(), secret.encode()):
+    if not hmac.compare_digest(given.encode("utf-8", "replace"), secret.encode()):
         raise errors.PermissionDenied(
             "this RPC needs the cluster's shared secret (--secret-file or $SNS_SECRET)")
 
@@ -79,6 +79,8 @@ def userOf(callContext, secret):
     """The user a call acts as, from its session token."""
     token = callContext.metadata.get(SESSION_METADATA, "")
     user, _, mac = token.rpartition(":")
-    if user and hmac.compare_digest(makeToken(secret, user), token):
+    # compare_digest refuses non-ASCII str: a hostile token must get
+    # UNAUTHENTICATED, not an internal error.
+    if user and token.isascii() and hmac.compare_digest(makeToken(secret, user), token):
         return user
     raise errors.NotLoggedIn()

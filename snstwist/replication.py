@@ -186,8 +186,24 @@ class Node:
         stored and never observed by our hybrid clock; the peer's
         anti-entropy offers it again later.
         """
-        fresh, displaced, accepted = [], [], []
+        fresh, displaced = [], []
+        accepted = self.inWindow(updates)
+        for u in accepted:
+            self.hlc.observe(u.time_us)
+            if self.replica.apply(u, displaced):
+                fresh.append(u)
+        if fresh:
+            self._persist(fresh, displaced)
+        d = defer.gatherResults([self.durable(u) for u in accepted], consumeErrors=True)
+        return d.addCallback(lambda _: [u.id for u in accepted])
+
+    def inWindow(self, updates):
+        """
+        The updates of a peer dated at most L{CLOCK_WINDOW_US} ahead of our
+        clock (their read marks too); the others are refused and logged.
+        """
         now = self.hlc.physical()
+        accepted = []
         for u in updates:
             try:
                 checkTime(u.time_us, now)
@@ -197,13 +213,7 @@ class Node:
                 self._refuse(u, e)
                 continue
             accepted.append(u)
-            self.hlc.observe(u.time_us)
-            if self.replica.apply(u, displaced):
-                fresh.append(u)
-        if fresh:
-            self._persist(fresh, displaced)
-        d = defer.gatherResults([self.durable(u) for u in accepted], consumeErrors=True)
-        return d.addCallback(lambda _: [u.id for u in accepted])
+        return accepted
 
     def _refuse(self, update, why):
         self.refused += 1

@@ -16,7 +16,7 @@ from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.client import Client
 from snstwist.model import CLOCK_WINDOW_US, MAX_MESSAGE_BYTES
-from tests.processes import DEADLINE, Cluster, waitUntil
+from tests.processes import DEADLINE, SECRET, Cluster, waitUntil
 from tests.strategies import LAST_US, userUpdate
 from tests.test_integration import inlineAsync
 
@@ -80,7 +80,7 @@ async def postAll(router, user, texts):
 
 async def agree(cluster):
     """Do the VMs hold the same files, and the same number of updates (read marks too)?"""
-    digests = await compare.digests(cluster.router)
+    digests = await compare.digests(cluster.router, SECRET)
     return (len(digests) == cluster.vms and not compare.differences(digests)
             and len({d.updates for d in digests.values()}) == 1)
 
@@ -183,8 +183,6 @@ class ClockWindowTests(unittest.TestCase):
         also after the master is killed and its slave takes over.
         """
         cluster = await Cluster(self, vms=2).start()
-        with open(os.path.join(cluster.base, "secret")) as f:
-            secret = f.read().strip()
         masters = await cluster.masters()
         now = int(time.time() * 1e6)
         peer = _Peer([userUpdate("evil.1", 1, LAST_US, "mallory"),
@@ -192,7 +190,7 @@ class ClockWindowTests(unittest.TestCase):
         channel = grpcbridge.channel(masters["vm1"].address)
         try:
             grpcbridge.openStream(pbg.ClusterStub(channel).BroadcastPosts, peer,
-                                  metadata=auth.secretMetadata(secret))
+                                  metadata=auth.secretMetadata(SECRET))
             acked = await peer.acked.addTimeout(DEADLINE, _reactor())
             peer.stream.close()
         finally:
