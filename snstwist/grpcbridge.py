@@ -271,7 +271,8 @@ async def _endAborted(context, reason=None):
     if reason is None:
         code, message = grpc.StatusCode.ABORTED, "stream aborted by the server"
     else:
-        code, message = errors.statusFor(reason)
+        status, message = errors.statusFor(reason)
+        code = grpc.StatusCode[status.name]
     try:
         await context.abort(code, message)
     except (grpc.aio.AbortError, grpc.aio.UsageError):
