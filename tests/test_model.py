@@ -183,8 +183,11 @@ class UpdateIdTests(SynchronousTestCase):
         self.assertEqual(updateId("vm1.a1b2", 12), "vm1.a1b2/12")
         self.assertEqual(parseUpdateId("vm1.a1b2/12"), ("vm1.a1b2", 12))
 
-    def test_an_origin_may_hold_a_slash(self):
-        self.assertEqual(parseUpdateId("a/b/3"), ("a/b", 3))
+    def test_an_origin_is_a_vm_name_and_an_incarnation(self):
+        """An origin is bounded like a VM name: a slash in it is refused."""
+        assertInvalid(self, parseUpdateId, "a/b/3")
+        assertInvalid(self, parseUpdateId, "o" * 58 + "/3")
+        self.assertEqual(parseUpdateId("o" * 57 + "/3"), ("o" * 57, 3))
 
     def test_a_malformed_update_id_is_refused(self):
         for bad in ("", "12", "/12", "vm1/", "vm1/x", "vm1/-1", "vm1/1.5"):

@@ -98,7 +98,8 @@ class BuddyTests(SynchronousTestCase):
 
     def test_a_silent_slave_is_hung_after_two_seconds(self):
         link, clock, stream, events = masterLink()
-        link.messageReceived(pb.BuddyMessage(hello=pb.BuddyHello(pid=77)))
+        link.messageReceived(pb.BuddyMessage(hello=pb.BuddyHello(
+            vm="vm1", pid=77, address="127.0.0.2:1", incarnation="i1")))
         steps(clock, 2.0)
         self.assertEqual([e[0] for e in events], ["hello"])
         steps(clock, 0.25)
