@@ -26,7 +26,7 @@ from automat import MethodicalMachine
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
-from snstwist import errors
+from snstwist import errors, metrics
 from snstwist import sns_pb2 as pb
 from snstwist.heartbeat import Heartbeat
 from snstwist.model import checkHeartbeat, checkServerHello, checkVersionVector
@@ -107,6 +107,10 @@ class Role:
         self._hooks.takeOver(why)
 
     @_machine.output()
+    def _countPromotion(self):
+        metrics.promotions.inc()
+
+    @_machine.output()
     def _shutdown(self):
         self.name = "stopping"
         self._hooks.shutdown()
@@ -114,7 +118,7 @@ class Role:
     starting.upon(startAsMaster, enter=master, outputs=[_serveAsMaster])
     starting.upon(startAsSlave, enter=slave, outputs=[_standBy])
     slave.upon(masterLost, enter=promoting, outputs=[_takeOver])
-    promoting.upon(promoted, enter=master, outputs=[_serveAsMaster])
+    promoting.upon(promoted, enter=master, outputs=[_countPromotion, _serveAsMaster])
     promoting.upon(masterLost, enter=promoting, outputs=[])
     master.upon(masterLost, enter=master, outputs=[])
     for _state in (starting, slave, promoting, master):
@@ -271,6 +275,7 @@ class BuddySupervisor:
         else:
             self.delay = 0.0
             delay = 0.0
+        metrics.respawns.inc()
         log.warn("buddy {pid} ended after {lived:.2f}s ({why}); respawning in {delay:.2f}s",
                  pid=process.pid, lived=lived, why=reason.getErrorMessage(), delay=delay)
         self.pending = self.reactor.callLater(delay, self._spawn)

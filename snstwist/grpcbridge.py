@@ -26,12 +26,13 @@ import grpc
 import grpc.aio
 from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from snstwist import errors
+from snstwist import errors, metrics
 from snstwist.heartbeat import Heartbeat
 # Both ends of every channel set the largest message: model.py derives the
 # bounds on every field from it, so that any update accepted fits in one.
@@ -282,9 +283,14 @@ async def _endAborted(context, reason=None):
         log.debug("aborted stream had already ended: {e}", e=e)
 
 
-def _unaryHandler(function):
+def _count(name, code):
+    metrics.rpcs.labels(name, code.name).inc()
+
+
+def _unaryHandler(name, function):
     async def handler(request, context):
         if isinstance(request, _Garbage):
+            _count(name, errors.statusFor(request.error)[0])
             await _abortWith(context, request.error)
         ctx = CallContext(context)
         try:
@@ -293,18 +299,22 @@ def _unaryHandler(function):
             if isinstance(e, errors.RemoteError):
                 # Another process's failure is not an answer to this call.
                 log.failure("unexpected error in {name}", name=function.__name__)
+            _count(name, errors.statusFor(e)[0])
             await _abortWith(context, e)
         except asyncio.CancelledError:
+            _count(name, grpc.StatusCode.CANCELLED)
             raise
         except Exception:
             log.failure("unexpected error in {name}", name=function.__name__)
+            _count(name, grpc.StatusCode.INTERNAL)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        _count(name, grpc.StatusCode.OK)
         return result
 
     return handler
 
 
-def _streamHandler(factory, openStreams, maxQueue):
+def _streamHandler(name, factory, openStreams, maxQueue):
     async def handler(requests, context):
         ctx = CallContext(context)
         stream = Stream(maxQueue)
@@ -313,6 +323,7 @@ def _streamHandler(factory, openStreams, maxQueue):
         try:
             protocol = factory(ctx)
         except errors.SNSError as e:
+            _count(name, errors.statusFor(e)[0])
             await _abortWith(context, e)
             return
         # Headers go now, so that an abort's status never races a first
@@ -361,6 +372,10 @@ def _streamHandler(factory, openStreams, maxQueue):
             reason = Failure()
             raise
         finally:
+            # A stream counts once, when it ends: OK when both sides
+            # finished, CANCELLED when it was torn down.
+            _count(name, errors.statusFor(refused[0])[0] if refused
+                   else grpc.StatusCode.OK if reason is None else grpc.StatusCode.CANCELLED)
             openStreams.discard(stream)
             stream._ended = True
             stream._abort = None
@@ -384,9 +399,9 @@ class Servicer:
     def __init__(self, unary=None, streams=None, openStreams=None, maxQueue=1000):
         self.openStreams = openStreams if openStreams is not None else set()
         for name, function in (unary or {}).items():
-            setattr(self, name, _unaryHandler(function))
+            setattr(self, name, _unaryHandler(name, function))
         for name, factory in (streams or {}).items():
-            setattr(self, name, _streamHandler(factory, self.openStreams, maxQueue))
+            setattr(self, name, _streamHandler(name, factory, self.openStreams, maxQueue))
 
     def register(self, server, service):
         """
@@ -411,7 +426,9 @@ class GrpcServerService(Service):
     """
     Serve gRPC on C{listen} while this service runs.
 
-    C{register(server, openStreams)} adds the servicers.  The gRPC server is
+    C{register(server, openStreams)} adds the servicers; C{services} names
+    them (full names, such as C{snstwist.Router}) for server reflection,
+    which every server offers beside the health service.  The gRPC server is
     created in C{startService}, never earlier: twistd may fork to daemonize
     after makeService, and a fork after gRPC's threads exist leaves a server
     that accepts but never answers.
@@ -419,9 +436,10 @@ class GrpcServerService(Service):
 
     grace = 1.0
 
-    def __init__(self, listen, register, name="grpc"):
+    def __init__(self, listen, register, services=(), name="grpc"):
         self.listen = listen
         self.register = register
+        self.services = tuple(services)
         self.name = name
         self.port = None
         self.server = None
@@ -442,6 +460,8 @@ class GrpcServerService(Service):
         self.register(self.server, self.openStreams)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            self.services + (health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = self.server.add_insecure_port(self.listen)
         self.started = deferredFromAwaitable(self.server.start())
         self.started.addCallback(lambda _: self.setHealth(True))

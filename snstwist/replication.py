@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from snstwist import auth, errors, grpcbridge
+from snstwist import auth, errors, grpcbridge, metrics
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.heartbeat import Heartbeat
@@ -402,6 +402,8 @@ class PeerLink(grpcbridge.ReconnectingLink):
         inSlices(self.clock, range(0, len(updates), BATCH), send)
 
     def disconnected(self, reason):
+        if reason is not None and not self.stopped:
+            metrics.replicationFailures.inc()
         wasSynced, self.synced = self.synced, False
         self.inflight.clear()
         if wasSynced:

@@ -10,14 +10,20 @@ re-registrations within one heartbeat.
 
 Clients ask C{Onetime_c_to_r} for two live masters on two different VMs,
 least loaded first.
+
+The router also keeps the last L{EVENTS} things it saw happen (a server
+live, deactivated, a slave promoted, a slave respawned, a VM catching up and
+caught up), for the Status RPC and so for people watching the cluster.
 """
+
+import collections
 
 import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from snstwist import auth, errors
+from snstwist import auth, errors, metrics
 from snstwist import sns_pb2 as pb
 from snstwist.grpcbridge import GrpcServerService, Servicer
 from snstwist.model import (
@@ -28,6 +34,7 @@ log = Logger()
 
 HEARTBEAT = 0.5
 PICK_MEMORY = 4 * HEARTBEAT
+EVENTS = 100
 
 
 @attrs.frozen
@@ -59,6 +66,7 @@ class ServerRecord:
     updates: int = 0
     pending: int = 0
     users: tuple = ()
+    acknowledged: int = 0
     picks: list = attrs.field(factory=list)
 
     def load(self, now):
@@ -74,7 +82,26 @@ class ServerRecord:
         return pb.ServerInfo(vm=i.vm, role=i.role, address=i.address, pid=i.pid,
                              incarnation=i.incarnation, clients=self.clients,
                              updates=self.updates, pending=self.pending,
-                             seen_ago=now - self.lastSeen, users=self.users)
+                             seen_ago=now - self.lastSeen, users=self.users,
+                             acknowledged=self.acknowledged)
+
+
+@attrs.frozen
+class ClusterEvent:
+    time: float
+    kind: str
+    vm: str
+    text: str
+
+    def toProto(self):
+        return pb.ClusterEvent(time=self.time, kind=self.kind, vm=self.vm, text=self.text)
+
+
+@attrs.frozen
+class CatchUp:
+    """A VM back with a new master, and how many updates its peers held then."""
+    target: int
+    since: float
 
 
 class Registry:
@@ -89,6 +116,47 @@ class Registry:
         self.clock = clock
         self.onChange = onChange
         self.servers = {}
+        self.events = collections.deque(maxlen=EVENTS)
+        self.vmsSeen = set()
+        self.slavesSeen = set()
+        self.catchingUp = {}
+
+    def event(self, kind, where, text, **fields):
+        """Remember that C{kind} happened on VM C{where}, told by C{text}."""
+        self.events.append(ClusterEvent(self.clock.seconds(), kind, where,
+                                        text.format(**fields)))
+
+    def _noteNew(self, identity):
+        """Say what a server registering anew means for its VM."""
+        i = identity
+        if i.role == pb.SLAVE:
+            if i.vm in self.slavesSeen:
+                self.event("respawned", i.vm, "new slave of {vm} at {address} (pid {pid})",
+                           vm=i.vm, address=i.address, pid=i.pid)
+            else:
+                self.event("live", i.vm, "slave of {vm} live at {address} (pid {pid})",
+                           vm=i.vm, address=i.address, pid=i.pid)
+            self.slavesSeen.add(i.vm)
+        else:
+            peers = [r.updates for r in self.masters().values() if r.identity.vm != i.vm]
+            if i.vm in self.vmsSeen and peers and max(peers) > 0:
+                self.catchingUp[i.incarnation] = CatchUp(max(peers), self.clock.seconds())
+                self.event("catching-up", i.vm,
+                           "{vm} back with master at {address} (pid {pid}),"
+                           " catching up to {n} updates",
+                           vm=i.vm, address=i.address, pid=i.pid, n=max(peers))
+            else:
+                self.event("live", i.vm, "master of {vm} live at {address} (pid {pid})",
+                           vm=i.vm, address=i.address, pid=i.pid)
+        self.vmsSeen.add(i.vm)
+
+    def _checkCatchUp(self, record):
+        catchUp = self.catchingUp.get(record.identity.incarnation)
+        if catchUp is not None and record.updates >= catchUp.target:
+            del self.catchingUp[record.identity.incarnation]
+            self.event("caught-up", record.identity.vm,
+                       "{vm} caught up: {n} updates in {s:.2f}s", vm=record.identity.vm,
+                       n=record.updates, s=self.clock.seconds() - catchUp.since)
 
     def register(self, identity, link):
         now = self.clock.seconds()
@@ -107,6 +175,11 @@ class Registry:
             # A role change (a promoted slave): it is the newest master of
             # its VM from now on, with the clients it already had.
             record.clients = old.clients
+            self.event("promoted", identity.vm,
+                       "slave {pid} promoted to master of {vm} at {address}",
+                       pid=identity.pid, vm=identity.vm, address=identity.address)
+        else:
+            self._noteNew(identity)
         self.servers[identity.incarnation] = record
         log.info("server {role} of {vm} at {address} (pid {pid}) is live",
                  role=pb.Role.Name(identity.role), vm=identity.vm,
@@ -121,6 +194,8 @@ class Registry:
             record.clients, record.updates, record.pending = (
                 beat.clients, beat.updates, beat.pending)
             record.users = tuple(beat.users)
+            record.acknowledged = beat.acknowledged
+            self._checkCatchUp(record)
 
     def remove(self, incarnation, why):
         record = self.servers.pop(incarnation, None)
@@ -129,6 +204,10 @@ class Registry:
             log.info("server {role} of {vm} at {address} (pid {pid}) deactivated: {why}",
                      role=pb.Role.Name(i.role), vm=i.vm, address=i.address,
                      pid=i.pid, why=why)
+            metrics.deactivations.inc()
+            self.catchingUp.pop(incarnation, None)
+            self.event("deactivated", i.vm, "{role} of {vm} (pid {pid}) deactivated: {why}",
+                       role=pb.Role.Name(i.role).lower(), vm=i.vm, pid=i.pid, why=why)
             self.onChange()
         return record
 
@@ -177,6 +256,12 @@ class Registry:
 
     def membership(self):
         return pb.Membership(servers=self.infos())
+
+    def countByRole(self):
+        counts = {"master": 0, "slave": 0}
+        for record in self.servers.values():
+            counts[pb.Role.Name(record.identity.role).lower()] += 1
+        return counts
 
 
 class ServerLink:
@@ -242,7 +327,9 @@ class RouterService(MultiService):
         self.secret = secret
         self.started = clock.seconds()
         self.registry = Registry(clock, self.broadcastMembership)
-        self.grpc = GrpcServerService(listen, self._register)
+        metrics.watch(metrics.servers, self.registry.countByRole)
+        self.grpc = GrpcServerService(listen, self._register, services=[
+            pb.DESCRIPTOR.services_by_name["Router"].full_name])
         self.grpc.setServiceParent(self)
         TimerService(HEARTBEAT, self.tick).setServiceParent(self)
 
@@ -284,4 +371,6 @@ class RouterService(MultiService):
         # Pids, addresses and the names of users online are for operators.
         auth.checkSecret(ctx, self.secret)
         return pb.StatusReply(servers=self.registry.infos(),
-                              uptime=self.clock.seconds() - self.started)
+                              uptime=self.clock.seconds() - self.started,
+                              events=[e.toProto() for e in self.registry.events],
+                              time=self.clock.seconds())

@@ -29,7 +29,7 @@ from twisted.internet import defer, task
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
-from snstwist import auth, buddy, errors, grpcbridge, logs
+from snstwist import auth, buddy, errors, grpcbridge, logs, metrics
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.grpcbridge import GrpcServerService, Servicer
@@ -44,6 +44,13 @@ from snstwist.state import VersionVector
 from snstwist.store import DataLocked, SQLiteStore
 
 log = Logger()
+
+def _kind(update):
+    """What a client's write was, for the metrics: post, follow or unfollow."""
+    if update.post is not None:
+        return "post"
+    return "follow" if update.follow.following else "unfollow"
+
 
 class RouterLink(grpcbridge.ReconnectingLink):
     """
@@ -174,7 +181,7 @@ class ServerService(MultiService):
     orphaned = None
 
     def __init__(self, vm, listen, routers, data, secret, role="master", master=None,
-                 masterPid=0, logfile=None, clock=None):
+                 masterPid=0, logfile=None, clock=None, metricsListen=None):
         MultiService.__init__(self)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -185,6 +192,7 @@ class ServerService(MultiService):
         self.routers = routers
         self.data = data
         self.logfile = logfile
+        self.metricsListen = metricsListen
         self.startRole = role
         self.master = master
         self.masterPid = masterPid
@@ -193,7 +201,11 @@ class ServerService(MultiService):
         self.node = Node(vm, self.origin, SQLiteStore(data), clock, self._durable)
         self.sessions = SessionHub(self.node, clock, self._replicate)
         self.replicator = Replicator(self.node, secret, clock)
-        self.grpc = GrpcServerService(listen, self._register)
+        self.grpc = GrpcServerService(listen, self._register, services=[
+            pb.DESCRIPTOR.services_by_name[name].full_name for name in ("SNS", "Cluster")])
+        self.acknowledgedPosts = 0
+        metrics.watch(metrics.sessions, self.sessions.count)
+        metrics.watch(metrics.replicationLag, self.replicator.lag)
         self.role = buddy.Role(self)
         self.links = []
         self.memberships = {}
@@ -369,6 +381,10 @@ class ServerService(MultiService):
                  "--listen", host + ":0", "--data", self.data,
                  "--router", ",".join(self.routers),
                  "--buddy", self.grpc.address, "--buddy-pid", str(os.getpid())]
+        if self.metricsListen:
+            # Master and slave run at once: the slave serves its metrics on
+            # a free port of the same host (it logs which).
+            args += ["--metrics", self.metricsListen.rsplit(":", 1)[0] + ":0"]
         env = dict(os.environ, SNS_SECRET=self.secret, GRPC_ENABLE_FORK_SUPPORT="0")
         return buddy.BuddyCommand(sys.executable, tuple(args), env)
 
@@ -407,7 +423,8 @@ class ServerService(MultiService):
         return pb.Heartbeat(clients=self.sessions.count(),
                             updates=self.node.replica.seen.count(),
                             pending=self.replicator.lag(),
-                            users=sorted(self.sessions.sessions)[:100])
+                            users=sorted(self.sessions.sessions)[:100],
+                            acknowledged=self.acknowledgedPosts)
 
     def membershipChanged(self, router, membership):
         self.memberships[router] = membership
@@ -509,7 +526,10 @@ class ServerService(MultiService):
 
         def reply(copies):
             out = pb.WriteReply(id=update.id, copies=copies)
+            metrics.acknowledgedWrites.labels(_kind(update)).inc()
+            metrics.copies.observe(copies)
             if update.post is not None:
+                self.acknowledgedPosts += 1
                 out.post.CopyFrom(update.post.toProto())
             return out
 

@@ -1,6 +1,6 @@
 """
 twistd plugins' options and services: C{sns-router}, C{sns-server},
-C{sns-cluster}.
+C{sns-cluster}, C{sns-web}.
 
 Each C{Options.postOptions} installs the asyncio reactor (grpc.aio and Twisted
 share its loop).  That must happen here, at option parsing, and never when a
@@ -24,9 +24,15 @@ from snstwist.model import checkUsername
 
 
 class _Common(usage.Options):
-    optParameters = [SECRET_OPTION]
+    optParameters = [
+        SECRET_OPTION,
+        ["metrics", None, None,
+         "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port)."],
+    ]
 
     def postOptions(self):
+        if self["metrics"]:
+            self["metrics"] = parseAddress(self["metrics"], "--metrics")
         # Refuse to start without a secret: checked here, before twistd
         # daemonizes, so that the sentence reaches the operator.
         self["secret"] = readSecret(self["secret-file"])
@@ -87,17 +93,49 @@ class ServerOptions(_Common):
         _Common.postOptions(self)
 
 
+class WebOptions(_Common):
+    synopsis = "--router HOST:PORT[,HOST:PORT] [--listen HOST:PORT]"
+    optParameters = [
+        ["router", "r", "127.0.0.1:3410", "Router(s) of the cluster, comma-separated."],
+        ["listen", "l", "127.0.0.1:8080", "Address to serve the web pages on (port 0: any)."],
+    ]
+
+    def postOptions(self):
+        self["router"] = parseRouters(self["router"])
+        self["listen"] = parseAddress(self["listen"], "--listen")
+        _logAs(self, "web")
+        _Common.postOptions(self)
+
+
+def makeWebService(options):
+    from twisted.internet import reactor
+
+    from snstwist.web.app import WebService
+    from snstwist.web.people import clientFactory
+    return _withMetrics(WebService(options["listen"], options["router"], options.secret(),
+                                   clientFactory(options["router"], reactor), reactor),
+                        options)
+
+
+def _withMetrics(service, options):
+    if options["metrics"]:
+        from snstwist.metrics import MetricsService
+        MetricsService(options["metrics"]).setServiceParent(service)
+    return service
+
+
 def makeRouterService(options):
     from snstwist.router import RouterService
-    return RouterService(options["listen"], options.secret())
+    return _withMetrics(RouterService(options["listen"], options.secret()), options)
 
 
 def makeServerService(options):
     from snstwist.server import ServerService
-    return ServerService(options["vm"], options["listen"], options["router"],
-                         options["data"], options.secret(), role=options["role"],
-                         master=options["buddy"], masterPid=options["buddy-pid"],
-                         logfile=options["logfile"])
+    return _withMetrics(ServerService(
+        options["vm"], options["listen"], options["router"], options["data"],
+        options.secret(), role=options["role"], master=options["buddy"],
+        masterPid=options["buddy-pid"], logfile=options["logfile"],
+        metricsListen=options["metrics"]), options)
 
 
 def makeClusterService(options):
@@ -110,3 +148,4 @@ def makeClusterService(options):
 router = SimpleNamespace(Options=RouterOptions, makeService=makeRouterService)
 server = SimpleNamespace(Options=ServerOptions, makeService=makeServerService)
 cluster = SimpleNamespace(Options=ClusterOptions, makeService=makeClusterService)
+web = SimpleNamespace(Options=WebOptions, makeService=makeWebService)

@@ -561,3 +561,80 @@ class RouterServiceTests(SynchronousTestCase):
                           FakeContext({SECRET_METADATA: "wrong"}))
         link = router.serverLink(FakeContext(auth.secretMetadata(SECRET)))
         self.assertIsInstance(link, ServerLink)
+
+
+def kinds(registry):
+    return [(e.kind, e.vm) for e in registry.events]
+
+
+class EventTests(SynchronousTestCase):
+    """What the router remembers having seen, for people watching the cluster."""
+
+    def test_first_master_and_slave_of_a_vm_are_live_events(self):
+        clock, registry, _ = makeRegistry()
+        registry.register(identity("vm1"), FakeLink())
+        registry.register(identity("vm1", pb.SLAVE), FakeLink())
+        self.assertEqual(kinds(registry), [("live", "vm1"), ("live", "vm1")])
+        self.assertEqual(registry.events[1].text, "slave of vm1 live at vm1:3000 (pid 100)")
+
+    def test_master_death_promotion_and_new_slave_are_told_in_order(self):
+        """
+        A killed master is deactivated, its slave (same incarnation) comes
+        back as master, and the slave it spawns is a respawn.
+        """
+        clock, registry, _ = makeRegistry()
+        registry.register(identity("vm1", pid=1), FakeLink())
+        registry.register(identity("vm1", pb.SLAVE, incarnation="s", pid=2), FakeLink())
+        clock.advance(1)
+        registry.remove(identity("vm1", pid=1).incarnation, "stream ended")
+        clock.advance(0.07)
+        registry.register(identity("vm1", pb.MASTER, incarnation="s", pid=2), FakeLink())
+        clock.advance(0.3)
+        registry.register(identity("vm1", pb.SLAVE, incarnation="t", pid=3), FakeLink())
+        self.assertEqual(kinds(registry)[2:], [
+            ("deactivated", "vm1"), ("promoted", "vm1"), ("respawned", "vm1")])
+        self.assertEqual([e.time for e in registry.events][2:], [1, 1.07, 1.37])
+        self.assertEqual(registry.events[2].text,
+                         "master of vm1 (pid 1) deactivated: stream ended")
+        self.assertEqual(registry.events[3].text,
+                         "slave 2 promoted to master of vm1 at vm1:3000")
+
+    def test_a_vm_back_catches_up_until_it_holds_what_its_peers_held(self):
+        clock, registry, _ = makeRegistry()
+        registry.register(identity("vm1"), FakeLink())
+        registry.register(identity("vm2"), FakeLink())
+        registry.heartbeat(identity("vm1").incarnation, pb.Heartbeat(updates=50))
+        registry.remove(identity("vm2").incarnation, "stream ended")
+        registry.register(identity("vm2", incarnation="again"), FakeLink())
+        self.assertEqual(kinds(registry)[-1], ("catching-up", "vm2"))
+        clock.advance(0.5)
+        registry.heartbeat("again", pb.Heartbeat(updates=20))
+        self.assertEqual(kinds(registry)[-1], ("catching-up", "vm2"))
+        clock.advance(0.5)
+        registry.heartbeat("again", pb.Heartbeat(updates=50))
+        self.assertEqual(kinds(registry)[-1], ("caught-up", "vm2"))
+        self.assertEqual(registry.events[-1].text, "vm2 caught up: 50 updates in 1.00s")
+        registry.heartbeat("again", pb.Heartbeat(updates=51))
+        self.assertEqual(len([k for k, _ in kinds(registry) if k == "caught-up"]), 1)
+
+    def test_events_are_bounded(self):
+        clock, registry, _ = makeRegistry()
+        for n in range(router.EVENTS + 10):
+            registry.register(identity("vm1", incarnation="i%d" % (n,)), FakeLink())
+            registry.remove("i%d" % (n,), "stream ended")
+        self.assertEqual(len(registry.events), router.EVENTS)
+
+    def test_status_carries_the_events_and_the_router_time(self):
+        clock, router_ = makeRouter()
+        clock.advance(10)
+        serverOn(router_, "vm1")
+        reply = router_.status(pb.StatusRequest(), FakeContext())
+        self.assertEqual([(e.kind, e.vm, e.time) for e in reply.events],
+                         [("live", "vm1", 1010)])
+        self.assertEqual(reply.time, 1010)
+
+    def test_heartbeat_reports_acknowledged_posts(self):
+        clock, registry, _ = makeRegistry()
+        registry.register(identity("vm1"), FakeLink())
+        registry.heartbeat(identity("vm1").incarnation, pb.Heartbeat(acknowledged=7))
+        self.assertEqual(registry.infos()[0].acknowledged, 7)
