@@ -61,7 +61,7 @@ class Cluster:
                    PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "snstwist.cluster", "--router", "127.0.0.1:0",
-             "--dir", self.base, "--vms", "2"],
+             "--web", "", "--dir", self.base, "--vms", "2"],
             stdout=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline:

@@ -282,7 +282,7 @@ class Cluster:
         os.makedirs(self.base, exist_ok=True)
         self.child = Child("cluster-%dvm" % (self.vms,), [
             PY, "-m", "snstwist.cluster", "--dir", self.base, "--vms", str(self.vms),
-            "--router", "127.0.0.1:0"], self.logdir)
+            "--router", "127.0.0.1:0", "--web", ""], self.logdir)
         line = self.child.expect("sns-cluster ready", timeout)
         self.router = line.split()[3].rstrip(";")
         return self

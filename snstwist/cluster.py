@@ -2,8 +2,9 @@
 The one-command local cluster: C{sns-cluster} (and C{twistd -n sns-cluster}).
 
 Starts a router and N VMs as real C{twistd} processes on loopback addresses
-(VM i listens on 127.0.0.(i+1)), with all data and logs under one directory;
-prints the router's address and a ready line once every VM has its master
+(VM i listens on 127.0.0.(i+1)), and the web pages (C{sns-web}), with all
+data and logs under one directory; prints the router's address, the web
+address and a ready line once every VM has its master
 and its slave registered; stops every process it started on Ctrl-C or SIGTERM, waiting for
 each to exit (TERM, then KILL after L{ClusterService.killTime}).
 """
@@ -48,7 +49,7 @@ class ClusterService(MultiService):
     readyTimeout = 30.0
 
     def __init__(self, base, vms=3, routerListen="127.0.0.1:3410", secret=None,
-                 reactor=None, out=None):
+                 reactor=None, out=None, webListen="127.0.0.1:8080"):
         MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
@@ -59,6 +60,10 @@ class ClusterService(MultiService):
         if int(port) == 0:
             port = freePort(host)
         self.router = "%s:%s" % (host, port)
+        self.web = None
+        if webListen:
+            host, port = webListen.rsplit(":", 1)
+            self.web = "%s:%s" % (host, port if int(port) else freePort(host))
         self.secret = secret or secrets.token_hex(32)
         self.secretFile = os.path.join(self.base, "secret")
         self.out = out or self._print
@@ -69,7 +74,7 @@ class ClusterService(MultiService):
     @classmethod
     def fromOptions(cls, options):
         return cls(options["dir"], options["vms"], options["router"],
-                   options.secretOrNone())
+                   options.secretOrNone(), webListen=options["web"])
 
     @staticmethod
     def _print(line):
@@ -132,6 +137,12 @@ class ClusterService(MultiService):
             self.startVM(i)
         self.out("sns-cluster: router at %s, %d VMs, data and logs in %s"
                  % (self.router, self.vms, self.base))
+        if self.web:
+            self._spawn("web", twistdArgs(
+                os.path.join(self.base, "web.log"), "sns-web", "--router", self.router,
+                "--listen", self.web))
+            self.out("sns-cluster: web timeline and dashboard at http://%s/ (and /cluster)"
+                     % (self.web,))
         d = defer.ensureDeferred(self._waitReady())
         d.addCallbacks(self._ready, self._notReady)
 
@@ -250,6 +261,8 @@ class ClusterOptions(usage.Options):
         ["vms", "n", 3, "Number of VMs (server pairs).", int],
         ["dir", "d", "sns-cluster", "Directory for every VM's data and the logs."],
         ["router", "r", "127.0.0.1:3410", "Router address (port 0: any free port)."],
+        ["web", "w", "127.0.0.1:8080",
+         "Address of the web pages (port 0: any free port; empty: no web)."],
         ["secret-file", None, None,
          "File holding the cluster's shared secret (default: $SNS_SECRET, else random)."],
     ]
@@ -259,6 +272,8 @@ class ClusterOptions(usage.Options):
         if not 1 <= self["vms"] <= 200:
             raise usage.UsageError("--vms must be between 1 and 200")
         self["router"] = parseAddress(self["router"], "--router")
+        if self["web"]:
+            self["web"] = parseAddress(self["web"], "--web")
         self["secret"] = None
         if self["secret-file"] or os.environ.get("SNS_SECRET"):
             self["secret"] = readSecret(self["secret-file"])

@@ -165,6 +165,7 @@ class Cluster:
         self.vms = vms
         self.base = os.path.abspath(testCase.mktemp())
         self.router = None
+        self.web = None
         self.process = None
         self.pids = set()
         self.channel = None
@@ -175,11 +176,13 @@ class Cluster:
         self.testCase.addCleanup(self.killAll)
         self.process = spawn(self.testCase, [
             "-m", "snstwist.cluster", "--dir", self.base, "--vms", str(self.vms),
-            "--router", "127.0.0.1:0"])
+            "--router", "127.0.0.1:0", "--web", "127.0.0.1:0"])
         await self.process.waitFor("sns-cluster ready")
         for line in self.process.lines:
             if line.startswith("sns-cluster ready: router "):
                 self.router = line.split()[3].rstrip(";")
+            if line.startswith("sns-cluster: web timeline and dashboard at "):
+                self.web = line.split()[6][len("http://"):].rstrip("/")
         # One channel for every status poll of the test: a busy machine
         # should not fail a test on connection set-up.
         self.channel = grpcbridge.channel(self.router)

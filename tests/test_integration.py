@@ -186,10 +186,10 @@ class PluginTests(unittest.TestCase):
 
     @inlineAsync
     async def test_twistd_finds_the_plugins(self):
-        """twistd --help lists sns-router, sns-server and sns-cluster."""
+        """twistd --help lists sns-router, sns-server, sns-cluster and sns-web."""
         child = spawn(self, ["-c", "from twisted.scripts.twistd import run; run()", "--help"])
         await child.ended
-        for name in ("sns-router", "sns-server", "sns-cluster"):
+        for name in ("sns-router", "sns-server", "sns-cluster", "sns-web"):
             self.assertIn(name, child.text)
 
 
@@ -205,7 +205,7 @@ class TwistdClusterTests(unittest.TestCase):
         base = os.path.abspath(self.mktemp())
         cluster = spawn(self, ["-c", "from twisted.scripts.twistd import run; run()", "-n",
                                "--pidfile=", "sns-cluster", "--dir", base, "--vms", "2",
-                               "--router", "127.0.0.1:0"])
+                               "--router", "127.0.0.1:0", "--web", "127.0.0.1:0"])
         await cluster.waitFor("sns-cluster ready")
         router = [line.split("router ")[1].split(";")[0] for line in cluster.lines
                   if "sns-cluster ready" in line][0]

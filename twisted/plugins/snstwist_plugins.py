@@ -1,4 +1,4 @@
-"""twistd plugins of snstwist: sns-router, sns-server, sns-cluster."""
+"""twistd plugins of snstwist: sns-router, sns-server, sns-cluster, sns-web."""
 
 from twisted.application.service import ServiceMaker
 
@@ -16,3 +16,8 @@ snsCluster = ServiceMaker(
     "snstwist local cluster", "snstwist.tap.cluster",
     "A router and N VMs on loopback, in one command.",
     "sns-cluster")
+
+snsWeb = ServiceMaker(
+    "snstwist web", "snstwist.tap.web",
+    "The web timeline and the live cluster dashboard, a client of the cluster.",
+    "sns-web")
