@@ -120,7 +120,8 @@ class OptionTests(unittest.TestCase):
         for options, args in (
                 (tap.RouterOptions(), []),
                 (tap.ServerOptions(), ["--router", "127.0.0.1:1"])):
-            options.parseOptions(args + ["--metrics", "127.0.0.1:9100"])
+            options.parseOptions(args + ["--metrics", "127.0.0.1:9100",
+                                         "--secret-file", self.secret()])
             self.assertEqual(options["metrics"], "127.0.0.1:9100")
 
     def test_a_bad_metrics_address_is_a_usage_error(self):
@@ -138,7 +139,7 @@ class OptionTests(unittest.TestCase):
     def secret(self):
         path = self.mktemp()
         with open(path, "w") as f:
-            f.write("s3cret\n")
+            f.write("a-secret-of-the-tests\n")
         return path
 
 

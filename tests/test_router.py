@@ -628,7 +628,7 @@ class EventTests(SynchronousTestCase):
         clock, router_ = makeRouter()
         clock.advance(10)
         serverOn(router_, "vm1")
-        reply = router_.status(pb.StatusRequest(), FakeContext())
+        reply = router_.status(pb.StatusRequest(), FakeContext(auth.secretMetadata(SECRET)))
         self.assertEqual([(e.kind, e.vm, e.time) for e in reply.events],
                          [("live", "vm1", 1010)])
         self.assertEqual(reply.time, 1010)
