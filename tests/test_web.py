@@ -329,8 +329,11 @@ class PersonTests(unittest.SynchronousTestCase):
         person = people.Person(client)
         client.onReconnect("127.0.0.3:4000")
         self.assertEqual(person.status, "Reconnecting to 127.0.0.3:4000...")
+        request = FakeRequest()
+        live.Streams(5, Clock()).open(request, person.streams, 2)
         client.post("back")
         self.assertEqual(person.status, "")
+        self.assertEqual(request.written[1], b'event: status\ndata: {"text":""}\n\n')
 
 
 class ChartTests(unittest.SynchronousTestCase):

@@ -127,7 +127,8 @@ class ClusterPage(Element):
     @renderer
     def events(self, request, tag):
         return [tags.li(tags.time(clock(e["time"])), " ", e["text"],
-                        **{"data-sns": "event", "data-kind": e["kind"], "class": e["kind"]})
+                        **{"data-sns": "event", "data-kind": e["kind"],
+                           "class": "event-" + e["kind"]})
                 for e in self.snapshot["events"]]
 
     @renderer

@@ -73,7 +73,10 @@ class Person:
 
     def _post(self, post):
         self.posts.append(post)
-        self.status = ""
+        if self.status:
+            # Posts flow again: the failover is over.
+            self.status = ""
+            self._send("status", {"text": ""})
         self._send("post", postData(post))
 
     def _reconnecting(self, address):

@@ -56,7 +56,7 @@
       const li = document.createElement("li");
       li.dataset.sns = "event";
       li.dataset.kind = e.kind;
-      li.className = e.kind;
+      li.className = "event-" + e.kind;
       const time = document.createElement("time");
       time.textContent = clock(e.time);
       li.appendChild(time);
