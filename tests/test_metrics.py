@@ -6,7 +6,6 @@ Metrics live in prometheus-client's process-wide registry, so each test
 reads a value before and after what it does and checks the difference.
 """
 
-import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 from twisted.internet.task import Clock
@@ -61,7 +60,7 @@ class RpcCountTests(GrpcTestCase):
         refused = sample("sns_rpcs_total", method="Status", code="UNAUTHENTICATED")
         stub = await self.routerStub(status)
         await self.assertCallFails(grpcbridge.call(stub.Status, pb.StatusRequest()),
-                                   grpc.StatusCode.UNAUTHENTICATED)
+                                   errors.Status.UNAUTHENTICATED)
         self.assertEqual(sample("sns_rpcs_total", method="Status", code="UNAUTHENTICATED"),
                          refused + 1)
         self.assertEqual(sample("sns_rpcs_total", method="Status", code="OK"), ok)

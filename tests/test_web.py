@@ -9,13 +9,13 @@ import re
 from io import BytesIO
 from urllib.parse import urlencode
 
-import grpc
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
+from snstwist import errors
 from snstwist import sns_pb2 as pb
 from snstwist.client import CommandFailed
 from snstwist.model import Post
@@ -52,7 +52,7 @@ class FakeClient:
 
     def follow(self, name):
         if name not in self.users:
-            return defer.fail(CommandFailed(grpc.StatusCode.NOT_FOUND, "no such user"))
+            return defer.fail(CommandFailed(errors.Status.NOT_FOUND, "no such user"))
         return defer.succeed(pb.WriteReply(copies=2))
 
     unfollow = follow

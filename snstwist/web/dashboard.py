@@ -13,12 +13,11 @@ are the router's own, with its times.
 import collections
 
 import attrs
-import grpc
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from snstwist import auth, grpcbridge
+from snstwist import auth, errors, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -121,8 +120,8 @@ class ClusterWatch(Service):
                 reply = await grpcbridge.call(
                     pbg.RouterStub(channel).Status, pb.StatusRequest(), timeout=CALL_TIMEOUT,
                     metadata=auth.secretMetadata(self.secret) if self.secret else None)
-            except grpc.aio.AioRpcError as e:
-                problems.append("%s: %s" % (address, e.details() or e.code().name))
+            except errors.RemoteError as e:
+                problems.append("%s: %s" % (address, e.message))
                 continue
             self.router, self.status, self.error = address, reply, ""
             self._sample(reply)

@@ -16,7 +16,6 @@ import collections
 import hmac
 import secrets
 
-import grpc
 from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -45,7 +44,7 @@ def sentence(failure):
     e = failure if isinstance(failure, Exception) else failure.value
     if isinstance(e, CommandFailed):
         return SENTENCES.get(e.code, UNKNOWN + ": " + e.message)
-    if isinstance(e, (ClusterUnreachable, grpc.aio.AioRpcError)):
+    if isinstance(e, (ClusterUnreachable, errors.RemoteError)):
         return UNKNOWN + ": the cluster cannot be reached"
     if isinstance(e, errors.InvalidUsername):
         return INVALID_USERNAME
