@@ -84,7 +84,7 @@ class BrowserTestCase(unittest.TestCase):
         skip = SKIP
 
     async def start(self):
-        self.cluster = await Cluster(self, vms=2).start()
+        self.cluster = await Cluster(self, vms=2, web=True).start()
         self.url = "http://%s/" % (self.cluster.web,)
         self.web = self.cluster.web
 

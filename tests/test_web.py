@@ -388,3 +388,19 @@ class DashboardTests(GrpcTestCase):
         await watch.poll()
         self.assertIn("no router answers (127.0.0.1:1: ", published[-1]["error"])
         await watch.stopService()
+
+
+class PollingTests(unittest.SynchronousTestCase):
+    def test_the_router_is_polled_fast_only_while_someone_watches(self):
+        clock = Clock()
+        watching = [False]
+        watch = dashboard.ClusterWatch([], None, clock, watched=lambda: watching[0])
+        watch.startService()
+        clock.advance(0)
+        self.assertEqual([c.getTime() for c in clock.getDelayedCalls()], [dashboard.SAMPLE])
+        watching[0] = True
+        clock.advance(dashboard.SAMPLE)
+        self.assertEqual([c.getTime() - clock.seconds() for c in clock.getDelayedCalls()],
+                         [dashboard.POLL])
+        self.successResultOf(watch.stopService())
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -285,7 +285,8 @@ class WebService(MultiService):
         self.clusterStreams = live.Streams(CLUSTER_STREAMS, reactor)
         self.clusterStreams.setServiceParent(self)
         self.watch = ClusterWatch(routers, secret, reactor,
-                                  lambda snapshot: self.clusterStreams.send("cluster", snapshot))
+                                  lambda snapshot: self.clusterStreams.send("cluster", snapshot),
+                                  lambda: len(self.clusterStreams) > 0)
         self.watch.setServiceParent(self)
 
     def root(self):

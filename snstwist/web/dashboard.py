@@ -66,11 +66,13 @@ def niceTop(values):
 class ClusterWatch(Service):
     """
     Polls the first router that answers; C{publish(snapshot)} gets every
-    new snapshot (a dict for JSON).
+    new snapshot (a dict for JSON); C{watched()} says whether anyone looks.
     """
 
-    def __init__(self, routers, secret, clock, publish=lambda snapshot: None):
+    def __init__(self, routers, secret, clock, publish=lambda snapshot: None,
+                 watched=lambda: True):
         self.routers = list(routers)
+        self.watched = watched
         self.secret = secret
         self.clock = clock
         self.publish = publish
@@ -107,7 +109,9 @@ class ClusterWatch(Service):
 
     def _again(self, _):
         if self.running:
-            self._next = self.clock.callLater(POLL, self._poll)
+            # Four times a second while someone watches; once a second (for
+            # the chart's history) while nobody does.
+            self._next = self.clock.callLater(POLL if self.watched() else SAMPLE, self._poll)
 
     async def poll(self):
         """Ask the routers, in order, until one answers; publish what it says."""
