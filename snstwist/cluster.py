@@ -49,7 +49,7 @@ class ClusterService(MultiService):
     readyTimeout = 30.0
 
     def __init__(self, base, vms=3, routerListen="127.0.0.1:3410", secret=None,
-                 reactor=None, out=None, webListen="127.0.0.1:8080"):
+                 reactor=None, out=None, webListen=None):
         MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
