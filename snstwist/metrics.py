@@ -70,10 +70,11 @@ def refresh():
             gauge.set(value)
 
 
-class LoopLag(TimerService):
+class Ticker(TimerService):
     """
-    Measures how late the reactor runs a timer due every L{TICK} seconds,
-    and refreshes the watched gauges while at it.
+    Every L{TICK} seconds: refresh the watched gauges, and observe how late
+    this timer ran (event-loop lag, as a histogram; L{snstwist.looplag} is
+    the fine-grained, logging measurement that benchmarks turn on).
     """
 
     def __init__(self, clock=None):
@@ -128,7 +129,7 @@ class MetricsService(MultiService):
         MultiService.__init__(self)
         self.site = _Site(listen, reactor)
         self.site.setServiceParent(self)
-        LoopLag(reactor).setServiceParent(self)
+        Ticker(reactor).setServiceParent(self)
 
     @property
     def address(self):

@@ -21,10 +21,10 @@ def sample(name, **labels):
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-class LoopLagTests(unittest.SynchronousTestCase):
+class TickerTests(unittest.SynchronousTestCase):
     def test_a_late_tick_is_observed_as_loop_lag(self):
         clock = Clock()
-        service = metrics.LoopLag(clock)
+        service = metrics.Ticker(clock)
         service.startService()
         self.addCleanup(service.stopService)
         count = sample("sns_loop_lag_seconds_count")
@@ -35,7 +35,7 @@ class LoopLagTests(unittest.SynchronousTestCase):
 
     def test_ticks_set_the_watched_gauges(self):
         clock = Clock()
-        service = metrics.LoopLag(clock)
+        service = metrics.Ticker(clock)
         value = [3]
         metrics.watch(metrics.sessions, lambda: value[0])
         metrics.watch(metrics.servers, lambda: {"master": 2, "slave": 1})
