@@ -119,6 +119,7 @@ class CommandLine(Protocol):
         self.unreachable = False
         client.onPost = self._showPost
         client.onReconnect = lambda address: self.say("Reconnecting to %s..." % (address,))
+        client.onLost = self._sessionLost
 
     def say(self, line):
         self.transport.write((line + "\n").encode("utf-8"))
@@ -238,6 +239,13 @@ class CommandLine(Protocol):
 
     def _showPost(self, post):
         self.say(formatPost(post))
+
+    def _sessionLost(self, error):
+        """The client gave up restoring the live timeline: say so, once."""
+        if self.inTimeline and not self.unreachable:
+            self.unreachable = True
+            self.say(UNKNOWN)
+            self.err.write("sns-client: the timeline stopped: %s\n" % (error,))
 
     def readConnectionLost(self):
         # EOF: a last line without a newline counts; finish what was typed,

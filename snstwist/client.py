@@ -12,9 +12,11 @@ applied once.
 Every public method returns a Deferred.
 """
 
+import random
 import uuid
 
 import attrs
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -61,6 +63,66 @@ class Master:
     address: str
 
 
+@attrs.define
+class Reconnects:
+    """
+    The client's run of failed attempts to get a working session: each one
+    waits longer than the last (exponential, with jitter, as
+    L{twisted.application.internet.ClientService} does), and the run gives
+    up C{deadline} seconds after it began.  A session that works ends the
+    run (L{healthy}).  A session that breaks before it works (a timeline
+    that never got its history, a session refused) counts as a failed
+    attempt, so a client can not reconnect in a tight loop forever.
+    """
+
+    clock: object
+    deadline: float = FAILOVER_DEADLINE
+    delay: object = attrs.field(factory=lambda: backoffPolicy(
+        initialDelay=0.02, maxDelay=1.0, factor=2.0, jitter=lambda: random.random() * 0.02))
+    since: float | None = None
+    attempts: int = 0
+    problem: object = None
+
+    @property
+    def troubled(self):
+        return self.since is not None
+
+    def failed(self, problem):
+        """
+        One more attempt failed because of C{problem}: the seconds to wait
+        before the next, or L{ClusterUnreachable} once past the deadline
+        (and the run starts afresh for whoever tries next).
+        """
+        now = self.clock.seconds()
+        if self.since is None:
+            self.since = now
+        self.attempts += 1
+        self.problem = problem
+        if now - self.since > self.deadline:
+            attempts, since = self.attempts, self.since
+            self.healthy()
+            raise ClusterUnreachable("gave up after %d attempts in %.0fs; last: %s"
+                                     % (attempts, now - since, _describe(problem)))
+        return self.delay(self.attempts - 1)
+
+    def unproven(self, problem):
+        """A new session that has not worked yet: its loss continues the run."""
+        if self.since is None:
+            self.since = self.clock.seconds()
+        self.problem = problem
+
+    def healthy(self):
+        self.since, self.attempts, self.problem = None, 0, None
+
+
+def _describe(problem):
+    if isinstance(problem, Failure):
+        problem = problem.value
+    if isinstance(problem, RemoteError):
+        return "%s: %s" % (problem.status.name, problem.message)
+    return str(problem) or type(problem).__name__
+
+
 class _Session:
     """The client's end of C{Bidirectional_s_and_c} on the current master1."""
 
@@ -92,6 +154,9 @@ class _Session:
             self.client._received(Post.fromProto(message.post))
         elif kind == "ready":
             self.client._timelineReady()
+        elif kind == "heartbeat" and not self.client.inTimeline:
+            # A session that has lasted a heartbeat works.
+            self.client.reconnects.healthy()
 
     def send(self, message):
         if self.stream is not None:
@@ -154,6 +219,8 @@ class Client:
         self.epoch = 0
         self._ackCall = None
         self.closed = False
+        self.reconnects = Reconnects(clock)
+        self.onLost = lambda error: None
 
     # -- connecting
 
@@ -235,8 +302,10 @@ class Client:
         if self.session is not None:
             self.session.close()
             self.session = None
-        deadline = self.clock.seconds() + FAILOVER_DEADLINE
-        delay = 0.02
+        if self.reconnects.troubled:
+            # The last session broke before it worked: not at once again.
+            await deferLater(self.clock, self._nextAttempt(dead, self.reconnects.problem),
+                             lambda: None)
         candidate = self.master2
         self.master2 = None
         while not self.closed:
@@ -256,14 +325,20 @@ class Client:
                 except RemoteError as e:
                     problem = e
                     candidate = None
-            if self.clock.seconds() > deadline:
-                raise ClusterUnreachable("failover from %s failed: %s" % (
-                    dead.address if dead else "?", problem))
-            await deferLater(self.clock, delay, lambda: None)
-            delay = min(delay * 2, 0.5)
+            await deferLater(self.clock, self._nextAttempt(dead, problem), lambda: None)
+        # Until this session works, losing it is one more failed attempt.
+        self.reconnects.unproven("the session with %s broke before it worked"
+                                 % (self.master1.address,))
         if self.master2 is None or self.master2.vm == self.master1.vm:
             d = defer.ensureDeferred(self._refillMaster2())
             d.addErrback(lambda f: log.failure("finding a new master2 failed", f))
+
+    def _nextAttempt(self, dead, problem):
+        try:
+            return self.reconnects.failed(problem)
+        except ClusterUnreachable as e:
+            raise ClusterUnreachable("failover from %s failed: %s" % (
+                dead.address if dead else "?", e))
 
     async def _refillMaster2(self):
         try:
@@ -280,7 +355,17 @@ class Client:
             log.info("session with {m} lost: {why}", m=self.master1,
                      why=reason.getErrorMessage() if reason else "ended")
             self.session = None
-            self._failOver().addErrback(lambda f: log.failure("failover failed", f))
+            if self.reconnects.troubled:
+                self.reconnects.problem = reason or "the session ended"
+            self._failOver().addErrback(self._gaveUp)
+
+    def _gaveUp(self, failure):
+        """The session could not be restored: whoever waits for it is told."""
+        log.warn("giving up on the session: {why}", why=failure.getErrorMessage())
+        if self._ready is not None and not self._ready.called:
+            self._ready.errback(failure)
+        else:
+            self.onLost(failure.value)
 
     # -- commands
 
@@ -357,6 +442,7 @@ class Client:
         return request
 
     def _timelineReady(self):
+        self.reconnects.healthy()
         if self._ready is not None and not self._ready.called:
             self._ready.callback(None)
 

@@ -141,8 +141,31 @@ class Stream:
         self._maxQueue = maxQueue
         self._ended = False
         self._abort = None
+        self._drained = []
         self.metadata = {}
         self.peer = None
+
+    def drained(self, below):
+        """
+        A Deferred that fires once at most C{below} messages are waiting:
+        the peer has taken the rest (gRPC hands a message to the transport
+        only as the peer's flow-control window allows).  How a sender paces
+        itself to its reader.  It never fires if the stream ends first.
+        """
+        if self._queue.qsize() <= below:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drained.append((below, d))
+        return d
+
+    def _taken(self):
+        if self._drained:
+            size = self._queue.qsize()
+            ready = [(n, d) for n, d in self._drained if size <= n]
+            if ready:
+                self._drained = [w for w in self._drained if w[0] < size]
+                for _, d in ready:
+                    d.callback(None)
 
     def send(self, message):
         if self._ended:
@@ -168,6 +191,7 @@ class Stream:
         gets; ABORTED without one.
         """
         self._ended = True
+        self._drained = []
         if self._abort is not None:
             self._abort(reason)
 
@@ -179,7 +203,9 @@ class Stream:
         while True:
             message = await self._queue.get()
             if message is _END:
+                self._drained = []
                 return
+            self._taken()
             yield message
 
 

@@ -89,6 +89,14 @@ MAX_USERS = 8000
 # which would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED).
 MAX_ECHO = 40
 
+# Timeline sessions.  A live reader that falls this many pushed messages
+# behind is cut off (it is too slow for live push); a catch-up (the history,
+# or everything a returning reader missed) is sent a page at a time, the next
+# page only once the reader has taken most of the last, so it is never cut
+# off, however long.
+MAX_SESSION_QUEUE = 1000
+CATCH_UP_PAGE = 200
+
 
 def excerpt(value, limit=MAX_ECHO):
     """C{repr(value)}, cut to C{limit} characters, saying how long the value was."""

@@ -169,6 +169,10 @@ class Node:
 
         self.store.persist(updates, hidden, displaced).addBoth(finished)
 
+    def isDurable(self, updateId):
+        """Is the update C{updateId} (held here) on this VM's disk yet?"""
+        return updateId not in self._durable
+
     def durable(self, update):
         """A Deferred that fires once C{update} is on this VM's disk."""
         observers = self._durable.get(update.id)

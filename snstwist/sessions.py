@@ -9,7 +9,11 @@ as soon as the post is durable here.  The client acknowledges how far it has
 read; when the stream breaks the session is deactivated and that cursor kept,
 so a returning client can resume where it left off.
 
-A client that stops reading is cut off once its queue is full (the bound is in
+The history (or, for a returning client, everything it missed: thousands of
+posts, maybe) is a catch-up: sent a page at a time, by cursor, each page once
+the client has taken most of the one before, so it goes exactly as fast as
+the client reads and is never cut off.  A client that stops reading live
+posts is cut off once its queue is full (the bound is in
 L{grpcbridge.Stream}), rather than allowed to grow this process's memory.
 """
 
@@ -17,7 +21,7 @@ from twisted.logger import Logger
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
-from snstwist.model import HISTORY, checkCursor, checkHeartbeat
+from snstwist.model import CATCH_UP_PAGE, HISTORY, MAX_SESSION_QUEUE, checkCursor, checkHeartbeat
 
 log = Logger()
 
@@ -39,7 +43,7 @@ def checkClientMessage(message, now_us):
 
 HEARTBEAT = 2.0
 TIMEOUT = 3 * HEARTBEAT
-MAX_QUEUE = 1000
+MAX_QUEUE = MAX_SESSION_QUEUE
 READ_MARK_INTERVAL = 1.0
 _BEAT = pb.ServerPush(heartbeat=pb.Heartbeat())
 
@@ -126,10 +130,10 @@ class SessionHub:
             message = None
             for user in (post.author, *replica.followerSet(post.author)):
                 for session in self.sessions.get(user, ()):
-                    if session.live:
+                    if session.live or session.catchingUp:
                         if message is None:
                             message = pb.ServerPush(post=post.toProto())
-                        session.push(post.id, message)
+                        session.push(post, message)
 
     def closeAll(self):
         self.saveReadMarks()
@@ -146,6 +150,10 @@ class ClientSession:
         self.user = user
         self.stream = None
         self.live = False
+        self.catchingUp = False
+        self.cursor = None
+        self.inclusive = False
+        self.caughtUp = 0
         self.sentHistory = set()
         self.lastHeard = 0
         self.busy = False
@@ -188,34 +196,66 @@ class ClientSession:
             self.hub.ack(self.user, message.ack)
 
     def _startTimeline(self, request):
+        """
+        Start the catch-up: from the client's cursor when it resumes; else
+        the recent history, and before it anything older that a returning
+        client has not read yet.
+        """
+        if self.catchingUp:
+            return
         replica = self.hub.node.replica
         if request.HasField("cursor"):
-            posts = replica.timelineAfter(self.user, (request.cursor.time_us, request.cursor.id))
+            self.cursor, self.inclusive = (request.cursor.time_us, request.cursor.id), False
         else:
-            posts = replica.timeline(self.user, min(request.history or HISTORY, HISTORY))
+            recent = replica.timeline(self.user, min(request.history or HISTORY, HISTORY))
             mark = replica.readUpTo(self.user)
-            if mark is not None:
-                # A returning client: the recent history, and before it
-                # anything older that it has not read yet.
-                known = {p.id for p in posts}
-                missed = [p for p in replica.timelineAfter(self.user, mark)
-                          if p.id not in known]
-                posts = sorted(missed + posts, key=lambda p: p.key)
-        for post in posts:
-            self.sentHistory.add(post.id)
-            self.stream.send(pb.ServerPush(post=post.toProto()))
-        self.stream.send(pb.ServerPush(ready=pb.SessionReady(history=len(posts))))
-        self.live = True
+            if recent and (mark is None or mark >= recent[0].key):
+                self.cursor, self.inclusive = recent[0].key, True
+            else:
+                self.cursor, self.inclusive = mark, False
+        self.catchingUp = True
+        self._sendPage()
 
-    def push(self, postId, message):
-        if postId in self.sentHistory:
+    def _sendPage(self):
+        """One page of the catch-up; the next once the client has taken most of it."""
+        if self.stream is None or not self.catchingUp:
+            return
+        posts = []
+        if self.cursor is not None:
+            node = self.hub.node
+            posts = node.replica.timelinePage(self.user, self.cursor, CATCH_UP_PAGE,
+                                              self.inclusive)
+            for post in posts:
+                if not node.isDurable(post.id):
+                    # Published (pushed live) once durable: not twice.
+                    self.sentHistory.add(post.id)
+                self.stream.send(pb.ServerPush(post=post.toProto()))
+            if posts:
+                self.cursor, self.inclusive = posts[-1].key, False
+                self.caughtUp += len(posts)
+                self.busy = True
+        if len(posts) < CATCH_UP_PAGE:
+            self.catchingUp = False
+            self.stream.send(pb.ServerPush(ready=pb.SessionReady(history=self.caughtUp)))
+            self.live = True
+            return
+        d = self.stream.drained(CATCH_UP_PAGE // 2)
+        d.addCallback(lambda _: self._sendPage())
+        d.addErrback(lambda f: log.failure("catch-up of {user} failed", f, user=self.user))
+
+    def push(self, post, message):
+        if post.id in self.sentHistory:
             # Already sent with the history (it was accepted here just
             # before the timeline opened, and became durable after).
-            self.sentHistory.discard(postId)
+            self.sentHistory.discard(post.id)
+            return
+        if self.catchingUp and (post.key > self.cursor or (
+                self.inclusive and post.key == self.cursor)):
+            # A later page of the catch-up holds it.
             return
         self.stream.send(message)
         self.busy = True
 
     def connectionLost(self, reason):
-        self.live = False
+        self.live = self.catchingUp = False
         self.hub.remove(self)

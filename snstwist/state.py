@@ -17,6 +17,7 @@ tell a peer exactly what the peer is missing (its version vector).
 
 import bisect
 import heapq
+import itertools
 
 import attrs
 
@@ -238,6 +239,19 @@ class Replica:
             later.extend(posts[bisect.bisect_right(posts, cursor, key=lambda p: p.key):])
         later.sort(key=lambda p: p.key)
         return later
+
+    def timelinePage(self, user, cursor, limit, inclusive=False):
+        """
+        At most C{limit} posts of C{user}'s timeline after the post key
+        C{cursor} (from it, if C{inclusive}), oldest first: one page of a
+        catch-up, found without copying the rest of the timeline.
+        """
+        edge = bisect.bisect_left if inclusive else bisect.bisect_right
+        pages = []
+        for posts in self._timelineSources(user):
+            start = edge(posts, cursor, key=lambda p: p.key)
+            pages.append(posts[start:start + limit])
+        return list(itertools.islice(heapq.merge(*pages, key=lambda p: p.key), limit))
 
     def missing(self, remote):
         """The updates held here that the version vector C{remote} lacks."""

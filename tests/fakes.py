@@ -1,5 +1,7 @@
 """Fakes shared by the unit tests."""
 
+from twisted.internet import defer
+
 
 class FakeStream:
     """
@@ -14,10 +16,38 @@ class FakeStream:
         self.closed = False
         self.aborted = False
         self.reason = None
+        self.unread = 0
+        self.mostUnread = 0
+        self._drained = []
 
     def send(self, message):
         self.sent.append(message)
+        self.unread += 1
+        self.mostUnread = max(self.mostUnread, self.unread)
         return True
+
+    def drained(self, below):
+        """Fires once the peer has read all but C{below} messages (see L{read})."""
+        if self.unread <= below:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drained.append((below, d))
+        return d
+
+    def read(self):
+        """The peer reads everything sent so far."""
+        self.unread = 0
+        waiters, self._drained = self._drained, []
+        for _, d in waiters:
+            d.callback(None)
+
+    def readAll(self, most=1000):
+        """The peer keeps reading until nothing more comes (at most C{most} times)."""
+        for _ in range(most):
+            if not self._drained:
+                return
+            self.read()
+        raise AssertionError("the sender never stopped")
 
     def close(self):
         self.closed = True

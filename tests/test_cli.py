@@ -568,6 +568,26 @@ class ReconnectTests(CommandLineTestCase):
 
 
 class CopiesTests(CommandLineTestCase):
+    def test_a_timeline_given_up_on_is_unknown_reason_with_the_cause(self):
+        """
+        When the client gives up restoring a live timeline, the unknown-reason
+        line is printed, the cause goes to stderr, and the exit status is 1.
+        """
+        client = FakeClient(timeline=None)
+        self.start(client)
+        self.type("TIMELINE")
+        client.onLost(ClusterUnreachable("gave up after 30 attempts in 15s"))
+        self.assertEqual(self.output(), ["Now you are in the timeline", UNKNOWN])
+        self.assertIn("gave up after 30 attempts", self.err.getvalue())
+        self.assertTrue(self.cli.unreachable)
+
+    def test_a_session_given_up_on_in_command_mode_prints_nothing(self):
+        """Out of the timeline, the next command finds out (and says so) itself."""
+        client = FakeClient()
+        self.start(client)
+        client.onLost(ClusterUnreachable("gave up"))
+        self.assertEqual(self.output(), [])
+
     def test_a_write_stored_on_one_vm_only_is_said_on_stderr(self):
         """copies=1: stdout keeps the contract line, stderr says why it matters."""
         self.start(FakeClient(follow=pb.WriteReply(copies=1)))

@@ -1,6 +1,7 @@
 """
 The client library's timeline cursor: what it shows once, what it
-acknowledges, and where a resumed session (after a failover) starts.
+acknowledges, and where a resumed session (after a failover) starts; and its
+reconnect policy, on a Clock.
 """
 
 from twisted.internet.task import Clock
@@ -8,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import client as clientModule
 from snstwist import sns_pb2 as pb
-from snstwist.client import Client, _Session
+from snstwist.client import Client, ClusterUnreachable, Reconnects, _Session
 from snstwist.model import Post
 from tests.fakes import FakeStream
 
@@ -163,3 +164,70 @@ class TimelineTests(SynchronousTestCase):
         d = c.timeline()
         self.assertNoResult(d)
         self.assertTrue(reopen(c).timeline)
+
+
+def reconnects(clock, jitter=0.0, deadline=15.0):
+    from twisted.application.internet import backoffPolicy
+    return Reconnects(clock, deadline=deadline, delay=backoffPolicy(
+        initialDelay=0.02, maxDelay=1.0, factor=2.0, jitter=lambda: jitter))
+
+
+class ReconnectsTests(SynchronousTestCase):
+    def test_each_failed_attempt_waits_twice_as_long_up_to_a_second(self):
+        """0.02, 0.04, 0.08 ... seconds, never more than a second (before jitter)."""
+        policy = reconnects(Clock())
+        delays = [policy.failed("down") for _ in range(10)]
+        self.assertEqual(delays[:4], [0.02, 0.04, 0.08, 0.16])
+        self.assertEqual(delays[-1], 1.0)
+
+    def test_jitter_spreads_the_delays(self):
+        """The default policy adds up to 20 ms of jitter to each delay."""
+        policy = Reconnects(Clock())
+        delays = {policy.failed("down") for _ in range(3)} | {
+            Reconnects(Clock()).failed("down") for _ in range(20)}
+        self.assertTrue(all(0.02 <= d <= 1.02 for d in delays))
+        self.assertGreater(len(delays), 3)
+
+    def test_a_run_of_failures_gives_up_after_the_deadline_naming_the_cause(self):
+        """Past the deadline the next failure is ClusterUnreachable, with the last cause."""
+        clock = Clock()
+        policy = reconnects(clock)
+        elapsed = 0.0
+        while elapsed <= 15.0:
+            delay = policy.failed("session refused")
+            clock.advance(delay)
+            elapsed += delay
+        e = self.assertRaises(ClusterUnreachable, policy.failed, "too many sessions")
+        self.assertIn("too many sessions", str(e))
+        self.assertIn("gave up after", str(e))
+
+    def test_a_working_session_ends_the_run(self):
+        """healthy() starts the count afresh: the next failure waits the shortest time."""
+        clock = Clock()
+        policy = reconnects(clock)
+        for _ in range(5):
+            policy.failed("down")
+        clock.advance(14)
+        policy.healthy()
+        clock.advance(10)
+        self.assertEqual(policy.failed("down"), 0.02)
+        self.assertTrue(policy.troubled)
+
+    def test_an_unproven_session_that_breaks_continues_the_run(self):
+        """A session lost before it worked counts from when the run began."""
+        clock = Clock()
+        policy = reconnects(clock)
+        policy.unproven("new session")
+        self.assertTrue(policy.troubled)
+        clock.advance(16)
+        self.assertRaises(ClusterUnreachable, policy.failed, "broke again")
+
+    def test_giving_up_starts_a_fresh_run_for_the_next_try(self):
+        """After giving up, the next attempt (a new command) is not refused at once."""
+        clock = Clock()
+        policy = reconnects(clock)
+        policy.failed("down")
+        clock.advance(16)
+        self.assertRaises(ClusterUnreachable, policy.failed, "down")
+        self.assertFalse(policy.troubled)
+        self.assertEqual(policy.failed("down"), 0.02)

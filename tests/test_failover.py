@@ -158,6 +158,44 @@ class ReturningClientTests(unittest.TestCase):
         self.assertEqual(posts(back.lines), [("bob", "b%d" % (i,)) for i in range(1, 26)])
 
 
+    @inlineAsync
+    async def test_a_returning_reader_with_thousands_missed_gets_them_all(self):
+        """
+        A reader away while 5,000 posts came gets every one of them on its
+        return, in order, and exits 0: the catch-up is paced by the reader,
+        never cut off as a slow reader, and no reconnect loop starts.
+        """
+        from snstwist.client import Client
+
+        cluster = await Cluster(self, vms=2).start()
+        await cluster.run("bob", "LIST\n")
+        alice = cluster.client("alice")
+        alice.write("FOLLOW bob\nTIMELINE\n")
+        await alice.waitFor("Now you are in the timeline")
+        bob = Client([cluster.router], "bob", clock=reactor)
+        await bob.connect()
+        self.addCleanup(bob.close)
+        await bob.post("b0")
+        await alice.waitFor(">> b0")
+        alice.closeStdin()
+        await alice.ended
+        await waitUntil(lambda: all(readMark(cluster, vm, "alice") for vm in ("vm1", "vm2")),
+                        "alice's read mark on both VMs")
+
+        async def post(numbers):
+            for n in numbers:
+                await bob.post("b%d" % (n,))
+
+        missed = 5000
+        await defer.gatherResults([defer.ensureDeferred(post(range(i, missed + 1, 20)))
+                                   for i in range(1, 21)], consumeErrors=True)
+        back = await cluster.run("alice", "TIMELINE\n")
+        self.assertEqual(back.exitCode, 0, back.err)
+        self.assertEqual(sorted(posts(back.lines), key=lambda p: int(p[1][1:])),
+                         [("bob", "b%d" % (n,)) for n in range(1, missed + 1)])
+        self.assertEqual([line for line in back.lines if line.startswith("Reconnecting")], [])
+
+
 class SlowReaderTests(unittest.TestCase):
     timeout = 180
 

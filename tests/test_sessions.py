@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import sns_pb2 as pb
-from snstwist.model import HISTORY
+from snstwist.model import CATCH_UP_PAGE, HISTORY
 from snstwist.replication import Node
 from snstwist.sessions import HEARTBEAT, TIMEOUT, SessionHub
 from snstwist.store import MemoryStore
@@ -380,3 +380,91 @@ class HubTests(SynchronousTestCase):
         streams.append(connect(hub, "carol")[1])
         hub.closeAll()
         self.assertEqual([(s.closed, s.aborted) for s in streams], [(True, False)] * 3)
+
+
+class CatchUpTests(SynchronousTestCase):
+    """
+    A catch-up of thousands of posts goes a page at a time, as fast as the
+    client reads, and is never cut off; live push resumes after it.
+    """
+
+    def returningReader(self, missed=5000):
+        """alice read bob's first post, then bob posted C{missed} more."""
+        clock, node, hub = makeHub(self)
+        node.follow("alice", "bob", "f1")
+        first = node.post("bob", "b0", "r0")
+        node.markRead("alice", first.post.key)
+        for n in range(1, missed + 1):
+            node.post("bob", "b%d" % (n,), "r%d" % (n,))
+        return clock, node, hub
+
+    def test_a_returning_reader_gets_every_missed_post_in_order(self):
+        """5,000 missed posts all arrive, in order, then the ready marker with their count."""
+        clock, node, hub = self.returningReader(5000)
+        session, stream = openTimeline(hub, "alice")
+        stream.readAll()
+        self.assertEqual(sentPosts(stream), [("bob", "b%d" % n) for n in range(1, 5001)])
+        self.assertEqual(kinds(stream)[-1], "ready")
+        self.assertEqual(stream.sent[-1].ready.history, 5000)
+        self.assertFalse(stream.aborted)
+        self.assertTrue(session.live)
+
+    def test_a_catch_up_waits_for_the_reader(self):
+        """Only a page goes before the client reads: what is queued stays bounded."""
+        clock, node, hub = self.returningReader(5000)
+        session, stream = openTimeline(hub, "alice")
+        self.assertEqual(len(sentPosts(stream)), CATCH_UP_PAGE)
+        self.assertNotIn("ready", kinds(stream))
+        stream.read()
+        self.assertEqual(len(sentPosts(stream)), 2 * CATCH_UP_PAGE)
+        stream.readAll()
+        self.assertLessEqual(stream.mostUnread, CATCH_UP_PAGE + 1)
+
+    def test_a_resumed_timeline_is_paged_too(self):
+        """A client resuming from a cursor 3,000 posts back gets all 3,000."""
+        clock, node, hub = makeHub(self)
+        updates = [node.post("alice", "a%d" % (n,), "r%d" % (n,)) for n in range(3001)]
+        session, stream = openTimeline(hub, "alice", cursor=cursorOf(updates[0]))
+        stream.readAll()
+        self.assertEqual(sentPosts(stream), [("alice", "a%d" % n) for n in range(1, 3001)])
+        self.assertEqual(stream.sent[-1].ready.history, 3000)
+
+    def test_a_post_made_during_the_catch_up_comes_once_in_order(self):
+        """A new post while pages are still going comes with the last page, not twice."""
+        clock, node, hub = self.returningReader(1000)
+        session, stream = openTimeline(hub, "alice")
+        node.post("bob", "during", "r-during")
+        stream.readAll()
+        posts = sentPosts(stream)
+        self.assertEqual(posts[-1], ("bob", "during"))
+        self.assertEqual(posts.count(("bob", "during")), 1)
+        self.assertEqual(len(posts), 1001)
+
+    def test_a_late_post_older_than_the_cursor_is_pushed_during_the_catch_up(self):
+        """A replicated post older than the pages already sent is pushed at once."""
+        from snstwist.model import Post, Update
+        clock, node, hub = self.returningReader(1000)
+        session, stream = openTimeline(hub, "alice")
+        late = Update(origin="vm2.x", seq=1, time_us=2,
+                      post=Post(id="vm2.x/1", author="bob", time_us=2, text="late"))
+        node.receive([late])
+        self.assertIn(("bob", "late"), sentPosts(stream))
+        stream.readAll()
+        self.assertEqual(sentPosts(stream).count(("bob", "late")), 1)
+
+    def test_live_posts_follow_the_catch_up(self):
+        """Once caught up, new posts are pushed live as before."""
+        clock, node, hub = self.returningReader(500)
+        session, stream = openTimeline(hub, "alice")
+        stream.readAll()
+        node.post("bob", "live", "r-live")
+        self.assertEqual(sentPosts(stream)[-1], ("bob", "live"))
+
+    def test_a_session_lost_during_the_catch_up_sends_no_more(self):
+        """The client went away mid catch-up: nothing more is sent, nothing fails."""
+        clock, node, hub = self.returningReader(1000)
+        session, stream = openTimeline(hub, "alice")
+        session.connectionLost(None)
+        sent = len(stream.sent)
+        stream.read()
+        self.assertEqual(len(stream.sent), sent)
