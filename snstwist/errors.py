@@ -102,6 +102,20 @@ class Overloaded(SNSError):
     """Too many requests in flight; try again."""
 
 
+class StorageFailed(SNSError):
+    """
+    This VM can not write to its disk (full, or no file descriptors left).
+    A write refused with it was not applied; one in flight when the disk
+    failed is kept and stored once the disk takes writes again, so its
+    outcome is unknown to the client, whose retry (same request id) is
+    applied once.
+    """
+
+
+class DataDamaged(SNSError):
+    """A file of the VM's data directory is damaged."""
+
+
 class RemoteError(SNSError):
     """
     A call to another process failed: C{status} (a L{Status}) says how,
@@ -128,6 +142,7 @@ _STATUS = {
     NotLoggedIn: Status.UNAUTHENTICATED,
     TooMany: Status.RESOURCE_EXHAUSTED,
     Overloaded: Status.RESOURCE_EXHAUSTED,
+    StorageFailed: Status.UNAVAILABLE,
 }
 
 

@@ -85,6 +85,13 @@ class HybridClock:
         return int(self.clock.seconds() * 1e6)
 
 
+def firstError(failure):
+    """The failure under a L{defer.FirstError} (of gatherResults), or C{failure}."""
+    if failure.check(defer.FirstError):
+        return failure.value.subFailure
+    return failure
+
+
 class Node:
     """
     One VM's replica: the in-memory state, its durable store, and the rules
@@ -95,15 +102,41 @@ class Node:
     def __init__(self, vm, origin, store, clock, onDurable=lambda updates: None):
         self.vm = vm
         self.origin = origin
-        self.store = store
         self.clock = clock
         self.hlc = HybridClock(clock)
         self.replica = Replica()
         self.onDurable = onDurable
         self.seq = 0
-        self._durable = {}  # update id -> Deferred of its pending flush
+        self._durable = {}  # update id -> Deferreds waiting for its flush
         self.refused = 0  # peer updates refused (out of the clock window)
         self._refusedIds = set()  # logged once each (bounded)
+        self._watch(store)
+
+    def _watch(self, store):
+        self.store = store
+        store.onProblem = self._storageFailed
+
+    def _refuseIfStorageFailed(self):
+        """
+        While the disk refuses writes nothing new is accepted: a write
+        refused now is never applied later.  (A fresh error each time: one
+        raised again and again would grow its traceback.)
+        """
+        problem = self.store.problem
+        if problem is not None:
+            raise errors.StorageFailed(problem.message)
+
+    def _storageFailed(self, problem):
+        """
+        The disk refused a batch: every writer waiting for a flush is
+        answered now.  The updates stay pending in the store, which writes
+        them once the disk takes writes again.
+        """
+        for observers in self._durable.values():
+            waiting = observers[:]
+            del observers[:]
+            for d in waiting:
+                d.errback(errors.StorageFailed(problem.message))
 
     def load(self):
         """Open the store and apply what it holds, in slices (L{slices})."""
@@ -141,6 +174,7 @@ class Node:
         C{follow=FollowChange}).  Returns the update; C{durable(update)} gives
         the Deferred of its local flush.
         """
+        self._refuseIfStorageFailed()
         update = self._new(requestId, **change)
         self.replica.apply(update)
         self._persist([update])
@@ -178,6 +212,9 @@ class Node:
         observers = self._durable.get(update.id)
         if observers is None:
             return defer.succeed(None)
+        if self.store.problem is not None:
+            # Kept, and written once the disk takes writes again: not yet.
+            return defer.fail(errors.StorageFailed(self.store.problem.message))
         d = defer.Deferred()
         observers.append(d)
         return d
@@ -188,8 +225,14 @@ class Node:
         durable, with the ids of those accepted: an update dated more than
         L{CLOCK_WINDOW_US} ahead of our clock is refused (and logged), not
         stored and never observed by our hybrid clock; the peer's
-        anti-entropy offers it again later.
+        anti-entropy offers it again later.  While the disk refuses writes
+        none is applied (the peer sends them again: our version vector does
+        not have them).
         """
+        try:
+            self._refuseIfStorageFailed()
+        except errors.StorageFailed:
+            return defer.fail()
         fresh, displaced = [], []
         accepted = self.inWindow(updates)
         for u in accepted:
@@ -258,7 +301,7 @@ class Node:
         and all) and add whatever it holds that the mirror missed; only
         that is read.
         """
-        self.store = store
+        self._watch(store)
 
         def opened(added):
             self.seq = self.replica.lastSeq(self.origin)
@@ -569,7 +612,15 @@ class ReplicaReceiver:
         elif kind == "updates":
             d = self.node.receive(updates)
             d.addCallback(self._ack)
-            d.addErrback(lambda f: log.failure("storing replicated updates failed", f))
+            d.addErrback(self._notStored, len(updates))
+
+    def _notStored(self, failure, n):
+        failure = firstError(failure)
+        if failure.check(errors.StorageFailed):
+            log.warn("{n} updates from {vm} not stored now: {why}", n=n, vm=self.peerVm,
+                     why=failure.value.message)
+        else:
+            log.failure("storing replicated updates failed", failure)
 
     def _ack(self, ids):
         if self.stream is not None and ids:

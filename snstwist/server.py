@@ -37,7 +37,7 @@ from snstwist.looplag import LoopLag
 from snstwist.model import (
     HISTORY, UPDATES_PER_MESSAGE, Update, checkCount, checkPostText, checkRequestId,
     checkUsername, checkVm)
-from snstwist.replication import Node, ReplicaReceiver, Replicator
+from snstwist.replication import Node, ReplicaReceiver, Replicator, firstError
 from snstwist.router import HEARTBEAT
 from snstwist.sessions import MAX_QUEUE, SessionHub
 from snstwist.state import VersionVector
@@ -87,6 +87,13 @@ class RouterLink(grpcbridge.ReconnectingLink):
     def received(self, message):
         if message.WhichOneof("kind") == "membership":
             self.server.membershipChanged(self.address, message.membership)
+
+
+def _exitNow(status):
+    """End this process with C{status} (twistd itself would exit 0)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _settleMemory():
@@ -198,7 +205,7 @@ class ServerService(MultiService):
         self.masterPid = masterPid
         self.incarnation = "%x" % (int(clock.seconds() * 1e6),) + uuid.uuid4().hex[:6]
         self.origin = "%s.%s" % (vm, self.incarnation)
-        self.node = Node(vm, self.origin, SQLiteStore(data), clock, self._durable)
+        self.node = Node(vm, self.origin, SQLiteStore(data, name=vm), clock, self._durable)
         self.sessions = SessionHub(self.node, clock, self._replicate)
         self.replicator = Replicator(self.node, secret, clock)
         self.grpc = GrpcServerService(listen, self._register, services=[
@@ -242,7 +249,17 @@ class ServerService(MultiService):
             lambda f: log.failure("settling memory failed", f))
 
     def _failed(self, failure):
-        log.failure("server of VM {vm} could not start", failure, vm=self.vm)
+        """
+        The server can not go on (loading or taking over failed): say why
+        and exit with status 1, once the services have stopped.
+        """
+        if failure.check(errors.DataDamaged):
+            # One sentence: which file, and what to do.
+            log.critical("VM {vm} can not start: {why}", vm=self.vm, why=failure.value.message)
+        else:
+            log.failure("server of VM {vm} could not start", failure, vm=self.vm)
+        reactor = self._reactor()
+        reactor.addSystemEventTrigger("after", "shutdown", _exitNow, 1)
         self._stopReactor()
 
     def _stopReactor(self):
@@ -331,7 +348,7 @@ class ServerService(MultiService):
         self._takeLock(self.clock.seconds() + self.lockDeadline)
 
     def _takeLock(self, deadline):
-        d = self.node.adopt(SQLiteStore(self.data))
+        d = self.node.adopt(SQLiteStore(self.data, name=self.vm))
 
         def locked(added):
             log.info("took the writer lock of {data}; {n} updates not mirrored before",
@@ -548,7 +565,8 @@ class ServerService(MultiService):
         """Fires with the number of VMs holding C{update} durably (at least 1)."""
         replicated = self.replicator.broadcast(update, prefer or None)
         d = defer.gatherResults([self.node.durable(update), replicated], consumeErrors=True)
-        return d.addCallback(lambda results: 1 + results[1])
+        # The disk's refusal (StorageFailed) reaches the client as itself.
+        return d.addCallbacks(lambda results: 1 + results[1], firstError)
 
     def history(self, request, ctx):
         user = self._user(ctx)

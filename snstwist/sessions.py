@@ -115,7 +115,17 @@ class SessionHub:
         self.saver = None
         unsaved, self.unsaved = self.unsaved, {}
         for user, key in unsaved.items():
-            update = self.node.markRead(user, key)
+            try:
+                update = self.node.markRead(user, key)
+            except errors.StorageFailed as e:
+                # The disk refuses writes for now: try again later.
+                log.info("read marks not saved yet: {why}", why=e.message)
+                for later, laterKey in unsaved.items():
+                    if laterKey > self.unsaved.get(later, (0, "")):
+                        self.unsaved[later] = laterKey
+                if self.saver is None:
+                    self.saver = self.clock.callLater(READ_MARK_INTERVAL, self.saveReadMarks)
+                return
             if update is not None:
                 self.record(update)
 

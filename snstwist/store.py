@@ -21,6 +21,7 @@ that every VM's files hold exactly the posts shown.
 
 import concurrent.futures
 import datetime
+import errno
 import fcntl
 import hashlib
 import json
@@ -29,11 +30,12 @@ import shutil
 import sqlite3
 import sys
 
+from google.protobuf.message import DecodeError
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
@@ -67,6 +69,10 @@ class IStore(Interface):
 
     def close():
         """Finish pending writes and release the writer lock (Deferred)."""
+
+    problem = Attribute(
+        "None, or the L{errors.StorageFailed} saying why the disk refuses writes now")
+    onProblem = Attribute("Called with C{problem} each time a batch of writes fails")
 
 
 class DataLocked(errors.SNSError):
@@ -146,6 +152,32 @@ CREATE TABLE IF NOT EXISTS post_files (
 """
 
 
+def _damaged(error):
+    """Does this SQLite error say the database file itself is damaged?"""
+    return getattr(error, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def storageFailure(error, where):
+    """
+    The L{errors.StorageFailed} saying, in a person's words, why a write to
+    the disk of C{where} (a VM's name) failed with C{error}.
+    """
+    code = getattr(error, "errno", None)
+    sqlName = getattr(error, "sqlite_errorname", "")
+    if code in (errno.ENOSPC, errno.EDQUOT) or sqlName == "SQLITE_FULL":
+        cause = "disk full"
+    elif code in (errno.EMFILE, errno.ENFILE):
+        cause = "no file descriptors left"
+    elif sqlName == "SQLITE_CANTOPEN":
+        cause = "cannot open the database (no file descriptors left?)"
+    elif isinstance(error, (OSError, sqlite3.Error)):
+        cause = "disk error"
+    else:
+        cause = "storage error"
+    return errors.StorageFailed("%s on %s (%s): the write is not stored there yet; try again"
+                                % (cause, where, error))
+
+
 def _fsync(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -173,6 +205,9 @@ class _Disk:
         self.db = None
         self.lockFile = None
         self.lastKey = {}
+        # How post files are opened for writing (a test puts a failing
+        # filesystem here).
+        self.opener = open
 
     def lock(self):
         os.makedirs(self.postsDir, exist_ok=True)
@@ -197,7 +232,9 @@ class _Disk:
             db = sqlite3.connect("file:%s?mode=ro" % (path,), uri=True)
             try:
                 updates = _decoded(body for (body,) in db.execute("SELECT body FROM log"))
-            except sqlite3.OperationalError:
+            except (sqlite3.DatabaseError, DecodeError):
+                # Damaged or mid-write: a standby is correct cold, and its
+                # promotion reads the file again (and refuses a damaged one).
                 updates = []
             finally:
                 db.close()
@@ -216,15 +253,8 @@ class _Disk:
         it lacks.
         """
         self.lock()
-        self.db = sqlite3.connect(os.path.join(self.path, "sns.sqlite3"),
-                                  isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
         lacks = (lambda origin, seq: not known.has(origin, seq)) if known else None
-        updates = _decoded(body for (origin, seq, body)
-                           in self.db.execute("SELECT origin, seq, body FROM log")
-                           if lacks is None or lacks(origin, seq))
+        updates = self._openDatabase(lacks)
         if lacks is None:
             names = [n for n in os.listdir(self.postsDir) if n.endswith(".txt")]
         else:
@@ -237,6 +267,28 @@ class _Disk:
                 updates.extend(u for u in self._readPosts(path)
                                if lacks is None or lacks(u.origin, u.seq))
         return updates
+
+    def _openDatabase(self, lacks):
+        """Open SQLite and read the log rows; a damaged file is L{DataDamaged}."""
+        path = os.path.join(self.path, "sns.sqlite3")
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+            return _decoded(body for (origin, seq, body)
+                            in self.db.execute("SELECT origin, seq, body FROM log")
+                            if lacks is None or lacks(origin, seq))
+        except (sqlite3.DatabaseError, DecodeError) as e:
+            if isinstance(e, sqlite3.OperationalError) and not _damaged(e):
+                raise  # locked, disk full, no file descriptors: not the file's fault
+            if self.db is not None:
+                self.db.close()
+                self.db = None
+            raise errors.DataDamaged(
+                "%s is damaged (%s): restore it from a backup (sns-admin backup), or move"
+                " it away and restart, and this VM rebuilds it from its post files and the"
+                " other VMs" % (path, e))
 
     def _lastKey(self, author):
         """The (time, id) of the last post in the author's file, read from its end."""
@@ -302,34 +354,63 @@ class _Disk:
         # crash between the two leaves an index entry for a post never
         # written (harmless), never a post the index does not know.
         self._writeRows(rows, [u for ups in posts.values() for u in ups])
-        appended, created = [], False
-        for author in set(posts) | set(drop):
-            path, new = self._writePosts(author, posts.get(author, []), drop.get(author))
-            if path is not None:
-                appended.append(path)
-                created = created or new
-        # One flush per batch, not one per file in turn: the files of a
-        # batch are fsync'd at the same time (the disk takes them together),
-        # then their new directory entries.
-        _fsyncAll(self._flushers, appended)
-        if created:
-            self._syncDir()
+        appended, created, undo = [], False, []
+        try:
+            for author in set(posts) | set(drop):
+                path, new = self._writePosts(author, posts.get(author, []), drop.get(author),
+                                             undo)
+                if path is not None:
+                    appended.append(path)
+                    created = created or new
+            # One flush per batch, not one per file in turn: the files of a
+            # batch are fsync'd at the same time (the disk takes them
+            # together), then their new directory entries.
+            _fsyncAll(self._flushers, appended)
+            if created:
+                self._syncDir()
+        except BaseException:
+            self._undo(undo)
+            raise
+
+    def _undo(self, undo):
+        """
+        A batch failed (disk full, no file descriptors): take back what it
+        appended, so that its retry writes each line once and no torn line
+        is left.  The last keys are read again from the files' ends.
+        """
+        for path, size, author in reversed(undo):
+            self.lastKey.pop(author, None)
+            try:
+                if size is None:
+                    os.unlink(path)
+                else:
+                    os.truncate(path, size)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                # The retry then rewrites the file merging by post id, so a
+                # line left here is not stored twice.
+                log.warn("{path}: could not take back a failed append: {e}", path=path, e=e)
 
     def _postsPath(self, author):
         return os.path.join(self.postsDir, checkUsername(author) + ".txt")
 
-    def _writePosts(self, author, ups, drop=None):
+    def _writePosts(self, author, ups, drop=None, undo=None):
         """
         Add C{ups} to the author's file, without the posts C{drop}.  Returns
         (path, created) when the lines were appended and still need an
         fsync, (None, False) when the file was rewritten (and flushed) whole.
+        How to take an append back is added to C{undo}.
         """
         path = self._postsPath(author)
         ups.sort(key=lambda u: u.post.key)
         last = self._lastKey(author)
         if not drop and (last is None or ups[0].post.key > last):
-            created = last is None and not os.path.exists(path)
-            with open(path, "a", encoding="utf-8") as f:
+            exists = os.path.exists(path)
+            created = last is None and not exists
+            if undo is not None:
+                undo.append((path, os.path.getsize(path) if exists else None, author))
+            with self.opener(path, "a", encoding="utf-8") as f:
                 f.writelines(postLine(u) for u in ups)
             newest = ups[-1].post.key
             self.lastKey[author] = max(newest, last) if last else newest
@@ -350,10 +431,17 @@ class _Disk:
                 merged.pop(postId, None)
             ordered = sorted(merged.values(), key=lambda u: u.post.key)
             tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(postLine(u) for u in ordered)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with self.opener(tmp, "w", encoding="utf-8") as f:
+                    f.writelines(postLine(u) for u in ordered)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
             os.replace(tmp, path)
             self._syncDir()
             self.lastKey[author] = ordered[-1].post.key if ordered else None
@@ -401,7 +489,10 @@ class _Disk:
                 [(u.origin, u.seq, u.post.author) for u in posted])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolled back already (a failed COMMIT)
             raise
 
     def digest(self):
@@ -436,11 +527,18 @@ class _Disk:
 class SQLiteStore:
     """L{IStore} on SQLite and post files, with group commit on one thread."""
 
-    def __init__(self, path, reactor=None):
+    # After a failed batch (disk full, no file descriptors) the writes wait
+    # this long, then twice as long each time, before they are tried again.
+    minRetryDelay = 0.25
+    maxRetryDelay = 5.0
+
+    def __init__(self, path, reactor=None, name=None, clock=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self.clock = clock or reactor
         self.path = path
+        self.name = name or path
         self._disk = _Disk(path)
         self._pool = ThreadPool(1, 1, name="sns-store")
         self._pending = []
@@ -448,8 +546,12 @@ class SQLiteStore:
         # What is stored or being written, as ranges per origin: a set of
         # (origin, seq) would cost about 90 bytes per post held.
         self._stored = VersionVector()
+        self._retry = None
+        self._retryDelay = self.minRetryDelay
         self._known = None
         self.batches = 0
+        self.problem = None
+        self.onProblem = lambda error: None
 
     def _onDisk(self, function, *args):
         if not self._pool.started:
@@ -492,11 +594,19 @@ class SQLiteStore:
             return defer.succeed(None)
         d = defer.Deferred()
         self._pending.append((fresh, d, set(hidden), list(displaced)))
-        if self._writing is None:
+        if self._writing is None and self._retry is None:
             self._nextBatch()
         return d
 
     def _nextBatch(self):
+        """
+        Write everything pending as one batch.  Its Deferreds fire once it is
+        on disk.  When the disk refuses it, the batch is kept and tried again
+        (with backoff) until it is written; meanwhile C{problem} says why and
+        C{onProblem(problem)} tells whoever waits, and no update is lost from
+        the queue nor written twice.
+        """
+        self._retry = None
         batch, self._pending = self._pending, []
         updates = [u for ups, _, _, _ in batch for u in ups]
         hidden = set().union(*(h for _, _, h, _ in batch))
@@ -504,21 +614,34 @@ class SQLiteStore:
         self.batches += 1
         self._writing = self._onDisk(self._disk.write, updates, hidden, displaced)
 
-        def done(result):
+        def written(_):
             self._writing = None
+            if self.problem is not None:
+                log.info("{name}: the disk takes writes again ({n} updates written that"
+                         " waited for it)", name=self.name, n=len(updates))
+                self.problem = None
+                self._retryDelay = self.minRetryDelay
             if self._pending:
                 self._nextBatch()
             for _, d, _, _ in batch:
-                d.callback(None) if result is None else d.errback(result)
+                d.callback(None)
 
         def failed(f):
-            log.failure("writing {n} updates failed", f, n=len(updates))
-            for ups, _, _, _ in batch:
-                for u in ups:
-                    self._stored.discard(u.origin, u.seq)
-            return f
+            self._writing = None
+            first = self.problem is None
+            self.problem = storageFailure(f.value, self.name)
+            if first:
+                log.error("{name}: writing {n} updates failed: {why}; they are kept and"
+                          " written when the disk takes writes again, and new writes are"
+                          " refused until then", name=self.name, n=len(updates),
+                          why=self.problem.message)
+            # First in line again, with their Deferreds, for the retry.
+            self._pending[:0] = batch
+            self._retry = self.clock.callLater(self._retryDelay, self._nextBatch)
+            self._retryDelay = min(self._retryDelay * 2, self.maxRetryDelay)
+            self.onProblem(self.problem)
 
-        self._writing.addCallbacks(lambda _: None, failed).addBoth(done)
+        self._writing.addCallbacks(written, failed)
 
     def digest(self):
         """Hashes of the VM's files and tables (a dict), read on the disk thread."""
@@ -532,6 +655,12 @@ class SQLiteStore:
             except Exception as e:
                 # _nextBatch logged the failure, and its writers got it.
                 log.info("closing {path} after a failed write: {e}", path=self.path, e=e)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+            self._retry = None
+            log.warn("{name}: closing with {n} updates not written: {why}", name=self.name,
+                     n=sum(len(ups) for ups, _, _, _ in self._pending),
+                     why=self.problem.message if self.problem else "")
         if self._pool.started:
             yield self._onDisk(self._disk.close)
             self._pool.stop()
@@ -544,6 +673,9 @@ class MemoryStore:
     only at L{flush}, so a test can crash a VM between acceptance and flush
     and lose exactly what was not flushed.
     """
+
+    problem = None
+    onProblem = None
 
     def __init__(self, manual=False):
         self.manual = manual
