@@ -221,6 +221,8 @@ class FailoverTests(SynchronousTestCase):
     def test_with_no_master_left_a_command_fails_after_fifteen_seconds(self):
         """The documented failover deadline: still trying at 14.5 s, given up by 15.5 s."""
         cluster, client, posted, reconnects = threeVMs(self)
+        lost = []
+        client.onLost = lost.append
         cluster.kill(*list(cluster.masters))
         d = client.list()
         for _ in range(30):
@@ -228,8 +230,9 @@ class FailoverTests(SynchronousTestCase):
         self.assertNoResult(d)
         client.clock.advance(0.5)
         self.failureResultOf(d, ClusterUnreachable)
-        # The failover the broken session started fails the same way, logged.
-        self.assertEqual(len(self.flushLoggedErrors(ClusterUnreachable)), 1)
+        # The failover the broken session started fails the same way, and
+        # the client's user is told (onLost), not only the log.
+        self.assertEqual([type(e) for e in lost], [ClusterUnreachable])
 
     def test_a_failover_finds_a_master_that_comes_back(self):
         cluster, client, posted, reconnects = threeVMs(self)
