@@ -30,6 +30,7 @@ A measurement, not a test.
 """
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -259,17 +260,15 @@ class Bench:
 
     def lags(self):
         events = []
-        for vm in ("vm1", "vm2"):
-            path = os.path.join(self.work, vm + ".log")
-            if os.path.exists(path):
-                with open(path, errors="replace") as f:
-                    for line in f:
-                        m = LAG.search(line)
-                        if m:
-                            events.append({"vm": m.group(1), "role": m.group(2),
-                                           "pid": int(m.group(3)), "ms": float(m.group(4)),
-                                           "at": float(m.group(5)),
-                                           "busy": float(m.group(6))})
+        # twistd rotates its log file every megabyte: read vmN.log.* too.
+        for path in glob.glob(os.path.join(self.work, "vm[12].log*")):
+            with open(path, errors="replace") as f:
+                for line in f:
+                    m = LAG.search(line)
+                    if m:
+                        events.append({"vm": m.group(1), "role": m.group(2),
+                                       "pid": int(m.group(3)), "ms": float(m.group(4)),
+                                       "at": float(m.group(5)), "busy": float(m.group(6))})
         out = {}
         for name, start, end in self.windows:
             inside = [e for e in events if start <= e["at"] <= end]
