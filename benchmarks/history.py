@@ -294,6 +294,7 @@ class Bench:
         phases["catch-up"] = self.catchUp(self.args.missed)
         self.results["rss_kb_after"] = self.memory()
         self.results["loop_lag"] = self.lags()
+        self.results["windows"] = self.windows
         self.results["meta"]["load_after"] = os.getloadavg()
         for name, lag in self.results["loop_lag"].items():
             self.say("loop lag, %s: %d timers over 20 ms late, latest %s ms (%s);"
