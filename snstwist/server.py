@@ -112,13 +112,15 @@ def _withoutCollections(load):
     """
     Run C{load()} (a Deferred: a history read on the disk thread and applied
     in slices) with the collector off, so that no full collection over the
-    objects being loaded runs in the middle, on either thread; settle the
-    memory and turn it on again after.
+    objects being loaded runs in the middle, on either thread; then freeze
+    what was loaded and turn the collector on again.  Not even a young
+    collection first: with the collector off nothing aged, so everything
+    loaded is young, and collecting it would be the long pass avoided.
     """
     gc.disable()
 
     def settle(result):
-        _settleMemory()
+        gc.freeze()
         gc.enable()
         return result
 

@@ -191,8 +191,8 @@ class Replica:
         return shown is None or shown.id == update.id
 
     def lastSeq(self, origin):
-        seqs = self.updates.get(origin)
-        return max(seqs) if seqs else 0
+        seen = self.seen.origins.get(origin)
+        return seen.top if seen is not None else 0
 
     # -- reading
 

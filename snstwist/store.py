@@ -570,16 +570,26 @@ class SQLiteStore:
             # A copy: the replica goes on learning, and what it learns from
             # now on must still be written here.
             known = VersionVector.fromProto(known.toProto())
-        d = self._onDisk(self._disk.open, known)
+        d = self._onDisk(self._openAndCount, known)
         self._known = known
 
-        def loaded(updates):
-            for u in updates:
-                self._stored.add(u.origin, u.seq)
+        def loaded(result):
+            updates, self._stored = result
             log.info("opened {path}: {n} updates stored", path=self.path, n=len(updates))
             return updates
 
         return d.addCallback(loaded)
+
+    def _openAndCount(self, known):
+        """
+        On the disk thread: what is stored, and its version vector (for a
+        million updates, seconds of work the reactor must not do).
+        """
+        updates = self._disk.open(known)
+        stored = VersionVector()
+        for u in updates:
+            stored.add(u.origin, u.seq)
+        return updates, stored
 
     def persist(self, updates, hidden=frozenset(), displaced=()):
         fresh = []
