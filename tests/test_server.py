@@ -1,9 +1,12 @@
 """The server's write path, on a Clock and an in-memory store (no gRPC)."""
 
+import gc
+
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import errors
+from snstwist import errors, server
 from snstwist import sns_pb2 as pb
 from snstwist.replication import Node
 from snstwist.server import ServerService
@@ -80,3 +83,28 @@ class WritePathTests(SynchronousTestCase):
         service, store = makeServer(self)
         self.assertRaises(errors.InvalidRequest, service.post,
                           pb.PostRequest(text="hi", request_id="x" * 65), None)
+
+
+class LoadingMemoryTests(SynchronousTestCase):
+    def test_a_history_loads_without_collections_and_is_frozen_after(self):
+        """
+        While a history loads the collector is off (no full pass over it on
+        either thread); once loaded it is frozen and the collector is on.
+        """
+        loading = defer.Deferred()
+        during = []
+
+        def load():
+            during.append(gc.isenabled())
+            return loading
+
+        self.addCleanup(gc.enable)
+        self.addCleanup(gc.unfreeze)
+        before = gc.get_freeze_count()
+        result = server._withoutCollections(load)
+        loaded = [{"post": n} for n in range(100)]
+        loading.callback(loaded)
+        self.assertEqual(
+            (during, gc.isenabled(), self.successResultOf(result) is loaded,
+             gc.get_freeze_count() > before),
+            ([False], True, True, True))
