@@ -52,13 +52,20 @@ def differences(replies):
             problems.append("users differ between %s and %s" % (vms[0], vm))
         if first.follows != other.follows:
             problems.append("follows differ between %s and %s" % (vms[0], vm))
+        if first.updates != other.updates:
+            # Read marks and hidden copies are in no file: counted here.
+            problems.append("%s holds %d updates, %s %d" % (vms[0], first.updates, vm,
+                                                          other.updates))
     return problems
 
 
 def summary(replies):
-    return ["%s: %d post files, %d posts, %d updates, %d not yet replicated"
-            % (vm, len(r.post_files), r.posts, r.updates, r.unreplicated)
-            for vm, r in sorted(replies.items())]
+    lines = ["%s: %d post files, %d posts, %d updates, %d not yet replicated"
+             % (vm, len(r.post_files), r.posts, r.updates, r.unreplicated)
+             for vm, r in sorted(replies.items())]
+    for vm, r in sorted(replies.items()):
+        lines.extend(status.streamTrouble(vm, r.peers, r.refused))
+    return lines
 
 
 async def compare(reactor, options):

@@ -124,6 +124,15 @@ def statusOf(failure):
     return None
 
 
+def describe(failure):
+    """Why a call or a stream failed, in a few words: its status and message."""
+    if failure.check(errors.RemoteError):
+        return "%s: %s" % (failure.value.status.name, failure.value.message)
+    if failure.check(defer.CancelledError):
+        return "cancelled (by us: no heartbeat, or stopping)"
+    return failure.getErrorMessage()
+
+
 _END = object()
 
 

@@ -48,6 +48,8 @@ MAX_TIME_US = 2**63 - 1  # times are never negative
 MAX_UPDATE_ID = MAX_ORIGIN + 1 + len(str(MAX_SEQ))
 MAX_ADDRESS = 270       # host:port; a DNS name is at most 253 characters
 MAX_HEARTBEAT_USERS = 100
+MAX_PEER_STREAMS = 16   # peer streams a master reports in one heartbeat
+MAX_ERROR_TEXT = 120    # why a stream last broke, as a server reports it
 MAX_ORIGINS = 10000     # origins in one version vector
 MAX_EXTRA = 10000       # out-of-order sequence numbers of one origin
 MAX_SERVERS = 128       # server processes registered with one router
@@ -186,11 +188,26 @@ def checkCount(values, what, maximum):
 
 
 def checkHeartbeat(beat):
-    """A heartbeat's bounds: the users it names (its counters are any value)."""
+    """
+    A heartbeat's bounds: the users it names, the peer streams it reports
+    (its counters are any value).
+    """
     checkCount(beat.users, "users in a heartbeat", MAX_HEARTBEAT_USERS)
     for user in beat.users:
         checkUsername(user)
+    checkCount(beat.peers, "peer streams in a heartbeat", MAX_PEER_STREAMS)
+    for peer in beat.peers:
+        checkVm(peer.vm, "peer VM")
+        if len(peer.last_error) > MAX_ERROR_TEXT or not peer.last_error.isprintable():
+            raise errors.InvalidRequest("a stream error is at most %d printable characters"
+                                        % (MAX_ERROR_TEXT,))
     return beat
+
+
+def errorText(text):
+    """C{text} (why a stream broke) as a heartbeat carries it: one line, cut short."""
+    line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return line if len(line) <= MAX_ERROR_TEXT else line[:MAX_ERROR_TEXT - 3] + "..."
 
 
 def checkVersionVector(vector):

@@ -28,7 +28,7 @@ from snstwist.heartbeat import Heartbeat
 from snstwist.model import (
     MAX_UPDATE_BYTES, MAX_USERS, UPDATES_PER_MESSAGE, FollowChange, Post, ReadMark, Update,
     checkCount, checkHeartbeat, checkOrigin, checkTime, checkVersionVector, checkVm,
-    parseUpdateId, updateId)
+    errorText, parseUpdateId, updateId)
 from snstwist.slices import inSlices
 from snstwist.state import Replica, VersionVector
 
@@ -387,6 +387,12 @@ class PeerLink(grpcbridge.ReconnectingLink):
         self.metadata = auth.secretMetadata(replicator.secret)
         self.synced = False
         self.inflight = {}
+        # What the peer said it holds (its last hello, and every ack since):
+        # kept when the stream breaks, so that a stream failing again and
+        # again shows as a peer falling behind, not as nothing pending.
+        self.remote = None
+        self.failures = 0  # breaks since updates last got through
+        self.lastError = ""
 
     @property
     def clock(self):
@@ -414,10 +420,16 @@ class PeerLink(grpcbridge.ReconnectingLink):
             if not self.synced:
                 log.info("replicating to {vm} at {address}", vm=self.vm, address=self.address)
             self.synced = True
-            self._catchUp(VersionVector.fromProto(message.hello.have))
+            self.remote = VersionVector.fromProto(message.hello.have)
+            self._catchUp(self.remote)
         elif kind == "ack":
+            if message.ack.ids:
+                self.failures = 0
+                if self.remote is None:
+                    self.remote = VersionVector()
             for i in message.ack.ids:
                 self.inflight.pop(i, None)
+                self.remote.add(*parseUpdateId(i))
                 self.replicator.acked(self.vm, i)
 
     def _catchUp(self, remote):
@@ -453,8 +465,23 @@ class PeerLink(grpcbridge.ReconnectingLink):
             metrics.replicationFailures.inc()
         wasSynced, self.synced = self.synced, False
         self.inflight.clear()
+        if reason is not None and not self.stopped:
+            self.failures += 1
+            self.lastError = errorText(grpcbridge.describe(reason))
+            if self.failures in (3, 10, 100, 1000):
+                log.warn("replication stream to {vm} broke {n} times without getting"
+                         " updates through; last: {why}", vm=self.vm, n=self.failures,
+                         why=self.lastError)
         if wasSynced:
             self.replicator.linkLost(self.vm)
+
+    def lacking(self):
+        """How many updates held here the peer has not confirmed holding."""
+        return self.replicator.node.replica.seen.lacking(self.remote)
+
+    def state(self):
+        return pb.PeerStream(vm=self.vm, lacking=self.lacking(), failures=self.failures,
+                             last_error=self.lastError, connected=self.synced)
 
 
 class Replicator:
@@ -563,7 +590,12 @@ class Replicator:
                                    consumeErrors=True)
 
     def lag(self):
-        return sum(len(link.inflight) for link in self.links.values())
+        """Updates held here that the peer VM furthest behind has not confirmed."""
+        return max((link.lacking() for link in self.links.values()), default=0)
+
+    def peerStates(self):
+        """How each outgoing stream is doing (L{pb.PeerStream}s, by VM)."""
+        return [self.links[vm].state() for vm in sorted(self.links)]
 
 
 class ReplicaReceiver:

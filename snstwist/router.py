@@ -67,6 +67,8 @@ class ServerRecord:
     pending: int = 0
     users: tuple = ()
     acknowledged: int = 0
+    peers: tuple = ()
+    refused: int = 0
     picks: list = attrs.field(factory=list)
 
     def load(self, now):
@@ -77,13 +79,16 @@ class ServerRecord:
         self.picks = [t for t in self.picks if now - t < PICK_MEMORY]
         return self.clients + len(self.picks)
 
-    def info(self, now):
+    def info(self, now, streams=True):
+        """What the router says of this server; with C{streams}, its peer streams too."""
         i = self.identity
         return pb.ServerInfo(vm=i.vm, role=i.role, address=i.address, pid=i.pid,
                              incarnation=i.incarnation, clients=self.clients,
                              updates=self.updates, pending=self.pending,
                              seen_ago=now - self.lastSeen, users=self.users,
-                             acknowledged=self.acknowledged)
+                             acknowledged=self.acknowledged,
+                             peers=self.peers if streams else (),
+                             refused=self.refused if streams else 0)
 
 
 @attrs.frozen
@@ -194,6 +199,8 @@ class Registry:
             record.clients, record.updates, record.pending = (
                 beat.clients, beat.updates, beat.pending)
             record.users = tuple(beat.users)
+            record.peers = tuple(beat.peers)
+            record.refused = beat.refused
             record.acknowledged = beat.acknowledged
             self._checkCatchUp(record)
 
@@ -249,13 +256,15 @@ class Registry:
         first.picks.append(now)
         return first, (candidates[1] if len(candidates) > 1 else None)
 
-    def infos(self):
+    def infos(self, streams=True):
         now = self.clock.seconds()
-        return [r.info(now) for r in sorted(
+        return [r.info(now, streams) for r in sorted(
             self.servers.values(), key=lambda r: (r.identity.vm, r.identity.role))]
 
     def membership(self):
-        return pb.Membership(servers=self.infos())
+        # Servers need to know where the others are, not how their streams
+        # are doing: that stays in Status, and the push stays small.
+        return pb.Membership(servers=self.infos(streams=False))
 
     def countByRole(self):
         counts = {"master": 0, "slave": 0}

@@ -35,8 +35,8 @@ from snstwist import sns_pb2_grpc as pbg
 from snstwist.grpcbridge import GrpcServerService, Servicer
 from snstwist.looplag import LoopLag
 from snstwist.model import (
-    HISTORY, UPDATES_PER_MESSAGE, Update, checkCount, checkPostText, checkRequestId,
-    checkUsername, checkVm)
+    HISTORY, MAX_HEARTBEAT_USERS, UPDATES_PER_MESSAGE, Update, checkCount, checkPostText,
+    checkRequestId, checkUsername, checkVm)
 from snstwist.replication import Node, ReplicaReceiver, Replicator, firstError
 from snstwist.router import HEARTBEAT
 from snstwist.sessions import MAX_QUEUE, SessionHub
@@ -44,6 +44,9 @@ from snstwist.state import VersionVector
 from snstwist.store import DataLocked, SQLiteStore
 
 log = Logger()
+
+MAX_UINT32 = 2**32 - 1
+
 
 def _kind(update):
     """What a client's write was, for the metrics: post, follow or unfollow."""
@@ -441,8 +444,9 @@ class ServerService(MultiService):
     def load(self):
         return pb.Heartbeat(clients=self.sessions.count(),
                             updates=self.node.replica.seen.count(),
-                            pending=self.replicator.lag(),
-                            users=sorted(self.sessions.sessions)[:100],
+                            pending=min(self.replicator.lag(), MAX_UINT32),
+                            users=sorted(self.sessions.sessions)[:MAX_HEARTBEAT_USERS],
+                            peers=self.replicator.peerStates(), refused=self.node.refused,
                             acknowledged=self.acknowledgedPosts)
 
     def membershipChanged(self, router, membership):
@@ -595,7 +599,9 @@ class ServerService(MultiService):
 
         def reply(digest):
             return pb.DigestReply(vm=self.vm, updates=self.node.replica.seen.count(),
-                                  unreplicated=self.replicator.lag(), **digest)
+                                  unreplicated=min(self.replicator.lag(), MAX_UINT32),
+                                  peers=self.replicator.peerStates(),
+                                  refused=self.node.refused, **digest)
 
         return self.node.store.digest().addCallback(reply)
 

@@ -92,6 +92,24 @@ class VersionVector:
     def count(self):
         return sum(s.contiguous + len(s.extra) for s in self.origins.values())
 
+    def lacking(self, other):
+        """How many updates held here C{other} (a version vector, or None) lacks."""
+        if other is None:
+            return self.count()
+        n = 0
+        for origin, mine in self.origins.items():
+            theirs = other.origins.get(origin)
+            if theirs is None:
+                n += mine.contiguous + len(mine.extra)
+                continue
+            if mine.contiguous > theirs.contiguous:
+                # Of 1..mine.contiguous, those past theirs and not among
+                # their out-of-order ones.
+                n += mine.contiguous - theirs.contiguous - sum(
+                    1 for s in theirs.extra if s <= mine.contiguous)
+            n += sum(1 for s in mine.extra if not theirs.has(s))
+        return n
+
     def toProto(self):
         return pb.VersionVector(origins=[
             pb.OriginRange(origin=o, contiguous=s.contiguous, extra=sorted(s.extra))

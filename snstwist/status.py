@@ -7,8 +7,10 @@ The router answers only with the cluster's secret (--secret-file, or
 $SNS_SECRET): its view names processes, addresses and the users online.
 
 One row per live server process: VM, role, address, pid, live client
-sessions, updates held, updates not yet acknowledged by a peer VM
-(replication lag), and seconds since its last heartbeat.
+sessions, updates held, updates the peer VM furthest behind has not
+confirmed (replication lag), and seconds since its last heartbeat.  Then a
+line for each replication stream that is not getting updates through: which
+VM is behind, by how many updates, how often the stream broke and why.
 """
 
 import sys
@@ -34,7 +36,34 @@ def table(reply):
     masters = {s.vm for s in reply.servers if s.role == pb.MASTER}
     lines.append("%d VMs, %d with a live master; router up %.0fs"
                  % (len(vms), len(masters), reply.uptime))
+    for s in reply.servers:
+        lines.extend(streamTrouble(s.vm, s.peers, s.refused))
     return "\n".join(lines)
+
+
+def _updates(n):
+    return "1 update" if n == 1 else "%d updates" % (n,)
+
+
+def streamTrouble(vm, peers, refused):
+    """
+    One line per replication stream of C{vm}'s master that is not getting
+    updates through (which VM is behind, by how much, and why), and one if
+    C{vm} refused peer updates: how sns-status and sns-compare say it.
+    """
+    lines = []
+    for p in peers:
+        if p.failures:
+            lines.append("%s -> %s: %s not confirmed; the stream broke %d time%s in a row,"
+                         " last: %s" % (vm, p.vm, _updates(p.lacking), p.failures,
+                                        "" if p.failures == 1 else "s", p.last_error))
+        elif not p.connected:
+            lines.append("%s -> %s: %s not confirmed; not connected" % (
+                vm, p.vm, _updates(p.lacking)))
+    if refused:
+        lines.append("%s refused %s from peers, dated beyond its clock window"
+                     % (vm, _updates(refused)))
+    return lines
 
 
 class Options(usage.Options):

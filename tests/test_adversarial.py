@@ -38,9 +38,9 @@ from snstwist import auth, buddy, errors
 from snstwist import sns_pb2 as pb
 from snstwist.grpcbridge import SECRET_METADATA, SESSION_METADATA
 from snstwist.model import (
-    CLOCK_WINDOW_US, MAX_ADDRESS, MAX_EXCLUDED_VMS, MAX_HEARTBEAT_USERS, MAX_INCARNATION,
-    MAX_MESSAGE_BYTES, MAX_ORIGIN, MAX_POST_CHARS, MAX_REQUEST_ID, MAX_USERNAME,
-    UPDATES_PER_MESSAGE, updateId)
+    CLOCK_WINDOW_US, MAX_ADDRESS, MAX_ERROR_TEXT, MAX_EXCLUDED_VMS, MAX_HEARTBEAT_USERS,
+    MAX_INCARNATION, MAX_MESSAGE_BYTES, MAX_ORIGIN, MAX_PEER_STREAMS, MAX_POST_CHARS,
+    MAX_REQUEST_ID, MAX_USERNAME, UPDATES_PER_MESSAGE, updateId)
 from snstwist.replication import Node, PeerLink, ReplicaReceiver
 from snstwist.router import RouterService
 from snstwist.server import ServerService
@@ -101,7 +101,15 @@ def heartbeats():
     return st.builds(pb.Heartbeat, clients=hostileInts(32, signed=False),
                      updates=hostileInts(64, signed=False),
                      pending=hostileInts(32, signed=False),
-                     users=hostileLists(names(), MAX_HEARTBEAT_USERS))
+                     users=hostileLists(names(), MAX_HEARTBEAT_USERS),
+                     peers=hostileLists(peerStreams(), MAX_PEER_STREAMS),
+                     refused=hostileInts(64, signed=False))
+
+
+def peerStreams():
+    return st.builds(pb.PeerStream, vm=names(), lacking=hostileInts(64, signed=False),
+                     failures=hostileInts(32, signed=False),
+                     last_error=hostileText(MAX_ERROR_TEXT), connected=st.booleans())
 
 
 def versionVectors():

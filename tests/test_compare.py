@@ -7,7 +7,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from snstwist import compare
+from snstwist import compare, status
 from snstwist import sns_pb2 as pb
 from snstwist.store import SQLiteStore
 from tests.strategies import followUpdate, postUpdate, userUpdate
@@ -54,11 +54,54 @@ class DifferencesTests(SynchronousTestCase):
             "vm1": reply("vm1"), "vm2": reply("vm2", {"alice.txt": "2"}, "v", "g")})
         self.assertEqual(len(problems), 3)
 
+    def test_a_different_number_of_updates_is_noticed(self):
+        """Read marks are in no file: VMs that hold different counts disagree."""
+        problems = compare.differences({"vm1": pb.DigestReply(vm="vm1", updates=13),
+                                        "vm2": pb.DigestReply(vm="vm2", updates=12)})
+        self.assertEqual(problems, ["vm1 holds 13 updates, vm2 12"])
+
     def test_no_master_is_a_problem(self):
         self.assertEqual(compare.differences({}), ["no live master"])
 
     def test_one_vm_alone_agrees_with_itself(self):
         self.assertEqual(compare.differences({"vm1": reply("vm1")}), [])
+
+
+class StreamTroubleTests(SynchronousTestCase):
+    """sns-compare and sns-status say which VM is behind, by how much, and why."""
+
+    def test_a_stream_that_keeps_breaking_is_named_with_its_reason(self):
+        broken = pb.PeerStream(vm="vm2", lacking=1, failures=37,
+                               last_error="INTERNAL: Internal error from Core")
+        lines = compare.summary({"vm1": pb.DigestReply(vm="vm1", unreplicated=1,
+                                                       peers=[broken])})
+        self.assertEqual(lines, [
+            "vm1: 0 post files, 0 posts, 0 updates, 1 not yet replicated",
+            "vm1 -> vm2: 1 update not confirmed; the stream broke 37 times in a row,"
+            " last: INTERNAL: Internal error from Core"])
+
+    def test_a_healthy_stream_says_nothing(self):
+        healthy = pb.PeerStream(vm="vm2", lacking=3, connected=True)
+        self.assertEqual(status.streamTrouble("vm1", [healthy], 0), [])
+
+    def test_a_disconnected_peer_is_named(self):
+        away = pb.PeerStream(vm="vm3", lacking=4)
+        self.assertEqual(status.streamTrouble("vm1", [away], 0),
+                         ["vm1 -> vm3: 4 updates not confirmed; not connected"])
+
+    def test_refused_updates_are_said(self):
+        self.assertEqual(status.streamTrouble("vm2", [], 2),
+                         ["vm2 refused 2 updates from peers, dated beyond its clock window"])
+
+    def test_the_status_table_ends_with_the_trouble(self):
+        broken = pb.PeerStream(vm="vm2", lacking=5, failures=1, last_error="UNAVAILABLE: gone")
+        reply = pb.StatusReply(servers=[pb.ServerInfo(
+            vm="vm1", role=pb.MASTER, address="127.0.0.2:1", pid=7, pending=5,
+            peers=[broken])], uptime=3)
+        lines = status.table(reply).splitlines()
+        self.assertEqual(lines[1].split()[6], "5", "LAG")
+        self.assertEqual(lines[-1], "vm1 -> vm2: 5 updates not confirmed; the stream broke"
+                                    " 1 time in a row, last: UNAVAILABLE: gone")
 
 
 class StoreDigestTests(TestCase):

@@ -7,15 +7,16 @@ import os
 import signal
 import time
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from snstwist import auth, compare, errors, grpcbridge
+from snstwist.grpcbridge import GrpcServerService, Servicer
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.client import Client
 from snstwist.model import CLOCK_WINDOW_US, MAX_MESSAGE_BYTES
-from tests.processes import DEADLINE, SECRET, Cluster, waitUntil
+from tests.processes import DEADLINE, SECRET, Cluster, childEnv, spawn, waitUntil
 from tests.strategies import LAST_US, userUpdate
 from tests.test_integration import inlineAsync
 
@@ -211,3 +212,84 @@ class ClockWindowTests(unittest.TestCase):
         await waitUntil(promoted, "vm1's slave to take over")
         await postNow()
         await waitUntil(lambda: agree(cluster), "the VMs to agree")
+
+
+class _FakeMaster:
+    """
+    A master of a VM "vm9" that the router knows, whose BroadcastPosts refuses
+    every stream: what a peer whose stream fails the same way forever looks
+    like from vm1.
+    """
+
+    def __init__(self, testCase, router):
+        self.router = router
+        self.grpc = GrpcServerService("127.0.0.9:0", self._register)
+        self.grpc.startService()
+        testCase.addCleanup(self.grpc.stopService)
+        self.channel = grpcbridge.channel(router)
+        testCase.addCleanup(lambda: grpcbridge.closeChannel(self.channel))
+
+    def _register(self, server, openStreams):
+        Servicer(unary={"Digest": lambda request, ctx: pb.DigestReply(vm="vm9"),
+                        "Onetime_s_to_buddy": lambda request, ctx: self._refuse(ctx)},
+                 streams={"BroadcastPosts": self._refuse, "BuddyConnection": self._refuse},
+                 openStreams=openStreams).register(
+            server, pb.DESCRIPTOR.services_by_name["Cluster"])
+
+    def _refuse(self, ctx):
+        raise errors.Overloaded("vm9 refuses every replication stream")
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        stream.send(pb.ServerMessage(hello=pb.ServerHello(
+            vm="vm9", role=pb.MASTER, address=self.grpc.address, pid=1, incarnation="fake9")))
+        self.beats = task.LoopingCall(stream.send, pb.ServerMessage(heartbeat=pb.Heartbeat()))
+        self.beats.start(0.25)
+
+    def messageReceived(self, message):
+        pass
+
+    def connectionLost(self, reason):
+        if self.beats.running:
+            self.beats.stop()
+
+    def register(self, testCase):
+        """Say hello to the router, and heartbeat until the test ends."""
+        stream = grpcbridge.openStream(pbg.RouterStub(self.channel).Bidirectional_r_and_s, self,
+                                       metadata=auth.secretMetadata(SECRET))
+        testCase.addCleanup(stream.abort)
+
+
+class VisibleStreamFailureTests(unittest.TestCase):
+    timeout = 120
+
+    @inlineAsync
+    async def test_a_stream_that_keeps_failing_shows_in_status_and_compare(self):
+        """
+        vm1's stream to a peer VM fails again and again: sns-status shows a
+        LAG above 0 for vm1 and says which VM is behind and why; so does
+        sns-compare.
+        """
+        cluster = await Cluster(self, vms=1).start()
+        _FakeMaster(self, cluster.router).register(self)
+        await postAll(cluster.router, "alice", ["one", "two"])
+
+        async def troubleShown():
+            run = spawn(self, ["-m", "snstwist.status", "-r", cluster.router],
+                        env=childEnv())
+            await run.ended
+            return [line for line in run.lines if line.startswith("vm1 -> vm9: ")] and run
+
+        run = await waitUntil(troubleShown, "sns-status to show the failing stream")
+        [master] = [line.split() for line in run.lines
+                    if line.startswith("vm1 ") and " master " in line]
+        self.assertGreater(int(master[6]), 0, "LAG of vm1")
+        [line] = [line for line in run.lines if line.startswith("vm1 -> vm9: ")]
+        self.assertIn("not confirmed; the stream broke", line)
+        self.assertIn("RESOURCE_EXHAUSTED: vm9 refuses every replication stream", line)
+
+        compared = spawn(self, ["-m", "snstwist.compare", "-r", cluster.router],
+                         env=childEnv())
+        await compared.ended
+        self.assertTrue([line for line in compared.lines if line.startswith("vm1 -> vm9: ")],
+                        compared.text)

@@ -109,6 +109,18 @@ class ReplySizeTests(SynchronousTestCase):
         message = pb.RouterMessage(membership=pb.Membership(servers=[info] * MAX_SERVERS))
         self.assertLessEqual(message.ByteSize(), MAX_MESSAGE_BYTES)
 
+    def test_a_status_reply_fits_with_the_most_servers_and_streams(self):
+        """sns-status: MAX_SERVERS servers, each with every peer stream failing."""
+        stream = pb.PeerStream(vm=NAME, lacking=2**64 - 1, failures=2**32 - 1,
+                               last_error="e" * model.MAX_ERROR_TEXT, connected=True)
+        info = pb.ServerInfo(vm=NAME, role=pb.MASTER, address="a" * model.MAX_ADDRESS,
+                             pid=-1, incarnation="i" * model.MAX_INCARNATION,
+                             clients=2**32 - 1, updates=2**64 - 1, pending=2**32 - 1,
+                             seen_ago=1e300, users=[NAME] * MAX_HEARTBEAT_USERS,
+                             peers=[stream] * model.MAX_PEER_STREAMS, refused=2**64 - 1)
+        reply = pb.StatusReply(servers=[info] * MAX_SERVERS, uptime=1e300)
+        self.assertLessEqual(reply.ByteSize(), MAX_MESSAGE_BYTES)
+
     def test_a_version_vector_fits_with_the_most_origins(self):
         """A hello naming MAX_ORIGINS origins (no gaps) fits one message."""
         have = pb.VersionVector(origins=[pb.OriginRange(origin=ORIGIN, contiguous=MAX_SEQ)]

@@ -5,11 +5,12 @@ with its L{PeerLink}s), on a L{Clock}, a L{MemoryStore} and fake streams.
 """
 
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
-from snstwist.model import CLOCK_WINDOW_US, FollowChange, ReadMark, Update
+from snstwist.model import CLOCK_WINDOW_US, MAX_ERROR_TEXT, FollowChange, ReadMark, Update
 from snstwist.replication import (
     ACK_TIMEOUT, ANTI_ENTROPY, LINK_TIMEOUT, HybridClock, Node, PeerLink,
     ReplicaReceiver, Replicator)
@@ -460,6 +461,9 @@ class ReplicatorTests(SynchronousTestCase):
     def test_an_ack_clears_the_update_from_the_link_inflight(self):
         """An acked update is no longer counted as replication lag."""
         link = self.link("vm2")
+        link.received(pb.ReplicationMessage(hello=pb.ReplicaHello(
+            vm="vm2", origin="vm2.a", have=pb.VersionVector(
+                origins=[pb.OriginRange(origin="vm1.a", contiguous=1)]))))
         self.broadcast()
         lagBefore = self.replicator.lag()
         link.messageReceived(ackMessage(self.update.id))
@@ -517,3 +521,72 @@ class ReplicatorTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.clock.advance(ACK_TIMEOUT / 2)
         self.assertEqual(self.successResultOf(d), 0)
+
+
+class StreamTroubleTests(SynchronousTestCase):
+    """A stream that fails again and again is visible: lag, failures, last error."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.node = withUsers("alice", clock=self.clock)
+        self.replicator = Replicator(self.node, b"secret", self.clock)
+        self.link = PeerLink(self.replicator, "vm2", "vm2:3500")
+        self.replicator.links["vm2"] = self.link
+        self.addCleanup(self.link.stop)
+
+    def connect(self, have=None):
+        """The stream opens and the peer says what it holds."""
+        self.link.makeConnection(FakeStream())
+        self.link.messageReceived(pb.ReplicationMessage(hello=pb.ReplicaHello(
+            vm="vm2", origin="vm2.a", have=have or pb.VersionVector())))
+
+    def breaks(self, why="RESOURCE_EXHAUSTED: Sent message larger than max"):
+        self.link.connectionLost(Failure(errors.RemoteError(
+            errors.Status[why.split(":")[0]], why.split(": ", 1)[1])))
+
+    def test_lag_stays_while_the_stream_keeps_breaking(self):
+        """
+        Updates pushed on a stream that then breaks, again and again, stay
+        in the lag (what the peer has not confirmed), although nothing is in
+        flight any more; the failures are counted with their last reason.
+        """
+        self.node.post("alice", "hi", "r-1")
+        for _ in range(3):
+            self.connect()
+            self.breaks()
+        self.assertEqual(self.link.inflight, {})
+        self.assertEqual(self.replicator.lag(), 2)
+        state = self.replicator.peerStates()[0]
+        self.assertEqual((state.vm, state.lacking, state.failures, state.connected),
+                         ("vm2", 2, 3, False))
+        self.assertEqual(state.last_error, "RESOURCE_EXHAUSTED: Sent message larger than max")
+
+    def test_an_ack_clears_the_failures_and_the_lag(self):
+        """Once the peer acknowledges what it lacked, nothing is behind."""
+        update = self.node.post("alice", "hi", "r-1")
+        self.connect()
+        self.breaks()
+        self.connect()
+        self.link.messageReceived(ackMessage(self.node.replica.updates["vm1.a"][1].id,
+                                             update.id))
+        self.assertEqual((self.replicator.lag(), self.link.failures), (0, 0))
+
+    def test_lag_counts_what_the_peers_hello_lacks(self):
+        """A peer that says it holds the first update lacks only the second."""
+        self.node.post("alice", "hi", "r-1")
+        self.connect(pb.VersionVector(origins=[pb.OriginRange(origin="vm1.a", contiguous=1)]))
+        self.assertEqual(self.replicator.lag(), 1)
+
+    def test_an_orderly_stop_is_no_failure(self):
+        """A stream we close ourselves does not count as broken."""
+        self.connect()
+        self.link.stop()
+        self.link.connectionLost(None)
+        self.assertEqual(self.link.failures, 0)
+
+    def test_the_reason_is_one_short_line(self):
+        """Multi-line gRPC errors are folded into one line of bounded length."""
+        self.connect()
+        self.breaks("INTERNAL: Internal error\n\tdebug_error_string = " + "x" * 500)
+        self.assertNotIn("\n", self.link.lastError)
+        self.assertLessEqual(len(self.link.lastError), MAX_ERROR_TEXT)

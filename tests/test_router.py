@@ -129,6 +129,21 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual((record.lastSeen, record.clients, record.updates, record.pending),
                          (1, 7, 30, 2))
 
+    def test_peer_streams_are_in_status_not_in_the_membership(self):
+        """
+        How a master's replication streams are doing reaches sns-status;
+        the membership pushed to every server stays without it.
+        """
+        clock, registry, changes = makeRegistry()
+        i = identity()
+        registry.register(i, FakeLink())
+        broken = pb.PeerStream(vm="vm2", lacking=3, failures=5, last_error="INTERNAL: x")
+        registry.heartbeat(i.incarnation, pb.Heartbeat(pending=3, peers=[broken], refused=2))
+        [info] = registry.infos()
+        self.assertEqual((list(info.peers), info.refused), ([broken], 2))
+        [pushed] = registry.membership().servers
+        self.assertEqual((list(pushed.peers), pushed.refused), ([], 0))
+
     def test_heartbeat_of_unknown_server_is_ignored(self):
         """A heartbeat for an incarnation not registered creates nothing."""
         clock, registry, changes = makeRegistry()

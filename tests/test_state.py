@@ -293,6 +293,20 @@ class MissingTests(SynchronousTestCase):
                          (expected, perOrigin))
 
 
+class LackingTests(SynchronousTestCase):
+    """VersionVector.lacking counts, without listing them, what missing() lists."""
+
+    @given(mine=st.lists(st.tuples(st.sampled_from(["o1", "o2"]), st.integers(1, 12))),
+           theirs=st.lists(st.tuples(st.sampled_from(["o1", "o2", "o3"]), st.integers(1, 12))))
+    def test_lacking_counts_the_set_difference(self, mine, theirs):
+        here, there = vectorOf(mine), vectorOf(theirs)
+        self.assertEqual(here.lacking(there), len(set(mine) - set(theirs)))
+
+    def test_against_nothing_everything_is_lacking(self):
+        """A peer that has said nothing yet lacks all we hold."""
+        self.assertEqual(vectorOf([("o1", 1), ("o1", 3)]).lacking(None), 2)
+
+
 class ConvergenceTests(SynchronousTestCase):
     @given(st.data())
     def test_any_order_with_duplicates_gives_the_same_state(self, data):
