@@ -112,11 +112,17 @@ def peerStreams():
                      last_error=hostileText(MAX_ERROR_TEXT), connected=st.booleans())
 
 
+def sound(value, hostile):
+    """A field's sound C{value}, or a hostile one: so that whole messages pass too."""
+    return st.one_of(st.just(value), hostile)
+
+
 def versionVectors():
-    ranges = st.builds(pb.OriginRange, origin=origins(),
-                       contiguous=hostileInts(64, signed=False),
-                       extra=hostileLists(hostileInts(64, signed=False), 4))
-    return st.builds(pb.VersionVector, origins=hostileLists(ranges, 4))
+    ranges = st.builds(pb.OriginRange, origin=sound("vm2.x", origins()),
+                       contiguous=sound(3, hostileInts(64, signed=False)),
+                       extra=sound([5], hostileLists(hostileInts(64, signed=False), 4)))
+    return sound(pb.VersionVector(), st.builds(pb.VersionVector,
+                                               origins=hostileLists(ranges, 4)))
 
 
 @st.composite
@@ -148,11 +154,11 @@ def updates(draw):
 
 def serverHellos(message):
     """A ServerHello or a BuddyHello (C{message}), every field hostile."""
-    fields = dict(vm=st.one_of(st.just("vm2"), names()),
-                  role=st.sampled_from([0, 1, 2, 7, -1]),
-                  address=st.one_of(st.just("127.0.0.3:7000"), hostileText(MAX_ADDRESS)),
-                  pid=hostileInts(32),
-                  incarnation=st.one_of(st.just("abc123"), hostileText(MAX_INCARNATION)))
+    fields = dict(vm=sound("vm2", names()),
+                  role=st.sampled_from([1, 2, 1, 0, 7, -1]),
+                  address=sound("127.0.0.3:7000", hostileText(MAX_ADDRESS)),
+                  pid=sound(4242, hostileInts(32)),
+                  incarnation=sound("abc123", hostileText(MAX_INCARNATION)))
     if message is pb.BuddyHello:
         fields["have"] = versionVectors()
     return st.builds(message, **fields)
@@ -450,9 +456,10 @@ class PeerMessageTests(AdversarialTestCase):
 
     @given(message=st.one_of(
         st.builds(lambda h: pb.ReplicationMessage(hello=h), st.builds(
-            pb.ReplicaHello, vm=names(), origin=origins(), have=versionVectors())),
+            pb.ReplicaHello, vm=sound("vm2", names()), origin=sound("vm2.x", origins()),
+            have=versionVectors())),
         st.builds(lambda ids: pb.ReplicationMessage(ack=pb.ReplicaAck(ids=ids)),
-                  hostileLists(updateIds(), UPDATES_PER_MESSAGE)),
+                  hostileLists(sound("vm2.x/1", updateIds()), UPDATES_PER_MESSAGE)),
         st.builds(lambda b: pb.ReplicationMessage(heartbeat=b), heartbeats())))
     def test_replication_stream_messages(self, message):
         """Hello, ack and heartbeat, into both ends of BroadcastPosts."""
