@@ -29,7 +29,8 @@ copies = Histogram(
     "sns_write_copies", "VMs holding a write durably when it was acknowledged.",
     buckets=(1, 2, 3, 4, 5))
 replicationLag = Gauge(
-    "sns_replication_lag_updates", "Updates sent to peer VMs and not yet acknowledged.")
+    "sns_replication_lag_updates",
+    "Updates held here that the peer VM furthest behind has not confirmed.")
 replicationFailures = Counter(
     "sns_replication_stream_failures", "Replication streams to a peer VM that broke.")
 sessions = Gauge("sns_sessions", "Live client sessions on this process.")

@@ -461,11 +461,10 @@ class PeerLink(grpcbridge.ReconnectingLink):
         inSlices(self.clock, range(0, len(updates), BATCH), send)
 
     def disconnected(self, reason):
-        if reason is not None and not self.stopped:
-            metrics.replicationFailures.inc()
         wasSynced, self.synced = self.synced, False
         self.inflight.clear()
         if reason is not None and not self.stopped:
+            metrics.replicationFailures.inc()
             self.failures += 1
             self.lastError = errorText(grpcbridge.describe(reason))
             if self.failures in (3, 10, 100, 1000):
