@@ -102,6 +102,10 @@ class Overloaded(SNSError):
     """Too many requests in flight; try again."""
 
 
+class TooManySessions(SNSError):
+    """Too many live sessions (of this user, or from this address) on this master."""
+
+
 class StorageFailed(SNSError):
     """
     This VM can not write to its disk (full, or no file descriptors left).
@@ -142,6 +146,7 @@ _STATUS = {
     NotLoggedIn: Status.UNAUTHENTICATED,
     TooMany: Status.RESOURCE_EXHAUSTED,
     Overloaded: Status.RESOURCE_EXHAUSTED,
+    TooManySessions: Status.RESOURCE_EXHAUSTED,
     StorageFailed: Status.UNAVAILABLE,
 }
 

@@ -36,7 +36,7 @@ from snstwist import errors, metrics
 from snstwist.heartbeat import Heartbeat
 # Both ends of every channel set the largest message: model.py derives the
 # bounds on every field from it, so that any update accepted fits in one.
-from snstwist.model import MAX_MESSAGE_BYTES
+from snstwist.model import IDLE_CONNECTION_SECONDS, MAX_CONNECTIONS, MAX_MESSAGE_BYTES
 
 log = Logger()
 
@@ -62,6 +62,9 @@ _SERVER_OPTIONS = [
     # Without this a second server binds the same port and steals half of
     # the connections.
     ("grpc.so_reuseport", 0),
+    # Connections are bounded (model.py): in all, and in time when idle.
+    ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
+    ("grpc.max_connection_idle_ms", IDLE_CONNECTION_SECONDS * 1000),
 ]
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

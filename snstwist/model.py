@@ -99,6 +99,18 @@ MAX_ECHO = 40
 MAX_SESSION_QUEUE = 1000
 CATCH_UP_PAGE = 200
 
+# Sessions and connections.  A master holds at most this many live sessions
+# (Bidirectional_s_and_c streams) of one user, and from one IP address;
+# past either the stream is refused with RESOURCE_EXHAUSTED.  gRPC closes a
+# connection that has carried no call for IDLE_CONNECTION_SECONDS, and a
+# server process takes at most MAX_CONNECTIONS connections in all (gRPC
+# counts connections per server, not per address: a session is the unit we
+# can count per address).
+MAX_SESSIONS_PER_USER = 10
+MAX_SESSIONS_PER_ADDRESS = 3000
+IDLE_CONNECTION_SECONDS = 300
+MAX_CONNECTIONS = 10000
+
 
 def excerpt(value, limit=MAX_ECHO):
     """C{repr(value)}, cut to C{limit} characters, saying how long the value was."""

@@ -580,7 +580,7 @@ class ServerService(MultiService):
         return pb.HistoryReply(posts=[p.toProto() for p in self.node.replica.timeline(user, limit)])
 
     def session(self, ctx):
-        return self.sessions.session(self._user(ctx))
+        return self.sessions.session(self._user(ctx), ctx.peer)
 
     def onetimeSToBuddy(self, request, ctx):
         auth.checkSecret(ctx, self.secret)

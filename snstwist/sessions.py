@@ -21,7 +21,8 @@ from twisted.logger import Logger
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
-from snstwist.model import CATCH_UP_PAGE, HISTORY, MAX_SESSION_QUEUE, checkCursor, checkHeartbeat
+from snstwist.model import (CATCH_UP_PAGE, HISTORY, MAX_SESSION_QUEUE, MAX_SESSIONS_PER_ADDRESS,
+                            MAX_SESSIONS_PER_USER, checkCursor, checkHeartbeat)
 
 log = Logger()
 
@@ -48,14 +49,26 @@ READ_MARK_INTERVAL = 1.0
 _BEAT = pb.ServerPush(heartbeat=pb.Heartbeat())
 
 
+def hostOf(peer):
+    """The IP address of a gRPC peer (C{ipv4:127.0.0.1:5555}, C{ipv6:[::1]:5555})."""
+    if not peer:
+        return ""
+    address = peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    return address.rsplit(":", 1)[0]
+
+
 class SessionHub:
     """Every live session of this master, by user, and every user's cursor."""
+
+    maxPerUser = MAX_SESSIONS_PER_USER
+    maxPerAddress = MAX_SESSIONS_PER_ADDRESS
 
     def __init__(self, node, clock, record=lambda update: None):
         self.node = node
         self.clock = clock
         self.record = record
         self.sessions = {}
+        self.addresses = {}
         self.cursors = {}
         self.unsaved = {}
         self.saver = None
@@ -64,20 +77,36 @@ class SessionHub:
     def count(self):
         return sum(len(s) for s in self.sessions.values())
 
-    def session(self, user):
-        return ClientSession(self, user)
+    def session(self, user, peer=None):
+        """A session for C{user} calling from C{peer}, unless either has too many."""
+        if len(self.sessions.get(user, ())) >= self.maxPerUser:
+            raise errors.TooManySessions(
+                "%s has %d sessions open on this master, the most allowed: close one"
+                % (user, self.maxPerUser))
+        host = hostOf(peer)
+        if self.addresses.get(host, 0) >= self.maxPerAddress:
+            raise errors.TooManySessions(
+                "%d sessions are open from %s on this master, the most allowed"
+                % (self.maxPerAddress, host))
+        return ClientSession(self, user, host)
 
     def add(self, session):
         self.sessions.setdefault(session.user, set()).add(session)
+        self.addresses[session.host] = self.addresses.get(session.host, 0) + 1
         if self.beat is None:
             self.beat = self.clock.callLater(HEARTBEAT, self._heartbeat)
 
     def remove(self, session):
         live = self.sessions.get(session.user)
-        if live is not None:
+        if live is not None and session in live:
             live.discard(session)
             if not live:
                 del self.sessions[session.user]
+            left = self.addresses[session.host] - 1
+            if left:
+                self.addresses[session.host] = left
+            else:
+                del self.addresses[session.host]
         if not self.sessions and self.beat is not None:
             self.beat.cancel()
             self.beat = None
@@ -155,9 +184,10 @@ class SessionHub:
 class ClientSession:
     """The server's end of one client's C{Bidirectional_s_and_c} stream."""
 
-    def __init__(self, hub, user):
+    def __init__(self, hub, user, host=""):
         self.hub = hub
         self.user = user
+        self.host = host
         self.stream = None
         self.live = False
         self.catchingUp = False

@@ -287,3 +287,62 @@ async def _hasSession(cluster, vm, user, present=True):
         if s.vm == vm and s.role == pb.MASTER:
             return (user in s.users) == present
     return False
+
+
+class _HeldSession:
+    """A session stream kept open (heartbeating) and otherwise idle."""
+
+    def makeConnection(self, stream):
+        from snstwist.heartbeat import Heartbeat
+        from snstwist.sessions import HEARTBEAT
+        self.stream = stream
+        stream.send(pb.ClientMessage(open=pb.SessionOpen(timeline=False)))
+        self.beats = Heartbeat(reactor, HEARTBEAT, 1000, lambda: stream.send(
+            pb.ClientMessage(heartbeat=pb.Heartbeat())), lambda s: None)
+
+    def messageReceived(self, message):
+        pass
+
+    def connectionLost(self, reason):
+        self.beats.stop()
+
+
+class SessionCapTests(unittest.TestCase):
+    timeout = 180
+
+    @inlineAsync
+    async def test_a_user_at_the_session_cap_everywhere_gets_a_clear_error(self):
+        """
+        With the most sessions of 'hog' open on both masters, another
+        sns-client of hog is refused a session everywhere: it backs off,
+        gives up within seconds with 'Command failed with unknown reason'
+        (the cause on stderr) and exits 1, instead of reconnecting forever.
+        """
+        from snstwist import auth, grpcbridge
+        from snstwist import sns_pb2_grpc as pbg
+        from snstwist.model import MAX_SESSIONS_PER_USER
+
+        cluster = await Cluster(self, vms=2).start()
+        await cluster.run("hog", "LIST\n")
+        for master in (await cluster.masters()).values():
+            channel = grpcbridge.channel(master.address)
+            self.addCleanup(grpcbridge.closeChannel, channel)
+            stub = pbg.SNSStub(channel)
+            login = await grpcbridge.call(stub.Login, pb.LoginRequest(user="hog"), timeout=10)
+            for _ in range(MAX_SESSIONS_PER_USER):
+                stream = grpcbridge.openStream(stub.Bidirectional_s_and_c, _HeldSession(),
+                                               metadata=auth.sessionMetadata(login.token))
+                self.addCleanup(stream.abort)
+
+        async def atCap():
+            return all(s.clients == MAX_SESSIONS_PER_USER
+                       for s in (await cluster.masters()).values())
+
+        await waitUntil(atCap, "both masters to hold hog's sessions")
+        hog = await cluster.run("hog", "TIMELINE\n")
+        self.assertEqual(hog.exitCode, 1, hog.err)
+        self.assertIn("Command failed with unknown reason", hog.lines)
+        err = hog.err.decode("utf-8")
+        self.assertIn("sessions open on this master", err)
+        reconnects = [line for line in hog.lines if line.startswith("Reconnecting to ")]
+        self.assertLess(len(reconnects), 60)

@@ -468,3 +468,51 @@ class CatchUpTests(SynchronousTestCase):
         sent = len(stream.sent)
         stream.read()
         self.assertEqual(len(stream.sent), sent)
+
+
+class SessionCapTests(SynchronousTestCase):
+    """A master holds a bounded number of sessions per user and per address."""
+
+    def test_a_user_past_the_cap_is_refused_with_resource_exhausted(self):
+        """The 11th session of alice is refused, saying why; bob still gets one."""
+        from snstwist import errors
+        from snstwist.model import MAX_SESSIONS_PER_USER
+        clock, node, hub = makeHub(self)
+        for _ in range(MAX_SESSIONS_PER_USER):
+            hub.session("alice", "ipv4:10.0.0.1:1").makeConnection(FakeStream())
+        e = self.assertRaises(errors.TooManySessions, hub.session, "alice", "ipv4:10.0.0.2:2")
+        self.assertEqual(errors.statusFor(e)[0], errors.Status.RESOURCE_EXHAUSTED)
+        self.assertIn("alice has %d sessions" % (MAX_SESSIONS_PER_USER,), e.message)
+        hub.session("bob", "ipv4:10.0.0.1:3")
+
+    def test_a_closed_session_frees_its_place(self):
+        """Once one of alice's sessions ends she may open another."""
+        from snstwist.model import MAX_SESSIONS_PER_USER
+        clock, node, hub = makeHub(self)
+        sessions = []
+        for _ in range(MAX_SESSIONS_PER_USER):
+            session = hub.session("alice", "ipv4:10.0.0.1:1")
+            session.makeConnection(FakeStream())
+            sessions.append(session)
+        sessions[0].connectionLost(None)
+        hub.session("alice", "ipv4:10.0.0.1:1")
+
+    def test_an_address_past_the_cap_is_refused(self):
+        """Sessions of many users from one address are bounded too; others are not."""
+        from snstwist import errors
+        clock, node, hub = makeHub(self, users=("u0", "u1", "u2", "u3"))
+        hub.maxPerAddress = 3
+        for n in range(3):
+            hub.session("u%d" % (n,), "ipv4:10.0.0.9:%d" % (n,)).makeConnection(FakeStream())
+        e = self.assertRaises(errors.TooManySessions, hub.session, "u3", "ipv4:10.0.0.9:7")
+        self.assertIn("from 10.0.0.9", e.message)
+        hub.session("u3", "ipv6:[::1]:7")
+
+    def test_sessions_cut_off_for_silence_free_their_places(self):
+        """A silent session removed by the heartbeat (then lost) is counted once."""
+        clock, node, hub = makeHub(self)
+        session = hub.session("alice", "ipv4:10.0.0.1:1")
+        session.makeConnection(FakeStream())
+        clock.advance(TIMEOUT + HEARTBEAT)
+        session.connectionLost(None)
+        self.assertEqual((hub.sessions, hub.addresses), ({}, {}))
