@@ -125,7 +125,7 @@ class ClusterAttackTests(unittest.TestCase):
             grpcbridge.openStream(pbg.ClusterStub(channel).BroadcastPosts, fake,
                                   metadata=metadata)
             reason = await ended
-            self.assertEqual(reason.status, errors.Status.PERMISSION_DENIED)
+            self.assertEqual(reason.status, errors.Status.PERMISSION_DENIED, reason.message)
         self.assertEqual(cluster.postFiles("vm1"), {})
 
     @inlineAsync
@@ -139,7 +139,7 @@ class ClusterAttackTests(unittest.TestCase):
         grpcbridge.openStream(pbg.RouterStub(channel).Bidirectional_r_and_s, fake,
                               metadata=auth.secretMetadata(PUBLISHED_DEFAULT))
         reason = await ended
-        self.assertEqual(reason.status, errors.Status.PERMISSION_DENIED)
+        self.assertEqual(reason.status, errors.Status.PERMISSION_DENIED, reason.message)
         status = await cluster.status()
         self.assertNotIn("fake", {s.vm for s in status.servers})
 
