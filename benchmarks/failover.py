@@ -38,7 +38,7 @@ import grpc
 
 from snstwist.cluster import isServer
 
-from run import clusterSecret, until  # benchmarks/run.py, beside this file
+from run import clusterSecret, probeLogin, until  # benchmarks/run.py, beside this file
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -54,6 +54,7 @@ class Cluster:
         self.process = None
         self.router = None
         self.channels = {}
+        self.tokens = {}
         self.seen = set()
 
     def start(self):
@@ -91,7 +92,7 @@ class Cluster:
         return [s for s in self.status().servers if s.vm == vm and s.role == role]
 
     def login(self, address):
-        pbg.SNSStub(self.channel(address)).Login(pb.LoginRequest(user=USER), timeout=0.5)
+        probeLogin(pbg.SNSStub(self.channel(address)), USER, self.tokens)
 
     def stop(self):
         for ch in self.channels.values():

@@ -48,6 +48,8 @@ from snstwist.client import Client, CommandFailed  # noqa: E402
 from snstwist.errors import Status  # noqa: E402
 
 CONNECT_PARALLEL = 25
+# Every benchmark user's password (benchmarks/run.py's probes use it too).
+PASSWORD = "benchmark password"
 
 
 class PinnedClient(Client):
@@ -101,7 +103,7 @@ class Worker:
         self.out.transport.write((json.dumps(fields) + "\n").encode())
 
     def makeClient(self, user, **kw):
-        client = PinnedClient([self.args.router], user, clock=reactor, **kw)
+        client = PinnedClient([self.args.router], user, PASSWORD, clock=reactor, **kw)
         client.pin = self.args.pin
         self.clients.append(client)
         return client
@@ -316,8 +318,8 @@ class Users(Worker):
         stub = pbg.SNSStub(channel)
         sem = defer.DeferredSemaphore(CONNECT_PARALLEL * 2)
         await defer.gatherResults([
-            sem.run(grpcbridge.call, stub.Login, pb.LoginRequest(user="%s%d" % (a.prefix, i)),
-                    timeout=30)
+            sem.run(grpcbridge.call, stub.Login,
+                    pb.LoginRequest(user="%s%d" % (a.prefix, i), password=PASSWORD), timeout=30)
             for i in range(a.clients)], consumeErrors=True)
         await grpcbridge.closeChannel(channel)
         self.emit(event="ready", clients=a.clients, vms={reply.master1.vm: a.clients})

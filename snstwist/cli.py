@@ -1,15 +1,22 @@
 """
 C{sns-client}: the interactive client, in the style of the course client.
 
-    sns-client --router HOST:PORT --user NAME
+    sns-client --router HOST:PORT --user NAME [--password-file FILE]
 
-Commands (case-insensitive): FOLLOW <user>, UNFOLLOW <user>, LIST, TIMELINE.
+The password: asked for on a terminal (no echo), else read from
+C{--password-file} or $SNS_PASSWORD.  The first login of a name creates the
+account with it; a wrong one ends the client with one line and exit 1.
+
+Commands (case-insensitive): FOLLOW <user>, UNFOLLOW <user>, LIST, TIMELINE,
+PASSWORD (the next line is the new password, not echoed on a terminal).
 In timeline mode every line typed is posted.  Reading commands from a pipe
 works the same as typing them; EOF ends the client once everything typed has
 been answered.  The sentences printed are the contract of docs/design.md section 6,
 and L{SENTENCES} is the one table that maps the cluster's statuses to them.
 """
 
+import getpass
+import os
 import re
 import sys
 import time
@@ -22,12 +29,14 @@ from zope.interface import implementer
 
 from snstwist import errors
 from snstwist.errors import RemoteError, Status
-from snstwist.client import Client, ClusterUnreachable, CommandFailed
-from snstwist.model import USERNAME, checkUsername, excerpt
+from snstwist.client import Client, ClusterUnreachable, CommandFailed, InvalidPassword
+from snstwist.model import MAX_PASSWORD_CHARS, USERNAME, checkUsername, excerpt
 
 OK = "Command completed successfully"
 INVALID_COMMAND = "Command failed with invalid command"
 INVALID_USERNAME = "Command failed with invalid username"
+INVALID_PASSWORD = "Command failed with invalid password"
+NEW_PASSWORD_PROMPT = "New password: "
 UNKNOWN = "Command failed with unknown reason"
 TIMELINE = "Now you are in the timeline"
 PROMPT = "Cmd> "
@@ -39,7 +48,7 @@ SENTENCES = {
     Status.FAILED_PRECONDITION: "Command failed with not a follower",
 }
 
-_ARGUMENTS = {"FOLLOW": 1, "UNFOLLOW": 1, "LIST": 0, "TIMELINE": 0}
+_ARGUMENTS = {"FOLLOW": 1, "UNFOLLOW": 1, "LIST": 0, "TIMELINE": 0, "PASSWORD": 0}
 
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\u2028": "\\u2028",
@@ -73,11 +82,38 @@ def formatPost(post):
                               visibleText(post.text))
 
 
+def readPassword(path, environ, stdin, ask=getpass.getpass):
+    """
+    The user's password: from the file C{path} (its first line), else
+    $SNS_PASSWORD, else asked on the terminal without echo.  Raises
+    L{usage.UsageError} saying how to give one when there is none.
+    """
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise usage.UsageError("cannot read the password file %s: %s" % (path, e.strerror))
+    elif environ.get("SNS_PASSWORD"):
+        password = environ["SNS_PASSWORD"]
+    elif stdin.isatty():
+        password = ask("Password: ")
+    else:
+        raise usage.UsageError("no password: give --password-file FILE or $SNS_PASSWORD"
+                               " (on a terminal the client asks for it)")
+    if not 1 <= len(password) <= MAX_PASSWORD_CHARS:
+        raise usage.UsageError("a password is 1-%d characters" % (MAX_PASSWORD_CHARS,))
+    return password
+
+
 class Options(usage.Options):
-    synopsis = "--router HOST:PORT[,HOST:PORT] --user NAME"
+    synopsis = "--router HOST:PORT[,HOST:PORT] --user NAME [--password-file FILE]"
     optParameters = [
         ["router", "r", None, "Router address(es), comma-separated."],
         ["user", "u", None, "Your username: 1-32 of A-Z a-z 0-9 _ . -"],
+        ["password-file", None, None,
+         "File whose first line is your password (default: $SNS_PASSWORD,"
+         " else asked on the terminal)."],
     ]
 
     def postOptions(self):
@@ -88,6 +124,7 @@ class Options(usage.Options):
         if not USERNAME.match(self["user"]):
             raise usage.UsageError("invalid username %s: use 1-32 of A-Z a-z 0-9 _ . -"
                                    % (excerpt(self["user"]),))
+        self["password"] = readPassword(self["password-file"], os.environ, sys.stdin)
         installReactor()
 
 
@@ -117,6 +154,8 @@ class CommandLine(Protocol):
         self.done = defer.Deferred()
         self.closed = defer.Deferred()
         self.unreachable = False
+        self.refused = False
+        self.newPassword = False
         client.onPost = self._showPost
         client.onReconnect = lambda address: self.say("Reconnecting to %s..." % (address,))
         client.onLost = self._sessionLost
@@ -125,7 +164,13 @@ class CommandLine(Protocol):
         self.transport.write((line + "\n").encode("utf-8"))
 
     def prompt(self):
-        if self.interactive and not self.inTimeline:
+        if self.refused:
+            return
+        if self.newPassword:
+            if self.interactive:
+                self.transport.write(NEW_PASSWORD_PROMPT.encode())
+                _echo(False)
+        elif self.interactive and not self.inTimeline:
             self.transport.write(PROMPT.encode())
 
     def connectionMade(self):
@@ -160,13 +205,25 @@ class CommandLine(Protocol):
         self.err.write("sns-client: %s\n" % (failure.getTraceback(),))
 
     async def _handle(self, text):
+        if self.refused:
+            return
         try:
+            if self.newPassword:
+                self.newPassword = False
+                await self._changePassword(text)
+                return
             if self.inTimeline:
                 if text.strip():
                     await self._ensureConnected()
                     self._copies(await self.client.post(text))
                 return
             await self._command(text)
+        except InvalidPassword:
+            # A wrong password ends the client: one line, exit 1.
+            self.say(INVALID_PASSWORD)
+            self.refused = True
+            if not self.done.called:
+                self.done.callback(None)
         except CommandFailed as e:
             if self.inTimeline:
                 self.say("Post failed: %s" % (e.message,))
@@ -221,11 +278,31 @@ class CommandLine(Protocol):
             self.say(OK)
             self.say(("All users: " + ", ".join(reply.all_users)).rstrip())
             self.say(("Followers: " + ", ".join(reply.followers)).rstrip())
+        elif command == "PASSWORD":
+            await self._ensureConnected()
+            # The next line is the new password.
+            self.newPassword = True
         else:
             await self._ensureConnected()
             self.say(TIMELINE)
             self.inTimeline = True
             await self.client.timeline()
+
+    async def _changePassword(self, text):
+        if self.interactive:
+            _echo(True)
+            self.transport.write(b"\n")
+        if not 1 <= len(text) <= MAX_PASSWORD_CHARS:
+            self.say(INVALID_PASSWORD)
+            return
+        try:
+            await self.client.changePassword(text)
+        except CommandFailed as e:
+            if e.code not in (Status.UNAUTHENTICATED, Status.INVALID_ARGUMENT):
+                raise
+            self.say(INVALID_PASSWORD)
+            return
+        self.say(OK)
 
     def _copies(self, reply):
         """
@@ -255,7 +332,7 @@ class CommandLine(Protocol):
         elif self._buffer:
             self.lineReceived(self._buffer)
         self._buffer, self._skipping = b"", False
-        self.queue.addBoth(lambda _: self.done.callback(None))
+        self.queue.addBoth(lambda _: None if self.done.called else self.done.callback(None))
 
     def writeConnectionLost(self):
         pass
@@ -266,15 +343,30 @@ class CommandLine(Protocol):
         self.closed.callback(None)
 
 
+def _echo(on):
+    """Turn the terminal's echo on or off (for typing a new password)."""
+    try:
+        import termios
+        fd = sys.stdin.fileno()
+        attributes = termios.tcgetattr(fd)
+        if on:
+            attributes[3] |= termios.ECHO
+        else:
+            attributes[3] &= ~termios.ECHO
+        termios.tcsetattr(fd, termios.TCSANOW, attributes)
+    except (ImportError, OSError, ValueError):
+        pass  # not a terminal after all
+
+
 async def run(reactor, options):
-    client = Client(options["router"], options["user"], clock=reactor)
+    client = Client(options["router"], options["user"], options["password"], clock=reactor)
     cli = CommandLine(client, interactive=sys.stdin.isatty())
     stdio.StandardIO(cli, reactor=reactor)
     await cli.done
     await client.close()
     cli.transport.loseConnection()
     await cli.closed
-    return 1 if cli.unreachable else 0
+    return 1 if cli.unreachable or cli.refused else 0
 
 
 def main(argv=None):

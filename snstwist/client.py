@@ -2,10 +2,11 @@
 The client library: one logged-in user of an snstwist cluster.
 
 It asks a router for master1 and master2 (C{Onetime_c_to_r}), logs in on
-master1 and keeps C{Bidirectional_s_and_c} open with it, heartbeats both
+master1 with the user's password and keeps C{Bidirectional_s_and_c} open with it, heartbeats both
 ways.  When master1 dies (stream broken, call unavailable, or heartbeats
 stop) it makes master2 its master1, asks the router for a new master2, logs
-in again, resumes the timeline after the last post it showed, and retries
+in again (renewing its session token there: no password hashing on the way),
+resumes the timeline after the last post it showed, and retries
 the command that was in flight with the same request id, so that it is
 applied once.
 
@@ -51,6 +52,10 @@ class CommandFailed(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class InvalidPassword(CommandFailed):
+    """The cluster refused the user's password."""
 
 
 class ClusterUnreachable(Exception):
@@ -193,16 +198,21 @@ class _Session:
 
 class Client:
     """
-    A user of the cluster.  C{onReconnect(address)} is called when a failover
-    starts; C{onPost(post)} with each timeline post, once, in order.
+    A user of the cluster, who logs in with C{password} (the first login of
+    a name creates the account with it).  C{onReconnect(address)} is called
+    when a failover starts; C{onPost(post)} with each timeline post, once,
+    in order.
     """
 
-    def __init__(self, routers, user, clock=None, onReconnect=None, onPost=None):
+    def __init__(self, routers, user, password, clock=None, onReconnect=None, onPost=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
         self.routers = list(routers)
         self.user = user
+        self.password = password
+        self._renewal = None
+        self._changing = False
         self.onReconnect = onReconnect or (lambda address: None)
         self.onPost = onPost or (lambda post: None)
         self.master1 = None
@@ -248,15 +258,59 @@ class Client:
             await grpcbridge.closeChannel(self.channel)
         self.channel = grpcbridge.channel(master.address)
         self.stub = pbg.SNSStub(self.channel)
-        reply = await grpcbridge.call(self.stub.Login, pb.LoginRequest(user=self.user),
-                                      timeout=CALL_TIMEOUT)
+        reply = None
+        if self.token is not None:
+            # A token is good on every master: renewing it costs no hashing.
+            try:
+                reply = await grpcbridge.call(self.stub.Login, pb.LoginRequest(user=self.user),
+                                              timeout=CALL_TIMEOUT,
+                                              metadata=auth.sessionMetadata(self.token))
+            except RemoteError as e:
+                if e.status != Status.UNAUTHENTICATED:
+                    raise
+        attempt = 0
+        while reply is None:
+            try:
+                reply = await grpcbridge.call(
+                    self.stub.Login, pb.LoginRequest(user=self.user, password=self.password),
+                    timeout=CALL_TIMEOUT)
+            except RemoteError as e:
+                if e.status == Status.UNAUTHENTICATED:
+                    raise InvalidPassword(e.status, e.message)
+                if e.status != Status.RESOURCE_EXHAUSTED or attempt >= 6:
+                    raise
+                # Too many logins at once (password hashing is bounded):
+                # back off, then again.
+                await deferLater(self.clock, 0.1 * 2 ** attempt, lambda: None)
+                attempt += 1
         self.master1 = master
         self.epoch += 1
-        self.token = reply.token
+        self._newToken(reply)
+        self._openSession()
+        return reply
+
+    def _openSession(self):
         self.session = _Session(self)
         grpcbridge.openStream(self.stub.Bidirectional_s_and_c, self.session,
                               metadata=auth.sessionMetadata(self.token))
-        return reply
+
+    def _newToken(self, reply):
+        """Keep the token, and renew it at half its life while we run."""
+        self.token = reply.token
+        if self._renewal is not None and self._renewal.active():
+            self._renewal.cancel()
+        self._renewal = None
+        if reply.expires and not self.closed:
+            wait = max(1.0, (reply.expires - self.clock.seconds()) / 2)
+            self._renewal = self.clock.callLater(wait, self._renew)
+
+    def _renew(self):
+        self._renewal = None
+        d = grpcbridge.call(self.stub.Login, pb.LoginRequest(user=self.user),
+                            timeout=CALL_TIMEOUT, metadata=auth.sessionMetadata(self.token))
+        d.addCallbacks(self._newToken,
+                       lambda f: log.info("renewing the session token failed: {why}",
+                                          why=f.getErrorMessage()))
 
     def connect(self):
         """Find two masters and log in on the first.  Fires with LoginReply."""
@@ -351,6 +405,11 @@ class Client:
         self.master2 = self._master(reply.master1)
 
     def _sessionLost(self, session, reason):
+        if session is self.session and self._changing:
+            # Our own password change ended the session (opened under the
+            # old password): changePassword opens the next one.
+            self.session = None
+            return
         if session is self.session and not self.closed:
             log.info("session with {m} lost: {why}", m=self.master1,
                      why=reason.getErrorMessage() if reason else "ended")
@@ -413,6 +472,28 @@ class Client:
     def post(self, text):
         return self._write("Post", pb.PostRequest(text=text))
 
+    async def _changePassword(self, new):
+        request = pb.PasswordRequest(user=self.user, old_password=self.password,
+                                     new_password=new, request_id=uuid.uuid4().hex)
+        self._changing = True
+        try:
+            reply = await self._call("Password", request, write=True)
+        finally:
+            self._changing = False
+        self.password = new
+        self._newToken(reply)
+        if self.session is not None:
+            self.session.close()
+        self._openSession()
+        return reply
+
+    def changePassword(self, new):
+        """
+        Change the password to C{new}: every other session of the user ends;
+        this one goes on (with a new token).
+        """
+        return defer.ensureDeferred(self._changePassword(new))
+
     def list(self):
         return defer.ensureDeferred(self._call("List", pb.ListRequest()))
 
@@ -468,6 +549,8 @@ class Client:
     def close(self):
         """Say how far we read, end the session in order, close the channel."""
         self.closed = True
+        if self._renewal is not None and self._renewal.active():
+            self._renewal.cancel()
         if self._ackCall is not None and self._ackCall.active():
             self._ackCall.cancel()
             self._ack()

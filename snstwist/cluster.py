@@ -49,7 +49,7 @@ class ClusterService(MultiService):
     readyTimeout = 30.0
 
     def __init__(self, base, vms=3, routerListen="127.0.0.1:3410", secret=None,
-                 reactor=None, out=None, webListen=None):
+                 reactor=None, out=None, webListen=None, serverArgs=()):
         MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
@@ -64,6 +64,7 @@ class ClusterService(MultiService):
         if webListen:
             host, port = webListen.rsplit(":", 1)
             self.web = "%s:%s" % (host, port if int(port) else freePort(host))
+        self.serverArgs = list(serverArgs)
         self.secret = secret or secrets.token_hex(32)
         self.secretFile = os.path.join(self.base, "secret")
         self.out = out or self._print
@@ -73,8 +74,11 @@ class ClusterService(MultiService):
 
     @classmethod
     def fromOptions(cls, options):
+        serverArgs = []
+        if options["posts-per-second"]:
+            serverArgs = ["--posts-per-second", repr(options["posts-per-second"])]
         return cls(options["dir"], options["vms"], options["router"],
-                   options.secretOrNone(), webListen=options["web"])
+                   options.secretOrNone(), webListen=options["web"], serverArgs=serverArgs)
 
     @staticmethod
     def _print(line):
@@ -116,7 +120,7 @@ class ClusterService(MultiService):
         return self._spawn(vm, twistdArgs(
             os.path.join(vmdir, "server.log"), "sns-server",
             "--router", self.router, "--vm", vm, "--listen", self.vmListen(index),
-            "--data", os.path.join(vmdir, "data")))
+            "--data", os.path.join(vmdir, "data"), *self.serverArgs))
 
     def _childEnded(self, child, reason):
         name = child.name
@@ -265,6 +269,8 @@ class ClusterOptions(usage.Options):
          "Address of the web pages (port 0: any free port; empty: no web)."],
         ["secret-file", None, None,
          "File holding the cluster's shared secret (default: $SNS_SECRET, else random)."],
+        ["posts-per-second", None, None,
+         "Posts one user may make per second (sns-server's option).", float],
     ]
 
     def postOptions(self):

@@ -62,6 +62,14 @@ class InvalidRequest(SNSError):
     """The request is malformed."""
 
 
+class InvalidPassword(SNSError):
+    """A password is 1-256 characters."""
+
+
+class WrongPassword(SNSError):
+    """Invalid password."""
+
+
 class UnknownUser(SNSError):
     """No such user."""
 
@@ -120,6 +128,10 @@ class DataDamaged(SNSError):
     """A file of the VM's data directory is damaged."""
 
 
+class RateLimited(Overloaded):
+    """Too many requests; slow down."""
+
+
 class RemoteError(SNSError):
     """
     A call to another process failed: C{status} (a L{Status}) says how,
@@ -136,6 +148,8 @@ _STATUS = {
     FollowSelf: Status.INVALID_ARGUMENT,
     InvalidPost: Status.INVALID_ARGUMENT,
     InvalidRequest: Status.INVALID_ARGUMENT,
+    InvalidPassword: Status.INVALID_ARGUMENT,
+    WrongPassword: Status.UNAUTHENTICATED,
     UnknownUser: Status.NOT_FOUND,
     AlreadyFollowing: Status.ALREADY_EXISTS,
     NotFollowing: Status.FAILED_PRECONDITION,

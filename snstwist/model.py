@@ -120,6 +120,50 @@ def excerpt(value, limit=MAX_ECHO):
     size = " (%d characters)" % (len(value),) if isinstance(value, (str, bytes)) else ""
     return quoted[:limit] + "..." + size
 
+# -- accounts (issue 12)
+MAX_PASSWORD_CHARS = 256
+MAX_PASSWORD_HASH_CHARS = 256
+# argon2id at OWASP's minimum (19 MiB, 2 passes, 1 lane): about 50 ms of one
+# core on an idle machine.  Hashing runs on at most HASHING_THREADS threads,
+# never the reactor, with at most HASHING_QUEUE waiting; past that, logins
+# are refused with RESOURCE_EXHAUSTED rather than queued without bound.
+ARGON2_TIME_COST = 2
+ARGON2_MEMORY_KIB = 19456
+ARGON2_PARALLELISM = 1
+HASHING_THREADS = 2
+HASHING_QUEUE = 32
+# A session token lives this long; a live client renews it at half-life.
+TOKEN_LIFETIME = 24 * 3600.0
+MAX_TOKEN_CHARS = 512
+
+# -- rates (token buckets: RATE tokens a second, at most BURST saved up)
+# (sns-server --posts-per-second changes the posts' rate; the burst is
+# always that many seconds' worth.)
+POSTS_PER_USER_RATE = 20.0
+POSTS_PER_USER_BURST_SECONDS = 5.0
+LOGINS_PER_ADDRESS_RATE = 20.0
+LOGINS_PER_ADDRESS_BURST = 50.0
+# After N failed logins in a row, a user (or an address) waits
+# FAILED_LOGIN_DELAY * 2**(N-1) seconds, at most FAILED_LOGIN_MAX_DELAY,
+# before the next attempt is heard; a success clears it.
+FAILED_LOGIN_DELAY = 0.5
+FAILED_LOGIN_MAX_DELAY = 30.0
+# Buckets and failure counts kept, each (the least recently used go first).
+MAX_TRACKED = 10000
+
+
+def checkPassword(password):
+    if not isinstance(password, str) or not (1 <= len(password) <= MAX_PASSWORD_CHARS):
+        raise errors.InvalidPassword(
+            "a password is 1-%d characters" % (MAX_PASSWORD_CHARS,))
+    return password
+
+
+def _passwordHash(instance, attribute, value):
+    if not isinstance(value, str) or len(value) > MAX_PASSWORD_HASH_CHARS:
+        raise errors.InvalidRequest("a password hash is at most %d characters"
+                                    % (MAX_PASSWORD_HASH_CHARS,))
+
 
 def checkUsername(name):
     if not isinstance(name, str) or not USERNAME.match(name):
@@ -306,6 +350,14 @@ class FollowChange:
 
 
 @attrs.frozen
+class PasswordChange:
+    """C{user}'s password is now the one hashed as C{hash} (argon2id)."""
+
+    user: str = attrs.field(validator=_username)
+    hash: str = attrs.field(validator=_passwordHash)
+
+
+@attrs.frozen
 class ReadMark:
     """C{user} has seen their timeline up to the post (time_us, post_id)."""
 
@@ -322,7 +374,8 @@ class ReadMark:
 class Update:
     """
     One replicated write, identified everywhere by (origin, seq).  Exactly
-    one of C{user}, C{post}, C{follow}, C{read} is set.
+    one of C{user} (with its password's C{hash}), C{post}, C{follow},
+    C{read}, C{password} is set.
     """
 
     origin: str
@@ -332,7 +385,9 @@ class Update:
     post: Post | None = None
     follow: FollowChange | None = None
     read: ReadMark | None = None
+    password: PasswordChange | None = None
     request_id: str = ""
+    hash: str = attrs.field(default="", validator=_passwordHash)
 
     @property
     def id(self):
@@ -347,6 +402,10 @@ class Update:
                       request_id=self.request_id)
         if self.user is not None:
             u.user.name = self.user
+            u.user.password_hash = self.hash
+        elif self.password is not None:
+            u.password.user = self.password.user
+            u.password.password_hash = self.password.hash
         elif self.post is not None:
             u.post.CopyFrom(self.post.toProto())
         elif self.read is not None:
@@ -371,6 +430,8 @@ class Update:
             return self.follow.follower
         if self.read is not None:
             return self.read.user
+        if self.password is not None:
+            return self.password.user
         return self.user
 
     @property
@@ -392,7 +453,10 @@ class Update:
         kind = u.WhichOneof("change")
         try:
             if kind == "user":
-                return cls(user=checkUsername(u.user.name), **common)
+                return cls(user=checkUsername(u.user.name), hash=u.user.password_hash, **common)
+            if kind == "password":
+                p = u.password
+                return cls(password=PasswordChange(p.user, p.password_hash), **common)
             if kind == "post":
                 post = Post.fromProto(u.post)
                 if post.id != updateId(u.origin, u.seq) or post.time_us != u.time_us:

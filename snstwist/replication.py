@@ -26,9 +26,9 @@ from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.heartbeat import Heartbeat
 from snstwist.model import (
-    MAX_UPDATE_BYTES, MAX_USERS, UPDATES_PER_MESSAGE, FollowChange, Post, ReadMark, Update,
-    checkCount, checkHeartbeat, checkOrigin, checkTime, checkVersionVector, checkVm,
-    errorText, parseUpdateId, updateId)
+    MAX_UPDATE_BYTES, MAX_USERS, UPDATES_PER_MESSAGE, FollowChange, PasswordChange, Post,
+    ReadMark, Update, checkCount, checkHeartbeat, checkOrigin, checkTime, checkVersionVector,
+    checkVm, errorText, parseUpdateId, updateId)
 from snstwist.slices import inSlices
 from snstwist.state import Replica, VersionVector
 
@@ -312,13 +312,22 @@ class Node:
 
     # -- the domain rules of each write
 
-    def login(self, user):
-        """Create C{user} if new.  Returns the update, or None if it existed."""
+    def login(self, user, passwordHash=""):
+        """
+        Create C{user} (with the argon2id hash of its password) if new.
+        Returns the update, or None if it existed.
+        """
         if user in self.replica.users:
             return None
         if len(self.replica.users) >= MAX_USERS:
             raise errors.TooMany("this cluster has its maximum of %d users" % (MAX_USERS,))
-        return self.accept(user=user)
+        return self.accept(user=user, hash=passwordHash)
+
+    def setPassword(self, user, passwordHash, requestId=""):
+        """C{user}'s password is now the one hashed as C{passwordHash}."""
+        if user not in self.replica.users:
+            raise errors.UnknownUser("user %s does not exist" % (user,))
+        return self.accept(requestId, password=PasswordChange(user, passwordHash))
 
     def follow(self, user, target, requestId):
         self._checkTarget(user, target)

@@ -29,14 +29,15 @@ from twisted.internet import defer, task
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
-from snstwist import auth, buddy, errors, grpcbridge, logs, metrics
+from snstwist import auth, buddy, errors, grpcbridge, logs, metrics, model
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.grpcbridge import GrpcServerService, Servicer
 from snstwist.looplag import LoopLag
 from snstwist.model import (
-    HISTORY, MAX_HEARTBEAT_USERS, UPDATES_PER_MESSAGE, Update, checkCount, checkPostText,
-    checkRequestId, checkUsername, checkVm)
+    HISTORY, MAX_HEARTBEAT_USERS, UPDATES_PER_MESSAGE, Update, checkCount, checkPassword,
+    checkPostText, checkRequestId, checkUsername, checkVm)
+from snstwist.passwords import FailedLogins, Hasher, TokenBuckets, peerAddress
 from snstwist.replication import Node, ReplicaReceiver, Replicator, firstError
 from snstwist.router import HEARTBEAT
 from snstwist.sessions import MAX_QUEUE, SessionHub
@@ -193,7 +194,8 @@ class ServerService(MultiService):
     orphaned = None
 
     def __init__(self, vm, listen, routers, data, secret, role="master", master=None,
-                 masterPid=0, logfile=None, clock=None, metricsListen=None):
+                 masterPid=0, logfile=None, clock=None, metricsListen=None, hasher=None,
+                 postRate=None):
         MultiService.__init__(self)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -213,6 +215,14 @@ class ServerService(MultiService):
         self.node = Node(vm, self.origin, SQLiteStore(data, name=vm), clock, self._durable)
         self.sessions = SessionHub(self.node, clock, self._replicate)
         self.replicator = Replicator(self.node, secret, clock)
+        self.hasher = hasher if hasher is not None else Hasher(clock)
+        self.failedLogins = FailedLogins(clock)
+        self.logins = TokenBuckets(clock, model.LOGINS_PER_ADDRESS_RATE,
+                                   model.LOGINS_PER_ADDRESS_BURST, "logins from one address")
+        self.postRate = postRate
+        rate = postRate or model.POSTS_PER_USER_RATE
+        self.posts = TokenBuckets(clock, rate, rate * model.POSTS_PER_USER_BURST_SECONDS,
+                                  "posts by one user")
         self.grpc = GrpcServerService(listen, self._register, services=[
             pb.DESCRIPTOR.services_by_name[name].full_name for name in ("SNS", "Cluster")])
         self.acknowledgedPosts = 0
@@ -301,6 +311,7 @@ class ServerService(MultiService):
             yield self.supervisor.stop()
         if self.feed is not None:
             yield self.feed.close()
+        self.hasher.stop()
         yield MultiService.stopService(self)
         yield self.node.store.close()
         try:
@@ -407,6 +418,8 @@ class ServerService(MultiService):
             # Master and slave run at once: the slave serves its metrics on
             # a free port of the same host (it logs which).
             args += ["--metrics", self.metricsListen.rsplit(":", 1)[0] + ":0"]
+        if self.postRate:
+            args += ["--posts-per-second", repr(self.postRate)]
         env = dict(os.environ, SNS_SECRET=self.secret, GRPC_ENABLE_FORK_SUPPORT="0")
         return buddy.BuddyCommand(sys.executable, tuple(args), env)
 
@@ -461,6 +474,12 @@ class ServerService(MultiService):
         self.replicator.setPeers(peers)
 
     def _durable(self, updates):
+        for update in updates:
+            changed = update.password.user if update.password is not None else update.user
+            if changed is not None:
+                # A new password (here or on another VM) ends the sessions
+                # opened under an older one.
+                self.sessions.revoke(changed, self.node.replica.password(changed).key)
         self.sessions.publish(updates)
         if self.feed is not None:
             self.feed.push(updates)
@@ -469,7 +488,8 @@ class ServerService(MultiService):
 
     def _register(self, server, openStreams):
         sns = Servicer(
-            unary={"Login": self.login, "List": self.list, "Follow": self.follow,
+            unary={"Login": self.login, "Password": self.password,
+                   "List": self.list, "Follow": self.follow,
                    "UnFollow": self.unfollow, "Post": self.post, "History": self.history},
             streams={"Bidirectional_s_and_c": self.session},
             openStreams=openStreams, maxQueue=MAX_QUEUE)
@@ -486,20 +506,104 @@ class ServerService(MultiService):
             raise errors.NotMaster("this server is the %s of VM %s, not its master"
                                    % (self.role.name, self.vm))
 
-    def _user(self, ctx):
+    def _session(self, ctx):
         self._asMaster()
-        return auth.userOf(ctx, self.secret)
+        return auth.sessionOf(ctx, self.secret, self.clock.seconds(), self._generation)
+
+    def _user(self, ctx):
+        return self._session(ctx).user
+
+    def _generation(self, user):
+        register = self.node.replica.password(user)
+        return register.key if register is not None else None
+
+    def _loginReply(self, user, created=False):
+        expires = int(self.clock.seconds() + model.TOKEN_LIFETIME)
+        token = auth.makeToken(self.secret, user, expires, self._generation(user) or (0, ""))
+        return pb.LoginReply(token=token, created=created, expires=expires)
 
     def login(self, request, ctx):
+        """
+        The first Login of a name creates the account with the password
+        given; later ones must give it.  With no password, a live token of
+        the same user is renewed.  Failed logins slow the next attempts of
+        that user and of that address; logins per address are rate-limited.
+        """
         self._asMaster()
         user = checkUsername(request.user)
-        update = self.node.login(user)
-        d = defer.succeed(None)
-        if update is not None:
-            log.info("new user {user}", user=user)
-            d = self._acknowledged(update, "")
-        return d.addCallback(lambda _: pb.LoginReply(
-            token=auth.makeToken(self.secret, user), created=update is not None))
+        if not request.password and auth.SESSION_METADATA in ctx.metadata:
+            if self._user(ctx) != user:
+                raise errors.NotLoggedIn("this session token is not %s's" % (user,))
+            return self._loginReply(user)
+        password = checkPassword(request.password)
+        address = peerAddress(ctx.peer)
+        self.failedLogins.check(user, address)
+        self.logins.take(address)
+        return defer.ensureDeferred(self._login(user, password, address))
+
+    async def _login(self, user, password, address):
+        register = self.node.replica.password(user)
+        created = False
+        if register is None or not register.hash:
+            hashed = await self.hasher.hash(password)
+            register = self.node.replica.password(user)
+            update = None
+            if register is None:
+                # (Unless someone created it while we were hashing.)
+                update = self.node.login(user, hashed)
+                created = True
+                log.info("new user {user}", user=user)
+            elif not register.hash:
+                # An account from before passwords: its first login sets one.
+                update = self.node.setPassword(user, hashed)
+            if update is not None:
+                await self._acknowledged(update, "")
+                register = None
+        if register is not None:
+            if not await self.hasher.verify(register.hash, password):
+                self.failedLogins.failed(user, address)
+                log.info("failed login of {user} from {address}", user=user, address=address)
+                raise errors.WrongPassword("invalid password")
+        self.failedLogins.succeeded(user, address)
+        return self._loginReply(user, created)
+
+    def password(self, request, ctx):
+        """
+        Change the password: the old one proves it is the user.  The new
+        generation ends every session opened under the old password, on
+        every VM it reaches; the reply's token is of the new one.
+        """
+        self._asMaster()
+        user = checkUsername(request.user)
+        old, new = checkPassword(request.old_password), checkPassword(request.new_password)
+        requestId = checkRequestId(request.request_id)
+        address = peerAddress(ctx.peer)
+        self.failedLogins.check(user, address)
+        self.logins.take(address)
+        return defer.ensureDeferred(
+            self._changePassword(user, old, new, requestId, request.prefer_vm, address))
+
+    async def _changePassword(self, user, old, new, requestId, prefer, address):
+        done = self.node.replica.byRequest(user, requestId) if requestId else None
+        if done is not None and done.password is not None and done.password.user == user:
+            # A retry of a change already made: the new password proves it.
+            proof, hashed = new, done.password.hash
+        else:
+            register = self.node.replica.password(user)
+            if register is None:
+                raise errors.UnknownUser("user %s does not exist" % (user,))
+            proof, hashed, done = old, register.hash, None
+        if not await self.hasher.verify(hashed, proof):
+            self.failedLogins.failed(user, address)
+            raise errors.WrongPassword("invalid password")
+        self.failedLogins.succeeded(user, address)
+        if done is None:
+            update = self.node.setPassword(user, await self.hasher.hash(new), requestId)
+            log.info("{user} changed their password", user=user)
+            await self._acknowledged(update, prefer)
+        else:
+            await self.node.durable(done)
+        return self._loginReply(user)
 
     def list(self, request, ctx):
         user = self._user(ctx)
@@ -515,8 +619,12 @@ class ServerService(MultiService):
             user, checkUsername(request.target), rid))
 
     def post(self, request, ctx):
-        return self._write(ctx, request, lambda user, rid: self.node.post(
-            user, checkPostText(request.text), rid))
+        def make(user, rid):
+            text = checkPostText(request.text)
+            self.posts.take(user)
+            return self.node.post(user, text, rid)
+
+        return self._write(ctx, request, make)
 
     def _write(self, ctx, request, make):
         """
@@ -580,7 +688,10 @@ class ServerService(MultiService):
         return pb.HistoryReply(posts=[p.toProto() for p in self.node.replica.timeline(user, limit)])
 
     def session(self, ctx):
-        return self.sessions.session(self._user(ctx), ctx.peer)
+        token = self._session(ctx)
+        session = self.sessions.session(token.user, ctx.peer)
+        session.generation = token.generation
+        return session
 
     def onetimeSToBuddy(self, request, ctx):
         auth.checkSecret(ctx, self.secret)

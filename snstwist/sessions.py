@@ -174,6 +174,18 @@ class SessionHub:
                             message = pb.ServerPush(post=post.toProto())
                         session.push(post, message)
 
+    def revoke(self, user, generation):
+        """
+        End C{user}'s sessions opened under a password older than
+        C{generation} (a password change ends every other session).
+        """
+        for session in list(self.sessions.get(user, ())):
+            if session.generation < generation:
+                log.info("ending a session of {user}: the password changed", user=user)
+                session.live = False
+                self.remove(session)
+                session.stream.abort()
+
     def closeAll(self):
         self.saveReadMarks()
         for sessions in list(self.sessions.values()):
@@ -183,6 +195,9 @@ class SessionHub:
 
 class ClientSession:
     """The server's end of one client's C{Bidirectional_s_and_c} stream."""
+
+    # The password generation of the token the session was opened with.
+    generation = (0, "")
 
     def __init__(self, hub, user, host=""):
         self.hub = hub

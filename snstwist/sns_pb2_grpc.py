@@ -197,6 +197,11 @@ class SNSStub:
                 request_serializer=snstwist_dot_sns__pb2.LoginRequest.SerializeToString,
                 response_deserializer=snstwist_dot_sns__pb2.LoginReply.FromString,
                 _registered_method=True)
+        self.Password = channel.unary_unary(
+                '/snstwist.SNS/Password',
+                request_serializer=snstwist_dot_sns__pb2.PasswordRequest.SerializeToString,
+                response_deserializer=snstwist_dot_sns__pb2.LoginReply.FromString,
+                _registered_method=True)
         self.List = channel.unary_unary(
                 '/snstwist.SNS/List',
                 request_serializer=snstwist_dot_sns__pb2.ListRequest.SerializeToString,
@@ -233,6 +238,12 @@ class SNSServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Login(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Password(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -280,6 +291,11 @@ def add_SNSServicer_to_server(servicer, server):
             'Login': grpc.unary_unary_rpc_method_handler(
                     servicer.Login,
                     request_deserializer=snstwist_dot_sns__pb2.LoginRequest.FromString,
+                    response_serializer=snstwist_dot_sns__pb2.LoginReply.SerializeToString,
+            ),
+            'Password': grpc.unary_unary_rpc_method_handler(
+                    servicer.Password,
+                    request_deserializer=snstwist_dot_sns__pb2.PasswordRequest.FromString,
                     response_serializer=snstwist_dot_sns__pb2.LoginReply.SerializeToString,
             ),
             'List': grpc.unary_unary_rpc_method_handler(
@@ -339,6 +355,33 @@ class SNS:
             target,
             '/snstwist.SNS/Login',
             snstwist_dot_sns__pb2.LoginRequest.SerializeToString,
+            snstwist_dot_sns__pb2.LoginReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Password(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snstwist.SNS/Password',
+            snstwist_dot_sns__pb2.PasswordRequest.SerializeToString,
             snstwist_dot_sns__pb2.LoginReply.FromString,
             options,
             channel_credentials,

@@ -6,7 +6,8 @@ a state-based CRDT assembled from three simple ones, so that replicas that
 applied the same set of updates are equal whatever the order, duplication or
 delay of delivery:
 
-- users are a grow-only set;
+- users are a grow-only set, and each user's password a last-writer-wins
+  register (the account's creation is its first write);
 - a follow relation is a last-writer-wins register per (follower, followee),
   ordered by (hybrid logical time, update id);
 - posts are a grow-only set, kept ordered by (time, id) per author.
@@ -125,6 +126,12 @@ class VersionVector:
 
 
 @attrs.frozen
+class PasswordRegister:
+    key: tuple  # (time_us, update id): the last writer wins; the generation of tokens
+    hash: str
+
+
+@attrs.frozen
 class FollowRegister:
     key: tuple  # (time_us, update id): the last writer wins
     following: bool
@@ -133,6 +140,7 @@ class FollowRegister:
 class Replica:
     def __init__(self):
         self.users = set()
+        self.passwords = {}
         self.follows = {}
         # Indexes of the live follows, derived from self.follows, so that
         # fan-out does not scan every relation for every post.
@@ -171,6 +179,9 @@ class Replica:
             self.requests[request] = update
         if update.user is not None:
             self.users.add(update.user)
+            self._setPassword(update.user, update.key, update.hash)
+        elif update.password is not None:
+            self._setPassword(update.password.user, update.key, update.password.hash)
         elif update.post is not None:
             if prior is not None and prior.post is not None:
                 if update.key > prior.key:
@@ -197,6 +208,15 @@ class Replica:
                     self._followers.get(f.followee, set()).discard(f.follower)
                     self._following.get(f.follower, set()).discard(f.followee)
         return True
+
+    def _setPassword(self, user, key, hash):
+        current = self.passwords.get(user)
+        if current is None or key > current.key:
+            self.passwords[user] = PasswordRegister(key, hash)
+
+    def password(self, user):
+        """C{user}'s L{PasswordRegister} (its key is the generation), or None."""
+        return self.passwords.get(user)
 
     def _unshow(self, post):
         posts = self.posts[post.author]
@@ -288,4 +308,5 @@ class Replica:
             frozenset((pair, r.following) for pair, r in self.follows.items()),
             tuple((a, tuple(p.key for p in ps)) for a, ps in sorted(self.posts.items())),
             frozenset(self.reads.items()),
+            frozenset(self.passwords.items()),
         )

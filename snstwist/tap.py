@@ -20,7 +20,7 @@ from twisted.python import usage
 from snstwist.cluster import ClusterOptions
 from snstwist.commandline import (SECRET_OPTION, installReactor, parseAddress, parseRouters,
                                   readSecret)
-from snstwist.model import checkUsername
+from snstwist.model import POSTS_PER_USER_RATE, checkUsername
 
 
 class _Common(usage.Options):
@@ -69,6 +69,9 @@ class ServerOptions(_Common):
         ["role", None, "master", "master (the default) or slave; masters spawn their slave."],
         ["buddy", None, None, "For a slave: its master's address."],
         ["buddy-pid", None, 0, "For a slave: its master's pid (for fencing).", int],
+        ["posts-per-second", None, None,
+         "Posts one user may make per second (a token bucket holding five"
+         " seconds' worth; default %g)." % (POSTS_PER_USER_RATE,), float],
     ]
 
     def postOptions(self):
@@ -83,6 +86,8 @@ class ServerOptions(_Common):
         if not self["data"]:
             self["data"] = os.path.join("sns-data", self["vm"])
         self["data"] = os.path.abspath(self["data"])
+        if self["posts-per-second"] is not None and not self["posts-per-second"] > 0:
+            raise usage.UsageError("--posts-per-second must be more than 0")
         if self["role"] not in ("master", "slave"):
             raise usage.UsageError("--role is master or slave")
         if self["role"] == "slave" and not self["buddy"]:
@@ -135,7 +140,7 @@ def makeServerService(options):
         options["vm"], options["listen"], options["router"], options["data"],
         options.secret(), role=options["role"], master=options["buddy"],
         masterPid=options["buddy-pid"], logfile=options["logfile"],
-        metricsListen=options["metrics"]), options)
+        metricsListen=options["metrics"], postRate=options["posts-per-second"]), options)
 
 
 def makeClusterService(options):

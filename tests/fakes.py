@@ -63,3 +63,21 @@ class FakeStream:
     def last(self, kind):
         """The payload of the last message of that kind sent."""
         return [getattr(m, kind) for m in self.sent if m.WhichOneof("kind") == kind][-1]
+
+
+class FakeHasher:
+    """
+    Stands in for L{snstwist.passwords.Hasher} in unit tests: answers at
+    once (argon2 itself is tested in test_passwords).
+    """
+
+    def hash(self, password):
+        from twisted.internet import defer
+        return defer.succeed("fake$" + password)
+
+    def verify(self, hashed, password):
+        from twisted.internet import defer
+        return defer.succeed(bool(hashed) and hashed == "fake$" + password)
+
+    def stop(self):
+        pass

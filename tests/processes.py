@@ -23,11 +23,13 @@ DEADLINE = 30.0
 # The cluster secret of every router and server the tests start (sns-cluster
 # takes it from $SNS_SECRET too): tests ask Status and Digest with it.
 SECRET = "snstwist-tests-shared-secret"
+# The password of every user the tests log in (sns-client reads $SNS_PASSWORD).
+PASSWORD = "correct horse battery staple"
 
 
 def childEnv(**extra):
     env = dict(os.environ, GRPC_VERBOSITY="ERROR", GRPC_ENABLE_FORK_SUPPORT="0",
-               PYTHONUNBUFFERED="1", SNS_SECRET=SECRET)
+               PYTHONUNBUFFERED="1", SNS_SECRET=SECRET, SNS_PASSWORD=PASSWORD)
     env.update(extra)
     return env
 
@@ -211,17 +213,18 @@ class Cluster:
                 out[name] = f.read()
         return out
 
-    def client(self, user, stdin=None):
+    def client(self, user, stdin=None, password=PASSWORD):
         """Start sns-client; with C{stdin} text, write it and close stdin."""
-        child = spawn(self.testCase, ["-m", "snstwist.cli", "-r", self.router, "-u", user])
+        child = spawn(self.testCase, ["-m", "snstwist.cli", "-r", self.router, "-u", user],
+                      env=childEnv(SNS_PASSWORD=password))
         if stdin is not None:
             child.write(stdin)
             child.closeStdin()
         return child
 
-    async def run(self, user, stdin):
+    async def run(self, user, stdin, password=PASSWORD):
         """Run sns-client to completion; returns the Collector."""
-        child = self.client(user, stdin)
+        child = self.client(user, stdin, password)
         await child.ended.addTimeout(DEADLINE, reactor)
         return child
 

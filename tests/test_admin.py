@@ -18,7 +18,7 @@ from snstwist import sns_pb2_grpc as pbg
 from snstwist.client import Client
 from snstwist.model import ReadMark, Update
 from snstwist.state import Replica
-from tests.processes import SECRET, Cluster, childEnv, pidAlive, spawn, waitUntil
+from tests.processes import PASSWORD, SECRET, Cluster, childEnv, pidAlive, spawn, waitUntil
 from tests.strategies import followUpdate, postUpdate, userUpdate
 from tests.test_integration import inlineAsync
 
@@ -283,7 +283,7 @@ class BackupOfARunningVMTests(TestCase):
         cluster = await Cluster(self, vms=2).start()
         clients = []
         for i in range(3):
-            c = Client([cluster.router], "writer%d" % (i,), clock=reactor)
+            c = Client([cluster.router], "writer%d" % (i,), PASSWORD, clock=reactor)
             await c.connect()
             self.addCleanup(c.close)
             clients.append(c)
@@ -327,7 +327,8 @@ class BackupOfARunningVMTests(TestCase):
         channel = grpcbridge.channel((await cluster.masters())["vm1"].address)
         self.addCleanup(grpcbridge.closeChannel, channel)
         reply = await grpcbridge.call(pbg.SNSStub(channel).Login,
-                                      pb.LoginRequest(user="reader"), timeout=10)
+                                      pb.LoginRequest(user="reader", password=PASSWORD),
+                                      timeout=10)
         self.assertTrue(reply.created)
 
         async def agreeing():

@@ -66,8 +66,8 @@ def serverAs(test, role, secret=SECRET):
     return service, store
 
 
-def login(test, service, store, user):
-    d = service.login(pb.LoginRequest(user=user), FakeCallContext())
+def login(test, service, store, user, password="pw"):
+    d = service.login(pb.LoginRequest(user=user, password=password), FakeCallContext())
     store.flush()
     return test.successResultOf(d).token
 
@@ -85,14 +85,16 @@ def forgeries(test, service, store):
     foreign = login(test, other, otherStore, "alice")
     self_ = alice[:-1] + ("0" if alice[-1] != "0" else "1")
     bobsSignature = "alice" + bob[len("bob"):]
+    published = auth.makeToken("snstwist-insecure-default-secret", "alice", 2 ** 40)
     return {
         "no token": FakeCallContext(),
         "empty token": session(""),
-        "made-up signature": session("alice:" + "0" * 32),
+        "made-up signature": session("alice|%d|0||" % (2 ** 40,) + "0" * 64),
         "one character changed": session(self_),
         "signed by another cluster": session(foreign),
         "another user's signature": session(bobsSignature),
         "a name alone": session("alice"),
+        "signed with the old published default": session(published),
     }
 
 
@@ -148,7 +150,7 @@ class SessionTokenTests(SynchronousTestCase):
         """A token from Login is accepted, and names the user who logged in."""
         service, store = serverAs(self, "master")
         token = login(self, service, store, "carol")
-        self.assertEqual(auth.userOf(session(token), SECRET), "carol")
+        self.assertEqual(auth.userOf(session(token), SECRET, now=0), "carol")
 
     def test_a_slave_serves_no_user_rpc(self):
         """Even with a genuine token, a slave answers UNAVAILABLE (not its master)."""
@@ -158,15 +160,15 @@ class SessionTokenTests(SynchronousTestCase):
         for rpc, call in userCalls(slave).items():
             with self.subTest(rpc=rpc):
                 self.assertRaises(errors.NotMaster, call, session(token))
-        self.assertRaises(errors.NotMaster, slave.login, pb.LoginRequest(user="alice"),
-                          FakeCallContext())
+        self.assertRaises(errors.NotMaster, slave.login,
+                          pb.LoginRequest(user="alice", password="pw"), FakeCallContext())
 
 
 def wrongSecrets():
     return {"no secret": FakeCallContext(), "empty secret": secret(""),
             "wrong secret": secret("not-the-secret"), "a prefix of it": secret(SECRET[:-1]),
             "the secret and more": secret(SECRET + "x"),
-            "a session token instead": session(auth.makeToken(SECRET, "alice"))}
+            "a session token instead": session(auth.makeToken(SECRET, "alice", 2 ** 40))}
 
 
 class ClusterSecretTests(SynchronousTestCase):

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from snstwist import compare
 from snstwist import sns_pb2 as pb
 from snstwist.client import Client
-from tests.processes import SECRET, Cluster, childEnv, spawn, waitUntil
+from tests.processes import PASSWORD, SECRET, Cluster, childEnv, spawn, waitUntil
 from tests.test_integration import inlineAsync
 
 CLIENTS = 4
@@ -43,7 +43,7 @@ class WholeVMDeathTests(unittest.TestCase):
         acked = []
         clients = []
         for i in range(CLIENTS):
-            c = Client([cluster.router], "writer%d" % (i,), clock=reactor)
+            c = Client([cluster.router], "writer%d" % (i,), PASSWORD, clock=reactor)
             await c.connect()
             self.addCleanup(c.close)
             clients.append(c)

@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from snstwist import sns_pb2 as pb
-from tests.processes import Cluster, pidAlive, waitUntil
+from tests.processes import PASSWORD, Cluster, pidAlive, waitUntil
 from tests.test_integration import inlineAsync, posts
 
 
@@ -215,10 +215,10 @@ class SlowReaderTests(unittest.TestCase):
         from snstwist.client import Client
 
         cluster = await Cluster(self, vms=2).start()
-        flood = Client([cluster.router], "flood", clock=reactor)
+        flood = Client([cluster.router], "flood", PASSWORD, clock=reactor)
         await flood.connect()
         self.addCleanup(flood.close)
-        sloth = Client([cluster.router], "sloth", clock=reactor)
+        sloth = Client([cluster.router], "sloth", PASSWORD, clock=reactor)
         await sloth.connect()
         await sloth.follow("flood")
         master = sloth.master1
@@ -230,7 +230,8 @@ class SlowReaderTests(unittest.TestCase):
                                             options=[("grpc.http2.bdp_probe", 0)])
         self.addCleanup(lambda: grpcbridge.closeChannel(channel))
         stub = pbg.SNSStub(channel)
-        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user="sloth"))
+        login = await grpcbridge.call(stub.Login,
+                                      pb.LoginRequest(user="sloth", password=PASSWORD))
         stop = asyncio.Event()
 
         async def requests():

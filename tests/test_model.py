@@ -29,7 +29,7 @@ class UsernameTests(SynchronousTestCase):
         self.service, self.store = serverAs(self, "master")
 
     def login(self, name):
-        d = self.service.login(pb.LoginRequest(user=name), FakeCallContext())
+        d = self.service.login(pb.LoginRequest(user=name, password="pw"), FakeCallContext())
         self.store.flush()
         return self.successResultOf(d)
 
@@ -38,7 +38,7 @@ class UsernameTests(SynchronousTestCase):
         self.assertIn("a" * 32, self.service.node.replica.users)
 
     def test_a_name_of_33_characters_is_refused(self):
-        assertInvalid(self, self.service.login, pb.LoginRequest(user="a" * 33),
+        assertInvalid(self, self.service.login, pb.LoginRequest(user="a" * 33, password="pw"),
                       FakeCallContext())
         self.assertNotIn("a" * 33, self.service.node.replica.users)
 
@@ -46,7 +46,8 @@ class UsernameTests(SynchronousTestCase):
         self.assertTrue(self.login("z").created)
 
     def test_an_empty_name_is_refused(self):
-        assertInvalid(self, self.service.login, pb.LoginRequest(user=""), FakeCallContext())
+        assertInvalid(self, self.service.login, pb.LoginRequest(user="", password="pw"),
+                      FakeCallContext())
 
     def test_every_allowed_character_is_accepted(self):
         """Letters, digits, underscore, dot and dash, anywhere in the name."""
@@ -62,7 +63,7 @@ class UsernameTests(SynchronousTestCase):
         for name in ("a b", "a/b", "a:b", "a@b", "caf\u00e9", "\u0661", "alice\n", "\nalice",
                      "a\x00", "a+b", "\u212a"):
             with self.subTest(name=name):
-                assertInvalid(self, self.service.login, pb.LoginRequest(user=name),
+                assertInvalid(self, self.service.login, pb.LoginRequest(user=name, password="pw"),
                               FakeCallContext())
         self.assertEqual(self.service.node.replica.users, {"alice"})
 

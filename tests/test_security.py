@@ -1,18 +1,20 @@
 """
 The attacks of an outsider on loopback, tried on real processes, each
 refused with a clear status (issue 12): no default secret, operator views
-that need the cluster's secret, no fake peer, no fake master.
+that need the cluster's secret, no fake peer, no fake master, no logging in
+as someone else, no token that outlives a password change.
 """
 
 import os
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from snstwist import auth, errors, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
-from tests.processes import SECRET, Cluster, childEnv, spawn
+from snstwist.client import Client, InvalidPassword
+from tests.processes import PASSWORD, SECRET, Cluster, childEnv, spawn, waitUntil
 from tests.test_integration import inlineAsync
 
 TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
@@ -142,6 +144,99 @@ class ClusterAttackTests(unittest.TestCase):
         self.assertEqual(reason.status, errors.Status.PERMISSION_DENIED, reason.message)
         status = await cluster.status()
         self.assertNotIn("fake", {s.vm for s in status.servers})
+
+
+class AccountAttackTests(unittest.TestCase):
+    """Passwords and tokens, on a real two-VM cluster."""
+
+    timeout = 120
+
+    @inlineAsync
+    async def test_logging_in_as_someone_else_needs_their_password(self):
+        """
+        alice's account is made with her password; logging in as alice with
+        another one prints one line and exits 1; her own works.
+        """
+        cluster = await Cluster(self, vms=2).start()
+        alice = await cluster.run("alice", "LIST\n")
+        self.assertEqual(alice.lines[0], "Command completed successfully", alice.err)
+        mallory = await cluster.run("alice", "LIST\nFOLLOW bob\n", password="guess")
+        self.assertEqual((mallory.lines, mallory.exitCode),
+                         (["Command failed with invalid password"], 1))
+        again = await cluster.run("alice", "LIST\n")
+        self.assertEqual((again.lines[0], again.exitCode),
+                         ("Command completed successfully", 0))
+
+    @inlineAsync
+    async def test_a_token_forged_with_the_published_default_is_unauthenticated(self):
+        cluster = await Cluster(self, vms=1).start()
+        await cluster.run("alice", "LIST\n")
+        master = (await cluster.masters())["vm1"]
+        channel = grpcbridge.channel(master.address)
+        self.addCleanup(grpcbridge.closeChannel, channel)
+        forged = auth.makeToken(PUBLISHED_DEFAULT, "alice", 2 ** 40)
+        e = await refusal(grpcbridge.call(pbg.SNSStub(channel).Post,
+                                          pb.PostRequest(text="forged", request_id="f"),
+                                          timeout=10, metadata=auth.sessionMetadata(forged)))
+        self.assertEqual(e.status, errors.Status.UNAUTHENTICATED)
+        self.assertEqual(cluster.postFiles("vm1"), {})
+
+    @inlineAsync
+    async def test_a_password_change_revokes_every_older_token_on_every_vm(self):
+        """
+        alice changes her password from one client: her other client's
+        live session ends, its old token is refused by both VMs' masters,
+        the old password is refused and the new one works.
+        """
+        cluster = await Cluster(self, vms=2).start()
+        other = Client([cluster.router], "alice", PASSWORD, clock=reactor)
+        await other.connect()
+        self.addCleanup(other.close)
+        oldToken = other.token
+        changer = Client([cluster.router], "alice", PASSWORD, clock=reactor)
+        await changer.connect()
+        self.addCleanup(changer.close)
+        ended = defer.Deferred()
+        other._sessionLost = lambda session, reason: ended.called or ended.callback(
+            reason.value)
+        await changer.changePassword("a brand new password")
+        self.assertEqual((await ended).status, errors.Status.ABORTED)
+        await changer.list()  # the changer's own session goes on
+
+        async def refusedEverywhere():
+            codes = []
+            for master in (await cluster.masters()).values():
+                channel = grpcbridge.channel(master.address)
+                try:
+                    await grpcbridge.call(pbg.SNSStub(channel).List, pb.ListRequest(),
+                                          timeout=10, metadata=auth.sessionMetadata(oldToken))
+                    codes.append(None)
+                except errors.RemoteError as e:
+                    codes.append(e.status)
+                finally:
+                    await grpcbridge.closeChannel(channel)
+            return codes == [errors.Status.UNAUTHENTICATED] * 2
+
+        await waitUntil(refusedEverywhere, "both VMs to refuse the old token")
+        stale = Client([cluster.router], "alice", PASSWORD, clock=reactor)
+        self.addCleanup(stale.close)
+        with self.assertRaises(InvalidPassword):
+            await stale.connect()
+        fresh = await cluster.run("alice", "LIST\n", password="a brand new password")
+        self.assertEqual(fresh.lines[0], "Command completed successfully", fresh.err)
+
+    @inlineAsync
+    async def test_the_password_command_changes_the_password(self):
+        """PASSWORD, then the new password on the next line, from a pipe."""
+        cluster = await Cluster(self, vms=1).start()
+        change = await cluster.run("carol", "PASSWORD\nsecond password\nLIST\n")
+        self.assertEqual(change.lines[:2], ["Command completed successfully"] * 2, change.err)
+        self.assertEqual(change.exitCode, 0)
+        old = await cluster.run("carol", "LIST\n")
+        self.assertEqual((old.lines, old.exitCode),
+                         (["Command failed with invalid password"], 1))
+        new = await cluster.run("carol", "LIST\n", password="second password")
+        self.assertEqual(new.lines[0], "Command completed successfully")
 
 
 class _Ending:

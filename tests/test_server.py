@@ -11,13 +11,14 @@ from snstwist import sns_pb2 as pb
 from snstwist.replication import Node
 from snstwist.server import ServerService
 from snstwist.store import MemoryStore
+from tests.fakes import FakeHasher
 
 
 def makeServer(test):
     """A ServerService whose node runs on a manual MemoryStore, as user alice."""
     clock = Clock()
     service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], test.mktemp(), "s",
-                            clock=clock)
+                            clock=clock, hasher=FakeHasher())
     store = MemoryStore(manual=True)
     service.node = Node("vm1", service.origin, store, clock, service._durable)
     service.replicator.node = service.node

@@ -1,0 +1,193 @@
+"""
+Passwords and the rates of trying them: argon2id off the reactor, token
+buckets, failed logins slowed per user and per address, tokens that end.
+"""
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from twisted.trial.unittest import SynchronousTestCase
+
+from snstwist import auth, errors, model
+from snstwist import sns_pb2 as pb
+from snstwist.passwords import FailedLogins, Hasher, TokenBuckets, peerAddress
+from tests.test_auth import FakeCallContext, serverAs, session
+
+
+class HasherTests(unittest.TestCase):
+    def setUp(self):
+        self.hasher = Hasher()
+        self.addCleanup(self.hasher.stop)
+
+    @defer.inlineCallbacks
+    def test_a_hash_is_argon2id_and_verifies_only_its_password(self):
+        hashed = yield self.hasher.hash("hunter2")
+        self.assertTrue(hashed.startswith("$argon2id$"))
+        self.assertNotIn("hunter2", hashed)
+        self.assertTrue((yield self.hasher.verify(hashed, "hunter2")))
+        self.assertFalse((yield self.hasher.verify(hashed, "hunter3")))
+        self.assertFalse((yield self.hasher.verify("not a hash", "hunter2")))
+        self.assertFalse((yield self.hasher.verify("", "hunter2")))
+
+    def test_past_the_queue_bound_hashing_is_refused_at_once(self):
+        hasher = Hasher(queue=1)
+        self.addCleanup(hasher.stop)
+        first = hasher.hash("one")
+        e = self.assertRaises(errors.Overloaded, hasher.hash, "two")
+        self.assertEqual(errors.statusFor(e)[0], errors.Status.RESOURCE_EXHAUSTED)
+        return first
+
+
+class TokenBucketTests(SynchronousTestCase):
+    def test_a_burst_then_the_rate(self):
+        """BURST requests at once, then one per 1/RATE seconds."""
+        clock = Clock()
+        buckets = TokenBuckets(clock, rate=2.0, burst=3, what="posts")
+        for _ in range(3):
+            buckets.take("alice")
+        e = self.assertRaises(errors.RateLimited, buckets.take, "alice")
+        self.assertEqual(errors.statusFor(e)[0], errors.Status.RESOURCE_EXHAUSTED)
+        buckets.take("bob")  # one user's flood is not another's
+        clock.advance(0.5)
+        buckets.take("alice")
+        self.assertRaises(errors.RateLimited, buckets.take, "alice")
+        clock.advance(100)
+        for _ in range(3):
+            buckets.take("alice")
+        self.assertRaises(errors.RateLimited, buckets.take, "alice")
+
+    def test_only_the_most_recent_keys_are_kept(self):
+        clock = Clock()
+        buckets = TokenBuckets(clock, rate=1.0, burst=1, what="posts", limit=2)
+        for key in ("a", "b", "c"):
+            buckets.take(key)
+        self.assertEqual(list(buckets.buckets), ["b", "c"])
+
+
+class FailedLoginTests(SynchronousTestCase):
+    def test_each_failure_doubles_the_wait_for_the_user_and_the_address(self):
+        clock = Clock()
+        failed = FailedLogins(clock)
+        failed.check("alice", "10.0.0.1")
+        failed.failed("alice", "10.0.0.1")
+        self.assertRaises(errors.RateLimited, failed.check, "alice", "10.0.0.2")
+        self.assertRaises(errors.RateLimited, failed.check, "bob", "10.0.0.1")
+        failed.check("bob", "10.0.0.2")
+        clock.advance(model.FAILED_LOGIN_DELAY)
+        failed.check("alice", "10.0.0.1")
+        failed.failed("alice", "10.0.0.1")
+        clock.advance(model.FAILED_LOGIN_DELAY)
+        self.assertRaises(errors.RateLimited, failed.check, "alice", "10.0.0.1")
+        clock.advance(model.FAILED_LOGIN_DELAY)
+        failed.check("alice", "10.0.0.1")
+        failed.succeeded("alice", "10.0.0.1")
+        failed.check("alice", "10.0.0.1")
+
+    def test_the_wait_is_bounded(self):
+        clock = Clock()
+        failed = FailedLogins(clock)
+        for _ in range(30):
+            failed.failed("alice", "a")
+        clock.advance(model.FAILED_LOGIN_MAX_DELAY)
+        failed.check("alice", "a")
+
+    def test_the_address_of_a_peer(self):
+        self.assertEqual(peerAddress("ipv4:127.0.0.1:5555"), "127.0.0.1")
+        self.assertEqual(peerAddress("ipv6:[::1]:5555"), "::1")
+
+
+def login(service, store, user, password, peer="ipv4:10.0.0.1:1"):
+    ctx = FakeCallContext()
+    ctx.peer = peer
+    d = defer.maybeDeferred(service.login, pb.LoginRequest(user=user, password=password), ctx)
+    store.flush()
+    return d
+
+
+class ServerLoginTests(SynchronousTestCase):
+    def test_the_first_login_creates_the_account_and_later_ones_need_its_password(self):
+        service, store = serverAs(self, "master")
+        self.assertTrue(self.successResultOf(login(service, store, "dora", "pw1")).created)
+        self.assertFalse(self.successResultOf(login(service, store, "dora", "pw1")).created)
+        self.failureResultOf(login(service, store, "dora", "pw2", "ipv4:10.0.0.2:1"),
+                             errors.WrongPassword)
+
+    def test_a_failed_login_slows_the_next_attempt(self):
+        service, store = serverAs(self, "master")
+        login(service, store, "dora", "pw1")
+        self.failureResultOf(login(service, store, "dora", "bad"), errors.WrongPassword)
+        f = self.failureResultOf(login(service, store, "dora", "pw1"), errors.RateLimited)
+        self.assertIn("failed logins", f.getErrorMessage())
+        service.clock.advance(model.FAILED_LOGIN_DELAY)
+        self.successResultOf(login(service, store, "dora", "pw1"))
+
+    def test_logins_from_one_address_are_rate_limited(self):
+        service, store = serverAs(self, "master")
+        for i in range(int(model.LOGINS_PER_ADDRESS_BURST)):
+            self.successResultOf(login(service, store, "u%d" % i, "pw"))
+        self.failureResultOf(login(service, store, "late", "pw"), errors.RateLimited)
+        self.successResultOf(login(service, store, "late", "pw", "ipv4:10.0.0.9:1"))
+
+    def test_an_empty_password_is_invalid(self):
+        service, store = serverAs(self, "master")
+        self.failureResultOf(login(service, store, "dora", ""), errors.InvalidPassword)
+
+    def test_posts_per_user_are_rate_limited(self):
+        service, store = serverAs(self, "master")
+        token = self.successResultOf(login(service, store, "dora", "pw")).token
+        for i in range(int(model.POSTS_PER_USER_RATE * model.POSTS_PER_USER_BURST_SECONDS)):
+            d = service.post(pb.PostRequest(text="p%d" % i, request_id="r%d" % i),
+                             session(token))
+            store.flush()
+            self.successResultOf(d)
+        e = self.assertRaises(errors.RateLimited, service.post,
+                              pb.PostRequest(text="one too many", request_id="x"),
+                              session(token))
+        self.assertIn("posts", e.message)
+        service.clock.advance(1 / model.POSTS_PER_USER_RATE)
+        service.post(pb.PostRequest(text="later", request_id="y"), session(token))
+
+    def test_a_token_expires(self):
+        service, store = serverAs(self, "master")
+        token = self.successResultOf(login(service, store, "dora", "pw")).token
+        service.list(pb.ListRequest(), session(token))
+        service.clock.advance(model.TOKEN_LIFETIME)
+        e = self.assertRaises(errors.NotLoggedIn, service.list, pb.ListRequest(),
+                              session(token))
+        self.assertIn("expired", e.message)
+
+    def test_a_live_token_is_renewed_without_the_password(self):
+        service, store = serverAs(self, "master")
+        token = self.successResultOf(login(service, store, "dora", "pw")).token
+        service.clock.advance(model.TOKEN_LIFETIME / 2)
+        ctx = session(token)
+        renewed = service.login(pb.LoginRequest(user="dora"), ctx)
+        self.assertGreater(auth.readToken(service.secret, renewed.token).expires,
+                           auth.readToken(service.secret, token).expires)
+        self.assertRaises(errors.NotLoggedIn, service.login, pb.LoginRequest(user="eve"), ctx)
+
+    def test_a_password_change_revokes_older_tokens_and_sessions(self):
+        service, store = serverAs(self, "master")
+        old = self.successResultOf(login(service, store, "dora", "pw")).token
+        from tests.fakes import FakeStream
+        live = service.session(session(old))
+        stream = FakeStream()
+        live.makeConnection(stream)
+        d = service.password(pb.PasswordRequest(user="dora", old_password="pw",
+                                                new_password="pw2", request_id="c1"),
+                             FakeCallContext())
+        store.flush()
+        new = self.successResultOf(d).token
+        self.assertTrue(stream.aborted)
+        e = self.assertRaises(errors.NotLoggedIn, service.list, pb.ListRequest(), session(old))
+        self.assertIn("password was changed", e.message)
+        service.list(pb.ListRequest(), session(new))
+        self.failureResultOf(login(service, store, "dora", "pw", "ipv4:10.0.0.3:1"),
+                             errors.WrongPassword)
+
+    def test_a_password_change_needs_the_old_password(self):
+        service, store = serverAs(self, "master")
+        login(service, store, "dora", "pw")
+        d = defer.maybeDeferred(service.password, pb.PasswordRequest(
+            user="dora", old_password="guess", new_password="mine"), FakeCallContext())
+        self.failureResultOf(d, errors.WrongPassword)
