@@ -162,10 +162,11 @@ async def routerStatus(address, channel=None, secret=SECRET):
 class Cluster:
     """A running C{sns-cluster}, as a new user starts it."""
 
-    def __init__(self, testCase, vms=2, web=False):
+    def __init__(self, testCase, vms=2, web=False, postsPerSecond=None):
         self.testCase = testCase
         self.vms = vms
         self.withWeb = web
+        self.postsPerSecond = postsPerSecond
         self.base = os.path.abspath(testCase.mktemp())
         self.router = None
         self.web = None
@@ -179,7 +180,8 @@ class Cluster:
         self.testCase.addCleanup(self.killAll)
         self.process = spawn(self.testCase, [
             "-m", "snstwist.cluster", "--dir", self.base, "--vms", str(self.vms),
-            "--router", "127.0.0.1:0", "--web", "127.0.0.1:0" if self.withWeb else ""])
+            "--router", "127.0.0.1:0", "--web", "127.0.0.1:0" if self.withWeb else ""] + (
+                ["--posts-per-second", str(self.postsPerSecond)] if self.postsPerSecond else []))
         await self.process.waitFor("sns-cluster ready")
         for line in self.process.lines:
             if line.startswith("sns-cluster ready: router "):

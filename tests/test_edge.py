@@ -13,14 +13,17 @@ from snstwist.model import MAX_ECHO
 from snstwist.replication import Node
 from snstwist.server import ServerService
 from snstwist.store import MemoryStore
+from tests.fakes import FakeHasher
 from tests.test_grpcbridge import GrpcTestCase
+
+PASSWORD = "pw"
 
 
 def masterService(test, clock=None):
     """A ServerService acting as a master, on a MemoryStore; nothing spawned."""
     clock = clock or Clock()
     service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], test.mktemp(), "s",
-                            clock=clock)
+                            clock=clock, hasher=FakeHasher())
     service.node = Node("vm1", service.origin, MemoryStore(), clock, service._durable)
     service.replicator.node = service.node
     service.sessions.node = service.node
@@ -45,7 +48,8 @@ class LongInputTests(EdgeTestCase):
         """
         service, stub, _ = await self.serveMaster()
         e = await self.assertCallFails(
-            grpcbridge.call(stub.Login, pb.LoginRequest(user="x" * 20000), timeout=10),
+            grpcbridge.call(stub.Login, pb.LoginRequest(user="x" * 20000, password=PASSWORD),
+                            timeout=10),
             errors.Status.INVALID_ARGUMENT)
         self.assertLess(len(e.message), 200)
         self.assertIn("20000 characters", e.message)
@@ -54,7 +58,9 @@ class LongInputTests(EdgeTestCase):
     async def test_a_20kb_follow_target_is_invalid_and_not_echoed(self):
         """FOLLOW of a 20 KB name by a logged-in user: INVALID_ARGUMENT, short message."""
         service, stub, _ = await self.serveMaster()
-        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user="alice"), timeout=10)
+        login = await grpcbridge.call(stub.Login,
+                                      pb.LoginRequest(user="alice", password=PASSWORD),
+                                      timeout=10)
         e = await self.assertCallFails(
             grpcbridge.call(stub.Follow, pb.FollowRequest(target="\x1b" * 20000),
                             timeout=10, metadata=auth.sessionMetadata(login.token)),
@@ -100,7 +106,9 @@ class GarbageTests(EdgeTestCase):
     async def test_garbage_on_the_session_stream_ends_it_as_invalid_argument(self):
         """A garbage message on Bidirectional_s_and_c ends the stream with INVALID_ARGUMENT."""
         service, stub, channel = await self.serveMaster()
-        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user="alice"), timeout=10)
+        login = await grpcbridge.call(stub.Login,
+                                      pb.LoginRequest(user="alice", password=PASSWORD),
+                                      timeout=10)
         call = rawCall(channel, "/snstwist.SNS/Bidirectional_s_and_c", "stream")(
             iter([GARBAGE]), metadata=auth.sessionMetadata(login.token), timeout=10)
 

@@ -214,7 +214,8 @@ class SlowReaderTests(unittest.TestCase):
         from snstwist import sns_pb2_grpc as pbg
         from snstwist.client import Client
 
-        cluster = await Cluster(self, vms=2).start()
+        # flood posts as fast as it can: past what one user may post.
+        cluster = await Cluster(self, vms=2, postsPerSecond=100000).start()
         flood = Client([cluster.router], "flood", PASSWORD, clock=reactor)
         await flood.connect()
         self.addCleanup(flood.close)

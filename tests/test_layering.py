@@ -45,7 +45,8 @@ class ClientSideTests(TestCase):
         module.
         """
         loaded = await loadedBy(
-            "import snstwist.cli, snstwist.commandline\n"
+            "import os, snstwist.cli, snstwist.commandline\n"
+            "os.environ['SNS_PASSWORD'] = 'a password'\n"
             "snstwist.cli.Options().parseOptions(['-r', '127.0.0.1:3410', '-u', 'alice'])")
         self.assertIn("snstwist.client", loaded)
         self.assertEqual(loaded & SERVER_SIDE, set())
