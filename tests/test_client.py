@@ -22,7 +22,7 @@ def post(seq, time_us, author="bob"):
 
 def makeClient():
     shown = []
-    c = Client(["127.0.0.1:1"], "alice", clock=Clock(), onPost=shown.append)
+    c = Client(["127.0.0.1:1"], "alice", "pw", clock=Clock(), onPost=shown.append)
     return c, shown
 
 

@@ -119,7 +119,7 @@ def threeVMs(test):
                                  "c:1": master(posted)},
                           {"a:1": "vm1", "b:1": "vm2", "c:1": "vm3"})
     reconnects = []
-    client = Client(["router:1"], "alice", clock=Clock(), onReconnect=reconnects.append)
+    client = Client(["router:1"], "alice", "pw", clock=Clock(), onReconnect=reconnects.append)
     test.successResultOf(client.connect())
     return cluster, client, posted, reconnects
 

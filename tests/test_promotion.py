@@ -14,6 +14,8 @@ from snstwist import sns_pb2 as pb
 from snstwist.replication import Node
 from snstwist.server import ServerService
 from snstwist.store import MemoryStore, SQLiteStore
+from snstwist.passwords import TokenBuckets
+from tests.fakes import FakeHasher
 from tests.test_auth import FakeCallContext, _NoWork, login, serverAs, session
 
 
@@ -58,6 +60,8 @@ def slaveHello(slave):
 
 def writePosts(test, master, store, n):
     token = login(test, master, store, "alice")
+    # More posts at once than one user may make: these tests are about the feed.
+    master.posts = TokenBuckets(master.clock, n, n, "posts")
     for i in range(n):
         master.post(pb.PostRequest(text="p%d" % (i,), request_id="r%d" % (i,)), session(token))
     store.flush()
@@ -160,7 +164,8 @@ class PromotionTests(TestCase):
     def slaveOn(self, path):
         clock = Clock()
         slave = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], path,
-                              "the-cluster-secret", role="slave", clock=clock)
+                              "the-cluster-secret", role="slave", clock=clock,
+                              hasher=FakeHasher())
         slave.role = buddy.Role(_NoWork())
         slave.role.startAsSlave()
         return slave
@@ -189,7 +194,8 @@ class PromotionTests(TestCase):
         self.assertTrue(replica.isFollowing("alice", "bob"))
         self.assertEqual([p.text for p in replica.timeline("alice", 20)],
                          ["post %d" % (i,) for i in range(6)])
-        token = (await slave.login(pb.LoginRequest(user="alice"), FakeCallContext())).token
+        token = (await slave.login(pb.LoginRequest(user="alice", password="pw"),
+                                   FakeCallContext())).token
         history = slave.history(pb.HistoryRequest(), session(token))
         self.assertEqual(len(history.posts), 6)
 

@@ -166,7 +166,7 @@ class SessionTests(SynchronousTestCase):
     def test_a_client_gives_up_on_a_master_silent_for_six_seconds(self):
         """The client's end: kept at 6 s of silence, aborted at its next beat (8 s)."""
         clock = Clock()
-        client = Client(["127.0.0.1:1"], "alice", clock=clock)
+        client = Client(["127.0.0.1:1"], "alice", "pw", clock=clock)
         session = _Session(client)
         stream = FakeStream()
         session.makeConnection(stream)
