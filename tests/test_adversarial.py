@@ -34,17 +34,19 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import auth, buddy, errors
+from snstwist import buddy, errors
 from snstwist import sns_pb2 as pb
 from snstwist.grpcbridge import SECRET_METADATA, SESSION_METADATA
 from snstwist.model import (
     CLOCK_WINDOW_US, MAX_ADDRESS, MAX_ERROR_TEXT, MAX_EXCLUDED_VMS, MAX_HEARTBEAT_USERS,
-    MAX_INCARNATION, MAX_MESSAGE_BYTES, MAX_ORIGIN, MAX_PEER_STREAMS, MAX_POST_CHARS,
+    MAX_INCARNATION, MAX_MESSAGE_BYTES, MAX_ORIGIN, MAX_PASSWORD_CHARS, MAX_PEER_STREAMS,
+    MAX_POST_CHARS,
     MAX_REQUEST_ID, MAX_USERNAME, UPDATES_PER_MESSAGE, updateId)
 from snstwist.replication import Node, PeerLink, ReplicaReceiver
 from snstwist.router import RouterService
 from snstwist.server import ServerService
 from snstwist.store import MemoryStore
+from tests.fakes import FakeHasher
 from tests.fakes import FakeStream
 from tests.strategies import hostileInts, hostileLists, hostileText, hostileTimes
 
@@ -199,7 +201,7 @@ class World:
         self.clock = Clock()
         self.clock.advance(NOW_S)
         self.service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], test.mktemp(),
-                                     SECRET, clock=self.clock)
+                                     SECRET, clock=self.clock, hasher=FakeHasher())
         self.store = MemoryStore()
         self.node = Node("vm1", self.service.origin, self.store, self.clock,
                          self.service._durable)
@@ -222,7 +224,7 @@ class World:
     def ctx(self, user="alice"):
         """A call's context: the cluster secret, and C{user}'s session token."""
         return SimpleNamespace(peer="ipv4:127.0.0.1:5555", metadata={
-            SECRET_METADATA: SECRET, SESSION_METADATA: auth.makeToken(SECRET, user)})
+            SECRET_METADATA: SECRET, SESSION_METADATA: self.service._loginReply(user).token})
 
     def settle(self):
         self.clock.advance(0)
@@ -326,7 +328,17 @@ class ClientMessageTests(AdversarialTestCase):
     @given(user=names())
     def test_login(self, user):
         world = World(self)
-        self.check(world, "LoginRequest", _unary(world, "login", pb.LoginRequest(user=user)))
+        self.check(world, "LoginRequest", _unary(world, "login", pb.LoginRequest(
+            user=user, password="a password")))
+
+    @given(user=st.one_of(st.sampled_from(USERS), names()),
+           old=hostileText(MAX_PASSWORD_CHARS), new=hostileText(MAX_PASSWORD_CHARS),
+           rid=requestIds())
+    def test_password(self, user, old, new, rid):
+        world = World(self)
+        request = pb.PasswordRequest(user=user, old_password=old, new_password=new,
+                                     request_id=rid)
+        self.check(world, "PasswordRequest", _unary(world, "password", request))
 
     @given(target=st.one_of(st.sampled_from(USERS), names()), rid=requestIds(),
            prefer=st.one_of(st.just(""), names()), method=st.sampled_from(["follow", "unfollow"]))

@@ -16,7 +16,7 @@ from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.client import Client
 from snstwist.model import CLOCK_WINDOW_US, MAX_MESSAGE_BYTES
-from tests.processes import DEADLINE, SECRET, Cluster, childEnv, spawn, waitUntil
+from tests.processes import DEADLINE, PASSWORD, SECRET, Cluster, childEnv, spawn, waitUntil
 from tests.strategies import LAST_US, userUpdate
 from tests.test_integration import inlineAsync
 
@@ -52,7 +52,8 @@ async def hostileSession(address, user, message):
     channel = grpcbridge.channel(address)
     try:
         stub = pbg.SNSStub(channel)
-        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user=user), timeout=10)
+        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user=user, password=PASSWORD),
+                                  timeout=10)
         session = _Recorder()
         grpcbridge.openStream(stub.Bidirectional_s_and_c, session,
                               metadata=auth.sessionMetadata(login.token))
@@ -70,7 +71,7 @@ def _reactor():
 
 async def postAll(router, user, texts):
     """Post C{texts} as C{user} through the client library; the replies."""
-    client = Client([router], user)
+    client = Client([router], user, PASSWORD)
     try:
         await client.connect()
         return [await client.post(text) for text in texts]
@@ -115,7 +116,8 @@ async def loggedIn(address, user):
     """A channel to C{address}, its SNS stub and C{user}'s session metadata."""
     channel = grpcbridge.channel(address)
     stub = pbg.SNSStub(channel)
-    login = await grpcbridge.call(stub.Login, pb.LoginRequest(user=user), timeout=10)
+    login = await grpcbridge.call(stub.Login, pb.LoginRequest(user=user, password=PASSWORD),
+                                  timeout=10)
     return channel, stub, auth.sessionMetadata(login.token)
 
 
