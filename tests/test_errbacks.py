@@ -60,7 +60,7 @@ class ClientTests(TestCase):
         background; with no router answering it says so in the log and goes
         on without one.
         """
-        client = Client(["127.0.0.1:%d" % (closedPort(),)], "alice")
+        client = Client(["127.0.0.1:%d" % (closedPort(),)], "alice", "pw")
         client.master1 = Master("vm1", "127.0.0.2:7000")
         client.master2 = Master("vm2", "127.0.0.3:7000")
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
