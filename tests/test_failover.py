@@ -172,7 +172,7 @@ class ReturningClientTests(unittest.TestCase):
         alice = cluster.client("alice")
         alice.write("FOLLOW bob\nTIMELINE\n")
         await alice.waitFor("Now you are in the timeline")
-        bob = Client([cluster.router], "bob", clock=reactor)
+        bob = Client([cluster.router], "bob", PASSWORD, clock=reactor)
         await bob.connect()
         self.addCleanup(bob.close)
         await bob.post("b0")

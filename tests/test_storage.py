@@ -329,7 +329,8 @@ class FullDiskProcessTests(TestCase):
         channel = grpcbridge.channel(masters["vm2"].address)
         self.addCleanup(grpcbridge.closeChannel, channel)
         stub = pbg.SNSStub(channel)
-        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user="alice"), timeout=10)
+        login = await grpcbridge.call(stub.Login, pb.LoginRequest(user="alice", password="pw"),
+                                      timeout=10)
         token = auth.sessionMetadata(login.token)
 
         def post(text, requestId):

@@ -21,8 +21,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from snstwist import errors
-from snstwist.cli import INVALID_USERNAME, SENTENCES, UNKNOWN, formatPost
-from snstwist.client import Client, ClusterUnreachable, CommandFailed
+from snstwist.cli import INVALID_PASSWORD, INVALID_USERNAME, SENTENCES, UNKNOWN, formatPost
+from snstwist.client import Client, ClusterUnreachable, CommandFailed, InvalidPassword
 from snstwist.model import HISTORY, checkUsername
 
 log = Logger()
@@ -42,6 +42,8 @@ class SignInFailed(Exception):
 def sentence(failure):
     """The CLI's sentence for a failed command (and its cause, when unknown)."""
     e = failure if isinstance(failure, Exception) else failure.value
+    if isinstance(e, InvalidPassword):
+        return INVALID_PASSWORD
     if isinstance(e, CommandFailed):
         return SENTENCES.get(e.code, UNKNOWN + ": " + e.message)
     if isinstance(e, (ClusterUnreachable, errors.RemoteError)):
@@ -219,9 +221,6 @@ def clientFactory(routers, clock):
     """Make the cluster clients of the people signing in."""
 
     def make(user, password):
-        # Accounts without passwords for now: the password is taken and
-        # kept to the sign-in, ready for the cluster to check it.
-        del password
-        return Client(routers, user, clock=clock)
+        return Client(routers, user, password, clock=clock)
 
     return make
