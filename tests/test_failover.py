@@ -167,7 +167,8 @@ class ReturningClientTests(unittest.TestCase):
         """
         from snstwist.client import Client
 
-        cluster = await Cluster(self, vms=2).start()
+        # bob posts thousands as fast as he can: past what one user may post.
+        cluster = await Cluster(self, vms=2, postsPerSecond=100000).start()
         await cluster.run("bob", "LIST\n")
         alice = cluster.client("alice")
         alice.write("FOLLOW bob\nTIMELINE\n")
