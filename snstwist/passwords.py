@@ -172,11 +172,3 @@ class FailedLogins:
         self.failures.pop(("user", user), None)
         self.failures.pop(("address", address), None)
 
-
-def peerAddress(peer):
-    """The host part of a gRPC peer string (C{ipv4:127.0.0.1:5555} -> C{127.0.0.1})."""
-    kind, _, rest = (peer or "").partition(":")
-    if kind in ("ipv4", "ipv6"):
-        host = rest.rsplit(":", 1)[0]
-        return host.strip("[]")
-    return peer or "unknown"

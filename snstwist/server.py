@@ -37,10 +37,10 @@ from snstwist.looplag import LoopLag
 from snstwist.model import (
     HISTORY, MAX_HEARTBEAT_USERS, UPDATES_PER_MESSAGE, Update, checkCount, checkPassword,
     checkPostText, checkRequestId, checkUsername, checkVm)
-from snstwist.passwords import FailedLogins, Hasher, TokenBuckets, peerAddress
+from snstwist.passwords import FailedLogins, Hasher, TokenBuckets
 from snstwist.replication import Node, ReplicaReceiver, Replicator, firstError
 from snstwist.router import HEARTBEAT
-from snstwist.sessions import MAX_QUEUE, SessionHub
+from snstwist.sessions import MAX_QUEUE, SessionHub, hostOf
 from snstwist.state import VersionVector
 from snstwist.store import DataLocked, SQLiteStore
 
@@ -536,7 +536,7 @@ class ServerService(MultiService):
                 raise errors.NotLoggedIn("this session token is not %s's" % (user,))
             return self._loginReply(user)
         password = checkPassword(request.password)
-        address = peerAddress(ctx.peer)
+        address = hostOf(ctx.peer)
         self.failedLogins.check(user, address)
         self.logins.take(address)
         return defer.ensureDeferred(self._login(user, password, address))
@@ -577,7 +577,7 @@ class ServerService(MultiService):
         user = checkUsername(request.user)
         old, new = checkPassword(request.old_password), checkPassword(request.new_password)
         requestId = checkRequestId(request.request_id)
-        address = peerAddress(ctx.peer)
+        address = hostOf(ctx.peer)
         self.failedLogins.check(user, address)
         self.logins.take(address)
         return defer.ensureDeferred(

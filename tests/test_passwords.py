@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import auth, errors, model
 from snstwist import sns_pb2 as pb
-from snstwist.passwords import FailedLogins, Hasher, TokenBuckets, peerAddress
+from snstwist.passwords import FailedLogins, Hasher, TokenBuckets
 from tests.test_auth import FakeCallContext, serverAs, session
 
 
@@ -90,10 +90,6 @@ class FailedLoginTests(SynchronousTestCase):
             failed.failed("alice", "a")
         clock.advance(model.FAILED_LOGIN_MAX_DELAY)
         failed.check("alice", "a")
-
-    def test_the_address_of_a_peer(self):
-        self.assertEqual(peerAddress("ipv4:127.0.0.1:5555"), "127.0.0.1")
-        self.assertEqual(peerAddress("ipv6:[::1]:5555"), "::1")
 
 
 def login(service, store, user, password, peer="ipv4:10.0.0.1:1"):
