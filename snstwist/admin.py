@@ -100,7 +100,7 @@ def import_(config, stderr):
     origin = config["origin"] or fileOrigin(config["file"])
     started = time.monotonic()
     with open(config["file"], "rb") as f:
-        counts = store.Importer(config["data"], origin).run(f)
+        counts = store.Importer(config["data"], origin, now_us=int(time.time() * 1e6)).run(f)
     seconds = time.monotonic() - started
     lines = sum(counts.values())
     stderr.write("imported %d users, %d follows, %d posts into %s in %.1f s (%d lines/s)\n"

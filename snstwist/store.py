@@ -29,6 +29,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 
 from google.protobuf.message import DecodeError
 from twisted.internet import defer
@@ -39,8 +40,8 @@ from zope.interface import Attribute, Interface, implementer
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
-from snstwist.model import (FollowChange, Post, Update, checkPostText, checkUsername,
-                            parseUpdateId, updateId)
+from snstwist.model import (FollowChange, Post, Update, checkOrigin, checkPostText, checkRequestId,
+                            checkSeq, checkTime, checkUsername, parseUpdateId, updateId)
 from snstwist.state import VersionVector
 
 log = Logger()
@@ -739,7 +740,6 @@ _IMPORT_FIELDS = {
 }
 _FLUSH_LINES = 20000
 _FLUSH_BYTES = 16 * 1024 * 1024
-MAX_REQUEST_ID = 64
 
 
 class BadLine(errors.SNSError):
@@ -818,9 +818,10 @@ class Importer:
     the end: a bad line leaves the data directory as empty as it was.
     """
 
-    def __init__(self, path, origin):
+    def __init__(self, path, origin, now_us=None):
         self.path = path
-        self.origin = origin
+        self.origin = checkOrigin(origin)
+        self.now_us = now_us if now_us is not None else int(time.time() * 1e6)
         self.seq = 0
         self.users = set()
         self.follows = set()
@@ -921,9 +922,11 @@ class Importer:
         if not isinstance(text, str) or not text.endswith("Z"):
             raise ValueError("time must be a UTC time like 2026-11-29T18:26:21.986269Z")
         try:
-            return parseTime(text)
+            time_us = parseTime(text)
         except ValueError:
             raise ValueError("time must be a UTC time like 2026-11-29T18:26:21.986269Z")
+        # Not further ahead of this machine's clock than peers accept.
+        return checkTime(time_us, self.now_us)
 
     def _user(self, lineno, record):
         name = checkUsername(record["user"])
@@ -965,17 +968,16 @@ class Importer:
             if not isinstance(record["id"], str):
                 raise ValueError("a post id is a string")
             origin, seq = parseUpdateId(record["id"])
-            if seq < 1:
-                raise ValueError("a post id ends in a sequence number from 1")
+            checkOrigin(origin)
+            checkSeq(seq)
         else:
             origin, seq = self._nextId()
         postId = updateId(origin, seq)
         # A post read from an export keeps what it had (no request id is
         # made up for a post that has an id), so a round trip is exact.
-        requestId = record.get("request", "" if "id" in record else postId)
-        if not isinstance(requestId, str) or len(requestId) > MAX_REQUEST_ID or (
-                "request" in record and not requestId):
-            raise ValueError("a request id is 1-%d characters" % (MAX_REQUEST_ID,))
+        requestId = checkRequestId(record.get("request", "" if "id" in record else postId))
+        if "request" in record and not requestId:
+            raise ValueError("an empty request id: leave \"request\" out instead")
         self._posts.append((lineno, origin, seq, author, requestId))
         line = _postLine(timeText, postId, author, text, requestId).encode("utf-8")
         key = (time_us, postId)

@@ -171,6 +171,10 @@ class ExportImportTests(TestCase):
          b' "id": "vm1.a/1"}\n', "post id vm1.a/1 twice"),
         (b'{"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "x",'
          b' "request": "r1"}\n', "request id r1 of alice twice"),
+        (b'{"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "x",'
+         b' "request": "two words"}\n', "a request id is at most 64"),
+        (b'{"author": "alice", "time": "2126-11-29T18:26:21.986269Z", "text": "x"}\n',
+         "ahead of this server's clock"),
     ]
 
     def test_a_bad_line_is_named_by_its_number_and_nothing_is_written(self):
