@@ -383,6 +383,8 @@ def main(argv=None):
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="with --resume: run the survivors again (after adding tests)")
     parser.add_argument("--list", action="store_true", help="only list the mutants")
+    parser.add_argument("--report-only", action="store_true",
+                        help="with --resume: report on the outcomes in --out, run nothing")
     args = parser.parse_args(argv)
 
     work = plan(args.tree, args.sample, args.only)
@@ -404,11 +406,12 @@ def main(argv=None):
     else:
         open(args.out, "w").close()
     started = time.monotonic()
-    temp = tempfile.mkdtemp(prefix="sns-mutants-")
-    try:
-        _run(work, args, temp, results)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    if not args.report_only:
+        temp = tempfile.mkdtemp(prefix="sns-mutants-")
+        try:
+            _run(work, args, temp, results)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
     return report(results, work, args, time.monotonic() - started)
 
 
@@ -494,6 +497,9 @@ def report(results, work, args, seconds):
                                              100.0 * k / len(mine[module])))
     print("%-26s %7d %7d  %5.1f%%" % ("all", total, killed,
                                      100.0 * killed / total if total else 0))
+    missing = sum(len(mutants) for _t, _p, mutants, _n in work.values()) - total
+    if missing:
+        print("(%d mutants of the sample not run yet)" % (missing,))
     print("(%.0f s, %d jobs, sample %.2f)" % (seconds, args.jobs, args.sample))
     print("\nsurvivors:")
     for module, records in mine.items():
