@@ -67,8 +67,10 @@ TARGETS = {
                                  "tests.test_server"], None),
     "snstwist/store.py": (["tests.test_store", "tests.test_store_fsync",
                            "tests.test_promotion", "tests.test_compare",
-                           "tests.test_admin.ExportImportTests"], None),
-    "snstwist/sessions.py": (["tests.test_sessions", "tests.test_timeouts"], None),
+                           "tests.test_admin.ExportImportTests",
+                           "tests.test_admin.BackupTests"], None),
+    "snstwist/sessions.py": (["tests.test_sessions", "tests.test_read_marks",
+                              "tests.test_timeouts"], None),
     "snstwist/compare.py": (["tests.test_compare"], {"differences"}),
     "snstwist/server.py": (["tests.test_server", "tests.test_auth", "tests.test_model",
                             "tests.test_peers", "tests.test_promotion"], {

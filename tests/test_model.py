@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
-from snstwist.model import Post, Update, parseUpdateId, updateId
+from snstwist.model import FollowChange, Post, ReadMark, Update, parseUpdateId, updateId
 from tests.test_auth import FakeCallContext, login, serverAs, session
 
 USERNAME_CHARS = string.ascii_letters + string.digits + "_.-"
@@ -193,3 +193,20 @@ class UpdateIdTests(SynchronousTestCase):
     def test_a_malformed_update_id_is_refused(self):
         for bad in ("", "12", "/12", "vm1/", "vm1/x", "vm1/-1", "vm1/1.5"):
             assertInvalid(self, parseUpdateId, bad)
+
+
+class WireTests(SynchronousTestCase):
+    """Every kind of update crosses the wire (to a peer, to a slave) unchanged."""
+
+    def test_each_kind_of_update_round_trips(self):
+        post = Post(id="vm2.x/2", author="bob", time_us=7, text="hi\\nthere")
+        for update in (Update(origin="vm2.x", seq=1, time_us=5, user="bob"),
+                       Update(origin="vm2.x", seq=2, time_us=7, post=post, request_id="r"),
+                       Update(origin="vm2.x", seq=3, time_us=8,
+                              follow=FollowChange("bob", "alice", True)),
+                       Update(origin="vm2.x", seq=4, time_us=9,
+                              follow=FollowChange("bob", "alice", False)),
+                       Update(origin="vm2.x", seq=5, time_us=10,
+                              read=ReadMark("bob", 7, "vm2.x/2"))):
+            self.assertEqual(Update.fromProto(pb.Update.FromString(
+                update.toProto().SerializeToString())), update)

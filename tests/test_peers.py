@@ -80,3 +80,37 @@ class OutboxTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.sentIds(), [u.id for u in updates])
         self.assertEqual(len(self.stream.sent), 1)
+
+
+class SetPeersTests(SynchronousTestCase):
+    """The replicator keeps one link to each other VM's master, and only those."""
+
+    def setUp(self):
+        self.started, self.stopped = [], []
+        self.patch(PeerLink, "start", lambda link: self.started.append(link))
+        self.patch(PeerLink, "stop", lambda link: self.stopped.append(link))
+        clock = Clock()
+        self.replicator = Replicator(Node("vm1", "vm1.a", MemoryStore(), clock),
+                                     "a-secret-of-16-chars", clock)
+
+    def links(self):
+        return {vm: link.address for vm, link in self.replicator.links.items()}
+
+    def test_a_link_is_started_to_each_other_vm(self):
+        self.replicator.setPeers({"vm2": "127.0.0.3:1", "vm3": "127.0.0.4:1",
+                                  "vm1": "127.0.0.2:1"})
+        self.assertEqual(self.links(), {"vm2": "127.0.0.3:1", "vm3": "127.0.0.4:1"})
+        self.assertEqual(sorted(link.vm for link in self.started), ["vm2", "vm3"])
+
+    def test_the_same_peers_again_change_nothing(self):
+        self.replicator.setPeers({"vm2": "127.0.0.3:1"})
+        self.replicator.setPeers({"vm2": "127.0.0.3:1"})
+        self.assertEqual((len(self.started), self.stopped), (1, []))
+
+    def test_a_peer_that_moved_is_linked_again_and_one_that_left_is_dropped(self):
+        self.replicator.setPeers({"vm2": "127.0.0.3:1", "vm3": "127.0.0.4:1"})
+        old = dict(self.replicator.links)
+        self.replicator.setPeers({"vm2": "127.0.0.3:2"})
+        self.assertEqual(self.links(), {"vm2": "127.0.0.3:2"})
+        self.assertEqual(sorted(link.vm for link in self.stopped), ["vm2", "vm3"])
+        self.assertIn(old["vm3"], self.stopped)

@@ -7,10 +7,12 @@ the marks arrive, on every replica and on disk.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from snstwist import sns_pb2 as pb
 from snstwist.model import ReadMark, Update
 from snstwist.replication import Node
 from snstwist.state import Replica
 from snstwist.store import MemoryStore
+from tests.test_sessions import connect, makeHub
 
 
 def mark(seq, user, time_us, postId="vm9.a/1"):
@@ -52,3 +54,49 @@ class ReadMarkTests(SynchronousTestCase):
         self.assertIsNone(node.markRead("alice", (5, "x/9")))
         self.assertIsNotNone(node.markRead("alice", (11, "x/0")))
         self.assertEqual(node.replica.readUpTo("alice"), (11, "x/0"))
+
+
+class ReplicatedReadMarkTests(SynchronousTestCase):
+    """A master writes how far its users read once a second, and replicates it."""
+
+    def hub(self):
+        recorded = []
+        clock, node, hub = makeHub(self)
+        hub.record = recorded.append
+        return clock, node, hub, recorded
+
+    def test_an_ack_is_recorded_and_replicated_within_a_second(self):
+        clock, node, hub, recorded = self.hub()
+        session, stream = connect(hub, "alice")
+        session.messageReceived(pb.ClientMessage(ack=pb.Cursor(time_us=10, id="vm2.a/3")))
+        clock.advance(0.5)
+        self.assertEqual(recorded, [])
+        clock.advance(0.5)
+        (update,) = recorded
+        self.assertEqual((update.read.user, update.read.time_us, update.read.post_id),
+                         ("alice", 10, "vm2.a/3"))
+        self.assertEqual(node.replica.readUpTo("alice"), (10, "vm2.a/3"))
+
+    def test_acks_within_the_second_make_one_mark_the_newest(self):
+        clock, node, hub, recorded = self.hub()
+        session, stream = connect(hub, "alice")
+        for t in (10, 30, 20):
+            session.messageReceived(pb.ClientMessage(ack=pb.Cursor(time_us=t, id="x/%d" % t)))
+        clock.advance(1)
+        self.assertEqual([u.read.time_us for u in recorded], [30])
+
+    def test_an_ack_that_does_not_move_forward_records_nothing(self):
+        clock, node, hub, recorded = self.hub()
+        session, stream = connect(hub, "alice")
+        session.messageReceived(pb.ClientMessage(ack=pb.Cursor(time_us=30, id="x/3")))
+        clock.advance(1)
+        session.messageReceived(pb.ClientMessage(ack=pb.Cursor(time_us=20, id="x/2")))
+        clock.advance(1)
+        self.assertEqual(len(recorded), 1)
+
+    def test_closing_the_sessions_saves_what_was_read(self):
+        clock, node, hub, recorded = self.hub()
+        session, stream = connect(hub, "alice")
+        session.messageReceived(pb.ClientMessage(ack=pb.Cursor(time_us=10, id="x/1")))
+        hub.closeAll()
+        self.assertEqual([u.read.time_us for u in recorded], [10])

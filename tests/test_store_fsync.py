@@ -140,3 +140,20 @@ class FsyncOrderTests(TestCase):
             followUpdate("vm1.a", 3, 3, "alice", "bob")], "ack")
         self.assertEqual([p for p in flushed if p.startswith(self.posts)], [])
         self.assertEqual(os.listdir(self.posts), [])
+
+
+class DescriptorTests(TestCase):
+    async def test_writing_leaves_no_descriptor_open(self):
+        """Every file and directory opened to be written and flushed is closed again."""
+        path = self.mktemp()
+        os.makedirs(path)
+        s = store.SQLiteStore(path)
+        self.addCleanup(s.close)
+        await s.open()
+        await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(2, 12):
+            await s.persist([postUpdate("vm1.a", i, 10 * i, user)
+                             for user in ("alice", "bob", "u%d" % (i,))])
+        await s.persist([postUpdate("vm2.a", 1, 15, "alice")])  # a rewrite
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)

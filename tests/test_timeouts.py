@@ -15,8 +15,10 @@ import signal
 
 from twisted.application.internet import TimerService
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from snstwist import buddy
 from snstwist import sns_pb2 as pb
 from snstwist.client import Client, _Session
 from snstwist.replication import Node, ReplicaReceiver, Replicator
@@ -104,6 +106,29 @@ class BuddyTests(SynchronousTestCase):
         self.assertEqual([e[0] for e in events], ["hello"])
         steps(clock, 0.25)
         self.assertEqual([e[0] for e in events], ["hello", "hung"])
+
+    def test_a_slave_dials_a_master_that_has_not_answered_for_two_seconds(self):
+        """
+        Before the master's hello, failed dials are retried for 2 s from when
+        the slave started (here at 1000 s), then the master is lost.
+        """
+        clock = Clock()
+        clock.advance(1000)
+        events = []
+        dialled = []
+
+        def dial(link):
+            dialled.append(clock.seconds())
+            link.makeConnection(FakeStream())
+
+        link = buddy.SlaveLink(clock, lambda: pb.BuddyHello(pid=2),
+                               lambda why: events.append(why), lambda: None, dial)
+        link.start()
+        while not events:
+            link.connectionLost(Failure(Exception("connection refused")))
+            clock.advance(0.05)
+        # The last dial follows the last failure within the 2 s by one redial delay.
+        self.assertTrue(1001.95 < dialled[-1] < 1002.1, dialled[-1])
 
     def test_buddies_heartbeat_every_quarter_second(self):
         link, clock, stream, events = slaveLink()
