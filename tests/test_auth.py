@@ -283,3 +283,10 @@ class LoadSecretTests(SynchronousTestCase):
         e = self.assertRaises(auth.MissingSecret, auth.loadSecret, "/nonexistent/secret",
                               environ={"SNS_SECRET": "from-the-env-01234"})
         self.assertIn("/nonexistent/secret", str(e))
+
+
+class OperatorViewTests(SynchronousTestCase):
+    def test_a_slave_does_not_answer_digest(self):
+        """Digest is a master's view of its VM: a slave says it is not the master."""
+        slave, _ = serverAs(self, "slave")
+        self.assertRaises(errors.NotMaster, slave.digest, pb.DigestRequest(), secret(SECRET))

@@ -231,3 +231,18 @@ class ReconnectsTests(SynchronousTestCase):
         self.assertRaises(ClusterUnreachable, policy.failed, "down")
         self.assertFalse(policy.troubled)
         self.assertEqual(policy.failed("down"), 0.02)
+
+
+class FinishTests(SynchronousTestCase):
+    def test_an_orderly_end_completes_when_the_server_ends_the_stream(self):
+        """Closing waits for the server to end the session, not for the timeout."""
+        c, shown = makeClient()
+        stream = FakeStream()
+        session = _Session(c)
+        session.makeConnection(stream)
+        d = session.finish(timeout=1.0)
+        self.assertTrue(stream.closed)
+        self.assertNoResult(d)
+        session.connectionLost(None)
+        self.successResultOf(d)
+        self.assertEqual(c.clock.getDelayedCalls(), [])

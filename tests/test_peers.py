@@ -114,3 +114,47 @@ class SetPeersTests(SynchronousTestCase):
         self.assertEqual(self.links(), {"vm2": "127.0.0.3:2"})
         self.assertEqual(sorted(link.vm for link in self.stopped), ["vm2", "vm3"])
         self.assertIn(old["vm3"], self.stopped)
+
+
+class HidingStore(MemoryStore):
+    """A MemoryStore that records which posts it is told not to show."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def persist(self, updates, hidden=frozenset(), displaced=()):
+        self.calls.append(([u.id for u in updates], set(hidden), [u.id for u in displaced]))
+        return super().persist(updates, hidden, displaced)
+
+
+class RetriedRequestStorageTests(SynchronousTestCase):
+    """The store is told which copy of a retried request is shown."""
+
+    def copies(self):
+        from tests.strategies import postUpdate
+        earlier = postUpdate("vm2.a", 1, 10, "alice", "hi", requestId="r")
+        later = postUpdate("vm3.a", 1, 20, "alice", "hi", requestId="r")
+        store = HidingStore()
+        return Node("vm1", "vm1.a", store, Clock()), store, earlier, later
+
+    def test_a_later_copy_arriving_second_is_stored_hidden(self):
+        node, store, earlier, later = self.copies()
+        node.receive([earlier])
+        node.receive([later])
+        self.assertEqual(store.calls, [([earlier.id], set(), []),
+                                       ([later.id], {later.id}, [])])
+
+    def test_an_earlier_copy_arriving_second_displaces_the_shown_one(self):
+        node, store, earlier, later = self.copies()
+        node.receive([later])
+        node.receive([earlier])
+        self.assertEqual(store.calls, [([later.id], set(), []),
+                                       ([earlier.id], set(), [later.id])])
+
+    def test_other_writes_with_request_ids_are_never_hidden(self):
+        node, store, earlier, later = self.copies()
+        node.login("alice")
+        node.login("bob")
+        node.follow("alice", "bob", "r-follow")
+        self.assertTrue(all(hidden == set() for _, hidden, _ in store.calls))

@@ -142,6 +142,19 @@ class FsyncOrderTests(TestCase):
         self.assertEqual(os.listdir(self.posts), [])
 
 
+def openFiles(under):
+    """The files and directories under C{under} that this process has open."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink("/proc/self/fd/" + fd)
+        except FileNotFoundError:
+            continue  # the descriptor listdir itself used
+        if target.startswith(under):
+            out.append(target)
+    return sorted(out)
+
+
 class DescriptorTests(TestCase):
     async def test_writing_leaves_no_descriptor_open(self):
         """Every file and directory opened to be written and flushed is closed again."""
@@ -151,9 +164,20 @@ class DescriptorTests(TestCase):
         self.addCleanup(s.close)
         await s.open()
         await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
-        before = len(os.listdir("/proc/self/fd"))
+        before = openFiles(os.path.realpath(path))
         for i in range(2, 12):
             await s.persist([postUpdate("vm1.a", i, 10 * i, user)
                              for user in ("alice", "bob", "u%d" % (i,))])
         await s.persist([postUpdate("vm2.a", 1, 15, "alice")])  # a rewrite
-        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+        self.assertEqual(openFiles(os.path.realpath(path)), before)
+
+    async def test_closing_releases_every_descriptor(self):
+        """A closed store holds nothing open: the database, the lock, the files."""
+        path = self.mktemp()
+        os.makedirs(path)
+        before = openFiles(os.path.realpath(path))
+        s = store.SQLiteStore(path)
+        await s.open()
+        await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        await s.close()
+        self.assertEqual(openFiles(os.path.realpath(path)), before)

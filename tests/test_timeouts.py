@@ -14,6 +14,7 @@ sends SIGTERM, then SIGKILL 5 s later.
 import signal
 
 from twisted.application.internet import TimerService
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -147,6 +148,12 @@ class BuddyTests(SynchronousTestCase):
         self.assertTrue(sup.gaveUp)
         self.assertEqual(len(spawned), 6)
 
+    def test_the_respawn_delay_stops_growing_at_ten_seconds(self):
+        """With the restart intensity out of the way: 0.1 s doubling up to 10 s."""
+        sup, reactor, spawned = supervisor(intensity=100)
+        self.assertEqual([round(d, 6) for d in dieQuickly(reactor, 9)],
+                         [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0])
+
     def test_a_slave_that_lived_a_second_is_respawned_at_once(self):
         sup, reactor, spawned = supervisor()
         reactor.advance(0.99)
@@ -266,4 +273,83 @@ class _SyncedLink:
         pass
 
     def stop(self):
-        pass
+        return defer.succeed(None)
+
+
+class StillAliveTests(SynchronousTestCase):
+    """A peer that keeps talking is never given up, on any stream."""
+
+    def test_a_client_keeps_a_master_that_heartbeats(self):
+        clock = Clock()
+        session = _Session(Client(["127.0.0.1:1"], "alice", clock=clock))
+        stream = FakeStream()
+        session.makeConnection(stream)
+        for _ in range(40):
+            session.messageReceived(pb.ServerPush(heartbeat=pb.Heartbeat()))
+            clock.advance(1)
+        self.assertFalse(stream.aborted)
+        session.beats.stop()
+
+
+class AckWaitTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.node = Node("vm1", "vm1.a", MemoryStore(), self.clock)
+        self.replicator = Replicator(self.node, "a-secret-of-16-chars", self.clock)
+        self.replicator.links["vm2"] = _SyncedLink()
+
+    def post(self, n):
+        return postUpdate("vm1.a", n, n, "alice")
+
+    def test_the_five_seconds_hold_after_earlier_writes_were_acknowledged(self):
+        """Once every writer was answered, a later unanswered write still waits 5 s only."""
+        first = self.post(1)
+        d = self.replicator.broadcast(first)
+        self.replicator.acked("vm2", first.id)
+        self.assertEqual(self.successResultOf(d), 1)
+        steps(self.clock, 10)
+        d = self.replicator.broadcast(self.post(2))
+        steps(self.clock, 4.75)
+        self.assertNoResult(d)
+        steps(self.clock, 0.25)
+        self.assertEqual(self.successResultOf(d), 0)
+
+    def test_answered_writers_leave_no_timer_behind(self):
+        updates = [self.post(n) for n in (1, 2, 3)]
+        waiting = [self.replicator.broadcast(u) for u in updates]
+        steps(self.clock, 1)
+        for u in updates:
+            self.replicator.acked("vm2", u.id)
+        for d in waiting:
+            self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopping_answers_every_writer_and_leaves_no_timer(self):
+        d = self.replicator.broadcast(self.post(1))
+        self.replicator.stop()
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RouterServiceTests(SynchronousTestCase):
+    def test_the_router_serves_grpc_and_keeps_time_with_the_reactor(self):
+        """Its gRPC server is one of its services; with no clock given, the reactor is it."""
+        from twisted.internet import reactor
+        router = RouterService("127.0.0.1:0", "a-secret-of-16-chars")
+        self.assertIs(router.grpc.parent, router)
+        self.assertIs(router.clock, reactor)
+
+    def test_the_master_of_a_vm_is_the_one_that_registered_as_master_last(self):
+        """
+        A slave (registered first) promoted while its old master is still
+        registered is its VM's master from then on.
+        """
+        clock = Clock()
+        registry = Registry(clock)
+        slave = ServerIdentity("vm1", pb.SLAVE, "127.0.0.2:2", 8, "b")
+        registry.register(slave, _Link())
+        clock.advance(1)
+        registry.register(ServerIdentity("vm1", pb.MASTER, "127.0.0.2:1", 7, "a"), _Link())
+        clock.advance(1)
+        registry.register(ServerIdentity("vm1", pb.MASTER, "127.0.0.2:2", 8, "b"), _Link())
+        self.assertEqual(registry.masters()["vm1"].identity.incarnation, "b")
