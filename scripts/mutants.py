@@ -67,7 +67,7 @@ TARGETS = {
                                  "tests.test_server"], None),
     "snstwist/store.py": (["tests.test_store", "tests.test_store_fsync",
                            "tests.test_promotion", "tests.test_compare",
-                           "tests.test_admin.ExportImportTests",
+                           "tests.test_admin_durability", "tests.test_admin.ExportImportTests",
                            "tests.test_admin.BackupTests"], None),
     "snstwist/sessions.py": (["tests.test_sessions", "tests.test_read_marks",
                               "tests.test_timeouts"], None),
