@@ -4,6 +4,7 @@ from the routers' membership (the masters of the other VMs), and each
 broadcast reaches every synced peer, however many came before it.
 """
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -88,7 +89,7 @@ class SetPeersTests(SynchronousTestCase):
     def setUp(self):
         self.started, self.stopped = [], []
         self.patch(PeerLink, "start", lambda link: self.started.append(link))
-        self.patch(PeerLink, "stop", lambda link: self.stopped.append(link))
+        self.patch(PeerLink, "stop", lambda link: defer.succeed(self.stopped.append(link)))
         clock = Clock()
         self.replicator = Replicator(Node("vm1", "vm1.a", MemoryStore(), clock),
                                      "a-secret-of-16-chars", clock)
