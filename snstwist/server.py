@@ -628,7 +628,7 @@ class ServerService(MultiService):
 
     def _write(self, ctx, request, make):
         """
-        Apply a write once per request id and answer when it is durable.
+        Apply a write once per (user, request id); answer when it is durable.
 
         The reply's id names the copy of the request this VM holds.  A write
         is identified by its request, not by that id: when a VM stored a
