@@ -93,6 +93,28 @@ class RouterLink(grpcbridge.ReconnectingLink):
             self.server.membershipChanged(self.address, message.membership)
 
 
+def _stopOnlyOnce(reactor):
+    """
+    Make a second stop of this process's reactor a no-op.  A slave is told
+    to stop more than once (its master's SIGTERM, sns-cluster's SIGTERM, the
+    master's stopping notice), and twistd's own signal handler calls
+    C{reactor.stop()} each time: the second raised ReactorNotRunning, logged
+    as a critical error, in an orderly stop.
+    """
+    stop = reactor.stop
+    if getattr(stop, "once", False):
+        return
+
+    def stopOnce():
+        try:
+            stop()
+        except ReactorNotRunning:
+            log.info("asked to stop again while stopping")
+
+    stopOnce.once = True
+    reactor.stop = stopOnce
+
+
 def _exitNow(status):
     """End this process with C{status} (twistd itself would exit 0)."""
     sys.stdout.flush()
@@ -247,6 +269,8 @@ class ServerService(MultiService):
 
     def startService(self):
         MultiService.startService(self)
+        if self.clock is self._reactor():
+            _stopOnlyOnce(self.clock)
         os.makedirs(os.path.dirname(self.pidfile), exist_ok=True)
         with open(self.pidfile, "w") as f:
             f.write("%d\n" % (os.getpid(),))

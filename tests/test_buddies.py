@@ -386,6 +386,36 @@ class OrderlyStopTests(unittest.TestCase):
         self.assertNotIn("ReactorNotRunning", log)
 
     @inlineAsync
+    async def test_a_second_sigterm_while_stopping_logs_nothing_critical(self):
+        """
+        A slave signalled again while it stops (as when sns-cluster and its
+        master both stop it) stops once, logging nothing critical.
+        """
+        router, server, data = startByHand(self)
+
+        async def slave():
+            roles = await registered(router)
+            return roles[pb.SLAVE][0].pid if roles and len(roles[pb.SLAVE]) == 1 else None
+
+        slavePid = await waitUntil(slave, "vmx's slave", timeout=15)
+        logPath = os.path.join(data, "buddies.log")
+        os.kill(slavePid, signal.SIGTERM)
+
+        def received():
+            with open(logPath, encoding="utf-8") as f:
+                return "Received SIGTERM" in f.read()
+
+        await waitUntil(received, "the slave to log the first SIGTERM", interval=0.001)
+        if pidAlive(slavePid):
+            os.kill(slavePid, signal.SIGTERM)
+        await waitUntil(lambda: not pidAlive(slavePid), "slave %d to exit" % (slavePid,),
+                        timeout=10)
+        with open(os.path.join(data, "buddies.log"), encoding="utf-8") as f:
+            log = f.read()
+        self.assertIn("Server Shut Down", log)
+        self.assertNotIn("#critical", log)
+
+    @inlineAsync
     async def test_sigterm_to_the_master_leaves_no_pid_file(self):
         """Both buddies remove their pid files from the data's run/ directory."""
         router, slavePid, data = await self.stopByHand()

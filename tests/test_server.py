@@ -109,3 +109,38 @@ class LoadingMemoryTests(SynchronousTestCase):
             (during, gc.isenabled(), self.successResultOf(result) is loaded,
              gc.get_freeze_count() > before),
             ([False], True, True, True))
+
+
+class _StrictReactor:
+    """A reactor's stop as Twisted's: a second call raises ReactorNotRunning."""
+
+    def __init__(self):
+        self.stops = 0
+
+    def stop(self):
+        from twisted.internet.error import ReactorNotRunning
+        self.stops += 1
+        if self.stops > 1:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
+
+
+class StopOnceTests(SynchronousTestCase):
+    def test_a_second_stop_is_a_no_op(self):
+        """
+        twistd's signal handler stops the reactor on each SIGTERM: a server
+        process's reactor takes a second stop without an error.
+        """
+        from snstwist.server import _stopOnlyOnce
+        reactor = _StrictReactor()
+        _stopOnlyOnce(reactor)
+        reactor.stop()
+        reactor.stop()
+        self.assertEqual(reactor.stops, 2)
+
+    def test_wrapping_twice_wraps_once(self):
+        from snstwist.server import _stopOnlyOnce
+        reactor = _StrictReactor()
+        _stopOnlyOnce(reactor)
+        wrapped = reactor.stop
+        _stopOnlyOnce(reactor)
+        self.assertIs(reactor.stop, wrapped)
