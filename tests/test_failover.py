@@ -331,7 +331,8 @@ class SessionCapTests(unittest.TestCase):
             channel = grpcbridge.channel(master.address)
             self.addCleanup(grpcbridge.closeChannel, channel)
             stub = pbg.SNSStub(channel)
-            login = await grpcbridge.call(stub.Login, pb.LoginRequest(user="hog"), timeout=10)
+            login = await grpcbridge.call(
+                stub.Login, pb.LoginRequest(user="hog", password=PASSWORD), timeout=10)
             for _ in range(MAX_SESSIONS_PER_USER):
                 stream = grpcbridge.openStream(stub.Bidirectional_s_and_c, _HeldSession(),
                                                metadata=auth.sessionMetadata(login.token))
