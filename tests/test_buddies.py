@@ -169,11 +169,12 @@ class MasterSpawnsSlaveTests(unittest.TestCase):
     timeout = 120
 
     @inlineAsync
-    async def test_master_spawns_its_slave_within_about_a_second(self):
+    async def test_master_spawns_its_slave_which_registers(self):
         """
-        Once the master is registered, its slave registers within about a
-        second (it needs about 0.3 s; the deadline leaves room for a loaded
-        machine).
+        Once the master is registered, it spawns its slave, which registers
+        as a process of its own.  How fast is the benchmark's business
+        (benchmarks/failover.py), not a test's: the deadline here only stops
+        a test that would otherwise wait forever.
         """
         router, server, data = startByHand(self)
 
@@ -186,7 +187,7 @@ class MasterSpawnsSlaveTests(unittest.TestCase):
             return roles is not None and roles[pb.SLAVE]
 
         await waitUntil(masterUp, "the master to register", timeout=15)
-        (slave,) = await waitUntil(slaveUp, "its slave to register", timeout=2)
+        (slave,) = await waitUntil(slaveUp, "its slave to register", timeout=15)
         self.assertNotEqual(slave.pid, server.pid)
 
     @inlineAsync
@@ -448,13 +449,19 @@ class FailingBuddyTests(unittest.TestCase):
 
     @inlineAsync
     async def test_buddy_dying_at_start_up_is_respawned_after_growing_delays(self):
-        """The gaps between spawns grow: at least 0.2 s, 0.4 s, 0.8 s."""
+        """
+        The delays before respawns double: 0.2 s, 0.4 s, 0.8 s (no jitter
+        here), and no spawn comes sooner than its delay.  The delays are read
+        from the supervisor's log events, not from wall-clock gaps, which
+        also hold each process's start-up time and so depend on the load.
+        """
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         spawns, supervisor = await self.superviseFailingBuddy()
+        delays = [e["delay"] for e in logged if "delay" in e and "lived" in e]
+        self.assertEqual(delays, [0.2, 0.4, 0.8])
         gaps = [b - a for a, b in zip(spawns, spawns[1:])]
-        self.assertEqual(len(gaps), 3)
-        for gap, delay in zip(gaps, [0.2, 0.4, 0.8]):
+        for gap, delay in zip(gaps, delays):
             self.assertGreaterEqual(gap, delay, gaps)
-        self.assertEqual(gaps, sorted(gaps))
 
     @inlineAsync
     async def test_buddy_dying_at_start_up_is_given_up_on(self):
