@@ -38,7 +38,8 @@ import grpc
 
 from snstwist.cluster import isServer
 
-from run import clusterSecret, probeLogin, until  # benchmarks/run.py, beside this file
+# benchmarks/run.py, beside this file
+from run import clusterSecret, probeLogin, secureChannel, until, useTLS
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -79,7 +80,7 @@ class Cluster:
 
     def channel(self, address):
         if address not in self.channels:
-            self.channels[address] = grpc.insecure_channel(address)
+            self.channels[address] = secureChannel(address)
         return self.channels[address]
 
     def status(self):
@@ -178,6 +179,7 @@ def main():
     args = parser.parse_args()
 
     base = tempfile.mkdtemp(prefix="sns-failover-")
+    useTLS(base, os.environ)
     cluster = Cluster(base)
     served, paired, replaced = [], [], []
     try:

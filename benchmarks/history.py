@@ -41,7 +41,8 @@ import subprocess
 import sys
 import time
 
-from run import ENV, PASSWORD, PY, ROOT, killLeft, machine, pidAlive, rssKB, until
+from run import (ENV, PASSWORD, PY, ROOT, killLeft, machine, pidAlive, rssKB, secureChannel,
+                 until, useTLS)
 
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 SECRET = "history-benchmark-secret-0123456789"
@@ -60,6 +61,7 @@ class Bench:
         self.args = args
         self.work = os.path.abspath(args.work)
         self.env = dict(ENV, SNS_SECRET=SECRET, SNS_LOOP_LAG_MS="20")
+        useTLS(self.work, self.env)
         self.procs = []
         self.channels = {}
         self.results = {"meta": machine("history", sys.argv), "posts": args.posts,
@@ -127,9 +129,8 @@ class Bench:
         return p, address
 
     def channel(self, address):
-        import grpc
         if address not in self.channels:
-            self.channels[address] = grpc.insecure_channel(address, options=[
+            self.channels[address] = secureChannel(address, options=[
                 ("grpc.initial_reconnect_backoff_ms", 20),
                 ("grpc.min_reconnect_backoff_ms", 20),
                 ("grpc.max_reconnect_backoff_ms", 100)])

@@ -275,6 +275,28 @@ def probeLogin(stub, user, tokens):
                metadata=auth.sessionMetadata(tokens[user]))
 
 
+def useTLS(work, env):
+    """
+    A CA and certificate in WORK/tls for every cluster of the run, in $SNS_TLS_*
+    of C{env} and of this process (sns-cluster, load generators and our own
+    channels use them).
+    """
+    from snstwist.certs import ensureClusterCerts
+    ca, cert, key = ensureClusterCerts(os.path.join(work, "tls"))
+    for e in (env, os.environ):
+        e.update(SNS_TLS_CA=ca, SNS_TLS_CERT=cert, SNS_TLS_KEY=key)
+
+
+def secureChannel(address, options=()):
+    """A blocking channel to a process of the cluster, over TLS (our CA)."""
+    import grpc
+
+    from snstwist import grpcbridge
+    return grpc.secure_channel(address, grpcbridge.defaultTLS().channelCredentials(),
+                               options=list(options) + [
+                                   ("grpc.ssl_target_name_override", grpcbridge.CLUSTER_NAME)])
+
+
 def clusterSecret(base):
     """Metadata proving we know the secret sns-cluster wrote to BASE/secret."""
     from snstwist import auth
@@ -310,9 +332,8 @@ class Cluster:
         return self
 
     def channel(self, address):
-        import grpc
         if address not in self.channels:
-            self.channels[address] = grpc.insecure_channel(address, options=[
+            self.channels[address] = secureChannel(address, options=[
                 ("grpc.initial_reconnect_backoff_ms", 20),
                 ("grpc.min_reconnect_backoff_ms", 20),
                 ("grpc.max_reconnect_backoff_ms", 100)])
@@ -1158,6 +1179,7 @@ def main(argv=None):
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="sns-bench-")
+    useTLS(work, ENV)
     bench = Bench(MODES[mode], out, work, args.profile)
     bench.argv = sys.argv[1:] if argv is None else list(argv)
 

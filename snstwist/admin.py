@@ -4,13 +4,15 @@ C{sns-admin}: an operator's copies of a VM's data directory.
     sns-admin export --data DIR [--out FILE]
     sns-admin import --data DIR FILE [--origin NAME]
     sns-admin backup --data DIR --to DEST
+    sns-admin certs --dir DIR [--name NAME] [--host HOST]...
 
 C{export} writes the users, follows and posts of a data directory as JSON
 lines (the format is L{store.EXPORT_FORMAT}), streamed in constant memory.
 C{import} fills a new, empty data directory from such lines (bulk load, or a
 restore).  C{backup} copies the data directory of a running VM into a new
 directory, consistently, without stopping it: the copy is a data directory a
-server can start on.  The disk work itself is in L{store}.
+server can start on.  The disk work itself is in L{store}.  C{certs} makes
+the cluster's CA (once) and a certificate signed by it (L{certs}).
 """
 
 import hashlib
@@ -63,19 +65,48 @@ class BackupOptions(usage.Options):
             raise usage.UsageError("--data and --to are required")
 
 
+class CertsOptions(usage.Options):
+    synopsis = "--dir DIR [--name NAME] [--host HOST]..."
+    longdesc = ("Make the cluster's CA in DIR (ca.pem, ca.key) unless it is there, and a"
+                " certificate for one host of the cluster signed by it (NAME.pem, NAME.key)."
+                " Give every router and server of the host --tls-cert NAME.pem --tls-key"
+                " NAME.key --tls-ca ca.pem, and clients --tls-ca ca.pem.  Keep ca.key off"
+                " the cluster's hosts.")
+    optParameters = [
+        ["dir", "d", None, "directory of the CA and the certificates"],
+        ["name", "n", "node", "file name of the certificate and key"],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["hosts"] = []
+
+    def opt_host(self, host):
+        """a host name or address of the process (repeat for several)"""
+        self["hosts"].append(host)
+
+    def postOptions(self):
+        from snstwist.model import USERNAME
+        if not self["dir"]:
+            raise usage.UsageError("--dir is required")
+        if not USERNAME.match(self["name"]):
+            raise usage.UsageError("--name is 1-32 of A-Z a-z 0-9 _ . -")
+
+
 class Options(usage.Options):
-    synopsis = "export|import|backup [options]"
+    synopsis = "export|import|backup|certs [options]"
     longdesc = "Export, import and back up the data directory of an snstwist VM.\n\n" + \
         store.EXPORT_FORMAT
     subCommands = [
         ["export", None, ExportOptions, "write users, follows and posts as JSON lines"],
         ["import", None, ImportOptions, "fill an empty data directory from JSON lines"],
         ["backup", None, BackupOptions, "copy a running VM's data directory consistently"],
+        ["certs", None, CertsOptions, "make the cluster's CA and a certificate for a host"],
     ]
 
     def postOptions(self):
         if self.subCommand is None:
-            raise usage.UsageError("say export, import or backup")
+            raise usage.UsageError("say export, import, backup or certs")
 
 
 def fileOrigin(path):
@@ -114,6 +145,18 @@ def backup(config, stderr):
                  % (config["data"], config["to"], files, size))
 
 
+def makeCerts(config, stdout):
+    from snstwist import certs
+    directory = config["dir"]
+    ca = os.path.join(directory, "ca.pem")
+    if not os.path.exists(ca):
+        certs.makeCA(directory)
+        stdout.write(b"made the cluster's CA: %s (keep ca.key secret)\n" % (ca.encode(),))
+    cert, key = certs.makeNode(directory, config["name"], config["hosts"])
+    stdout.write(b"made %s and %s: --tls-cert %s --tls-key %s --tls-ca %s\n"
+                 % tuple(p.encode() for p in (cert, key, cert, key, ca)))
+
+
 def main(argv=None, stdout=None, stderr=None):
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr
@@ -129,6 +172,8 @@ def main(argv=None, stdout=None, stderr=None):
             export(sub, stdout)
         elif config.subCommand == "import":
             import_(sub, stderr)
+        elif config.subCommand == "certs":
+            makeCerts(sub, stdout)
         else:
             backup(sub, stderr)
     except BrokenPipeError:

@@ -27,7 +27,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python import usage
 from zope.interface import implementer
 
-from snstwist import errors
+from snstwist import errors, grpcbridge
+from snstwist.commandline import INSECURE_FLAG, TLS_CA_OPTION
 from snstwist.errors import RemoteError, Status
 from snstwist.client import Client, ClusterUnreachable, CommandFailed, InvalidPassword
 from snstwist.model import MAX_PASSWORD_CHARS, USERNAME, checkUsername, excerpt
@@ -107,23 +108,27 @@ def readPassword(path, environ, stdin, ask=getpass.getpass):
 
 
 class Options(usage.Options):
-    synopsis = "--router HOST:PORT[,HOST:PORT] --user NAME [--password-file FILE]"
+    synopsis = ("--router HOST:PORT[,HOST:PORT] --user NAME --tls-ca FILE"
+                " [--password-file FILE]")
     optParameters = [
         ["router", "r", None, "Router address(es), comma-separated."],
         ["user", "u", None, "Your username: 1-32 of A-Z a-z 0-9 _ . -"],
         ["password-file", None, None,
          "File whose first line is your password (default: $SNS_PASSWORD,"
          " else asked on the terminal)."],
+        TLS_CA_OPTION,
     ]
+    optFlags = [INSECURE_FLAG]
 
     def postOptions(self):
-        from snstwist.commandline import installReactor, parseRouters
+        from snstwist.commandline import installReactor, parseRouters, readTLS
         if not self["router"] or not self["user"]:
             raise usage.UsageError("both --router and --user are required")
         self["router"] = parseRouters(self["router"])
         if not USERNAME.match(self["user"]):
             raise usage.UsageError("invalid username %s: use 1-32 of A-Z a-z 0-9 _ . -"
                                    % (excerpt(self["user"]),))
+        self["tls"], _ = readTLS(self, server=False)
         self["password"] = readPassword(self["password-file"], os.environ, sys.stdin)
         installReactor()
 
@@ -359,6 +364,7 @@ def _echo(on):
 
 
 async def run(reactor, options):
+    grpcbridge.useTLS(options["tls"])
     client = Client(options["router"], options["user"], options["password"], clock=reactor)
     cli = CommandLine(client, interactive=sys.stdin.isatty())
     stdio.StandardIO(cli, reactor=reactor)

@@ -7,6 +7,11 @@ data and logs under one directory; prints the router's address, the web
 address and a ready line once every VM has its master
 and its slave registered; stops every process it started on Ctrl-C or SIGTERM, waiting for
 each to exit (TERM, then KILL after L{ClusterService.killTime}).
+
+The cluster is encrypted too: unless $SNS_TLS_CA, $SNS_TLS_CERT and
+$SNS_TLS_KEY name the files to use, it makes a CA and a certificate in
+DIR/tls, and prints the CA's path for clients (C{--tls-ca}).  Its secret is
+random unless given, and written to DIR/secret.
 """
 
 import os
@@ -49,7 +54,7 @@ class ClusterService(MultiService):
     readyTimeout = 30.0
 
     def __init__(self, base, vms=3, routerListen="127.0.0.1:3410", secret=None,
-                 reactor=None, out=None, webListen=None, serverArgs=()):
+                 reactor=None, out=None, webListen=None, serverArgs=(), tlsFiles=None):
         MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
@@ -67,6 +72,9 @@ class ClusterService(MultiService):
         self.serverArgs = list(serverArgs)
         self.secret = secret or secrets.token_hex(32)
         self.secretFile = os.path.join(self.base, "secret")
+        self.tlsFiles = tlsFiles or _tlsFromEnvironment()
+        self.tls = None
+        self.tlsArgs = []
         self.out = out or self._print
         self.children = {}
         self.whenReady = defer.Deferred()
@@ -107,7 +115,8 @@ class ClusterService(MultiService):
     def startRouter(self):
         """Start the router (again, after it was killed)."""
         return self._spawn("router", twistdArgs(
-            os.path.join(self.base, "router.log"), "sns-router", "--listen", self.router))
+            os.path.join(self.base, "router.log"), "sns-router", "--listen", self.router,
+            *self.tlsArgs))
 
     def startVM(self, index):
         """
@@ -120,7 +129,7 @@ class ClusterService(MultiService):
         return self._spawn(vm, twistdArgs(
             os.path.join(vmdir, "server.log"), "sns-server",
             "--router", self.router, "--vm", vm, "--listen", self.vmListen(index),
-            "--data", os.path.join(vmdir, "data"), *self.serverArgs))
+            "--data", os.path.join(vmdir, "data"), *self.serverArgs, *self.tlsArgs))
 
     def _childEnded(self, child, reason):
         name = child.name
@@ -131,6 +140,13 @@ class ClusterService(MultiService):
     def startService(self):
         MultiService.startService(self)
         os.makedirs(self.base, exist_ok=True)
+        if self.tlsFiles is None:
+            from snstwist.certs import ensureClusterCerts
+            self.tlsFiles = ensureClusterCerts(os.path.join(self.base, "tls"),
+                                               ["127.0.0.1", "localhost"])
+        ca, cert, key = self.tlsFiles
+        self.tls = grpcbridge.TLS.load(ca, cert, key)
+        self.tlsArgs = ["--tls-ca", ca, "--tls-cert", cert, "--tls-key", key]
         # The secret, for an operator who adds or restarts a server by hand
         # (twistd sns-server --secret-file DIR/secret ...).
         fd = os.open(self.secretFile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -144,14 +160,15 @@ class ClusterService(MultiService):
         if self.web:
             self._spawn("web", twistdArgs(
                 os.path.join(self.base, "web.log"), "sns-web", "--router", self.router,
-                "--listen", self.web))
+                "--listen", self.web, *self.tlsArgs))
             self.out("sns-cluster: web timeline and dashboard at http://%s/ (and /cluster)"
                      % (self.web,))
+        self.out("sns-cluster: TLS everywhere; clients need --tls-ca %s" % (ca,))
         d = defer.ensureDeferred(self._waitReady())
         d.addCallbacks(self._ready, self._notReady)
 
     async def _waitReady(self):
-        channel = grpcbridge.channel(self.router)
+        channel = grpcbridge.channel(self.router, self.tls)
         stub = pbg.RouterStub(channel)
         deadline = self.reactor.seconds() + self.readyTimeout
         problem = None
@@ -187,8 +204,9 @@ class ClusterService(MultiService):
     def _ready(self, masters):
         if not self.whenReady.called:
             self.whenReady.callback(masters)
-        self.out("sns-cluster ready: router %s; %s" % (
-            self.router, ", ".join("%s %s" % kv for kv in sorted(masters.items()))))
+        self.out("sns-cluster ready: router %s; %s; clients: --tls-ca %s" % (
+            self.router, ", ".join("%s %s" % kv for kv in sorted(masters.items())),
+            self.tlsFiles[0]))
 
     def _notReady(self, failure):
         if not self.whenReady.called:
@@ -233,6 +251,12 @@ class ClusterService(MultiService):
                     _kill(pid, signal.SIGKILL)
                 return
             await deferLater(self.reactor, 0.02)
+
+
+def _tlsFromEnvironment():
+    """(ca, cert, key) from $SNS_TLS_CA, $SNS_TLS_CERT, $SNS_TLS_KEY, if all are set."""
+    files = tuple(os.environ.get(n) for n in ("SNS_TLS_CA", "SNS_TLS_CERT", "SNS_TLS_KEY"))
+    return tuple(os.path.abspath(f) for f in files) if all(files) else None
 
 
 def isServer(pid):

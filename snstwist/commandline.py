@@ -9,6 +9,7 @@ imports nothing of the cluster's own code, so that a client program does not
 load the server, buddy or cluster modules.
 """
 
+import os
 import sys
 
 from twisted.python import usage
@@ -86,3 +87,48 @@ def readSecret(path):
         return loadSecret(path)
     except MissingSecret as e:
         raise usage.UsageError(str(e))
+
+
+TLS_CA_OPTION = ["tls-ca", None, None,
+                 "The cluster's CA certificate, PEM (default: $SNS_TLS_CA;"
+                 " sns-cluster prints its path)."]
+TLS_SERVER_OPTIONS = [
+    ["tls-cert", None, None, "This process's certificate, PEM (default: $SNS_TLS_CERT)."],
+    ["tls-key", None, None, "Its private key, PEM (default: $SNS_TLS_KEY)."],
+    TLS_CA_OPTION,
+]
+INSECURE_FLAG = ["insecure", None, "No TLS: everything, the secret too, travels in clear."]
+
+HOW_TO_MAKE_CERTIFICATES = (
+    "make a CA and certificates with: sns-admin certs --dir DIR --host HOST"
+    " (sns-cluster makes its own and prints the CA's path)")
+
+
+def readTLS(options, server, environ=None):
+    """
+    The L{grpcbridge.TLS} the options (or $SNS_TLS_CA, $SNS_TLS_CERT,
+    $SNS_TLS_KEY) name, or None with C{--insecure}; a usage error saying how
+    to give them otherwise.  Returns (tls, the same choice as arguments for
+    a process started by this one).
+    """
+    from snstwist.grpcbridge import TLS
+    environ = os.environ if environ is None else environ
+    ca = options["tls-ca"] or environ.get("SNS_TLS_CA")
+    cert = key = None
+    if server:
+        cert = options["tls-cert"] or environ.get("SNS_TLS_CERT")
+        key = options["tls-key"] or environ.get("SNS_TLS_KEY")
+    if options["insecure"]:
+        return None, ["--insecure"]
+    if not ca or (server and not (cert and key)):
+        need = "--tls-cert, --tls-key and --tls-ca" if server else "--tls-ca FILE"
+        raise usage.UsageError("no TLS: give %s; %s; or --insecure to send everything in"
+                               " clear" % (need, HOW_TO_MAKE_CERTIFICATES))
+    try:
+        tls = TLS.load(ca, cert, key)
+    except OSError as e:
+        raise usage.UsageError("cannot read %s: %s" % (e.filename, e.strerror))
+    args = ["--tls-ca", os.path.abspath(ca)]
+    if server:
+        args += ["--tls-cert", os.path.abspath(cert), "--tls-key", os.path.abspath(key)]
+    return tls, args

@@ -22,6 +22,7 @@ import asyncio
 import os
 import socket
 
+import attrs
 import grpc
 import grpc.aio
 from google.protobuf import message_factory
@@ -102,9 +103,83 @@ async def awaitDeferred(d):
     return await d.asFuture(asyncio.get_running_loop())
 
 
-def channel(address):
-    """An insecure channel to C{address} with our bounds and quick reconnects."""
-    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+# Every certificate of a cluster's processes names this, and every channel
+# checks it instead of a host name: the cluster's own CA is what is trusted,
+# and it signs nothing but the cluster's processes.
+CLUSTER_NAME = "snstwist"
+
+
+@attrs.frozen
+class TLS:
+    """
+    The cluster's CA (PEM), and this process's certificate and key (PEM),
+    which clients do not have.  C{load} reads them from files.
+    """
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def load(cls, ca, cert=None, key=None):
+        def read(path):
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return cls(read(ca), read(cert), read(key))
+
+    @classmethod
+    def fromEnvironment(cls, environ=None):
+        """From $SNS_TLS_CA (and $SNS_TLS_CERT, $SNS_TLS_KEY), or None."""
+        environ = os.environ if environ is None else environ
+        if not environ.get("SNS_TLS_CA"):
+            return None
+        return cls.load(environ["SNS_TLS_CA"], environ.get("SNS_TLS_CERT") or None,
+                        environ.get("SNS_TLS_KEY") or None)
+
+    def channelCredentials(self):
+        # A process of the cluster shows its certificate when it calls.
+        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+    def serverCredentials(self):
+        if self.cert is None or self.key is None:
+            raise ValueError("serving TLS needs a certificate and its key")
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca)
+
+
+_DEFAULT = object()
+_tls = [_DEFAULT]
+
+
+def useTLS(tls):
+    """
+    The TLS of every channel and server of this process that is not given
+    its own: a L{TLS}, or None for plain text.  Until this is called, it is
+    L{TLS.fromEnvironment}.
+    """
+    _tls[0] = tls
+
+
+def defaultTLS():
+    if _tls[0] is _DEFAULT:
+        _tls[0] = TLS.fromEnvironment()
+    return _tls[0]
+
+
+def channel(address, tls=_DEFAULT):
+    """
+    A channel to C{address} with our bounds and quick reconnects: TLS,
+    checking the cluster's CA, unless C{tls} (or the process's default) is
+    None.
+    """
+    tls = defaultTLS() if tls is _DEFAULT else tls
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(
+        address, tls.channelCredentials(),
+        options=_CHANNEL_OPTIONS + [("grpc.ssl_target_name_override", CLUSTER_NAME)])
 
 
 def closeChannel(ch):
@@ -474,11 +549,12 @@ class GrpcServerService(Service):
 
     grace = 1.0
 
-    def __init__(self, listen, register, services=(), name="grpc"):
+    def __init__(self, listen, register, services=(), name="grpc", tls=_DEFAULT):
         self.listen = listen
         self.register = register
         self.services = tuple(services)
         self.name = name
+        self.tls = tls
         self.port = None
         self.server = None
         self.openStreams = set()
@@ -500,7 +576,13 @@ class GrpcServerService(Service):
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             self.services + (health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(self.listen)
+        tls = defaultTLS() if self.tls is _DEFAULT else self.tls
+        if tls is None:
+            log.warn("serving WITHOUT TLS on {listen}: everything travels in clear",
+                     listen=self.listen)
+            self.port = self.server.add_insecure_port(self.listen)
+        else:
+            self.port = self.server.add_secure_port(self.listen, tls.serverCredentials())
         self.started = deferredFromAwaitable(self.server.start())
         self.started.addCallback(lambda _: self.setHealth(True))
         self.started.addErrback(lambda f: log.failure("gRPC server failed to start", f))

@@ -217,7 +217,7 @@ class ServerService(MultiService):
 
     def __init__(self, vm, listen, routers, data, secret, role="master", master=None,
                  masterPid=0, logfile=None, clock=None, metricsListen=None, hasher=None,
-                 postRate=None):
+                 postRate=None, tlsArgs=()):
         MultiService.__init__(self)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -242,6 +242,7 @@ class ServerService(MultiService):
         self.logins = TokenBuckets(clock, model.LOGINS_PER_ADDRESS_RATE,
                                    model.LOGINS_PER_ADDRESS_BURST, "logins from one address")
         self.postRate = postRate
+        self.tlsArgs = list(tlsArgs)
         rate = postRate or model.POSTS_PER_USER_RATE
         self.posts = TokenBuckets(clock, rate, rate * model.POSTS_PER_USER_BURST_SECONDS,
                                   "posts by one user")
@@ -444,6 +445,7 @@ class ServerService(MultiService):
             args += ["--metrics", self.metricsListen.rsplit(":", 1)[0] + ":0"]
         if self.postRate:
             args += ["--posts-per-second", repr(self.postRate)]
+        args += self.tlsArgs
         env = dict(os.environ, SNS_SECRET=self.secret, GRPC_ENABLE_FORK_SUPPORT="0")
         return buddy.BuddyCommand(sys.executable, tuple(args), env)
 

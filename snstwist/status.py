@@ -20,7 +20,7 @@ from twisted.python import usage
 from snstwist import auth, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
-from snstwist.commandline import SECRET_OPTION
+from snstwist.commandline import INSECURE_FLAG, SECRET_OPTION, TLS_CA_OPTION
 
 COLUMNS = ("VM", "ROLE", "ADDRESS", "PID", "CLIENTS", "UPDATES", "LAG", "SEEN")
 
@@ -67,14 +67,22 @@ def streamTrouble(vm, peers, refused):
 
 
 class Options(usage.Options):
-    """The options of an operator's command: the router, and the cluster's secret."""
+    """
+    The options of an operator's command: the router, the cluster's secret
+    and its CA.
+    """
 
-    optParameters = [["router", "r", "127.0.0.1:3410", "Router address."], SECRET_OPTION]
+    optParameters = [["router", "r", "127.0.0.1:3410", "Router address."], SECRET_OPTION,
+                     TLS_CA_OPTION]
+    optFlags = [INSECURE_FLAG]
 
     def postOptions(self):
-        from snstwist.commandline import installReactor, parseAddress, readSecret
+        from snstwist import grpcbridge
+        from snstwist.commandline import installReactor, parseAddress, readSecret, readTLS
         self["router"] = parseAddress(self["router"], "--router")
         self["secret"] = readSecret(self["secret-file"])
+        self["tls"], _ = readTLS(self, server=False)
+        grpcbridge.useTLS(self["tls"])
         installReactor()
 
 

@@ -18,8 +18,9 @@ from types import SimpleNamespace
 from twisted.python import usage
 
 from snstwist.cluster import ClusterOptions
-from snstwist.commandline import (SECRET_OPTION, installReactor, parseAddress, parseRouters,
-                                  readSecret)
+from snstwist.commandline import (INSECURE_FLAG, SECRET_OPTION, TLS_SERVER_OPTIONS,
+                                  installReactor, parseAddress, parseRouters, readSecret,
+                                  readTLS)
 from snstwist.model import POSTS_PER_USER_RATE, checkUsername
 
 
@@ -28,14 +29,17 @@ class _Common(usage.Options):
         SECRET_OPTION,
         ["metrics", None, None,
          "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port)."],
-    ]
+    ] + TLS_SERVER_OPTIONS
+    optFlags = [INSECURE_FLAG]
 
     def postOptions(self):
         if self["metrics"]:
             self["metrics"] = parseAddress(self["metrics"], "--metrics")
-        # Refuse to start without a secret: checked here, before twistd
-        # daemonizes, so that the sentence reaches the operator.
+        # Refuse to start without a secret, or without TLS unless told:
+        # checked here, before twistd daemonizes, so that the sentence
+        # reaches the operator.
         self["secret"] = readSecret(self["secret-file"])
+        self["tls"], self["tlsArgs"] = readTLS(self, server=True)
         installReactor()
 
     def secret(self):
@@ -115,8 +119,10 @@ class WebOptions(_Common):
 def makeWebService(options):
     from twisted.internet import reactor
 
+    from snstwist import grpcbridge
     from snstwist.web.app import WebService
     from snstwist.web.people import clientFactory
+    grpcbridge.useTLS(options["tls"])
     return _withMetrics(WebService(options["listen"], options["router"], options.secret(),
                                    clientFactory(options["router"], reactor), reactor),
                         options)
@@ -130,17 +136,22 @@ def _withMetrics(service, options):
 
 
 def makeRouterService(options):
+    from snstwist import grpcbridge
     from snstwist.router import RouterService
+    grpcbridge.useTLS(options["tls"])
     return _withMetrics(RouterService(options["listen"], options.secret()), options)
 
 
 def makeServerService(options):
+    from snstwist import grpcbridge
     from snstwist.server import ServerService
+    grpcbridge.useTLS(options["tls"])
     return _withMetrics(ServerService(
         options["vm"], options["listen"], options["router"], options["data"],
         options.secret(), role=options["role"], master=options["buddy"],
         masterPid=options["buddy-pid"], logfile=options["logfile"],
-        metricsListen=options["metrics"], postRate=options["posts-per-second"]), options)
+        metricsListen=options["metrics"], postRate=options["posts-per-second"],
+        tlsArgs=options["tlsArgs"]), options)
 
 
 def makeClusterService(options):

@@ -23,3 +23,21 @@ settings.load_profile(os.environ.get("SNS_HYPOTHESIS_PROFILE", "ci"))
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+
+def _testCertificates():
+    """
+    One CA and certificate for the whole run, in $SNS_TLS_*: every router,
+    server, sns-cluster and client the tests start uses TLS with them, as
+    this process's own channels and servers do (grpcbridge's default).
+    """
+    if os.environ.get("SNS_TLS_CA"):
+        return
+    import tempfile
+
+    from snstwist.certs import ensureClusterCerts
+    ca, cert, key = ensureClusterCerts(tempfile.mkdtemp(prefix="snstwist-test-tls-"))
+    os.environ.update(SNS_TLS_CA=ca, SNS_TLS_CERT=cert, SNS_TLS_KEY=key)
+
+
+_testCertificates()

@@ -162,11 +162,12 @@ async def routerStatus(address, channel=None, secret=SECRET):
 class Cluster:
     """A running C{sns-cluster}, as a new user starts it."""
 
-    def __init__(self, testCase, vms=2, web=False, postsPerSecond=None):
+    def __init__(self, testCase, vms=2, web=False, postsPerSecond=None, secret=SECRET):
         self.testCase = testCase
         self.vms = vms
         self.withWeb = web
         self.postsPerSecond = postsPerSecond
+        self.secret = secret
         self.base = os.path.abspath(testCase.mktemp())
         self.router = None
         self.web = None
@@ -181,7 +182,8 @@ class Cluster:
         self.process = spawn(self.testCase, [
             "-m", "snstwist.cluster", "--dir", self.base, "--vms", str(self.vms),
             "--router", "127.0.0.1:0", "--web", "127.0.0.1:0" if self.withWeb else ""] + (
-                ["--posts-per-second", str(self.postsPerSecond)] if self.postsPerSecond else []))
+                ["--posts-per-second", str(self.postsPerSecond)] if self.postsPerSecond else []),
+            env=childEnv(SNS_SECRET=self.secret))
         await self.process.waitFor("sns-cluster ready")
         for line in self.process.lines:
             if line.startswith("sns-cluster ready: router "):
@@ -192,12 +194,12 @@ class Cluster:
         # should not fail a test on connection set-up.
         self.channel = grpcbridge.channel(self.router)
         self.testCase.addCleanup(lambda: grpcbridge.closeChannel(self.channel))
-        status = await routerStatus(self.router, self.channel)
+        status = await routerStatus(self.router, self.channel, self.secret)
         self.pids.update(s.pid for s in status.servers)
         return self
 
     async def status(self):
-        status = await routerStatus(self.router, self.channel)
+        status = await routerStatus(self.router, self.channel, self.secret)
         self.pids.update(s.pid for s in status.servers)
         return status
 

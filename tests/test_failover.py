@@ -228,8 +228,10 @@ class SlowReaderTests(unittest.TestCase):
 
         # Without BDP probing the flow-control window stays small, so what
         # the client does not read backs up into the server's queue soon.
-        channel = grpc.aio.insecure_channel(master.address,
-                                            options=[("grpc.http2.bdp_probe", 0)])
+        channel = grpc.aio.secure_channel(
+            master.address, grpcbridge.defaultTLS().channelCredentials(),
+            options=[("grpc.http2.bdp_probe", 0),
+                     ("grpc.ssl_target_name_override", grpcbridge.CLUSTER_NAME)])
         self.addCleanup(lambda: grpcbridge.closeChannel(channel))
         stub = pbg.SNSStub(channel)
         login = await grpcbridge.call(stub.Login,

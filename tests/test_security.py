@@ -5,12 +5,13 @@ that need the cluster's secret, no fake peer, no fake master, no logging in
 as someone else, no token that outlives a password change.
 """
 
+import io
 import os
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from snstwist import auth, errors, grpcbridge
+from snstwist import auth, certs, errors, grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.client import Client, InvalidPassword
@@ -67,6 +68,71 @@ class NoDefaultSecretTests(unittest.TestCase):
         child = spawn(self, TWISTD + ["sns-router", "--listen", "127.0.0.1:0"], env=env)
         self.assertNotEqual(await child.ended, 0)
         self.assertIn("at least 16", child.text + child.err.decode())
+
+
+def withoutTLS():
+    env = childEnv()
+    for name in ("SNS_TLS_CA", "SNS_TLS_CERT", "SNS_TLS_KEY"):
+        del env[name]
+    return env
+
+
+class TLSTests(unittest.TestCase):
+    timeout = 120
+
+    @inlineAsync
+    async def test_a_router_without_tls_refuses_to_start_and_says_how_to_get_it(self):
+        child = spawn(self, TWISTD + ["sns-router", "--listen", "127.0.0.1:0"],
+                      env=withoutTLS())
+        self.assertNotEqual(await child.ended, 0)
+        said = child.text + child.err.decode()
+        for words in ("--tls-cert", "sns-admin certs", "--insecure"):
+            self.assertIn(words, said)
+
+    @inlineAsync
+    async def test_sns_client_without_the_ca_says_how_to_give_it(self):
+        child = spawn(self, ["-m", "snstwist.cli", "-r", "127.0.0.1:1", "-u", "alice"],
+                      env=withoutTLS())
+        self.assertEqual(await child.ended, 2)
+        self.assertIn("--tls-ca", child.err.decode())
+
+    @inlineAsync
+    async def test_nobody_talks_to_the_cluster_in_clear_or_without_trusting_its_ca(self):
+        """
+        A plain-text channel, or one that trusts another CA, gets no answer
+        from the router: the connection itself fails (UNAVAILABLE).
+        """
+        cluster = await Cluster(self, vms=1).start()
+        other = os.path.abspath(self.mktemp())
+        otherCA, _ = certs.makeCA(other)
+        for tls in (None, grpcbridge.TLS.load(otherCA)):
+            channel = grpcbridge.channel(cluster.router, tls)
+            self.addCleanup(grpcbridge.closeChannel, channel)
+            e = await refusal(grpcbridge.call(
+                pbg.RouterStub(channel).Status, pb.StatusRequest(), timeout=10,
+                metadata=auth.secretMetadata(SECRET)))
+            self.assertEqual(e.status, errors.Status.UNAVAILABLE)
+
+    def test_sns_admin_certs_makes_a_ca_and_a_certificate_it_signed(self):
+        from cryptography import x509
+
+        from snstwist import admin
+        directory = os.path.abspath(self.mktemp())
+        out = io.BytesIO()
+        self.assertEqual(admin.main(["certs", "--dir", directory, "--name", "vm1",
+                                     "--host", "10.0.0.11", "--host", "vm1.example"],
+                                    stdout=out), 0)
+        self.assertIn(b"--tls-cert", out.getvalue())
+        with open(os.path.join(directory, "ca.pem"), "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+        with open(os.path.join(directory, "vm1.pem"), "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        cert.verify_directly_issued_by(ca)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertIn(grpcbridge.CLUSTER_NAME, names.get_values_for_type(x509.DNSName))
+        self.assertIn("vm1.example", names.get_values_for_type(x509.DNSName))
+        self.assertEqual(os.stat(os.path.join(directory, "vm1.key")).st_mode & 0o077, 0)
+        self.assertEqual(os.stat(os.path.join(directory, "ca.key")).st_mode & 0o077, 0)
 
 
 class ClusterAttackTests(unittest.TestCase):
