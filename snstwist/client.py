@@ -201,16 +201,20 @@ class Client:
     A user of the cluster, who logs in with C{password} (the first login of
     a name creates the account with it).  C{onReconnect(address)} is called
     when a failover starts; C{onPost(post)} with each timeline post, once,
-    in order.
+    in order.  C{tls} (a L{grpcbridge.TLS}: the cluster's CA) secures its
+    channels; by default, the process's (L{grpcbridge.useTLS}, else
+    $SNS_TLS_CA).
     """
 
-    def __init__(self, routers, user, password, clock=None, onReconnect=None, onPost=None):
+    def __init__(self, routers, user, password, clock=None, onReconnect=None, onPost=None,
+                 tls=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
         self.routers = list(routers)
         self.user = user
         self.password = password
+        self.tls = tls
         self._renewal = None
         self._changing = False
         self.onReconnect = onReconnect or (lambda address: None)
@@ -238,7 +242,7 @@ class Client:
         request = pb.MasterRequest(user=self.user, exclude_vms=sorted(exclude))
         problems = []
         for address in self.routers:
-            channel = grpcbridge.channel(address)
+            channel = self._channel(address)
             try:
                 reply = await grpcbridge.call(pbg.RouterStub(channel).Onetime_c_to_r,
                                               request, timeout=CALL_TIMEOUT)
@@ -249,6 +253,11 @@ class Client:
                 await grpcbridge.closeChannel(channel)
         raise ClusterUnreachable("; ".join(problems))
 
+    def _channel(self, address):
+        if self.tls is None:
+            return grpcbridge.channel(address)
+        return grpcbridge.channel(address, self.tls)
+
     @staticmethod
     def _master(address):
         return Master(address.vm, address.address) if address.address else None
@@ -256,7 +265,7 @@ class Client:
     async def _login(self, master):
         if self.channel is not None:
             await grpcbridge.closeChannel(self.channel)
-        self.channel = grpcbridge.channel(master.address)
+        self.channel = self._channel(master.address)
         self.stub = pbg.SNSStub(self.channel)
         reply = None
         if self.token is not None:
