@@ -252,9 +252,9 @@ class AdminCommandTests(SynchronousTestCase):
         self.assertEqual((code, "not empty" in err), (1, True))
 
     def test_a_missing_subcommand_is_a_usage_error(self):
-        """Without export, import or backup, sns-admin prints its usage and exits 2."""
+        """Without export, import, backup or certs, sns-admin prints its usage and exits 2."""
         code, _, err = self.command()
-        self.assertEqual((code, "say export, import or backup" in err), (2, True))
+        self.assertEqual((code, "say export, import, backup or certs" in err), (2, True))
 
 
 class BackupTests(TestCase):
