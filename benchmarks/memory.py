@@ -31,6 +31,8 @@ import grpc
 import grpc.aio
 
 from failover import Cluster  # benchmarks/failover.py, beside this file
+from run import useTLS
+from snstwist import grpcbridge
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 from snstwist.auth import sessionMetadata
@@ -40,6 +42,13 @@ from snstwist.sessions import HEARTBEAT
 # One TCP connection per channel: channels to one address share a
 # connection otherwise.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def ownChannel(address):
+    """A TLS channel (the cluster's CA) on a connection of its own."""
+    return grpc.aio.secure_channel(
+        address, grpcbridge.defaultTLS().channelCredentials(),
+        options=OWN_CONNECTION + [("grpc.ssl_target_name_override", grpcbridge.CLUSTER_NAME)])
 PASSWORD = "benchmark password"
 
 
@@ -117,7 +126,7 @@ async def openSessions(address, users, prefix):
     """C{users} users with MAX_SESSIONS_PER_USER sessions each; (channels, sessions)."""
     channels, sessions = [], []
     for n in range(users):
-        channel = grpc.aio.insecure_channel(address, options=OWN_CONNECTION)
+        channel = ownChannel(address)
         channels.append(channel)
         stub = pbg.SNSStub(channel)
         reply = await login(stub, "%s%d" % (prefix, n))
@@ -142,7 +151,7 @@ async def measure(cluster, args):
     print("vm1 master pid %d at %s: idle %d KB, %d sockets" % (
         pid, address, out["idle"], sockets(pid)), flush=True)
 
-    channels = [grpc.aio.insecure_channel(address, options=OWN_CONNECTION)
+    channels = [ownChannel(address)
                 for _ in range(args.connections)]
     await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), 30) for c in channels))
     held = await settled(pid)
@@ -188,6 +197,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     base = tempfile.mkdtemp(prefix="sns-memory-")
+    useTLS(base, os.environ)
     cluster = Cluster(base)
     cluster.start()
     try:
