@@ -281,7 +281,7 @@ class StillAliveTests(SynchronousTestCase):
 
     def test_a_client_keeps_a_master_that_heartbeats(self):
         clock = Clock()
-        session = _Session(Client(["127.0.0.1:1"], "alice", clock=clock))
+        session = _Session(Client(["127.0.0.1:1"], "alice", "pw", clock=clock))
         stream = FakeStream()
         session.makeConnection(stream)
         for _ in range(40):
