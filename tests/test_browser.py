@@ -164,6 +164,27 @@ class TimelineTests(BrowserTestCase):
                              0)
 
 
+def signInWrongly(page, url, user):
+    page.goto(url)
+    page.fill("[data-sns=user]", user)
+    page.fill("[data-sns=password]", "not the secret of " + user)
+    page.click("[data-sns=signin]")
+    # The sign-in page again, this time with its message shown.
+    return page.wait_for_selector("[data-sns=flash]:not([hidden])").text_content()
+
+
+class PasswordTests(BrowserTestCase):
+    @inlineAsync
+    async def test_a_wrong_password_is_refused_in_the_clis_words(self):
+        """The first sign-in made the account; a wrong password is refused."""
+        await self.start()
+        await self.page("carol")
+        intruder = await self.page()
+        flash = await self.browser.run(signInWrongly, intruder, self.url, "carol")
+        self.assertEqual(flash, "Command failed with invalid password")
+        self.assertEqual(await self.browser.run(count, intruder, "[data-sns=me]"), 0)
+
+
 class DashboardTests(BrowserTestCase):
     @inlineAsync
     async def test_the_dashboard_shows_a_master_kill_the_promotion_and_the_new_slave(self):

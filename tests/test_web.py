@@ -17,7 +17,7 @@ from twisted.web.http_headers import Headers
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
-from snstwist.client import CommandFailed
+from snstwist.client import CommandFailed, InvalidPassword
 from snstwist.model import Post
 from snstwist.web import app, dashboard, live, people
 from snstwist import sns_pb2_grpc as pbg
@@ -30,13 +30,16 @@ class FakeClient:
 
     users = {"alice", "bob"}
 
-    def __init__(self, user):
+    def __init__(self, user, password=""):
         self.user = user
+        self.password = password
         self.onPost = self.onReconnect = None
         self.posts = []
         self.closed = False
 
     def connect(self):
+        if self.password == "wrong":
+            return defer.fail(InvalidPassword(errors.Status.UNAUTHENTICATED, "wrong password"))
         self.users.add(self.user)
         return defer.succeed(pb.LoginReply())
 
@@ -110,7 +113,7 @@ class WebTestCase(unittest.TestCase):
         self.clients = []
 
         def makeClient(user, password):
-            client = FakeClient(user)
+            client = FakeClient(user, password)
             self.clients.append(client)
             return client
 
@@ -223,6 +226,20 @@ class TimelineTests(WebTestCase):
         page = await b.get("/")
         self.assertIn("Command failed with invalid username", page.text)
         self.assertEqual(self.clients, [])
+
+    @inlineAsync
+    async def test_a_wrong_password_gets_the_clis_sentence_and_no_person(self):
+        b = self.browser()
+        await b.signIn("alice", "wrong")
+        page = await b.get("/")
+        self.assertIn("Command failed with invalid password", page.text)
+        self.assertIn('data-sns="signin"', page.text)
+        self.assertTrue(self.clients[0].closed)
+
+    @inlineAsync
+    async def test_the_password_reaches_the_client(self):
+        await self.browser().signIn("alice", "pass word")
+        self.assertEqual(self.clients[0].password, "pass word")
 
     @inlineAsync
     async def test_following_gets_the_clis_sentences(self):
