@@ -28,13 +28,16 @@ name it makes carries its token.  Needs root and the C{ip} command.
 """
 
 import errno
+import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 
 import attrs
+from twisted.internet import defer, protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
@@ -46,6 +49,8 @@ log = Logger()
 STATE = "/run/snstwist-netbed"
 SUBNETS = "10.213.%d"
 IP = shutil.which("ip") or "/usr/sbin/ip"
+IPTABLES = shutil.which("iptables") or "/usr/sbin/iptables"
+LAG_PORT = 7999  # below the ephemeral range, so no server's port
 
 
 class BedError(Exception):
@@ -67,6 +72,52 @@ def unavailable():
         return "cannot make a network namespace: %s" % (made.stderr.strip(),)
     subprocess.run([IP, "netns", "del", probe], capture_output=True)
     return None
+
+
+def lagUnavailable():
+    """Why the bed can not add latency here (a sentence), or None."""
+    if not os.path.exists(IPTABLES):
+        return "no iptables command (apt-get install iptables) for the lag proxies' REDIRECT"
+    return None
+
+
+@attrs.frozen
+class Lag:
+    """Latency, jitter (seconds) and loss (a probability) added into a host."""
+
+    delay: float = 0.0
+    jitter: float = 0.0
+    loss: float = 0.0
+
+    def __str__(self):
+        return "%.0f ms + up to %.0f ms, %.0f%% loss" % (
+            self.delay * 1000, self.jitter * 1000, self.loss * 100)
+
+
+class _LagProcess(protocol.ProcessProtocol):
+    """A host's lag proxy, as the bed sees it."""
+
+    def __init__(self):
+        self.ready = defer.Deferred()
+        self.ended = defer.Deferred()
+        self.out = b""
+
+    @property
+    def pid(self):
+        return self.transport.pid
+
+    def outReceived(self, data):
+        self.out += data
+        if b"ready\n" in self.out and not self.ready.called:
+            self.ready.callback(None)
+
+    def processEnded(self, reason):
+        if not self.ready.called:
+            self.ready.errback(BedError("the lag proxy ended: %s" % (reason.getErrorMessage(),)))
+        self.ended.callback(None)
+
+    def set(self, lag):
+        self.transport.write((json.dumps(attrs.asdict(lag)) + "\n").encode())
 
 
 @attrs.frozen
@@ -96,7 +147,7 @@ class NetBed:
     is killed by L{destroy} if it is still there.
     """
 
-    def __init__(self, names, reactor=None):
+    def __init__(self, names, reactor=None, lag=False):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -109,15 +160,15 @@ class NetBed:
         self.cuts = set()
         self.partitions = set()
         self.processes = []
+        self.lag = lag
+        self.proxies = {}
+        self.slowed = set()
 
     # -- making and unmaking
 
     async def _ip(self, *args, netns=None, check=True):
         argv = (["-n", netns] if netns else []) + list(args)
-        out, err, code = await getProcessOutputAndValue(IP, argv, env=os.environ)
-        if code != 0 and check:
-            raise BedError("ip %s: %s" % (" ".join(argv), err.decode("utf-8", "replace").strip()))
-        return out.decode("utf-8", "replace")
+        return await _run(IP, argv, check)
 
     def _claimSubnet(self):
         """Take a /24 no other live bed holds: the claim file is the lock."""
@@ -160,7 +211,7 @@ class NetBed:
         for netns in (await self._ip("netns", "list")).split("\n"):
             netns = netns.split(" ")[0]
             if netns.startswith("snsbed-%s-" % (token,)):
-                await _killIn(self.reactor, netns)
+                await killIn(netns)
                 await self._ip("netns", "del", netns, check=False)
         # A namespace's own end of a veth goes when the kernel frees the
         # namespace, a little later: remove the pairs from our end now.
@@ -199,6 +250,20 @@ class NetBed:
         await self._ip("link", "set", inside, "name", "eth0", netns=host.netns)
         await self._ip("addr", "add", host.address + "/24", "dev", "eth0", netns=host.netns)
         await self._ip("link", "set", "eth0", "up", netns=host.netns)
+        if self.lag:
+            await self._addLag(host)
+
+    async def _addLag(self, host):
+        """Put a lag proxy in the path of every TCP connection into C{host}."""
+        why = lagUnavailable()
+        if why is not None:
+            raise BedError(why)
+        proxy = self.proxies[host.name] = _LagProcess()
+        self.spawn(host.name, proxy, [sys.executable, "-m", "snstwist.lagproxy",
+                                      "--port", str(LAG_PORT)])
+        await proxy.ready
+        await _run(IP, ["netns", "exec", host.netns, IPTABLES, "-t", "nat", "-A", "PREROUTING",
+                        "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(LAG_PORT)])
 
     async def destroy(self):
         """Kill what runs in the bed, remove its namespaces, links and claim."""
@@ -208,7 +273,7 @@ class NetBed:
         for host in self.hosts.values():
             # Processes the bed did not start itself (a VM's slave, a
             # promoted slave's new slave) are found by their namespace.
-            await _killIn(self.reactor, host.netns)
+            await killIn(host.netns)
         await self._unmake(self.token)
         if self.claim is not None:
             try:
@@ -236,6 +301,19 @@ class NetBed:
 
     def address(self, host):
         return self.hosts[host].address
+
+    async def pids(self, host):
+        """The processes in C{host}, but for the bed's own (its lag proxy)."""
+        own = {p.pid for p in self.proxies.values()}
+        return [pid for pid in await pidsIn(self.hosts[host].netns) if pid not in own]
+
+    async def kill(self, host):
+        """SIGKILL every process in C{host} but the bed's own: a host crash."""
+        for pid in await self.pids(host):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     # -- faults
 
@@ -269,22 +347,47 @@ class NetBed:
         self.cuts.discard(host)
         await self._ip("link", "set", self.hosts[host].link, "up")
 
+    async def slow(self, host, lag):
+        """Add C{lag} (a L{Lag}; None for none) to every connection into C{host}."""
+        if host not in self.proxies:
+            raise BedError("this bed was made without lag proxies")
+        if lag:
+            self.slowed.add(host)
+        else:
+            self.slowed.discard(host)
+        self.proxies[host].set(lag or Lag())
+
     async def heal(self):
-        """Undo every partition and cut."""
+        """Undo every partition, cut and slowness."""
         for a, b in sorted(self.partitions):
             await self.unpartition(a, b)
         for host in sorted(self.cuts):
             await self.reconnect(host)
+        for host in sorted(self.slowed):
+            await self.slow(host, None)
 
 
-async def _killIn(reactor, netns):
-    """SIGKILL every process in C{netns} (what `ip netns pids` lists)."""
+async def _run(executable, argv, check=True):
+    out, err, code = await getProcessOutputAndValue(executable, argv, env=os.environ)
+    if code != 0 and check:
+        raise BedError("%s %s: %s" % (os.path.basename(executable), " ".join(argv),
+                                      err.decode("utf-8", "replace").strip()))
+    return out.decode("utf-8", "replace")
+
+
+async def pidsIn(netns):
+    """The pids of the processes in C{netns} (what C{ip netns pids} lists)."""
     out, err, code = await getProcessOutputAndValue(IP, ["netns", "pids", netns],
                                                     env=os.environ)
-    for pid in out.decode().split():
+    return [int(pid) for pid in out.decode().split() if pid.isdigit()]
+
+
+async def killIn(netns):
+    """SIGKILL every process in C{netns}."""
+    for pid in await pidsIn(netns):
         try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
