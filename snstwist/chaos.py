@@ -35,7 +35,7 @@ import tempfile
 import time
 
 import attrs
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol, task, threads
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
@@ -70,8 +70,10 @@ class Worker:
         self.pause = pause
         self.out = out
         self.clients = {}
+        self.incarnations = {}
         self.writing = True
         self.loops = []
+        self.watch = None
 
     def emit(self, **event):
         self.out.write(json.dumps(event) + "\n")
@@ -79,9 +81,11 @@ class Worker:
 
     def _client(self, user, reader=False):
         from snstwist.client import Client
+        incarnation = self.incarnations[user] = self.incarnations.get(user, -1) + 1
 
         def shown(post):
-            self.emit(ev="shown", user=user, id=post.id, author=post.author, text=post.text)
+            self.emit(ev="shown", user=user, id=post.id, author=post.author, text=post.text,
+                      inc=incarnation)
 
         return Client(self.routers, user, self.reactor,
                       onReconnect=lambda address: self.emit(ev="reconnect", user=user,
@@ -117,6 +121,28 @@ class Worker:
                               self.clients[reader].timeline)
         self.emit(ev="ready")
         self.loops = [defer.ensureDeferred(self._write(user)) for user in self.posters]
+        self.watch = task.LoopingCall(self._watchReaders)
+        self.watch.clock = self.reactor
+        self.watch.start(1.0, now=False)
+
+    def _watchReaders(self):
+        """
+        A reader only reads: when its failover gives up (the cluster was out
+        of reach too long), nothing would ever bring it back.  Do what its
+        user would: start it again, as a returning reader.
+        """
+        for reader in self.readers:
+            client = self.clients[reader]
+            if client.closed or client.session is not None or client._failover is not None:
+                continue
+            self.emit(ev="gave-up", user=reader)
+            client.closed = True
+            defer.maybeDeferred(client.close).addErrback(lambda f: None)
+            fresh = self.clients[reader] = self._client(reader, True)
+            d = defer.ensureDeferred(self._until("%s comes back" % (reader,), fresh.connect))
+            d.addCallback(lambda _, fresh=fresh: fresh.timeline())
+            d.addErrback(lambda f, reader=reader: self.emit(
+                ev="error", why="%s could not come back: %s" % (reader, f.getErrorMessage())))
 
     async def _write(self, user):
         from snstwist.client import ClusterUnreachable, CommandFailed
@@ -156,13 +182,33 @@ class Worker:
                 self.emit(ev="ack", id=reply.id, copies=reply.copies, **event)
             await deferLater(self.reactor, self.random.uniform(0, 2 * self.pause), lambda: None)
 
+    finishTimeout = 60.0
+
     async def stopWriting(self):
+        """
+        Let each poster finish the command it has in flight.  One that is
+        still not answered after L{finishTimeout} (the cluster healed long
+        ago) is reported stuck, with its client's state.
+        """
         self.writing = False
-        await defer.DeferredList(self.loops)
-        self.emit(ev="writes-done")
+        waiting = defer.DeferredList(self.loops)
+        waiting.addTimeout(self.finishTimeout, self.reactor).addErrback(lambda f: None)
+        await waiting
+        stuck = {user: _state(self.clients[user]) for user, loop in zip(self.posters, self.loops)
+                 if not loop.called}
+        self.emit(ev="writes-done", stuck=stuck)
 
     async def close(self):
+        if self.watch is not None and self.watch.running:
+            self.watch.stop()
         await defer.DeferredList([defer.maybeDeferred(c.close) for c in self.clients.values()])
+
+
+def _state(client):
+    """What a client is doing, for a report."""
+    return {"master1": str(client.master1), "master2": str(client.master2),
+            "session": client.session is not None, "failover": client._failover is not None,
+            "epoch": client.epoch, "closed": client.closed}
 
 
 class _Commands(protocol.Protocol):
@@ -193,6 +239,10 @@ class _Commands(protocol.Protocol):
 
 async def work(reactor, options):
     from twisted.internet import stdio
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    if options["log"]:
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(open(options["log"], "a"))],
+                                         redirectStandardIO=False)
     follows = {}
     for item in options["follows"].split(";"):
         if item:
@@ -224,6 +274,7 @@ class WorkerOptions(usage.Options):
         ["follows", None, "", "reader:a,b;reader2:c  whom each reader follows."],
         ["seed", None, 0, "Random seed.", int],
         ["pause", None, 0.2, "Mean pause between a poster's commands (s).", float],
+        ["log", None, None, "Log file."],
     ]
 
     def postOptions(self):
@@ -288,6 +339,8 @@ class Record:
     failed: list = attrs.Factory(list)
     shown: list = attrs.Factory(list)
     reconnects: int = 0
+    gaveUp: int = 0
+    errors: list = attrs.Factory(list)
     ops: list = attrs.Factory(list)  # every follow/unfollow outcome, in order
 
     def event(self, event):
@@ -300,6 +353,10 @@ class Record:
             self.shown.append(event)
         elif kind == "reconnect":
             self.reconnects += 1
+        elif kind == "gave-up":
+            self.gaveUp += 1
+        elif kind == "error":
+            self.errors.append(event)
         if kind in ("ack", "fail") and event["op"] != "post":
             self.ops.append(event)
 
@@ -319,13 +376,17 @@ class Result:
     leaked: list
     converge: float
     reconnects: int
+    gaveUp: int
+    errors: list
+    stuck: dict
     shown: int
     minutes: float
 
     @property
     def ok(self):
         return not (self.lost or self.followsWrong or self.duplicates or self.missing
-                    or self.phantoms or self.vmsDiffer or self.leaked) and self.converge >= 0
+                    or self.phantoms or self.vmsDiffer or self.leaked
+                    or self.errors or self.stuck) and self.converge >= 0
 
     def table(self):
         rows = [("faults injected", "")]
@@ -339,10 +400,13 @@ class Result:
             ("posts shown on timelines", str(self.shown)),
             ("duplicates on screen", str(len(self.duplicates))),
             ("acknowledged posts never shown to a follower", str(len(self.missing))),
-            ("shown posts not in the files", str(len(self.phantoms))),
+            ("posts shown that are in no file", str(len(self.phantoms))),
             ("VMs that differ after healing", str(len(self.vmsDiffer))),
             ("processes leaked", str(len(self.leaked))),
+            ("errors in the clients' worker", str(len(self.errors))),
+            ("writers never answered after healing", str(len(self.stuck))),
             ("client failovers (Reconnecting)", str(self.reconnects)),
+            ("readers whose failover gave up (started again)", str(self.gaveUp)),
             ("time to converge after the last heal",
              "%.1f s" % (self.converge,) if self.converge >= 0 else "did not converge"),
         ]
@@ -378,11 +442,15 @@ class Chaos:
         self.worker = None
         self.down = set()      # "router" or VM names killed and not yet restarted
         self.stopped = set()   # pids SIGSTOPped and not yet continued
+        self.stuck = {}
         self.follows = {r: self.random.sample(self.posters, min(2, len(self.posters)))
                         for r in self.readers}
 
     def say(self, text, *args):
-        self.out("[%7.1fs] %s" % (self.reactor.seconds() - self.started, text % args))
+        line = "[%7.1fs] %s" % (self.reactor.seconds() - self.started, text % args)
+        self.out(line)
+        if getattr(self, "events", None) is not None:
+            self.events.write(json.dumps({"ev": "controller", "line": line}) + "\n")
 
     async def run(self):
         self.started = self.reactor.seconds()
@@ -404,31 +472,43 @@ class Chaos:
         self.cluster.startService()
         await self.cluster.whenReady.addTimeout(60, self.reactor)
         self.channel = grpcbridge.channel(self.cluster.router)
-        self.worker = WorkerProcess(self.record.event)
+        self.events = open(os.path.join(self.base, "events.jsonl"), "w")
+        self.worker = WorkerProcess(self._event)
         ready = self.worker.waitFor("ready", self.reactor, 120)
         self.net.spawn("clients", self.worker, [
             sys.executable, "-m", "snstwist.chaos", "worker", "--router", self.cluster.router,
             "--posters", ",".join(self.posters), "--readers", ",".join(self.readers),
             "--follows", ";".join("%s:%s" % (r, ",".join(f)) for r, f in self.follows.items()),
-            "--seed", str(self.seed), "--pause", str(self.pause)],
+            "--seed", str(self.seed), "--pause", str(self.pause),
+            "--log", os.path.join(self.base, "worker.log")],
             env=dict(os.environ, GRPC_VERBOSITY="ERROR", GRPC_ENABLE_FORK_SUPPORT="0",
                      PYTHONUNBUFFERED="1"))
         await ready
         self.say("cluster ready, %d posters and %d readers connected; faults for %.1f min",
                  len(self.posters), len(self.readers), self.minutes)
         end = self.reactor.seconds() + self.minutes * 60
-        while self.reactor.seconds() < end:
+        while True:
             await self._later(self.random.uniform(0.5, 3.0))
-            await self._fault(min(end - self.reactor.seconds(), self.random.uniform(1.0, 8.0)))
+            left = end - self.reactor.seconds()
+            if left < 0.5:
+                break
+            await self._fault(min(left, self.random.uniform(1.0, 8.0)))
         healed = await self._healAll()
         self.say("everything healed; stopping the writers")
         done = self.worker.waitFor("writes-done", self.reactor, 120)
         self.worker.send("stop")
-        await done
+        self.stuck = (await done)["stuck"]
+        if self.stuck:
+            self.say("writers still waiting for an answer: %s", self.stuck)
         converge = await self._converge(healed)
         self.say("converged %.1f s after the last heal" % (converge,) if converge >= 0
                  else "did NOT converge within %ds" % (self.convergeTimeout,))
         return await self._check(converge)
+
+    def _event(self, event):
+        event["at"] = round(self.reactor.seconds() - self.started, 3)
+        self.events.write(json.dumps(event) + "\n")
+        self.record.event(event)
 
     def _later(self, seconds):
         return deferLater(self.reactor, max(0.0, seconds), lambda: None)
@@ -563,17 +643,25 @@ class Chaos:
                 netbed.snapshot, os.path.join(self.base, vm, "data"))
         return out
 
-    def _postIds(self, snapshot):
-        ids = {}
+    def _posts(self, snapshot):
+        """
+        (author, text) of every post in the files.  A post is known by its
+        text (each poster's texts are unique), not by its id: a post whose
+        master died before it answered, retried on another VM, is stored
+        twice and shown once, as the earlier copy, whichever id the retry
+        was answered with.
+        """
+        posts = set()
         for data in snapshot["posts"].values():
             for line in data.decode("utf-8").splitlines():
                 record = json.loads(line)
-                ids[record["id"]] = (record["author"], record["text"])
-        return ids
+                posts.add((record["author"], record["text"]))
+        return posts
 
     def _lost(self, snapshot):
-        ids = self._postIds(snapshot)
-        return [a for a in self.record.acked if a["op"] == "post" and a["id"] not in ids]
+        posts = self._posts(snapshot)
+        return [a for a in self.record.acked
+                if a["op"] == "post" and (a["user"], a["text"]) not in posts]
 
     def _followsWrong(self, snapshot):
         last = {}
@@ -599,28 +687,31 @@ class Chaos:
         shown = self._shownBy()
         missing = []
         for reader, followees in self.follows.items():
-            ids = {e["id"] for e in shown.get(reader, ())}
-            missing += [(reader, a["id"]) for a in self.record.acked
-                        if a["op"] == "post" and a["user"] in followees and a["id"] not in ids]
+            seen = {(e["author"], e["text"]) for e in shown.get(reader, ())}
+            missing += [(reader, a["user"], a["text"]) for a in self.record.acked
+                        if a["op"] == "post" and a["user"] in followees
+                        and (a["user"], a["text"]) not in seen]
         return missing
 
     def _duplicates(self):
         duplicates = []
         for reader, events in self._shownBy().items():
+            # A reader started again (its failover gave up) is a new
+            # sns-client: it prints the recent history again, as it should.
             seen = set()
             texts = set()
             for e in events:
-                key = (e["author"], e["text"])
-                if e["id"] in seen or key in texts:
+                key = (e["inc"], e["author"], e["text"])
+                if (e["inc"], e["id"]) in seen or key in texts:
                     duplicates.append((reader, e["id"], e["author"], e["text"]))
-                seen.add(e["id"])
+                seen.add((e["inc"], e["id"]))
                 texts.add(key)
         return duplicates
 
     async def _check(self, converge):
         snapshots = self.snapshots
         first = snapshots[self.vmNames[0]]
-        ids = self._postIds(first)
+        posts = self._posts(first)
         self.worker.send("quit")
         await self.worker.ended.addTimeout(60, self.reactor)
         leaked = await self._stopEverything()
@@ -634,11 +725,14 @@ class Chaos:
             followsWrong=self._followsWrong(first),
             duplicates=self._duplicates(),
             missing=self._missing(),
-            phantoms=[e for e in self.record.shown if e["id"] not in ids],
+            phantoms=[e for e in self.record.shown if (e["author"], e["text"]) not in posts],
             vmsDiffer=[vm for vm, s in snapshots.items() if s != first],
             leaked=leaked,
             converge=converge,
             reconnects=self.record.reconnects,
+            gaveUp=self.record.gaveUp,
+            errors=self.record.errors,
+            stuck=self.stuck,
             shown=len(self.record.shown),
             minutes=self.minutes)
 
@@ -653,6 +747,9 @@ class Chaos:
         return leaked
 
     async def _teardown(self):
+        if getattr(self, "events", None) is not None:
+            self.events.close()
+            self.events = None
         if self.worker is not None and not self.worker.ended.called:
             buddy.fence(self.worker.pid)
         if self.cluster is not None and self.cluster.running:
@@ -735,11 +832,11 @@ async def chaos(reactor, options):
              options["readers"], time.time() - began))
     print(result.table())
     for name in ("lost", "followsWrong", "duplicates", "missing", "phantoms", "vmsDiffer",
-                 "leaked"):
+                 "leaked", "errors", "stuck"):
         items = getattr(result, name)
         if items:
             print("%s (%d), first ones:" % (name, len(items)))
-            for item in items[:10]:
+            for item in list(items.items() if isinstance(items, dict) else items)[:10]:
                 print("   ", item)
     print("sns-chaos: %s" % ("PASSED" if result.ok else "FAILED"))
     return 0 if result.ok else 1
