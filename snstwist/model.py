@@ -97,6 +97,9 @@ MAX_ECHO = 40
 # page only once the reader has taken most of the last, so it is never cut
 # off, however long.
 MAX_SESSION_QUEUE = 1000
+# Requests whose pushed copy a master remembers, so that a second copy of a
+# retried post is never pushed live (sessions.SessionHub.publish).
+PUSHED_MEMORY = 10000
 CATCH_UP_PAGE = 200
 
 # Sessions and connections.  A master holds at most this many live sessions

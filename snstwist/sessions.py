@@ -17,12 +17,15 @@ posts is cut off once its queue is full (the bound is in
 L{grpcbridge.Stream}), rather than allowed to grow this process's memory.
 """
 
+import collections
+
 from twisted.logger import Logger
 
 from snstwist import errors
 from snstwist import sns_pb2 as pb
 from snstwist.model import (CATCH_UP_PAGE, HISTORY, MAX_SESSION_QUEUE, MAX_SESSIONS_PER_ADDRESS,
-                            MAX_SESSIONS_PER_USER, checkCursor, checkHeartbeat)
+                            MAX_SESSIONS_PER_USER, PUSHED_MEMORY, checkCursor,
+                            checkHeartbeat)
 
 log = Logger()
 
@@ -73,6 +76,7 @@ class SessionHub:
         self.unsaved = {}
         self.saver = None
         self.beat = None
+        self.pushed = collections.OrderedDict()  # request -> id of the copy pushed
 
     def count(self):
         return sum(len(s) for s in self.sessions.values())
@@ -163,8 +167,10 @@ class SessionHub:
         replica = self.node.replica
         for update in updates:
             post = update.post
-            if post is None or not replica.shows(update):
-                # A second copy of a retried request is not shown.
+            if post is None or not replica.shows(update) or self._pushedOther(update):
+                # A second copy of a retried request is not shown: neither a
+                # later copy, nor an earlier one that arrives (from a VM that
+                # was cut off) after the later one was pushed.
                 continue
             message = None
             for user in (post.author, *replica.followerSet(post.author)):
@@ -185,6 +191,19 @@ class SessionHub:
                 session.live = False
                 self.remove(session)
                 session.stream.abort()
+
+    def _pushedOther(self, update):
+        """Was another copy of C{update}'s request pushed already?  Remember this one."""
+        request = update.request
+        if request is None:
+            return False
+        pushed = self.pushed.get(request)
+        if pushed is not None:
+            return pushed != update.id
+        self.pushed[request] = update.id
+        if len(self.pushed) > PUSHED_MEMORY:
+            self.pushed.popitem(last=False)
+        return False
 
     def closeAll(self):
         self.saveReadMarks()

@@ -12,6 +12,7 @@ from snstwist.replication import Node
 from snstwist.sessions import HEARTBEAT, TIMEOUT, SessionHub
 from snstwist.store import MemoryStore
 from tests.fakes import FakeStream
+from tests.strategies import postUpdate
 
 
 def sentPosts(stream):
@@ -516,3 +517,22 @@ class SessionCapTests(SynchronousTestCase):
         clock.advance(TIMEOUT + HEARTBEAT)
         session.connectionLost(None)
         self.assertEqual((hub.sessions, hub.addresses), ({}, {}))
+
+
+class RetriedPostShownOnceTests(SynchronousTestCase):
+    def test_an_earlier_copy_arriving_after_the_shown_one_is_not_pushed_again(self):
+        """
+        alice's post was stored on vm2 (its master died before answering)
+        and retried on vm3, whose copy reached bob's live timeline first;
+        when vm2's earlier copy arrives it replaces the shown one in the
+        files, but bob must not be shown the same post a second time.
+        """
+        clock, node, hub = makeHub(self)
+        self.successResultOf(node.durable(node.follow("bob", "alice", "f1")))
+        session, stream = openTimeline(hub, "bob")
+        now = int(clock.seconds() * 1e6)
+        first = postUpdate("vm2.a", 1, now + 1000, "alice", "hi", requestId="req-1")
+        retry = postUpdate("vm3.b", 1, now + 2000, "alice", "hi", requestId="req-1")
+        self.successResultOf(node.receive([retry]))
+        self.successResultOf(node.receive([first]))
+        self.assertEqual(sentPosts(stream), [("alice", "hi")])
