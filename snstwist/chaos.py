@@ -423,7 +423,7 @@ class Chaos:
     convergeTimeout = 180.0
 
     def __init__(self, reactor, minutes, vms=3, posters=4, readers=3, seed=None,
-                 base=None, lag=True, out=print, pause=0.2):
+                 base=None, lag=True, out=None, pause=0.2):
         self.reactor = reactor
         self.minutes = minutes
         self.vmNames = ["vm%d" % (i + 1,) for i in range(vms)]
@@ -433,7 +433,7 @@ class Chaos:
         self.random = random.Random(self.seed)
         self.base = base or tempfile.mkdtemp(prefix="sns-chaos-")
         self.lag = lag
-        self.out = out
+        self.out = out or (lambda line: print(line, flush=True))
         self.pause = pause
         self.faults = {}
         self.record = Record()
