@@ -35,7 +35,7 @@ import tempfile
 import time
 
 import attrs
-from twisted.internet import defer, protocol, task, threads
+from twisted.internet import defer, protocol, threads
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
@@ -73,7 +73,7 @@ class Worker:
         self.incarnations = {}
         self.writing = True
         self.loops = []
-        self.watch = None
+        self.closing = False
 
     def emit(self, **event):
         self.out.write(json.dumps(event) + "\n")
@@ -87,10 +87,13 @@ class Worker:
             self.emit(ev="shown", user=user, id=post.id, author=post.author, text=post.text,
                       inc=incarnation)
 
-        return Client(self.routers, user, self.reactor,
-                      onReconnect=lambda address: self.emit(ev="reconnect", user=user,
-                                                            to=address),
-                      onPost=shown if reader else None)
+        client = Client(self.routers, user, self.reactor,
+                        onReconnect=lambda address: self.emit(ev="reconnect", user=user,
+                                                              to=address),
+                        onPost=shown if reader else None)
+        if reader:
+            client.onLost = lambda error: self._readerLost(user, client, error)
+        return client
 
     async def _until(self, what, make):
         """Set-up steps happen before any fault, but the cluster may be busy."""
@@ -121,28 +124,22 @@ class Worker:
                               self.clients[reader].timeline)
         self.emit(ev="ready")
         self.loops = [defer.ensureDeferred(self._write(user)) for user in self.posters]
-        self.watch = task.LoopingCall(self._watchReaders)
-        self.watch.clock = self.reactor
-        self.watch.start(1.0, now=False)
 
-    def _watchReaders(self):
+    def _readerLost(self, reader, client, error):
         """
         A reader only reads: when its failover gives up (the cluster was out
-        of reach too long), nothing would ever bring it back.  Do what its
-        user would: start it again, as a returning reader.
+        of reach too long), nothing brings it back.  Do what its user would:
+        start it again, as a returning reader.
         """
-        for reader in self.readers:
-            client = self.clients[reader]
-            if client.closed or client.session is not None or client._failover is not None:
-                continue
-            self.emit(ev="gave-up", user=reader)
-            client.closed = True
-            defer.maybeDeferred(client.close).addErrback(lambda f: None)
-            fresh = self.clients[reader] = self._client(reader, True)
-            d = defer.ensureDeferred(self._until("%s comes back" % (reader,), fresh.connect))
-            d.addCallback(lambda _, fresh=fresh: fresh.timeline())
-            d.addErrback(lambda f, reader=reader: self.emit(
-                ev="error", why="%s could not come back: %s" % (reader, f.getErrorMessage())))
+        if client is not self.clients.get(reader) or self.closing:
+            return
+        self.emit(ev="gave-up", user=reader, why=str(error)[:200])
+        defer.maybeDeferred(client.close).addErrback(lambda f: None)
+        fresh = self.clients[reader] = self._client(reader, True)
+        d = defer.ensureDeferred(self._until("%s comes back" % (reader,), fresh.connect))
+        d.addCallback(lambda _: fresh.timeline())
+        d.addErrback(lambda f: self.emit(
+            ev="error", why="%s could not come back: %s" % (reader, f.getErrorMessage())))
 
     async def _write(self, user):
         from snstwist.client import ClusterUnreachable, CommandFailed
@@ -199,8 +196,7 @@ class Worker:
         self.emit(ev="writes-done", stuck=stuck)
 
     async def close(self):
-        if self.watch is not None and self.watch.running:
-            self.watch.stop()
+        self.closing = True
         await defer.DeferredList([defer.maybeDeferred(c.close) for c in self.clients.values()])
 
 
