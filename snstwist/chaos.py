@@ -375,6 +375,7 @@ class Result:
     gaveUp: int
     errors: list
     stuck: dict
+    stragglers: list
     shown: int
     minutes: float
 
@@ -383,6 +384,18 @@ class Result:
         return not (self.lost or self.followsWrong or self.duplicates or self.missing
                     or self.phantoms or self.vmsDiffer or self.leaked
                     or self.errors or self.stuck) and self.converge >= 0
+
+    def details(self):
+        """The first items of every check that found something, one a line."""
+        lines = []
+        for name in ("lost", "followsWrong", "duplicates", "missing", "phantoms", "vmsDiffer",
+                     "leaked", "stragglers", "errors", "stuck"):
+            items = getattr(self, name)
+            if items:
+                lines.append("%s (%d), first ones:" % (name, len(items)))
+                for item in list(items.items() if isinstance(items, dict) else items)[:10]:
+                    lines.append("    %s" % (item,))
+        return "\n".join(lines)
 
     def table(self):
         rows = [("faults injected", "")]
@@ -399,6 +412,7 @@ class Result:
             ("posts shown that are in no file", str(len(self.phantoms))),
             ("VMs that differ after healing", str(len(self.vmsDiffer))),
             ("processes leaked", str(len(self.leaked))),
+            ("  still exiting when the cluster's stop returned", str(len(self.stragglers))),
             ("errors in the clients' worker", str(len(self.errors))),
             ("writers never answered after healing", str(len(self.stuck))),
             ("client failovers (Reconnecting)", str(self.reconnects)),
@@ -439,6 +453,7 @@ class Chaos:
         self.down = set()      # "router" or VM names killed and not yet restarted
         self.stopped = set()   # pids SIGSTOPped and not yet continued
         self.stuck = {}
+        self.stragglers = []
         self.follows = {r: self.random.sample(self.posters, min(2, len(self.posters)))
                         for r in self.readers}
 
@@ -729,18 +744,37 @@ class Chaos:
             gaveUp=self.record.gaveUp,
             errors=self.record.errors,
             stuck=self.stuck,
+            stragglers=self.stragglers,
             shown=len(self.record.shown),
             minutes=self.minutes)
 
+    leakGrace = 10.0
+
     async def _stopEverything(self):
-        """Stop the cluster as sns-cluster stops; what is still in a host leaked."""
+        """
+        Stop the cluster as sns-cluster stops.  A process still in a host
+        when that returns is a straggler (noted, with what it is); one still
+        there L{leakGrace} seconds later leaked.
+        """
         if self.cluster is not None and self.cluster.running:
             await self.cluster.stopService()
-        leaked = []
+        self.stragglers = await self._left()
+        deadline = self.reactor.seconds() + self.leakGrace
+        left = self.stragglers
+        while left and self.reactor.seconds() < deadline:
+            await self._later(0.1)
+            left = await self._left()
+        if self.stragglers:
+            self.say("still running when the cluster's stop returned: %s", self.stragglers)
+        return left
+
+    async def _left(self):
+        left = []
         for host in self.net.hosts.values():
             for pid in await self.net.pids(host.name):
-                leaked.append((host.name, pid, _cmdline(pid)))
-        return leaked
+                if _alive(pid):
+                    left.append((host.name, pid, _cmdline(pid)))
+        return left
 
     async def _teardown(self):
         if getattr(self, "events", None) is not None:
@@ -827,13 +861,7 @@ async def chaos(reactor, options):
           % (options["minutes"], run.seed, options["vms"], options["posters"],
              options["readers"], time.time() - began))
     print(result.table())
-    for name in ("lost", "followsWrong", "duplicates", "missing", "phantoms", "vmsDiffer",
-                 "leaked", "errors", "stuck"):
-        items = getattr(result, name)
-        if items:
-            print("%s (%d), first ones:" % (name, len(items)))
-            for item in list(items.items() if isinstance(items, dict) else items)[:10]:
-                print("   ", item)
+    print(result.details())
     print("sns-chaos: %s" % ("PASSED" if result.ok else "FAILED"))
     return 0 if result.ok else 1
 

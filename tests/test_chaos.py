@@ -31,7 +31,7 @@ class ChaosRunTests(unittest.TestCase):
         run = chaos.Chaos(reactor, MINUTES, base=os.path.abspath(self.mktemp()),
                           lag=netbed.lagUnavailable() is None, out=lines.append)
         result = await run.run()
-        report = "\n".join(lines + [result.table()])
+        report = "\n".join(lines + [result.table(), result.details()])
         self.assertTrue(result.ok, report)
         self.assertGreater(sum(result.faults.values()), 0, report)
         self.assertGreater(result.acked, 0, report)
