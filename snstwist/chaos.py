@@ -87,7 +87,7 @@ class Worker:
             self.emit(ev="shown", user=user, id=post.id, author=post.author, text=post.text,
                       inc=incarnation)
 
-        client = Client(self.routers, user, self.reactor,
+        client = Client(self.routers, user, "chaos-%s" % (user,), self.reactor,
                         onReconnect=lambda address: self.emit(ev="reconnect", user=user,
                                                               to=address),
                         onPost=shown if reader else None)
