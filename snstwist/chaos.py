@@ -482,7 +482,7 @@ class Chaos:
         self.cluster = netbed.NetCluster(self.net, self.base, len(self.vmNames))
         self.cluster.startService()
         await self.cluster.whenReady.addTimeout(60, self.reactor)
-        self.channel = grpcbridge.channel(self.cluster.router)
+        self.channel = grpcbridge.channel(self.cluster.router, self.cluster.tls)
         self.events = open(os.path.join(self.base, "events.jsonl"), "w")
         self.worker = WorkerProcess(self._event)
         ready = self.worker.waitFor("ready", self.reactor, 120)
@@ -493,7 +493,7 @@ class Chaos:
             "--seed", str(self.seed), "--pause", str(self.pause),
             "--log", os.path.join(self.base, "worker.log")],
             env=dict(os.environ, GRPC_VERBOSITY="ERROR", GRPC_ENABLE_FORK_SUPPORT="0",
-                     PYTHONUNBUFFERED="1"))
+                     PYTHONUNBUFFERED="1", SNS_TLS_CA=self.cluster.tlsFiles[0]))
         await ready
         self.say("cluster ready, %d posters and %d readers connected; faults for %.1f min",
                  len(self.posters), len(self.readers), self.minutes)

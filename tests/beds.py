@@ -52,7 +52,7 @@ class Bed:
         self.cluster.startService()
         self.testCase.addCleanup(self.cluster.stopService)
         await self.cluster.whenReady.addTimeout(DEADLINE, reactor)
-        self.channel = grpcbridge.channel(self.cluster.router)
+        self.channel = grpcbridge.channel(self.cluster.router, self.cluster.tls)
         self.testCase.addCleanup(lambda: grpcbridge.closeChannel(self.channel))
         return self
 
