@@ -102,22 +102,41 @@ class Reconnects:
         if self.since is None:
             self.since = now
         self.attempts += 1
-        self.problem = problem
+        self._remember(problem)
         if now - self.since > self.deadline:
             attempts, since = self.attempts, self.since
+            cause = self.problem
             self.healthy()
-            raise ClusterUnreachable("gave up after %d attempts in %.0fs; last: %s"
-                                     % (attempts, now - since, _describe(problem)))
+            raise ClusterUnreachable("gave up after %d attempts in %.0fs; cause: %s"
+                                     % (attempts, now - since, _describe(cause)))
         return self.delay(self.attempts - 1)
 
     def unproven(self, problem):
         """A new session that has not worked yet: its loss continues the run."""
         if self.since is None:
             self.since = self.clock.seconds()
-        self.problem = problem
+        self._remember(problem)
+
+    def _remember(self, problem):
+        """
+        Keep the most telling cause of the run for the give-up line: gRPC
+        core sometimes reports a stream the server refused (a session cap,
+        say) as INTERNAL "Internal error from Core" when the client was
+        already writing on it, so such a report does not replace a cause
+        the server gave in words.
+        """
+        if not (_coreInternal(problem) and self.problem is not None):
+            self.problem = problem
 
     def healthy(self):
         self.since, self.attempts, self.problem = None, 0, None
+
+
+def _coreInternal(problem):
+    if isinstance(problem, Failure):
+        problem = problem.value
+    return (isinstance(problem, RemoteError) and problem.status is Status.INTERNAL
+            and "from Core" in problem.message)
 
 
 def _describe(problem):

@@ -201,6 +201,28 @@ class ReconnectsTests(SynchronousTestCase):
         self.assertIn("too many sessions", str(e))
         self.assertIn("gave up after", str(e))
 
+    def test_the_give_up_line_keeps_the_cause_the_server_gave_in_words(self):
+        """
+        gRPC core's INTERNAL "Internal error from Core" (a refused stream
+        racing the client's first write) does not replace a cause in words;
+        alone, it is still named.
+        """
+        from snstwist.errors import RemoteError, Status
+        core = RemoteError(Status.INTERNAL, "Internal error from Core")
+        clock = Clock()
+        policy = reconnects(clock)
+        policy.failed(core)
+        policy.failed(RemoteError(Status.RESOURCE_EXHAUSTED, "10 sessions open on this master"))
+        policy.failed(core)
+        clock.advance(16)
+        e = self.assertRaises(ClusterUnreachable, policy.failed, core)
+        self.assertIn("RESOURCE_EXHAUSTED: 10 sessions open on this master", str(e))
+        clock.advance(16)
+        policy.failed(core)
+        clock.advance(16)
+        e = self.assertRaises(ClusterUnreachable, policy.failed, core)
+        self.assertIn("INTERNAL: Internal error from Core", str(e))
+
     def test_a_working_session_ends_the_run(self):
         """healthy() starts the count afresh: the next failure waits the shortest time."""
         clock = Clock()

@@ -280,9 +280,16 @@ class VisibleStreamFailureTests(unittest.TestCase):
             run = spawn(self, ["-m", "snstwist.status", "-r", cluster.router],
                         env=childEnv())
             await run.ended
-            return [line for line in run.lines if line.startswith("vm1 -> vm9: ")] and run
+            # The stream to vm9 breaks again and again, and sns-status shows
+            # the last break.  gRPC sometimes reports a stream refused while
+            # the caller was already writing as INTERNAL "Internal error from
+            # Core" instead of the refusal (a race inside gRPC core, see
+            # docs/design.md "Not yet"), so wait for a break that carries
+            # vm9's own reason.
+            return [line for line in run.lines if line.startswith("vm1 -> vm9: ")
+                    and "vm9 refuses every replication stream" in line] and run
 
-        run = await waitUntil(troubleShown, "sns-status to show the failing stream")
+        run = await waitUntil(troubleShown, "sns-status to show the failing stream and why")
         [master] = [line.split() for line in run.lines
                     if line.startswith("vm1 ") and " master " in line]
         self.assertGreater(int(master[6]), 0, "LAG of vm1")
