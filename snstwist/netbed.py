@@ -130,14 +130,19 @@ class Host:
     link: str  # the bridge's end of its veth pair, in the bed's namespace
 
 
-def _pidAlive(pid):
+def pidAlive(pid):
+    """Whether process C{pid} runs; a zombie is dead for our purposes."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 class NetBed:
@@ -198,7 +203,7 @@ class NetBed:
                     pid, token = f.read().split()
             except (OSError, ValueError):
                 continue
-            if _pidAlive(int(pid)):
+            if pidAlive(int(pid)):
                 continue
             log.info("sweeping the test bed {token} of dead pid {pid}", token=token, pid=pid)
             await self._unmake(token)

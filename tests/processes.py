@@ -15,6 +15,7 @@ from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.task import deferLater
 
 from snstwist import auth, buddy, grpcbridge
+from snstwist.netbed import pidAlive  # noqa: F401  (the tests import it from here)
 from snstwist import sns_pb2 as pb
 from snstwist import sns_pb2_grpc as pbg
 
@@ -32,21 +33,6 @@ def childEnv(**extra):
                PYTHONUNBUFFERED="1", SNS_SECRET=SECRET, SNS_PASSWORD=PASSWORD)
     env.update(extra)
     return env
-
-
-def pidAlive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes.
-    try:
-        with open("/proc/%d/stat" % (pid,)) as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def killPid(pid, signum=signal.SIGKILL):
