@@ -31,7 +31,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc  # noqa: E402
 import grpc.aio  # noqa: E402
 
-from snstwist import sns_pb2 as pb  # noqa: E402
+from snstwist.rpc import sns_pb2 as pb  # noqa: E402
 
 METHOD = "/bench.Echo/Echo"
 OPTIONS = [("grpc.so_reuseport", 0)]

@@ -1,7 +1,7 @@
 """
 Failover figures of docs/design.md section 10, measured on real processes.
 
-Starts a 2-VM cluster (``python -m snstwist.cluster``) in a temporary
+Starts a 2-VM cluster (``python -m snstwist.commands.cluster``) in a temporary
 directory and, N times:
 
 (a) SIGKILLs vm1's master and measures the time until the promoted master
@@ -36,12 +36,12 @@ import time
 
 import grpc
 
-from snstwist.cluster import isServer
-
 # benchmarks/run.py, beside this file
 from run import clusterSecret, probeLogin, secureChannel, until, useTLS
-from snstwist import sns_pb2 as pb
-from snstwist import sns_pb2_grpc as pbg
+
+from snstwist.commands.cluster import isServer
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
 
 POLL = 0.005
 DEADLINE = 30.0
@@ -62,7 +62,7 @@ class Cluster:
         env = dict(os.environ, GRPC_VERBOSITY="ERROR", GRPC_ENABLE_FORK_SUPPORT="0",
                    PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "snstwist.cluster", "--router", "127.0.0.1:0",
+            [sys.executable, "-m", "snstwist.commands.cluster", "--router", "127.0.0.1:0",
              "--web", "", "--dir", self.base, "--vms", "2"],
             stdout=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + DEADLINE

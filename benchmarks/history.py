@@ -41,8 +41,19 @@ import subprocess
 import sys
 import time
 
-from run import (ENV, PASSWORD, PY, ROOT, killLeft, machine, pidAlive, rssKB, secureChannel,
-                 until, useTLS)
+from run import (
+    ENV,
+    PASSWORD,
+    PY,
+    ROOT,
+    killLeft,
+    machine,
+    pidAlive,
+    rssKB,
+    secureChannel,
+    until,
+    useTLS,
+)
 
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 SECRET = "history-benchmark-secret-0123456789"
@@ -88,7 +99,7 @@ class Bench:
         pristine = os.path.join(self.work, "imported-%d" % (self.args.posts,))
         if not os.path.exists(pristine):
             started = time.monotonic()
-            out = subprocess.run([PY, "-m", "snstwist.admin", "import", "--data",
+            out = subprocess.run([PY, "-m", "snstwist.commands.admin", "import", "--data",
                                   pristine + ".tmp", source],
                                  capture_output=True, text=True, check=True, cwd=ROOT)
             os.rename(pristine + ".tmp", pristine)
@@ -137,20 +148,20 @@ class Bench:
         return self.channels[address]
 
     def status(self):
-        from snstwist import sns_pb2 as pb
-        from snstwist import sns_pb2_grpc as pbg
+        from snstwist.rpc import sns_pb2 as pb
+        from snstwist.rpc import sns_pb2_grpc as pbg
         return pbg.RouterStub(self.channel(self.routerAddress)).Status(
             pb.StatusRequest(), timeout=2, metadata=(("x-sns-secret", SECRET),))
 
     def servers(self, vm, role=None):
-        from snstwist import sns_pb2 as pb
+        from snstwist.rpc import sns_pb2 as pb
         role = {"master": pb.MASTER, "slave": pb.SLAVE, None: None}[role]
         return [s for s in self.status().servers
                 if s.vm == vm and (role is None or s.role == role)]
 
     def login(self, address, user="probe"):
-        from snstwist import sns_pb2 as pb
-        from snstwist import sns_pb2_grpc as pbg
+        from snstwist.rpc import sns_pb2 as pb
+        from snstwist.rpc import sns_pb2_grpc as pbg
         # The first Login of a user hashes its password (argon2): part of
         # the figure, as for a client's first command.
         return pbg.SNSStub(self.channel(address)).Login(
@@ -223,8 +234,8 @@ class Bench:
         return out
 
     def catchUp(self, posts):
-        from snstwist import sns_pb2 as pb
-        from snstwist import sns_pb2_grpc as pbg
+        from snstwist.rpc import sns_pb2 as pb
+        from snstwist.rpc import sns_pb2_grpc as pbg
         for s in self.servers("vm2"):
             os.kill(s.pid, signal.SIGKILL)
         until("vm2 to be gone", lambda: not self.servers("vm2"), timeout=30)

@@ -1,6 +1,6 @@
 """
 Load generators for ``benchmarks/run.py``: each is a separate process running
-many in-process ``snstwist.client.Client`` objects on the asyncio reactor,
+many in-process ``snstwist.client.client.Client`` objects on the asyncio reactor,
 so that the client side never shares the CPU of the process that measures.
 
     python benchmarks/loadgen.py post      --router R --prefix p --clients M [--pin VM]
@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 
-from snstwist.commandline import installReactor
+from snstwist.commands.commandline import installReactor
 
 installReactor()
 
@@ -41,11 +41,11 @@ from twisted.logger import (  # noqa: E402
 )
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
-from snstwist import grpcbridge  # noqa: E402
-from snstwist import sns_pb2 as pb  # noqa: E402
-from snstwist import sns_pb2_grpc as pbg  # noqa: E402
-from snstwist.client import Client, CommandFailed  # noqa: E402
-from snstwist.errors import Status  # noqa: E402
+from snstwist.client.client import Client, CommandFailed  # noqa: E402
+from snstwist.core.errors import Status  # noqa: E402
+from snstwist.rpc import grpcbridge  # noqa: E402
+from snstwist.rpc import sns_pb2 as pb  # noqa: E402
+from snstwist.rpc import sns_pb2_grpc as pbg  # noqa: E402
 
 CONNECT_PARALLEL = 25
 # Every benchmark user's password (benchmarks/run.py's probes use it too).

@@ -1,9 +1,9 @@
 """
 Memory of a master per idle connection and per session, at the caps of
-snstwist/model.py (MAX_SESSIONS_PER_USER sessions of each user, and
+snstwist/core/model.py (MAX_SESSIONS_PER_USER sessions of each user, and
 MAX_SESSIONS_PER_ADDRESS from this one address), measured on real processes.
 
-Starts a 2-VM cluster (``python -m snstwist.cluster``) in a temporary
+Starts a 2-VM cluster (``python -m snstwist.commands.cluster``) in a temporary
 directory and reads vm1's master's VmRSS (/proc/PID/status):
 
 1. idle;
@@ -29,15 +29,15 @@ import time
 
 import grpc
 import grpc.aio
-
 from failover import Cluster  # benchmarks/failover.py, beside this file
 from run import useTLS
-from snstwist import grpcbridge
-from snstwist import sns_pb2 as pb
-from snstwist import sns_pb2_grpc as pbg
-from snstwist.auth import sessionMetadata
-from snstwist.model import MAX_SESSIONS_PER_ADDRESS, MAX_SESSIONS_PER_USER
-from snstwist.sessions import HEARTBEAT
+
+from snstwist.core.model import MAX_SESSIONS_PER_ADDRESS, MAX_SESSIONS_PER_USER
+from snstwist.rpc import grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
+from snstwist.rpc.auth import sessionMetadata
+from snstwist.server.sessions import HEARTBEAT
 
 # One TCP connection per channel: channels to one address share a
 # connection otherwise.

@@ -3,7 +3,7 @@ The benchmark of docs/design.md section 10, on real processes on this machine.
 
     python benchmarks/run.py [--short | --full] [--out DIR] [--profile]
 
-Starts a local cluster (``python -m snstwist.cluster``) and, in one run:
+Starts a local cluster (``python -m snstwist.commands.cluster``) and, in one run:
 
 1. throughput: acknowledged posts per second, each durable on two VMs
    (``WriteReply.copies >= 2``), under a closed loop of C concurrent clients
@@ -267,8 +267,8 @@ def probeLogin(stub, user, tokens):
     password (argon2, once), then renewals of the token it got (no hashing),
     so that the figure is the server's answer, not the hash's cost.
     """
-    from snstwist import auth
-    from snstwist import sns_pb2 as pb
+    from snstwist.rpc import auth
+    from snstwist.rpc import sns_pb2 as pb
     if user not in tokens:
         tokens[user] = stub.Login(pb.LoginRequest(user=user, password=PASSWORD), timeout=5).token
     stub.Login(pb.LoginRequest(user=user), timeout=0.5,
@@ -281,7 +281,7 @@ def useTLS(work, env):
     of C{env} and of this process (sns-cluster, load generators and our own
     channels use them).
     """
-    from snstwist.certs import ensureClusterCerts
+    from snstwist.rpc.certs import ensureClusterCerts
     ca, cert, key = ensureClusterCerts(os.path.join(work, "tls"))
     for e in (env, os.environ):
         e.update(SNS_TLS_CA=ca, SNS_TLS_CERT=cert, SNS_TLS_KEY=key)
@@ -291,7 +291,7 @@ def secureChannel(address, options=()):
     """A blocking channel to a process of the cluster, over TLS (our CA)."""
     import grpc
 
-    from snstwist import grpcbridge
+    from snstwist.rpc import grpcbridge
     return grpc.secure_channel(address, grpcbridge.defaultTLS().channelCredentials(),
                                options=list(options) + [
                                    ("grpc.ssl_target_name_override", grpcbridge.CLUSTER_NAME)])
@@ -299,7 +299,7 @@ def secureChannel(address, options=()):
 
 def clusterSecret(base):
     """Metadata proving we know the secret sns-cluster wrote to BASE/secret."""
-    from snstwist import auth
+    from snstwist.rpc import auth
     with open(os.path.join(base, "secret")) as f:
         return auth.secretMetadata(f.read().strip())
 
@@ -307,7 +307,7 @@ def clusterSecret(base):
 # ---------------------------------------------------------------- the cluster
 
 class Cluster:
-    """A running ``python -m snstwist.cluster``, seen through the router's Status."""
+    """A running ``python -m snstwist.commands.cluster``, seen through the router's Status."""
 
     def __init__(self, base, vms, logdir):
         self.base = base
@@ -322,7 +322,7 @@ class Cluster:
     def start(self, timeout=90.0):
         os.makedirs(self.base, exist_ok=True)
         self.child = Child("cluster-%dvm" % (self.vms,), [
-            PY, "-m", "snstwist.cluster", "--dir", self.base, "--vms", str(self.vms),
+            PY, "-m", "snstwist.commands.cluster", "--dir", self.base, "--vms", str(self.vms),
             "--router", "127.0.0.1:0", "--web", "",
             # One benchmark user posts up to 1,000/s: above the per-user
             # limit real users get.
@@ -340,8 +340,8 @@ class Cluster:
         return self.channels[address]
 
     def status(self):
-        from snstwist import sns_pb2 as pb
-        from snstwist import sns_pb2_grpc as pbg
+        from snstwist.rpc import sns_pb2 as pb
+        from snstwist.rpc import sns_pb2_grpc as pbg
         reply = pbg.RouterStub(self.channel(self.router)).Status(
             pb.StatusRequest(), timeout=2, metadata=clusterSecret(self.base))
         now = time.monotonic()
@@ -354,20 +354,20 @@ class Cluster:
                 if (vm is None or s.vm == vm) and (role is None or s.role == role)]
 
     def login(self, address, user="bench-probe"):
-        from snstwist import sns_pb2_grpc as pbg
+        from snstwist.rpc import sns_pb2_grpc as pbg
         probeLogin(pbg.SNSStub(self.channel(address)), user, self.tokens)
 
     def vmNames(self):
         return ["vm%d" % (i + 1,) for i in range(self.vms)]
 
     def masterOf(self, vm):
-        from snstwist import sns_pb2 as pb
+        from snstwist.rpc import sns_pb2 as pb
         masters = self.servers(vm, pb.MASTER)
         return masters[0] if masters else None
 
     def processes(self):
         """{role name: [pid]} of every process of this cluster."""
-        from snstwist import sns_pb2 as pb
+        from snstwist.rpc import sns_pb2 as pb
         out = {"router": [p for p in pidsWith(self.base) if "sns-router" in procCmdline(p)]}
         for s in self.status().servers:
             key = "%s %s" % (s.vm, "master" if s.role == pb.MASTER else "slave")
@@ -376,7 +376,7 @@ class Cluster:
 
     def healthy(self, settle=SETTLE):
         """Every VM has one master and one slave, each up for at least C{settle} s."""
-        from snstwist import sns_pb2 as pb
+        from snstwist.rpc import sns_pb2 as pb
         servers = self.status().servers
         now = time.monotonic()
         for vm in self.vmNames():
@@ -681,7 +681,7 @@ class Bench:
     # -- 3: failover
 
     def failover(self, cluster):
-        from snstwist import sns_pb2 as pb
+        from snstwist.rpc import sns_pb2 as pb
         cfg = self.cfg
         client = loadgen(self.name("failover-client"), "failover", self.logdir,
                          "--router", cluster.router, "--user", "fo_client")
@@ -817,7 +817,7 @@ class Bench:
 
 def promotedAnswers(cluster, vm, deadPid):
     """The time when a master of C{vm} other than C{deadPid} answers a Login, or None."""
-    from snstwist import sns_pb2 as pb
+    from snstwist.rpc import sns_pb2 as pb
     for m in cluster.servers(vm, pb.MASTER):
         if m.pid != deadPid:
             try:
@@ -830,7 +830,7 @@ def promotedAnswers(cluster, vm, deadPid):
 
 def newSlave(cluster, vm, oldPids):
     """The time when a slave of C{vm} not in C{oldPids} is registered, or None."""
-    from snstwist import sns_pb2 as pb
+    from snstwist.rpc import sns_pb2 as pb
     if [s for s in cluster.servers(vm, pb.SLAVE) if s.pid not in oldPids]:
         return time.time()
     return None

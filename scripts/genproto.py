@@ -1,7 +1,7 @@
-"""Regenerate snstwist/sns_pb2.py and snstwist/sns_pb2_grpc.py from proto/.
+"""Regenerate snstwist/rpc/sns_pb2.py and snstwist/rpc/sns_pb2_grpc.py from proto/.
 
-The proto tree mirrors the package path (proto/snstwist/sns.proto), so protoc
-writes ``from snstwist import sns_pb2`` and the generated code imports cleanly
+The proto tree mirrors the package path (proto/snstwist/rpc/sns.proto), so protoc
+writes ``from snstwist.rpc import sns_pb2`` and the generated code imports cleanly
 inside the package.  tests/test_proto.py runs the same generation into a
 temporary directory and fails when the committed files are stale.
 """
@@ -10,12 +10,12 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROTO = os.path.join("snstwist", "sns.proto")
+PROTO = os.path.join("snstwist", "rpc", "sns.proto")
 
 
 def generate(outdir):
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     args = [

@@ -52,27 +52,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # from the tree measured are left out (so that an older tree can be
 # measured with the same mutants).
 TARGETS = {
-    "snstwist/model.py": (["tests.test_model", "tests.test_state", "tests.test_store",
+    "snstwist/core/model.py": (["tests.test_model", "tests.test_state", "tests.test_store",
                            "tests.test_replication", "tests.test_server"], None),
-    "snstwist/auth.py": (["tests.test_auth", "tests.test_server", "tests.test_router"], None),
-    "snstwist/state.py": (["tests.test_state", "tests.test_read_marks",
+    "snstwist/rpc/auth.py": (["tests.test_auth", "tests.test_server", "tests.test_router"], None),
+    "snstwist/core/state.py": (["tests.test_state", "tests.test_read_marks",
                            "tests.test_replication", "tests.test_convergence"], None),
     "snstwist/router.py": (["tests.test_router", "tests.test_timeouts"], None),
-    "snstwist/buddy.py": (["tests.test_buddy", "tests.test_timeouts"], None),
-    "snstwist/heartbeat.py": (["tests.test_heartbeat", "tests.test_timeouts",
+    "snstwist/buddy/buddy.py": (["tests.test_buddy", "tests.test_timeouts"], None),
+    "snstwist/rpc/heartbeat.py": (["tests.test_heartbeat", "tests.test_timeouts",
                                "tests.test_buddy"], None),
-    "snstwist/replication.py": (["tests.test_replication", "tests.test_peers",
+    "snstwist/server/replication.py": (["tests.test_replication", "tests.test_peers",
                                  "tests.test_read_marks", "tests.test_timeouts",
                                  "tests.test_promotion", "tests.test_convergence",
                                  "tests.test_server"], None),
-    "snstwist/store.py": (["tests.test_store", "tests.test_store_fsync",
+    "snstwist/storage/store.py": (["tests.test_store", "tests.test_store_fsync",
                            "tests.test_promotion", "tests.test_compare",
                            "tests.test_admin_durability", "tests.test_admin.ExportImportTests",
                            "tests.test_admin.BackupTests"], None),
-    "snstwist/sessions.py": (["tests.test_sessions", "tests.test_read_marks",
+    "snstwist/server/sessions.py": (["tests.test_sessions", "tests.test_read_marks",
                               "tests.test_timeouts"], None),
-    "snstwist/compare.py": (["tests.test_compare"], {"differences"}),
-    "snstwist/server.py": (["tests.test_server", "tests.test_auth", "tests.test_model",
+    "snstwist/commands/compare.py": (["tests.test_compare"], {"differences"}),
+    "snstwist/server/server.py": (["tests.test_server", "tests.test_auth", "tests.test_model",
                             "tests.test_peers", "tests.test_promotion"], {
         "_checkRequestId", "BuddyFeed", "ServerService._slaveHello",
         "ServerService.membershipChanged", "ServerService._asMaster",
@@ -82,7 +82,7 @@ TARGETS = {
         "ServerService.session", "ServerService.onetimeSToBuddy", "ServerService.digest",
         "ServerService.buddyConnection", "ServerService.broadcastPosts",
         "ServerService._takeLock"}),
-    "snstwist/client.py": (["tests.test_client", "tests.test_client_failover",
+    "snstwist/client/client.py": (["tests.test_client", "tests.test_client_failover",
                             "tests.test_timeouts", "tests.test_cli"], {
         "_Session", "Client._failOver", "Client._failoverDone", "Client._doFailover",
         "Client._refillMaster2", "Client._sessionLost", "Client._call",
@@ -376,7 +376,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--sample", type=float, default=1.0)
-    parser.add_argument("--only", action="append", help="a module path, e.g. snstwist/auth.py")
+    parser.add_argument("--only", action="append", help="a module path, e.g. snstwist/rpc/auth.py")
     parser.add_argument("--tree", default=ROOT, help="the source tree to measure")
     parser.add_argument("--out", default="mutants.jsonl",
                         help="every outcome, one JSON line each, written as they come")

@@ -23,12 +23,19 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from snstwist import auth, errors, metrics
-from snstwist import sns_pb2 as pb
-from snstwist.grpcbridge import GrpcServerService, Servicer
-from snstwist.model import (
-    MAX_EXCLUDED_VMS, MAX_SERVERS, checkCount, checkHeartbeat, checkServerHello, checkUsername,
-    checkVm)
+from snstwist.core import errors, metrics
+from snstwist.core.model import (
+    MAX_EXCLUDED_VMS,
+    MAX_SERVERS,
+    checkCount,
+    checkHeartbeat,
+    checkServerHello,
+    checkUsername,
+    checkVm,
+)
+from snstwist.rpc import auth
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc.grpcbridge import GrpcServerService, Servicer
 
 log = Logger()
 

@@ -35,7 +35,7 @@ def _testCertificates():
         return
     import tempfile
 
-    from snstwist.certs import ensureClusterCerts
+    from snstwist.rpc.certs import ensureClusterCerts
     ca, cert, key = ensureClusterCerts(tempfile.mkdtemp(prefix="snstwist-test-tls-"))
     os.environ.update(SNS_TLS_CA=ca, SNS_TLS_CERT=cert, SNS_TLS_KEY=key)
 

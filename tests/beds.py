@@ -1,5 +1,5 @@
 """
-A cluster on several hosts for integration tests: L{snstwist.netbed}'s
+A cluster on several hosts for integration tests: L{snstwist.testbed.netbed}'s
 router, VMs and clients in network namespaces of their own, started the way
 C{sns-cluster} starts them, and undone in the test's cleanup whatever
 happened (processes by pid, then namespaces, links and bridge).
@@ -14,10 +14,18 @@ import sys
 from twisted.internet import reactor, threads
 from twisted.trial import unittest
 
-from snstwist import grpcbridge, netbed
-from snstwist import sns_pb2 as pb
-from tests.processes import (DEADLINE, SECRET, Collector, childEnv, routerStatus, stopChild,
-                             waitUntil)
+from snstwist.rpc import grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.testbed import netbed
+from tests.processes import (
+    DEADLINE,
+    SECRET,
+    Collector,
+    childEnv,
+    routerStatus,
+    stopChild,
+    waitUntil,
+)
 
 _unavailable = []
 
@@ -63,7 +71,7 @@ class Bed:
     def client(self, user, stdin=None):
         """Start sns-client on the clients' host; with C{stdin}, write it and close."""
         child = Collector()
-        self.net.spawn("clients", child, [sys.executable, "-m", "snstwist.cli",
+        self.net.spawn("clients", child, [sys.executable, "-m", "snstwist.commands.cli",
                                           "-r", self.router, "-u", user], env=childEnv())
         self.testCase.addCleanup(stopChild, child)
         if stdin is not None:

@@ -5,7 +5,7 @@ from twisted.internet import defer
 
 class FakeStream:
     """
-    Our side of a bidi stream (what L{snstwist.grpcbridge.Stream} offers):
+    Our side of a bidi stream (what L{snstwist.rpc.grpcbridge.Stream} offers):
     records what the code under test sends and how it ends the stream.
     """
 
@@ -67,7 +67,7 @@ class FakeStream:
 
 class FakeHasher:
     """
-    Stands in for L{snstwist.passwords.Hasher} in unit tests: answers at
+    Stands in for L{snstwist.server.passwords.Hasher} in unit tests: answers at
     once (argon2 itself is tested in test_passwords).
     """
 

@@ -14,10 +14,11 @@ import sys
 from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.task import deferLater
 
-from snstwist import auth, buddy, grpcbridge
-from snstwist.netbed import pidAlive  # noqa: F401  (the tests import it from here)
-from snstwist import sns_pb2 as pb
-from snstwist import sns_pb2_grpc as pbg
+from snstwist.buddy import buddy
+from snstwist.rpc import auth, grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
+from snstwist.testbed.netbed import pidAlive  # noqa: F401  (the tests import it from here)
 
 DEADLINE = 30.0
 
@@ -166,7 +167,7 @@ class Cluster:
         # then anything it left behind is killed by PID.
         self.testCase.addCleanup(self.killAll)
         self.process = spawn(self.testCase, [
-            "-m", "snstwist.cluster", "--dir", self.base, "--vms", str(self.vms),
+            "-m", "snstwist.commands.cluster", "--dir", self.base, "--vms", str(self.vms),
             "--router", "127.0.0.1:0", "--web", "127.0.0.1:0" if self.withWeb else ""] + (
                 ["--posts-per-second", str(self.postsPerSecond)] if self.postsPerSecond else []),
             env=childEnv(SNS_SECRET=self.secret))
@@ -205,7 +206,7 @@ class Cluster:
 
     def client(self, user, stdin=None, password=PASSWORD):
         """Start sns-client; with C{stdin} text, write it and close stdin."""
-        child = spawn(self.testCase, ["-m", "snstwist.cli", "-r", self.router, "-u", user],
+        child = spawn(self.testCase, ["-m", "snstwist.commands.cli", "-r", self.router, "-u", user],
                       env=childEnv(SNS_PASSWORD=password))
         if stdin is not None:
             child.write(stdin)

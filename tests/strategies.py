@@ -9,7 +9,7 @@ at equal times), which is where replicas could disagree.
 
 from hypothesis import strategies as st
 
-from snstwist.model import FollowChange, Post, Update, updateId
+from snstwist.core.model import FollowChange, Post, Update, updateId
 
 NAMES = ("alice", "bob", "carol", "dave")
 ORIGINS = ("vm1.a", "vm2.a", "vm3.a", "vm1.b")

@@ -12,12 +12,14 @@ import signal
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from snstwist import admin, compare, grpcbridge, store
-from snstwist import sns_pb2 as pb
-from snstwist import sns_pb2_grpc as pbg
-from snstwist.client import Client
-from snstwist.model import ReadMark, Update
-from snstwist.state import Replica
+from snstwist.client.client import Client
+from snstwist.commands import admin, compare
+from snstwist.core.model import ReadMark, Update
+from snstwist.core.state import Replica
+from snstwist.rpc import grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
+from snstwist.storage import store
 from tests.processes import PASSWORD, SECRET, Cluster, childEnv, pidAlive, spawn, waitUntil
 from tests.strategies import followUpdate, postUpdate, userUpdate
 from tests.test_integration import inlineAsync
@@ -303,8 +305,8 @@ class BackupOfARunningVMTests(TestCase):
         copy = os.path.join(cluster.base, "vm1-backup")
         await waitUntil(lambda: len(os.listdir(os.path.join(cluster.data("vm1"), "posts"))) == 3,
                         "every writer to have posted on vm1")
-        backup = spawn(self, ["-m", "snstwist.admin", "backup", "--data", cluster.data("vm1"),
-                              "--to", copy])
+        backup = spawn(self, ["-m", "snstwist.commands.admin", "backup",
+                              "--data", cluster.data("vm1"), "--to", copy])
         self.assertEqual(await backup.ended, 0, backup.err)
         stop.append(True)
         await defer.gatherResults(writers)

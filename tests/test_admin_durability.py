@@ -11,7 +11,8 @@ import sqlite3
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import errors, store
+from snstwist.core import errors
+from snstwist.storage import store
 from tests.test_admin import jsonLines
 from tests.test_store_fsync import FsyncRecorder, openFiles
 

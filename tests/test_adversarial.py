@@ -34,20 +34,32 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import buddy, errors
-from snstwist import sns_pb2 as pb
-from snstwist.grpcbridge import SECRET_METADATA, SESSION_METADATA
-from snstwist.model import (
-    CLOCK_WINDOW_US, MAX_ADDRESS, MAX_ERROR_TEXT, MAX_EXCLUDED_VMS, MAX_HEARTBEAT_USERS,
-    MAX_INCARNATION, MAX_MESSAGE_BYTES, MAX_ORIGIN, MAX_PASSWORD_CHARS, MAX_PEER_STREAMS,
+from snstwist.buddy import buddy
+from snstwist.core import errors
+from snstwist.core.model import (
+    CLOCK_WINDOW_US,
+    MAX_ADDRESS,
+    MAX_ERROR_TEXT,
+    MAX_EXCLUDED_VMS,
+    MAX_HEARTBEAT_USERS,
+    MAX_INCARNATION,
+    MAX_MESSAGE_BYTES,
+    MAX_ORIGIN,
+    MAX_PASSWORD_CHARS,
+    MAX_PEER_STREAMS,
     MAX_POST_CHARS,
-    MAX_REQUEST_ID, MAX_USERNAME, UPDATES_PER_MESSAGE, updateId)
-from snstwist.replication import Node, PeerLink, ReplicaReceiver
+    MAX_REQUEST_ID,
+    MAX_USERNAME,
+    UPDATES_PER_MESSAGE,
+    updateId,
+)
 from snstwist.router import RouterService
-from snstwist.server import ServerService
-from snstwist.store import MemoryStore
-from tests.fakes import FakeHasher
-from tests.fakes import FakeStream
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc.grpcbridge import SECRET_METADATA, SESSION_METADATA
+from snstwist.server.replication import Node, PeerLink, ReplicaReceiver
+from snstwist.server.server import ServerService
+from snstwist.storage.store import MemoryStore
+from tests.fakes import FakeHasher, FakeStream
 from tests.strategies import hostileInts, hostileLists, hostileText, hostileTimes
 
 SECRET = "adversarial-suite-secret"

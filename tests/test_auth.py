@@ -9,11 +9,13 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import auth, buddy, errors
-from snstwist import sns_pb2 as pb
-from snstwist.grpcbridge import SECRET_METADATA, SESSION_METADATA
+from snstwist.buddy import buddy
+from snstwist.core import errors
 from snstwist.router import RouterService
-from snstwist.server import ServerService
+from snstwist.rpc import auth
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc.grpcbridge import SECRET_METADATA, SESSION_METADATA
+from snstwist.server.server import ServerService
 from tests.fakes import FakeStream
 from tests.test_server import makeServer
 

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
-from snstwist import sns_pb2 as pb
+from snstwist.rpc import sns_pb2 as pb
 from tests.browser import Browser, unavailable
 from tests.processes import Cluster, killPid, waitUntil
 from tests.test_integration import inlineAsync

@@ -17,14 +17,14 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
-from snstwist import buddy, errors, grpcbridge
-from snstwist import sns_pb2 as pb
-from snstwist import sns_pb2_grpc as pbg
-from snstwist.cluster import freePort
-from tests.processes import (Cluster, childEnv, killPid, pidAlive, routerStatus, spawn,
-                             waitUntil)
+from snstwist.buddy import buddy
+from snstwist.commands.cluster import freePort
+from snstwist.core import errors
+from snstwist.rpc import grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
+from tests.processes import Cluster, childEnv, killPid, pidAlive, routerStatus, spawn, waitUntil
 from tests.test_integration import inlineAsync, posts
-
 
 
 def byRole(status, vm="vm1"):

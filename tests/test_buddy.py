@@ -15,9 +15,9 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import buddy
-from snstwist import sns_pb2 as pb
-from snstwist.buddy import HEARTBEAT, TIMEOUT
+from snstwist.buddy import buddy
+from snstwist.buddy.buddy import HEARTBEAT, TIMEOUT
+from snstwist.rpc import sns_pb2 as pb
 from tests.fakes import FakeStream
 
 # -- the role machine

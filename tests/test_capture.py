@@ -17,8 +17,8 @@ import socket
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from snstwist import sns_pb2 as pb
-from snstwist.client import Client
+from snstwist.client.client import Client
+from snstwist.rpc import sns_pb2 as pb
 from tests.processes import Cluster, Collector, childEnv, stopChild, waitUntil
 from tests.test_integration import inlineAsync
 

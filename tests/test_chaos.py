@@ -9,7 +9,7 @@ import os
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from snstwist import chaos, netbed
+from snstwist.testbed import chaos, netbed
 from tests.beds import skipUnlessNamespaces
 from tests.test_integration import inlineAsync
 

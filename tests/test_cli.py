@@ -14,11 +14,11 @@ from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from snstwist import errors
-from snstwist import sns_pb2 as pb
-from snstwist.cli import CommandLine, formatPost
-from snstwist.client import ClusterUnreachable, CommandFailed
-from snstwist.model import Post
+from snstwist.client.client import ClusterUnreachable, CommandFailed
+from snstwist.commands.cli import CommandLine, formatPost
+from snstwist.core import errors
+from snstwist.core.model import Post
+from snstwist.rpc import sns_pb2 as pb
 
 OK = "Command completed successfully"
 UNKNOWN = "Command failed with unknown reason"
@@ -31,7 +31,7 @@ WHEN_US = 1795520910 * 1000000
 
 class FakeClient:
     """
-    Stands in for L{snstwist.client.Client}.  Each call is recorded; a method
+    Stands in for L{snstwist.client.client.Client}.  Each call is recorded; a method
     named in C{answers} answers at once (an exception instance fails), any
     other returns a Deferred the test fires from C{pending}.
     """

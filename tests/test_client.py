@@ -7,10 +7,10 @@ reconnect policy, on a Clock.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import client as clientModule
-from snstwist import sns_pb2 as pb
-from snstwist.client import Client, ClusterUnreachable, Reconnects, _Session
-from snstwist.model import Post
+from snstwist.client import client as clientModule
+from snstwist.client.client import Client, ClusterUnreachable, Reconnects, _Session
+from snstwist.core.model import Post
+from snstwist.rpc import sns_pb2 as pb
 from tests.fakes import FakeStream
 
 SECOND = 1000000
@@ -207,7 +207,7 @@ class ReconnectsTests(SynchronousTestCase):
         racing the client's first write) does not replace a cause in words;
         alone, it is still named.
         """
-        from snstwist.errors import RemoteError, Status
+        from snstwist.core.errors import RemoteError, Status
         core = RemoteError(Status.INTERNAL, "Internal error from Core")
         clock = Clock()
         policy = reconnects(clock)

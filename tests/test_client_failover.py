@@ -9,11 +9,11 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import grpcbridge
-from snstwist import sns_pb2 as pb
-from snstwist.errors import RemoteError, Status
-from snstwist.client import Client, ClusterUnreachable, CommandFailed
-from snstwist.model import Post
+from snstwist.client.client import Client, ClusterUnreachable, CommandFailed
+from snstwist.core.errors import RemoteError, Status
+from snstwist.core.model import Post
+from snstwist.rpc import grpcbridge
+from snstwist.rpc import sns_pb2 as pb
 from tests.fakes import FakeStream
 
 

@@ -1,5 +1,5 @@
 """
-What every command-line program shares (snstwist/commandline.py).
+What every command-line program shares (snstwist/commands/commandline.py).
 """
 
 import asyncio
@@ -7,7 +7,7 @@ import asyncio
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from snstwist.commandline import installReactor
+from snstwist.commands.commandline import installReactor
 
 
 class InstallReactorTests(unittest.SynchronousTestCase):

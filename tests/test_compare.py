@@ -7,9 +7,9 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from snstwist import compare, status
-from snstwist import sns_pb2 as pb
-from snstwist.store import SQLiteStore
+from snstwist.commands import compare, status
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.storage.store import SQLiteStore
 from tests.strategies import followUpdate, postUpdate, userUpdate
 
 

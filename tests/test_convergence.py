@@ -21,21 +21,33 @@ import attrs
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine, initialize, invariant, precondition, rule,
-    run_state_machine_as_test)
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import errors
-from snstwist import sns_pb2 as pb
-from snstwist.model import HISTORY, parseUpdateId
-from snstwist.replication import (
-    ACK_TIMEOUT, ANTI_ENTROPY, LINK_TIMEOUT, Node, PeerLink, ReplicaReceiver, Replicator)
-from snstwist.state import VersionVector
-from snstwist.store import MemoryStore
+from snstwist.core import errors
+from snstwist.core.model import HISTORY, parseUpdateId
+from snstwist.core.state import VersionVector
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.replication import (
+    ACK_TIMEOUT,
+    ANTI_ENTROPY,
+    LINK_TIMEOUT,
+    Node,
+    PeerLink,
+    ReplicaReceiver,
+    Replicator,
+)
+from snstwist.storage.store import MemoryStore
 from tests.strategies import NAMES, postTexts
 
 VMS = ("vm1", "vm2", "vm3")

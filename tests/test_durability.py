@@ -10,9 +10,9 @@ import signal
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from snstwist import compare
-from snstwist import sns_pb2 as pb
-from snstwist.client import Client
+from snstwist.client.client import Client
+from snstwist.commands import compare
+from snstwist.rpc import sns_pb2 as pb
 from tests.processes import PASSWORD, SECRET, Cluster, childEnv, spawn, waitUntil
 from tests.test_integration import inlineAsync
 

@@ -6,13 +6,14 @@ and garbage is answered with INVALID_ARGUMENT.
 
 from twisted.internet.task import Clock
 
-from snstwist import auth, errors, grpcbridge
-from snstwist import sns_pb2 as pb
-from snstwist import sns_pb2_grpc as pbg
-from snstwist.model import MAX_ECHO
-from snstwist.replication import Node
-from snstwist.server import ServerService
-from snstwist.store import MemoryStore
+from snstwist.core import errors
+from snstwist.core.model import MAX_ECHO
+from snstwist.rpc import auth, grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
+from snstwist.server.replication import Node
+from snstwist.server.server import ServerService
+from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeHasher
 from tests.test_grpcbridge import GrpcTestCase
 

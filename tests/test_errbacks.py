@@ -13,9 +13,9 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from snstwist.client import Client, Master
-from snstwist.replication import Node, Replicator
-from snstwist.store import MemoryStore
+from snstwist.client.client import Client, Master
+from snstwist.server.replication import Node, Replicator
+from snstwist.storage.store import MemoryStore
 
 
 @attrs.define

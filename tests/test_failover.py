@@ -9,7 +9,7 @@ import signal
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from snstwist import sns_pb2 as pb
+from snstwist.rpc import sns_pb2 as pb
 from tests.processes import PASSWORD, Cluster, pidAlive, waitUntil
 from tests.test_integration import inlineAsync, posts
 
@@ -165,7 +165,7 @@ class ReturningClientTests(unittest.TestCase):
         return, in order, and exits 0: the catch-up is paced by the reader,
         never cut off as a slow reader, and no reconnect loop starts.
         """
-        from snstwist.client import Client
+        from snstwist.client.client import Client
 
         # bob posts thousands as fast as he can: past what one user may post.
         cluster = await Cluster(self, vms=2, postsPerSecond=100000).start()
@@ -211,9 +211,10 @@ class SlowReaderTests(unittest.TestCase):
 
         import grpc
 
-        from snstwist import auth, errors, grpcbridge
-        from snstwist import sns_pb2_grpc as pbg
-        from snstwist.client import Client
+        from snstwist.client.client import Client
+        from snstwist.core import errors
+        from snstwist.rpc import auth, grpcbridge
+        from snstwist.rpc import sns_pb2_grpc as pbg
 
         # flood posts as fast as it can: past what one user may post.
         cluster = await Cluster(self, vms=2, postsPerSecond=100000).start()
@@ -298,8 +299,8 @@ class _HeldSession:
     """A session stream kept open (heartbeating) and otherwise idle."""
 
     def makeConnection(self, stream):
-        from snstwist.heartbeat import Heartbeat
-        from snstwist.sessions import HEARTBEAT
+        from snstwist.rpc.heartbeat import Heartbeat
+        from snstwist.server.sessions import HEARTBEAT
         self.stream = stream
         stream.send(pb.ClientMessage(open=pb.SessionOpen(timeline=False)))
         self.beats = Heartbeat(reactor, HEARTBEAT, 1000, lambda: stream.send(
@@ -323,9 +324,9 @@ class SessionCapTests(unittest.TestCase):
         gives up within seconds with 'Command failed with unknown reason'
         (the cause on stderr) and exits 1, instead of reconnecting forever.
         """
-        from snstwist import auth, grpcbridge
-        from snstwist import sns_pb2_grpc as pbg
-        from snstwist.model import MAX_SESSIONS_PER_USER
+        from snstwist.core.model import MAX_SESSIONS_PER_USER
+        from snstwist.rpc import auth, grpcbridge
+        from snstwist.rpc import sns_pb2_grpc as pbg
 
         cluster = await Cluster(self, vms=2).start()
         await cluster.run("hog", "LIST\n")

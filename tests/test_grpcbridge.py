@@ -13,9 +13,10 @@ from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from snstwist import errors, grpcbridge
-from snstwist import sns_pb2 as pb
-from snstwist import sns_pb2_grpc as pbg
+from snstwist.core import errors
+from snstwist.rpc import grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
 
 
 def _unused(request, ctx):

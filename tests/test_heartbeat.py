@@ -3,7 +3,7 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist.heartbeat import Heartbeat
+from snstwist.rpc.heartbeat import Heartbeat
 
 
 def start(interval=1.0, timeout=3.0):

@@ -10,12 +10,14 @@ import time
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from snstwist import auth, compare, errors, grpcbridge
-from snstwist.grpcbridge import GrpcServerService, Servicer
-from snstwist import sns_pb2 as pb
-from snstwist import sns_pb2_grpc as pbg
-from snstwist.client import Client
-from snstwist.model import CLOCK_WINDOW_US, MAX_MESSAGE_BYTES
+from snstwist.client.client import Client
+from snstwist.commands import compare
+from snstwist.core import errors
+from snstwist.core.model import CLOCK_WINDOW_US, MAX_MESSAGE_BYTES
+from snstwist.rpc import auth, grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
+from snstwist.rpc.grpcbridge import GrpcServerService, Servicer
 from tests.processes import DEADLINE, PASSWORD, SECRET, Cluster, childEnv, spawn, waitUntil
 from tests.strategies import LAST_US, userUpdate
 from tests.test_integration import inlineAsync
@@ -277,7 +279,7 @@ class VisibleStreamFailureTests(unittest.TestCase):
         await postAll(cluster.router, "alice", ["one", "two"])
 
         async def troubleShown():
-            run = spawn(self, ["-m", "snstwist.status", "-r", cluster.router],
+            run = spawn(self, ["-m", "snstwist.commands.status", "-r", cluster.router],
                         env=childEnv())
             await run.ended
             # The stream to vm9 breaks again and again, and sns-status shows
@@ -297,7 +299,7 @@ class VisibleStreamFailureTests(unittest.TestCase):
         self.assertIn("not confirmed; the stream broke", line)
         self.assertIn("RESOURCE_EXHAUSTED: vm9 refuses every replication stream", line)
 
-        compared = spawn(self, ["-m", "snstwist.compare", "-r", cluster.router],
+        compared = spawn(self, ["-m", "snstwist.commands.compare", "-r", cluster.router],
                          env=childEnv())
         await compared.ended
         self.assertTrue([line for line in compared.lines if line.startswith("vm1 -> vm9: ")],

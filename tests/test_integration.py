@@ -10,8 +10,7 @@ import signal
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.processes import (Cluster, childEnv, killPid, pidAlive, routerStatus, spawn,
-                             waitUntil)
+from tests.processes import Cluster, childEnv, killPid, pidAlive, routerStatus, spawn, waitUntil
 
 POST_LINE = re.compile(r"^(\S+) \(\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\) >> (.*)$")
 
@@ -125,7 +124,7 @@ class RouterTests(unittest.TestCase):
     timeout = 60
 
     def startRouter(self):
-        from snstwist.cluster import freePort
+        from snstwist.commands.cluster import freePort
         address = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
         router = spawn(self, ["-c", "from twisted.scripts.twistd import run; run()",
                               "-n", "--pidfile=", "sns-router", "--listen", address],
@@ -137,7 +136,7 @@ class RouterTests(unittest.TestCase):
         """With no server registered, a client gets a clear error, not an address."""
         router, address = self.startRouter()
         await waitUntil(lambda: _answers(address), "the router to answer")
-        client = spawn(self, ["-m", "snstwist.cli", "-r", address, "-u", "frank"])
+        client = spawn(self, ["-m", "snstwist.commands.cli", "-r", address, "-u", "frank"])
         client.write("LIST\n")
         client.closeStdin()
         code = await client.ended

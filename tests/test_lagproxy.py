@@ -1,5 +1,5 @@
 """
-The lag proxy's relay (snstwist/lagproxy.py): bytes held as the settings say,
+The lag proxy's relay (snstwist/testbed/lagproxy.py): bytes held as the settings say,
 never reordered, never changed.
 """
 
@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from snstwist.lagproxy import RTO, Pipe, Settings
+from snstwist.testbed.lagproxy import RTO, Pipe, Settings
 
 
 def pipe(delay=0.0, jitter=0.0, loss=0.0, draws=()):

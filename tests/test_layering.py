@@ -14,11 +14,21 @@ import sys
 from twisted.internet import utils
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-import snstwist.commandline
+import snstwist.commands.commandline
+
+# snstwist is a namespace package (no __init__): its directory is two up
+# from that of one of its modules.
+PACKAGE = os.path.dirname(os.path.dirname(snstwist.commands.commandline.__file__))
 
 # What a client-side program may never load.
-SERVER_SIDE = {"snstwist.buddy", "snstwist.cluster", "snstwist.server", "snstwist.store",
-               "snstwist.replication", "snstwist.router", "snstwist.tap"}
+SERVER_SIDE = ("snstwist.buddy", "snstwist.server", "snstwist.storage", "snstwist.router",
+               "snstwist.testbed", "snstwist.commands.cluster", "snstwist.commands.tap")
+
+
+def serverSide(modules):
+    """The modules of C{modules} that belong to the server side."""
+    return {m for m in modules
+            if any(m == p or m.startswith(p + ".") for p in SERVER_SIDE)}
 
 _LOADED = """
 import sys
@@ -45,17 +55,17 @@ class ClientSideTests(TestCase):
         module.
         """
         loaded = await loadedBy(
-            "import os, snstwist.cli, snstwist.commandline\n"
+            "import os, snstwist.commands.cli, snstwist.commands.commandline\n"
             "os.environ['SNS_PASSWORD'] = 'a password'\n"
-            "snstwist.cli.Options().parseOptions(['-r', '127.0.0.1:3410', '-u', 'alice'])")
-        self.assertIn("snstwist.client", loaded)
-        self.assertEqual(loaded & SERVER_SIDE, set())
+            "snstwist.commands.cli.Options().parseOptions(['-r', '127.0.0.1:3410', '-u', 'alice'])")
+        self.assertIn("snstwist.client.client", loaded)
+        self.assertEqual(serverSide(loaded), set())
 
     async def test_operator_views_load_no_server_code(self):
         """sns-status and sns-compare are clients too."""
-        loaded = await loadedBy("import snstwist.status, snstwist.compare")
-        self.assertIn("snstwist.status", loaded)
-        self.assertEqual(loaded & SERVER_SIDE, set())
+        loaded = await loadedBy("import snstwist.commands.status, snstwist.commands.compare")
+        self.assertIn("snstwist.commands.status", loaded)
+        self.assertEqual(serverSide(loaded), set())
 
 
 def importGraph(root, base):
@@ -160,9 +170,8 @@ class ImportCycleTests(SynchronousTestCase):
         No module of snstwist imports, even from inside a function, a module
         that imports it back (tap imports cluster; cluster never imports tap).
         """
-        # snstwist is a namespace package: its directory is that of a module.
-        graph = importGraph(os.path.dirname(snstwist.commandline.__file__), "snstwist")
-        self.assertIn("snstwist.commandline", graph["snstwist.cluster"])
+        graph = importGraph(PACKAGE, "snstwist")
+        self.assertIn("snstwist.commands.commandline", graph["snstwist.commands.cluster"])
         self.assertEqual(cycles(graph), [])
 
 
@@ -172,6 +181,5 @@ class GrpcBoundaryTests(SynchronousTestCase):
         grpc is imported by grpcbridge and the generated stubs only: the rest
         of the package sees Deferreds, domain values and L{errors.RemoteError}.
         """
-        root = os.path.dirname(snstwist.commandline.__file__)
-        self.assertEqual(importers(root, "snstwist", "grpc"),
-                         {"snstwist.grpcbridge", "snstwist.sns_pb2_grpc"})
+        self.assertEqual(importers(PACKAGE, "snstwist", "grpc"),
+                         {"snstwist.rpc.grpcbridge", "snstwist.rpc.sns_pb2_grpc"})

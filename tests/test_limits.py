@@ -9,13 +9,30 @@ buddy message, the largest LIST, digest, membership and version vector.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import errors, grpcbridge, model, replication
-from snstwist import sns_pb2 as pb
-from snstwist.model import (
-    MAX_EXCLUDED_VMS, MAX_HEARTBEAT_USERS, MAX_MESSAGE_BYTES, MAX_ORIGIN, MAX_POST_CHARS,
-    MAX_REQUEST_ID, MAX_SEQ, MAX_SERVERS, MAX_UPDATE_BYTES, MAX_USERNAME, MAX_USERS,
-    UPDATES_PER_MESSAGE, FollowChange, Post, ReadMark, Update, updateId)
-from snstwist.store import MemoryStore
+from snstwist.core import errors, model
+from snstwist.core.model import (
+    MAX_EXCLUDED_VMS,
+    MAX_HEARTBEAT_USERS,
+    MAX_MESSAGE_BYTES,
+    MAX_ORIGIN,
+    MAX_POST_CHARS,
+    MAX_REQUEST_ID,
+    MAX_SEQ,
+    MAX_SERVERS,
+    MAX_UPDATE_BYTES,
+    MAX_USERNAME,
+    MAX_USERS,
+    UPDATES_PER_MESSAGE,
+    FollowChange,
+    Post,
+    ReadMark,
+    Update,
+    updateId,
+)
+from snstwist.rpc import grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server import replication
+from snstwist.storage.store import MemoryStore
 
 WIDE = "\U0001f600"  # four bytes of UTF-8
 NAME = "n" * MAX_USERNAME

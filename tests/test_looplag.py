@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist.looplag import LoopLag
+from snstwist.core.looplag import LoopLag
 
 
 class LoopLagTests(SynchronousTestCase):
@@ -17,7 +17,7 @@ class LoopLagTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def lagEvents(self):
-        return [e for e in self.events if e.get("log_namespace") == "snstwist.looplag"]
+        return [e for e in self.events if e.get("log_namespace") == "snstwist.core.looplag"]
 
     def test_a_long_turn_is_logged_with_its_length(self):
         """A timer due in 5 ms firing 105 ms later is 100 ms late, logged with the CPU used."""

@@ -11,8 +11,10 @@ from prometheus_client import REGISTRY
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from snstwist import errors, grpcbridge, metrics, tap
-from snstwist import sns_pb2 as pb
+from snstwist.commands import tap
+from snstwist.core import errors, metrics
+from snstwist.rpc import grpcbridge
+from snstwist.rpc import sns_pb2 as pb
 from tests.test_grpcbridge import GrpcTestCase
 from tests.test_integration import inlineAsync
 

@@ -9,9 +9,9 @@ import string
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import errors
-from snstwist import sns_pb2 as pb
-from snstwist.model import FollowChange, Post, ReadMark, Update, parseUpdateId, updateId
+from snstwist.core import errors
+from snstwist.core.model import FollowChange, Post, ReadMark, Update, parseUpdateId, updateId
+from snstwist.rpc import sns_pb2 as pb
 from tests.test_auth import FakeCallContext, login, serverAs, session
 
 USERNAME_CHARS = string.ascii_letters + string.digits + "_.-"

@@ -1,6 +1,6 @@
 """
 Several hosts and a network that fails: the router, each VM and the clients
-in network namespaces of their own (L{snstwist.netbed}), with partitions,
+in network namespaces of their own (L{snstwist.testbed.netbed}), with partitions,
 cut-off hosts and healing.  What a partition does is the README's section
 "When the network fails"; each test here is one of its sentences.
 """
@@ -11,9 +11,9 @@ import sys
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from snstwist import netbed
-from snstwist.errors import RemoteError
-from snstwist import sns_pb2 as pb
+from snstwist.core.errors import RemoteError
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.testbed import netbed
 from tests.beds import Bed, skipUnlessNamespaces
 from tests.processes import DEADLINE, Collector, childEnv, waitUntil
 from tests.test_integration import inlineAsync, posts

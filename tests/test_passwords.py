@@ -8,9 +8,10 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import auth, errors, model
-from snstwist import sns_pb2 as pb
-from snstwist.passwords import FailedLogins, Hasher, TokenBuckets
+from snstwist.core import errors, model
+from snstwist.rpc import auth
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.passwords import FailedLogins, Hasher, TokenBuckets
 from tests.test_auth import FakeCallContext, serverAs, session
 
 

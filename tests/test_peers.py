@@ -8,9 +8,9 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import sns_pb2 as pb
-from snstwist.replication import Node, PeerLink, Replicator
-from snstwist.store import MemoryStore
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.replication import Node, PeerLink, Replicator
+from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeStream
 from tests.test_auth import serverAs
 

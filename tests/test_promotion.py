@@ -9,12 +9,13 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from snstwist import buddy, grpcbridge
-from snstwist import sns_pb2 as pb
-from snstwist.replication import Node
-from snstwist.server import ServerService
-from snstwist.store import MemoryStore, SQLiteStore
-from snstwist.passwords import TokenBuckets
+from snstwist.buddy import buddy
+from snstwist.rpc import grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.passwords import TokenBuckets
+from snstwist.server.replication import Node
+from snstwist.server.server import ServerService
+from snstwist.storage.store import MemoryStore, SQLiteStore
 from tests.fakes import FakeHasher
 from tests.test_auth import FakeCallContext, _NoWork, login, serverAs, session
 

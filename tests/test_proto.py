@@ -13,7 +13,7 @@ GENERATED = ("sns_pb2.py", "sns_pb2_grpc.py")
 class GeneratedCodeTests(unittest.TestCase):
     def test_generated_code_matches_proto(self):
         """
-        Regenerating from proto/snstwist/sns.proto gives byte-identical files
+        Regenerating from proto/snstwist/rpc/sns.proto gives byte-identical files
         to the committed ones; if not, run: python scripts/genproto.py
         """
         sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -24,17 +24,17 @@ class GeneratedCodeTests(unittest.TestCase):
         with tempfile.TemporaryDirectory() as out:
             genproto.generate(out)
             for name in GENERATED:
-                with open(os.path.join(out, "snstwist", name), "rb") as f:
+                with open(os.path.join(out, "snstwist", "rpc", name), "rb") as f:
                     fresh = f.read()
-                with open(os.path.join(ROOT, "snstwist", name), "rb") as f:
+                with open(os.path.join(ROOT, "snstwist", "rpc", name), "rb") as f:
                     committed = f.read()
                 self.assertEqual(
                     fresh, committed,
-                    "snstwist/%s is stale: run python scripts/genproto.py" % (name,))
+                    "snstwist/rpc/%s is stale: run python scripts/genproto.py" % (name,))
 
     def test_seed_rpc_names_are_kept(self):
         """The six RPC names of the seed document are in the wire contract."""
-        from snstwist import sns_pb2
+        from snstwist.rpc import sns_pb2
 
         methods = {m.name for s in sns_pb2.DESCRIPTOR.services_by_name.values()
                    for m in s.methods}

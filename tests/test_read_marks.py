@@ -7,11 +7,11 @@ the marks arrive, on every replica and on disk.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import sns_pb2 as pb
-from snstwist.model import ReadMark, Update
-from snstwist.replication import Node
-from snstwist.state import Replica
-from snstwist.store import MemoryStore
+from snstwist.core.model import ReadMark, Update
+from snstwist.core.state import Replica
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.replication import Node
+from snstwist.storage.store import MemoryStore
 from tests.test_sessions import connect, makeHub
 
 

@@ -8,15 +8,22 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import errors
-from snstwist import sns_pb2 as pb
-from snstwist.model import CLOCK_WINDOW_US, MAX_ERROR_TEXT, FollowChange, ReadMark, Update
-from snstwist.replication import (
-    ACK_TIMEOUT, ANTI_ENTROPY, LINK_TIMEOUT, HybridClock, Node, PeerLink,
-    ReplicaReceiver, Replicator)
-from snstwist.store import MemoryStore
-from tests.strategies import LAST_US, postUpdate, userUpdate
+from snstwist.core import errors
+from snstwist.core.model import CLOCK_WINDOW_US, MAX_ERROR_TEXT, FollowChange, ReadMark, Update
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.replication import (
+    ACK_TIMEOUT,
+    ANTI_ENTROPY,
+    LINK_TIMEOUT,
+    HybridClock,
+    Node,
+    PeerLink,
+    ReplicaReceiver,
+    Replicator,
+)
+from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeStream
+from tests.strategies import LAST_US, postUpdate, userUpdate
 
 
 class RecordingStore(MemoryStore):

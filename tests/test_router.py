@@ -6,10 +6,12 @@ what a server's stream does to the registry.  No network, no reactor.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import auth, errors, router
-from snstwist import sns_pb2 as pb
-from snstwist.grpcbridge import SECRET_METADATA
+from snstwist import router
+from snstwist.core import errors
 from snstwist.router import HEARTBEAT, Registry, RouterService, ServerIdentity, ServerLink
+from snstwist.rpc import auth
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc.grpcbridge import SECRET_METADATA
 from tests.fakes import FakeStream
 
 SECRET = "test-secret"

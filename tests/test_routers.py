@@ -8,8 +8,8 @@ import signal
 
 from twisted.trial import unittest
 
-from snstwist import sns_pb2 as pb
-from snstwist.cluster import freePort
+from snstwist.commands.cluster import freePort
+from snstwist.rpc import sns_pb2 as pb
 from tests.processes import childEnv, routerStatus, spawn, waitUntil
 from tests.test_integration import inlineAsync
 
@@ -66,7 +66,7 @@ class SeveralRoutersTests(unittest.TestCase):
         await self.registered(routers[1], 2)
         os.kill(first.pid, signal.SIGKILL)
         await first.ended
-        client = spawn(self, ["-m", "snstwist.cli", "-r", ",".join(routers), "-u", "ann"],
+        client = spawn(self, ["-m", "snstwist.commands.cli", "-r", ",".join(routers), "-u", "ann"],
                        env=ENV)
         client.write("LIST\n")
         client.closeStdin()

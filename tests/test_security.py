@@ -11,10 +11,11 @@ import os
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from snstwist import auth, certs, errors, grpcbridge
-from snstwist import sns_pb2 as pb
-from snstwist import sns_pb2_grpc as pbg
-from snstwist.client import Client, InvalidPassword
+from snstwist.client.client import Client, InvalidPassword
+from snstwist.core import errors
+from snstwist.rpc import auth, certs, grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
 from tests.processes import PASSWORD, SECRET, Cluster, childEnv, spawn, waitUntil
 from tests.test_integration import inlineAsync
 
@@ -91,7 +92,7 @@ class TLSTests(unittest.TestCase):
 
     @inlineAsync
     async def test_sns_client_without_the_ca_says_how_to_give_it(self):
-        child = spawn(self, ["-m", "snstwist.cli", "-r", "127.0.0.1:1", "-u", "alice"],
+        child = spawn(self, ["-m", "snstwist.commands.cli", "-r", "127.0.0.1:1", "-u", "alice"],
                       env=withoutTLS())
         self.assertEqual(await child.ended, 2)
         self.assertIn("--tls-ca", child.err.decode())
@@ -116,7 +117,7 @@ class TLSTests(unittest.TestCase):
     def test_sns_admin_certs_makes_a_ca_and_a_certificate_it_signed(self):
         from cryptography import x509
 
-        from snstwist import admin
+        from snstwist.commands import admin
         directory = os.path.abspath(self.mktemp())
         out = io.BytesIO()
         self.assertEqual(admin.main(["certs", "--dir", directory, "--name", "vm1",
@@ -171,7 +172,7 @@ class ClusterAttackTests(unittest.TestCase):
         secretFile = os.path.join(cluster.base, "secret")
         with open(secretFile) as f:
             self.assertEqual(f.read().strip(), SECRET)
-        for module in ("snstwist.status", "snstwist.compare"):
+        for module in ("snstwist.commands.status", "snstwist.commands.compare"):
             refused = spawn(self, ["-m", module, "-r", cluster.router], env=withoutSecret())
             self.assertEqual(await refused.ended, 2)
             self.assertIn("--secret-file", refused.err.decode())

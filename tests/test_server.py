@@ -6,11 +6,12 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import errors, server
-from snstwist import sns_pb2 as pb
-from snstwist.replication import Node
-from snstwist.server import ServerService
-from snstwist.store import MemoryStore
+from snstwist.core import errors
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server import server
+from snstwist.server.replication import Node
+from snstwist.server.server import ServerService
+from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeHasher
 
 
@@ -130,7 +131,7 @@ class StopOnceTests(SynchronousTestCase):
         twistd's signal handler stops the reactor on each SIGTERM: a server
         process's reactor takes a second stop without an error.
         """
-        from snstwist.server import _stopOnlyOnce
+        from snstwist.server.server import _stopOnlyOnce
         reactor = _StrictReactor()
         _stopOnlyOnce(reactor)
         reactor.stop()
@@ -138,7 +139,7 @@ class StopOnceTests(SynchronousTestCase):
         self.assertEqual(reactor.stops, 2)
 
     def test_wrapping_twice_wraps_once(self):
-        from snstwist.server import _stopOnlyOnce
+        from snstwist.server.server import _stopOnlyOnce
         reactor = _StrictReactor()
         _stopOnlyOnce(reactor)
         wrapped = reactor.stop

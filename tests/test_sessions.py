@@ -6,11 +6,11 @@ heartbeats, cursors.  A real replication Node on a MemoryStore, a fake stream.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import sns_pb2 as pb
-from snstwist.model import CATCH_UP_PAGE, HISTORY
-from snstwist.replication import Node
-from snstwist.sessions import HEARTBEAT, TIMEOUT, SessionHub
-from snstwist.store import MemoryStore
+from snstwist.core.model import CATCH_UP_PAGE, HISTORY
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.replication import Node
+from snstwist.server.sessions import HEARTBEAT, TIMEOUT, SessionHub
+from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeStream
 from tests.strategies import postUpdate
 
@@ -443,7 +443,7 @@ class CatchUpTests(SynchronousTestCase):
 
     def test_a_late_post_older_than_the_cursor_is_pushed_during_the_catch_up(self):
         """A replicated post older than the pages already sent is pushed at once."""
-        from snstwist.model import Post, Update
+        from snstwist.core.model import Post, Update
         clock, node, hub = self.returningReader(1000)
         session, stream = openTimeline(hub, "alice")
         late = Update(origin="vm2.x", seq=1, time_us=2,
@@ -476,8 +476,8 @@ class SessionCapTests(SynchronousTestCase):
 
     def test_a_user_past_the_cap_is_refused_with_resource_exhausted(self):
         """The 11th session of alice is refused, saying why; bob still gets one."""
-        from snstwist import errors
-        from snstwist.model import MAX_SESSIONS_PER_USER
+        from snstwist.core import errors
+        from snstwist.core.model import MAX_SESSIONS_PER_USER
         clock, node, hub = makeHub(self)
         for _ in range(MAX_SESSIONS_PER_USER):
             hub.session("alice", "ipv4:10.0.0.1:1").makeConnection(FakeStream())
@@ -488,7 +488,7 @@ class SessionCapTests(SynchronousTestCase):
 
     def test_a_closed_session_frees_its_place(self):
         """Once one of alice's sessions ends she may open another."""
-        from snstwist.model import MAX_SESSIONS_PER_USER
+        from snstwist.core.model import MAX_SESSIONS_PER_USER
         clock, node, hub = makeHub(self)
         sessions = []
         for _ in range(MAX_SESSIONS_PER_USER):
@@ -500,7 +500,7 @@ class SessionCapTests(SynchronousTestCase):
 
     def test_an_address_past_the_cap_is_refused(self):
         """Sessions of many users from one address are bounded too; others are not."""
-        from snstwist import errors
+        from snstwist.core import errors
         clock, node, hub = makeHub(self, users=("u0", "u1", "u2", "u3"))
         hub.maxPerAddress = 3
         for n in range(3):

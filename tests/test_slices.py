@@ -5,7 +5,7 @@ L{slices.inSlices}: long work on the reactor thread, a slice at a time.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import slices
+from snstwist.core import slices
 
 
 class FakeTime:

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import sns_pb2 as pb
-from snstwist.state import Replica, Seen, VersionVector
+from snstwist.core.state import Replica, Seen, VersionVector
+from snstwist.rpc import sns_pb2 as pb
 from tests.strategies import followUpdate, postUpdate, updateLists, userUpdate
 
 

@@ -19,11 +19,11 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from snstwist import errors
-from snstwist import sns_pb2 as pb
-from snstwist.replication import Node
-from snstwist.server import ServerService
-from snstwist.store import SQLiteStore, parsePostLine
+from snstwist.core import errors
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.replication import Node
+from snstwist.server.server import ServerService
+from snstwist.storage.store import SQLiteStore, parsePostLine
 from tests.strategies import postUpdate
 
 
@@ -249,7 +249,7 @@ class DamagedDatabaseTests(TestCase):
         A master whose sns.sqlite3 is not a database exits non-zero, and its
         log says in one line which file is damaged and what to do.
         """
-        from snstwist.cluster import freePort
+        from snstwist.commands.cluster import freePort
         from tests.processes import DEADLINE, childEnv, spawn
 
         data = os.path.abspath(self.mktemp())
@@ -318,8 +318,9 @@ class FullDiskProcessTests(TestCase):
         the filler is removed vm2 takes posts again and both VMs agree,
         without a restart, with each post once.
         """
-        from snstwist import auth, compare, grpcbridge
-        from snstwist import sns_pb2_grpc as pbg
+        from snstwist.commands import compare
+        from snstwist.rpc import auth, grpcbridge
+        from snstwist.rpc import sns_pb2_grpc as pbg
         from tests.processes import SECRET, Cluster, waitUntil
 
         cluster = Cluster(self, vms=2)

@@ -12,7 +12,7 @@ from hypothesis import given
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from snstwist import store
+from snstwist.storage import store
 from tests.strategies import followUpdate, microseconds, postUpdate, userUpdate
 
 
@@ -250,7 +250,7 @@ class RetriedRequestTests(TestCase):
 
     async def feed(self, path, order):
         """Feed C{order} to a Node-like replica and a store, as Node._persist does."""
-        from snstwist.state import Replica
+        from snstwist.core.state import Replica
         replica = Replica()
         s = store.SQLiteStore(path)
         self.addCleanup(s.close)
@@ -277,7 +277,7 @@ class RetriedRequestTests(TestCase):
 
     async def test_the_hidden_copy_is_still_held_after_a_reopen(self):
         """Both copies are loaded again (the version vector is whole); one is shown."""
-        from snstwist.state import Replica
+        from snstwist.core.state import Replica
         path = self.mktemp()
         os.makedirs(path)
         await self.feed(path, [self.retry, self.first])
@@ -312,7 +312,7 @@ class WarmOpenTests(TestCase):
 
     async def test_only_what_the_mirror_lacks_is_read(self):
         """With alice's posts and the follow known, bob's post and carol are loaded."""
-        from snstwist.state import VersionVector
+        from snstwist.core.state import VersionVector
         path = await self.stored()
         known = VersionVector()
         for seq in (1, 2, 4):
@@ -324,7 +324,7 @@ class WarmOpenTests(TestCase):
 
     async def test_writes_after_a_warm_open_keep_the_files_in_order(self):
         """An older post for a file that was not read still lands in (time, id) order."""
-        from snstwist.state import VersionVector
+        from snstwist.core.state import VersionVector
         path = await self.stored()
         known = VersionVector()
         for seq in range(1, 6):

@@ -10,7 +10,7 @@ import threading
 
 from twisted.trial.unittest import TestCase
 
-from snstwist import store
+from snstwist.storage import store
 from tests.strategies import followUpdate, postUpdate, userUpdate
 
 

@@ -19,12 +19,12 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import buddy
-from snstwist import sns_pb2 as pb
-from snstwist.client import Client, _Session
-from snstwist.replication import Node, ReplicaReceiver, Replicator
+from snstwist.buddy import buddy
+from snstwist.client.client import Client, _Session
 from snstwist.router import Registry, RouterService, ServerIdentity
-from snstwist.store import MemoryStore
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.replication import Node, ReplicaReceiver, Replicator
+from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeStream
 from tests.test_buddy import dieQuickly, masterLink, slaveLink, supervisor
 from tests.test_sessions import connect, makeHub

@@ -15,18 +15,18 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from snstwist import errors
-from snstwist import sns_pb2 as pb
-from snstwist.client import CommandFailed, InvalidPassword
-from snstwist.model import Post
+from snstwist.client.client import CommandFailed, InvalidPassword
+from snstwist.core import errors
+from snstwist.core.model import Post
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
 from snstwist.web import app, dashboard, live, people
-from snstwist import sns_pb2_grpc as pbg
 from tests.test_grpcbridge import GrpcTestCase, servicer
 from tests.test_integration import inlineAsync
 
 
 class FakeClient:
-    """What sns-web asks of snstwist.client.Client, in memory."""
+    """What sns-web asks of snstwist.client.client.Client, in memory."""
 
     users = {"alice", "bob"}
 

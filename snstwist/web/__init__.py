@@ -2,7 +2,7 @@
 C{sns-web}: the web face of an snstwist cluster.
 
 A twisted.web application that is one more client of the cluster, through
-L{snstwist.client} (so it gets the same master1/master2 failover): the
+L{snstwist.client.client} (so it gets the same master1/master2 failover): the
 timeline in a browser, live over Server-Sent Events, and a live dashboard of
 the cluster for operators.
 

@@ -24,11 +24,10 @@ from twisted.python.filepath import FilePath
 from twisted.web import resource, server, static
 from twisted.web.template import renderElement
 
-from snstwist.cli import INVALID_USERNAME
+from snstwist.commands.cli import INVALID_USERNAME
 from snstwist.web import live, pages
 from snstwist.web.dashboard import ClusterWatch
-from snstwist.web.people import (STREAMS_PER_PERSON, SignInFailed, Visits, postData,
-                                 sentence)
+from snstwist.web.people import STREAMS_PER_PERSON, SignInFailed, Visits, postData, sentence
 
 log = Logger()
 

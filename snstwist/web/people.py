@@ -1,6 +1,6 @@
 """
 Browser sessions (L{Visit}) and the people signed in through them
-(L{Person}, one L{snstwist.client.Client} each).
+(L{Person}, one L{snstwist.client.client.Client} each).
 
 A visit is named by a random cookie (HttpOnly, SameSite=Strict) and carries
 the CSRF token every form of its pages must send back.  Signing in gives the
@@ -20,10 +20,10 @@ from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from snstwist import errors
-from snstwist.cli import INVALID_PASSWORD, INVALID_USERNAME, SENTENCES, UNKNOWN, formatPost
-from snstwist.client import Client, ClusterUnreachable, CommandFailed, InvalidPassword
-from snstwist.model import HISTORY, checkUsername
+from snstwist.client.client import Client, ClusterUnreachable, CommandFailed, InvalidPassword
+from snstwist.commands.cli import INVALID_PASSWORD, INVALID_USERNAME, SENTENCES, UNKNOWN, formatPost
+from snstwist.core import errors
+from snstwist.core.model import HISTORY, checkUsername
 
 log = Logger()
 

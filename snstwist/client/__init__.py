@@ -1,0 +1,3 @@
+"""
+The client library: one logged-in user of a cluster.
+"""

@@ -1,0 +1,3 @@
+"""
+The programs users and operators type, and the twistd plugins' options.
+"""

@@ -1,0 +1,484 @@
+"""
+Values of the domain: posts, updates, usernames; and every bound on what a
+client or a peer may send, in one place.
+
+Everything here is a frozen attrs value validated at construction, so a bad
+value never travels.  Conversions to and from the wire types live here too.
+
+The limits below are checked where data enters (a client's request in
+server.py and sessions.py, a peer's message in replication.py, router.py and
+buddy.py) with the C{check*} functions of this module, and answered with
+INVALID_ARGUMENT (a value too long, malformed or out of its window) or
+RESOURCE_EXHAUSTED (too many of something).  An error message names the bound
+and shows at most L{MAX_ECHO} characters of what was sent.  The README's
+"Limits" table lists every bound and what a client gets past it: add a row
+there when you add one here.
+"""
+
+import re
+
+import attrs
+
+from snstwist.core import errors
+from snstwist.rpc import sns_pb2 as pb
+
+# ------------------------------------------------------------------ limits
+
+# A live session (Bidirectional_s_and_c) carries a heartbeat each way every
+# this many seconds; either end gives the other up after three missed.
+SESSION_HEARTBEAT = 2.0
+
+# The largest gRPC message any channel or server of ours sends or receives
+# (grpcbridge sets both ends to it).
+MAX_MESSAGE_BYTES = 1 << 20
+
+# Of the values a client sends.
+MAX_USERNAME = 32
+USERNAME = re.compile(r"[A-Za-z0-9_.\-]{1,%d}\Z" % (MAX_USERNAME,))
+MAX_POST_CHARS = 1000
+MAX_REQUEST_ID = 64
+REQUEST_ID = re.compile(r"[\x21-\x7e]{0,%d}\Z" % (MAX_REQUEST_ID,))
+HISTORY = 20            # posts of history sent, at most
+MAX_EXCLUDED_VMS = 16   # VMs a client may exclude when asking the router
+
+# Of the values peers (servers, routers) send.  VM names follow the
+# username rule; an origin is "<vm>.<incarnation>", an update id
+# "<origin>/<seq>".
+MAX_INCARNATION = 24
+MAX_ORIGIN = MAX_USERNAME + 1 + MAX_INCARNATION
+ORIGIN = re.compile(r"[A-Za-z0-9_.\-]{1,%d}\Z" % (MAX_ORIGIN,))
+MAX_SEQ = 2**63 - 1     # SQLite integers are signed 64-bit
+MAX_TIME_US = 2**63 - 1  # times are never negative
+MAX_UPDATE_ID = MAX_ORIGIN + 1 + len(str(MAX_SEQ))
+MAX_ADDRESS = 270       # host:port; a DNS name is at most 253 characters
+MAX_HEARTBEAT_USERS = 100
+MAX_PEER_STREAMS = 16   # peer streams a master reports in one heartbeat
+MAX_ERROR_TEXT = 120    # why a stream last broke, as a server reports it
+MAX_ORIGINS = 10000     # origins in one version vector
+MAX_EXTRA = 10000       # out-of-order sequence numbers of one origin
+MAX_SERVERS = 128       # server processes registered with one router
+
+# Times a peer sends (update and read-mark times, in microseconds since the
+# epoch) may be at most this far ahead of our own clock: a peer whose clock
+# runs further ahead has its updates refused (and retried by its
+# anti-entropy) until ours catches up.  Never adopted into our hybrid clock.
+CLOCK_WINDOW_US = 5 * 60 * 10**6
+
+def _largestUpdate():
+    """The largest update the bounds above allow: a post at every maximum."""
+    wide = "\U0001f600"  # four bytes of UTF-8 per character
+    origin = "o" * MAX_ORIGIN
+    biggest = pb.Update(origin=origin, seq=MAX_SEQ, time_us=MAX_TIME_US,
+                        request_id="r" * MAX_REQUEST_ID)
+    biggest.post.id = "i" * MAX_UPDATE_ID
+    biggest.post.author = "a" * MAX_USERNAME
+    biggest.post.time_us = MAX_TIME_US
+    biggest.post.text = wide * MAX_POST_CHARS
+    return biggest
+
+
+# The most bytes one update takes on the wire, and how many fit in one
+# replication or buddy message (UpdateBatch inside ReplicationMessage): each
+# update costs its bytes plus a tag and a length, the batch a tag and a
+# length more.  Anything accepted always fits in one message.
+MAX_UPDATE_BYTES = _largestUpdate().ByteSize()
+UPDATES_PER_MESSAGE = (MAX_MESSAGE_BYTES - 16) // (MAX_UPDATE_BYTES + 4)
+
+# Users are a grow-only set that LIST returns whole (with the followers) and
+# a digest hashes file by file: bounded so that those replies always fit in
+# one message too.
+MAX_USERS = 8000
+
+
+# An error message quotes at most this much of the input it refuses: a 20 KB
+# name must not come back whole (nor overflow gRPC's 8 KB metadata limit,
+# which would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED).
+MAX_ECHO = 40
+
+# Timeline sessions.  A live reader that falls this many pushed messages
+# behind is cut off (it is too slow for live push); a catch-up (the history,
+# or everything a returning reader missed) is sent a page at a time, the next
+# page only once the reader has taken most of the last, so it is never cut
+# off, however long.
+MAX_SESSION_QUEUE = 1000
+# Requests whose pushed copy a master remembers, so that a second copy of a
+# retried post is never pushed live (sessions.SessionHub.publish).
+PUSHED_MEMORY = 10000
+CATCH_UP_PAGE = 200
+
+# Sessions and connections.  A master holds at most this many live sessions
+# (Bidirectional_s_and_c streams) of one user, and from one IP address;
+# past either the stream is refused with RESOURCE_EXHAUSTED.  gRPC closes a
+# connection that has carried no call for IDLE_CONNECTION_SECONDS, and a
+# server process takes at most MAX_CONNECTIONS connections in all (gRPC
+# counts connections per server, not per address: a session is the unit we
+# can count per address).
+MAX_SESSIONS_PER_USER = 10
+MAX_SESSIONS_PER_ADDRESS = 3000
+IDLE_CONNECTION_SECONDS = 300
+MAX_CONNECTIONS = 10000
+
+
+def excerpt(value, limit=MAX_ECHO):
+    """C{repr(value)}, cut to C{limit} characters, saying how long the value was."""
+    quoted = repr(value)
+    if len(quoted) <= limit:
+        return quoted
+    size = " (%d characters)" % (len(value),) if isinstance(value, (str, bytes)) else ""
+    return quoted[:limit] + "..." + size
+
+# -- accounts (issue 12)
+MAX_PASSWORD_CHARS = 256
+MAX_PASSWORD_HASH_CHARS = 256
+# argon2id at OWASP's minimum (19 MiB, 2 passes, 1 lane): about 50 ms of one
+# core on an idle machine.  Hashing runs on at most HASHING_THREADS threads,
+# never the reactor, with at most HASHING_QUEUE waiting; past that, logins
+# are refused with RESOURCE_EXHAUSTED rather than queued without bound.
+ARGON2_TIME_COST = 2
+ARGON2_MEMORY_KIB = 19456
+ARGON2_PARALLELISM = 1
+HASHING_THREADS = 2
+HASHING_QUEUE = 32
+# A session token lives this long; a live client renews it at half-life.
+TOKEN_LIFETIME = 24 * 3600.0
+MAX_TOKEN_CHARS = 512
+
+# -- rates (token buckets: RATE tokens a second, at most BURST saved up)
+# (sns-server --posts-per-second changes the posts' rate; the burst is
+# always that many seconds' worth.)
+POSTS_PER_USER_RATE = 20.0
+POSTS_PER_USER_BURST_SECONDS = 5.0
+LOGINS_PER_ADDRESS_RATE = 20.0
+LOGINS_PER_ADDRESS_BURST = 50.0
+# After N failed logins in a row, a user (or an address) waits
+# FAILED_LOGIN_DELAY * 2**(N-1) seconds, at most FAILED_LOGIN_MAX_DELAY,
+# before the next attempt is heard; a success clears it.
+FAILED_LOGIN_DELAY = 0.5
+FAILED_LOGIN_MAX_DELAY = 30.0
+# Buckets and failure counts kept, each (the least recently used go first).
+MAX_TRACKED = 10000
+
+
+def checkPassword(password):
+    if not isinstance(password, str) or not (1 <= len(password) <= MAX_PASSWORD_CHARS):
+        raise errors.InvalidPassword(
+            "a password is 1-%d characters" % (MAX_PASSWORD_CHARS,))
+    return password
+
+
+def _passwordHash(instance, attribute, value):
+    if not isinstance(value, str) or len(value) > MAX_PASSWORD_HASH_CHARS:
+        raise errors.InvalidRequest("a password hash is at most %d characters"
+                                    % (MAX_PASSWORD_HASH_CHARS,))
+
+
+def checkUsername(name):
+    if not isinstance(name, str) or not USERNAME.match(name):
+        raise errors.InvalidUsername(
+            "invalid username %s: use 1-%d of A-Z a-z 0-9 _ . -" % (excerpt(name), MAX_USERNAME))
+    return name
+
+
+def checkPostText(text):
+    if not isinstance(text, str) or not (1 <= len(text) <= MAX_POST_CHARS):
+        raise errors.InvalidPost(
+            "a post is 1-%d characters (got %d)" % (MAX_POST_CHARS, len(text or "")))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidPost("a post must be valid UTF-8 text")
+    return text
+
+
+def checkRequestId(requestId):
+    """A client's request id: 0-64 printable ASCII characters, no spaces."""
+    if not isinstance(requestId, str) or not REQUEST_ID.match(requestId):
+        raise errors.InvalidRequest(
+            "a request id is at most %d printable ASCII characters without spaces (got %s)"
+            % (MAX_REQUEST_ID, excerpt(requestId)))
+    return requestId
+
+
+def checkVm(name, what="VM name"):
+    """A VM's name: the username rule."""
+    if not isinstance(name, str) or not USERNAME.match(name):
+        raise errors.InvalidRequest("invalid %s %s: use 1-%d of A-Z a-z 0-9 _ . -"
+                                    % (what, excerpt(name), MAX_USERNAME))
+    return name
+
+
+def checkOrigin(origin):
+    if not isinstance(origin, str) or not ORIGIN.match(origin):
+        raise errors.InvalidRequest("invalid origin %s: use 1-%d of A-Z a-z 0-9 _ . -"
+                                    % (excerpt(origin), MAX_ORIGIN))
+    return origin
+
+
+def checkSeq(seq):
+    if not 1 <= seq <= MAX_SEQ:
+        raise errors.InvalidRequest("a sequence number is 1-%d (got %d)" % (MAX_SEQ, seq))
+    return seq
+
+
+def checkText(value, what, maximum, minimum=1):
+    """A peer's printable ASCII field (an address, an incarnation) of bounded length."""
+    if (not isinstance(value, str) or not minimum <= len(value) <= maximum
+            or not value.isascii() or not value.isprintable() or " " in value):
+        raise errors.InvalidRequest("invalid %s %s: %d-%d printable ASCII characters"
+                                    % (what, excerpt(value), minimum, maximum))
+    return value
+
+
+def checkTime(time_us, now_us=None):
+    """
+    A time a peer or a client sends: not before the epoch, and (given our
+    clock's C{now_us}) not more than L{CLOCK_WINDOW_US} ahead of it.
+    """
+    if time_us < 0:
+        raise errors.InvalidRequest("a time before 1970 (%d us)" % (time_us,))
+    if now_us is not None and time_us > now_us + CLOCK_WINDOW_US:
+        raise errors.InvalidRequest(
+            "a time %.0f s ahead of this server's clock (at most %d s allowed)"
+            % ((time_us - now_us) / 1e6, CLOCK_WINDOW_US // 10**6))
+    return time_us
+
+
+def checkCount(values, what, maximum):
+    """A repeated field of at most C{maximum} values."""
+    if len(values) > maximum:
+        raise errors.TooMany("at most %d %s (got %d)" % (maximum, what, len(values)))
+    return values
+
+
+def checkHeartbeat(beat):
+    """
+    A heartbeat's bounds: the users it names, the peer streams it reports
+    (its counters are any value).
+    """
+    checkCount(beat.users, "users in a heartbeat", MAX_HEARTBEAT_USERS)
+    for user in beat.users:
+        checkUsername(user)
+    checkCount(beat.peers, "peer streams in a heartbeat", MAX_PEER_STREAMS)
+    for peer in beat.peers:
+        checkVm(peer.vm, "peer VM")
+        if len(peer.last_error) > MAX_ERROR_TEXT or not peer.last_error.isprintable():
+            raise errors.InvalidRequest("a stream error is at most %d printable characters"
+                                        % (MAX_ERROR_TEXT,))
+    return beat
+
+
+def errorText(text):
+    """C{text} (why a stream broke) as a heartbeat carries it: one line, cut short."""
+    line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return line if len(line) <= MAX_ERROR_TEXT else line[:MAX_ERROR_TEXT - 3] + "..."
+
+
+def checkVersionVector(vector):
+    """A peer's version vector (wire form): origins and their sequence numbers."""
+    checkCount(vector.origins, "origins in a version vector", MAX_ORIGINS)
+    for r in vector.origins:
+        checkOrigin(r.origin)
+        if r.contiguous > MAX_SEQ:
+            checkSeq(r.contiguous)
+        checkCount(r.extra, "out-of-order sequence numbers of one origin", MAX_EXTRA)
+        for seq in r.extra:
+            checkSeq(seq)
+    return vector
+
+
+def checkServerHello(hello):
+    """
+    The bounds of a server's hello (on C{Bidirectional_r_and_s}, and as
+    C{BuddyHello} without its version vector): what the router keeps and
+    pushes to every server.
+    """
+    checkVm(hello.vm)
+    checkText(hello.address, "address", MAX_ADDRESS)
+    checkText(hello.incarnation, "incarnation", MAX_INCARNATION)
+    if hello.pid < 0:
+        raise errors.InvalidRequest("a negative pid (%d)" % (hello.pid,))
+    return hello
+
+
+def _username(instance, attribute, value):
+    checkUsername(value)
+
+
+def _postText(instance, attribute, value):
+    checkPostText(value)
+
+
+def updateId(origin, seq):
+    return "%s/%d" % (origin, seq)
+
+
+def parseUpdateId(identifier):
+    if not isinstance(identifier, str) or len(identifier) > MAX_UPDATE_ID:
+        raise errors.InvalidRequest("malformed update id %s" % (excerpt(identifier),))
+    origin, _, seq = identifier.rpartition("/")
+    if not origin or not seq.isdigit() or not seq.isascii():
+        raise errors.InvalidRequest("malformed update id %s" % (excerpt(identifier),))
+    return checkOrigin(origin), checkSeq(int(seq))
+
+
+def checkCursor(time_us, postId, now_us=None):
+    """A timeline position: a post's (time, id), the id possibly empty."""
+    checkTime(time_us, now_us)
+    if postId:
+        parseUpdateId(postId)
+    return (time_us, postId)
+
+
+@attrs.frozen(order=False)
+class Post:
+    id: str
+    author: str = attrs.field(validator=_username)
+    time_us: int
+    text: str = attrs.field(validator=_postText)
+
+    @property
+    def key(self):
+        """Posts are ordered by (time, id) everywhere."""
+        return (self.time_us, self.id)
+
+    def toProto(self):
+        return pb.Post(id=self.id, author=self.author, time_us=self.time_us, text=self.text)
+
+    @classmethod
+    def fromProto(cls, p):
+        return cls(id=p.id, author=p.author, time_us=p.time_us, text=p.text)
+
+
+@attrs.frozen
+class FollowChange:
+    follower: str = attrs.field(validator=_username)
+    followee: str = attrs.field(validator=_username)
+    following: bool
+
+
+@attrs.frozen
+class PasswordChange:
+    """C{user}'s password is now the one hashed as C{hash} (argon2id)."""
+
+    user: str = attrs.field(validator=_username)
+    hash: str = attrs.field(validator=_passwordHash)
+
+
+@attrs.frozen
+class ReadMark:
+    """C{user} has seen their timeline up to the post (time_us, post_id)."""
+
+    user: str = attrs.field(validator=_username)
+    time_us: int
+    post_id: str
+
+    @property
+    def key(self):
+        return (self.time_us, self.post_id)
+
+
+@attrs.frozen
+class Update:
+    """
+    One replicated write, identified everywhere by (origin, seq).  Exactly
+    one of C{user} (with its password's C{hash}), C{post}, C{follow},
+    C{read}, C{password} is set.
+    """
+
+    origin: str
+    seq: int
+    time_us: int
+    user: str | None = None
+    post: Post | None = None
+    follow: FollowChange | None = None
+    read: ReadMark | None = None
+    password: PasswordChange | None = None
+    request_id: str = ""
+    hash: str = attrs.field(default="", validator=_passwordHash)
+
+    @property
+    def id(self):
+        return updateId(self.origin, self.seq)
+
+    @property
+    def key(self):
+        return (self.time_us, self.id)
+
+    def toProto(self):
+        u = pb.Update(origin=self.origin, seq=self.seq, time_us=self.time_us,
+                      request_id=self.request_id)
+        if self.user is not None:
+            u.user.name = self.user
+            u.user.password_hash = self.hash
+        elif self.password is not None:
+            u.password.user = self.password.user
+            u.password.password_hash = self.password.hash
+        elif self.post is not None:
+            u.post.CopyFrom(self.post.toProto())
+        elif self.read is not None:
+            r = self.read
+            u.read.user, u.read.time_us, u.read.post_id = r.user, r.time_us, r.post_id
+        else:
+            f = self.follow
+            u.follow.follower = f.follower
+            u.follow.followee = f.followee
+            u.follow.following = f.following
+        return u
+
+    @property
+    def requester(self):
+        """
+        The user whose request made this update: request ids are scoped to
+        (requester, request id), so two users may pick the same id.
+        """
+        if self.post is not None:
+            return self.post.author
+        if self.follow is not None:
+            return self.follow.follower
+        if self.read is not None:
+            return self.read.user
+        if self.password is not None:
+            return self.password.user
+        return self.user
+
+    @property
+    def request(self):
+        """(requester, request id), or None for an update made by no request."""
+        return (self.requester, self.request_id) if self.request_id else None
+
+    @classmethod
+    def fromProto(cls, u):
+        """
+        An update as a peer sent it, every field checked against its bound
+        (L{errors.InvalidRequest} otherwise).  Times are checked against our
+        clock by the node that receives it, not here.
+        """
+        if not u.origin or u.seq < 1:
+            raise errors.InvalidRequest("update without origin or sequence number")
+        common = dict(origin=checkOrigin(u.origin), seq=checkSeq(u.seq),
+                      time_us=checkTime(u.time_us), request_id=checkRequestId(u.request_id))
+        kind = u.WhichOneof("change")
+        try:
+            if kind == "user":
+                return cls(user=checkUsername(u.user.name), hash=u.user.password_hash, **common)
+            if kind == "password":
+                p = u.password
+                return cls(password=PasswordChange(p.user, p.password_hash), **common)
+            if kind == "post":
+                post = Post.fromProto(u.post)
+                if post.id != updateId(u.origin, u.seq) or post.time_us != u.time_us:
+                    raise errors.InvalidRequest("post id or time does not match its update")
+                return cls(post=post, **common)
+            if kind == "follow":
+                f = u.follow
+                if f.follower == f.followee:
+                    raise errors.InvalidRequest("a follow of oneself")
+                return cls(follow=FollowChange(f.follower, f.followee, f.following), **common)
+            if kind == "read":
+                r = u.read
+                checkCursor(r.time_us, r.post_id)
+                return cls(read=ReadMark(r.user, r.time_us, r.post_id), **common)
+        except (errors.InvalidUsername, errors.InvalidPost) as e:
+            # A peer's bad value is a bad request, whatever its field.
+            raise errors.InvalidRequest("bad update %s: %s" % (excerpt(u.origin), e.message))
+        raise errors.InvalidRequest("update with no change")

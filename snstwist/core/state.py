@@ -1,0 +1,312 @@
+"""
+The replicated state of one VM, in memory: users, follows, posts.
+
+A L{Replica} is a pure data structure: no I/O, no clock, no reactor.  It is
+a state-based CRDT assembled from three simple ones, so that replicas that
+applied the same set of updates are equal whatever the order, duplication or
+delay of delivery:
+
+- users are a grow-only set, and each user's password a last-writer-wins
+  register (the account's creation is its first write);
+- a follow relation is a last-writer-wins register per (follower, followee),
+  ordered by (hybrid logical time, update id);
+- posts are a grow-only set, kept ordered by (time, id) per author.
+
+It also remembers every update it holds, by (origin, seq), so that it can
+tell a peer exactly what the peer is missing (its version vector).
+"""
+
+import bisect
+import heapq
+import itertools
+
+import attrs
+
+from snstwist.rpc import sns_pb2 as pb
+
+
+@attrs.define
+class Seen:
+    """The sequence numbers seen from one origin: 1..contiguous, plus extra."""
+
+    contiguous: int = 0
+    extra: set = attrs.field(factory=set)
+    top: int = attrs.field(default=0, eq=False)
+
+    def __attrs_post_init__(self):
+        self.top = max(self.extra, default=self.contiguous)
+
+    def has(self, seq):
+        return seq <= self.contiguous or seq in self.extra
+
+    def add(self, seq):
+        if self.has(seq):
+            return False
+        self.extra.add(seq)
+        self.top = max(self.top, seq)
+        while self.contiguous + 1 in self.extra:
+            self.contiguous += 1
+            self.extra.discard(self.contiguous)
+        return True
+
+    def discard(self, seq):
+        """
+        Forget C{seq} (a write that failed).  C{top} stays what it was: an
+        upper bound is all L{lacking} needs.
+        """
+        if seq <= self.contiguous:
+            self.extra.update(range(seq + 1, self.contiguous + 1))
+            self.contiguous = seq - 1
+        else:
+            self.extra.discard(seq)
+
+    def lacking(self, remote):
+        """
+        The sequence numbers seen here that C{remote} (a L{Seen}) lacks, in
+        order: found by walking the range above what C{remote} holds in a
+        row, not by sorting everything seen here.
+        """
+        if self.top <= remote.contiguous:
+            return []
+        return [seq for seq in range(remote.contiguous + 1, self.top + 1)
+                if self.has(seq) and seq not in remote.extra]
+
+
+class VersionVector:
+    """What a replica holds, per origin."""
+
+    def __init__(self):
+        self.origins = {}
+
+    def has(self, origin, seq):
+        seen = self.origins.get(origin)
+        return seen is not None and seen.has(seq)
+
+    def add(self, origin, seq):
+        return self.origins.setdefault(origin, Seen()).add(seq)
+
+    def discard(self, origin, seq):
+        seen = self.origins.get(origin)
+        if seen is not None:
+            seen.discard(seq)
+
+    def count(self):
+        return sum(s.contiguous + len(s.extra) for s in self.origins.values())
+
+    def lacking(self, other):
+        """How many updates held here C{other} (a version vector, or None) lacks."""
+        if other is None:
+            return self.count()
+        n = 0
+        for origin, mine in self.origins.items():
+            theirs = other.origins.get(origin)
+            if theirs is None:
+                n += mine.contiguous + len(mine.extra)
+                continue
+            if mine.contiguous > theirs.contiguous:
+                # Of 1..mine.contiguous, those past theirs and not among
+                # their out-of-order ones.
+                n += mine.contiguous - theirs.contiguous - sum(
+                    1 for s in theirs.extra if s <= mine.contiguous)
+            n += sum(1 for s in mine.extra if not theirs.has(s))
+        return n
+
+    def toProto(self):
+        return pb.VersionVector(origins=[
+            pb.OriginRange(origin=o, contiguous=s.contiguous, extra=sorted(s.extra))
+            for o, s in sorted(self.origins.items())
+        ])
+
+    @classmethod
+    def fromProto(cls, message):
+        vv = cls()
+        for r in message.origins:
+            vv.origins[r.origin] = Seen(r.contiguous, set(r.extra))
+        return vv
+
+
+@attrs.frozen
+class PasswordRegister:
+    key: tuple  # (time_us, update id): the last writer wins; the generation of tokens
+    hash: str
+
+
+@attrs.frozen
+class FollowRegister:
+    key: tuple  # (time_us, update id): the last writer wins
+    following: bool
+
+
+class Replica:
+    def __init__(self):
+        self.users = set()
+        self.passwords = {}
+        self.follows = {}
+        # Indexes of the live follows, derived from self.follows, so that
+        # fan-out does not scan every relation for every post.
+        self._followers = {}
+        self._following = {}
+        self.posts = {}
+        self.reads = {}
+        self.updates = {}
+        self.seen = VersionVector()
+        self.requests = {}
+
+    # -- writing
+
+    def has(self, update):
+        return self.seen.has(update.origin, update.seq)
+
+    def apply(self, update, displaced=None):
+        """
+        Apply C{update}; return True if it was new here.  Idempotent and
+        commutative: the outcome does not depend on order or repetition.
+
+        A post is shown once per (user, request id): when a client's retry was
+        accepted by a second VM before the first VM's copy arrived, both
+        updates are kept, and the one with the smaller (time, id) is the post
+        shown everywhere.  A post this update hides from view is appended to
+        C{displaced}.
+        """
+        if not self.seen.add(update.origin, update.seq):
+            return False
+        self.updates.setdefault(update.origin, {})[update.seq] = update
+        # Request ids are the client's, and scoped to its user: two users
+        # may pick the same one.
+        request = update.request
+        prior = self.requests.get(request) if request else None
+        if request and (prior is None or update.key < prior.key):
+            self.requests[request] = update
+        if update.user is not None:
+            self.users.add(update.user)
+            self._setPassword(update.user, update.key, update.hash)
+        elif update.password is not None:
+            self._setPassword(update.password.user, update.key, update.password.hash)
+        elif update.post is not None:
+            if prior is not None and prior.post is not None:
+                if update.key > prior.key:
+                    return True
+                self._unshow(prior.post)
+                if displaced is not None:
+                    displaced.append(prior)
+            posts = self.posts.setdefault(update.post.author, [])
+            bisect.insort(posts, update.post, key=lambda p: p.key)
+        elif update.read is not None:
+            mark = update.read
+            if mark.key > self.reads.get(mark.user, (0, "")):
+                self.reads[mark.user] = mark.key
+        else:
+            f = update.follow
+            pair = (f.follower, f.followee)
+            current = self.follows.get(pair)
+            if current is None or update.key > current.key:
+                self.follows[pair] = FollowRegister(update.key, f.following)
+                if f.following:
+                    self._followers.setdefault(f.followee, set()).add(f.follower)
+                    self._following.setdefault(f.follower, set()).add(f.followee)
+                else:
+                    self._followers.get(f.followee, set()).discard(f.follower)
+                    self._following.get(f.follower, set()).discard(f.followee)
+        return True
+
+    def _setPassword(self, user, key, hash):
+        current = self.passwords.get(user)
+        if current is None or key > current.key:
+            self.passwords[user] = PasswordRegister(key, hash)
+
+    def password(self, user):
+        """C{user}'s L{PasswordRegister} (its key is the generation), or None."""
+        return self.passwords.get(user)
+
+    def _unshow(self, post):
+        posts = self.posts[post.author]
+        del posts[bisect.bisect_left(posts, post.key, key=lambda p: p.key)]
+
+    def shows(self, update):
+        """Is C{update}'s post the one shown for its request (not a duplicate)?"""
+        request = update.request
+        shown = self.requests.get(request) if request else None
+        return shown is None or shown.id == update.id
+
+    def lastSeq(self, origin):
+        seen = self.seen.origins.get(origin)
+        return seen.top if seen is not None else 0
+
+    # -- reading
+
+    def readUpTo(self, user):
+        """The newest post key C{user} is known to have read, or None."""
+        return self.reads.get(user)
+
+    def byRequest(self, user, requestId):
+        """The update C{user}'s request C{requestId} made (the earliest copy), or None."""
+        return self.requests.get((user, requestId))
+
+    def isFollowing(self, follower, followee):
+        register = self.follows.get((follower, followee))
+        return register is not None and register.following
+
+    def following(self, user):
+        return sorted(self._following.get(user, ()))
+
+    def followers(self, user):
+        return sorted(self._followers.get(user, ()))
+
+    def followerSet(self, user):
+        """The followers of C{user}, unsorted: for fan-out, on every post."""
+        return self._followers.get(user, frozenset())
+
+    def postsBy(self, user):
+        return self.posts.get(user, [])
+
+    def _timelineSources(self, user):
+        return [self.postsBy(u) for u in set(self.following(user)) | {user}]
+
+    def timeline(self, user, limit):
+        """The C{limit} newest posts by C{user} and whom they follow, oldest first."""
+        newest = heapq.merge(*(reversed(p[-limit:]) for p in self._timelineSources(user)),
+                             key=lambda p: p.key, reverse=True)
+        recent = [p for _, p in zip(range(limit), newest)]
+        recent.reverse()
+        return recent
+
+    def timelineAfter(self, user, cursor):
+        """Every post of C{user}'s timeline after C{cursor} (a post key), oldest first."""
+        later = []
+        for posts in self._timelineSources(user):
+            later.extend(posts[bisect.bisect_right(posts, cursor, key=lambda p: p.key):])
+        later.sort(key=lambda p: p.key)
+        return later
+
+    def timelinePage(self, user, cursor, limit, inclusive=False):
+        """
+        At most C{limit} posts of C{user}'s timeline after the post key
+        C{cursor} (from it, if C{inclusive}), oldest first: one page of a
+        catch-up, found without copying the rest of the timeline.
+        """
+        edge = bisect.bisect_left if inclusive else bisect.bisect_right
+        pages = []
+        for posts in self._timelineSources(user):
+            start = edge(posts, cursor, key=lambda p: p.key)
+            pages.append(posts[start:start + limit])
+        return list(itertools.islice(heapq.merge(*pages, key=lambda p: p.key), limit))
+
+    def missing(self, remote):
+        """The updates held here that the version vector C{remote} lacks."""
+        out = []
+        for origin, updates in self.updates.items():
+            # The usual case, asked every second, costs nothing: the peer
+            # holds everything up to our newest update of the origin.
+            seqs = self.seen.origins[origin].lacking(remote.origins.get(origin) or Seen())
+            out.extend(updates[seq] for seq in seqs)
+        return out
+
+    def snapshot(self):
+        """A comparable summary of the visible state (for tests and compare)."""
+        return (
+            frozenset(self.users),
+            frozenset((pair, r.following) for pair, r in self.follows.items()),
+            tuple((a, tuple(p.key for p in ps)) for a, ps in sorted(self.posts.items())),
+            frozenset(self.reads.items()),
+            frozenset(self.passwords.items()),
+        )

@@ -1,0 +1,3 @@
+"""
+One server process of a VM: its services, sessions and replication.
+"""

@@ -1,0 +1,343 @@
+"""
+Live client sessions on a master: C{Bidirectional_s_and_c}.
+
+A session is opened by a logged-in client and kept alive by heartbeats both
+ways.  When the client asks for its timeline, the session sends the recent
+history (or everything after the client's cursor, when it resumes), a ready
+marker, and from then on every new post of the users it follows (and its own)
+as soon as the post is durable here.  The client acknowledges how far it has
+read; when the stream breaks the session is deactivated and that cursor kept,
+so a returning client can resume where it left off.
+
+The history (or, for a returning client, everything it missed: thousands of
+posts, maybe) is a catch-up: sent a page at a time, by cursor, each page once
+the client has taken most of the one before, so it goes exactly as fast as
+the client reads and is never cut off.  A client that stops reading live
+posts is cut off once its queue is full (the bound is in
+L{grpcbridge.Stream}), rather than allowed to grow this process's memory.
+"""
+
+import collections
+
+from twisted.logger import Logger
+
+from snstwist.core import errors
+from snstwist.core.model import (
+    CATCH_UP_PAGE,
+    HISTORY,
+    MAX_SESSION_QUEUE,
+    MAX_SESSIONS_PER_ADDRESS,
+    MAX_SESSIONS_PER_USER,
+    PUSHED_MEMORY,
+    SESSION_HEARTBEAT,
+    checkCursor,
+    checkHeartbeat,
+)
+from snstwist.rpc import sns_pb2 as pb
+
+log = Logger()
+
+
+def checkClientMessage(message, now_us):
+    """
+    The bounds of what a client sends on its session: a cursor is a post's
+    (time, id), the time within the clock window of C{now_us}; a heartbeat
+    names at most a few users.
+    """
+    kind = message.WhichOneof("kind")
+    if kind == "open" and message.open.HasField("cursor"):
+        cursor = message.open.cursor
+        checkCursor(cursor.time_us, cursor.id, now_us)
+    elif kind == "ack":
+        checkCursor(message.ack.time_us, message.ack.id, now_us)
+    elif kind == "heartbeat":
+        checkHeartbeat(message.heartbeat)
+
+HEARTBEAT = SESSION_HEARTBEAT
+TIMEOUT = 3 * HEARTBEAT
+MAX_QUEUE = MAX_SESSION_QUEUE
+READ_MARK_INTERVAL = 1.0
+_BEAT = pb.ServerPush(heartbeat=pb.Heartbeat())
+
+
+def hostOf(peer):
+    """The IP address of a gRPC peer (C{ipv4:127.0.0.1:5555}, C{ipv6:[::1]:5555})."""
+    if not peer:
+        return ""
+    address = peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    return address.rsplit(":", 1)[0]
+
+
+class SessionHub:
+    """Every live session of this master, by user, and every user's cursor."""
+
+    maxPerUser = MAX_SESSIONS_PER_USER
+    maxPerAddress = MAX_SESSIONS_PER_ADDRESS
+
+    def __init__(self, node, clock, record=lambda update: None):
+        self.node = node
+        self.clock = clock
+        self.record = record
+        self.sessions = {}
+        self.addresses = {}
+        self.cursors = {}
+        self.unsaved = {}
+        self.saver = None
+        self.beat = None
+        self.pushed = collections.OrderedDict()  # request -> id of the copy pushed
+
+    def count(self):
+        return sum(len(s) for s in self.sessions.values())
+
+    def session(self, user, peer=None):
+        """A session for C{user} calling from C{peer}, unless either has too many."""
+        if len(self.sessions.get(user, ())) >= self.maxPerUser:
+            raise errors.TooManySessions(
+                "%s has %d sessions open on this master, the most allowed: close one"
+                % (user, self.maxPerUser))
+        host = hostOf(peer)
+        if self.addresses.get(host, 0) >= self.maxPerAddress:
+            raise errors.TooManySessions(
+                "%d sessions are open from %s on this master, the most allowed"
+                % (self.maxPerAddress, host))
+        return ClientSession(self, user, host)
+
+    def add(self, session):
+        self.sessions.setdefault(session.user, set()).add(session)
+        self.addresses[session.host] = self.addresses.get(session.host, 0) + 1
+        if self.beat is None:
+            self.beat = self.clock.callLater(HEARTBEAT, self._heartbeat)
+
+    def remove(self, session):
+        live = self.sessions.get(session.user)
+        if live is not None and session in live:
+            live.discard(session)
+            if not live:
+                del self.sessions[session.user]
+            left = self.addresses[session.host] - 1
+            if left:
+                self.addresses[session.host] = left
+            else:
+                del self.addresses[session.host]
+        if not self.sessions and self.beat is not None:
+            self.beat.cancel()
+            self.beat = None
+
+    def _heartbeat(self):
+        """
+        One timer for every session (a thousand sessions are a thousand
+        DelayedCalls otherwise): each gets a heartbeat unless it was sent
+        something since the last one, and a silent client is cut off.
+        """
+        self.beat = None
+        now = self.clock.seconds()
+        for sessions in list(self.sessions.values()):
+            for session in list(sessions):
+                session.check(now)
+        if self.sessions and self.beat is None:
+            self.beat = self.clock.callLater(HEARTBEAT, self._heartbeat)
+
+    def ack(self, user, cursor):
+        key = (cursor.time_us, cursor.id)
+        if key > self.cursors.get(user, (0, "")):
+            self.cursors[user] = key
+            self.unsaved[user] = key
+            if self.saver is None:
+                self.saver = self.clock.callLater(READ_MARK_INTERVAL, self.saveReadMarks)
+
+    def saveReadMarks(self):
+        """
+        Write (and replicate, through C{record}) how far each user has read,
+        at most once per L{READ_MARK_INTERVAL}: a returning client, on any
+        master, then gets every post it missed.
+        """
+        if self.saver is not None and self.saver.active():
+            self.saver.cancel()
+        self.saver = None
+        unsaved, self.unsaved = self.unsaved, {}
+        for user, key in unsaved.items():
+            try:
+                update = self.node.markRead(user, key)
+            except errors.StorageFailed as e:
+                # The disk refuses writes for now: try again later.
+                log.info("read marks not saved yet: {why}", why=e.message)
+                for later, laterKey in unsaved.items():
+                    if laterKey > self.unsaved.get(later, (0, "")):
+                        self.unsaved[later] = laterKey
+                if self.saver is None:
+                    self.saver = self.clock.callLater(READ_MARK_INTERVAL, self.saveReadMarks)
+                return
+            if update is not None:
+                self.record(update)
+
+    def publish(self, updates):
+        """Push the posts among C{updates} to the live timelines that show them."""
+        replica = self.node.replica
+        for update in updates:
+            post = update.post
+            if post is None or not replica.shows(update) or self._pushedOther(update):
+                # A second copy of a retried request is not shown: neither a
+                # later copy, nor an earlier one that arrives (from a VM that
+                # was cut off) after the later one was pushed.
+                continue
+            message = None
+            for user in (post.author, *replica.followerSet(post.author)):
+                for session in self.sessions.get(user, ()):
+                    if session.live or session.catchingUp:
+                        if message is None:
+                            message = pb.ServerPush(post=post.toProto())
+                        session.push(post, message)
+
+    def revoke(self, user, generation):
+        """
+        End C{user}'s sessions opened under a password older than
+        C{generation} (a password change ends every other session).
+        """
+        for session in list(self.sessions.get(user, ())):
+            if session.generation < generation:
+                log.info("ending a session of {user}: the password changed", user=user)
+                session.live = False
+                self.remove(session)
+                session.stream.abort()
+
+    def _pushedOther(self, update):
+        """Was another copy of C{update}'s request pushed already?  Remember this one."""
+        request = update.request
+        if request is None:
+            return False
+        pushed = self.pushed.get(request)
+        if pushed is not None:
+            return pushed != update.id
+        self.pushed[request] = update.id
+        if len(self.pushed) > PUSHED_MEMORY:
+            self.pushed.popitem(last=False)
+        return False
+
+    def closeAll(self):
+        self.saveReadMarks()
+        for sessions in list(self.sessions.values()):
+            for session in list(sessions):
+                session.stream.close()
+
+
+class ClientSession:
+    """The server's end of one client's C{Bidirectional_s_and_c} stream."""
+
+    # The password generation of the token the session was opened with.
+    generation = (0, "")
+
+    def __init__(self, hub, user, host=""):
+        self.hub = hub
+        self.user = user
+        self.host = host
+        self.stream = None
+        self.live = False
+        self.catchingUp = False
+        self.cursor = None
+        self.inclusive = False
+        self.caughtUp = 0
+        self.sentHistory = set()
+        self.lastHeard = 0
+        self.busy = False
+
+    @property
+    def clock(self):
+        return self.hub.clock
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        self.lastHeard = self.clock.seconds()
+        self.hub.add(self)
+
+    def check(self, now):
+        """The hub's heartbeat: cut off a silent client, or say we are alive."""
+        silent = now - self.lastHeard
+        if silent > TIMEOUT:
+            log.info("client {user} silent for {s:.1f}s: deactivating", user=self.user, s=silent)
+            self.live = False
+            self.hub.remove(self)
+            self.stream.abort()
+        elif not self.busy:
+            self.stream.send(_BEAT)
+        self.busy = False
+
+    def messageReceived(self, message):
+        self.lastHeard = self.clock.seconds()
+        try:
+            checkClientMessage(message, self.hub.node.hlc.physical())
+        except errors.SNSError as e:
+            log.info("refused a session message of {user}: {e}", user=self.user, e=e.message)
+            self.live = False
+            self.hub.remove(self)
+            self.stream.abort(e)
+            return
+        kind = message.WhichOneof("kind")
+        if kind == "open" and message.open.timeline and not self.live:
+            self._startTimeline(message.open)
+        elif kind == "ack":
+            self.hub.ack(self.user, message.ack)
+
+    def _startTimeline(self, request):
+        """
+        Start the catch-up: from the client's cursor when it resumes; else
+        the recent history, and before it anything older that a returning
+        client has not read yet.
+        """
+        if self.catchingUp:
+            return
+        replica = self.hub.node.replica
+        if request.HasField("cursor"):
+            self.cursor, self.inclusive = (request.cursor.time_us, request.cursor.id), False
+        else:
+            recent = replica.timeline(self.user, min(request.history or HISTORY, HISTORY))
+            mark = replica.readUpTo(self.user)
+            if recent and (mark is None or mark >= recent[0].key):
+                self.cursor, self.inclusive = recent[0].key, True
+            else:
+                self.cursor, self.inclusive = mark, False
+        self.catchingUp = True
+        self._sendPage()
+
+    def _sendPage(self):
+        """One page of the catch-up; the next once the client has taken most of it."""
+        if self.stream is None or not self.catchingUp:
+            return
+        posts = []
+        if self.cursor is not None:
+            node = self.hub.node
+            posts = node.replica.timelinePage(self.user, self.cursor, CATCH_UP_PAGE,
+                                              self.inclusive)
+            for post in posts:
+                if not node.isDurable(post.id):
+                    # Published (pushed live) once durable: not twice.
+                    self.sentHistory.add(post.id)
+                self.stream.send(pb.ServerPush(post=post.toProto()))
+            if posts:
+                self.cursor, self.inclusive = posts[-1].key, False
+                self.caughtUp += len(posts)
+                self.busy = True
+        if len(posts) < CATCH_UP_PAGE:
+            self.catchingUp = False
+            self.stream.send(pb.ServerPush(ready=pb.SessionReady(history=self.caughtUp)))
+            self.live = True
+            return
+        d = self.stream.drained(CATCH_UP_PAGE // 2)
+        d.addCallback(lambda _: self._sendPage())
+        d.addErrback(lambda f: log.failure("catch-up of {user} failed", f, user=self.user))
+
+    def push(self, post, message):
+        if post.id in self.sentHistory:
+            # Already sent with the history (it was accepted here just
+            # before the timeline opened, and became durable after).
+            self.sentHistory.discard(post.id)
+            return
+        if self.catchingUp and (post.key > self.cursor or (
+                self.inclusive and post.key == self.cursor)):
+            # A later page of the catch-up holds it.
+            return
+        self.stream.send(message)
+        self.busy = True
+
+    def connectionLost(self, reason):
+        self.live = self.catchingUp = False
+        self.hub.remove(self)

@@ -1,0 +1,3 @@
+"""
+Durable storage of one VM: SQLite and the post files.
+"""

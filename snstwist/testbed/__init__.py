@@ -1,0 +1,3 @@
+"""
+Test beds: several hosts on one machine, a latency proxy, the chaos run.
+"""
