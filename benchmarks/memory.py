@@ -1,6 +1,6 @@
 """
 Memory of a master per idle connection and per session, at the caps of
-snstwist/core/model.py (MAX_SESSIONS_PER_USER sessions of each user, and
+snstwist/core/limits.py (MAX_SESSIONS_PER_USER sessions of each user, and
 MAX_SESSIONS_PER_ADDRESS from this one address), measured on real processes.
 
 Starts a 2-VM cluster (``python -m snstwist.commands.cluster``) in a temporary
@@ -32,7 +32,7 @@ import grpc.aio
 from failover import Cluster  # benchmarks/failover.py, beside this file
 from run import useTLS
 
-from snstwist.core.model import MAX_SESSIONS_PER_ADDRESS, MAX_SESSIONS_PER_USER
+from snstwist.core.limits import MAX_SESSIONS_PER_ADDRESS, MAX_SESSIONS_PER_USER
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg

@@ -54,6 +54,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {
     "snstwist/core/model.py": (["tests.test_model", "tests.test_state", "tests.test_store",
                            "tests.test_replication", "tests.test_server"], None),
+    "snstwist/core/limits.py": (["tests.test_limits", "tests.test_model", "tests.test_state",
+                            "tests.test_store", "tests.test_replication",
+                            "tests.test_server"], None),
     "snstwist/rpc/auth.py": (["tests.test_auth", "tests.test_server", "tests.test_router"], None),
     "snstwist/core/state.py": (["tests.test_state", "tests.test_read_marks",
                            "tests.test_replication", "tests.test_convergence"], None),

@@ -24,9 +24,8 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from snstwist.core import errors, metrics
+from snstwist.core.limits import MAX_EXCLUDED_VMS, MAX_SERVERS
 from snstwist.core.model import (
-    MAX_EXCLUDED_VMS,
-    MAX_SERVERS,
     checkCount,
     checkHeartbeat,
     checkServerHello,

@@ -36,7 +36,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.buddy import buddy
 from snstwist.core import errors
-from snstwist.core.model import (
+from snstwist.core.limits import (
     CLOCK_WINDOW_US,
     MAX_ADDRESS,
     MAX_ERROR_TEXT,
@@ -51,8 +51,8 @@ from snstwist.core.model import (
     MAX_REQUEST_ID,
     MAX_USERNAME,
     UPDATES_PER_MESSAGE,
-    updateId,
 )
+from snstwist.core.model import updateId
 from snstwist.router import RouterService
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc.grpcbridge import SECRET_METADATA, SESSION_METADATA

@@ -35,7 +35,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.core import errors
-from snstwist.core.model import HISTORY, parseUpdateId
+from snstwist.core.limits import HISTORY
+from snstwist.core.model import parseUpdateId
 from snstwist.core.state import VersionVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.replication import (

@@ -7,7 +7,7 @@ and garbage is answered with INVALID_ARGUMENT.
 from twisted.internet.task import Clock
 
 from snstwist.core import errors
-from snstwist.core.model import MAX_ECHO
+from snstwist.core.limits import MAX_ECHO
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg

@@ -324,7 +324,7 @@ class SessionCapTests(unittest.TestCase):
         gives up within seconds with 'Command failed with unknown reason'
         (the cause on stderr) and exits 1, instead of reconnecting forever.
         """
-        from snstwist.core.model import MAX_SESSIONS_PER_USER
+        from snstwist.core.limits import MAX_SESSIONS_PER_USER
         from snstwist.rpc import auth, grpcbridge
         from snstwist.rpc import sns_pb2_grpc as pbg
 

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from snstwist.client.client import Client
 from snstwist.commands import compare
 from snstwist.core import errors
-from snstwist.core.model import CLOCK_WINDOW_US, MAX_MESSAGE_BYTES
+from snstwist.core.limits import CLOCK_WINDOW_US, MAX_MESSAGE_BYTES
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg

@@ -1,5 +1,5 @@
 """
-The limits of model.py add up: anything accepted fits in one message.
+The limits of limits.py add up: anything accepted fits in one message.
 
 These are the sums behind the limits, checked on the wire types: the
 largest update of every kind, a full batch of them in a replication and a
@@ -9,8 +9,8 @@ buddy message, the largest LIST, digest, membership and version vector.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist.core import errors, model
-from snstwist.core.model import (
+from snstwist.core import errors, limits, model
+from snstwist.core.limits import (
     MAX_EXCLUDED_VMS,
     MAX_HEARTBEAT_USERS,
     MAX_MESSAGE_BYTES,
@@ -23,12 +23,8 @@ from snstwist.core.model import (
     MAX_USERNAME,
     MAX_USERS,
     UPDATES_PER_MESSAGE,
-    FollowChange,
-    Post,
-    ReadMark,
-    Update,
-    updateId,
 )
+from snstwist.core.model import FollowChange, Post, ReadMark, Update, updateId
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server import replication
@@ -119,8 +115,8 @@ class ReplySizeTests(SynchronousTestCase):
 
     def test_a_membership_fits_with_the_most_servers(self):
         """The router's membership of MAX_SERVERS servers, each naming its users, fits."""
-        info = pb.ServerInfo(vm=NAME, role=pb.MASTER, address="a" * model.MAX_ADDRESS,
-                             pid=-1, incarnation="i" * model.MAX_INCARNATION,
+        info = pb.ServerInfo(vm=NAME, role=pb.MASTER, address="a" * limits.MAX_ADDRESS,
+                             pid=-1, incarnation="i" * limits.MAX_INCARNATION,
                              clients=2**32 - 1, updates=2**64 - 1, pending=2**32 - 1,
                              seen_ago=1e300, users=[NAME] * MAX_HEARTBEAT_USERS)
         message = pb.RouterMessage(membership=pb.Membership(servers=[info] * MAX_SERVERS))
@@ -129,19 +125,19 @@ class ReplySizeTests(SynchronousTestCase):
     def test_a_status_reply_fits_with_the_most_servers_and_streams(self):
         """sns-status: MAX_SERVERS servers, each with every peer stream failing."""
         stream = pb.PeerStream(vm=NAME, lacking=2**64 - 1, failures=2**32 - 1,
-                               last_error="e" * model.MAX_ERROR_TEXT, connected=True)
-        info = pb.ServerInfo(vm=NAME, role=pb.MASTER, address="a" * model.MAX_ADDRESS,
-                             pid=-1, incarnation="i" * model.MAX_INCARNATION,
+                               last_error="e" * limits.MAX_ERROR_TEXT, connected=True)
+        info = pb.ServerInfo(vm=NAME, role=pb.MASTER, address="a" * limits.MAX_ADDRESS,
+                             pid=-1, incarnation="i" * limits.MAX_INCARNATION,
                              clients=2**32 - 1, updates=2**64 - 1, pending=2**32 - 1,
                              seen_ago=1e300, users=[NAME] * MAX_HEARTBEAT_USERS,
-                             peers=[stream] * model.MAX_PEER_STREAMS, refused=2**64 - 1)
+                             peers=[stream] * limits.MAX_PEER_STREAMS, refused=2**64 - 1)
         reply = pb.StatusReply(servers=[info] * MAX_SERVERS, uptime=1e300)
         self.assertLessEqual(reply.ByteSize(), MAX_MESSAGE_BYTES)
 
     def test_a_version_vector_fits_with_the_most_origins(self):
         """A hello naming MAX_ORIGINS origins (no gaps) fits one message."""
         have = pb.VersionVector(origins=[pb.OriginRange(origin=ORIGIN, contiguous=MAX_SEQ)]
-                                * model.MAX_ORIGINS)
+                                * limits.MAX_ORIGINS)
         message = pb.ReplicationMessage(hello=pb.ReplicaHello(vm=NAME, origin=ORIGIN, have=have))
         self.assertLessEqual(message.ByteSize(), MAX_MESSAGE_BYTES)
 

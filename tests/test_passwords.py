@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist.core import errors, model
+from snstwist.core import errors, limits
 from snstwist.rpc import auth
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.passwords import FailedLogins, Hasher, TokenBuckets
@@ -74,12 +74,12 @@ class FailedLoginTests(SynchronousTestCase):
         self.assertRaises(errors.RateLimited, failed.check, "alice", "10.0.0.2")
         self.assertRaises(errors.RateLimited, failed.check, "bob", "10.0.0.1")
         failed.check("bob", "10.0.0.2")
-        clock.advance(model.FAILED_LOGIN_DELAY)
+        clock.advance(limits.FAILED_LOGIN_DELAY)
         failed.check("alice", "10.0.0.1")
         failed.failed("alice", "10.0.0.1")
-        clock.advance(model.FAILED_LOGIN_DELAY)
+        clock.advance(limits.FAILED_LOGIN_DELAY)
         self.assertRaises(errors.RateLimited, failed.check, "alice", "10.0.0.1")
-        clock.advance(model.FAILED_LOGIN_DELAY)
+        clock.advance(limits.FAILED_LOGIN_DELAY)
         failed.check("alice", "10.0.0.1")
         failed.succeeded("alice", "10.0.0.1")
         failed.check("alice", "10.0.0.1")
@@ -89,7 +89,7 @@ class FailedLoginTests(SynchronousTestCase):
         failed = FailedLogins(clock)
         for _ in range(30):
             failed.failed("alice", "a")
-        clock.advance(model.FAILED_LOGIN_MAX_DELAY)
+        clock.advance(limits.FAILED_LOGIN_MAX_DELAY)
         failed.check("alice", "a")
 
 
@@ -115,12 +115,12 @@ class ServerLoginTests(SynchronousTestCase):
         self.failureResultOf(login(service, store, "dora", "bad"), errors.WrongPassword)
         f = self.failureResultOf(login(service, store, "dora", "pw1"), errors.RateLimited)
         self.assertIn("failed logins", f.getErrorMessage())
-        service.clock.advance(model.FAILED_LOGIN_DELAY)
+        service.clock.advance(limits.FAILED_LOGIN_DELAY)
         self.successResultOf(login(service, store, "dora", "pw1"))
 
     def test_logins_from_one_address_are_rate_limited(self):
         service, store = serverAs(self, "master")
-        for i in range(int(model.LOGINS_PER_ADDRESS_BURST)):
+        for i in range(int(limits.LOGINS_PER_ADDRESS_BURST)):
             self.successResultOf(login(service, store, "u%d" % i, "pw"))
         self.failureResultOf(login(service, store, "late", "pw"), errors.RateLimited)
         self.successResultOf(login(service, store, "late", "pw", "ipv4:10.0.0.9:1"))
@@ -132,7 +132,7 @@ class ServerLoginTests(SynchronousTestCase):
     def test_posts_per_user_are_rate_limited(self):
         service, store = serverAs(self, "master")
         token = self.successResultOf(login(service, store, "dora", "pw")).token
-        for i in range(int(model.POSTS_PER_USER_RATE * model.POSTS_PER_USER_BURST_SECONDS)):
+        for i in range(int(limits.POSTS_PER_USER_RATE * limits.POSTS_PER_USER_BURST_SECONDS)):
             d = service.post(pb.PostRequest(text="p%d" % i, request_id="r%d" % i),
                              session(token))
             store.flush()
@@ -141,14 +141,14 @@ class ServerLoginTests(SynchronousTestCase):
                               pb.PostRequest(text="one too many", request_id="x"),
                               session(token))
         self.assertIn("posts", e.message)
-        service.clock.advance(1 / model.POSTS_PER_USER_RATE)
+        service.clock.advance(1 / limits.POSTS_PER_USER_RATE)
         service.post(pb.PostRequest(text="later", request_id="y"), session(token))
 
     def test_a_token_expires(self):
         service, store = serverAs(self, "master")
         token = self.successResultOf(login(service, store, "dora", "pw")).token
         service.list(pb.ListRequest(), session(token))
-        service.clock.advance(model.TOKEN_LIFETIME)
+        service.clock.advance(limits.TOKEN_LIFETIME)
         e = self.assertRaises(errors.NotLoggedIn, service.list, pb.ListRequest(),
                               session(token))
         self.assertIn("expired", e.message)
@@ -156,7 +156,7 @@ class ServerLoginTests(SynchronousTestCase):
     def test_a_live_token_is_renewed_without_the_password(self):
         service, store = serverAs(self, "master")
         token = self.successResultOf(login(service, store, "dora", "pw")).token
-        service.clock.advance(model.TOKEN_LIFETIME / 2)
+        service.clock.advance(limits.TOKEN_LIFETIME / 2)
         ctx = session(token)
         renewed = service.login(pb.LoginRequest(user="dora"), ctx)
         self.assertGreater(auth.readToken(service.secret, renewed.token).expires,

@@ -9,7 +9,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.core import errors
-from snstwist.core.model import CLOCK_WINDOW_US, MAX_ERROR_TEXT, FollowChange, ReadMark, Update
+from snstwist.core.limits import CLOCK_WINDOW_US, MAX_ERROR_TEXT
+from snstwist.core.model import FollowChange, ReadMark, Update
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.replication import (
     ACK_TIMEOUT,

@@ -6,7 +6,7 @@ heartbeats, cursors.  A real replication Node on a MemoryStore, a fake stream.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist.core.model import CATCH_UP_PAGE, HISTORY
+from snstwist.core.limits import CATCH_UP_PAGE, HISTORY
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.replication import Node
 from snstwist.server.sessions import HEARTBEAT, TIMEOUT, SessionHub
@@ -477,7 +477,7 @@ class SessionCapTests(SynchronousTestCase):
     def test_a_user_past_the_cap_is_refused_with_resource_exhausted(self):
         """The 11th session of alice is refused, saying why; bob still gets one."""
         from snstwist.core import errors
-        from snstwist.core.model import MAX_SESSIONS_PER_USER
+        from snstwist.core.limits import MAX_SESSIONS_PER_USER
         clock, node, hub = makeHub(self)
         for _ in range(MAX_SESSIONS_PER_USER):
             hub.session("alice", "ipv4:10.0.0.1:1").makeConnection(FakeStream())
@@ -488,7 +488,7 @@ class SessionCapTests(SynchronousTestCase):
 
     def test_a_closed_session_frees_its_place(self):
         """Once one of alice's sessions ends she may open another."""
-        from snstwist.core.model import MAX_SESSIONS_PER_USER
+        from snstwist.core.limits import MAX_SESSIONS_PER_USER
         clock, node, hub = makeHub(self)
         sessions = []
         for _ in range(MAX_SESSIONS_PER_USER):

@@ -24,8 +24,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from snstwist.core.errors import RemoteError, Status
-from snstwist.core.model import HISTORY, Post
-from snstwist.core.model import SESSION_HEARTBEAT as HEARTBEAT
+from snstwist.core.limits import HISTORY
+from snstwist.core.limits import SESSION_HEARTBEAT as HEARTBEAT
+from snstwist.core.model import Post
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg

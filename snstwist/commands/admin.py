@@ -87,7 +87,7 @@ class CertsOptions(usage.Options):
         self["hosts"].append(host)
 
     def postOptions(self):
-        from snstwist.core.model import USERNAME
+        from snstwist.core.limits import USERNAME
         if not self["dir"]:
             raise usage.UsageError("--dir is required")
         if not USERNAME.match(self["name"]):

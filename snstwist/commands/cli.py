@@ -31,7 +31,8 @@ from snstwist.client.client import Client, ClusterUnreachable, CommandFailed, In
 from snstwist.commands.commandline import INSECURE_FLAG, TLS_CA_OPTION
 from snstwist.core import errors
 from snstwist.core.errors import RemoteError, Status
-from snstwist.core.model import MAX_PASSWORD_CHARS, USERNAME, checkUsername, excerpt
+from snstwist.core.limits import MAX_PASSWORD_CHARS, USERNAME, excerpt
+from snstwist.core.model import checkUsername
 from snstwist.rpc import grpcbridge
 
 OK = "Command completed successfully"

@@ -64,7 +64,7 @@ def runCommand(name, options, argv, main):
 def parseAddress(text, what):
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        from snstwist.core.model import excerpt
+        from snstwist.core.limits import excerpt
         raise usage.UsageError("%s must be HOST:PORT, not %s" % (what, excerpt(text)))
     return "%s:%d" % (host, int(port))
 

@@ -28,7 +28,8 @@ from snstwist.commands.commandline import (
     readSecret,
     readTLS,
 )
-from snstwist.core.model import POSTS_PER_USER_RATE, checkUsername
+from snstwist.core.limits import POSTS_PER_USER_RATE
+from snstwist.core.model import checkUsername
 
 
 class _Common(usage.Options):

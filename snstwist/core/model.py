@@ -1,162 +1,40 @@
 """
-Values of the domain: posts, updates, usernames; and every bound on what a
-client or a peer may send, in one place.
+Values of the domain: posts, follows, read marks, password changes and the
+updates that replicate them; and the C{check*} functions that hold every
+value a client or a peer sends to its bound.
 
 Everything here is a frozen attrs value validated at construction, so a bad
 value never travels.  Conversions to and from the wire types live here too.
-
-The limits below are checked where data enters (a client's request in
-server.py and sessions.py, a peer's message in replication.py, router.py and
-buddy.py) with the C{check*} functions of this module, and answered with
-INVALID_ARGUMENT (a value too long, malformed or out of its window) or
-RESOURCE_EXHAUSTED (too many of something).  An error message names the bound
-and shows at most L{MAX_ECHO} characters of what was sent.  The README's
-"Limits" table lists every bound and what a client gets past it: add a row
-there when you add one here.
+The bounds themselves are named in L{snstwist.core.limits}; this module
+applies them and words the refusal.
 """
-
-import re
 
 import attrs
 
 from snstwist.core import errors
+from snstwist.core.limits import (
+    CLOCK_WINDOW_US,
+    MAX_ADDRESS,
+    MAX_ERROR_TEXT,
+    MAX_EXTRA,
+    MAX_HEARTBEAT_USERS,
+    MAX_INCARNATION,
+    MAX_ORIGIN,
+    MAX_ORIGINS,
+    MAX_PASSWORD_CHARS,
+    MAX_PASSWORD_HASH_CHARS,
+    MAX_PEER_STREAMS,
+    MAX_POST_CHARS,
+    MAX_REQUEST_ID,
+    MAX_SEQ,
+    MAX_UPDATE_ID,
+    MAX_USERNAME,
+    ORIGIN,
+    REQUEST_ID,
+    USERNAME,
+    excerpt,
+)
 from snstwist.rpc import sns_pb2 as pb
-
-# ------------------------------------------------------------------ limits
-
-# A live session (Bidirectional_s_and_c) carries a heartbeat each way every
-# this many seconds; either end gives the other up after three missed.
-SESSION_HEARTBEAT = 2.0
-
-# The largest gRPC message any channel or server of ours sends or receives
-# (grpcbridge sets both ends to it).
-MAX_MESSAGE_BYTES = 1 << 20
-
-# Of the values a client sends.
-MAX_USERNAME = 32
-USERNAME = re.compile(r"[A-Za-z0-9_.\-]{1,%d}\Z" % (MAX_USERNAME,))
-MAX_POST_CHARS = 1000
-MAX_REQUEST_ID = 64
-REQUEST_ID = re.compile(r"[\x21-\x7e]{0,%d}\Z" % (MAX_REQUEST_ID,))
-HISTORY = 20            # posts of history sent, at most
-MAX_EXCLUDED_VMS = 16   # VMs a client may exclude when asking the router
-
-# Of the values peers (servers, routers) send.  VM names follow the
-# username rule; an origin is "<vm>.<incarnation>", an update id
-# "<origin>/<seq>".
-MAX_INCARNATION = 24
-MAX_ORIGIN = MAX_USERNAME + 1 + MAX_INCARNATION
-ORIGIN = re.compile(r"[A-Za-z0-9_.\-]{1,%d}\Z" % (MAX_ORIGIN,))
-MAX_SEQ = 2**63 - 1     # SQLite integers are signed 64-bit
-MAX_TIME_US = 2**63 - 1  # times are never negative
-MAX_UPDATE_ID = MAX_ORIGIN + 1 + len(str(MAX_SEQ))
-MAX_ADDRESS = 270       # host:port; a DNS name is at most 253 characters
-MAX_HEARTBEAT_USERS = 100
-MAX_PEER_STREAMS = 16   # peer streams a master reports in one heartbeat
-MAX_ERROR_TEXT = 120    # why a stream last broke, as a server reports it
-MAX_ORIGINS = 10000     # origins in one version vector
-MAX_EXTRA = 10000       # out-of-order sequence numbers of one origin
-MAX_SERVERS = 128       # server processes registered with one router
-
-# Times a peer sends (update and read-mark times, in microseconds since the
-# epoch) may be at most this far ahead of our own clock: a peer whose clock
-# runs further ahead has its updates refused (and retried by its
-# anti-entropy) until ours catches up.  Never adopted into our hybrid clock.
-CLOCK_WINDOW_US = 5 * 60 * 10**6
-
-def _largestUpdate():
-    """The largest update the bounds above allow: a post at every maximum."""
-    wide = "\U0001f600"  # four bytes of UTF-8 per character
-    origin = "o" * MAX_ORIGIN
-    biggest = pb.Update(origin=origin, seq=MAX_SEQ, time_us=MAX_TIME_US,
-                        request_id="r" * MAX_REQUEST_ID)
-    biggest.post.id = "i" * MAX_UPDATE_ID
-    biggest.post.author = "a" * MAX_USERNAME
-    biggest.post.time_us = MAX_TIME_US
-    biggest.post.text = wide * MAX_POST_CHARS
-    return biggest
-
-
-# The most bytes one update takes on the wire, and how many fit in one
-# replication or buddy message (UpdateBatch inside ReplicationMessage): each
-# update costs its bytes plus a tag and a length, the batch a tag and a
-# length more.  Anything accepted always fits in one message.
-MAX_UPDATE_BYTES = _largestUpdate().ByteSize()
-UPDATES_PER_MESSAGE = (MAX_MESSAGE_BYTES - 16) // (MAX_UPDATE_BYTES + 4)
-
-# Users are a grow-only set that LIST returns whole (with the followers) and
-# a digest hashes file by file: bounded so that those replies always fit in
-# one message too.
-MAX_USERS = 8000
-
-
-# An error message quotes at most this much of the input it refuses: a 20 KB
-# name must not come back whole (nor overflow gRPC's 8 KB metadata limit,
-# which would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED).
-MAX_ECHO = 40
-
-# Timeline sessions.  A live reader that falls this many pushed messages
-# behind is cut off (it is too slow for live push); a catch-up (the history,
-# or everything a returning reader missed) is sent a page at a time, the next
-# page only once the reader has taken most of the last, so it is never cut
-# off, however long.
-MAX_SESSION_QUEUE = 1000
-# Requests whose pushed copy a master remembers, so that a second copy of a
-# retried post is never pushed live (sessions.SessionHub.publish).
-PUSHED_MEMORY = 10000
-CATCH_UP_PAGE = 200
-
-# Sessions and connections.  A master holds at most this many live sessions
-# (Bidirectional_s_and_c streams) of one user, and from one IP address;
-# past either the stream is refused with RESOURCE_EXHAUSTED.  gRPC closes a
-# connection that has carried no call for IDLE_CONNECTION_SECONDS, and a
-# server process takes at most MAX_CONNECTIONS connections in all (gRPC
-# counts connections per server, not per address: a session is the unit we
-# can count per address).
-MAX_SESSIONS_PER_USER = 10
-MAX_SESSIONS_PER_ADDRESS = 3000
-IDLE_CONNECTION_SECONDS = 300
-MAX_CONNECTIONS = 10000
-
-
-def excerpt(value, limit=MAX_ECHO):
-    """C{repr(value)}, cut to C{limit} characters, saying how long the value was."""
-    quoted = repr(value)
-    if len(quoted) <= limit:
-        return quoted
-    size = " (%d characters)" % (len(value),) if isinstance(value, (str, bytes)) else ""
-    return quoted[:limit] + "..." + size
-
-# -- accounts (issue 12)
-MAX_PASSWORD_CHARS = 256
-MAX_PASSWORD_HASH_CHARS = 256
-# argon2id at OWASP's minimum (19 MiB, 2 passes, 1 lane): about 50 ms of one
-# core on an idle machine.  Hashing runs on at most HASHING_THREADS threads,
-# never the reactor, with at most HASHING_QUEUE waiting; past that, logins
-# are refused with RESOURCE_EXHAUSTED rather than queued without bound.
-ARGON2_TIME_COST = 2
-ARGON2_MEMORY_KIB = 19456
-ARGON2_PARALLELISM = 1
-HASHING_THREADS = 2
-HASHING_QUEUE = 32
-# A session token lives this long; a live client renews it at half-life.
-TOKEN_LIFETIME = 24 * 3600.0
-MAX_TOKEN_CHARS = 512
-
-# -- rates (token buckets: RATE tokens a second, at most BURST saved up)
-# (sns-server --posts-per-second changes the posts' rate; the burst is
-# always that many seconds' worth.)
-POSTS_PER_USER_RATE = 20.0
-POSTS_PER_USER_BURST_SECONDS = 5.0
-LOGINS_PER_ADDRESS_RATE = 20.0
-LOGINS_PER_ADDRESS_BURST = 50.0
-# After N failed logins in a row, a user (or an address) waits
-# FAILED_LOGIN_DELAY * 2**(N-1) seconds, at most FAILED_LOGIN_MAX_DELAY,
-# before the next attempt is heard; a success clears it.
-FAILED_LOGIN_DELAY = 0.5
-FAILED_LOGIN_MAX_DELAY = 30.0
-# Buckets and failure counts kept, each (the least recently used go first).
-MAX_TRACKED = 10000
 
 
 def checkPassword(password):

@@ -24,7 +24,7 @@ import os
 import attrs
 
 from snstwist.core import errors
-from snstwist.core.model import MAX_TOKEN_CHARS
+from snstwist.core.limits import MAX_TOKEN_CHARS
 from snstwist.rpc.grpcbridge import SECRET_METADATA, SESSION_METADATA
 
 MIN_SECRET_CHARS = 16

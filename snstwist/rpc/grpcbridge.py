@@ -35,9 +35,9 @@ from twisted.python.failure import Failure
 
 from snstwist.core import errors, metrics
 
-# Both ends of every channel set the largest message: model.py derives the
+# Both ends of every channel set the largest message: limits.py derives the
 # bounds on every field from it, so that any update accepted fits in one.
-from snstwist.core.model import IDLE_CONNECTION_SECONDS, MAX_CONNECTIONS, MAX_MESSAGE_BYTES
+from snstwist.core.limits import IDLE_CONNECTION_SECONDS, MAX_CONNECTIONS, MAX_MESSAGE_BYTES
 from snstwist.rpc.heartbeat import Heartbeat
 
 log = Logger()
@@ -64,7 +64,7 @@ _SERVER_OPTIONS = [
     # Without this a second server binds the same port and steals half of
     # the connections.
     ("grpc.so_reuseport", 0),
-    # Connections are bounded (model.py): in all, and in time when idle.
+    # Connections are bounded (limits.py): in all, and in time when idle.
     ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
     ("grpc.max_connection_idle_ms", IDLE_CONNECTION_SECONDS * 1000),
 ]

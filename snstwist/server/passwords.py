@@ -4,12 +4,12 @@ reactor, token buckets, and the slowdown of failed logins.
 
 argon2 is deliberately slow and memory-hungry (tens of milliseconds and
 19 MiB a hash): it must never run on the reactor thread, and never more
-than L{model.HASHING_THREADS} at once, or a burst of logins would stall
+than L{limits.HASHING_THREADS} at once, or a burst of logins would stall
 every client of the master and take all its memory.  A L{Hasher} runs it
-on a thread pool of its own and refuses work past L{model.HASHING_QUEUE}
+on a thread pool of its own and refuses work past L{limits.HASHING_QUEUE}
 waiting.
 
-The bounds and rates are in L{snstwist.core.model}; this module is the
+The bounds and rates are in L{snstwist.core.limits}; this module is the
 machinery.
 """
 
@@ -20,13 +20,13 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from snstwist.core import errors, model
+from snstwist.core import errors, limits
 
 
 def argon2Hasher():
-    return argon2.PasswordHasher(time_cost=model.ARGON2_TIME_COST,
-                                 memory_cost=model.ARGON2_MEMORY_KIB,
-                                 parallelism=model.ARGON2_PARALLELISM,
+    return argon2.PasswordHasher(time_cost=limits.ARGON2_TIME_COST,
+                                 memory_cost=limits.ARGON2_MEMORY_KIB,
+                                 parallelism=limits.ARGON2_PARALLELISM,
                                  type=argon2.Type.ID)
 
 
@@ -44,8 +44,8 @@ class Hasher:
     both raise L{errors.Overloaded} at once when too many wait already.
     """
 
-    def __init__(self, reactor=None, threads=model.HASHING_THREADS,
-                 queue=model.HASHING_QUEUE):
+    def __init__(self, reactor=None, threads=limits.HASHING_THREADS,
+                 queue=limits.HASHING_QUEUE):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -88,7 +88,7 @@ class Hasher:
 class _Recent(collections.OrderedDict):
     """A dict that keeps at most C{limit} keys, forgetting the least recently used."""
 
-    def __init__(self, limit=model.MAX_TRACKED):
+    def __init__(self, limit=limits.MAX_TRACKED):
         super().__init__()
         self.limit = limit
 
@@ -108,12 +108,12 @@ class TokenBuckets:
     C{burst} tokens and gains C{rate} a second; a request takes one, and
     is refused with L{errors.RateLimited} when the bucket is empty.  So a
     key may send C{burst} requests at once, then C{rate} a second for as
-    long as it likes.  Only the L{model.MAX_TRACKED} keys seen last are
+    long as it likes.  Only the L{limits.MAX_TRACKED} keys seen last are
     kept (a forgotten key starts full, which costs nothing: a full bucket
     is the state of any key idle for C{burst / rate} seconds).
     """
 
-    def __init__(self, clock, rate, burst, what, limit=model.MAX_TRACKED):
+    def __init__(self, clock, rate, burst, what, limit=limits.MAX_TRACKED):
         self.clock = clock
         self.rate = rate
         self.burst = burst
@@ -136,12 +136,12 @@ class FailedLogins:
     """
     Failed logins slow down the next attempt, per user and per address:
     after N failures in a row, attempts are refused (RESOURCE_EXHAUSTED,
-    saying how long to wait) until L{model.FAILED_LOGIN_DELAY} * 2**(N-1)
-    seconds (at most L{model.FAILED_LOGIN_MAX_DELAY}) after the last one.
+    saying how long to wait) until L{limits.FAILED_LOGIN_DELAY} * 2**(N-1)
+    seconds (at most L{limits.FAILED_LOGIN_MAX_DELAY}) after the last one.
     A success clears the user's count and the address's.
     """
 
-    def __init__(self, clock, limit=model.MAX_TRACKED):
+    def __init__(self, clock, limit=limits.MAX_TRACKED):
         self.clock = clock
         self.failures = _Recent(limit)
 
@@ -150,7 +150,7 @@ class FailedLogins:
         if entry is None:
             return 0.0
         count, last = entry
-        delay = min(model.FAILED_LOGIN_MAX_DELAY, model.FAILED_LOGIN_DELAY * 2 ** (count - 1))
+        delay = min(limits.FAILED_LOGIN_MAX_DELAY, limits.FAILED_LOGIN_DELAY * 2 ** (count - 1))
         return last + delay - self.clock.seconds()
 
     def check(self, user, address):

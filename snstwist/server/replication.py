@@ -22,10 +22,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from snstwist.core import errors, metrics
+from snstwist.core.limits import MAX_UPDATE_BYTES, MAX_USERS, UPDATES_PER_MESSAGE
 from snstwist.core.model import (
-    MAX_UPDATE_BYTES,
-    MAX_USERS,
-    UPDATES_PER_MESSAGE,
     FollowChange,
     PasswordChange,
     Post,
@@ -176,7 +174,7 @@ class Node:
                         request_id=requestId, **change)
         size = update.toProto().ByteSize()
         if size > MAX_UPDATE_BYTES:
-            # The bounds of model.py make this impossible; should a new
+            # The bounds of limits.py make this impossible; should a new
             # field escape them, the write is refused here rather than
             # stored and then never replicated.
             raise errors.InvalidRequest("this write would take %d bytes; at most %d replicate"

@@ -30,12 +30,10 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 from snstwist.buddy import buddy
-from snstwist.core import errors, logs, metrics, model
+from snstwist.core import errors, limits, logs, metrics
+from snstwist.core.limits import HISTORY, MAX_HEARTBEAT_USERS, UPDATES_PER_MESSAGE
 from snstwist.core.looplag import LoopLag
 from snstwist.core.model import (
-    HISTORY,
-    MAX_HEARTBEAT_USERS,
-    UPDATES_PER_MESSAGE,
     Update,
     checkCount,
     checkPassword,
@@ -250,12 +248,12 @@ class ServerService(MultiService):
         self.replicator = Replicator(self.node, secret, clock)
         self.hasher = hasher if hasher is not None else Hasher(clock)
         self.failedLogins = FailedLogins(clock)
-        self.logins = TokenBuckets(clock, model.LOGINS_PER_ADDRESS_RATE,
-                                   model.LOGINS_PER_ADDRESS_BURST, "logins from one address")
+        self.logins = TokenBuckets(clock, limits.LOGINS_PER_ADDRESS_RATE,
+                                   limits.LOGINS_PER_ADDRESS_BURST, "logins from one address")
         self.postRate = postRate
         self.tlsArgs = list(tlsArgs)
-        rate = postRate or model.POSTS_PER_USER_RATE
-        self.posts = TokenBuckets(clock, rate, rate * model.POSTS_PER_USER_BURST_SECONDS,
+        rate = postRate or limits.POSTS_PER_USER_RATE
+        self.posts = TokenBuckets(clock, rate, rate * limits.POSTS_PER_USER_BURST_SECONDS,
                                   "posts by one user")
         self.grpc = GrpcServerService(listen, self._register, services=[
             pb.DESCRIPTOR.services_by_name[name].full_name for name in ("SNS", "Cluster")])
@@ -555,7 +553,7 @@ class ServerService(MultiService):
         return register.key if register is not None else None
 
     def _loginReply(self, user, created=False):
-        expires = int(self.clock.seconds() + model.TOKEN_LIFETIME)
+        expires = int(self.clock.seconds() + limits.TOKEN_LIFETIME)
         token = auth.makeToken(self.secret, user, expires, self._generation(user) or (0, ""))
         return pb.LoginReply(token=token, created=created, expires=expires)
 

@@ -22,7 +22,7 @@ import collections
 from twisted.logger import Logger
 
 from snstwist.core import errors
-from snstwist.core.model import (
+from snstwist.core.limits import (
     CATCH_UP_PAGE,
     HISTORY,
     MAX_SESSION_QUEUE,
@@ -30,9 +30,8 @@ from snstwist.core.model import (
     MAX_SESSIONS_PER_USER,
     PUSHED_MEMORY,
     SESSION_HEARTBEAT,
-    checkCursor,
-    checkHeartbeat,
 )
+from snstwist.core.model import checkCursor, checkHeartbeat
 from snstwist.rpc import sns_pb2 as pb
 
 log = Logger()

@@ -133,7 +133,7 @@ def parsePostLine(line):
 
 def _decoded(bodies):
     """
-    The stored updates of the log.  One that breaks a bound of model.py (it
+    The stored updates of the log.  One that breaks a bound of limits.py (it
     was stored before the bound existed) is left out, and said so: it could
     never be replicated, and loading it would keep the VM apart forever.
     """

@@ -23,7 +23,8 @@ from twisted.logger import Logger
 from snstwist.client.client import Client, ClusterUnreachable, CommandFailed, InvalidPassword
 from snstwist.commands.cli import INVALID_PASSWORD, INVALID_USERNAME, SENTENCES, UNKNOWN, formatPost
 from snstwist.core import errors
-from snstwist.core.model import HISTORY, checkUsername
+from snstwist.core.limits import HISTORY
+from snstwist.core.model import checkUsername
 
 log = Logger()
 
