@@ -56,7 +56,8 @@ from snstwist.core.model import updateId
 from snstwist.router import RouterService
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc.grpcbridge import SECRET_METADATA, SESSION_METADATA
-from snstwist.server.replication import Node, PeerLink, ReplicaReceiver
+from snstwist.core.node import Node
+from snstwist.server.peers import PeerLink, ReplicaReceiver
 from snstwist.server.server import ServerService
 from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeHasher, FakeStream
@@ -215,8 +216,8 @@ class World:
         self.service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], test.mktemp(),
                                      SECRET, clock=self.clock, hasher=FakeHasher())
         self.store = MemoryStore()
-        self.node = Node("vm1", self.service.origin, self.store, self.clock,
-                         self.service._durable)
+        self.node = Node("vm1", self.service.origin, self.store, self.clock)
+        self.node.addDurableObserver(self.service._durable)
         self.service.node = self.service.replicator.node = self.service.sessions.node = self.node
         test.successResultOf(self.node.load())
         self.service.role = buddy.Role(_Hooks())

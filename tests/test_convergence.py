@@ -39,15 +39,9 @@ from snstwist.core.limits import HISTORY
 from snstwist.core.model import parseUpdateId
 from snstwist.core.state import VersionVector
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.replication import (
-    ACK_TIMEOUT,
-    ANTI_ENTROPY,
-    LINK_TIMEOUT,
-    Node,
-    PeerLink,
-    ReplicaReceiver,
-    Replicator,
-)
+from snstwist.core.node import Node
+from snstwist.server.peers import ACK_TIMEOUT, ANTI_ENTROPY, LINK_TIMEOUT, PeerLink, ReplicaReceiver
+from snstwist.server.replication import Replicator
 from snstwist.storage.store import MemoryStore
 from tests.strategies import NAMES, postTexts
 
@@ -228,7 +222,8 @@ class Incarnation:
         self.clock = clock
         self.alive = True
         self.problems = problems  # what callbacks saw go wrong, checked after each step
-        self.node = Node(vm, origin, store, clock, self._durable)
+        self.node = Node(vm, origin, store, clock)
+        self.node.addDurableObserver(self._durable)
         self.replicator = Replicator(self.node, SECRET, clock)
         self.lastHlc = 0
 
@@ -236,7 +231,7 @@ class Incarnation:
         # The server pushes these to live sessions: they must really be stored.
         for u in updates:
             if self.store.durable.get((u.origin, u.seq)) != u:
-                self.problems.append("onDurable reported %s before it was stored" % (u.id,))
+                self.problems.append("the node reported %s before it was stored" % (u.id,))
 
     def die(self):
         self.alive = False

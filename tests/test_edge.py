@@ -11,7 +11,7 @@ from snstwist.core.limits import MAX_ECHO
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
-from snstwist.server.replication import Node
+from snstwist.core.node import Node
 from snstwist.server.server import ServerService
 from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeHasher
@@ -25,7 +25,8 @@ def masterService(test, clock=None):
     clock = clock or Clock()
     service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], test.mktemp(), "s",
                             clock=clock, hasher=FakeHasher())
-    service.node = Node("vm1", service.origin, MemoryStore(), clock, service._durable)
+    service.node = Node("vm1", service.origin, MemoryStore(), clock)
+    service.node.addDurableObserver(service._durable)
     service.replicator.node = service.node
     service.sessions.node = service.node
     test.successResultOf(service.node.load())

@@ -14,7 +14,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from snstwist.client.client import Client, Master
-from snstwist.server.replication import Node, Replicator
+from snstwist.core.node import Node
+from snstwist.server.replication import Replicator
 from snstwist.storage.store import MemoryStore
 
 

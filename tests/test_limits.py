@@ -27,7 +27,8 @@ from snstwist.core.limits import (
 from snstwist.core.model import FollowChange, Post, ReadMark, Update, updateId
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server import replication
+from snstwist.core import node as nodes
+from snstwist.server import peers
 from snstwist.storage.store import MemoryStore
 
 WIDE = "\U0001f600"  # four bytes of UTF-8
@@ -71,7 +72,7 @@ class UpdateSizeTests(SynchronousTestCase):
 
     def test_replication_batches_are_no_larger(self):
         """The sender batches at most UPDATES_PER_MESSAGE updates per message."""
-        self.assertLessEqual(replication.BATCH, UPDATES_PER_MESSAGE)
+        self.assertLessEqual(peers.BATCH, UPDATES_PER_MESSAGE)
 
     def test_an_ack_of_a_full_batch_fits(self):
         """The receiver acks a whole batch in one message."""
@@ -91,9 +92,9 @@ class UpdateSizeTests(SynchronousTestCase):
         made: nothing is applied or stored, no sequence number is used.
         """
         store = MemoryStore()
-        node = replication.Node("vm1", "vm1.a", store, Clock())
+        node = nodes.Node("vm1", "vm1.a", store, Clock())
         node.login("alice")
-        self.patch(replication, "MAX_UPDATE_BYTES", 100)
+        self.patch(nodes, "MAX_UPDATE_BYTES", 100)
         self.assertRaises(errors.InvalidRequest, node.post, "alice", "x" * 200, "r")
         self.assertEqual((node.seq, len(store.durable), node.replica.postsBy("alice")),
                          (1, 1, []))

@@ -9,7 +9,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.replication import Node, PeerLink, Replicator
+from snstwist.core.node import Node
+from snstwist.server.peers import PeerLink
+from snstwist.server.replication import Replicator
 from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeStream
 from tests.test_auth import serverAs

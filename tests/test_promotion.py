@@ -13,7 +13,7 @@ from snstwist.buddy import buddy
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.passwords import TokenBuckets
-from snstwist.server.replication import Node
+from snstwist.core.node import Node
 from snstwist.server.server import ServerService
 from snstwist.storage.store import MemoryStore, SQLiteStore
 from tests.fakes import FakeHasher
@@ -50,7 +50,8 @@ def feedSlave(test, slave, fail=()):
 def emptySlave(test):
     """A slave that holds nothing yet."""
     slave, _ = serverAs(test, "slave")
-    slave.node = Node("vm1", slave.origin, MemoryStore(), slave.clock, slave._durable)
+    slave.node = Node("vm1", slave.origin, MemoryStore(), slave.clock)
+    slave.node.addDurableObserver(slave._durable)
     return slave
 
 

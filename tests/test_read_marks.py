@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from snstwist.core.model import ReadMark, Update
 from snstwist.core.state import Replica
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.replication import Node
+from snstwist.core.node import Node
 from snstwist.storage.store import MemoryStore
 from tests.test_sessions import connect, makeHub
 

@@ -12,16 +12,9 @@ from snstwist.core import errors
 from snstwist.core.limits import CLOCK_WINDOW_US, MAX_ERROR_TEXT
 from snstwist.core.model import FollowChange, ReadMark, Update
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.replication import (
-    ACK_TIMEOUT,
-    ANTI_ENTROPY,
-    LINK_TIMEOUT,
-    HybridClock,
-    Node,
-    PeerLink,
-    ReplicaReceiver,
-    Replicator,
-)
+from snstwist.core.node import HybridClock, Node
+from snstwist.server.peers import ACK_TIMEOUT, ANTI_ENTROPY, LINK_TIMEOUT, PeerLink, ReplicaReceiver
+from snstwist.server.replication import Replicator
 from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeStream
 from tests.strategies import LAST_US, postUpdate, userUpdate
@@ -39,8 +32,11 @@ class RecordingStore(MemoryStore):
         return super().persist(updates, hidden, displaced)
 
 
-def makeNode(store=None, clock=None, onDurable=lambda updates: None):
-    return Node("vm1", "vm1.a", store or MemoryStore(), clock or Clock(), onDurable)
+def makeNode(store=None, clock=None, onDurable=None):
+    node = Node("vm1", "vm1.a", store or MemoryStore(), clock or Clock())
+    if onDurable is not None:
+        node.addDurableObserver(onDurable)
+    return node
 
 
 def withUsers(*names, **kwargs):
@@ -251,7 +247,7 @@ class NodeDurabilityTests(SynchronousTestCase):
         self.successResultOf(d)
 
     def test_on_durable_gets_new_updates_only(self):
-        """onDurable is called once per flushed batch, with only the new updates."""
+        """Durable observers are called once per flushed batch, with only the new updates."""
         first, second = userUpdate("vm2.a", 1, 10, "bob"), userUpdate("vm2.a", 2, 11, "carol")
         self.node.receive([first])
         self.store.flush()
@@ -294,7 +290,7 @@ class ClockWindowTests(SynchronousTestCase):
         self.assertNotIn("mallory", self.node.replica.users)
         self.assertFalse(self.node.replica.has(future))
         self.assertEqual(self.node.hlc.last, before)
-        self.assertEqual(self.node.refused, 1)
+        self.assertEqual(self.node.window.refused, 1)
         post = self.node.post("alice", "hi", "r")
         self.assertLess(post.time_us, self.now + CLOCK_WINDOW_US)
 

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from snstwist.core import errors
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server import server
-from snstwist.server.replication import Node
+from snstwist.core.node import Node
 from snstwist.server.server import ServerService
 from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeHasher
@@ -21,7 +21,8 @@ def makeServer(test):
     service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], test.mktemp(), "s",
                             clock=clock, hasher=FakeHasher())
     store = MemoryStore(manual=True)
-    service.node = Node("vm1", service.origin, store, clock, service._durable)
+    service.node = Node("vm1", service.origin, store, clock)
+    service.node.addDurableObserver(service._durable)
     service.replicator.node = service.node
     service.sessions.node = service.node
     test.successResultOf(service.node.load())

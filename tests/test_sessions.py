@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.core.limits import CATCH_UP_PAGE, HISTORY
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.replication import Node
+from snstwist.core.node import Node
 from snstwist.server.sessions import HEARTBEAT, TIMEOUT, SessionHub
 from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeStream
@@ -32,7 +32,7 @@ def makeHub(test, users=("alice", "bob", "carol"), manual=False):
     clock = Clock()
     node = Node("vm1", "vm1.test", MemoryStore(manual=manual), clock)
     hub = SessionHub(node, clock)
-    node.onDurable = hub.publish
+    node.addDurableObserver(hub.publish)
     test.successResultOf(node.load())
     for user in users:
         node.login(user)

@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from snstwist.core import errors
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.replication import Node
+from snstwist.core.node import Node
 from snstwist.server.server import ServerService
 from snstwist.storage.store import SQLiteStore, parsePostLine
 from tests.strategies import postUpdate
@@ -91,7 +91,8 @@ class StorageTestCase(TestCase):
         self.store._disk.opener = self.disk.open
         self.addCleanup(self.store.close)
         self.written = []
-        self.node = Node("vm2", "vm2.t", self.store, self.clock, self.written.extend)
+        self.node = Node("vm2", "vm2.t", self.store, self.clock)
+        self.node.addDurableObserver(self.written.extend)
         await self.node.load()
         return self.node
 
@@ -111,8 +112,7 @@ class StorageTestCase(TestCase):
             self.store._disk.db.full = False
         stored = defer.Deferred()
         before = len(self.written)
-        self.node.onDurable = lambda updates: (self.written.extend(updates),
-                                               stored.called or stored.callback(None))
+        self.node.addDurableObserver(lambda updates: stored.called or stored.callback(None))
         self.clock.advance(self.store.maxRetryDelay)
         await stored
         return self.written[before:]

@@ -23,7 +23,9 @@ from snstwist.buddy import buddy
 from snstwist.client.client import Client, _Session
 from snstwist.router import Registry, RouterService, ServerIdentity
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.replication import Node, ReplicaReceiver, Replicator
+from snstwist.core.node import Node
+from snstwist.server.peers import ReplicaReceiver
+from snstwist.server.replication import Replicator
 from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeStream
 from tests.test_buddy import dieQuickly, masterLink, slaveLink, supervisor

@@ -33,6 +33,7 @@ from snstwist.buddy import buddy
 from snstwist.core import errors, limits, logs, metrics
 from snstwist.core.limits import HISTORY, MAX_HEARTBEAT_USERS, UPDATES_PER_MESSAGE
 from snstwist.core.looplag import LoopLag
+from snstwist.core.node import Node
 from snstwist.core.model import (
     Update,
     checkCount,
@@ -49,7 +50,8 @@ from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
 from snstwist.rpc.grpcbridge import GrpcServerService, Servicer
 from snstwist.server.passwords import FailedLogins, Hasher, TokenBuckets
-from snstwist.server.replication import Node, ReplicaReceiver, Replicator, firstError
+from snstwist.server.peers import ReplicaReceiver, firstError
+from snstwist.server.replication import Replicator
 from snstwist.server.sessions import MAX_QUEUE, SessionHub, hostOf
 from snstwist.storage.store import DataLocked, SQLiteStore
 
@@ -243,7 +245,8 @@ class ServerService(MultiService):
         self.masterPid = masterPid
         self.incarnation = "%x" % (int(clock.seconds() * 1e6),) + uuid.uuid4().hex[:6]
         self.origin = "%s.%s" % (vm, self.incarnation)
-        self.node = Node(vm, self.origin, SQLiteStore(data, name=vm), clock, self._durable)
+        self.node = Node(vm, self.origin, SQLiteStore(data, name=vm), clock)
+        self.node.addDurableObserver(self._durable)
         self.sessions = SessionHub(self.node, clock, self._replicate)
         self.replicator = Replicator(self.node, secret, clock)
         self.hasher = hasher if hasher is not None else Hasher(clock)
@@ -494,7 +497,7 @@ class ServerService(MultiService):
                             updates=self.node.replica.seen.count(),
                             pending=min(self.replicator.lag(), MAX_UINT32),
                             users=sorted(self.sessions.sessions)[:MAX_HEARTBEAT_USERS],
-                            peers=self.replicator.peerStates(), refused=self.node.refused,
+                            peers=self.replicator.peerStates(), refused=self.node.window.refused,
                             acknowledged=self.acknowledgedPosts)
 
     def membershipChanged(self, router, membership):
@@ -736,7 +739,7 @@ class ServerService(MultiService):
         updates = [Update.fromProto(u) for u in request.updates]
         # The master checked its peers' times; a buddy's are checked again,
         # so that nothing poisons the clock of a master-to-be.
-        return pb.BuddyAck(applied=self.node.mirror(self.node.inWindow(updates)))
+        return pb.BuddyAck(applied=self.node.mirror(self.node.window.accepted(updates)))
 
     def digest(self, request, ctx):
         # Post file names are user names: for operators only.
@@ -747,7 +750,7 @@ class ServerService(MultiService):
             return pb.DigestReply(vm=self.vm, updates=self.node.replica.seen.count(),
                                   unreplicated=min(self.replicator.lag(), MAX_UINT32),
                                   peers=self.replicator.peerStates(),
-                                  refused=self.node.refused, **digest)
+                                  refused=self.node.window.refused, **digest)
 
         return self.node.store.digest().addCallback(reply)
 

@@ -1,0 +1,252 @@
+"""
+The two ends of C{BroadcastPosts}, the stream between the masters of two VMs.
+
+On that stream the receiver first says which updates it holds (a version
+vector); the sender (L{PeerLink}) answers with everything the receiver lacks
+(from any origin: this is the catch-up of a VM that was away), then pushes
+each new local write as it happens.  The receiver (L{ReplicaReceiver})
+acknowledges ids once they are durable on its disk, which is what lets a
+write be acknowledged to a client only when two VMs hold it.  The receiver
+repeats its version vector every L{ANTI_ENTROPY} seconds, so anything lost in
+flight is sent again; applying an update twice is harmless.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from snstwist.core import errors, metrics
+from snstwist.core.limits import UPDATES_PER_MESSAGE
+from snstwist.core.model import (
+    Update,
+    checkCount,
+    checkHeartbeat,
+    checkOrigin,
+    checkVersionVector,
+    checkVm,
+    errorText,
+    parseUpdateId,
+)
+from snstwist.core.slices import inSlices
+from snstwist.core.state import VersionVector
+from snstwist.rpc import auth, grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
+from snstwist.rpc.heartbeat import Heartbeat
+
+log = Logger()
+
+ANTI_ENTROPY = 1.0
+LINK_TIMEOUT = 3 * ANTI_ENTROPY
+ACK_TIMEOUT = 5.0
+BATCH = min(100, UPDATES_PER_MESSAGE)
+_BEAT = pb.ReplicationMessage(heartbeat=pb.Heartbeat())
+
+
+def checkReplicationMessage(message):
+    """
+    The bounds of a C{BroadcastPosts} message (either way), but for each
+    update's own fields (L{Update.fromProto} checks those).
+    """
+    kind = message.WhichOneof("kind")
+    if kind == "hello":
+        checkVm(message.hello.vm)
+        checkOrigin(message.hello.origin)
+        checkVersionVector(message.hello.have)
+    elif kind == "updates":
+        checkCount(message.updates.updates, "updates in one message", UPDATES_PER_MESSAGE)
+    elif kind == "ack":
+        checkCount(message.ack.ids, "ids in one ack", UPDATES_PER_MESSAGE)
+        for i in message.ack.ids:
+            parseUpdateId(i)
+    elif kind == "heartbeat":
+        checkHeartbeat(message.heartbeat)
+
+
+
+def firstError(failure):
+    """The failure under a L{defer.FirstError} (of gatherResults), or C{failure}."""
+    if failure.check(defer.FirstError):
+        return failure.value.subFailure
+    return failure
+
+
+
+class PeerLink(grpcbridge.ReconnectingLink):
+    """
+    Our outbound C{BroadcastPosts} stream to the master of one other VM, kept
+    open (reconnecting with backoff) until L{stop}.
+    """
+
+    maxDelay = 2.0
+    maxQueue = 10000
+    interval = ANTI_ENTROPY
+    timeout = LINK_TIMEOUT
+
+    def __init__(self, replicator, vm, address):
+        self.replicator = replicator
+        self.vm = vm
+        self.address = address
+        self.metadata = auth.secretMetadata(replicator.secret)
+        self.synced = False
+        self.inflight = {}
+        # What the peer said it holds (its last hello, and every ack since):
+        # kept when the stream breaks, so that a stream failing again and
+        # again shows as a peer falling behind, not as nothing pending.
+        self.remote = None
+        self.failures = 0  # breaks since updates last got through
+        self.lastError = ""
+
+    @property
+    def clock(self):
+        return self.replicator.clock
+
+    def method(self, channel):
+        return pbg.ClusterStub(channel).BroadcastPosts
+
+    def connected(self):
+        self.send(pb.ReplicationMessage(hello=pb.ReplicaHello(
+            vm=self.replicator.node.vm, origin=self.replicator.node.origin)))
+
+    def beat(self):
+        self.send(_BEAT)
+
+    def received(self, message):
+        try:
+            checkReplicationMessage(message)
+        except errors.SNSError as e:
+            log.warn("bad replication message from {vm}: {e}", vm=self.vm, e=e.message)
+            self.stream.abort()
+            return
+        kind = message.WhichOneof("kind")
+        if kind == "hello":
+            if not self.synced:
+                log.info("replicating to {vm} at {address}", vm=self.vm, address=self.address)
+            self.synced = True
+            self.remote = VersionVector.fromProto(message.hello.have)
+            self._catchUp(self.remote)
+        elif kind == "ack":
+            if message.ack.ids:
+                self.failures = 0
+                if self.remote is None:
+                    self.remote = VersionVector()
+            for i in message.ack.ids:
+                self.inflight.pop(i, None)
+                self.remote.add(*parseUpdateId(i))
+                self.replicator.acked(self.vm, i)
+
+    def _catchUp(self, remote):
+        now = self.clock.seconds()
+        missing = [u for u in self.replicator.node.replica.missing(remote)
+                   if now - self.inflight.get(u.id, -ACK_TIMEOUT) >= ACK_TIMEOUT]
+        if missing:
+            log.debug("sending {n} missing updates to {vm}", n=len(missing), vm=self.vm)
+            self.push(missing)
+
+    def push(self, updates):
+        """
+        Send C{updates} (in batches), if the peer has said what it holds.
+        A long catch-up is sent a slice of batches at a time (L{slices}).
+        """
+        if not self.synced:
+            return
+
+        def send(start):
+            if not self.synced:
+                return
+            chunk = updates[start:start + BATCH]
+            now = self.clock.seconds()
+            for u in chunk:
+                self.inflight[u.id] = now
+            self.send(pb.ReplicationMessage(
+                updates=pb.UpdateBatch(updates=[u.toProto() for u in chunk])))
+
+        inSlices(self.clock, range(0, len(updates), BATCH), send)
+
+    def disconnected(self, reason):
+        wasSynced, self.synced = self.synced, False
+        self.inflight.clear()
+        if reason is not None and not self.stopped:
+            metrics.replicationFailures.inc()
+            self.failures += 1
+            self.lastError = errorText(grpcbridge.describe(reason))
+            if self.failures in (3, 10, 100, 1000):
+                log.warn("replication stream to {vm} broke {n} times without getting"
+                         " updates through; last: {why}", vm=self.vm, n=self.failures,
+                         why=self.lastError)
+        if wasSynced:
+            self.replicator.linkLost(self.vm)
+
+    def lacking(self):
+        """How many updates held here the peer has not confirmed holding."""
+        return self.replicator.node.replica.seen.lacking(self.remote)
+
+    def state(self):
+        return pb.PeerStream(vm=self.vm, lacking=self.lacking(), failures=self.failures,
+                             last_error=self.lastError, connected=self.synced)
+
+
+
+class ReplicaReceiver:
+    """
+    The receiving end of a peer's C{BroadcastPosts} stream: apply what comes,
+    acknowledge what is durable, and repeat our version vector so the peer
+    can fill any gap.
+    """
+
+    def __init__(self, node, clock):
+        self.node = node
+        self.clock = clock
+        self.stream = None
+        self.peerVm = None
+        self.beats = None
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        self._hello()
+        # The repeated hello is this side's heartbeat, and the anti-entropy.
+        self.beats = Heartbeat(self.clock, ANTI_ENTROPY, LINK_TIMEOUT, self._hello, self._silent)
+
+    def _silent(self, seconds):
+        log.warn("replication stream from {vm} silent for {s:.1f}s: closing",
+                 vm=self.peerVm, s=seconds)
+        self.stream.abort()
+
+    def _hello(self):
+        self.stream.send(pb.ReplicationMessage(hello=pb.ReplicaHello(
+            vm=self.node.vm, origin=self.node.origin,
+            have=self.node.replica.seen.toProto())))
+
+    def messageReceived(self, message):
+        self.beats.heard()
+        try:
+            checkReplicationMessage(message)
+            kind = message.WhichOneof("kind")
+            if kind == "updates":
+                updates = [Update.fromProto(u) for u in message.updates.updates]
+        except errors.SNSError as e:
+            log.warn("bad replication message from {vm}: {e}", vm=self.peerVm, e=e.message)
+            self.stream.abort(e)
+            return
+        if kind == "hello":
+            self.peerVm = message.hello.vm
+        elif kind == "updates":
+            d = self.node.receive(updates)
+            d.addCallback(self._ack)
+            d.addErrback(self._notStored, len(updates))
+
+    def _notStored(self, failure, n):
+        failure = firstError(failure)
+        if failure.check(errors.StorageFailed):
+            log.warn("{n} updates from {vm} not stored now: {why}", n=n, vm=self.peerVm,
+                     why=failure.value.message)
+        else:
+            log.failure("storing replicated updates failed", failure)
+
+    def _ack(self, ids):
+        if self.stream is not None and ids:
+            self.stream.send(pb.ReplicationMessage(ack=pb.ReplicaAck(ids=ids)))
+
+    def connectionLost(self, reason):
+        self.stream = None
+        if self.beats is not None:
+            self.beats.stop()
