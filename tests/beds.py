@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.testbed import netbed
+from snstwist.testbed import netbed, netcluster
 from tests.processes import (
     DEADLINE,
     SECRET,
@@ -56,7 +56,7 @@ class Bed:
         # cluster stopped and every client was stopped.
         self.testCase.addCleanup(self.net.destroy)
         await self.net.create()
-        self.cluster = netbed.NetCluster(self.net, self.base, len(self.vms), secret=SECRET)
+        self.cluster = netcluster.NetCluster(self.net, self.base, len(self.vms), secret=SECRET)
         self.cluster.startService()
         self.testCase.addCleanup(self.cluster.stopService)
         await self.cluster.whenReady.addTimeout(DEADLINE, reactor)
@@ -105,7 +105,7 @@ class Bed:
         return os.path.join(self.base, vm, "data")
 
     async def snapshots(self):
-        return {vm: await threads.deferToThread(netbed.snapshot, self.data(vm))
+        return {vm: await threads.deferToThread(netcluster.snapshot, self.data(vm))
                 for vm in self.vms}
 
     async def converged(self, timeout=DEADLINE):

@@ -27,12 +27,30 @@ import socket
 import struct
 import sys
 
+import attrs
 from twisted.internet import protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.python import usage
 
 SO_ORIGINAL_DST = 80
 RTO = 0.2
+
+
+@attrs.frozen
+class Lag:
+    """
+    Latency, jitter (seconds) and loss (a probability) added into a host:
+    what the bed sends a proxy on its stdin (as JSON), and what
+    L{Settings.update} takes.
+    """
+
+    delay: float = 0.0
+    jitter: float = 0.0
+    loss: float = 0.0
+
+    def __str__(self):
+        return "%.0f ms + up to %.0f ms, %.0f%% loss" % (
+            self.delay * 1000, self.jitter * 1000, self.loss * 100)
 
 
 class Settings:

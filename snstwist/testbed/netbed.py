@@ -15,6 +15,9 @@ Faults:
   from L{snstwist.testbed.lagproxy}, a userspace TCP proxy that the bed puts in the
   path of every connection into a host when it is made with C{lag=True}.
 
+An C{sns-cluster} whose router and VMs run in the bed's hosts is
+L{snstwist.testbed.netcluster.NetCluster}.
+
 The bridge lives in the namespace that creates the bed (it gets the
 subnet's first address), so the process that drives the bed (a test, the
 chaos run) reaches every host directly.  Each bed takes a /24 of 10.213.0.0/16
@@ -42,7 +45,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
 from snstwist.buddy import buddy
-from snstwist.commands.cluster import ClusterService
+from snstwist.testbed.lagproxy import Lag
 
 log = Logger()
 
@@ -79,19 +82,6 @@ def lagUnavailable():
     if not os.path.exists(IPTABLES):
         return "no iptables command (apt-get install iptables) for the lag proxies' REDIRECT"
     return None
-
-
-@attrs.frozen
-class Lag:
-    """Latency, jitter (seconds) and loss (a probability) added into a host."""
-
-    delay: float = 0.0
-    jitter: float = 0.0
-    loss: float = 0.0
-
-    def __str__(self):
-        return "%.0f ms + up to %.0f ms, %.0f%% loss" % (
-            self.delay * 1000, self.jitter * 1000, self.loss * 100)
 
 
 class _LagProcess(protocol.ProcessProtocol):
@@ -394,49 +384,3 @@ async def killIn(netns):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-class NetCluster(ClusterService):
-    """
-    An C{sns-cluster} whose router and VMs run in the hosts of a L{NetBed}:
-    host C{router} and hosts C{vm1}, C{vm2}, ...  It starts, watches and
-    stops them exactly as C{sns-cluster} does; only the place differs.
-    """
-
-    routerPort = 3410
-    serverPort = 7000
-
-    def __init__(self, bed, base, vms, secret=None, reactor=None, out=None):
-        ClusterService.__init__(self, base, vms, "%s:%d" % (bed.address("router"),
-                                                             self.routerPort),
-                                secret, reactor, out or (lambda line: None))
-        self.bed = bed
-
-    def command(self, name, args, env):
-        return buddy.BuddyCommand(IP, tuple(self.bed.command(name, args)), env)
-
-    def vmListen(self, index):
-        return "%s:%d" % (self.bed.address("vm%d" % (index + 1,)), self.serverPort)
-
-
-def snapshot(data):
-    """
-    What a VM holds on disk, to compare VMs: the bytes of each post file and
-    the rows of the replicated tables.  Blocking: run it on a thread.
-    """
-    import sqlite3
-
-    posts = {}
-    folder = os.path.join(data, "posts")
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
-        with open(os.path.join(folder, name), "rb") as f:
-            posts[name] = f.read()
-    rows = {}
-    db = sqlite3.connect("file:%s?mode=ro" % (os.path.join(data, "sns.sqlite3"),), uri=True)
-    try:
-        for table, order in (("users", "name"), ("follows", "follower, followee"),
-                             ("log", "origin, seq")):
-            rows[table] = db.execute("SELECT * FROM %s ORDER BY %s" % (table, order)).fetchall()
-    finally:
-        db.close()
-    return {"posts": posts, **rows}
