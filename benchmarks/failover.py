@@ -25,103 +25,17 @@ A measurement, not a test: it is not run by trial or CI.
 
 import argparse
 import os
-import select
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import grpc
 
-# benchmarks/run.py, beside this file
-from run import clusterSecret, probeLogin, secureChannel, until, useTLS
+from benchlib.cluster import SETTLE, Cluster, until, useTLS
 
-from snstwist.commands.cluster import isServer
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.rpc import sns_pb2_grpc as pbg
-
-POLL = 0.005
-DEADLINE = 30.0
-SETTLE = 1.2  # longer than BuddySupervisor.threshold: a respawn is not backed off
-USER = "bench"
-
-
-class Cluster:
-    def __init__(self, base):
-        self.base = base
-        self.process = None
-        self.router = None
-        self.channels = {}
-        self.tokens = {}
-        self.seen = set()
-
-    def start(self):
-        env = dict(os.environ, GRPC_VERBOSITY="ERROR", GRPC_ENABLE_FORK_SUPPORT="0",
-                   PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "snstwist.commands.cluster", "--router", "127.0.0.1:0",
-             "--web", "", "--dir", self.base, "--vms", "2"],
-            stdout=subprocess.PIPE, text=True, env=env)
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.process.stdout], [], [], 0.5)
-            if not ready:
-                continue
-            line = self.process.stdout.readline()
-            if not line:
-                raise SystemExit("sns-cluster exited during start-up; see %s" % (self.base,))
-            if line.startswith("sns-cluster ready: router "):
-                self.router = line.split()[3].rstrip(";")
-                return
-        raise SystemExit("sns-cluster not ready within %ds" % (DEADLINE,))
-
-    def channel(self, address):
-        if address not in self.channels:
-            self.channels[address] = secureChannel(address)
-        return self.channels[address]
-
-    def status(self):
-        reply = pbg.RouterStub(self.channel(self.router)).Status(
-            pb.StatusRequest(), timeout=1, metadata=clusterSecret(self.base))
-        self.seen.update(s.pid for s in reply.servers)
-        return reply
-
-    def servers(self, vm, role):
-        return [s for s in self.status().servers if s.vm == vm and s.role == role]
-
-    def login(self, address):
-        probeLogin(pbg.SNSStub(self.channel(address)), USER, self.tokens)
-
-    def stop(self):
-        for ch in self.channels.values():
-            ch.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        left = [pid for pid in self.seen | serversIn(self.base) if isServer(pid)]
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        return left
-
-
-def serversIn(base):
-    pids = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/cmdline" % (name,), "rb") as f:
-                    if base.encode() in f.read():
-                        pids.add(int(name))
-            except OSError:
-                pass
-    return pids
 
 
 def pair(cluster, vm="vm1"):
@@ -180,7 +94,7 @@ def main():
 
     base = tempfile.mkdtemp(prefix="sns-failover-")
     useTLS(base, os.environ)
-    cluster = Cluster(base)
+    cluster = Cluster(base, 2, base)
     served, paired, replaced = [], [], []
     try:
         cluster.start()
@@ -201,7 +115,8 @@ def main():
             print("WARNING: servers left running after the cluster stopped (killed): %s"
                   % (sorted(left),))
         else:
-            print("cluster stopped; no server left running (%d pids seen)" % (len(cluster.seen),))
+            print("cluster stopped; no server left running (%d pids seen)"
+                  % (len(cluster.firstSeen),))
         if args.keep:
             print("data and logs in %s" % (base,))
         else:

@@ -41,19 +41,9 @@ import subprocess
 import sys
 import time
 
-from run import (
-    ENV,
-    PASSWORD,
-    PY,
-    ROOT,
-    killLeft,
-    machine,
-    pidAlive,
-    rssKB,
-    secureChannel,
-    until,
-    useTLS,
-)
+from benchlib.cluster import PASSWORD, fastChannel, until, useTLS
+from benchlib.machine import machine
+from benchlib.processes import ENV, PY, ROOT, killLeft, pidAlive, rssKB
 
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 SECRET = "history-benchmark-secret-0123456789"
@@ -141,10 +131,7 @@ class Bench:
 
     def channel(self, address):
         if address not in self.channels:
-            self.channels[address] = secureChannel(address, options=[
-                ("grpc.initial_reconnect_backoff_ms", 20),
-                ("grpc.min_reconnect_backoff_ms", 20),
-                ("grpc.max_reconnect_backoff_ms", 100)])
+            self.channels[address] = fastChannel(address)
         return self.channels[address]
 
     def status(self):

@@ -41,6 +41,8 @@ from twisted.logger import (  # noqa: E402
 )
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
+from benchlib.cluster import PASSWORD  # noqa: E402  (every benchmark user's)
+
 from snstwist.client.client import Client, CommandFailed  # noqa: E402
 from snstwist.core.errors import Status  # noqa: E402
 from snstwist.rpc import grpcbridge  # noqa: E402
@@ -48,8 +50,6 @@ from snstwist.rpc import sns_pb2 as pb  # noqa: E402
 from snstwist.rpc import sns_pb2_grpc as pbg  # noqa: E402
 
 CONNECT_PARALLEL = 25
-# Every benchmark user's password (benchmarks/run.py's probes use it too).
-PASSWORD = "benchmark password"
 
 
 class PinnedClient(Client):

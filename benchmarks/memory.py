@@ -29,8 +29,9 @@ import time
 
 import grpc
 import grpc.aio
-from failover import Cluster  # benchmarks/failover.py, beside this file
-from run import useTLS
+
+from benchlib.cluster import PASSWORD, Cluster, useTLS
+from benchlib.processes import rssKB as rss
 
 from snstwist.core.limits import MAX_SESSIONS_PER_ADDRESS, MAX_SESSIONS_PER_USER
 from snstwist.rpc import grpcbridge
@@ -49,9 +50,6 @@ def ownChannel(address):
     return grpc.aio.secure_channel(
         address, grpcbridge.defaultTLS().channelCredentials(),
         options=OWN_CONNECTION + [("grpc.ssl_target_name_override", grpcbridge.CLUSTER_NAME)])
-PASSWORD = "benchmark password"
-
-
 async def login(stub, user):
     """Log C{user} in (creating it), waiting out the per-address login rate."""
     while True:
@@ -61,15 +59,6 @@ async def login(stub, user):
             if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise
             await asyncio.sleep(0.2)
-
-
-def rss(pid):
-    """VmRSS of C{pid} in KB."""
-    with open("/proc/%d/status" % (pid,)) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS for %d" % (pid,))
 
 
 def sockets(pid):
@@ -198,7 +187,7 @@ def main():
     args = parser.parse_args()
     base = tempfile.mkdtemp(prefix="sns-memory-")
     useTLS(base, os.environ)
-    cluster = Cluster(base)
+    cluster = Cluster(base, 2, base)
     cluster.start()
     try:
         asyncio.run(measure(cluster, args))

@@ -1,0 +1,72 @@
+"""
+Phase 2 of C{benchmarks/run.py}: post -> follower's screen at a fixed offered
+rate, to a follower on the poster's VM and to one on another VM, with the
+part after the master accepted the post shown apart.
+
+Takes the run (C{run.py}'s C{Bench}) and a started L{benchlib.cluster.Cluster}.
+"""
+
+import time
+
+from benchlib.processes import CpuMeter, loadgen, stopEach
+from benchlib.stats import summarize
+
+
+def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
+    cfg = bench.cfg
+    tag = "L%s%d" % (key, int(rate))
+    posters = [loadgen(bench.name("poster-%d-w%d" % (rate, i)), "poster", bench.logdir,
+                       "--router", cluster.router, "--user", "poster", "--pin", same,
+                       "--clients", 2, "--rate", rate / cfg["posters"], "--tag", tag)
+               for i in range(cfg["posters"])]
+    posterVms = {}
+    for p in posters:
+        for vm, n in p.expect("ready", 60)["vms"].items():
+            posterVms[vm] = posterVms.get(vm, 0) + n
+    followers = {
+        "same": loadgen(bench.name("follower-same-%d" % (rate,)), "follower", bench.logdir,
+                        "--router", cluster.router, "--user", "fs_%s" % (tag,),
+                        "--follow", "poster", "--pin", same, "--tag", tag),
+        "cross": loadgen(bench.name("follower-cross-%d" % (rate,)), "follower", bench.logdir,
+                         "--router", cluster.router, "--user", "fc_%s" % (tag,),
+                         "--follow", "poster", "--pin", other, "--tag", tag),
+    }
+    where = {k: f.expect("ready", 60)["vm"] for k, f in followers.items()}
+    procs = cluster.processes()
+    procs["posters"] = [p.pid for p in posters]
+    procs["followers"] = [f.pid for f in followers.values()]
+    meter = CpuMeter(procs)
+    for p in posters:
+        p.send("go %s" % (cfg["latencySeconds"],))
+    sent = [p.expect("result", cfg["latencySeconds"] + 60) for p in posters]
+    cpu = meter.percent()
+    time.sleep(1.0)  # the last posts reach the screens
+    out = {"offered_per_s": rate, "seconds": cfg["latencySeconds"],
+           "sent": sum(r["sent"] for r in sent), "acked": sum(r["acked"] for r in sent),
+           "acked_one_copy": sum(r["ok1"] for r in sent),
+           "dropped": sum(r["dropped"] for r in sent),
+           "errors": sum(r["errors"] for r in sent),
+           "poster_vms": posterVms, "follower_vms": where, "cpu_percent": cpu,
+           "ack_ms": summarize([x for r in sent for x in r["lat"]])}
+    out["held_per_s"] = round(out["acked"] / cfg["latencySeconds"], 1)
+    lats = {}
+    for k, f in followers.items():
+        f.send("stop")
+        result = f.expect("result", 30)
+        lats[k] = result["lat"]
+        out[k] = summarize(lats[k])
+        # The part after the master accepted the post (durable, pushed,
+        # shown); the rest is the poster's call reaching the master.
+        out[k]["from_accept"] = summarize(result["fromAccept"])
+        out[k]["received_fraction"] = round(len(lats[k]) / max(1, out["acked"]), 3)
+    stopEach(list(followers.values()) + posters)
+    bench.raw.setdefault("latency-%s" % (key,), {})[rate] = lats
+    bench.say("post->screen at %d/s offered (held %.0f/s acked, %d dropped): same VM (%s)"
+              " p50 %s p99 %s max %s ms (after accept p50 %s); cross VM (%s) p50 %s p99 %s"
+              " max %s ms (after accept p50 %s); cpu %s"
+              % (rate, out["held_per_s"], out["dropped"], where["same"],
+                 out["same"]["p50"], out["same"]["p99"], out["same"]["max"],
+                 out["same"]["from_accept"]["p50"], where["cross"],
+                 out["cross"]["p50"], out["cross"]["p99"], out["cross"]["max"],
+                 out["cross"]["from_accept"]["p50"], cpu))
+    return out

@@ -1,0 +1,111 @@
+"""
+Phases 1 and 5 of C{benchmarks/run.py}: acknowledged posts per second under a
+closed loop of C concurrent clients, beside a bare C{grpc.aio} echo at the
+same concurrency (the yardstick, C{benchmarks/echo.py}); and the same load
+with py-spy on vm1's master (C{--profile}).
+
+Each function takes the run (C{run.py}'s C{Bench}: its C{cfg}, C{logdir},
+C{say}, C{name} and C{raw}) and a started L{benchlib.cluster.Cluster}.
+"""
+
+import os
+
+from benchlib.processes import HERE, PY, Child, CpuMeter, loadgen, stopEach
+from benchlib.pyspy import startProfile, topFunctions
+from benchlib.stats import split, summarize
+
+
+def echoServer(bench):
+    if bench.echo is None:
+        child = Child("echo-server", [PY, os.path.join(HERE, "echo.py"), "server",
+                                      "--listen", "127.0.0.1:0"], bench.logdir)
+        bench.echo = (child, child.expect("ready", 30)["address"])
+    return bench.echo
+
+
+def echoLoad(bench, clients):
+    server, address = echoServer(bench)
+    cfg = bench.cfg
+    workers = [Child(bench.name("echo-c%d-w%d" % (clients, i)), [
+        PY, os.path.join(HERE, "echo.py"), "client", "--target", address,
+        "--clients", str(n)], bench.logdir)
+        for i, n in enumerate(split(clients, min(clients, cfg["workers"])))]
+    for w in workers:
+        w.expect("ready", 60)
+    meter = CpuMeter({"echo server": [server.pid], "load generators": [w.pid for w in workers]})
+    for w in workers:
+        w.send("go %s %s" % (cfg["seconds"], cfg["warmup"]))
+    results = [w.expect("result", cfg["seconds"] + cfg["warmup"] + 60) for w in workers]
+    cpu = meter.percent()
+    stopEach(workers)
+    lat = [x for r in results for x in r["lat"]]
+    return {"clients": clients, "calls_per_s": round(len(lat) / cfg["seconds"], 1),
+            "errors": sum(r["errors"] for r in results), "latency_ms": summarize(lat),
+            "cpu_percent": cpu}, lat
+
+
+def postLoad(bench, cluster, clients, tag, profile=None):
+    cfg = bench.cfg
+    counts = split(clients, min(clients, cfg["workers"]))
+    workers = [loadgen(bench.name("post-c%d-w%d" % (clients, i)), "post", bench.logdir,
+                       "--router", cluster.router, "--prefix", "%s%dw%d_" % (tag, clients, i),
+                       "--clients", n)
+               for i, n in enumerate(counts)]
+    vms = {}
+    for w in workers:
+        for vm, n in w.expect("ready", 60 + clients / 5)["vms"].items():
+            vms[vm] = vms.get(vm, 0) + n
+    procs = cluster.processes()
+    procs["load generators"] = [w.pid for w in workers]
+    meter = CpuMeter(procs)
+    spy = None
+    seconds = cfg["seconds"]
+    if profile:
+        seconds = profile["seconds"]
+        spy = startProfile(bench.say, profile["pid"], seconds, profile["path"])
+    for w in workers:
+        w.send("go %s %s" % (seconds, cfg["warmup"]))
+    results = [w.expect("result", seconds + cfg["warmup"] + 60) for w in workers]
+    cpu = meter.percent()
+    stopEach(workers)
+    if spy is not None:
+        spy.wait(60)
+    lat = [x for r in results for x in r["lat"]]
+    out = {"clients": clients, "posts_per_s": round(len(lat) / seconds, 1),
+           "acked_one_copy": sum(r["ok1"] for r in results),
+           "errors": sum(r["errors"] for r in results), "latency_ms": summarize(lat),
+           "masters_used": vms, "cpu_percent": cpu}
+    return out, lat
+
+
+def throughput(bench, cluster, levels, key):
+    rows = []
+    for clients in levels:
+        echo, echoLat = echoLoad(bench, clients)
+        bench.say("echo    %4d clients: %8.1f calls/s  p50 %.2f ms p99 %.2f ms"
+                  % (clients, echo["calls_per_s"], echo["latency_ms"]["p50"] or 0,
+                     echo["latency_ms"]["p99"] or 0))
+        sns, snsLat = postLoad(bench, cluster, clients, "t%s" % (key,))
+        ratio = sns["posts_per_s"] / echo["calls_per_s"] if echo["calls_per_s"] else None
+        bench.say("snstwist %4d clients: %8.1f posts/s (copies>=2) p50 %.2f ms p99 %.2f ms;"
+                  " ratio %.0f%%; cpu %s"
+                  % (clients, sns["posts_per_s"], sns["latency_ms"]["p50"] or 0,
+                     sns["latency_ms"]["p99"] or 0, 100 * (ratio or 0), sns["cpu_percent"]))
+        rows.append({"clients": clients, "echo": echo, "sns": sns,
+                     "ratio": round(ratio, 3) if ratio is not None else None})
+        bench.raw.setdefault("throughput-%s" % (key,), {})[clients] = (echoLat, snsLat)
+    return rows
+
+
+def profileMaster(bench, cluster, key):
+    master = cluster.masterOf("vm1")
+    path = os.path.join(bench.out, "profile-master.txt")
+    clients = bench.cfg["levels"][-1] if bench.cfg["levels"][-1] <= 100 else 100
+    seconds = max(5, bench.cfg.get("profileSeconds") or 8)
+    bench.say("profiling vm1's master (pid %d) with py-spy for %ds under %d posting clients"
+              % (master.pid, seconds, clients))
+    sns, _ = postLoad(bench, cluster, clients, "p%s" % (key,),
+                           profile={"pid": master.pid, "seconds": seconds, "path": path})
+    top = topFunctions(path) if os.path.exists(path) else None
+    return {"pid": master.pid, "clients": clients, "seconds": seconds,
+            "posts_per_s_while_profiled": sns["posts_per_s"], "raw": path, "top": top}
