@@ -101,6 +101,29 @@ class Bed:
 
         return await waitUntil(serving, "a master to report a session of %s" % (user,))
 
+    async def signedIn(self, user):
+        """An sns-client of C{user} that has answered a LIST (so it has a master)."""
+        child = self.client(user)
+        child.write("LIST\n")
+        await child.waitFor("Followers:")
+        return child
+
+    def otherVM(self, vm):
+        """The VM of a two-VM bed that is not C{vm}."""
+        (other,) = [v for v in self.vms if v != vm]
+        return other
+
+    async def registered(self, vm, present=True):
+        """
+        Wait until the router counts a master of C{vm} (C{present=False}:
+        until it dropped C{vm}).
+        """
+        async def there():
+            return (vm in await self.masters()) == present
+
+        await waitUntil(there, "the router to %s %s" % (
+            "register" if present else "drop", vm))
+
     def data(self, vm):
         return os.path.join(self.base, vm, "data")
 

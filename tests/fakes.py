@@ -2,6 +2,59 @@
 
 from twisted.internet import defer
 
+from snstwist.rpc.grpcbridge import SECRET_METADATA, SESSION_METADATA
+
+
+class FakeCallContext:
+    """What a servicer function sees of a call: its metadata and peer."""
+
+    peer = "ipv4:127.0.0.1:5555"
+
+    def __init__(self, metadata=()):
+        self.metadata = dict(metadata)
+
+
+def session(token):
+    """A call carrying the session token C{token}."""
+    return FakeCallContext({SESSION_METADATA: token})
+
+
+def secret(value):
+    """A call carrying C{value} as the cluster secret."""
+    return FakeCallContext({SECRET_METADATA: value})
+
+
+class NoRoleWork:
+    """Role hooks that do nothing: the role machine alone, no processes."""
+
+    def serveAsMaster(self):
+        pass
+
+    def standBy(self):
+        pass
+
+    def takeOver(self, why):
+        pass
+
+    def shutdown(self):
+        pass
+
+
+def inRole(service, role):
+    """
+    Give C{service} a role machine of its own in C{role} ("master" or
+    "slave") whose hooks do nothing: a unit test checks what the servicers
+    do in a role, without the buddy processes and the serving that the
+    real hooks start.
+    """
+    from snstwist.buddy import buddy
+    service.role = buddy.Role(NoRoleWork())
+    if role == "master":
+        service.role.startAsMaster()
+    else:
+        service.role.startAsSlave()
+    return service
+
 
 class FakeStream:
     """

@@ -25,7 +25,6 @@ notes).
 import collections
 import json
 import os
-from types import SimpleNamespace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -60,7 +59,7 @@ from snstwist.core.node import Node
 from snstwist.server.peers import PeerLink, ReplicaReceiver
 from snstwist.server.server import ServerService
 from snstwist.storage.store import MemoryStore
-from tests.fakes import FakeHasher, FakeStream
+from tests.fakes import FakeCallContext, FakeHasher, FakeStream, inRole, secret
 from tests.strategies import hostileInts, hostileLists, hostileText, hostileTimes
 
 SECRET = "adversarial-suite-secret"
@@ -181,22 +180,6 @@ def serverHellos(message):
 
 # -- the world the hostile messages meet
 
-class _Hooks:
-    """Role hooks that only record: the role is what the servicers check."""
-
-    def serveAsMaster(self):
-        pass
-
-    def standBy(self):
-        pass
-
-    def takeOver(self, why):
-        pass
-
-    def shutdown(self):
-        pass
-
-
 def _nodeState(node, store):
     """Everything a refused input must leave as it was."""
     replica = node.replica
@@ -220,11 +203,7 @@ class World:
         self.node.addDurableObserver(self.service._durable)
         self.service.node = self.service.replicator.node = self.service.sessions.node = self.node
         test.successResultOf(self.node.load())
-        self.service.role = buddy.Role(_Hooks())
-        if role == "master":
-            self.service.role.startAsMaster()
-        else:
-            self.service.role.startAsSlave()
+        inRole(self.service, role)
         for user in USERS:
             self.node.login(user)
         self.node.follow("bob", "alice", "setup-1")
@@ -236,7 +215,7 @@ class World:
 
     def ctx(self, user="alice"):
         """A call's context: the cluster secret, and C{user}'s session token."""
-        return SimpleNamespace(peer="ipv4:127.0.0.1:5555", metadata={
+        return FakeCallContext({
             SECRET_METADATA: SECRET, SESSION_METADATA: self.service._loginReply(user).token})
 
     def settle(self):
@@ -433,8 +412,7 @@ class RouterWorld:
         self.clock = Clock()
         self.router = RouterService("127.0.0.1:0", SECRET, clock=self.clock)
         self.registry = self.router.registry
-        self.ctx = SimpleNamespace(peer="ipv4:127.0.0.1:5555",
-                                   metadata={SECRET_METADATA: SECRET})
+        self.ctx = secret(SECRET)
         link = self.router.serverLink(self.ctx)
         link.makeConnection(FakeStream())
         link.messageReceived(pb.ServerMessage(hello=pb.ServerHello(

@@ -14,45 +14,11 @@ from snstwist.core import errors
 from snstwist.router import RouterService
 from snstwist.rpc import auth
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.rpc.grpcbridge import SECRET_METADATA, SESSION_METADATA
 from snstwist.server.server import ServerService
-from tests.fakes import FakeStream
+from tests.fakes import FakeCallContext, FakeStream, inRole, secret, session
 from tests.test_server import makeServer
 
 SECRET = "s"
-
-
-class FakeCallContext:
-    """What a servicer function sees of a call: its metadata and peer."""
-
-    peer = "ipv4:127.0.0.1:5555"
-
-    def __init__(self, metadata=()):
-        self.metadata = dict(metadata)
-
-
-def session(token):
-    return FakeCallContext({SESSION_METADATA: token})
-
-
-def secret(value):
-    return FakeCallContext({SECRET_METADATA: value})
-
-
-class _NoWork:
-    """Role hooks that do nothing: the role machine alone, no processes."""
-
-    def serveAsMaster(self):
-        pass
-
-    def standBy(self):
-        pass
-
-    def takeOver(self, why):
-        pass
-
-    def shutdown(self):
-        pass
 
 
 def serverAs(test, role, secret=SECRET):
@@ -60,11 +26,7 @@ def serverAs(test, role, secret=SECRET):
     service, store = makeServer(test)
     del service._user  # makeServer lets every call act as alice
     service.secret = secret
-    service.role = buddy.Role(_NoWork())
-    if role == "master":
-        service.role.startAsMaster()
-    else:
-        service.role.startAsSlave()
+    inRole(service, role)
     return service, store
 
 
@@ -238,8 +200,7 @@ class ServiceSecretTests(SynchronousTestCase):
         """A server started with secret X refuses secret Y, however it was set."""
         service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], self.mktemp(), "X",
                                 clock=Clock())
-        service.role = buddy.Role(_NoWork())
-        service.role.startAsMaster()
+        inRole(service, "master")
         self.assertRaises(errors.PermissionDenied, service.buddyConnection, secret("Y"))
         self.assertIsInstance(service.buddyConnection(secret("X")), buddy.MasterLink)
 

@@ -35,6 +35,16 @@ def reopen(c):
     return stream.sent[0].open
 
 
+def liveClient(test):
+    """A client with a live session on a fake stream (its heartbeats stopped at cleanup)."""
+    c, shown = makeClient()
+    stream = FakeStream()
+    c.session = _Session(c)
+    c.session.makeConnection(stream)
+    test.addCleanup(c.session.beats.stop)
+    return c, stream
+
+
 def acks(stream):
     return [(m.ack.time_us, m.ack.id) for m in stream.sent if m.WhichOneof("kind") == "ack"]
 
@@ -107,16 +117,8 @@ class ShownOnceTests(SynchronousTestCase):
 
 
 class AckTests(SynchronousTestCase):
-    def live(self):
-        c, shown = makeClient()
-        stream = FakeStream()
-        c.session = _Session(c)
-        c.session.makeConnection(stream)
-        self.addCleanup(c.session.beats.stop)
-        return c, stream
-
     def test_the_newest_post_shown_is_acknowledged(self):
-        c, stream = self.live()
+        c, stream = liveClient(self)
         c._received(post(1, 10 * SECOND))
         c._received(post(3, 30 * SECOND))
         c._received(post(2, 20 * SECOND))
@@ -125,7 +127,7 @@ class AckTests(SynchronousTestCase):
 
     def test_acks_are_batched(self):
         """One ack per 0.2 s, however many posts were shown meanwhile."""
-        c, stream = self.live()
+        c, stream = liveClient(self)
         for i in range(1, 6):
             c._received(post(i, i * SECOND))
         c.clock.advance(0.19)
@@ -137,7 +139,7 @@ class AckTests(SynchronousTestCase):
         self.assertEqual(acks(stream)[-1], (6 * SECOND, "vm1.a/6"))
 
     def test_closing_sends_the_last_ack_at_once(self):
-        c, stream = self.live()
+        c, stream = liveClient(self)
         c._received(post(1, 10 * SECOND))
         c.close()
         self.assertEqual(acks(stream), [(10 * SECOND, "vm1.a/1")])
@@ -147,11 +149,7 @@ class AckTests(SynchronousTestCase):
 class TimelineTests(SynchronousTestCase):
     def test_entering_the_timeline_on_a_live_session_asks_for_it(self):
         """TIMELINE on an open session sends an open request for the timeline, at once."""
-        c, shown = makeClient()
-        stream = FakeStream()
-        c.session = _Session(c)
-        c.session.makeConnection(stream)
-        self.addCleanup(c.session.beats.stop)
+        c, stream = liveClient(self)
         d = c.timeline()
         opens = [m.open for m in stream.sent if m.WhichOneof("kind") == "open"]
         self.assertEqual([o.timeline for o in opens], [False, True])

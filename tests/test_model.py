@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from snstwist.core import errors
 from snstwist.core.model import FollowChange, Post, ReadMark, Update, parseUpdateId, updateId
 from snstwist.rpc import sns_pb2 as pb
-from tests.test_auth import FakeCallContext, login, serverAs, session
+from tests.fakes import FakeCallContext, session
+from tests.test_auth import login, serverAs
 
 USERNAME_CHARS = string.ascii_letters + string.digits + "_.-"
 

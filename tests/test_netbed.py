@@ -89,6 +89,25 @@ def oneCopyLines(client):
     return client.err.decode("utf-8", "replace").count("stored on one VM only")
 
 
+async def warnedOnce(client):
+    """Wait for the client's one notice (on stderr) that a write has one copy."""
+    async def warned():
+        return oneCopyLines(client) == 1
+
+    await waitUntil(warned, "the one-copy notice on stderr")
+
+
+async def quits(test, client, stayed=True):
+    """
+    Close the client's stdin: it must exit 0 and, with C{stayed}, never have
+    moved to another master.
+    """
+    client.closeStdin()
+    test.assertEqual(await client.ended, 0, client.err)
+    if stayed:
+        test.assertEqual(reconnects(client), [])
+
+
 class PartitionTests(unittest.TestCase):
     timeout = 180
 
@@ -111,26 +130,17 @@ class PartitionTests(unittest.TestCase):
 
         await bed.net.isolate(cut.vm)
         await alice.waitFor("Reconnecting to ")
-
-        async def dropped():
-            return cut.vm not in await bed.masters()
-
-        await waitUntil(dropped, "the router to drop %s" % (cut.vm,))
+        await bed.registered(cut.vm, present=False)
         bob = await bed.run("bob", "TIMELINE\nduring the cut\n")
         self.assertEqual(bob.exitCode, 0, bob.err)
         self.assertEqual(oneCopyLines(bob), 0, bob.err)
         await alice.waitFor(">> during the cut")
 
         await bed.net.heal()
-
-        async def back():
-            return cut.vm in await bed.masters()
-
-        await waitUntil(back, "%s to register again" % (cut.vm,))
+        await bed.registered(cut.vm)
         data = await bed.converged()
         self.assertEqual(sorted(data["posts"]), ["bob.txt"])
-        alice.closeStdin()
-        self.assertEqual(await alice.ended, 0, alice.err)
+        await quits(self, alice, stayed=False)
         self.assertEqual(posts(alice.lines), [("bob", "before the cut"),
                                               ("bob", "during the cut")])
 
@@ -142,25 +152,16 @@ class PartitionTests(unittest.TestCase):
         so; healed, the write reaches the other VM and both hold the same.
         """
         bed = await Bed(self, vms=2).start()
-        alice = bed.client("alice")
-        alice.write("LIST\n")
-        await alice.waitFor("Followers:")
+        alice = await bed.signedIn("alice")
         home = await bed.masterOf("alice")
-        other = [vm for vm in bed.vms if vm != home.vm][0]
-        await bed.net.partition(home.vm, other)
+        await bed.net.partition(home.vm, bed.otherVM(home.vm))
         alice.write("TIMELINE\nalone\n")
         await alice.waitFor(">> alone")
-
-        async def warned():
-            return oneCopyLines(alice) == 1
-
-        await waitUntil(warned, "the one-copy notice on stderr")
+        await warnedOnce(alice)
         await bed.net.heal()
         data = await bed.converged()
         self.assertIn(b"alone", data["posts"]["alice.txt"])
-        alice.closeStdin()
-        self.assertEqual(await alice.ended, 0, alice.err)
-        self.assertEqual(reconnects(alice), [])
+        await quits(self, alice)
 
     @inlineAsync
     async def test_client_cut_from_master1_fails_over_to_master2(self):
@@ -170,13 +171,10 @@ class PartitionTests(unittest.TestCase):
         and the router still counts the VM, which everyone else reaches.
         """
         bed = await Bed(self, vms=2).start()
-        alice = bed.client("alice")
-        alice.write("LIST\n")
-        await alice.waitFor("Followers:")
+        alice = await bed.signedIn("alice")
         home = await bed.masterOf("alice")
-        other = (await bed.masters())
-        other.pop(home.vm)
-        (otherVM, master2), = other.items()
+        otherVM = bed.otherVM(home.vm)
+        master2 = (await bed.masters())[otherVM]
         await bed.net.partition("clients", home.vm)
         alice.write("TIMELINE\nacross\n")
         await alice.waitFor(">> across")
@@ -187,8 +185,7 @@ class PartitionTests(unittest.TestCase):
             return "alice" in (await bed.masters())[otherVM].users
 
         await waitUntil(moved, "alice's session to be on %s" % (otherVM,))
-        alice.closeStdin()
-        self.assertEqual(await alice.ended, 0, alice.err)
+        await quits(self, alice, stayed=False)
         await bed.net.heal()
         await bed.converged()
 
@@ -225,12 +222,9 @@ class PartitionTests(unittest.TestCase):
                 len(servers) == 4
 
         await waitUntil(everyone, "the router to see every server again")
-        bob.closeStdin()
-        self.assertEqual(await bob.ended, 0, bob.err)
+        await quits(self, bob, stayed=False)
         self.assertEqual(oneCopyLines(bob), 0, bob.err)
-        alice.closeStdin()
-        self.assertEqual(await alice.ended, 0, alice.err)
-        self.assertEqual(reconnects(alice), [])
+        await quits(self, alice)
         await bed.converged()
 
     @inlineAsync
@@ -242,32 +236,16 @@ class PartitionTests(unittest.TestCase):
         clients go on.  Healed, the VM registers again and all converge.
         """
         bed = await Bed(self, vms=2).start()
-        alice = bed.client("alice")
-        alice.write("LIST\n")
-        await alice.waitFor("Followers:")
+        alice = await bed.signedIn("alice")
         home = await bed.masterOf("alice")
-        other = [vm for vm in bed.vms if vm != home.vm][0]
+        other = bed.otherVM(home.vm)
         await bed.net.partition("router", other)
-
-        async def dropped():
-            return other not in await bed.masters()
-
-        await waitUntil(dropped, "the router to drop %s" % (other,))
+        await bed.registered(other, present=False)
         alice.write("TIMELINE\nrouter sees one VM\n")
         await alice.waitFor(">> router sees one VM")
-
-        async def warned():
-            return oneCopyLines(alice) == 1
-
-        await waitUntil(warned, "the one-copy notice on stderr")
+        await warnedOnce(alice)
         await bed.net.heal()
-
-        async def back():
-            return other in await bed.masters()
-
-        await waitUntil(back, "%s to register again" % (other,))
+        await bed.registered(other)
         data = await bed.converged()
         self.assertIn(b"router sees one VM", data["posts"]["alice.txt"])
-        alice.closeStdin()
-        self.assertEqual(await alice.ended, 0, alice.err)
-        self.assertEqual(reconnects(alice), [])
+        await quits(self, alice)

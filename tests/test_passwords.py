@@ -12,7 +12,8 @@ from snstwist.core import errors, limits
 from snstwist.rpc import auth
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.passwords import FailedLogins, Hasher, TokenBuckets
-from tests.test_auth import FakeCallContext, serverAs, session
+from tests.fakes import FakeCallContext, session
+from tests.test_auth import serverAs
 
 
 class HasherTests(unittest.TestCase):

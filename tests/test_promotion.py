@@ -9,7 +9,6 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from snstwist.buddy import buddy
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.passwords import TokenBuckets
@@ -17,7 +16,8 @@ from snstwist.core.node import Node
 from snstwist.server.server import ServerService
 from snstwist.storage.store import MemoryStore, SQLiteStore
 from tests.fakes import FakeHasher
-from tests.test_auth import FakeCallContext, _NoWork, login, serverAs, session
+from tests.fakes import FakeCallContext, inRole, session
+from tests.test_auth import login, serverAs
 
 
 class FakeChannel:
@@ -168,8 +168,7 @@ class PromotionTests(TestCase):
         slave = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], path,
                               "the-cluster-secret", role="slave", clock=clock,
                               hasher=FakeHasher())
-        slave.role = buddy.Role(_NoWork())
-        slave.role.startAsSlave()
+        inRole(slave, "slave")
         return slave
 
     async def promote(self, slave):

@@ -9,7 +9,7 @@ The site of C{sns-web}: its resources, its forms and its safety headers.
     GET  /live/timeline    Server-Sent Events: the person's new posts
     GET  /cluster          the dashboard
     GET  /live/cluster     Server-Sent Events: the cluster, four times a second
-    GET  /static/...       the style sheet and the two scripts
+    GET  /static/...       the style sheet and the scripts
 
 Every response carries a Content-Security-Policy that allows scripts,
 styles and connections to this site only (and no inline script at all);

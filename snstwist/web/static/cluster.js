@@ -1,6 +1,6 @@
 // The dashboard, live: the cluster's state arrives over Server-Sent Events
-// four times a second and the table, the chart and the events are redrawn.
-// Every text goes in with textContent only, never as markup.
+// (live.js) four times a second and the table, the chart and the events are
+// redrawn.  Every text goes in with textContent only, never as markup.
 "use strict";
 (function () {
   const $ = function (name) { return document.querySelector("[data-sns=" + name + "]"); };
@@ -76,18 +76,7 @@
     $("lag-now").textContent = c.lastLag === undefined ? "" : "(now " + c.lastLag + ")";
   }
 
-  const live = $("live");
-  const stream = new EventSource("/live/cluster");
-  stream.addEventListener("open", function () {
-    live.textContent = "live";
-    live.className = "live on";
-  });
-  stream.addEventListener("error", function () {
-    live.textContent = "reconnecting";
-    live.className = "live off";
-  });
-  stream.addEventListener("cluster", function (e) {
-    const snapshot = JSON.parse(e.data);
+  window.snsLive("/live/cluster", {cluster: function (snapshot) {
     const error = $("error");
     error.textContent = snapshot.error;
     error.hidden = !snapshot.error;
@@ -95,5 +84,5 @@
     servers(snapshot);
     events(snapshot);
     chart(snapshot);
-  });
+  }});
 })();

@@ -1,9 +1,9 @@
-// The timeline page, live: new posts arrive over Server-Sent Events and are
-// put at the top.  Text goes in with textContent only, never as markup.
+// The timeline page, live: new posts arrive over Server-Sent Events
+// (live.js) and are put at the top.  Text goes in with textContent only,
+// never as markup.
 "use strict";
 (function () {
   const list = document.querySelector("[data-sns=posts]");
-  const live = document.querySelector("[data-sns=live]");
   const status = document.querySelector("[data-sns=status]");
   const shown = new Set();
   for (const li of list.querySelectorAll("[data-sns=post]")) {
@@ -27,21 +27,11 @@
     }
     list.insertBefore(li, before);
   }
-  const events = new EventSource("/live/timeline");
-  events.addEventListener("open", function () {
-    live.textContent = "live";
-    live.className = "live on";
-  });
-  events.addEventListener("error", function () {
-    live.textContent = "reconnecting";
-    live.className = "live off";
-  });
-  events.addEventListener("post", function (e) {
-    add(JSON.parse(e.data));
-  });
-  events.addEventListener("status", function (e) {
-    const text = JSON.parse(e.data).text;
-    status.textContent = text;
-    status.hidden = !text;
+  window.snsLive("/live/timeline", {
+    post: add,
+    status: function (message) {
+      status.textContent = message.text;
+      status.hidden = !message.text;
+    },
   });
 })();
