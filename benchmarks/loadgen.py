@@ -44,12 +44,32 @@ from twisted.protocols.basic import LineReceiver  # noqa: E402
 from benchlib.cluster import PASSWORD  # noqa: E402  (every benchmark user's)
 
 from snstwist.client.client import Client, CommandFailed  # noqa: E402
-from snstwist.core.errors import Status  # noqa: E402
+from snstwist.core.errors import RemoteError, Status  # noqa: E402
 from snstwist.rpc import grpcbridge  # noqa: E402
 from snstwist.rpc import sns_pb2 as pb  # noqa: E402
 from snstwist.rpc import sns_pb2_grpc as pbg  # noqa: E402
 
 CONNECT_PARALLEL = 25
+ADMISSION_PAUSE = 0.5  # seconds before a login refused for the rate is tried again
+
+
+async def admitted(login):
+    """
+    C{login()}, again after a pause for as long as the master refuses it with
+    RESOURCE_EXHAUSTED: a master admits only so many logins a second from one
+    address (snstwist.core.limits.LOGINS_PER_ADDRESS_RATE), and every client
+    of a load process logs in from the same one.  The client library gives
+    up after a few tries, which is right for a person, not for a thousand
+    users made at once.
+    """
+    while True:
+        try:
+            return await login()
+        except (CommandFailed, RemoteError) as e:
+            status = e.code if isinstance(e, CommandFailed) else e.status
+            if status != Status.RESOURCE_EXHAUSTED:
+                raise
+        await task.deferLater(reactor, ADMISSION_PAUSE, lambda: None)
 
 
 class PinnedClient(Client):
@@ -111,7 +131,9 @@ class Worker:
     async def connectAll(self, clients):
         """Log every client in, at most CONNECT_PARALLEL at a time."""
         sem = defer.DeferredSemaphore(CONNECT_PARALLEL)
-        await defer.gatherResults([sem.run(c.connect) for c in clients], consumeErrors=True)
+        await defer.gatherResults(
+            [sem.run(lambda c=c: defer.ensureDeferred(admitted(c.connect))) for c in clients],
+            consumeErrors=True)
 
     def where(self):
         vms = {}
@@ -317,10 +339,15 @@ class Users(Worker):
         channel = grpcbridge.channel(reply.master1.address)
         stub = pbg.SNSStub(channel)
         sem = defer.DeferredSemaphore(CONNECT_PARALLEL * 2)
+
+        def login(user):
+            return grpcbridge.call(stub.Login, pb.LoginRequest(user=user, password=PASSWORD),
+                                   timeout=30)
+
         await defer.gatherResults([
-            sem.run(grpcbridge.call, stub.Login,
-                    pb.LoginRequest(user="%s%d" % (a.prefix, i), password=PASSWORD), timeout=30)
-            for i in range(a.clients)], consumeErrors=True)
+            sem.run(lambda user=user: defer.ensureDeferred(admitted(lambda: login(user))))
+            for user in ("%s%d" % (a.prefix, i) for i in range(a.clients))],
+            consumeErrors=True)
         await grpcbridge.closeChannel(channel)
         self.emit(event="ready", clients=a.clients, vms={reply.master1.vm: a.clients})
 
