@@ -150,7 +150,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--short", dest="mode", action="store_const", const="short",
-                       help="under two minutes (default)")
+                       help="about three minutes (default)")
     group.add_argument("--full", dest="mode", action="store_const", const="full",
                        help="more clients (1,000), 2 and 4 VMs, more kills")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench-results"),
