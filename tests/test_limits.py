@@ -81,7 +81,7 @@ class UpdateSizeTests(SynchronousTestCase):
 
     def test_every_channel_and_server_uses_the_bound(self):
         """Both ends of every gRPC connection send and receive up to MAX_MESSAGE_BYTES."""
-        for options in (grpcbridge._CHANNEL_OPTIONS, grpcbridge._SERVER_OPTIONS):
+        for options in (grpcbridge.CHANNEL_OPTIONS, grpcbridge.SERVER_OPTIONS):
             self.assertEqual(dict(options)["grpc.max_send_message_length"], MAX_MESSAGE_BYTES)
             self.assertEqual(dict(options)["grpc.max_receive_message_length"],
                              MAX_MESSAGE_BYTES)

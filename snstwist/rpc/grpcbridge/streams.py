@@ -1,0 +1,171 @@
+"""
+Bidirectional streams as a Twisted transport (L{Stream}) and protocol, on
+the client's side (L{openStream}); the server's side is in L{servicers}.
+"""
+
+import asyncio
+
+import grpc.aio
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from snstwist.core import errors
+from snstwist.rpc.grpcbridge.calls import remoteError
+
+log = Logger()
+
+_END = object()
+
+
+class Stream:
+    """
+    Our side of one bidirectional stream: a bounded outgoing queue.
+
+    C{send} never blocks.  When more than C{maxQueue} messages are waiting
+    for a slow peer, the stream is aborted (the peer is cut off rather than
+    allowed to grow our memory) and C{send} returns False.
+    """
+
+    def __init__(self, maxQueue=1000):
+        self._queue = asyncio.Queue()
+        self._maxQueue = maxQueue
+        self._ended = False
+        self._abort = None
+        self._drained = []
+        self.metadata = {}
+        self.peer = None
+
+    def drained(self, below):
+        """
+        A Deferred that fires once at most C{below} messages are waiting:
+        the peer has taken the rest (gRPC hands a message to the transport
+        only as the peer's flow-control window allows).  How a sender paces
+        itself to its reader.  It never fires if the stream ends first.
+        """
+        if self._queue.qsize() <= below:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drained.append((below, d))
+        return d
+
+    def _taken(self):
+        if self._drained:
+            size = self._queue.qsize()
+            ready = [(n, d) for n, d in self._drained if size <= n]
+            if ready:
+                self._drained = [w for w in self._drained if w[0] < size]
+                for _, d in ready:
+                    d.callback(None)
+
+    def send(self, message):
+        if self._ended:
+            return False
+        if self._queue.qsize() >= self._maxQueue:
+            log.warn("cutting off slow peer {peer}: {n} messages queued",
+                     peer=self.peer, n=self._queue.qsize())
+            self.abort()
+            return False
+        self._queue.put_nowait(message)
+        return True
+
+    def close(self):
+        """Finish our side once everything queued has been sent."""
+        if not self._ended:
+            self._ended = True
+            self._queue.put_nowait(_END)
+
+    def abort(self, reason=None):
+        """
+        Tear the stream down now, dropping anything queued.  On a server's
+        stream, C{reason} (an L{errors.SNSError}) is the status the peer
+        gets; ABORTED without one.
+        """
+        self._ended = True
+        self._drained = []
+        if self._abort is not None:
+            self._abort(reason)
+
+    @property
+    def pending(self):
+        return self._queue.qsize()
+
+    async def _outgoing(self):
+        while True:
+            message = await self._queue.get()
+            if message is _END:
+                self._drained = []
+                return
+            self._taken()
+            yield message
+
+
+class Garbage:
+    """What a request that is not a valid message of its type arrives as."""
+
+    def __init__(self, messageClass):
+        self.error = errors.InvalidRequest(
+            "the request is not a valid %s message" % (messageClass.DESCRIPTOR.name,))
+
+
+def lenient(messageClass):
+    """
+    A request deserializer that never raises: grpc would answer UNKNOWN,
+    with a protobuf exception's name, for bytes that do not parse.  The
+    handler answers a L{Garbage} with INVALID_ARGUMENT instead.
+    """
+    def deserialize(data):
+        try:
+            return messageClass.FromString(data)
+        except Exception:
+            return Garbage(messageClass)
+
+    return deserialize
+
+
+async def pump(messages, protocol):
+    async for message in messages:
+        if isinstance(message, Garbage):
+            raise message.error
+        protocol.messageReceived(message)
+
+
+def lost(protocol, reason):
+    try:
+        protocol.connectionLost(reason)
+    except Exception:
+        log.failure("connectionLost raised")
+
+
+def openStream(method, protocol, metadata=None, maxQueue=1000):
+    """
+    Open a client-side bidi stream with C{method} (a stub's multicallable) and
+    connect C{protocol} to it.  C{protocol.connectionLost(reason)} is called
+    exactly once: with None when the server ended the stream cleanly, or with
+    a Failure (L{errors.RemoteError}, L{defer.CancelledError}).
+    """
+    stream = Stream(maxQueue)
+    grpcCall = method(stream._outgoing(), metadata=metadata)
+
+    async def run():
+        reason = None
+        try:
+            await pump(grpcCall, protocol)
+        except asyncio.CancelledError:
+            reason = Failure(defer.CancelledError())
+        except grpc.aio.AioRpcError as e:
+            reason = Failure(remoteError(e))
+        except BaseException:
+            reason = Failure()
+        finally:
+            # End our outgoing side too: grpc's task consuming it is not
+            # cancelled when the call ended first, and would wait forever.
+            stream.close()
+            grpcCall.cancel()
+            lost(protocol, reason)
+
+    task = asyncio.ensure_future(run())
+    # A client can not send a status: the reason is only the server's.
+    stream._abort = lambda reason=None: task.cancel()
+    protocol.makeConnection(stream)
+    return stream
