@@ -117,15 +117,18 @@ class Bench:
 
     def startRouter(self):
         self.routerAddress = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
+        # Servers register at the router's cluster port (mutual TLS).
+        self.routerPeer = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
         self.spawn("router", ["--logfile=" + os.path.join(self.work, "router.log"),
-                              "sns-router", "--listen", self.routerAddress])
+                              "sns-router", "--listen", self.routerAddress,
+                              "--peer-listen", self.routerPeer])
         until("the router", lambda: self.status() is not None, timeout=30)
 
     def startServer(self, vm):
         host = {"vm1": "127.0.0.2", "vm2": "127.0.0.3"}[vm]
         address = "%s:%d" % (host, freePort(host))
         p = self.spawn(vm, ["--logfile=" + os.path.join(self.work, vm + ".log"),
-                            "sns-server", "--router", self.routerAddress, "--vm", vm,
+                            "sns-server", "--router", self.routerPeer, "--vm", vm,
                             "--listen", address, "--data", self.data(vm)])
         return p, address
 

@@ -50,6 +50,9 @@ class ServerIdentity:
     address: str
     pid: int
     incarnation: str
+    # Its cluster port, where peers dial it (mutual TLS); "" when one port
+    # serves both.
+    peerAddress: str = ""
 
     @classmethod
     def fromHello(cls, hello):
@@ -58,7 +61,8 @@ class ServerIdentity:
         if hello.role not in (pb.MASTER, pb.SLAVE):
             raise errors.InvalidRequest("hello needs a role")
         checkServerHello(hello)
-        return cls(hello.vm, hello.role, hello.address, hello.pid, hello.incarnation)
+        return cls(hello.vm, hello.role, hello.address, hello.pid, hello.incarnation,
+                   hello.peer_address)
 
 
 
@@ -88,7 +92,8 @@ class ServerRecord:
     def info(self, now, streams=True):
         """What the router says of this server; with C{streams}, its peer streams too."""
         i = self.identity
-        return pb.ServerInfo(vm=i.vm, role=i.role, address=i.address, pid=i.pid,
+        return pb.ServerInfo(vm=i.vm, role=i.role, address=i.address,
+                             peer_address=i.peerAddress, pid=i.pid,
                              incarnation=i.incarnation, clients=self.clients,
                              updates=self.updates, pending=self.pending,
                              seen_ago=now - self.lastSeen, users=self.users,
@@ -334,7 +339,7 @@ def _toAddress(record):
 class RouterService(MultiService):
     """One router process: the registry, its gRPC face and its timers."""
 
-    def __init__(self, listen, secret, clock=None):
+    def __init__(self, listen, secret, clock=None, peerListen=None):
         MultiService.__init__(self)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -344,7 +349,7 @@ class RouterService(MultiService):
         self.registry = Registry(clock, self.broadcastMembership)
         metrics.watch(metrics.servers, self.registry.countByRole)
         self.grpc = GrpcServerService(listen, self._register, services=[
-            pb.DESCRIPTOR.services_by_name["Router"].full_name])
+            pb.DESCRIPTOR.services_by_name["Router"].full_name], peerListen=peerListen)
         self.grpc.setServiceParent(self)
         TimerService(HEARTBEAT, self.tick).setServiceParent(self)
 

@@ -157,6 +157,7 @@ class Cluster:
         self.secret = secret
         self.base = os.path.abspath(testCase.mktemp())
         self.router = None
+        self.routerPeer = None
         self.web = None
         self.process = None
         self.pids = set()
@@ -175,6 +176,8 @@ class Cluster:
         for line in self.process.lines:
             if line.startswith("sns-cluster ready: router "):
                 self.router = line.split()[3].rstrip(";")
+            if line.startswith("sns-cluster: servers register at the router's cluster port "):
+                self.routerPeer = line.split()[8]
             if line.startswith("sns-cluster: web timeline and dashboard at "):
                 self.web = line.split()[6][len("http://"):].rstrip("/")
         # One channel for every status poll of the test: a busy machine

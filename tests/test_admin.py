@@ -320,7 +320,7 @@ class BackupOfARunningVMTests(TestCase):
         os.rename(copy, restored)
         spawn(self, ["-c", "from twisted.scripts.twistd import run; run()", "-n",
                      "--pidfile=", "--logfile=" + os.path.join(cluster.base, "restored.log"),
-                     "sns-server", "--router", cluster.router, "--vm", "vm1",
+                     "sns-server", "--router", cluster.routerPeer, "--vm", "vm1",
                      "--listen", "127.0.0.2:0", "--data", restored,
                      "--secret-file", os.path.join(cluster.base, "secret")],
               env=childEnv())

@@ -149,10 +149,11 @@ def startByHand(testCase):
     router = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
     env = childEnv()
     twistd = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
-    spawn(testCase, twistd + ["sns-router", "--listen", router], env=env)
+    peer = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
+    spawn(testCase, twistd + ["sns-router", "--listen", router, "--peer-listen", peer], env=env)
     data = os.path.abspath(testCase.mktemp())
     testCase.addCleanup(killServersUsing, data)
-    server = spawn(testCase, twistd + ["sns-server", "--router", router, "--vm", "vmx",
+    server = spawn(testCase, twistd + ["sns-server", "--router", peer, "--vm", "vmx",
                                        "--listen", "127.0.0.5:0", "--data", data], env=env)
     return router, server, data
 

@@ -69,7 +69,7 @@ class WholeVMDeathTests(unittest.TestCase):
         # Bring vm2 back on its data, as an operator would.
         spawn(self, ["-c", "from twisted.scripts.twistd import run; run()", "-n",
                      "--pidfile=", "--logfile=" + os.path.join(cluster.base, "vm2", "again.log"),
-                     "sns-server", "--router", cluster.router, "--vm", "vm2",
+                     "sns-server", "--router", cluster.routerPeer, "--vm", "vm2",
                      "--listen", "127.0.0.3:0", "--data", cluster.data("vm2"),
                      "--secret-file", os.path.join(cluster.base, "secret")],
               env=childEnv())

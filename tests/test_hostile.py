@@ -191,7 +191,7 @@ class ClockWindowTests(unittest.TestCase):
         now = int(time.time() * 1e6)
         peer = _Peer([userUpdate("evil.1", 1, LAST_US, "mallory"),
                       userUpdate("evil.1", 2, now, "mallet")])
-        channel = grpcbridge.channel(masters["vm1"].address)
+        channel = grpcbridge.channel(masters["vm1"].peer_address)
         try:
             grpcbridge.openStream(pbg.ClusterStub(channel).BroadcastPosts, peer,
                                   metadata=auth.secretMetadata(SECRET))
@@ -275,7 +275,7 @@ class VisibleStreamFailureTests(unittest.TestCase):
         sns-compare.
         """
         cluster = await Cluster(self, vms=1).start()
-        _FakeMaster(self, cluster.router).register(self)
+        _FakeMaster(self, cluster.routerPeer).register(self)
         await postAll(cluster.router, "alice", ["one", "two"])
 
         async def troubleShown():

@@ -127,7 +127,8 @@ class RouterTests(unittest.TestCase):
         from snstwist.commands.cluster import freePort
         address = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
         router = spawn(self, ["-c", "from twisted.scripts.twistd import run; run()",
-                              "-n", "--pidfile=", "sns-router", "--listen", address],
+                              "-n", "--pidfile=", "sns-router", "--listen", address,
+                              "--peer-listen", "127.0.0.1:0"],
                        env=childEnv())
         return router, address
 

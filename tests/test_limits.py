@@ -117,7 +117,8 @@ class ReplySizeTests(SynchronousTestCase):
     def test_a_membership_fits_with_the_most_servers(self):
         """The router's membership of MAX_SERVERS servers, each naming its users, fits."""
         info = pb.ServerInfo(vm=NAME, role=pb.MASTER, address="a" * limits.MAX_ADDRESS,
-                             pid=-1, incarnation="i" * limits.MAX_INCARNATION,
+                             peer_address="p" * limits.MAX_ADDRESS, pid=-1,
+                             incarnation="i" * limits.MAX_INCARNATION,
                              clients=2**32 - 1, updates=2**64 - 1, pending=2**32 - 1,
                              seen_ago=1e300, users=[NAME] * MAX_HEARTBEAT_USERS)
         message = pb.RouterMessage(membership=pb.Membership(servers=[info] * MAX_SERVERS))
@@ -128,7 +129,8 @@ class ReplySizeTests(SynchronousTestCase):
         stream = pb.PeerStream(vm=NAME, lacking=2**64 - 1, failures=2**32 - 1,
                                last_error="e" * limits.MAX_ERROR_TEXT, connected=True)
         info = pb.ServerInfo(vm=NAME, role=pb.MASTER, address="a" * limits.MAX_ADDRESS,
-                             pid=-1, incarnation="i" * limits.MAX_INCARNATION,
+                             peer_address="p" * limits.MAX_ADDRESS, pid=-1,
+                             incarnation="i" * limits.MAX_INCARNATION,
                              clients=2**32 - 1, updates=2**64 - 1, pending=2**32 - 1,
                              seen_ago=1e300, users=[NAME] * MAX_HEARTBEAT_USERS,
                              peers=[stream] * limits.MAX_PEER_STREAMS, refused=2**64 - 1)

@@ -20,13 +20,22 @@ ENV = childEnv()
 class SeveralRoutersTests(unittest.TestCase):
     timeout = 120
 
+    def peerOf(self, address):
+        """The cluster port (where servers register) of the router at C{address}."""
+        peers = self.__dict__.setdefault("peers", {})
+        if address not in peers:
+            peers[address] = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
+        return peers[address]
+
     def router(self, address):
-        return spawn(self, TWISTD + ["sns-router", "--listen", address], env=ENV)
+        return spawn(self, TWISTD + ["sns-router", "--listen", address,
+                                     "--peer-listen", self.peerOf(address)], env=ENV)
 
     def server(self, routers, vm, host):
         data = os.path.abspath(self.mktemp())
         return spawn(self, TWISTD + [
-            "--logfile=" + data + ".log", "sns-server", "--router", ",".join(routers),
+            "--logfile=" + data + ".log", "sns-server",
+            "--router", ",".join(self.peerOf(r) for r in routers),
             "--vm", vm, "--listen", host + ":0", "--data", data], env=ENV)
 
     async def registered(self, router, n):

@@ -183,13 +183,17 @@ class ClusterAttackTests(unittest.TestCase):
 
     @inlineAsync
     async def test_a_fake_peer_can_not_inject_posts(self):
-        """BroadcastPosts with no secret, or the published default, is refused."""
+        """
+        BroadcastPosts with no secret, or the published default, is refused,
+        even from a process with a certificate of the cluster's CA: the
+        secret is a second factor on the cluster port.
+        """
         cluster = await Cluster(self, vms=1).start()
         master = (await cluster.masters())["vm1"]
         for metadata in ((), auth.secretMetadata(PUBLISHED_DEFAULT)):
             ended = defer.Deferred()
             fake = _FakePeer(ended)
-            channel = grpcbridge.channel(master.address)
+            channel = grpcbridge.channel(master.peer_address)
             self.addCleanup(grpcbridge.closeChannel, channel)
             grpcbridge.openStream(pbg.ClusterStub(channel).BroadcastPosts, fake,
                                   metadata=metadata)
@@ -199,11 +203,14 @@ class ClusterAttackTests(unittest.TestCase):
 
     @inlineAsync
     async def test_a_fake_master_can_not_register_with_the_router(self):
-        """Bidirectional_r_and_s with the published default secret is refused."""
+        """
+        Bidirectional_r_and_s with the published default secret is refused
+        (on the router's cluster port, with a certificate of the cluster's CA).
+        """
         cluster = await Cluster(self, vms=1).start()
         ended = defer.Deferred()
         fake = _FakeMaster(ended)
-        channel = grpcbridge.channel(cluster.router)
+        channel = grpcbridge.channel(cluster.routerPeer)
         self.addCleanup(grpcbridge.closeChannel, channel)
         grpcbridge.openStream(pbg.RouterStub(channel).Bidirectional_r_and_s, fake,
                               metadata=auth.secretMetadata(PUBLISHED_DEFAULT))

@@ -64,9 +64,14 @@ class ClusterService(MultiService):
         self.base = os.path.abspath(base)
         self.vms = vms
         host, port = routerListen.rsplit(":", 1)
+        # The router's cluster port, where servers register (mutual TLS):
+        # the next port, as sns-router's default, or another free one.
         if int(port) == 0:
-            port = freePort(host)
+            port, peerPort = freePort(host), freePort(host)
+        else:
+            peerPort = int(port) + 1
         self.router = "%s:%s" % (host, port)
+        self.routerPeer = "%s:%d" % (host, peerPort)
         self.web = None
         if webListen:
             host, port = webListen.rsplit(":", 1)
@@ -118,7 +123,7 @@ class ClusterService(MultiService):
         """Start the router (again, after it was killed)."""
         return self._spawn("router", twistdArgs(
             os.path.join(self.base, "router.log"), "sns-router", "--listen", self.router,
-            *self.tlsArgs))
+            "--peer-listen", self.routerPeer, *self.tlsArgs))
 
     def startVM(self, index):
         """
@@ -130,7 +135,7 @@ class ClusterService(MultiService):
         os.makedirs(vmdir, exist_ok=True)
         return self._spawn(vm, twistdArgs(
             os.path.join(vmdir, "server.log"), "sns-server",
-            "--router", self.router, "--vm", vm, "--listen", self.vmListen(index),
+            "--router", self.routerPeer, "--vm", vm, "--listen", self.vmListen(index),
             "--data", os.path.join(vmdir, "data"), *self.serverArgs, *self.tlsArgs))
 
     def _childEnded(self, child, reason):
@@ -159,6 +164,8 @@ class ClusterService(MultiService):
             self.startVM(i)
         self.out("sns-cluster: router at %s, %d VMs, data and logs in %s"
                  % (self.router, self.vms, self.base))
+        self.out("sns-cluster: servers register at the router's cluster port %s"
+                 " (mutual TLS)" % (self.routerPeer,))
         if self.web:
             self._spawn("web", twistdArgs(
                 os.path.join(self.base, "web.log"), "sns-web", "--router", self.router,

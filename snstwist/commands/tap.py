@@ -54,29 +54,51 @@ class _Common(usage.Options):
         return self["secret"]
 
 
+def parsePeerListen(options, nextPort):
+    """
+    The cluster port's address: C{--peer-listen}, else the C{--listen} host
+    with the next port (C{nextPort}, when that is not 0) or any free port.
+    """
+    if options["peer-listen"]:
+        return parseAddress(options["peer-listen"], "--peer-listen")
+    host, port = options["listen"].rsplit(":", 1)
+    port = int(port)
+    return "%s:%d" % (host, port + 1 if nextPort and 0 < port < 65535 else 0)
+
+
 def _logAs(options, *words):
     from snstwist.core import logs
     logs.configure(getattr(options, "parent", None), *words)
 
 
 class RouterOptions(_Common):
-    synopsis = "[--listen HOST:PORT]"
+    synopsis = "[--listen HOST:PORT] [--peer-listen HOST:PORT]"
     optParameters = [
-        ["listen", "l", "0.0.0.0:3410", "Address to serve clients and servers on."],
+        ["listen", "l", "0.0.0.0:3410", "Address to serve clients (and operators) on."],
+        ["peer-listen", None, None,
+         "Address to serve the cluster's servers on, with mutual TLS: their --router"
+         " (default: the --listen host, the next port; 3411 by default)."],
     ]
 
     def postOptions(self):
         self["listen"] = parseAddress(self["listen"], "--listen")
+        self["peer-listen"] = parsePeerListen(self, nextPort=True)
         _logAs(self, "router")
         _Common.postOptions(self)
 
 
 class ServerOptions(_Common):
-    synopsis = "--router HOST:PORT[,HOST:PORT] [--vm NAME] [--listen HOST:PORT] [--data DIR]"
+    synopsis = ("--router HOST:PORT[,HOST:PORT] [--vm NAME] [--listen HOST:PORT]"
+                " [--peer-listen HOST:PORT] [--data DIR]")
     optParameters = [
-        ["router", "r", None, "Router(s) to register with, comma-separated."],
+        ["router", "r", None,
+         "Router(s) to register with, comma-separated: their cluster ports"
+         " (sns-router's --peer-listen)."],
         ["vm", None, "vm1", "Name of this server's VM (one data directory)."],
-        ["listen", "l", "127.0.0.1:0", "Address to serve on (port 0: any free port)."],
+        ["listen", "l", "127.0.0.1:0", "Address to serve clients on (port 0: any free port)."],
+        ["peer-listen", None, None,
+         "Address to serve the cluster's other processes on, with mutual TLS"
+         " (default: the --listen host, any free port)."],
         ["data", "d", None, "Data directory of the VM (default: ./sns-data/VM)."],
         ["role", None, "master", "master (the default) or slave; masters spawn their slave."],
         ["buddy", None, None, "For a slave: its master's address."],
@@ -91,6 +113,7 @@ class ServerOptions(_Common):
             raise usage.UsageError("--router HOST:PORT is required")
         self["router"] = parseRouters(self["router"])
         self["listen"] = parseAddress(self["listen"], "--listen")
+        self["peer-listen"] = parsePeerListen(self, nextPort=False)
         try:
             checkUsername(self["vm"])
         except Exception:
@@ -147,7 +170,8 @@ def makeRouterService(options):
     from snstwist.router import RouterService
     from snstwist.rpc import grpcbridge
     grpcbridge.useTLS(options["tls"])
-    return _withMetrics(RouterService(options["listen"], options.secret()), options)
+    return _withMetrics(RouterService(options["listen"], options.secret(),
+                                      peerListen=options["peer-listen"]), options)
 
 
 def makeServerService(options):
@@ -159,7 +183,7 @@ def makeServerService(options):
         options.secret(), role=options["role"], master=options["buddy"],
         masterPid=options["buddy-pid"], logfile=options["logfile"],
         metricsListen=options["metrics"], postRate=options["posts-per-second"],
-        tlsArgs=options["tlsArgs"]), options)
+        tlsArgs=options["tlsArgs"], peerListen=options["peer-listen"]), options)
 
 
 def makeClusterService(options):

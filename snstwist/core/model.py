@@ -172,6 +172,7 @@ def checkServerHello(hello):
     """
     checkVm(hello.vm)
     checkText(hello.address, "address", MAX_ADDRESS)
+    checkText(getattr(hello, "peer_address", ""), "cluster address", MAX_ADDRESS, minimum=0)
     checkText(hello.incarnation, "incarnation", MAX_INCARNATION)
     if hello.pid < 0:
         raise errors.InvalidRequest("a negative pid (%d)" % (hello.pid,))

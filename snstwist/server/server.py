@@ -228,7 +228,7 @@ class ServerService(MultiService):
 
     def __init__(self, vm, listen, routers, data, secret, role="master", master=None,
                  masterPid=0, logfile=None, clock=None, metricsListen=None, hasher=None,
-                 postRate=None, tlsArgs=()):
+                 postRate=None, tlsArgs=(), peerListen=None):
         MultiService.__init__(self)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -258,8 +258,10 @@ class ServerService(MultiService):
         rate = postRate or limits.POSTS_PER_USER_RATE
         self.posts = TokenBuckets(clock, rate, rate * limits.POSTS_PER_USER_BURST_SECONDS,
                                   "posts by one user")
+        # Peers dial the cluster port (mutual TLS), clients the other.
         self.grpc = GrpcServerService(listen, self._register, services=[
-            pb.DESCRIPTOR.services_by_name[name].full_name for name in ("SNS", "Cluster")])
+            pb.DESCRIPTOR.services_by_name[name].full_name for name in ("SNS", "Cluster")],
+            peerListen=peerListen or listen.rsplit(":", 1)[0] + ":0")
         self.acknowledgedPosts = 0
         metrics.watch(metrics.sessions, self.sessions.count)
         metrics.watch(metrics.replicationLag, self.replicator.lag)
@@ -450,7 +452,7 @@ class ServerService(MultiService):
         args += ["sns-server", "--role", "slave", "--vm", self.vm,
                  "--listen", host + ":0", "--data", self.data,
                  "--router", ",".join(self.routers),
-                 "--buddy", self.grpc.address, "--buddy-pid", str(os.getpid())]
+                 "--buddy", self.grpc.peerAddress, "--buddy-pid", str(os.getpid())]
         if self.metricsListen:
             # Master and slave run at once: the slave serves its metrics on
             # a free port of the same host (it logs which).
@@ -465,7 +467,7 @@ class ServerService(MultiService):
 
     def _buddyHello(self):
         return pb.BuddyHello(vm=self.vm, role=self.hello().role, pid=os.getpid(),
-                             address=self.grpc.address, incarnation=self.incarnation,
+                             address=self.grpc.peerAddress, incarnation=self.incarnation,
                              have=self.node.replica.seen.toProto())
 
     def _slaveHello(self, link, hello):
@@ -490,7 +492,8 @@ class ServerService(MultiService):
     def hello(self):
         role = pb.MASTER if self.role.name == "master" else pb.SLAVE
         return pb.ServerHello(vm=self.vm, role=role, address=self.grpc.address,
-                              pid=os.getpid(), incarnation=self.incarnation)
+                              peer_address=self.grpc.peerAddress, pid=os.getpid(),
+                              incarnation=self.incarnation)
 
     def load(self):
         return pb.Heartbeat(clients=self.sessions.count(),
@@ -508,7 +511,7 @@ class ServerService(MultiService):
         for m in self.memberships.values():
             for server in m.servers:
                 if server.role == pb.MASTER and server.vm != self.vm:
-                    peers[server.vm] = server.address
+                    peers[server.vm] = server.peer_address or server.address
         self.replicator.setPeers(peers)
 
     def _durable(self, updates):

@@ -43,7 +43,13 @@ from snstwist.rpc.grpcbridge.channels import (
 )
 from snstwist.rpc.grpcbridge.links import ReconnectingLink
 from snstwist.rpc.grpcbridge.servers import SERVER_OPTIONS, GrpcServerService
-from snstwist.rpc.grpcbridge.servicers import CallContext, Servicer
+from snstwist.rpc.grpcbridge.servicers import (
+    OPERATOR_RPCS,
+    PEER_RPCS,
+    CallContext,
+    Port,
+    Servicer,
+)
 from snstwist.rpc.grpcbridge.streams import Stream, openStream
 
 SECRET_METADATA = "x-sns-secret"
@@ -53,8 +59,9 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 __all__ = [
-    "CHANNEL_OPTIONS", "CLUSTER_NAME", "SECRET_METADATA", "SERVER_OPTIONS", "SESSION_METADATA",
-    "TLS", "CallContext", "GrpcServerService", "ReconnectingLink", "Servicer", "Stream",
-    "awaitDeferred", "call", "channel", "closeChannel", "defaultTLS", "deferredFromAwaitable",
-    "describe", "openStream", "remoteError", "statusOf", "useTLS",
+    "CHANNEL_OPTIONS", "CLUSTER_NAME", "OPERATOR_RPCS", "PEER_RPCS", "SECRET_METADATA",
+    "SERVER_OPTIONS", "SESSION_METADATA", "TLS", "CallContext", "GrpcServerService", "Port",
+    "ReconnectingLink", "Servicer", "Stream", "awaitDeferred", "call", "channel", "closeChannel",
+    "defaultTLS", "deferredFromAwaitable", "describe", "openStream", "remoteError", "statusOf",
+    "useTLS",
 ]

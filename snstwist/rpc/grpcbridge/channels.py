@@ -66,10 +66,15 @@ class TLS:
         # A process of the cluster shows its certificate when it calls.
         return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
 
-    def serverCredentials(self):
+    def serverCredentials(self, requireClientCertificate=False):
+        """
+        What a port serves TLS with; with C{requireClientCertificate}, the
+        handshake fails unless the caller shows a certificate of our CA.
+        """
         if self.cert is None or self.key is None:
             raise ValueError("serving TLS needs a certificate and its key")
-        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca)
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca,
+                                           require_client_auth=requireClientCertificate)
 
 
 DEFAULT = object()

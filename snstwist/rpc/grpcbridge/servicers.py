@@ -19,6 +19,54 @@ from snstwist.rpc.grpcbridge.streams import Garbage, Stream, lost, lenient, pump
 
 log = Logger()
 
+# What a port serves, when a process has a client port and a cluster port
+# (L{servers.GrpcServerService}): the cluster's own RPCs go to the cluster
+# port only, where every caller shows a certificate of the cluster's CA; the
+# operator's views go to both (they need the cluster secret); the rest, the
+# client RPCs, to the client port only.
+CLIENTS, PEERS, BOTH = "client", "cluster", "both"
+
+PEER_RPCS = frozenset({
+    "snstwist.Router/Bidirectional_r_and_s",
+    "snstwist.Cluster/BroadcastPosts",
+    "snstwist.Cluster/BuddyConnection",
+    "snstwist.Cluster/Onetime_s_to_buddy",
+})
+OPERATOR_RPCS = frozenset({"snstwist.Router/Status", "snstwist.Cluster/Digest"})
+
+
+class Port:
+    """
+    One listening port of a process's gRPC servers: the grpc server (whose
+    methods it forwards) and C{kind}, which says what it serves.
+    """
+
+    def __init__(self, server, kind=BOTH):
+        self.server = server
+        self.kind = kind
+
+    def __getattr__(self, name):
+        return getattr(self.server, name)
+
+    def refusal(self, method):
+        """Why this port does not serve C{method} (C{service/Method}), or None."""
+        if self.kind == BOTH or method in OPERATOR_RPCS:
+            return None
+        if self.kind == CLIENTS and method in PEER_RPCS:
+            return ("%s is served on the cluster port only, to a certificate of the"
+                    " cluster's CA" % (method,))
+        if self.kind == PEERS and method not in PEER_RPCS:
+            return "%s is served on the client port, not the cluster port" % (method,)
+        return None
+
+
+def _refused(name, message):
+    async def handler(request, context):
+        _count(name, grpc.StatusCode.PERMISSION_DENIED)
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+
+    return handler
+
 class CallContext:
     """What a servicer function may know of its call: metadata and peer."""
 
@@ -171,8 +219,10 @@ class Servicer:
     def register(self, server, service):
         """
         Serve the methods of C{service} (a service descriptor of the proto)
-        on C{server}, with request deserializers that answer bytes that do
-        not parse with INVALID_ARGUMENT.
+        on C{server} (a L{Port}), with request deserializers that answer
+        bytes that do not parse with INVALID_ARGUMENT.  A method the port
+        does not serve is answered PERMISSION_DENIED, saying which port
+        does.
         """
         handlers = {}
         for method in service.methods:
@@ -180,7 +230,10 @@ class Servicer:
             reply = message_factory.GetMessageClass(method.output_type)
             make = (grpc.stream_stream_rpc_method_handler if method.client_streaming
                     else grpc.unary_unary_rpc_method_handler)
-            handlers[method.name] = make(getattr(self, method.name),
+            why = server.refusal("%s/%s" % (service.full_name, method.name))
+            function = (getattr(self, method.name) if why is None
+                        else _refused(method.name, why))
+            handlers[method.name] = make(function,
                                          request_deserializer=lenient(request),
                                          response_serializer=reply.SerializeToString)
         server.add_generic_rpc_handlers(
