@@ -83,7 +83,11 @@ class CertsOptions(usage.Options):
         self["hosts"] = []
 
     def opt_host(self, host):
-        """a host name or address of the process (repeat for several)"""
+        """
+        a host name or address of the process, put in the certificate for
+        other TLS tools (repeat for several); the cluster's channels check
+        the cluster's name, which every certificate carries
+        """
         self["hosts"].append(host)
 
     def postOptions(self):

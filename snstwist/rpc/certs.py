@@ -3,9 +3,12 @@ The cluster's certificate authority and the certificates of its processes.
 
 A cluster has its own CA: it signs the certificate of every router and
 server (each carries the name L{CLUSTER_NAME}, which every channel of the
-cluster checks instead of a host name), and clients trust exactly that CA
-(C{--tls-ca}).  C{sns-cluster} makes a CA and one certificate in its
-directory; C{sns-admin certs} makes them for a cluster on several hosts.
+cluster checks instead of a host name; the hosts' names and addresses are
+in it too, for other TLS tools), and clients trust exactly that CA
+(C{--tls-ca}).  The same certificate serves a process's ports and its calls
+to its peers' cluster ports, which require one (mutual TLS).  C{sns-cluster}
+makes a CA and one certificate in its directory; C{sns-admin certs} makes
+them for a cluster on several hosts.
 
 Keys are ECDSA P-256, written with mode 0600; nothing here runs on a
 reactor.

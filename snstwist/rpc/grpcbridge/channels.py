@@ -27,8 +27,11 @@ CHANNEL_OPTIONS = [
 
 
 # Every certificate of a cluster's processes names this, and every channel
-# checks it instead of a host name: the cluster's own CA is what is trusted,
-# and it signs nothing but the cluster's processes.
+# checks it instead of the host it dials: the cluster's own CA is what is
+# trusted, and it signs nothing but the cluster's processes, so a certificate
+# proves "a process of this cluster"; the addresses dialled come from the
+# router (a wildcard listener's host name, a namespace's address), not from
+# a name a person typed.  (docs/design.md, "Ports and TLS".)
 CLUSTER_NAME = "snstwist"
 
 
