@@ -164,6 +164,67 @@ class ServerLoginTests(SynchronousTestCase):
                            auth.readToken(service.secret, token).expires)
         self.assertRaises(errors.NotLoggedIn, service.login, pb.LoginRequest(user="eve"), ctx)
 
+    def openSession(self, service, token, peer=FakeCallContext.peer):
+        """A live session of C{token}'s user on connection C{peer}: (session, stream)."""
+        from tests.fakes import FakeStream
+        ctx = session(token)
+        ctx.peer = peer
+        live = service.session(ctx)
+        stream = FakeStream()
+        live.makeConnection(stream)
+        return live, stream
+
+    def shortToken(self, service, user, seconds):
+        """A token of C{user} (logged in already) that expires in C{seconds}."""
+        return auth.makeToken(service.secret, user, int(service.clock.seconds() + seconds),
+                              service._generation(user))
+
+    def talk(self, service, sessions, seconds):
+        """C{seconds} go by, in which the clients of C{sessions} heartbeat every second."""
+        for _ in range(int(seconds)):
+            for live in sessions:
+                live.messageReceived(pb.ClientMessage(heartbeat=pb.Heartbeat()))
+            service.clock.advance(1)
+
+    def test_a_live_session_ends_when_its_token_expires(self):
+        """
+        The timeline stream of a token that expires is ended within a
+        heartbeat, UNAUTHENTICATED (errors.NotLoggedIn) saying why: what the
+        client answers by logging in again.
+        """
+        service, store = serverAs(self, "master")
+        self.successResultOf(login(service, store, "dora", "pw"))
+        live, stream = self.openSession(service, self.shortToken(service, "dora", 20))
+        self.talk(service, [live], 19)
+        self.assertFalse(stream.aborted)
+        self.talk(service, [live], 1 + limits.SESSION_HEARTBEAT)
+        self.assertTrue(stream.aborted)
+        self.assertIsInstance(stream.reason, errors.NotLoggedIn)
+        self.assertIn("expired", stream.reason.message)
+        self.assertEqual(errors.statusFor(stream.reason)[0], errors.Status.UNAUTHENTICATED)
+        self.assertEqual(service.sessions.count(), 0)
+
+    def test_a_renewal_on_the_same_connection_keeps_its_session(self):
+        """
+        A client renews its token on the connection of its timeline: that
+        session goes on under the new token.  One opened elsewhere with the
+        old token (a copied token) still ends with the old one.
+        """
+        service, store = serverAs(self, "master")
+        self.successResultOf(login(service, store, "dora", "pw"))
+        token = self.shortToken(service, "dora", 20)
+        mine, myStream = self.openSession(service, token, "ipv4:127.0.0.1:5555")
+        copied, copiedStream = self.openSession(service, token, "ipv4:10.6.6.6:4242")
+        self.talk(service, [mine, copied], 10)
+        renewal = session(token)
+        renewal.peer = "ipv4:127.0.0.1:5555"
+        renewed = service.login(pb.LoginRequest(user="dora"), renewal)
+        self.talk(service, [mine, copied], 10 + limits.SESSION_HEARTBEAT)
+        self.assertTrue(copiedStream.aborted)
+        self.assertIn("expired", copiedStream.reason.message)
+        self.assertFalse(myStream.aborted)
+        self.assertEqual(mine.expires, renewed.expires)
+
     def test_a_password_change_revokes_older_tokens_and_sessions(self):
         service, store = serverAs(self, "master")
         old = self.successResultOf(login(service, store, "dora", "pw")).token

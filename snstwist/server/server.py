@@ -575,7 +575,10 @@ class ServerService(MultiService):
         if not request.password and auth.SESSION_METADATA in ctx.metadata:
             if self._user(ctx) != user:
                 raise errors.NotLoggedIn("this session token is not %s's" % (user,))
-            return self._loginReply(user)
+            reply = self._loginReply(user)
+            # The timeline on this connection goes on under the new token.
+            self.sessions.renew(user, ctx.peer, reply.expires)
+            return reply
         password = checkPassword(request.password)
         address = hostOf(ctx.peer)
         self.failedLogins.check(user, address)
@@ -732,6 +735,7 @@ class ServerService(MultiService):
         token = self._session(ctx)
         session = self.sessions.session(token.user, ctx.peer)
         session.generation = token.generation
+        session.expires, session.peer = token.expires, ctx.peer
         return session
 
     def onetimeSToBuddy(self, request, ctx):

@@ -187,6 +187,17 @@ class SessionHub:
                             message = pb.ServerPush(post=post.toProto())
                         session.push(post, message)
 
+    def renew(self, user, peer, expires):
+        """
+        C{user} renewed their token on the connection C{peer}: the sessions
+        opened on that connection now end at C{expires}.  (Not those on other
+        connections: a session opened with a token someone else copied still
+        ends when that token does.)
+        """
+        for session in self.sessions.get(user, ()):
+            if session.peer == peer and session.expires is not None:
+                session.expires = max(session.expires, expires)
+
     def revoke(self, user, generation):
         """
         End C{user}'s sessions opened under a password older than
@@ -224,6 +235,10 @@ class ClientSession:
 
     # The password generation of the token the session was opened with.
     generation = (0, "")
+    # When that token expires (None: never), unless renewed on the same
+    # connection (L{SessionHub.renew}); and that connection (the peer).
+    expires = None
+    peer = None
 
     def __init__(self, hub, user, host=""):
         self.hub = hub
@@ -249,9 +264,18 @@ class ClientSession:
         self.hub.add(self)
 
     def check(self, now):
-        """The hub's heartbeat: cut off a silent client, or say we are alive."""
+        """
+        The hub's heartbeat: end a session whose token expired (so within a
+        heartbeat of its expiry), cut off a silent client, or say we are
+        alive.
+        """
         silent = now - self.lastHeard
-        if silent > TIMEOUT:
+        if self.expires is not None and now >= self.expires:
+            log.info("ending a session of {user}: its token expired", user=self.user)
+            self.live = False
+            self.hub.remove(self)
+            self.stream.abort(errors.NotLoggedIn("your session has expired: log in again"))
+        elif silent > TIMEOUT:
             log.info("client {user} silent for {s:.1f}s: deactivating", user=self.user, s=silent)
             self.live = False
             self.hub.remove(self)
