@@ -377,6 +377,32 @@ class StreamTests(GrpcTestCase):
         self.assertEqual(grpcbridge.statusOf(reason), errors.Status.PERMISSION_DENIED)
         self.assertEqual(reason.value.message, errors.PermissionDenied().message)
 
+    async def test_a_refusal_reaches_a_client_that_writes_at_once(self):
+        """
+        A client that writes as soon as it opens (a hello, heartbeats) gets
+        the refusal's own status, every time: grpc would report INTERNAL
+        "Internal error from Core" for a write that lost the race with the
+        refusal (grpc/grpc#36066), so nothing is written before the server
+        has accepted the stream.
+        """
+        def session(ctx):
+            raise errors.Overloaded("refused at once")
+
+        class Eager(RecordingProtocol):
+            def makeConnection(self, transport):
+                RecordingProtocol.makeConnection(self, transport)
+                for n in range(20):
+                    transport.send(clientMessage(n))
+
+        _, stub = await self.sessionServer(session)
+        for _ in range(30):
+            client = Eager()
+            grpcbridge.openStream(stub.Bidirectional_s_and_c, client)
+            reason = await client.lost()
+            self.assertTrue(reason.check(errors.RemoteError), reason)
+            self.assertEqual((reason.value.status, reason.value.message),
+                             (errors.Status.RESOURCE_EXHAUSTED, "refused at once"))
+
     async def test_send_beyond_max_queue_returns_false(self):
         """A send that would queue more than maxQueue messages returns False."""
         _, server = await self.openBusySession(maxQueue=2)

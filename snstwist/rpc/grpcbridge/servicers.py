@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 
 from snstwist.core import errors, metrics
 from snstwist.rpc.grpcbridge.calls import awaitDeferred
-from snstwist.rpc.grpcbridge.streams import Garbage, Stream, lost, lenient, pump
+from snstwist.rpc.grpcbridge.streams import ACCEPTED, Garbage, Stream, lenient, lost, pump
 
 log = Logger()
 
@@ -140,8 +140,9 @@ def _streamHandler(name, factory, openStreams, maxQueue):
             await _abortWith(context, e)
             return
         # Headers go now, so that an abort's status never races a first
-        # message for them (grpc refuses that batch: TOO_MANY_OPERATIONS).
-        await context.send_initial_metadata(())
+        # message for them (grpc refuses that batch: TOO_MANY_OPERATIONS),
+        # and say that the stream is accepted: the client writes only then.
+        await context.send_initial_metadata(ACCEPTED)
         reader = None
         reason = None
         refused = []

@@ -15,6 +15,10 @@ from snstwist.rpc.grpcbridge.calls import remoteError
 
 log = Logger()
 
+# The header with which a servicer of ours accepts a stream (a refusal is a
+# status without it).
+ACCEPTED = (("x-sns-stream", "accepted"),)
+
 _END = object()
 
 
@@ -145,7 +149,19 @@ def openStream(method, protocol, metadata=None, maxQueue=1000):
     a Failure (L{errors.RemoteError}, L{defer.CancelledError}).
     """
     stream = Stream(maxQueue)
-    grpcCall = method(stream._outgoing(), metadata=metadata)
+
+    async def outgoing():
+        # Nothing is written before the server has accepted the stream: a
+        # write that loses the race with a refusal makes grpc report
+        # INTERNAL "Internal error from Core" instead of the refusal's own
+        # status (grpc/grpc#36066).  Refused, we write nothing and the
+        # refusal reaches the protocol as it is.
+        if ACCEPTED[0] not in tuple(await grpcCall.initial_metadata() or ()):
+            return
+        async for message in stream._outgoing():
+            yield message
+
+    grpcCall = method(outgoing(), metadata=metadata)
 
     async def run():
         reason = None
