@@ -150,5 +150,5 @@ class Bed:
             raise AssertionError("VMs differ after %ss: %s" % (timeout, {
                 vm: {"post files": {n: len(b) for n, b in s["posts"].items()},
                      "users": len(s["users"]), "follows": len(s["follows"]),
-                     "log": len(s["log"])}
+                     "record": len(s["record"])}
                 for vm, s in snaps.items()}))

@@ -19,7 +19,8 @@ from snstwist.core.state import Replica
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
-from snstwist.storage import store
+from snstwist.storage import admin as storeAdmin
+from snstwist.storage import importer, store
 from tests.processes import PASSWORD, SECRET, Cluster, childEnv, pidAlive, spawn, waitUntil
 from tests.strategies import followUpdate, postUpdate, userUpdate
 from tests.test_integration import inlineAsync
@@ -31,7 +32,7 @@ def readBytes(path):
 
 
 def exported(path):
-    return b"".join(store.exportLines(path))
+    return b"".join(storeAdmin.exportLines(path))
 
 
 def jsonLines(*records):
@@ -85,7 +86,7 @@ class ExportImportTests(TestCase):
         return path
 
     def importLines(self, name, lines, origin="import-test"):
-        return store.Importer(self.dir(name), origin).run(lines)
+        return importer.Importer(self.dir(name), origin).run(lines)
 
     async def test_export_import_export_is_identical(self):
         """Export a VM, import that into a new directory, export again: the same bytes."""
@@ -149,7 +150,7 @@ class ExportImportTests(TestCase):
     def test_import_refuses_a_directory_that_holds_anything(self):
         """Import only fills a new or empty data directory."""
         os.makedirs(os.path.join(self.dir("d"), "posts"))
-        error = self.assertRaises(store.NotEmpty, self.importLines, "d",
+        error = self.assertRaises(storeAdmin.NotEmpty, self.importLines, "d",
                                   jsonLines({"user": "alice"}))
         self.assertIn("not empty", error.message)
 
@@ -191,7 +192,7 @@ class ExportImportTests(TestCase):
             try:
                 self.importLines(name, good + [bad] + good[:1])
                 outcomes.append((why, "imported"))
-            except store.BadLine as e:
+            except storeAdmin.BadLine as e:
                 outcomes.append((why, e.lineno, why in e.message, os.listdir(self.dir(name))))
         self.assertEqual(outcomes, [(why, 5, True, []) for _, why in self.BAD])
 
@@ -201,7 +202,7 @@ class ExportImportTests(TestCase):
             {"user": "alice"},
             {"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "x", "id": "o/1"},
             {"author": "alice", "time": "2026-11-29T18:26:22.986269Z", "text": "y", "id": "o/1"})
-        error = self.assertRaises(store.BadLine, self.importLines, "d",
+        error = self.assertRaises(storeAdmin.BadLine, self.importLines, "d",
                                   lines + [b"garbage\n"])
         self.assertEqual(error.lineno, 3)
 
@@ -270,7 +271,7 @@ class BackupTests(TestCase):
         await s.close()
         with open(os.path.join(path, "posts", "bob.txt"), "ab") as f:
             f.write(b'{"time": "2026-11-29T18:2')  # an append in progress
-        store.backup(path, os.path.join(base, "copy"))
+        storeAdmin.backup(path, os.path.join(base, "copy"))
         self.assertEqual(exported(os.path.join(base, "copy")), exported(path))
         original, copy = await loadReplica(path), await loadReplica(os.path.join(base, "copy"))
         self.assertEqual(copy.snapshot(), original.snapshot())

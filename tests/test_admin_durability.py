@@ -12,7 +12,8 @@ import sqlite3
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.core import errors
-from snstwist.storage import store
+from snstwist.storage import admin as storeAdmin
+from snstwist.storage import importer
 from tests.test_admin import jsonLines
 from tests.test_store_fsync import FsyncRecorder, openFiles
 
@@ -33,7 +34,7 @@ class CopyWholeLinesTests(SynchronousTestCase):
         os.makedirs(base)
         source, target = os.path.join(base, "in.txt"), os.path.join(base, "out.txt")
         writeBytes(source, data)
-        size = store._copyWholeLines(source, target, chunk=chunk)
+        size = storeAdmin._copyWholeLines(source, target, chunk=chunk)
         return readBytes(target), size
 
     def test_a_torn_last_line_is_left_out_whatever_the_chunk(self):
@@ -66,7 +67,7 @@ class BackupTests(SynchronousTestCase):
 
     def test_only_post_files_are_copied(self):
         base, path, line = self.vm()
-        files, size = store.backup(path, os.path.join(base, "copy"))
+        files, size = storeAdmin.backup(path, os.path.join(base, "copy"))
         self.assertEqual(os.listdir(os.path.join(base, "copy", "posts")), ["alice.txt"])
         self.assertEqual((files, size), (1, len(line)))
 
@@ -74,7 +75,7 @@ class BackupTests(SynchronousTestCase):
         base, path, line = self.vm()
         recorder = FsyncRecorder(self)
         copy = os.path.realpath(os.path.join(base, "copy"))
-        store.backup(path, copy)
+        storeAdmin.backup(path, copy)
         flushed = [p for kind, p in recorder.events]
         for needed in (os.path.join(copy, "posts", "alice.txt"),
                        os.path.join(copy, "sns.sqlite3"), os.path.join(copy, "posts"), copy):
@@ -92,20 +93,20 @@ class ImportTests(SynchronousTestCase):
             {"time": "2026-11-29T18:00:01.000001Z", "author": "bob", "text": "yo"})
 
     def test_an_import_counts_what_it_read(self):
-        importer = store.Importer(self.mktemp(), "import-test")
-        importer.run(io.BytesIO(b"".join(self.lines())))
-        self.assertEqual(importer.counts, {"user": 2, "follow": 1, "post": 2})
+        made = importer.Importer(self.mktemp(), "import-test")
+        made.run(io.BytesIO(b"".join(self.lines())))
+        self.assertEqual(made.counts, {"user": 2, "follow": 1, "post": 2})
 
     def test_an_import_is_flushed_and_closed_when_it_returns(self):
         path = os.path.realpath(self.mktemp())
         recorder = FsyncRecorder(self)
-        store.Importer(path, "import-test").run(self.lines())
+        importer.Importer(path, "import-test").run(self.lines())
         flushed = [p for kind, p in recorder.events]
         self.assertIn(path, flushed)
         self.assertEqual(openFiles(path), [])
 
     def test_request_ids_are_bounded_like_a_clients(self):
-        store.Importer(self.mktemp(), "import-test").run(self.lines("r" * 64))
-        e = self.assertRaises(errors.SNSError, store.Importer(self.mktemp(), "import-test").run,
+        importer.Importer(self.mktemp(), "import-test").run(self.lines("r" * 64))
+        e = self.assertRaises(errors.SNSError, importer.Importer(self.mktemp(), "import-test").run,
                               self.lines("r" * 65))
         self.assertIn("line 4", str(e))

@@ -23,7 +23,8 @@ from snstwist.core import errors
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
 from snstwist.server.server import ServerService
-from snstwist.storage.store import SQLiteStore, parsePostLine
+from snstwist.storage.postfile import parsePostLine
+from snstwist.storage.store import SQLiteStore
 from tests.strategies import postUpdate
 
 

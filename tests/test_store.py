@@ -12,7 +12,7 @@ from hypothesis import given
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from snstwist.storage import store
+from snstwist.storage import postfile, store
 from tests.strategies import followUpdate, microseconds, postUpdate, userUpdate
 
 
@@ -231,13 +231,13 @@ class MemoryStoreTests(SynchronousTestCase):
 class TimeFormatTests(SynchronousTestCase):
     def test_time_is_written_as_utc_with_microseconds(self):
         """formatTime() writes ISO 8601 UTC with six fractional digits."""
-        self.assertEqual(store.formatTime(1_700_000_000_000_001),
+        self.assertEqual(postfile.formatTime(1_700_000_000_000_001),
                          "2023-11-14T22:13:20.000001Z")
 
     @given(microseconds())
     def test_parse_time_reads_back_what_format_time_wrote(self, time_us):
         """parseTime(formatTime(t)) == t for any t from 1970 to 9999."""
-        self.assertEqual(store.parseTime(store.formatTime(time_us)), time_us)
+        self.assertEqual(postfile.parseTime(postfile.formatTime(time_us)), time_us)
 
 
 class RetriedRequestTests(TestCase):

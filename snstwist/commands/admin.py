@@ -7,7 +7,7 @@ C{sns-admin}: an operator's copies of a VM's data directory.
     sns-admin certs --dir DIR [--name NAME] [--host HOST]...
 
 C{export} writes the users, follows and posts of a data directory as JSON
-lines (the format is L{store.EXPORT_FORMAT}), streamed in constant memory.
+lines (the format is L{admin.EXPORT_FORMAT}), streamed in constant memory.
 C{import} fills a new, empty data directory from such lines (bulk load, or a
 restore).  C{backup} copies the data directory of a running VM into a new
 directory, consistently, without stopping it: the copy is a data directory a
@@ -23,7 +23,7 @@ import time
 from twisted.python import usage
 
 from snstwist.core import errors
-from snstwist.storage import store
+from snstwist.storage import admin, importer
 
 
 class ExportOptions(usage.Options):
@@ -101,7 +101,7 @@ class CertsOptions(usage.Options):
 class Options(usage.Options):
     synopsis = "export|import|backup|certs [options]"
     longdesc = "Export, import and back up the data directory of an snstwist VM.\n\n" + \
-        store.EXPORT_FORMAT
+        admin.EXPORT_FORMAT
     subCommands = [
         ["export", None, ExportOptions, "write users, follows and posts as JSON lines"],
         ["import", None, ImportOptions, "fill an empty data directory from JSON lines"],
@@ -126,7 +126,7 @@ def fileOrigin(path):
 def export(config, stdout):
     out = stdout if config["out"] == "-" else open(config["out"], "wb")
     try:
-        out.writelines(store.exportLines(config["data"]))
+        out.writelines(admin.exportLines(config["data"]))
     finally:
         if out is not stdout:
             out.close()
@@ -136,7 +136,7 @@ def import_(config, stderr):
     origin = config["origin"] or fileOrigin(config["file"])
     started = time.monotonic()
     with open(config["file"], "rb") as f:
-        counts = store.Importer(config["data"], origin, now_us=int(time.time() * 1e6)).run(f)
+        counts = importer.Importer(config["data"], origin, now_us=int(time.time() * 1e6)).run(f)
     seconds = time.monotonic() - started
     lines = sum(counts.values())
     stderr.write("imported %d users, %d follows, %d posts into %s in %.1f s (%d lines/s)\n"
@@ -145,7 +145,7 @@ def import_(config, stderr):
 
 
 def backup(config, stderr):
-    files, size = store.backup(config["data"], config["to"])
+    files, size = admin.backup(config["data"], config["to"])
     stderr.write("backed up %s into %s: %d post files, %d bytes of posts\n"
                  % (config["data"], config["to"], files, size))
 

@@ -53,7 +53,7 @@ def snapshot(data):
     db = sqlite3.connect("file:%s?mode=ro" % (os.path.join(data, "sns.sqlite3"),), uri=True)
     try:
         for table, order in (("users", "name"), ("follows", "follower, followee"),
-                             ("log", "origin, seq")):
+                             ("record", "origin, seq")):
             rows[table] = db.execute("SELECT * FROM %s ORDER BY %s" % (table, order)).fetchall()
     finally:
         db.close()

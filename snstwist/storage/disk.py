@@ -1,0 +1,246 @@
+"""
+The disk work of a VM's store, on its dedicated thread: the writer lock,
+opening (and repairing) a data directory, writing a batch, reading it back.
+
+A batch is written record first: its rows go into SQLite in one
+transaction, with the authors whose post files it changes; then the post
+files are appended to (or rewritten) and flushed.  A crash between the two
+leaves rows whose lines are not in their files yet: on open, the files of
+those authors are checked against the record and rewritten from it.
+"""
+
+import concurrent.futures
+import fcntl
+import hashlib
+import os
+import sqlite3
+
+from google.protobuf.message import DecodeError
+from twisted.logger import Logger
+
+from snstwist.core import errors
+from snstwist.storage import index as _index
+from snstwist.storage.postfile import PostFiles, postLine
+
+log = Logger()
+
+
+class DataLocked(errors.SNSError):
+    """Another process holds this VM's data directory."""
+
+
+class Disk:
+    """The part of the store that runs on the disk thread only."""
+
+    def __init__(self, path):
+        self.path = path
+        self.dbPath = os.path.join(path, "sns.sqlite3")
+        self.postsDir = os.path.join(path, "posts")
+        self._flushers = concurrent.futures.ThreadPoolExecutor(8, "sns-fsync")
+        self.files = PostFiles(self.postsDir, self._flushers)
+        self.index = None
+        self.lockFile = None
+
+    @property
+    def db(self):
+        """The connection to the record (a test puts a failing one here)."""
+        return self.index.db if self.index is not None else None
+
+    @db.setter
+    def db(self, value):
+        self.index.db = value
+
+    @property
+    def opener(self):
+        """How post files are opened for writing (a test puts a failing filesystem here)."""
+        return self.files.opener
+
+    @opener.setter
+    def opener(self, value):
+        self.files.opener = value
+
+    def lock(self):
+        os.makedirs(self.postsDir, exist_ok=True)
+        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataLocked("another process is the writer of %s" % (self.path,))
+        os.ftruncate(fd, 0)
+        os.write(fd, b"%d\n" % (os.getpid(),))
+        self.lockFile = fd
+
+    def read(self):
+        """
+        Read what is stored without taking the lock or repairing anything:
+        how a slave warms up while its master writes.
+        """
+        if not os.path.exists(self.dbPath):
+            return []
+        db = sqlite3.connect("file:%s?mode=ro" % (self.dbPath,), uri=True)
+        try:
+            return _index.Index(db).everything()
+        except (sqlite3.DatabaseError, DecodeError):
+            # Damaged, mid-write or not made yet: a standby is correct
+            # cold, and its promotion reads the file again (and refuses a
+            # damaged one).
+            return []
+        finally:
+            db.close()
+
+    def open(self, known=None):
+        """
+        Lock, open the record (repairing what a crash left) and read it.
+        With C{known} (a version vector: what a warm slave already holds),
+        only what it lacks is returned.
+        """
+        self.openRecord()
+        lacks = (lambda origin, seq: not known.has(origin, seq)) if known else None
+        try:
+            return self.index.everything(lacks)
+        except (sqlite3.DatabaseError, DecodeError) as e:
+            self._refuseDamaged(e)
+
+    def openRecord(self):
+        """Lock, open the record, and make the post files agree with it."""
+        self.lock()
+        try:
+            db = sqlite3.connect(self.dbPath, isolation_level=None, check_same_thread=False)
+            self.index = _index.Index(db)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self.index.create()
+            if not self.index.versions.origins:
+                self._adoptFiles()
+        except (sqlite3.DatabaseError, DecodeError) as e:
+            self._refuseDamaged(e)
+        torn = [name[:-len(".txt")] for name in self.files.names() if self._torn(name)]
+        self._repair(sorted(set(self.index.unsyncedAuthors()) | set(torn)))
+
+    def repairAll(self):
+        """Make every post file agree with the record (a backup's copy)."""
+        self._repair(sorted(set(self.index.authors())
+                            | {n[:-len(".txt")] for n in self.files.names()}))
+
+    def _torn(self, name):
+        """Does the post file C{name} end in the middle of a line (an append cut short)?"""
+        with open(os.path.join(self.postsDir, name), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+
+    def _refuseDamaged(self, error):
+        if isinstance(error, sqlite3.OperationalError) and not _index.damaged(error):
+            raise error  # locked, disk full, no file descriptors: not the file's fault
+        if self.index is not None:
+            self.index.db.close()
+            self.index = None
+        raise errors.DataDamaged(
+            "%s is damaged (%s): restore it from a backup (sns-admin backup), or move"
+            " it away and restart, and this VM rebuilds it from its post files and the"
+            " other VMs" % (self.dbPath, error))
+
+    def _adoptFiles(self):
+        """
+        An empty record beside post files (the database was moved away, or
+        the data directory is of the layout before the record): the posts
+        of the files, and the updates of the old log, go into the record.
+        """
+        db = self.db
+        rows = []
+        hasLog = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'log'").fetchone()
+        if hasLog:
+            # The old log held everything but the posts shown.
+            rows += [(u, False) for u in _index.decoded(
+                body for (body,) in db.execute("SELECT body FROM log"))]
+        for name in self.files.names():
+            rows += [(u, True) for u in self.files.read(os.path.join(self.postsDir, name))]
+        if not rows:
+            return
+        log.info("{path}: indexing {n} updates of its files and its old log",
+                 path=self.path, n=len(rows))
+        self.index.write(rows)
+        if hasLog:
+            db.execute("DROP TABLE log")
+            db.execute("DROP TABLE IF EXISTS post_files")
+
+    def _repair(self, authors):
+        """
+        Make the post files of C{authors} what the record says they hold
+        (a crash left them behind, or with a torn last line).
+        """
+        for author in authors:
+            path = self.files.path(author)
+            want = "".join(postLine(u) for u in self.index.shownPosts(author)).encode("utf-8")
+            have = None
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    have = f.read()
+            if have == want:
+                continue
+            log.warn("{path}: repaired from the record (a write was cut short)", path=path)
+            good = have.rfind(b"\n") + 1 if have else 0
+            if want.startswith((have or b"")[:good]):
+                # The usual crash: lines missing at the end, or a torn one.
+                with open(path, "r+b" if have is not None else "wb") as f:
+                    f.truncate(good)
+                    f.seek(good)
+                    f.write(want[good:])
+                    f.flush()
+                    os.fsync(f.fileno())
+                if have is None:
+                    self.files.syncDir()
+            else:
+                tmp = path + ".tmp"
+                with open(tmp, "wb") as f:
+                    f.write(want)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                self.files.syncDir()
+            self.files.lastKey.pop(author, None)
+
+    def write(self, updates, hidden=frozenset(), displaced=()):
+        posts = {}
+        rows = []
+        for u in updates:
+            shown = u.post is not None and u.id not in hidden
+            rows.append((u, shown or u.post is None))
+            if shown:
+                posts.setdefault(u.post.author, []).append(u)
+        drop = {}
+        for u in displaced:
+            drop.setdefault(u.post.author, set()).add(u.post.id)
+        # The record first, naming the files to be written: a crash between
+        # the two leaves rows the files lack, which the next open writes.
+        self.index.write(rows, displaced, set(posts) | set(drop))
+        self.files.write(posts, drop)
+
+    def digest(self):
+        """Hashes of what is on disk: each post file, the users, the follows."""
+        files = {}
+        lines = 0
+        for name in self.files.names():
+            with open(os.path.join(self.postsDir, name), "rb") as f:
+                data = f.read()
+            files[name] = hashlib.sha256(data).hexdigest()
+            lines += data.count(b"\n")
+        users = "\n".join(n for (n,) in self.db.execute("SELECT name FROM users ORDER BY name"))
+        follows = "\n".join("%s %s" % pair for pair in self.db.execute(
+            "SELECT follower, followee FROM follows WHERE following = 1"
+            " ORDER BY follower, followee"))
+        return {"post_files": files, "posts": lines,
+                "users": hashlib.sha256(users.encode()).hexdigest(),
+                "follows": hashlib.sha256(follows.encode()).hexdigest()}
+
+    def close(self):
+        self._flushers.shutdown()
+        if self.index is not None:
+            self.index.db.close()
+            self.index = None
+        if self.lockFile is not None:
+            os.close(self.lockFile)
+            self.lockFile = None

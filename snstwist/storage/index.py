@@ -1,0 +1,279 @@
+"""
+The SQLite side of a data directory, DATA/sns.sqlite3: the record of every
+update a VM holds, indexed, and the tables derived from it.
+
+- C{record}: one row per update (posts included), with its body (the
+  update's protobuf) and the columns the queries need: the post's author
+  and (time, id), the request (requester, request id) that made it, and
+  whether the post is shown (a duplicate of a request is stored, not
+  shown).  Rows are written in the same transaction as the tables below.
+- C{versions}: the version vector of what C{record} holds, per origin.
+- C{users}, C{follows}, C{reads}: the current users, follow relations and
+  read marks (the last writer of each).
+- C{unsynced}: the authors whose post files a batch was writing when it was
+  committed; the post files of those authors are checked against C{record}
+  (and rewritten from it) when the VM opens its data again.
+
+Everything here runs on the store's disk thread (or in sns-admin's own
+process), never on the reactor.
+"""
+
+import json
+import sqlite3
+
+from twisted.logger import Logger
+
+from snstwist.core import errors
+from snstwist.core.model import Update
+from snstwist.core.state import Seen, VersionVector
+from snstwist.rpc import sns_pb2 as pb
+
+log = Logger()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS record (
+    origin TEXT NOT NULL, seq INTEGER NOT NULL, time_us INTEGER NOT NULL,
+    uid TEXT NOT NULL, kind TEXT NOT NULL, author TEXT, requester TEXT, request TEXT,
+    shown INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (origin, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS record_posts ON record (author, time_us, uid)
+    WHERE author IS NOT NULL;
+CREATE INDEX IF NOT EXISTS record_requests ON record (requester, request, time_us, uid)
+    WHERE request IS NOT NULL;
+CREATE INDEX IF NOT EXISTS record_state ON record (kind) WHERE author IS NULL;
+CREATE TABLE IF NOT EXISTS versions (
+    origin TEXT PRIMARY KEY, contiguous INTEGER NOT NULL, extra TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, created_us INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS follows (
+    follower TEXT NOT NULL, followee TEXT NOT NULL, following INTEGER NOT NULL,
+    time_us INTEGER NOT NULL, update_id TEXT NOT NULL,
+    PRIMARY KEY (follower, followee));
+CREATE TABLE IF NOT EXISTS reads (
+    user TEXT PRIMARY KEY, time_us INTEGER NOT NULL, post_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS unsynced (author TEXT PRIMARY KEY);
+"""
+
+INSERT_RECORD = ("INSERT OR IGNORE INTO record (origin, seq, time_us, uid, kind, author,"
+                 " requester, request, shown, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+_BODY = "SELECT body FROM record WHERE "
+
+
+def kindOf(update):
+    for kind in ("post", "follow", "read", "password", "user"):
+        if getattr(update, kind) is not None:
+            return kind
+    raise ValueError("an update of no kind")
+
+
+def recordRow(update, shown=True, body=None):
+    """The row of C{record} that holds C{update}."""
+    requester = update.requester if update.request_id else None
+    author = update.post.author if update.post is not None else None
+    if body is None:
+        body = update.toProto().SerializeToString()
+    return (update.origin, update.seq, update.time_us, update.id, kindOf(update), author,
+            requester, update.request_id or None, int(shown), body)
+
+
+def decoded(bodies):
+    """
+    The updates of C{bodies}.  One that breaks a bound of limits.py (it was
+    stored before the bound existed) is left out, and said so: it could
+    never be replicated, and loading it would keep the VM apart forever.
+    """
+    updates = []
+    for body in bodies:
+        try:
+            updates.append(Update.fromProto(pb.Update.FromString(body)))
+        except errors.SNSError as e:
+            log.warn("ignoring a stored update that breaks a bound: {e}", e=e.message)
+    return updates
+
+
+def damaged(error):
+    """Does this SQLite error say the database file itself is damaged?"""
+    return getattr(error, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def copySeen(seen):
+    return Seen(seen.contiguous, set(seen.extra)) if seen is not None else Seen()
+
+
+class Index:
+    """
+    The queries and the batch writes of C{record} and its tables, on one
+    connection C{db} (autocommit mode: transactions are explicit).
+    """
+
+    def __init__(self, db):
+        self.db = db
+        self.versions = VersionVector()
+
+    def create(self):
+        """Make the tables (an empty database) and read the version vector."""
+        self.db.executescript(SCHEMA)
+        self.versions = self.readVersions()
+
+    def readVersions(self):
+        vv = VersionVector()
+        for origin, contiguous, extra in self.db.execute(
+                "SELECT origin, contiguous, extra FROM versions"):
+            vv.origins[origin] = Seen(contiguous, set(json.loads(extra)))
+        return vv
+
+    def writeVersions(self, seen):
+        """Store C{seen} ({origin: L{Seen}}); inside the caller's transaction."""
+        self.db.executemany(
+            "INSERT OR REPLACE INTO versions (origin, contiguous, extra) VALUES (?, ?, ?)",
+            [(o, s.contiguous, json.dumps(sorted(s.extra))) for o, s in seen.items()])
+
+    def countVersions(self):
+        """The version vector of C{record}, counted row by row (a migration, an import)."""
+        vv = VersionVector()
+        for origin, seq in self.db.execute("SELECT origin, seq FROM record"):
+            vv.add(origin, seq)
+        return vv
+
+    # -- writing
+
+    def write(self, rows, displaced=(), authors=()):
+        """
+        One transaction: the updates C{rows} ([(update, shown)]), the posts
+        C{displaced} no longer shown, the derived tables, the version vector,
+        and the authors whose files the caller writes next (C{unsynced}: the
+        authors of earlier batches are done, as batches go one at a time).
+        """
+        db = self.db
+        seen = {}
+        for u, _ in rows:
+            if u.origin not in seen:
+                seen[u.origin] = copySeen(self.versions.origins.get(u.origin))
+            seen[u.origin].add(u.seq)
+        updates = [u for u, _ in rows]
+        db.execute("BEGIN")
+        try:
+            db.executemany(INSERT_RECORD, [recordRow(u, shown) for u, shown in rows])
+            db.executemany("UPDATE record SET shown = 0 WHERE origin = ? AND seq = ?",
+                           [(u.origin, u.seq) for u in displaced])
+            self._derived(updates)
+            self.writeVersions(seen)
+            db.execute("DELETE FROM unsynced")
+            db.executemany("INSERT OR IGNORE INTO unsynced (author) VALUES (?)",
+                           [(a,) for a in authors])
+            db.execute("COMMIT")
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolled back already (a failed COMMIT)
+            raise
+        self.versions.origins.update(seen)
+
+    def _derived(self, rows):
+        db = self.db
+        db.executemany(
+            "INSERT OR IGNORE INTO users (name, created_us) VALUES (?, ?)",
+            [(u.user, u.time_us) for u in rows if u.user is not None])
+        db.executemany(
+            "INSERT INTO follows (follower, followee, following, time_us, update_id)"
+            " VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (follower, followee) DO UPDATE SET"
+            " following = excluded.following, time_us = excluded.time_us,"
+            " update_id = excluded.update_id"
+            " WHERE (excluded.time_us, excluded.update_id)"
+            " > (follows.time_us, follows.update_id)",
+            [(u.follow.follower, u.follow.followee, int(u.follow.following),
+              u.time_us, u.id) for u in rows if u.follow is not None])
+        db.executemany(
+            "INSERT INTO reads (user, time_us, post_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (user) DO UPDATE SET"
+            " time_us = excluded.time_us, post_id = excluded.post_id"
+            " WHERE (excluded.time_us, excluded.post_id) > (reads.time_us, reads.post_id)",
+            [(u.read.user, u.read.time_us, u.read.post_id)
+             for u in rows if u.read is not None])
+
+    # -- reading
+
+    def everything(self, lacks=None):
+        """Every stored update (those C{lacks(origin, seq)} says are lacking)."""
+        return decoded(body for origin, seq, body
+                       in self.db.execute("SELECT origin, seq, body FROM record")
+                       if lacks is None or lacks(origin, seq))
+
+    def unsyncedAuthors(self):
+        return [a for (a,) in self.db.execute("SELECT author FROM unsynced")]
+
+    def shownPosts(self, author):
+        """Every shown post of C{author}, in (time, id) order: what the file holds."""
+        return decoded(body for (body,) in self.db.execute(
+            _BODY + "author = ? AND shown = 1 ORDER BY time_us, uid", (author,)))
+
+    def missing(self, remote, limit, after=None):
+        """
+        At most C{limit} updates held here that the version vector C{remote}
+        lacks, in (origin, seq) order, from after the (origin, seq) C{after}:
+        a page of a catch-up, read through the primary key.
+        """
+        out = []
+        for origin in sorted(self.versions.origins):
+            if after is not None and origin < after[0]:
+                continue
+            mine = self.versions.origins[origin]
+            theirs = remote.origins.get(origin) or Seen()
+            start = theirs.contiguous
+            if after is not None and origin == after[0]:
+                start = max(start, after[1])
+            if mine.top <= start:
+                continue
+            # Their out-of-order ones may be among the rows read: read that many more.
+            rows = limit - len(out) + len(theirs.extra)
+            for seq, body in self.db.execute(
+                    "SELECT seq, body FROM record WHERE origin = ? AND seq > ?"
+                    " ORDER BY seq LIMIT ?", (origin, start, rows)):
+                if seq not in theirs.extra:
+                    out.extend(decoded([body]))
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    def byRequests(self, keys):
+        """{(requester, request id): the earliest update of that request} of C{keys}."""
+        found = {}
+        for requester, request in keys:
+            row = self.db.execute(
+                _BODY + "requester = ? AND request = ? ORDER BY time_us, uid LIMIT 1",
+                (requester, request)).fetchone()
+            if row is not None:
+                for u in decoded([row[0]]):
+                    found[(requester, request)] = u
+        return found
+
+    def page(self, authors, cursor, limit, inclusive=False):
+        """
+        At most C{limit} shown posts by C{authors} after the post key
+        C{cursor} (from it, if C{inclusive}), oldest first.
+        """
+        time_us, postId = cursor
+        op = ">=" if inclusive else ">"
+        posts = []
+        for author in set(authors):
+            posts.extend(decoded(body for (body,) in self.db.execute(
+                _BODY + "author = ? AND shown = 1 AND (time_us, uid) %s (?, ?)"
+                " ORDER BY time_us, uid LIMIT ?" % (op,), (author, time_us, postId, limit))))
+        posts.sort(key=lambda u: u.post.key)
+        return posts[:limit]
+
+    def newest(self, author, limit):
+        """The C{limit} newest shown posts of C{author}, oldest first."""
+        posts = decoded(body for (body,) in self.db.execute(
+            _BODY + "author = ? AND shown = 1 ORDER BY time_us DESC, uid DESC LIMIT ?",
+            (author, limit)))
+        posts.reverse()
+        return posts
+
+    def authors(self):
+        return [a for (a,) in self.db.execute(
+            "SELECT DISTINCT author FROM record WHERE author IS NOT NULL")]
+

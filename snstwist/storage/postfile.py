@@ -1,0 +1,244 @@
+"""
+The post files, DATA/posts/<user>.txt: the posts by <user>, one JSON object
+per line, ordered by (time, id), byte-identical on every VM.  Their format
+(shared with sns-admin export and import), and L{PostFiles}, which appends
+to them and rewrites them on the disk thread.
+"""
+
+import datetime
+import json
+import os
+import sys
+
+from twisted.logger import Logger
+
+from snstwist.core import errors
+from snstwist.core.model import Post, Update, checkUsername
+
+log = Logger()
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def formatTime(time_us):
+    moment = _EPOCH + datetime.timedelta(microseconds=time_us)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parseTime(text):
+    # fromisoformat is several times faster than strptime, and a promoted
+    # slave parses every stored post.
+    moment = datetime.datetime.fromisoformat(text)
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1000000 + delta.microseconds
+
+
+def postLine(update):
+    """The line of DATA/posts/<author>.txt that stores C{update}'s post."""
+    post = update.post
+    return postLineOf(formatTime(post.time_us), post.id, post.author, post.text,
+                     update.request_id)
+
+
+def postLineOf(time, postId, author, text, requestId):
+    record = {"time": time, "id": postId, "author": author, "text": text}
+    if requestId:
+        record["request"] = requestId
+    # ensure_ascii=False keeps the file readable; json escapes newlines,
+    # so a post is always exactly one line.
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def parsePostLine(line):
+    record = json.loads(line)
+    origin, _, seq = record["id"].rpartition("/")
+    time_us = parseTime(record["time"])
+    # One string per author, not one per post held.
+    post = Post(id=record["id"], author=sys.intern(record["author"]), time_us=time_us,
+                text=record["text"])
+    return Update(origin=origin, seq=int(seq), time_us=time_us, post=post,
+                  request_id=record.get("request", ""))
+
+
+
+def fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsyncAll(pool, paths):
+    """fsync every file of C{paths}, several at a time."""
+    if len(paths) == 1:
+        fsync(paths[0])
+    elif paths:
+        for _ in pool.map(fsync, paths):
+            pass
+
+
+class PostFiles:
+    """The post files of one data directory, used on the disk thread only."""
+
+    def __init__(self, postsDir, flushers):
+        self.postsDir = postsDir
+        self._flushers = flushers
+        self.lastKey = {}
+        # How post files are opened for writing (a test puts a failing
+        # filesystem here).
+        self.opener = open
+
+    def path(self, author):
+        return os.path.join(self.postsDir, checkUsername(author) + ".txt")
+
+    def names(self):
+        return sorted(n for n in os.listdir(self.postsDir) if n.endswith(".txt"))
+
+    def write(self, posts, drop):
+        """
+        Add the posts C{posts} ({author: [update]}) to their files, without
+        the posts C{drop} ({author: {post id}}), and flush them: the files of
+        a batch together (the disk takes them at once), then the directory
+        if a file is new.  A failure takes back what was appended.
+        """
+        appended, created, undo = [], False, []
+        try:
+            for author in set(posts) | set(drop):
+                path, new = self._write(author, posts.get(author, []), drop.get(author), undo)
+                if path is not None:
+                    appended.append(path)
+                    created = created or new
+            fsyncAll(self._flushers, appended)
+            if created:
+                self.syncDir()
+        except BaseException:
+            self._undo(undo)
+            raise
+
+    def _lastKeyOf(self, author):
+        """The (time, id) of the last post in the author's file, read from its end."""
+        if author not in self.lastKey:
+            path = self.path(author)
+            last = None
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    f.seek(0, os.SEEK_END)
+                    size = f.tell()
+                    f.seek(max(0, size - 64 * 1024))
+                    lines = f.read().splitlines()
+                try:
+                    last = parsePostLine(lines[-1].decode("utf-8")).post.key if lines else None
+                except (ValueError, KeyError, errors.SNSError):
+                    # A torn last line: read (and repair) the whole file.
+                    self.lastKey.pop(author, None)
+                    self.read(path)
+                    return self.lastKey.get(author)
+            self.lastKey[author] = last
+        return self.lastKey[author]
+
+    def read(self, path, repair=True):
+        """The updates of the post file C{path}; a torn last line is cut off (if C{repair})."""
+        updates = []
+        good = 0
+        with open(path, "rb") as f:
+            data = f.read()
+        for raw in data.splitlines(keepends=True):
+            try:
+                if not raw.endswith(b"\n"):
+                    raise ValueError("torn last line")
+                updates.append(parsePostLine(raw.decode("utf-8")))
+            except (ValueError, KeyError, errors.SNSError) as e:
+                log.warn("{path}: dropping damaged post line after byte {good}: {e}",
+                         path=path, good=good, e=e)
+                break
+            good += len(raw)
+        if good != len(data) and repair:
+            # A crash mid-append left a partial line: it was never
+            # acknowledged, so cut it off.
+            with open(path, "r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        if updates and repair:
+            self.lastKey[updates[0].post.author] = max(u.post.key for u in updates)
+        return updates
+
+    def _undo(self, undo):
+        """
+        A batch failed (disk full, no file descriptors): take back what it
+        appended, so that its retry writes each line once and no torn line
+        is left.  The last keys are read again from the files' ends.
+        """
+        for path, size, author in reversed(undo):
+            self.lastKey.pop(author, None)
+            try:
+                if size is None:
+                    os.unlink(path)
+                else:
+                    os.truncate(path, size)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                # The retry then rewrites the file merging by post id, so a
+                # line left here is not stored twice.
+                log.warn("{path}: could not take back a failed append: {e}", path=path, e=e)
+
+    def _write(self, author, ups, drop=None, undo=None):
+        """
+        Add C{ups} to the author's file, without the posts C{drop}.  Returns
+        (path, created) when the lines were appended and still need an
+        fsync, (None, False) when the file was rewritten (and flushed) whole.
+        How to take an append back is added to C{undo}.
+        """
+        path = self.path(author)
+        ups.sort(key=lambda u: u.post.key)
+        last = self._lastKeyOf(author)
+        if not drop and (last is None or ups[0].post.key > last):
+            exists = os.path.exists(path)
+            created = last is None and not exists
+            if undo is not None:
+                undo.append((path, os.path.getsize(path) if exists else None, author))
+            with self.opener(path, "a", encoding="utf-8") as f:
+                f.writelines(postLine(u) for u in ups)
+            newest = ups[-1].post.key
+            self.lastKey[author] = max(newest, last) if last else newest
+            return path, created
+        self._rewrite(author, path, ups, drop)
+        return None, False
+
+    def _rewrite(self, author, path, ups, drop):
+        """
+        A post older than the newest stored one arrived (replication out of
+        order), or one is dropped: rewrite the file in order, atomically, so
+        that every VM's file is byte-identical.
+        """
+        merged = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    u = parsePostLine(line)
+                    merged[u.post.id] = u
+        for u in ups:
+            merged.setdefault(u.post.id, u)
+        for postId in drop or ():
+            merged.pop(postId, None)
+        ordered = sorted(merged.values(), key=lambda u: u.post.key)
+        tmp = path + ".tmp"
+        try:
+            with self.opener(tmp, "w", encoding="utf-8") as f:
+                f.writelines(postLine(u) for u in ordered)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        os.replace(tmp, path)
+        self.syncDir()
+        self.lastKey[author] = ordered[-1].post.key if ordered else None
+
+    def syncDir(self):
+        """Make a new or renamed post file's directory entry durable."""
+        fsync(self.postsDir)

@@ -1,0 +1,174 @@
+"""
+The record of a data directory (snstwist.storage.index) on a real SQLite
+file, asked through L{SQLiteStore}: what a peer lacks, the copy of a
+request, pages of posts, the stored version vector; and what a crash
+between the record's commit and the post files leaves, repaired on open.
+"""
+
+import json
+import os
+import sqlite3
+
+from twisted.trial.unittest import TestCase
+
+from snstwist.core.state import VersionVector
+from snstwist.storage import admin, disk
+from snstwist.storage.postfile import postLine
+from snstwist.storage.store import SQLiteStore
+from tests.strategies import followUpdate, postUpdate, userUpdate
+
+
+def vector(*held):
+    vv = VersionVector()
+    for origin, seq in held:
+        vv.add(origin, seq)
+    return vv
+
+
+def readLines(path):
+    with open(path, "rb") as f:
+        return f.read().splitlines()
+
+
+class IndexQueryTests(TestCase):
+    async def setUp(self):
+        self.path = self.mktemp()
+        os.makedirs(self.path)
+        self.store = SQLiteStore(self.path)
+        self.addCleanup(self.store.close)
+        await self.store.open()
+        self.ups = [userUpdate("vm1.a", 1, 100, "alice"),
+                    postUpdate("vm1.a", 2, 200, "alice", "a1", requestId="r1"),
+                    postUpdate("vm1.a", 3, 300, "bob", "b1"),
+                    followUpdate("vm1.a", 4, 400, "bob", "alice"),
+                    postUpdate("vm2.b", 1, 250, "alice", "a2"),
+                    postUpdate("vm2.b", 2, 500, "alice", "a1 again", requestId="r1"),
+                    postUpdate("vm2.b", 3, 600, "bob", "b2")]
+        await self.store.persist(self.ups, hidden={"vm2.b/2"})
+
+    async def test_missing_is_what_the_remote_vector_lacks_in_origin_seq_order(self):
+        """Past the remote's contiguous range and its out-of-order ones: hidden copies too."""
+        missing = await self.store.missing(vector(("vm1.a", 1), ("vm1.a", 2), ("vm1.a", 4)),
+                                           limit=100)
+        self.assertEqual([u.id for u in missing],
+                         ["vm1.a/3", "vm2.b/1", "vm2.b/2", "vm2.b/3"])
+
+    async def test_missing_comes_in_pages_after_a_position(self):
+        """limit cuts a page; after=(origin, seq) starts the next one where it ended."""
+        first = await self.store.missing(VersionVector(), limit=3)
+        second = await self.store.missing(VersionVector(), limit=3,
+                                          after=(first[-1].origin, first[-1].seq))
+        third = await self.store.missing(VersionVector(), limit=3,
+                                         after=(second[-1].origin, second[-1].seq))
+        self.assertEqual([[u.id for u in page] for page in (first, second, third)],
+                         [["vm1.a/1", "vm1.a/2", "vm1.a/3"], ["vm1.a/4", "vm2.b/1", "vm2.b/2"],
+                          ["vm2.b/3"]])
+
+    async def test_nothing_is_missing_for_a_peer_holding_everything(self):
+        held = vector(*[(u.origin, u.seq) for u in self.ups])
+        self.assertEqual(await self.store.missing(held, limit=100), [])
+
+    async def test_a_request_is_answered_by_its_earliest_copy(self):
+        """Of the two copies of alice's r1, the earlier by (time, id); unknown ones are absent."""
+        found = await self.store.byRequests([("alice", "r1"), ("bob", "r1")])
+        self.assertEqual({key: u.id for key, u in found.items()}, {("alice", "r1"): "vm1.a/2"})
+
+    async def test_a_page_holds_the_shown_posts_after_the_cursor_oldest_first(self):
+        """The hidden copy is left out; the cursor itself only when inclusive."""
+        after = await self.store.page(["alice", "bob"], (200, "vm1.a/2"), limit=10)
+        inclusive = await self.store.page(["alice"], (200, "vm1.a/2"), limit=10,
+                                          inclusive=True)
+        limited = await self.store.page(["alice", "bob"], (0, ""), limit=2)
+        self.assertEqual(([u.id for u in after], [u.id for u in inclusive],
+                          [u.id for u in limited]),
+                         (["vm2.b/1", "vm1.a/3", "vm2.b/3"], ["vm1.a/2", "vm2.b/1"],
+                          ["vm1.a/2", "vm2.b/1"]))
+
+    async def test_the_version_vector_is_stored_with_the_record(self):
+        """A reopened store knows what it holds without counting the record."""
+        await self.store.close()
+        reopened = SQLiteStore(self.path)
+        self.addCleanup(reopened.close)
+        await reopened.open()
+        db = sqlite3.connect(os.path.join(self.path, "sns.sqlite3"))
+        self.addCleanup(db.close)
+        stored = {o: (c, json.loads(e)) for o, c, e
+                  in db.execute("SELECT origin, contiguous, extra FROM versions")}
+        self.assertEqual((stored, reopened._stored.count()),
+                         ({"vm1.a": (4, []), "vm2.b": (3, [])}, len(self.ups)))
+
+
+class CrashRepairTests(TestCase):
+    """A batch committed to the record whose post files were not (all) written."""
+
+    def setUp(self):
+        self.path = self.mktemp()
+        os.makedirs(self.path)
+
+    def commitOnly(self, rows, authors):
+        """Commit C{rows} to the record as a batch does, and stop before the files."""
+        d = disk.Disk(self.path)
+        d.openRecord()
+        d.index.write(rows, authors=authors)
+        d.close()
+
+    async def test_posts_committed_but_not_in_their_file_are_written_on_open(self):
+        first = postUpdate("vm1.a", 1, 100, "alice", "one")
+        s = SQLiteStore(self.path)
+        await s.open()
+        await s.persist([first])
+        await s.close()
+        second = postUpdate("vm1.a", 2, 200, "alice", "two")
+        self.commitOnly([(second, True)], ["alice"])
+        with open(os.path.join(self.path, "posts", "alice.txt"), "ab") as f:
+            f.write(postLine(second).encode("utf-8")[:10])  # torn, mid-append
+        s = SQLiteStore(self.path)
+        self.addCleanup(s.close)
+        loaded = await s.open()
+        self.assertEqual(
+            (sorted(u.id for u in loaded),
+             readLines(os.path.join(self.path, "posts", "alice.txt"))),
+            (["vm1.a/1", "vm1.a/2"],
+             [postLine(first).encode().rstrip(), postLine(second).encode().rstrip()]))
+
+    async def test_a_backup_copies_posts_its_snapshot_holds_beyond_the_files(self):
+        """The copy's files are completed from the copy's record."""
+        post = postUpdate("vm1.a", 1, 100, "alice", "one")
+        self.commitOnly([(userUpdate("vm1.a", 2, 50, "alice"), True), (post, True)],
+                        ["alice"])
+        copy = os.path.join(self.mktemp(), "copy")
+        admin.backup(self.path, copy)
+        self.assertEqual(readLines(os.path.join(copy, "posts", "alice.txt")),
+                         [postLine(post).encode().rstrip()])
+
+
+class OldLayoutTests(TestCase):
+    """A data directory of the layout before the record (a log table and post files)."""
+
+    async def test_its_files_and_log_are_indexed_on_open(self):
+        path = self.mktemp()
+        os.makedirs(os.path.join(path, "posts"))
+        user = userUpdate("vm1.a", 1, 50, "alice")
+        shown = postUpdate("vm1.a", 2, 100, "alice", "shown", requestId="r")
+        hidden = postUpdate("vm2.b", 1, 200, "alice", "hidden", requestId="r")
+        db = sqlite3.connect(os.path.join(path, "sns.sqlite3"))
+        db.execute("CREATE TABLE log (origin TEXT NOT NULL, seq INTEGER NOT NULL,"
+                   " time_us INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (origin, seq))")
+        db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)",
+                       [(u.origin, u.seq, u.time_us, u.toProto().SerializeToString())
+                        for u in (user, hidden)])
+        db.commit()
+        db.close()
+        with open(os.path.join(path, "posts", "alice.txt"), "w") as f:
+            f.write(postLine(shown))
+        s = SQLiteStore(path)
+        self.addCleanup(s.close)
+        loaded = await s.open()
+        byRequest = await s.byRequests([("alice", "r")])
+        page = await s.page(["alice"], (0, ""), 10)
+        tables = {name for (name,) in s._disk.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self.assertEqual(
+            (sorted(u.id for u in loaded), byRequest[("alice", "r")].id, [u.id for u in page],
+             "log" in tables, {"record", "versions", "unsynced"} <= tables),
+            (["vm1.a/1", "vm1.a/2", "vm2.b/1"], "vm1.a/2", ["vm1.a/2"], False, True))
