@@ -2,9 +2,12 @@
 Long client-side streams that reconnect by themselves.
 """
 
+import random
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from snstwist.core.backoff import backoffPolicy
 from snstwist.rpc.grpcbridge.calls import closeChannel
 from snstwist.rpc.grpcbridge.channels import channel
 from snstwist.rpc.grpcbridge.streams import openStream
@@ -15,6 +18,7 @@ log = Logger()
 class ReconnectingLink:
     """
     A client-side bidi stream to one address, opened again with backoff
+    (L{backoffPolicy}: from C{minDelay} to C{maxDelay}, with jitter)
     whenever it breaks, until L{stop}; with heartbeats and a deadline.
 
     Subclasses say which RPC (C{method(channel)}) and fill in the hooks:
@@ -33,7 +37,8 @@ class ReconnectingLink:
     beats = None
     retry = None
     stopped = False
-    delay = minDelay
+    lostInARow = 0  # streams lost without a message between: the backoff's attempt
+    jitter = staticmethod(random.random)  # a test makes its runs repeatable with its own
 
     def start(self):
         self.channel = channel(self.address)
@@ -57,9 +62,9 @@ class ReconnectingLink:
     def messageReceived(self, message):
         if self.beats is not None:
             self.beats.heard()
-        if self.delay != self.minDelay:
+        if self.lostInARow:
             log.info("back in touch with {address}", address=self.address)
-            self.delay = self.minDelay
+            self.lostInARow = 0
         self.received(message)
 
     def send(self, message):
@@ -76,12 +81,13 @@ class ReconnectingLink:
         self.disconnected(reason)
         if self.stopped:
             return
-        if self.delay == self.minDelay:
+        if not self.lostInARow:
             log.info("stream to {address} lost ({why}); reconnecting",
                      address=self.address,
                      why=reason.getErrorMessage() if reason else "ended")
-        self.retry = self.clock.callLater(self.delay, self._connect)
-        self.delay = min(self.delay * 2, self.maxDelay)
+        delay = backoffPolicy(self.minDelay, self.maxDelay, jitter=self.jitter)(self.lostInARow)
+        self.lostInARow += 1
+        self.retry = self.clock.callLater(delay, self._connect)
 
     def stop(self, graceful=False):
         """Stop for good: end the stream (after what is queued, if C{graceful})."""
