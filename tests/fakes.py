@@ -47,7 +47,7 @@ def inRole(service, role):
     do in a role, without the buddy processes and the serving that the
     real hooks start.
     """
-    from snstwist.buddy import buddy
+    from snstwist import buddy
     service.role = buddy.Role(NoRoleWork())
     if role == "master":
         service.role.startAsMaster()

@@ -8,17 +8,16 @@ is stopped in the test's cleanup, by PID, whatever happened in the test.
 """
 
 import os
-import signal
 import sys
 
 from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.task import deferLater
 
-from snstwist.buddy import buddy
+from snstwist import buddy
+from snstwist.buddy.processes import pidAlive  # noqa: F401  (the tests import it from here)
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
-from snstwist.testbed.netbed import pidAlive  # noqa: F401  (the tests import it from here)
 
 DEADLINE = 30.0
 
@@ -36,11 +35,8 @@ def childEnv(**extra):
     return env
 
 
-def killPid(pid, signum=signal.SIGKILL):
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+# Signal a process by pid; one already gone is no error.
+killPid = buddy.signalPid
 
 
 class Collector(protocol.ProcessProtocol):

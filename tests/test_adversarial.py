@@ -33,7 +33,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist.buddy import buddy
+from snstwist import buddy
 from snstwist.core import errors
 from snstwist.core.limits import (
     CLOCK_WINDOW_US,

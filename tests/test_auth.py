@@ -9,7 +9,7 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist.buddy import buddy
+from snstwist import buddy
 from snstwist.core import errors
 from snstwist.router import RouterService
 from snstwist.rpc import auth

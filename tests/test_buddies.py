@@ -17,7 +17,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
-from snstwist.buddy import buddy
+from snstwist import buddy
 from snstwist.commands.cluster import freePort
 from snstwist.core import errors
 from snstwist.rpc import grpcbridge

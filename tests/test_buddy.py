@@ -7,6 +7,7 @@ and L{buddy.fence}.  Deterministic: time moves only by C{Clock.advance}.
 
 import os
 import signal
+import sys
 
 from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
 from twisted.internet.task import Clock
@@ -15,8 +16,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist.buddy import buddy
-from snstwist.buddy.buddy import HEARTBEAT, TIMEOUT
+from snstwist import buddy
+from snstwist.buddy.link import HEARTBEAT, TIMEOUT
 from snstwist.rpc import sns_pb2 as pb
 from tests.fakes import FakeStream
 
@@ -64,51 +65,51 @@ class RoleTests(SynchronousTestCase):
     def test_starts_in_starting_and_calls_no_hook(self):
         """A new role is C{starting} until told what it is."""
         role, hooks = roleIn("starting")
-        self.assertEqual((role.name, hooks.calls), ("starting", []))
+        self.assertEqual((role.state, hooks.calls), ("starting", []))
 
     def test_start_as_master_serves_as_master(self):
         """starting -> master runs serveAsMaster once."""
         role, hooks = roleIn("starting")
         role.startAsMaster()
-        self.assertEqual((role.name, hooks.calls), ("master", [("serveAsMaster",)]))
+        self.assertEqual((role.state, hooks.calls), ("master", [("serveAsMaster",)]))
 
     def test_start_as_slave_stands_by(self):
         """starting -> slave runs standBy once."""
         role, hooks = roleIn("starting")
         role.startAsSlave()
-        self.assertEqual((role.name, hooks.calls), ("slave", [("standBy",)]))
+        self.assertEqual((role.state, hooks.calls), ("slave", [("standBy",)]))
 
     def test_slave_losing_its_master_takes_over_with_the_reason(self):
         """slave -> promoting on masterLost; takeOver gets the reason."""
         role, hooks = roleIn("slave")
         role.masterLost("buddy stream broke: gone")
-        self.assertEqual((role.name, hooks.calls),
+        self.assertEqual((role.state, hooks.calls),
                          ("promoting", [("takeOver", "buddy stream broke: gone")]))
 
     def test_promoting_becomes_master_when_promoted(self):
         """promoting -> master on promoted runs serveAsMaster."""
         role, hooks = roleIn("promoting")
         role.promoted()
-        self.assertEqual((role.name, hooks.calls), ("master", [("serveAsMaster",)]))
+        self.assertEqual((role.state, hooks.calls), ("master", [("serveAsMaster",)]))
 
     def test_master_lost_again_while_promoting_is_ignored(self):
         """A second masterLost during a take-over does not start another one."""
         role, hooks = roleIn("promoting")
         role.masterLost("master hung: again")
-        self.assertEqual((role.name, hooks.calls), ("promoting", []))
+        self.assertEqual((role.state, hooks.calls), ("promoting", []))
 
     def test_master_lost_is_ignored_by_a_master(self):
         """A master has no master to lose: nothing happens."""
         role, hooks = roleIn("master")
         role.masterLost("late news")
-        self.assertEqual((role.name, hooks.calls), ("master", []))
+        self.assertEqual((role.state, hooks.calls), ("master", []))
 
     def test_stop_from_every_state_shuts_down_once(self):
         """From starting, slave, promoting and master, stop runs shutdown once."""
         for state in ("starting", "slave", "promoting", "master"):
             role, hooks = roleIn(state)
             role.stop()
-            self.assertEqual((role.name, hooks.calls), ("stopping", [("shutdown",)]), state)
+            self.assertEqual((role.state, hooks.calls), ("stopping", [("shutdown",)]), state)
 
     def test_every_input_after_stop_is_ignored(self):
         """Once stopping, no input changes the role or calls a hook."""
@@ -118,7 +119,51 @@ class RoleTests(SynchronousTestCase):
         role.promoted()
         role.startAsMaster()
         role.startAsSlave()
-        self.assertEqual((role.name, hooks.calls), ("stopping", []))
+        self.assertEqual((role.state, hooks.calls), ("stopping", []))
+
+
+    def test_hooks_see_the_state_they_were_called_for(self):
+        """
+        A hook that asks the role (a new master's hello says "master") gets
+        the state being entered: the role has changed before its work runs.
+        """
+        seen = []
+
+        class Asking(RecordingHooks):
+            def serveAsMaster(self):
+                seen.append(role.state)
+
+            def standBy(self):
+                seen.append(role.state)
+
+        role = buddy.Role(Asking())
+        role.startAsSlave()
+        role.masterLost("gone")
+        role.promoted()
+        self.assertEqual(seen, ["slave", "master"])
+
+    def test_a_promotion_done_within_the_take_over_follows_it(self):
+        """
+        A take-over that finishes at once (the lock was free) reports
+        promoted() from inside takeOver: serveAsMaster runs after takeOver
+        has returned, never inside it.
+        """
+        calls = []
+
+        class AtOnce(RecordingHooks):
+            def takeOver(self, why):
+                calls.append("takeOver")
+                role.promoted()
+                calls.append("takeOver done")
+
+            def serveAsMaster(self):
+                calls.append("serveAsMaster")
+
+        role = buddy.Role(AtOnce())
+        role.startAsSlave()
+        role.masterLost("gone")
+        self.assertEqual((role.state, calls),
+                         ("master", ["takeOver", "takeOver done", "serveAsMaster"]))
 
 
 # -- the supervisor on a fake process reactor
@@ -683,3 +728,43 @@ class FenceTests(SynchronousTestCase):
         self.assertFalse(buddy.fence(4242, kill=RecordingKill(PermissionError())))
         self.assertEqual([e["pid"] for e in logged if e["log_level"] == LogLevel.warn],
                          [4242])
+
+
+# -- processes known by pid, and the launch line
+
+
+class ProcessHelperTests(SynchronousTestCase):
+    def test_signal_pid_reports_whether_the_process_was_there(self):
+        """A signal to a gone process is no error, only False."""
+        kill = RecordingKill()
+        self.assertTrue(buddy.signalPid(4242, signal.SIGTERM, kill=kill))
+        self.assertEqual(kill.calls, [(4242, signal.SIGTERM)])
+        self.assertFalse(buddy.signalPid(4242, kill=RecordingKill(ProcessLookupError())))
+
+    def test_we_are_alive_and_a_reaped_child_is_not(self):
+        """pidAlive is True for this process and False for a child that has exited."""
+        self.assertTrue(buddy.pidAlive(os.getpid()))
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        self.assertFalse(buddy.pidAlive(pid))
+
+    def test_a_zombie_is_dead(self):
+        """An exited child not yet reaped can not write any more: not alive."""
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        self.addCleanup(os.waitpid, pid, 0)
+        # The child has exited once waitid can see it, without reaping it.
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        self.assertFalse(buddy.pidAlive(pid))
+
+    def test_the_launch_line_runs_twistd_in_the_foreground_with_this_python(self):
+        """One foreground twistd, no pid file, logging to the file given, then the plugin."""
+        args = buddy.twistdArgs("/tmp/x.log", "sns-router", "--listen", "127.0.0.1:0")
+        self.assertEqual(args[0], sys.executable)
+        self.assertEqual(args[1], "-c")
+        self.assertIn("twistd", args[2])
+        self.assertEqual(args[3:], ["-n", "--pidfile=", "--logfile=/tmp/x.log",
+                                    "sns-router", "--listen", "127.0.0.1:0"])

@@ -14,7 +14,7 @@ from snstwist.rpc import sns_pb2_grpc as pbg
 from snstwist.core.node import Node
 from snstwist.server.server import ServerService
 from snstwist.storage.store import MemoryStore
-from tests.fakes import FakeHasher
+from tests.fakes import FakeHasher, inRole
 from tests.test_grpcbridge import GrpcTestCase
 
 PASSWORD = "pw"
@@ -30,8 +30,7 @@ def masterService(test, clock=None):
     service.replicator.node = service.node
     service.sessions.node = service.node
     test.successResultOf(service.node.load())
-    service.role.name = "master"
-    return service
+    return inRole(service, "master")
 
 
 class EdgeTestCase(GrpcTestCase):

@@ -190,7 +190,7 @@ class PromotionTests(TestCase):
         slave = self.slaveOn(path)
         self.assertEqual(slave.node.mirror(updates[:2] + updates[3:5]), 4)
         await self.promote(slave)
-        self.assertEqual(slave.role.name, "master")
+        self.assertEqual(slave.role.state, "master")
         replica = slave.node.replica
         self.assertTrue(replica.isFollowing("alice", "bob"))
         self.assertEqual([p.text for p in replica.timeline("alice", 20)],

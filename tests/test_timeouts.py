@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist.buddy import buddy
+from snstwist import buddy
 from snstwist.client.client import Client, _Session
 from snstwist.router import Registry, RouterService, ServerIdentity
 from snstwist.rpc import sns_pb2 as pb

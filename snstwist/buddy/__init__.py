@@ -1,3 +1,31 @@
 """
 Buddies: the master and the slave of one VM, which resurrect each other.
+
+- L{role}: the state machine of a server process's role.
+- L{supervisor}: the master keeps its slave process alive.
+- L{link}: the two ends of C{BuddyConnection}.
+- L{processes}: spawning, stopping, signalling and fencing processes (the
+  only module of the package that does).
+
+The names most callers need are here too (C{from snstwist import buddy}).
+A client program never imports this package.
 """
+
+from snstwist.buddy.link import HEARTBEAT, TIMEOUT, MasterLink, SlaveLink, checkBuddyMessage
+from snstwist.buddy.processes import (
+    BuddyCommand,
+    WatchedProcess,
+    fence,
+    pidAlive,
+    signalChild,
+    signalPid,
+    spawn,
+    terminate,
+    twistdArgs,
+)
+from snstwist.buddy.role import Role
+from snstwist.buddy.supervisor import BuddySupervisor
+
+__all__ = ["HEARTBEAT", "TIMEOUT", "BuddyCommand", "BuddySupervisor", "MasterLink", "Role",
+           "SlaveLink", "WatchedProcess", "checkBuddyMessage", "fence", "pidAlive",
+           "signalChild", "signalPid", "spawn", "terminate", "twistdArgs"]

@@ -25,16 +25,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
-from snstwist.buddy import buddy
+from snstwist import buddy
 from snstwist.core import errors
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
 
 log = Logger()
-
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-
 
 def freePort(host):
     """A port free on C{host} right now (for the router, whose address clients need)."""
@@ -45,10 +42,6 @@ def freePort(host):
 
 def vmHost(index):
     return "127.0.0.%d" % (index + 2,)
-
-
-def twistdArgs(logfile, *args):
-    return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=" + logfile] + list(args)
 
 
 class ClusterService(MultiService):
@@ -121,7 +114,7 @@ class ClusterService(MultiService):
 
     def startRouter(self):
         """Start the router (again, after it was killed)."""
-        return self._spawn("router", twistdArgs(
+        return self._spawn("router", buddy.twistdArgs(
             os.path.join(self.base, "router.log"), "sns-router", "--listen", self.router,
             "--peer-listen", self.routerPeer, *self.tlsArgs))
 
@@ -133,7 +126,7 @@ class ClusterService(MultiService):
         vm = "vm%d" % (index + 1,)
         vmdir = os.path.join(self.base, vm)
         os.makedirs(vmdir, exist_ok=True)
-        return self._spawn(vm, twistdArgs(
+        return self._spawn(vm, buddy.twistdArgs(
             os.path.join(vmdir, "server.log"), "sns-server",
             "--router", self.routerPeer, "--vm", vm, "--listen", self.vmListen(index),
             "--data", os.path.join(vmdir, "data"), *self.serverArgs, *self.tlsArgs))
@@ -167,7 +160,7 @@ class ClusterService(MultiService):
         self.out("sns-cluster: servers register at the router's cluster port %s"
                  " (mutual TLS)" % (self.routerPeer,))
         if self.web:
-            self._spawn("web", twistdArgs(
+            self._spawn("web", buddy.twistdArgs(
                 os.path.join(self.base, "web.log"), "sns-web", "--router", self.router,
                 "--listen", self.web, *self.tlsArgs))
             self.out("sns-cluster: web timeline and dashboard at http://%s/ (and /cluster)"

@@ -29,7 +29,7 @@ from twisted.internet import defer, task
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
-from snstwist.buddy import buddy
+from snstwist import buddy
 from snstwist.core import errors, limits, logs, metrics
 from snstwist.core.limits import HISTORY, MAX_HEARTBEAT_USERS, UPDATES_PER_MESSAGE
 from snstwist.core.looplag import LoopLag
@@ -165,9 +165,6 @@ def _withoutCollections(load):
 
 
 SETTLE = 60.0
-
-
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
 class BuddyFeed:
@@ -444,11 +441,10 @@ class ServerService(MultiService):
 
     def _slaveCommand(self):
         host = self.listen.rsplit(":", 1)[0]
-        args = [sys.executable, "-c", TWISTD, "-n", "--pidfile="]
         # Never a pipe to us: a slave outlives its master when it takes over,
         # and a full pipe to a hung master would block it.
-        args.append("--logfile=" + (self.logfile if self.logfile and self.logfile != "-"
-                                    else os.path.join(self.data, "buddies.log")))
+        args = buddy.twistdArgs(self.logfile if self.logfile and self.logfile != "-"
+                                else os.path.join(self.data, "buddies.log"))
         args += ["sns-server", "--role", "slave", "--vm", self.vm,
                  "--listen", host + ":0", "--data", self.data,
                  "--router", ",".join(self.routers),
@@ -490,7 +486,7 @@ class ServerService(MultiService):
     # -- what the router learns and tells
 
     def hello(self):
-        role = pb.MASTER if self.role.name == "master" else pb.SLAVE
+        role = pb.MASTER if self.role.state == "master" else pb.SLAVE
         return pb.ServerHello(vm=self.vm, role=role, address=self.grpc.address,
                               peer_address=self.grpc.peerAddress, pid=os.getpid(),
                               incarnation=self.incarnation)
@@ -505,7 +501,7 @@ class ServerService(MultiService):
 
     def membershipChanged(self, router, membership):
         self.memberships[router] = membership
-        if self.role.name != "master":
+        if self.role.state != "master":
             return
         peers = {}
         for m in self.memberships.values():
@@ -543,9 +539,9 @@ class ServerService(MultiService):
         cluster.register(server, pb.DESCRIPTOR.services_by_name["Cluster"])
 
     def _asMaster(self):
-        if self.role.name != "master":
+        if self.role.state != "master":
             raise errors.NotMaster("this server is the %s of VM %s, not its master"
-                                   % (self.role.name, self.vm))
+                                   % (self.role.state, self.vm))
 
     def _session(self, ctx):
         self._asMaster()
@@ -740,7 +736,7 @@ class ServerService(MultiService):
 
     def onetimeSToBuddy(self, request, ctx):
         auth.checkSecret(ctx, self.secret)
-        if self.role.name != "slave":
+        if self.role.state != "slave":
             raise errors.NotBuddy("this server is not a slave")
         checkCount(request.updates, "updates in one message", UPDATES_PER_MESSAGE)
         updates = [Update.fromProto(u) for u in request.updates]

@@ -38,7 +38,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 
-from snstwist.buddy import buddy
+from snstwist import buddy
 from snstwist.rpc import grpcbridge
 from snstwist.testbed import netbed, netcluster
 from snstwist.testbed.chaosworker import WorkerOptions, WorkerProcess, work

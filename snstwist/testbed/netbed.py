@@ -44,7 +44,8 @@ from twisted.internet import defer, protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
-from snstwist.buddy import buddy
+from snstwist import buddy
+from snstwist.buddy.processes import pidAlive
 from snstwist.testbed.lagproxy import Lag
 
 log = Logger()
@@ -118,21 +119,6 @@ class Host:
     netns: str
     address: str
     link: str  # the bridge's end of its veth pair, in the bed's namespace
-
-
-def pidAlive(pid):
-    """Whether process C{pid} runs; a zombie is dead for our purposes."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open("/proc/%d/stat" % (pid,)) as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class NetBed:

@@ -9,7 +9,7 @@ Used by the chaos run and the multi-host integration tests (tests/beds.py).
 
 import os
 
-from snstwist.buddy import buddy
+from snstwist import buddy
 from snstwist.commands.cluster import ClusterService
 from snstwist.testbed.netbed import IP
 

@@ -1,0 +1,159 @@
+"""
+Processes: how snstwist starts, watches, signals and fences them.
+
+One C{twistd} launch line (L{twistdArgs}) for every process the package
+starts (a master's slave, the local cluster's routers and VMs, the test
+bed's hosts); L{spawn} and L{WatchedProcess} for a child whose end we wait
+for; L{terminate} for an orderly stop with a deadline; L{fence} for the old
+master a slave takes over from; L{pidAlive} and L{signalPid} for processes
+known only by their pid.
+
+This is the only module that spawns or signals processes.
+"""
+
+import os
+import signal
+import sys
+
+import attrs
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+
+log = Logger()
+
+# Run twistd with this interpreter (sys.executable), wherever the twistd
+# script is or is not installed; argv[0] names it in ps and in its usage.
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
+def twistdArgs(logfile, *args):
+    """
+    The argv of a foreground twistd (no pid file: several run in one
+    directory) logging to C{logfile}, running the plugin and options
+    C{args}.
+    """
+    return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=" + logfile,
+            *args]
+
+
+@attrs.frozen
+class BuddyCommand:
+    """What to spawn as the buddy: executable, argv and environment."""
+
+    executable: str
+    args: tuple
+    env: dict = attrs.field(factory=dict, eq=False)
+
+
+class WatchedProcess(protocol.ProcessProtocol):
+    """
+    A child process of ours: what it prints goes to our log, prefixed with
+    its name; C{ended} fires (with the reason's value) when it has exited,
+    after C{onEnded(process, reason)} is called.
+    """
+
+    def __init__(self, name, started=0.0, onEnded=None):
+        self.name = name
+        self.started = started
+        self.onEnded = onEnded
+        self.ended = defer.Deferred()
+        self.pid = None
+
+    def connectionMade(self):
+        self.pid = self.transport.pid
+
+    def outReceived(self, data):
+        for line in data.decode("utf-8", "replace").splitlines():
+            log.info("{name} {pid}: {line}", name=self.name, pid=self.pid, line=line)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        log.info("{name} (pid {pid}) ended: {why}", name=self.name, pid=self.pid,
+                 why=reason.getErrorMessage())
+        if self.onEnded is not None:
+            self.onEnded(self, reason)
+        self.ended.callback(reason.value)
+
+
+def signalChild(process, signum):
+    """
+    Send C{signum} to our child C{process} (any ProcessProtocol); one that
+    has exited already (its end not yet delivered) is no error: it is
+    ending anyway.
+    """
+    try:
+        process.transport.signalProcess(signum)
+    except error.ProcessExitedAlready:
+        pass
+
+
+def spawn(reactor, name, command, onEnded=None):
+    """Start C{command} (a L{BuddyCommand}) as a L{WatchedProcess}."""
+    process = WatchedProcess(name, reactor.seconds(), onEnded)
+    reactor.spawnProcess(process, command.executable, list(command.args), env=command.env)
+    return process
+
+
+def terminate(reactor, process, killTime):
+    """
+    Stop C{process} (a ProcessProtocol with an C{ended} Deferred, such as a
+    L{WatchedProcess}): SIGTERM now, SIGKILL C{killTime} seconds later if it is
+    still there.  The Deferred fires once it has exited.
+    """
+    if process.ended.called:
+        return defer.succeed(None)
+    signalChild(process, signal.SIGTERM)
+    kill = reactor.callLater(killTime, signalChild, process, signal.SIGKILL)
+    done = defer.Deferred()
+
+    def ended(result):
+        if kill.active():
+            kill.cancel()
+        done.callback(None)
+        return result
+
+    process.ended.addBoth(ended)
+    return done
+
+
+def signalPid(pid, signum=signal.SIGKILL, kill=os.kill):
+    """
+    Send C{signum} to the process C{pid}, which need not be our child.
+    Returns whether it was there to get it; one that is gone is no error.
+    """
+    try:
+        kill(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def pidAlive(pid):
+    """Whether process C{pid} runs; a zombie is dead for our purposes."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def fence(pid, kill=os.kill):
+    """
+    Make sure the old master C{pid} (on this VM) can never write again: kill
+    it.  SIGKILL also ends a stopped (SIGSTOP) process.  Returns True if it
+    was alive.
+    """
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        return signalPid(pid, signal.SIGKILL, kill)
+    except PermissionError:
+        log.warn("cannot fence old master {pid}: permission denied", pid=pid)
+        return False
