@@ -119,7 +119,8 @@ def threeVMs(test):
                                  "c:1": master(posted)},
                           {"a:1": "vm1", "b:1": "vm2", "c:1": "vm3"})
     reconnects = []
-    client = Client(["router:1"], "alice", "pw", clock=Clock(), onReconnect=reconnects.append)
+    client = Client(["router:1"], "alice", "pw", clock=Clock(), onReconnect=reconnects.append,
+                    jitter=lambda: 0.0)
     test.successResultOf(client.connect())
     return cluster, client, posted, reconnects
 
@@ -174,7 +175,7 @@ class FailoverTests(SynchronousTestCase):
     def test_a_broken_session_fails_over_and_resumes_after_the_last_post_shown(self):
         cluster, client, posted, reconnects = threeVMs(self)
         client.timeline()
-        client._received(Post(id="vm1.a/1", author="bob", time_us=50 * 10**6, text="x"))
+        client.reader.received(Post(id="vm1.a/1", author="bob", time_us=50 * 10**6, text="x"))
         cluster.kill("a:1")
         self.assertEqual(client.master1.address, "b:1")
         stream, protocol = cluster.sessions[-1]

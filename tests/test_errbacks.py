@@ -62,10 +62,10 @@ class ClientTests(TestCase):
         on without one.
         """
         client = Client(["127.0.0.1:%d" % (closedPort(),)], "alice", "pw")
-        client.master1 = Master("vm1", "127.0.0.2:7000")
-        client.master2 = Master("vm2", "127.0.0.3:7000")
+        client.masters.master1 = Master("vm1", "127.0.0.2:7000")
+        client.masters.master2 = Master("vm2", "127.0.0.3:7000")
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        await client._refillMaster2()
+        await client.masters._refillMaster2()
         self.assertIsNone(client.master2)
         [event] = [e for e in logged if e.get("log_format", "").startswith("no master2")]
         self.assertEqual(event["vm"], "vm1")

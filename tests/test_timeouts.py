@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist import buddy
-from snstwist.client.client import Client, _Session
+from snstwist.client.client import Client
 from snstwist.router import Registry, RouterService, ServerIdentity
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
@@ -201,7 +201,7 @@ class SessionTests(SynchronousTestCase):
         """The client's end: kept at 6 s of silence, aborted at its next beat (8 s)."""
         clock = Clock()
         client = Client(["127.0.0.1:1"], "alice", "pw", clock=clock)
-        session = _Session(client)
+        session = client._newSession()
         stream = FakeStream()
         session.makeConnection(stream)
         steps(clock, 6.0, 0.5)
@@ -283,7 +283,7 @@ class StillAliveTests(SynchronousTestCase):
 
     def test_a_client_keeps_a_master_that_heartbeats(self):
         clock = Clock()
-        session = _Session(Client(["127.0.0.1:1"], "alice", "pw", clock=clock))
+        session = Client(["127.0.0.1:1"], "alice", "pw", clock=clock)._newSession()
         stream = FakeStream()
         session.makeConnection(stream)
         for _ in range(40):

@@ -12,6 +12,7 @@ from typing import Protocol
 from automat import TypeMachineBuilder, pep614
 
 from snstwist.core import metrics
+from snstwist.core.machines import stateOf
 
 
 class RoleInputs(Protocol):
@@ -115,12 +116,8 @@ class Role:
     def state(self):
         """
         The name of the current state: "starting", "slave", "promoting",
-        "master" or "stopping".
-
-        Read from the machine itself, not kept beside it, so it can never
-        disagree with it.  It is not a machine input because typed Automat
-        refuses an input that returns a value while a transition runs, and
-        the hooks ask (a new master's hello to its routers says "master").
-        The state has changed by the time a transition's hooks run.
+        "master" or "stopping"; read from the machine, never kept beside it
+        (L{stateOf} says why it is not an input).  The state has changed by
+        the time a transition's hooks run.
         """
-        return self._machine.__automat_transitioner__._state.name
+        return stateOf(self._machine)

@@ -175,7 +175,7 @@ class Worker:
 def _state(client):
     """What a client is doing, for a report."""
     return {"master1": str(client.master1), "master2": str(client.master2),
-            "session": client.session is not None, "failover": client._failover is not None,
+            "session": client.session is not None, "failover": client.failingOver,
             "epoch": client.epoch, "closed": client.closed}
 
 

@@ -1,0 +1,173 @@
+"""
+The client's session with its master1 (C{Bidirectional_s_and_c}) and its
+timeline: each post shown once, in the order received; the cursor (the
+newest post shown) that a resumed session starts from after a failover; and
+the acknowledgements that tell the server how far the user has read.
+
+Nothing here knows about failover: a L{Session} reports that it works or
+that it was lost, and the L{Timeline} outlives every session.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from snstwist.core.limits import HISTORY
+from snstwist.core.limits import SESSION_HEARTBEAT as HEARTBEAT
+from snstwist.core.model import Post
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc.heartbeat import Heartbeat
+
+# The session's heartbeat interval is the server's: the deadline on each side
+# is three of the other side's intervals.
+
+log = Logger()
+
+RESUME_WINDOW_US = 10 * 1000000
+SHOWN_MEMORY = 10000
+ACK_DELAY = 0.2  # one ack per this many seconds, however many posts were shown
+_BEAT = pb.ClientMessage(heartbeat=pb.Heartbeat())
+
+
+class Timeline:
+    """
+    What the user has been shown.  C{onPost(post)} gets each post once;
+    C{send(message)} gives a message to the current session, if any.
+    """
+
+    def __init__(self, clock, onPost, send):
+        self.clock = clock
+        self.onPost = onPost
+        self.send = send
+        self.active = False  # in timeline mode
+        self.cursor = None  # (time_us, id) of the newest post shown
+        self.shown = {}  # ids of posts shown, oldest first (bounded)
+        self.ready = None
+        self._ackCall = None
+
+    def enter(self):
+        """Timeline mode from now on; fires once the history has been delivered."""
+        self.active = True
+        self.ready = defer.Deferred()
+        self.send(pb.ClientMessage(open=self.openRequest()))
+        return self.ready
+
+    def openRequest(self):
+        """What a session asks for first: history, or the timeline from the cursor."""
+        request = pb.SessionOpen(timeline=self.active, history=HISTORY)
+        if self.cursor is not None:
+            # Resume a little before the newest post shown: a post with an
+            # older time may have reached the new master later than it
+            # reached the old one.  What was shown already is skipped.
+            request.cursor.time_us = max(0, self.cursor[0] - RESUME_WINDOW_US)
+        return request
+
+    def delivered(self):
+        """The history has been delivered."""
+        if self.ready is not None and not self.ready.called:
+            self.ready.callback(None)
+
+    def failed(self, failure):
+        """
+        The session could not be restored: if someone still waits for the
+        history, they get C{failure} and True is returned.
+        """
+        if self.ready is not None and not self.ready.called:
+            self.ready.errback(failure)
+            return True
+        return False
+
+    def received(self, post):
+        if post.id in self.shown:
+            return
+        self.shown[post.id] = None
+        if len(self.shown) > SHOWN_MEMORY:
+            del self.shown[next(iter(self.shown))]
+        if self.cursor is None or post.key > self.cursor:
+            self.cursor = post.key
+        self.onPost(post)
+        if self._ackCall is None:
+            self._ackCall = self.clock.callLater(ACK_DELAY, self._ack)
+
+    def _ack(self):
+        self._ackCall = None
+        if self.cursor is not None:
+            self.send(pb.ClientMessage(ack=pb.Cursor(time_us=self.cursor[0],
+                                                     id=self.cursor[1])))
+
+    def flush(self):
+        """Send the ack that is due now rather than later (the user is leaving)."""
+        if self._ackCall is not None and self._ackCall.active():
+            self._ackCall.cancel()
+            self._ack()
+
+
+class Session:
+    """
+    The client's end of C{Bidirectional_s_and_c} on the current master1.
+    C{working()} is called when it has shown that it works;
+    C{lost(session, reason)} when it broke (not when we closed it).
+    """
+
+    def __init__(self, clock, timeline, working, lost):
+        self.clock = clock
+        self.timeline = timeline
+        self.working = working
+        self.lost = lost
+        self.stream = None
+        self.beats = None
+        self.closing = False
+        self.ended = None
+
+    def makeConnection(self, stream):
+        self.stream = stream
+        stream.send(pb.ClientMessage(open=self.timeline.openRequest()))
+        self.beats = Heartbeat(self.clock, HEARTBEAT, 3 * HEARTBEAT,
+                               lambda: stream.send(_BEAT), self._silent)
+
+    def _silent(self, seconds):
+        log.info("master silent for {s:.1f}s", s=seconds)
+        self.stream.abort()
+
+    def messageReceived(self, message):
+        self.beats.heard()
+        kind = message.WhichOneof("kind")
+        if kind == "post":
+            self.timeline.received(Post.fromProto(message.post))
+        elif kind == "ready":
+            self.working()
+            self.timeline.delivered()
+        elif kind == "heartbeat" and not self.timeline.active:
+            # A session that has lasted a heartbeat works.
+            self.working()
+
+    def send(self, message):
+        if self.stream is not None:
+            self.stream.send(message)
+
+    def close(self):
+        """Abandon the session now (its master is being replaced)."""
+        self.closing = True
+        if self.stream is not None:
+            self.stream.abort()
+
+    def finish(self, timeout=1.0):
+        """
+        End the session in order: what is queued (the last ack) is sent
+        first.  The Deferred fires when the server has ended it too, or
+        after C{timeout}.
+        """
+        self.closing = True
+        if self.stream is None:
+            return defer.succeed(None)
+        self.stream.close()
+        self.ended = defer.Deferred()
+        return self.ended.addTimeout(timeout, self.clock).addErrback(lambda f: None)
+
+    def connectionLost(self, reason):
+        if self.beats is not None:
+            self.beats.stop()
+        self.stream = None
+        if self.ended is not None and not self.ended.called:
+            self.ended.callback(None)
+        if not self.closing:
+            self.lost(self, reason)
