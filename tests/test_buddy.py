@@ -768,3 +768,8 @@ class ProcessHelperTests(SynchronousTestCase):
         self.assertIn("twistd", args[2])
         self.assertEqual(args[3:], ["-n", "--pidfile=", "--logfile=/tmp/x.log",
                                     "sns-router", "--listen", "127.0.0.1:0"])
+
+    def test_a_pid_running_something_else_is_not_the_process_we_knew(self):
+        """With C{running}, a live pid counts only if its command line says so."""
+        self.assertTrue(buddy.pidAlive(os.getpid(), running=b"python"))
+        self.assertFalse(buddy.pidAlive(os.getpid(), running=b"sns-server-not-this"))

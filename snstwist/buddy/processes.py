@@ -129,17 +129,27 @@ def signalPid(pid, signum=signal.SIGKILL, kill=os.kill):
         return False
 
 
-def pidAlive(pid):
-    """Whether process C{pid} runs; a zombie is dead for our purposes."""
+def pidAlive(pid, running=None):
+    """
+    Whether process C{pid} runs; a zombie is dead for our purposes.  With
+    C{running} (bytes), only if its command line contains them too: a pid
+    read from a file may have been reused by another program since.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        if running is None:
+            return True
     try:
         with open("/proc/%d/stat" % (pid,)) as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
+            if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                return False
+        if running is not None:
+            with open("/proc/%d/cmdline" % (pid,), "rb") as f:
+                return running in f.read()
+        return True
     except OSError:
         return False
 

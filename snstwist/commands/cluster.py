@@ -225,7 +225,7 @@ class ClusterService(MultiService):
         others = [pid for pid in self.serverPids()
                   if pid not in {c.pid for c in self.children.values()}]
         for pid in others:
-            _kill(pid, signal.SIGTERM)
+            buddy.signalPid(pid, signal.SIGTERM)
         stops = [buddy.terminate(self.reactor, c, self.killTime)
                  for c in self.children.values()]
         stops.append(defer.ensureDeferred(self._waitGone(others)))
@@ -250,7 +250,7 @@ class ClusterService(MultiService):
         while any(isServer(p) for p in pids):
             if self.reactor.seconds() > deadline:
                 for pid in pids:
-                    _kill(pid, signal.SIGKILL)
+                    buddy.signalPid(pid, signal.SIGKILL)
                 return
             await deferLater(self.reactor, 0.02)
 
@@ -263,21 +263,7 @@ def _tlsFromEnvironment():
 
 def isServer(pid):
     """Is C{pid} a live sns-server process (not a zombie, not a reused pid)?"""
-    try:
-        with open("/proc/%d/cmdline" % (pid,), "rb") as f:
-            cmdline = f.read()
-        with open("/proc/%d/stat" % (pid,)) as f:
-            state = f.read().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return b"sns-server" in cmdline and state != "Z"
-
-
-def _kill(pid, signum):
-    try:
-        os.kill(pid, signum)
-    except OSError:
-        pass
+    return buddy.pidAlive(pid, running=b"sns-server")
 
 
 def deferLater(clock, seconds):
