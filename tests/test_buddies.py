@@ -469,5 +469,5 @@ class FailingBuddyTests(unittest.TestCase):
         """After `intensity` restarts it stops: nothing runs and nothing is scheduled."""
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         spawns, supervisor = await self.superviseFailingBuddy()
-        self.assertEqual((len(spawns), supervisor.pid, supervisor.pending), (4, None, None))
+        self.assertEqual((len(spawns), supervisor.pid, supervisor.state), (4, None, "gaveUp"))
         self.assertEqual(len([e for e in logged if e["log_level"] == LogLevel.critical]), 1)

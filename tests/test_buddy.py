@@ -410,6 +410,60 @@ class BuddySupervisorTests(SynchronousTestCase):
         self.assertEqual(reactor.spawned[0].signals, [])
 
 
+    def test_the_states_of_a_buddys_life(self):
+        """running, waiting to respawn, running again, stopping, stopped."""
+        sup, reactor, spawned = supervisor(minRestartDelay=0.1)
+        states = [sup.state]
+        reactor.spawned[0].end(exitCode=3)
+        states.append(sup.state)
+        reactor.advance(0.1)
+        states.append(sup.state)
+        d = sup.stop()
+        states.append(sup.state)
+        reactor.spawned[1].end(signum=signal.SIGTERM)
+        states.append(sup.state)
+        self.successResultOf(d)
+        self.assertEqual(states, ["running", "waiting", "running", "stopping", "stopped"])
+
+    def test_a_second_stop_waits_for_the_same_end(self):
+        """stop() while stopping sends nothing more and fires when the buddy has ended."""
+        sup, reactor, spawned = supervisor(killTime=5.0)
+        first, second = sup.stop(), sup.stop()
+        self.assertNoResult(second)
+        reactor.spawned[0].end(signum=signal.SIGTERM)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual((reactor.spawned[0].signals, reactor.getDelayedCalls()),
+                         ([signal.SIGTERM], []))
+
+    def test_start_after_stop_spawns_again(self):
+        """A stopped supervisor started again (a new master role) spawns a new buddy."""
+        sup, reactor, spawned = supervisor()
+        sup.stop()
+        reactor.spawned[0].end(signum=signal.SIGTERM)
+        sup.start()
+        self.assertEqual((spawned, sup.state), ([1000, 1001], "running"))
+
+    def test_the_end_of_a_buddy_replaced_already_is_ignored(self):
+        """A late end report of an older buddy neither respawns nor forgets the current one."""
+        sup, reactor, spawned = supervisor()
+        reactor.advance(5)
+        old = reactor.spawned[0]
+        old.end(signum=signal.SIGKILL)
+        reactor.advance(0)
+        old.protocol.onEnded(old.protocol, Failure(ProcessTerminated(None, signal.SIGKILL)))
+        self.assertEqual((spawned, sup.pid, reactor.getDelayedCalls()), ([1000, 1001], 1001, []))
+
+    def test_kill_with_no_buddy_running_does_nothing(self):
+        """A hang reported while waiting to respawn kills nothing and keeps the respawn."""
+        sup, reactor, spawned = supervisor(minRestartDelay=0.1)
+        reactor.spawned[0].end(exitCode=3)
+        sup.kill("no heartbeat")
+        self.assertEqual(reactor.spawned[0].signals, [])
+        reactor.advance(0.1)
+        self.assertEqual(spawned, [1000, 1001])
+
+
 # -- the two ends of BuddyConnection
 
 

@@ -8,19 +8,128 @@ restart intensity (like L{twisted.runner.procmon} and OTP supervisors), so
 that a broken buddy is never respawned in a tight loop.  A hung buddy (its
 heartbeats stopped: L{snstwist.buddy.link.MasterLink} says so) is killed and
 then respawned like a dead one.
+
+The supervision is a typed Automat machine (L{Supervision}): idle, running,
+waiting (to respawn), gave up, stopping, stopped.
 """
 
 import random
 import signal
+from typing import Protocol
 
+from automat import TypeMachineBuilder, pep614
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from snstwist.buddy.processes import signalChild, spawn, terminate
 from snstwist.core import metrics
 from snstwist.core.backoff import backoffPolicy
+from snstwist.core.machines import stateOf
 
 log = Logger()
+
+
+class Supervision(Protocol):
+    """What can happen to the supervision of one buddy."""
+
+    def start(self) -> None:
+        """Spawn the buddy and keep it alive."""
+
+    def ended(self, process: object, reason: object) -> None:
+        """The buddy C{process} ended (C{reason}: its Failure)."""
+
+    def respawn(self) -> None:
+        """The wait before a respawn is over."""
+
+    def kill(self, why: str) -> None:
+        """The buddy hangs: kill it (it is then respawned like a dead one)."""
+
+    def stop(self) -> defer.Deferred:
+        """Stop for good: TERM, then KILL; fires once the buddy has ended."""
+
+    def _died(self, delay: float) -> None:
+        """The buddy died and is respawned C{delay} seconds from now."""
+
+    def _tooOften(self) -> None:
+        """The buddy died too often: no more respawns."""
+
+    def _endedInOrder(self) -> None:
+        """The buddy had announced its orderly stop: no respawn."""
+
+
+def _build():
+    machine = TypeMachineBuilder(Supervision, BuddySupervisor)
+    idle = machine.state("idle")
+    running = machine.state("running")
+    waiting = machine.state("waiting", lambda inputs, sup, delay:
+                            sup.reactor.callLater(delay, inputs.respawn))
+    gaveUp = machine.state("gaveUp")
+    stopping = machine.state("stopping", lambda inputs, sup: [])
+    stopped = machine.state("stopped")
+
+    @pep614(idle.upon(Supervision.start).to(running))
+    @pep614(stopped.upon(Supervision.start).to(running))
+    def spawnBuddy(inputs: Supervision, sup: BuddySupervisor) -> None:
+        sup._spawn(inputs)
+
+    @pep614(waiting.upon(Supervision.respawn).to(running))
+    def respawnBuddy(inputs: Supervision, sup: BuddySupervisor, pending: object) -> None:
+        sup._spawn(inputs)
+
+    @pep614(running.upon(Supervision.ended).loop())
+    def died(inputs: Supervision, sup: BuddySupervisor, process: object,
+             reason: object) -> None:
+        # Which way it goes depends on the history: the verdict is the
+        # next input (run once this transition is over).
+        if process is sup.process:
+            sup.process = None
+            sup._verdict(inputs, process, reason)
+
+    running.upon(Supervision._died).to(waiting).returns(None)
+    running.upon(Supervision._tooOften).to(gaveUp).returns(None)
+    running.upon(Supervision._endedInOrder).to(idle).returns(None)
+
+    @pep614(running.upon(Supervision.kill).loop())
+    def killBuddy(inputs: Supervision, sup: BuddySupervisor, why: str) -> None:
+        if sup.process is not None:
+            log.warn("killing hung buddy {pid}: {why}", pid=sup.process.pid, why=why)
+            signalChild(sup.process, signal.SIGKILL)
+
+    for state in (idle, waiting, gaveUp, stopping, stopped):
+        state.upon(Supervision.kill).loop().returns(None)
+    for state in (idle, gaveUp, stopped):
+        state.upon(Supervision.ended).loop().returns(None)
+
+    @pep614(idle.upon(Supervision.stop).to(stopped))
+    @pep614(gaveUp.upon(Supervision.stop).to(stopped))
+    @pep614(stopped.upon(Supervision.stop).loop())
+    def alreadyStopped(inputs: Supervision, sup: BuddySupervisor) -> defer.Deferred:
+        return defer.succeed(None)
+
+    @pep614(waiting.upon(Supervision.stop).to(stopped))
+    def cancelRespawn(inputs: Supervision, sup: BuddySupervisor,
+                      pending: object) -> defer.Deferred:
+        pending.cancel()
+        return defer.succeed(None)
+
+    @pep614(running.upon(Supervision.stop).to(stopping))
+    def terminateBuddy(inputs: Supervision, sup: BuddySupervisor) -> defer.Deferred:
+        # The buddy's end (ended, below) comes before this Deferred fires.
+        return terminate(sup.reactor, sup.process, sup.killTime)
+
+    @pep614(stopping.upon(Supervision.stop).loop())
+    def alsoWait(inputs: Supervision, sup: BuddySupervisor, waiters: list) -> defer.Deferred:
+        waiters.append(defer.Deferred())
+        return waiters[-1]
+
+    @pep614(stopping.upon(Supervision.ended).to(stopped))
+    def buddyGone(inputs: Supervision, sup: BuddySupervisor, waiters: list,
+                  process: object, reason: object) -> None:
+        sup.process = None
+        for waiter in waiters:
+            waiter.callback(None)
+
+    return machine.build()
 
 
 class BuddySupervisor:
@@ -46,30 +155,60 @@ class BuddySupervisor:
         self.reactor = reactor
         self.onSpawn = onSpawn
         self.jitter = jitter
-        self.process = None
+        self.process = None  # the buddy now, if any
         self.quickDeaths = 0
         self.restarts = []
-        self.pending = None
-        self.stopped = False
-        self.gaveUp = False
         self.noRespawn = set()
+        self._machine = _Supervision(self)
+        self.start = self._machine.start
+        self.kill = self._machine.kill
+        self.stop = self._machine.stop
 
     @property
     def pid(self):
         return self.process.pid if self.process is not None else None
 
-    def start(self):
-        self.stopped = False
-        self._spawn()
+    @property
+    def state(self):
+        """idle, running, waiting (to respawn), gaveUp, stopping or stopped."""
+        return stateOf(self._machine)
 
-    def _spawn(self):
-        self.pending = None
-        if self.stopped:
-            return
-        process = spawn(self.reactor, "buddy", self.command, self._ended)
+    @property
+    def gaveUp(self):
+        return self.state == "gaveUp"
+
+    def stopping(self, pid):
+        """The buddy C{pid} announced an orderly stop: do not respawn it."""
+        self.noRespawn.add(pid)
+
+    def _spawn(self, machine):
+        process = spawn(self.reactor, "buddy", self.command, machine.ended)
         self.process = process
         log.info("spawned buddy, pid {pid}", pid=process.pid)
         self.onSpawn(process.pid)
+
+    def _verdict(self, machine, process, reason):
+        """What the death of C{process} calls for: a respawn, soon or later, or none."""
+        if process.pid in self.noRespawn:
+            log.info("buddy {pid} stopped in order: not respawning it", pid=process.pid)
+            machine._endedInOrder()
+            return
+        now = self.reactor.seconds()
+        self.restarts = [t for t in self.restarts if now - t < self.period]
+        if len(self.restarts) >= self.intensity:
+            log.critical(
+                "buddy died {n} times within {period}s (last: {why}): giving up;"
+                " this VM runs without a standby until restarted",
+                n=len(self.restarts) + 1, period=self.period, why=reason.getErrorMessage())
+            machine._tooOften()
+            return
+        self.restarts.append(now)
+        lived = now - process.started
+        delay = self._restartDelay(lived)
+        metrics.respawns.inc()
+        log.warn("buddy {pid} ended after {lived:.2f}s ({why}); respawning in {delay:.2f}s",
+                 pid=process.pid, lived=lived, why=reason.getErrorMessage(), delay=delay)
+        machine._died(delay)
 
     def _restartDelay(self, lived):
         """
@@ -85,47 +224,5 @@ class BuddySupervisor:
         self.quickDeaths += 1
         return policy(self.quickDeaths - 1)
 
-    def _ended(self, process, reason):
-        if process is not self.process:
-            return
-        self.process = None
-        if self.stopped:
-            return
-        if process.pid in self.noRespawn:
-            log.info("buddy {pid} stopped in order: not respawning it", pid=process.pid)
-            return
-        now = self.reactor.seconds()
-        self.restarts = [t for t in self.restarts if now - t < self.period]
-        if len(self.restarts) >= self.intensity:
-            self.gaveUp = True
-            log.critical(
-                "buddy died {n} times within {period}s (last: {why}): giving up;"
-                " this VM runs without a standby until restarted",
-                n=len(self.restarts) + 1, period=self.period, why=reason.getErrorMessage())
-            return
-        self.restarts.append(now)
-        lived = now - process.started
-        delay = self._restartDelay(lived)
-        metrics.respawns.inc()
-        log.warn("buddy {pid} ended after {lived:.2f}s ({why}); respawning in {delay:.2f}s",
-                 pid=process.pid, lived=lived, why=reason.getErrorMessage(), delay=delay)
-        self.pending = self.reactor.callLater(delay, self._spawn)
 
-    def kill(self, why):
-        """Kill a hung buddy; it is then respawned like a dead one."""
-        if self.process is not None:
-            log.warn("killing hung buddy {pid}: {why}", pid=self.process.pid, why=why)
-            signalChild(self.process, signal.SIGKILL)
-
-    def stopping(self, pid):
-        """The buddy C{pid} announced an orderly stop: do not respawn it."""
-        self.noRespawn.add(pid)
-
-    def stop(self):
-        self.stopped = True
-        if self.pending is not None and self.pending.active():
-            self.pending.cancel()
-        self.pending = None
-        if self.process is None:
-            return defer.succeed(None)
-        return terminate(self.reactor, self.process, self.killTime)
+_Supervision = _build()
