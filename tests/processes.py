@@ -28,6 +28,11 @@ SECRET = "snstwist-tests-shared-secret"
 PASSWORD = "correct horse battery staple"
 
 
+# The package's one twistd launch line, logging to stdout, for spawn() (which
+# puts sys.executable first itself).
+TWISTD = buddy.twistdArgs("-")[1:]
+
+
 def childEnv(**extra):
     env = dict(os.environ, GRPC_VERBOSITY="ERROR", GRPC_ENABLE_FORK_SUPPORT="0",
                PYTHONUNBUFFERED="1", SNS_SECRET=SECRET, SNS_PASSWORD=PASSWORD)

@@ -23,7 +23,16 @@ from snstwist.core import errors
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
-from tests.processes import Cluster, childEnv, killPid, pidAlive, routerStatus, spawn, waitUntil
+from tests.processes import (
+    TWISTD,
+    Cluster,
+    childEnv,
+    killPid,
+    pidAlive,
+    routerStatus,
+    spawn,
+    waitUntil,
+)
 from tests.test_integration import inlineAsync, posts
 
 
@@ -148,12 +157,11 @@ def startByHand(testCase):
     """
     router = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
     env = childEnv()
-    twistd = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
     peer = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
-    spawn(testCase, twistd + ["sns-router", "--listen", router, "--peer-listen", peer], env=env)
+    spawn(testCase, TWISTD + ["sns-router", "--listen", router, "--peer-listen", peer], env=env)
     data = os.path.abspath(testCase.mktemp())
     testCase.addCleanup(killServersUsing, data)
-    server = spawn(testCase, twistd + ["sns-server", "--router", peer, "--vm", "vmx",
+    server = spawn(testCase, TWISTD + ["sns-server", "--router", peer, "--vm", "vmx",
                                        "--listen", "127.0.0.5:0", "--data", data], env=env)
     return router, server, data
 

@@ -10,10 +10,9 @@ from twisted.trial import unittest
 
 from snstwist.commands.cluster import freePort
 from snstwist.rpc import sns_pb2 as pb
-from tests.processes import childEnv, routerStatus, spawn, waitUntil
+from tests.processes import TWISTD, childEnv, routerStatus, spawn, waitUntil
 from tests.test_integration import inlineAsync
 
-TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 ENV = childEnv()
 
 

@@ -16,10 +16,9 @@ from snstwist.core import errors
 from snstwist.rpc import auth, certs, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
-from tests.processes import PASSWORD, SECRET, Cluster, childEnv, spawn, waitUntil
+from tests.processes import PASSWORD, SECRET, TWISTD, Cluster, childEnv, spawn, waitUntil
 from tests.test_integration import inlineAsync
 
-TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 
 # What anyone could read in the source before issue 12: the default secret.
 PUBLISHED_DEFAULT = "snstwist-insecure-default-secret"
