@@ -514,12 +514,15 @@ class PeerMessageTests(AdversarialTestCase):
             link = buddy.SlaveLink(world.clock, lambda: pb.BuddyHello(vm="vm1"),
                                    seen.append, lambda: seen.append("stopping"),
                                    lambda link: None)
+            link.start()
 
         def call():
             stream = FakeStream()
             link.makeConnection(stream)
             link.messageReceived(message)
-            link.closing = True
+            if end == "slave":
+                # Done with the master: the stream's end is not a lost master.
+                link.close()
             link.connectionLost(None)
             return streamOutcome(stream)
 

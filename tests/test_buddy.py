@@ -666,6 +666,41 @@ class SlaveLinkTests(SynchronousTestCase):
         self.assertEqual(stream.sent[-1], STOPPING_MESSAGE)
 
 
+    def test_the_states_of_a_link(self):
+        """reaching, waiting to dial again, reaching, linked (hello), done (lost)."""
+        link, clock, stream, events = slaveLink(heard=False)
+        states = [link.state]
+        link.connectionLost(Failure(Exception("connection refused")))
+        states.append(link.state)
+        clock.advance(link.redialDelay)
+        states.append(link.state)
+        link.messageReceived(pb.BuddyMessage(hello=hello(1000, pb.MASTER)))
+        states.append(link.state)
+        link.connectionLost(Failure(Exception("gone")))
+        states.append(link.state)
+        self.assertEqual(states, ["reaching", "waiting", "reaching", "linked", "done"])
+
+    def test_a_lost_master_is_reported_once(self):
+        """Silence, then the aborted stream's end: one report, the first."""
+        link, clock, stream, events = slaveLink()
+        link.silent("no heartbeat for 2.00s")
+        link.connectionLost(Failure(Exception("aborted")))
+        self.assertEqual(events, [("lost", "master hung: no heartbeat for 2.00s")])
+
+    def test_silence_reported_after_the_streams_end_is_still_a_hung_master(self):
+        """
+        Before the hello, an aborted stream whose end arrives first (it then
+        waits to dial again) and its silence second: the master hung, and
+        nothing is dialled any more.
+        """
+        link, clock, stream, events = slaveLink(heard=False)
+        link.connectionLost(Failure(Exception("aborted")))
+        link.silent("no heartbeat for 2.00s")
+        clock.advance(TIMEOUT)
+        self.assertEqual((events, len(link.connect.streams), clock.getDelayedCalls()),
+                         ([("lost", "master hung: no heartbeat for 2.00s")], 1, []))
+
+
 class MasterLinkTests(SynchronousTestCase):
     timeout = 120
 

@@ -7,9 +7,13 @@ notice.  What to do about a lost or hung buddy is the caller's (the role,
 the supervisor): a link only reports.
 """
 
+from typing import Protocol
+
+from automat import TypeMachineBuilder, pep614
 from twisted.logger import Logger
 
 from snstwist.core import errors
+from snstwist.core.machines import stateOf
 from snstwist.core.model import checkHeartbeat, checkServerHello, checkVersionVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc.heartbeat import Heartbeat
@@ -73,12 +77,123 @@ class _BuddyEnd:
         self.stream = None
 
 
+class SlaveLinkInputs(Protocol):
+    """What can happen to the slave's link to its master."""
+
+    def start(self) -> None:
+        """Dial the master."""
+
+    def heardHello(self, pid: int) -> None:
+        """The master said hello: its pid is C{pid}."""
+
+    def streamLost(self, why: str) -> None:
+        """The stream broke or ended."""
+
+    def silent(self, why: str) -> None:
+        """The master's heartbeats stopped (the stream is aborted already)."""
+
+    def masterStopping(self) -> None:
+        """The master announced an orderly stop."""
+
+    def redial(self) -> None:
+        """The wait before dialling again is over."""
+
+    def close(self) -> None:
+        """We are done with the master: no more reports."""
+
+    def _tryAgain(self, why: str) -> None:
+        """A stream failed before the master's hello, within the window."""
+
+    def _giveUp(self, why: str) -> None:
+        """A stream failed before the master's hello, past the window."""
+
+
+def _buildSlaveLink():
+    machine = TypeMachineBuilder(SlaveLinkInputs, SlaveLink)
+    idle = machine.state("idle")
+    reaching = machine.state("reaching")  # dialled; the master's hello not heard yet
+    waiting = machine.state("waiting", lambda inputs, link, why: link.clock.callLater(
+        link.redialDelay, inputs.redial))
+    linked = machine.state("linked")  # the master said hello
+    done = machine.state("done")
+
+    @pep614(idle.upon(SlaveLinkInputs.start).to(reaching))
+    def dial(inputs: SlaveLinkInputs, link: SlaveLink) -> None:
+        link.since = link.clock.seconds()
+        link.connect(link)
+
+    @pep614(waiting.upon(SlaveLinkInputs.redial).to(reaching))
+    def redial(inputs: SlaveLinkInputs, link: SlaveLink, pending: object) -> None:
+        link.connect(link)
+
+    @pep614(reaching.upon(SlaveLinkInputs.heardHello).to(linked))
+    @pep614(linked.upon(SlaveLinkInputs.heardHello).loop())
+    def learnPid(inputs: SlaveLinkInputs, link: SlaveLink, pid: int) -> None:
+        link.masterPid = pid
+
+    @pep614(reaching.upon(SlaveLinkInputs.streamLost).loop())
+    def notReached(inputs: SlaveLinkInputs, link: SlaveLink, why: str) -> None:
+        # Which way it goes depends on the time: the next input says.
+        if link.clock.seconds() - link.since < TIMEOUT:
+            inputs._tryAgain(why)
+        else:
+            inputs._giveUp(why)
+
+    @pep614(reaching.upon(SlaveLinkInputs._tryAgain).to(waiting))
+    def tryAgain(inputs: SlaveLinkInputs, link: SlaveLink, why: str) -> None:
+        if link.redials == 0:
+            log.info("master not reached yet ({why}): dialling again", why=why)
+        link.redials += 1
+
+    @pep614(reaching.upon(SlaveLinkInputs._giveUp).to(done))
+    @pep614(linked.upon(SlaveLinkInputs.streamLost).to(done))
+    def broke(inputs: SlaveLinkInputs, link: SlaveLink, why: str) -> None:
+        link.onMasterLost("buddy stream broke: %s" % (why,))
+
+    @pep614(reaching.upon(SlaveLinkInputs.silent).to(done))
+    @pep614(linked.upon(SlaveLinkInputs.silent).to(done))
+    def hung(inputs: SlaveLinkInputs, link: SlaveLink, why: str) -> None:
+        link.onMasterLost("master hung: " + why)
+
+    @pep614(reaching.upon(SlaveLinkInputs.masterStopping).to(done))
+    @pep614(linked.upon(SlaveLinkInputs.masterStopping).to(done))
+    def stopping(inputs: SlaveLinkInputs, link: SlaveLink) -> None:
+        link.onMasterStopping()
+
+    @pep614(idle.upon(SlaveLinkInputs.close).to(done))
+    @pep614(reaching.upon(SlaveLinkInputs.close).to(done))
+    @pep614(linked.upon(SlaveLinkInputs.close).to(done))
+    @pep614(done.upon(SlaveLinkInputs.close).loop())
+    def closeStream(inputs: SlaveLinkInputs, link: SlaveLink) -> None:
+        if link.stream is not None:
+            link.stream.close()
+
+    @pep614(waiting.upon(SlaveLinkInputs.close).to(done))
+    def cancelRedial(inputs: SlaveLinkInputs, link: SlaveLink, pending: object) -> None:
+        pending.cancel()
+
+    @pep614(waiting.upon(SlaveLinkInputs.silent).to(done))
+    def hungMeanwhile(inputs: SlaveLinkInputs, link: SlaveLink, pending: object,
+                      why: str) -> None:
+        # The stream's end reached us before its silence did.
+        pending.cancel()
+        link.onMasterLost("master hung: " + why)
+
+    # Once done, nothing is reported again; the late end of a stream we
+    # closed, or of one whose master went silent, changes nothing.
+    for ignored in (SlaveLinkInputs.heardHello, SlaveLinkInputs.streamLost,
+                    SlaveLinkInputs.silent, SlaveLinkInputs.masterStopping):
+        done.upon(ignored).loop().returns(None)
+    return machine.build()
+
+
 class SlaveLink(_BuddyEnd):
     """
     The slave's end of C{BuddyConnection}: C{connect(link)} opens a stream
     to the master and connects this link to it.  A broken stream or missing
     heartbeats mean the master is lost; a stopping notice means the pair is
-    being shut down in order.
+    being shut down in order.  Either is reported once (the link is then
+    done), and only until L{close}.
 
     Until the master's hello has arrived, a failed stream is dialled again
     for up to TIMEOUT: a live master on a loaded machine may miss one
@@ -86,6 +201,9 @@ class SlaveLink(_BuddyEnd):
     The redial interval is fixed, not a L{backoffPolicy}: one slave dials
     one master on its own VM within a 2 s window, so there is no crowd to
     spread out, and a longer wait would only use up the window.
+
+    The link is a typed Automat machine (L{SlaveLinkInputs}): idle,
+    reaching, waiting (to dial again), linked, done.
     """
 
     redialDelay = HEARTBEAT / 5
@@ -99,24 +217,17 @@ class SlaveLink(_BuddyEnd):
         self.stream = None
         self.beats = None
         self.masterPid = None
-        self.closing = False
         self.since = None
-        self.redial = None
         self.redials = 0
+        self._machine = _SlaveLink(self)
+        self.start = self._machine.start
+        self.silent = self._machine.silent
+        self.close = self._machine.close
 
-    def start(self):
-        """Dial the master."""
-        self.since = self.clock.seconds()
-        self.connect(self)
-
-    def _redial(self):
-        self.redial = None
-        if not self.closing:
-            self.connect(self)
-
-    def silent(self, why):
-        self.closing = True
-        self.onMasterLost("master hung: " + why)
+    @property
+    def state(self):
+        """idle, reaching, waiting, linked or done."""
+        return stateOf(self._machine)
 
     def messageReceived(self, message):
         if not self._checked(message):
@@ -124,31 +235,16 @@ class SlaveLink(_BuddyEnd):
         self.beats.heard()
         kind = message.WhichOneof("kind")
         if kind == "hello":
-            self.masterPid = message.hello.pid
+            self._machine.heardHello(message.hello.pid)
         elif kind == "stopping":
-            self.closing = True
-            self.onMasterStopping()
-
-    def close(self):
-        self.closing = True
-        if self.redial is not None and self.redial.active():
-            self.redial.cancel()
-        self.redial = None
-        if self.stream is not None:
-            self.stream.close()
+            self._machine.masterStopping()
 
     def connectionLost(self, reason):
         self._stopBeats()
-        if self.closing:
-            return
-        why = reason.getErrorMessage() if reason else "ended"
-        if self.masterPid is None and self.clock.seconds() - self.since < TIMEOUT:
-            if self.redials == 0:
-                log.info("master not reached yet ({why}): dialling again", why=why)
-            self.redials += 1
-            self.redial = self.clock.callLater(self.redialDelay, self._redial)
-            return
-        self.onMasterLost("buddy stream broke: %s" % (why,))
+        self._machine.streamLost(reason.getErrorMessage() if reason else "ended")
+
+
+_SlaveLink = _buildSlaveLink()
 
 
 class MasterLink(_BuddyEnd):
