@@ -44,6 +44,7 @@ from twisted.protocols.basic import LineReceiver  # noqa: E402
 from benchlib.cluster import PASSWORD  # noqa: E402  (every benchmark user's)
 
 from snstwist.client.client import Client, CommandFailed  # noqa: E402
+from snstwist.client.masters import Masters  # noqa: E402
 from snstwist.core.errors import RemoteError, Status  # noqa: E402
 from snstwist.rpc import grpcbridge  # noqa: E402
 from snstwist.rpc import sns_pb2 as pb  # noqa: E402
@@ -72,9 +73,9 @@ async def admitted(login):
         await task.deferLater(reactor, ADMISSION_PAUSE, lambda: None)
 
 
-class PinnedClient(Client):
+class PinnedMasters(Masters):
     """
-    A client whose master1 is on VM C{pin} when the router offers it: the
+    Masters whose master1 is on VM C{pin} when the router offers it: the
     router answers with two masters, least loaded first, so the pair is
     swapped, or asked again.  (Overrides the library's router query: a
     benchmark needs to know which VM serves whom.)
@@ -82,15 +83,29 @@ class PinnedClient(Client):
 
     pin = None
 
-    async def _askRouter(self, exclude=()):
-        reply = await Client._askRouter(self, exclude)
+    async def ask(self, exclude=()):
+        reply = await Masters.ask(self, exclude)
         for _ in range(20):
             if self.pin is None or self.pin in exclude or reply.master1.vm == self.pin:
                 return reply
             if reply.master2.vm == self.pin:
                 return pb.MasterReply(master1=reply.master2, master2=reply.master1)
-            reply = await Client._askRouter(self, exclude)
+            reply = await Masters.ask(self, exclude)
         return reply
+
+
+class PinnedClient(Client):
+    """A client whose master1 is on VM C{pin} when the router offers it."""
+
+    mastersFactory = PinnedMasters
+
+    @property
+    def pin(self):
+        return self.masters.pin
+
+    @pin.setter
+    def pin(self, vm):
+        self.masters.pin = vm
 
 
 class Commands(LineReceiver):
@@ -334,7 +349,7 @@ class Users(Worker):
     async def start(self):
         a = self.args
         probe = self.makeClient("%s0" % (a.prefix,))
-        reply = await probe._askRouter()
+        reply = await probe.masters.ask()
         self.clients.remove(probe)
         channel = grpcbridge.channel(reply.master1.address)
         stub = pbg.SNSStub(channel)

@@ -58,6 +58,9 @@ class Client:
     (a test passes a constant).
     """
 
+    # Which masters the router's answers give (a benchmark pins one VM).
+    mastersFactory = Masters
+
     def __init__(self, routers, user, password, clock=None, onReconnect=None, onPost=None,
                  tls=None, jitter=random.random):
         if clock is None:
@@ -66,9 +69,9 @@ class Client:
         self.user = user
         self.tls = tls
         self.onLost = lambda error: None
-        self.masters = Masters(routers, user, clock, self._channel, self._login,
-                               self._abandonSession, onReconnect or (lambda address: None),
-                               jitter)
+        self.masters = self.mastersFactory(
+            routers, user, clock, self._channel, self._login, self._abandonSession,
+            onReconnect or (lambda address: None), jitter)
         self.reader = Timeline(clock, onPost or (lambda post: None), self._send)
         self.login = Login(clock, user, password, self._channel, jitter)
         self._commandBackoff = backoffPolicy(0.05, 6.4, jitter=jitter)
