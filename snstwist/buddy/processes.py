@@ -131,7 +131,8 @@ def signalPid(pid, signum=signal.SIGKILL, kill=os.kill):
 
 def pidAlive(pid, running=None):
     """
-    Whether process C{pid} runs; a zombie is dead for our purposes.  With
+    Whether process C{pid} runs; a zombie, or a process being reaped, is
+    dead for our purposes.  With
     C{running} (bytes), only if its command line contains them too: a pid
     read from a file may have been reused by another program since.
     """
@@ -144,7 +145,7 @@ def pidAlive(pid, running=None):
             return True
     try:
         with open("/proc/%d/stat" % (pid,)) as f:
-            if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
+            if f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
                 return False
         if running is not None:
             with open("/proc/%d/cmdline" % (pid,), "rb") as f:

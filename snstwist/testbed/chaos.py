@@ -42,7 +42,7 @@ from snstwist import buddy
 from snstwist.rpc import grpcbridge
 from snstwist.testbed import netbed, netcluster
 from snstwist.testbed.chaosworker import WorkerOptions, WorkerProcess, work
-from snstwist.testbed.faults import Faults, alive, cmdline
+from snstwist.testbed.faults import Faults, cmdline
 from snstwist.testbed.verdict import Record, Result, postsIn
 
 log = Logger()
@@ -227,7 +227,7 @@ class Chaos:
         left = []
         for host in self.net.hosts.values():
             for pid in await self.net.pids(host.name):
-                if alive(pid):
+                if buddy.pidAlive(pid):
                     left.append((host.name, pid, cmdline(pid)))
         return left
 

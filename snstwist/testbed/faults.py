@@ -10,12 +10,12 @@ back before the checks.  Processes are found through the router's status
 they are signalled by pid, never by name.
 """
 
-import os
 import signal
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 
+from snstwist.buddy.processes import pidAlive, signalPid
 from snstwist.core.errors import RemoteError
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
@@ -62,7 +62,7 @@ class Faults:
         if status is None:
             return None
         servers = [s for s in status.servers if s.role == role and s.vm not in self.down
-                   and s.pid not in self.stopped and alive(s.pid)]
+                   and s.pid not in self.stopped and pidAlive(s.pid)]
         return self.random.choice(servers) if servers else None
 
     async def inject(self, duration):
@@ -167,15 +167,6 @@ class Faults:
         return self.reactor.seconds()
 
 
-def alive(pid):
-    """Whether C{pid} runs (a zombie, or a process being reaped, does not)."""
-    try:
-        with open("/proc/%d/stat" % (pid,)) as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def cmdline(pid):
     """What C{pid} runs, for a report; C{?} when it is gone."""
     try:
@@ -186,11 +177,9 @@ def cmdline(pid):
 
 
 def kill(pid, signum):
-    """Send C{signum} to C{pid}, which may have ended already."""
-    try:
-        os.kill(pid, signum)
-    except (ProcessLookupError, TypeError):
-        pass
+    """Send C{signum} to C{pid} (None: not started yet), which may have ended already."""
+    if pid is not None:
+        signalPid(pid, signum)
 
 
 async def waitUntil(reactor, predicate, what, timeout):
