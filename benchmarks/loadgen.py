@@ -21,7 +21,6 @@ A measurement tool, not part of snstwist: it is never run by trial or CI.
 """
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -39,147 +38,15 @@ from twisted.logger import (  # noqa: E402
     globalLogBeginner,
     textFileLogObserver,
 )
-from twisted.protocols.basic import LineReceiver  # noqa: E402
 
 from benchlib.cluster import PASSWORD  # noqa: E402  (every benchmark user's)
+from benchlib.loadworker import CONNECT_PARALLEL, Commands, Worker, admitted  # noqa: E402
 
-from snstwist.client.client import Client, CommandFailed  # noqa: E402
-from snstwist.client.masters import Masters  # noqa: E402
-from snstwist.core.errors import RemoteError, Status  # noqa: E402
+from snstwist.client.client import CommandFailed  # noqa: E402
+from snstwist.core.errors import Status  # noqa: E402
 from snstwist.rpc import grpcbridge  # noqa: E402
 from snstwist.rpc import sns_pb2 as pb  # noqa: E402
 from snstwist.rpc import sns_pb2_grpc as pbg  # noqa: E402
-
-CONNECT_PARALLEL = 25
-ADMISSION_PAUSE = 0.5  # seconds before a login refused for the rate is tried again
-
-
-async def admitted(login):
-    """
-    C{login()}, again after a pause for as long as the master refuses it with
-    RESOURCE_EXHAUSTED: a master admits only so many logins a second from one
-    address (snstwist.core.limits.LOGINS_PER_ADDRESS_RATE), and every client
-    of a load process logs in from the same one.  The client library gives
-    up after a few tries, which is right for a person, not for a thousand
-    users made at once.
-    """
-    while True:
-        try:
-            return await login()
-        except (CommandFailed, RemoteError) as e:
-            status = e.code if isinstance(e, CommandFailed) else e.status
-            if status != Status.RESOURCE_EXHAUSTED:
-                raise
-        await task.deferLater(reactor, ADMISSION_PAUSE, lambda: None)
-
-
-class PinnedMasters(Masters):
-    """
-    Masters whose master1 is on VM C{pin} when the router offers it: the
-    router answers with two masters, least loaded first, so the pair is
-    swapped, or asked again.  (Overrides the library's router query: a
-    benchmark needs to know which VM serves whom.)
-    """
-
-    pin = None
-
-    async def ask(self, exclude=()):
-        reply = await Masters.ask(self, exclude)
-        for _ in range(20):
-            if self.pin is None or self.pin in exclude or reply.master1.vm == self.pin:
-                return reply
-            if reply.master2.vm == self.pin:
-                return pb.MasterReply(master1=reply.master2, master2=reply.master1)
-            reply = await Masters.ask(self, exclude)
-        return reply
-
-
-class PinnedClient(Client):
-    """A client whose master1 is on VM C{pin} when the router offers it."""
-
-    mastersFactory = PinnedMasters
-
-    @property
-    def pin(self):
-        return self.masters.pin
-
-    @pin.setter
-    def pin(self, vm):
-        self.masters.pin = vm
-
-
-class Commands(LineReceiver):
-    """stdin commands in, JSON lines out."""
-
-    delimiter = b"\n"
-
-    def __init__(self, worker):
-        self.worker = worker
-
-    def lineReceived(self, line):
-        words = line.decode().split()
-        if words:
-            d = defer.maybeDeferred(self.worker.command, words[0], words[1:])
-            d.addErrback(lambda f: self.worker.emit(event="error", error=f.getTraceback()))
-
-    def connectionLost(self, reason):
-        # The orchestrator went away: do not linger.
-        self.worker.command("quit", [])
-
-
-class Worker:
-    def __init__(self, args):
-        self.args = args
-        self.clients = []
-        self.out = None
-        self.quitting = False
-
-    def emit(self, **fields):
-        self.out.transport.write((json.dumps(fields) + "\n").encode())
-
-    def makeClient(self, user, **kw):
-        client = PinnedClient([self.args.router], user, PASSWORD, clock=reactor, **kw)
-        client.pin = self.args.pin
-        self.clients.append(client)
-        return client
-
-    async def connectAll(self, clients):
-        """Log every client in, at most CONNECT_PARALLEL at a time."""
-        sem = defer.DeferredSemaphore(CONNECT_PARALLEL)
-        await defer.gatherResults(
-            [sem.run(lambda c=c: defer.ensureDeferred(admitted(c.connect))) for c in clients],
-            consumeErrors=True)
-
-    def where(self):
-        vms = {}
-        for c in self.clients:
-            if c.master1 is not None:
-                vms[c.master1.vm] = vms.get(c.master1.vm, 0) + 1
-        return vms
-
-    async def start(self):
-        """Subclasses: connect, then emit ready."""
-
-    def command(self, name, args):
-        if name == "quit":
-            return self.quit()
-        handler = getattr(self, "cmd_" + name, None)
-        if handler is None:
-            self.emit(event="error", error="unknown command %s" % (name,))
-            return None
-        return defer.ensureDeferred(handler(*args))
-
-    @defer.inlineCallbacks
-    def quit(self):
-        if self.quitting:
-            return
-        self.quitting = True
-        closes = [c.close().addErrback(lambda f: None) for c in self.clients]
-        yield defer.gatherResults(closes).addTimeout(5, reactor).addErrback(lambda f: None)
-        self.emit(event="bye")
-        if reactor.running:
-            reactor.stop()
-
 
 class PostLoad(Worker):
     """Closed loop: every client posts, waits for the ack, posts again."""
@@ -207,7 +74,7 @@ class PostLoad(Worker):
                     reply = await client.post(text)
                 except Exception:
                     counts["errors"] += 1
-                    await task.deferLater(reactor, 0.01, lambda: None)
+                    await task.deferLater(self.reactor, 0.01, lambda: None)
                     continue
                 t1 = time.perf_counter()
                 if t0 < begin or t1 > end:
@@ -271,13 +138,13 @@ class Poster(Worker):
                     acked, failed, callbackArgs=(t0,))
 
         ticker = task.LoopingCall(tick)
-        ticker.clock = reactor
+        ticker.clock = self.reactor
         ticker.start(a.tick).addBoth(lambda _: done.callback(None))
         await done
         # Let what is in flight land (bounded).
         deadline = time.time() + 5
         while outstanding and time.time() < deadline:
-            await task.deferLater(reactor, 0.01, lambda: None)
+            await task.deferLater(self.reactor, 0.01, lambda: None)
         self.emit(event="result", seconds=duration, lat=latencies,
                   outstanding=len(outstanding), **counts)
 
@@ -302,7 +169,7 @@ class Follower(Worker):
                     raise
                 # The followee was created on another VM and has not
                 # reached ours yet.
-                await task.deferLater(reactor, 0.05, lambda: None)
+                await task.deferLater(self.reactor, 0.05, lambda: None)
         else:
             raise RuntimeError("%s never appeared on %s" % (a.follow, client.master1.vm))
         await client.timeline()
@@ -359,8 +226,11 @@ class Users(Worker):
             return grpcbridge.call(stub.Login, pb.LoginRequest(user=user, password=PASSWORD),
                                    timeout=30)
 
+        async def create(user):
+            return await admitted(self.reactor, lambda: login(user))
+
         await defer.gatherResults([
-            sem.run(lambda user=user: defer.ensureDeferred(admitted(lambda: login(user))))
+            sem.run(lambda user=user: defer.ensureDeferred(create(user)))
             for user in ("%s%d" % (a.prefix, i) for i in range(a.clients))],
             consumeErrors=True)
         await grpcbridge.closeChannel(channel)
@@ -432,7 +302,7 @@ def main(argv=None):
     observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
                                     [LogLevelFilterPredicate(LogLevel.info)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    worker = WORKERS[args.mode](args)
+    worker = WORKERS[args.mode](args, reactor)
     worker.out = Commands(worker)
 
     def begin():
