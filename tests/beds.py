@@ -22,6 +22,7 @@ from tests.processes import (
     SECRET,
     Collector,
     childEnv,
+    masterOf,
     routerStatus,
     stopChild,
     waitUntil,
@@ -92,14 +93,7 @@ class Bed:
 
     async def masterOf(self, user):
         """The master that reports a live session of C{user}."""
-
-        async def serving():
-            for s in (await self.status()).servers:
-                if s.role == pb.MASTER and user in s.users:
-                    return s
-            return None
-
-        return await waitUntil(serving, "a master to report a session of %s" % (user,))
+        return await masterOf(self, user)
 
     async def signedIn(self, user):
         """An sns-client of C{user} that has answered a LIST (so it has a master)."""

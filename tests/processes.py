@@ -147,6 +147,22 @@ async def routerStatus(address, channel=None, secret=SECRET):
         await grpcbridge.closeChannel(channel)
 
 
+async def masterOf(cluster, user):
+    """
+    The master that reports a live session of C{user} (its master1), once
+    one does; C{cluster} is anything with the router's C{status()} (a
+    L{Cluster}, a L{tests.beds.Bed}).
+    """
+
+    async def serving():
+        for s in (await cluster.status()).servers:
+            if s.role == pb.MASTER and user in s.users:
+                return s
+        return None
+
+    return await waitUntil(serving, "a master to report a session of %s" % (user,))
+
+
 class Cluster:
     """A running C{sns-cluster}, as a new user starts it."""
 

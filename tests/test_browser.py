@@ -19,7 +19,7 @@ from twisted.web.client import Agent, readBody
 
 from snstwist.rpc import sns_pb2 as pb
 from tests.browser import Browser, unavailable
-from tests.processes import Cluster, killPid, waitUntil
+from tests.processes import Cluster, killPid, masterOf, waitUntil
 from tests.test_integration import inlineAsync
 
 log = Logger()
@@ -109,14 +109,7 @@ class BrowserTestCase(unittest.TestCase):
 
     async def masterOf(self, user):
         """The master holding C{user}'s live session (that of sns-web's client)."""
-
-        async def find():
-            for s in (await self.cluster.status()).servers:
-                if s.role == pb.MASTER and user in s.users:
-                    return s
-            return None
-
-        return await waitUntil(find, "a master to serve %s" % (user,))
+        return await masterOf(self.cluster, user)
 
 
 class TimelineTests(BrowserTestCase):

@@ -10,20 +10,8 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from snstwist.rpc import sns_pb2 as pb
-from tests.processes import PASSWORD, Cluster, pidAlive, waitUntil
+from tests.processes import PASSWORD, Cluster, masterOf, pidAlive, waitUntil
 from tests.test_integration import inlineAsync, posts
-
-
-async def masterOf(cluster, user):
-    """The master that reports a live session of C{user} (its master1)."""
-
-    async def serving():
-        for s in (await cluster.status()).servers:
-            if s.role == pb.MASTER and user in s.users:
-                return s
-        return None
-
-    return await waitUntil(serving, "a master to report a session of %s" % (user,))
 
 
 class FailoverTests(unittest.TestCase):
