@@ -16,7 +16,16 @@ from snstwist.core import errors
 from snstwist.rpc import auth, certs, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
-from tests.processes import PASSWORD, SECRET, TWISTD, Cluster, childEnv, spawn, waitUntil
+from tests.processes import (
+    DEADLINE,
+    PASSWORD,
+    SECRET,
+    TWISTD,
+    Cluster,
+    childEnv,
+    spawn,
+    waitUntil,
+)
 from tests.test_integration import inlineAsync
 
 
@@ -255,6 +264,58 @@ class AccountAttackTests(unittest.TestCase):
         self.assertEqual(cluster.postFiles("vm1"), {})
 
     @inlineAsync
+    async def test_a_timeline_ends_with_its_token_unless_renewed_on_its_connection(self):
+        """
+        On a master whose tokens last 6 s, alice opens two sessions with
+        one token: one on her own connection, where she renews the token
+        whenever the master heartbeats (every 2 s), and one on another
+        connection (as whoever copied the token would).  The copy ends
+        UNAUTHENTICATED when the token expires; hers goes on past that
+        moment, under the renewed tokens.
+        """
+        cluster = await Cluster(self, vms=1).start()
+        data = os.path.abspath(self.mktemp())
+        spawn(self, TWISTD + ["--logfile=" + data + ".log", "sns-server",
+                              "--router", cluster.routerPeer, "--vm", "vm9",
+                              "--listen", "127.0.0.9:0", "--data", data,
+                              "--token-lifetime", "6"], env=childEnv())
+
+        async def vm9():
+            return (await cluster.masters()).get("vm9")
+
+        master = await waitUntil(vm9, "vm9's master to register")
+        mine = grpcbridge.channel(master.address)
+        self.addCleanup(grpcbridge.closeChannel, mine)
+        # Other credentials (no client certificate): another connection.
+        other = grpcbridge.channel(master.address, grpcbridge.TLS(grpcbridge.defaultTLS().ca))
+        self.addCleanup(grpcbridge.closeChannel, other)
+        login = await grpcbridge.call(pbg.SNSStub(mine).Login,
+                                      pb.LoginRequest(user="alice", password=PASSWORD),
+                                      timeout=10)
+        tokens, failed = [login], []
+
+        def renew():
+            d = grpcbridge.call(pbg.SNSStub(mine).Login, pb.LoginRequest(user="alice"),
+                                timeout=10, metadata=auth.sessionMetadata(tokens[-1].token))
+            d.addCallbacks(tokens.append, failed.append)
+
+        hers, copied = _Session(renew), _Session()
+        for channel, session in ((mine, hers), (other, copied)):
+            stream = grpcbridge.openStream(pbg.SNSStub(channel).Bidirectional_s_and_c,
+                                           session, metadata=auth.sessionMetadata(login.token))
+            self.addCleanup(stream.abort)
+        reason = await copied.ended
+        self.assertEqual(reason.status, errors.Status.UNAUTHENTICATED)
+        self.assertIn("expired", reason.message)
+        # The master checks every session in one pass: hers, had the
+        # renewals not carried it on, would have ended in the pass that
+        # ended the copy, and heard nothing more.
+        await hers.heard(len(hers.received) + 1)
+        self.assertFalse(hers.ended.called)
+        self.assertEqual(failed, [])
+        self.assertGreater(tokens[-1].expires, login.expires)
+
+    @inlineAsync
     async def test_a_password_change_revokes_every_older_token_on_every_vm(self):
         """
         alice changes her password from one client: her other client's
@@ -322,6 +383,48 @@ class _Ending:
 
     def connectionLost(self, reason):
         self.ended.callback(reason.value if reason is not None else None)
+
+
+class _Session(_Ending):
+    """
+    A client's session stream that answers each message with a heartbeat
+    (so it is never cut off as silent), and calls C{onMessage()};
+    C{heard(n)} fires once it has received C{n} messages, and fails if the
+    stream ends first.
+    """
+
+    def __init__(self, onMessage=lambda: None):
+        _Ending.__init__(self, defer.Deferred())
+        self.onMessage = onMessage
+        self.received = []
+        self.waiting = []
+
+    def makeConnection(self, stream):
+        self.stream = stream
+
+    def messageReceived(self, message):
+        self.received.append(message)
+        self.stream.send(pb.ClientMessage(heartbeat=pb.Heartbeat()))
+        self.onMessage()
+        for n, d in list(self.waiting):
+            if len(self.received) >= n:
+                self.waiting.remove((n, d))
+                d.callback(None)
+
+    def connectionLost(self, reason):
+        _Ending.connectionLost(self, reason)
+        for _, d in self.waiting:
+            d.errback(AssertionError("the session ended: %s" % (reason,)))
+        self.waiting = []
+
+    def heard(self, n):
+        if len(self.received) >= n:
+            return defer.succeed(None)
+        if self.ended.called:
+            return defer.fail(AssertionError("the session ended"))
+        d = defer.Deferred()
+        self.waiting.append((n, d))
+        return d.addTimeout(DEADLINE, reactor)
 
 
 class _FakePeer(_Ending):

@@ -106,6 +106,9 @@ class ServerOptions(_Common):
         ["posts-per-second", None, None,
          "Posts one user may make per second (a token bucket holding five"
          " seconds' worth; default %g)." % (POSTS_PER_USER_RATE,), float],
+        ["token-lifetime", None, None,
+         "Seconds a session token lasts (default 24 hours); clients renew"
+         " theirs at half its life, and a timeline ends with its token.", float],
     ]
 
     def postOptions(self):
@@ -123,6 +126,8 @@ class ServerOptions(_Common):
         self["data"] = os.path.abspath(self["data"])
         if self["posts-per-second"] is not None and not self["posts-per-second"] > 0:
             raise usage.UsageError("--posts-per-second must be more than 0")
+        if self["token-lifetime"] is not None and not self["token-lifetime"] >= 2:
+            raise usage.UsageError("--token-lifetime must be at least 2 seconds")
         if self["role"] not in ("master", "slave"):
             raise usage.UsageError("--role is master or slave")
         if self["role"] == "slave" and not self["buddy"]:
@@ -183,7 +188,8 @@ def makeServerService(options):
         options.secret(), role=options["role"], master=options["buddy"],
         masterPid=options["buddy-pid"], logfile=options["logfile"],
         metricsListen=options["metrics"], postRate=options["posts-per-second"],
-        tlsArgs=options["tlsArgs"], peerListen=options["peer-listen"]), options)
+        tlsArgs=options["tlsArgs"], peerListen=options["peer-listen"],
+        tokenLifetime=options["token-lifetime"]), options)
 
 
 def makeClusterService(options):

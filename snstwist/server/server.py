@@ -225,7 +225,7 @@ class ServerService(MultiService):
 
     def __init__(self, vm, listen, routers, data, secret, role="master", master=None,
                  masterPid=0, logfile=None, clock=None, metricsListen=None, hasher=None,
-                 postRate=None, tlsArgs=(), peerListen=None):
+                 postRate=None, tlsArgs=(), peerListen=None, tokenLifetime=None):
         MultiService.__init__(self)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -251,6 +251,7 @@ class ServerService(MultiService):
         self.logins = TokenBuckets(clock, limits.LOGINS_PER_ADDRESS_RATE,
                                    limits.LOGINS_PER_ADDRESS_BURST, "logins from one address")
         self.postRate = postRate
+        self.tokenLifetime = tokenLifetime
         self.tlsArgs = list(tlsArgs)
         rate = postRate or limits.POSTS_PER_USER_RATE
         self.posts = TokenBuckets(clock, rate, rate * limits.POSTS_PER_USER_BURST_SECONDS,
@@ -455,6 +456,8 @@ class ServerService(MultiService):
             args += ["--metrics", self.metricsListen.rsplit(":", 1)[0] + ":0"]
         if self.postRate:
             args += ["--posts-per-second", repr(self.postRate)]
+        if self.tokenLifetime:
+            args += ["--token-lifetime", repr(self.tokenLifetime)]
         args += self.tlsArgs
         env = dict(os.environ, SNS_SECRET=self.secret, GRPC_ENABLE_FORK_SUPPORT="0")
         return buddy.BuddyCommand(sys.executable, tuple(args), env)
@@ -555,7 +558,7 @@ class ServerService(MultiService):
         return register.key if register is not None else None
 
     def _loginReply(self, user, created=False):
-        expires = int(self.clock.seconds() + limits.TOKEN_LIFETIME)
+        expires = int(self.clock.seconds() + (self.tokenLifetime or limits.TOKEN_LIFETIME))
         token = auth.makeToken(self.secret, user, expires, self._generation(user) or (0, ""))
         return pb.LoginReply(token=token, created=created, expires=expires)
 
