@@ -15,7 +15,7 @@ directory and reads vm1's master's VmRSS (/proc/PID/status):
    then after they all are closed; and once more (does memory grow from one
    round to the next, or is it only kept by the allocator?).
 
-Usage: python benchmarks/memory.py [--connections 1000] [--rounds 2]
+Usage: python benchmarks/memory.py [--connections 1000] [--rounds 2] [--keep]
 
 A measurement, not a test: it is not run by trial or CI.
 """
@@ -23,6 +23,7 @@ A measurement, not a test: it is not run by trial or CI.
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -184,6 +185,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the cluster's directory")
     args = parser.parse_args()
     base = tempfile.mkdtemp(prefix="sns-memory-")
     useTLS(base, os.environ)
@@ -195,6 +197,12 @@ def main():
         left = cluster.stop()
         if left:
             print("killed leftover servers: %s" % (left,), file=sys.stderr)
+        # Each run's data, logs and certificates would otherwise stay in
+        # /tmp for good (as failover.py, kept only when asked).
+        if args.keep:
+            print("data and logs in %s" % (base,))
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
