@@ -22,6 +22,7 @@ every VM's files hold exactly the posts shown.
 """
 
 import errno
+import random
 import sqlite3
 
 from twisted.internet import defer
@@ -31,6 +32,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute, Interface, implementer
 
 from snstwist.core import errors
+from snstwist.core.backoff import backoffPolicy
 from snstwist.core.state import VersionVector
 from snstwist.storage.disk import DataLocked, Disk
 
@@ -93,9 +95,11 @@ class SQLiteStore:
     """L{IStore} on SQLite and post files, with group commit on one thread."""
 
     # After a failed batch (disk full, no file descriptors) the writes wait
-    # this long, then twice as long each time, before they are tried again.
+    # this long, then twice as long each time (backoffPolicy, with jitter),
+    # before they are tried again.
     minRetryDelay = 0.25
     maxRetryDelay = 5.0
+    jitter = staticmethod(random.random)
 
     def __init__(self, path, reactor=None, name=None, clock=None):
         if reactor is None:
@@ -112,7 +116,7 @@ class SQLiteStore:
         # (origin, seq) would cost about 90 bytes per post held.
         self._stored = VersionVector()
         self._retry = None
-        self._retryDelay = self.minRetryDelay
+        self._failedInARow = 0
         self.batches = 0
         self.problem = None
         self.onProblem = lambda error: None
@@ -207,7 +211,7 @@ class SQLiteStore:
                 log.info("{name}: the disk takes writes again ({n} updates written that"
                          " waited for it)", name=self.name, n=len(updates))
                 self.problem = None
-                self._retryDelay = self.minRetryDelay
+                self._failedInARow = 0
             if self._pending:
                 self._nextBatch()
             for _, d, _, _ in batch:
@@ -224,8 +228,10 @@ class SQLiteStore:
                           why=self.problem.message)
             # First in line again, with their Deferreds, for the retry.
             self._pending[:0] = batch
-            self._retry = self.clock.callLater(self._retryDelay, self._nextBatch)
-            self._retryDelay = min(self._retryDelay * 2, self.maxRetryDelay)
+            delay = backoffPolicy(self.minRetryDelay, self.maxRetryDelay,
+                                  jitter=self.jitter)(self._failedInARow)
+            self._failedInARow += 1
+            self._retry = self.clock.callLater(delay, self._nextBatch)
             self.onProblem(self.problem)
 
         self._writing.addCallbacks(written, failed)
