@@ -45,7 +45,8 @@ from benchlib.cluster import PASSWORD, fastChannel, until, useTLS
 from benchlib.machine import machine
 from benchlib.processes import ENV, PY, ROOT, killLeft, pidAlive, rssKB
 
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+from snstwist.buddy.processes import twistdArgs
+
 SECRET = "history-benchmark-secret-0123456789"
 LAG = re.compile(r"\[(\S+) (\S+) pid=(\d+) .*loop lag: a timer fired ([\d.]+) ms late"
                  r" at ([\d.]+), the reactor thread busy ([\d.]+) ms")
@@ -110,7 +111,7 @@ class Bench:
 
     def spawn(self, name, args):
         log = open(os.path.join(self.work, name + ".out"), "ab")
-        p = subprocess.Popen([PY, "-c", TWISTD, "-n", "--pidfile="] + args, env=self.env,
+        p = subprocess.Popen(twistdArgs("-", *args), env=self.env,
                              stdout=log, stderr=subprocess.STDOUT, cwd=self.work)
         self.procs.append(p)
         return p

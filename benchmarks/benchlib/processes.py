@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 
+from snstwist.buddy.processes import pidAlive, signalPid
+
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # benchmarks/
 ROOT = os.path.dirname(HERE)
 PY = sys.executable
@@ -140,15 +142,6 @@ def procCmdline(pid):
         return ""
 
 
-def pidAlive(pid):
-    """Whether C{pid} runs; a zombie does not."""
-    try:
-        with open("/proc/%d/stat" % (pid,)) as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def pidsWith(text):
     """Live pids whose command line contains C{text}."""
     out = []
@@ -163,10 +156,7 @@ def killLeft(text):
     """SIGKILL every live process whose command line contains C{text}; their pids."""
     left = pidsWith(text)
     for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signalPid(pid, signal.SIGKILL)
     return left
 
 
