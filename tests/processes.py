@@ -28,9 +28,16 @@ SECRET = "snstwist-tests-shared-secret"
 PASSWORD = "correct horse battery staple"
 
 
-# The package's one twistd launch line, logging to stdout, for spawn() (which
-# puts sys.executable first itself).
-TWISTD = buddy.twistdArgs("-")[1:]
+def twistd(*args, logfile="-"):
+    """
+    The package's one twistd launch line for spawn() (which puts
+    sys.executable first itself): C{args} in a foreground twistd logging to
+    C{logfile} (default: stdout, which the test reads).
+    """
+    return buddy.twistdArgs(logfile, *args)[1:]
+
+
+TWISTD = twistd()
 
 
 def childEnv(**extra):

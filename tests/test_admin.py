@@ -21,7 +21,16 @@ from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
 from snstwist.storage import admin as storeAdmin
 from snstwist.storage import importer, store
-from tests.processes import PASSWORD, SECRET, Cluster, childEnv, pidAlive, spawn, waitUntil
+from tests.processes import (
+    PASSWORD,
+    SECRET,
+    Cluster,
+    childEnv,
+    pidAlive,
+    spawn,
+    twistd,
+    waitUntil,
+)
 from tests.strategies import followUpdate, postUpdate, userUpdate
 from tests.test_integration import inlineAsync
 
@@ -319,11 +328,10 @@ class BackupOfARunningVMTests(TestCase):
                         "vm1's processes to be gone")
         restored = os.path.join(cluster.base, "vm1-restored")
         os.rename(copy, restored)
-        spawn(self, ["-c", "from twisted.scripts.twistd import run; run()", "-n",
-                     "--pidfile=", "--logfile=" + os.path.join(cluster.base, "restored.log"),
-                     "sns-server", "--router", cluster.routerPeer, "--vm", "vm1",
-                     "--listen", "127.0.0.2:0", "--data", restored,
-                     "--secret-file", os.path.join(cluster.base, "secret")],
+        spawn(self, twistd("sns-server", "--router", cluster.routerPeer, "--vm", "vm1",
+                           "--listen", "127.0.0.2:0", "--data", restored,
+                           "--secret-file", os.path.join(cluster.base, "secret"),
+                           logfile=os.path.join(cluster.base, "restored.log")),
               env=childEnv())
 
         async def vm1Serves():

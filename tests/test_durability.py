@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from snstwist.client.client import Client
 from snstwist.commands import compare
 from snstwist.rpc import sns_pb2 as pb
-from tests.processes import PASSWORD, SECRET, Cluster, childEnv, spawn, waitUntil
+from tests.processes import PASSWORD, SECRET, Cluster, childEnv, spawn, twistd, waitUntil
 from tests.test_integration import inlineAsync
 
 CLIENTS = 4
@@ -67,11 +67,10 @@ class WholeVMDeathTests(unittest.TestCase):
         self.assertEqual(len(set(acked)), len(acked))
 
         # Bring vm2 back on its data, as an operator would.
-        spawn(self, ["-c", "from twisted.scripts.twistd import run; run()", "-n",
-                     "--pidfile=", "--logfile=" + os.path.join(cluster.base, "vm2", "again.log"),
-                     "sns-server", "--router", cluster.routerPeer, "--vm", "vm2",
-                     "--listen", "127.0.0.3:0", "--data", cluster.data("vm2"),
-                     "--secret-file", os.path.join(cluster.base, "secret")],
+        spawn(self, twistd("sns-server", "--router", cluster.routerPeer, "--vm", "vm2",
+                           "--listen", "127.0.0.3:0", "--data", cluster.data("vm2"),
+                           "--secret-file", os.path.join(cluster.base, "secret"),
+                           logfile=os.path.join(cluster.base, "vm2", "again.log")),
               env=childEnv())
 
         async def agreeing():

@@ -10,7 +10,16 @@ import signal
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.processes import Cluster, childEnv, killPid, pidAlive, routerStatus, spawn, waitUntil
+from tests.processes import (
+    Cluster,
+    childEnv,
+    killPid,
+    pidAlive,
+    routerStatus,
+    spawn,
+    twistd,
+    waitUntil,
+)
 
 POST_LINE = re.compile(r"^(\S+) \(\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\) >> (.*)$")
 
@@ -126,9 +135,8 @@ class RouterTests(unittest.TestCase):
     def startRouter(self):
         from snstwist.commands.cluster import freePort
         address = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
-        router = spawn(self, ["-c", "from twisted.scripts.twistd import run; run()",
-                              "-n", "--pidfile=", "sns-router", "--listen", address,
-                              "--peer-listen", "127.0.0.1:0"],
+        router = spawn(self, twistd("sns-router", "--listen", address,
+                                    "--peer-listen", "127.0.0.1:0"),
                        env=childEnv())
         return router, address
 
@@ -203,9 +211,8 @@ class TwistdClusterTests(unittest.TestCase):
         the router, the masters and their slaves.
         """
         base = os.path.abspath(self.mktemp())
-        cluster = spawn(self, ["-c", "from twisted.scripts.twistd import run; run()", "-n",
-                               "--pidfile=", "sns-cluster", "--dir", base, "--vms", "2",
-                               "--router", "127.0.0.1:0", "--web", "127.0.0.1:0"])
+        cluster = spawn(self, twistd("sns-cluster", "--dir", base, "--vms", "2",
+                                     "--router", "127.0.0.1:0", "--web", "127.0.0.1:0"))
         await cluster.waitFor("sns-cluster ready")
         router = [line.split("router ")[1].split(";")[0] for line in cluster.lines
                   if "sns-cluster ready" in line][0]

@@ -251,17 +251,16 @@ class DamagedDatabaseTests(TestCase):
         log says in one line which file is damaged and what to do.
         """
         from snstwist.commands.cluster import freePort
-        from tests.processes import DEADLINE, childEnv, spawn
+        from tests.processes import DEADLINE, childEnv, spawn, twistd
 
         data = os.path.abspath(self.mktemp())
         os.makedirs(data)
         damaged = os.path.join(data, "sns.sqlite3")
         with open(damaged, "wb") as f:
             f.write(b"this is not a database, it was overwritten" * 100)
-        server = spawn(self, ["-c", "from twisted.scripts.twistd import run; run()",
-                              "-n", "--pidfile=", "sns-server",
-                              "--router", "127.0.0.1:%d" % (freePort("127.0.0.1"),),
-                              "--vm", "vmd", "--listen", "127.0.0.6:0", "--data", data],
+        server = spawn(self, twistd("sns-server",
+                                    "--router", "127.0.0.1:%d" % (freePort("127.0.0.1"),),
+                                    "--vm", "vmd", "--listen", "127.0.0.6:0", "--data", data),
                        env=childEnv(SNS_SECRET="damaged-data-secret"))
         status = await server.ended.addTimeout(DEADLINE, reactor)
         self.assertNotEqual(status, 0)
