@@ -81,16 +81,18 @@ TARGETS = {
     "snstwist/server/sessions.py": (["tests.test_sessions", "tests.test_read_marks",
                               "tests.test_timeouts"], None),
     "snstwist/commands/compare.py": (["tests.test_compare"], {"differences"}),
-    "snstwist/server/server.py": (["tests.test_server", "tests.test_auth", "tests.test_model",
-                            "tests.test_peers", "tests.test_promotion"], {
-        "_checkRequestId", "BuddyFeed", "ServerService._slaveHello",
-        "ServerService.membershipChanged", "ServerService._asMaster",
-        "ServerService._user", "ServerService.login", "ServerService.list",
-        "ServerService.follow", "ServerService.unfollow", "ServerService.post",
-        "ServerService._write", "ServerService._acknowledged", "ServerService.history",
-        "ServerService.session", "ServerService.onetimeSToBuddy", "ServerService.digest",
-        "ServerService.buddyConnection", "ServerService.broadcastPosts",
-        "ServerService._takeLock"}),
+    "snstwist/server/admission.py": (["tests.test_server", "tests.test_auth",
+                                      "tests.test_model", "tests.test_promotion"], None),
+    "snstwist/server/api.py": (["tests.test_server", "tests.test_auth", "tests.test_model",
+                                "tests.test_promotion"], None),
+    "snstwist/server/internal.py": (["tests.test_auth", "tests.test_promotion"], None),
+    "snstwist/server/routerlink.py": (["tests.test_peers"], {
+        "peersOf", "RouterLinks.membershipChanged"}),
+    "snstwist/server/buddylink.py": (["tests.test_promotion", "tests.test_auth"], {
+        "BuddyFeed", "MasterEnd.slaveHello", "MasterEnd.durable"}),
+    "snstwist/server/lifecycle.py": (["tests.test_server", "tests.test_promotion"], {
+        "takeLock", "Lifecycle.serveAsMaster", "Lifecycle.standBy", "Lifecycle.takeOver",
+        "Lifecycle.shutdown", "Lifecycle.masterStopping"}),
     "snstwist/client/client.py": (["tests.test_client", "tests.test_client_failover",
                                    "tests.test_timeouts", "tests.test_cli"], {
         "Client._sessionLost", "Client._call", "Client._gaveUp", "Client.timeline"}),

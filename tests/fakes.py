@@ -40,22 +40,6 @@ class NoRoleWork:
         pass
 
 
-def inRole(service, role):
-    """
-    Give C{service} a role machine of its own in C{role} ("master" or
-    "slave") whose hooks do nothing: a unit test checks what the servicers
-    do in a role, without the buddy processes and the serving that the
-    real hooks start.
-    """
-    from snstwist import buddy
-    service.role = buddy.Role(NoRoleWork())
-    if role == "master":
-        service.role.startAsMaster()
-    else:
-        service.role.startAsSlave()
-    return service
-
-
 class FakeStream:
     """
     Our side of a bidi stream (what L{snstwist.rpc.grpcbridge.Stream} offers):

@@ -4,8 +4,9 @@ A hostile client and a hostile peer against the real servicers, in process.
 Every field of every message a client or a peer sends is driven with values
 at, just past and far past its bound (tests/strategies.py: unicode, control
 characters, extreme integers, empty and repeated lists) into the real
-L{ServerService}, L{SessionHub}, L{ReplicaReceiver}, L{PeerLink}, buddy
-links and router, on a L{Clock} and a L{MemoryStore}: no sockets.  For each
+SNS and Cluster servicers (L{ServerParts}), L{SessionHub}, L{ReplicaReceiver},
+L{PeerLink}, buddy links and router, on a L{Clock} and a L{MemoryStore}: no
+sockets.  For each
 input:
 
 - it is answered with a status (an L{errors.SNSError} mapped by the one
@@ -57,9 +58,9 @@ from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc.grpcbridge import SECRET_METADATA, SESSION_METADATA
 from snstwist.core.node import Node
 from snstwist.server.peers import PeerLink, ReplicaReceiver
-from snstwist.server.server import ServerService
 from snstwist.storage.store import MemoryStore
-from tests.fakes import FakeCallContext, FakeHasher, FakeStream, inRole, secret
+from tests.fakes import FakeCallContext, FakeStream, secret
+from tests.servers import serverParts
 from tests.strategies import hostileInts, hostileLists, hostileText, hostileTimes
 
 SECRET = "adversarial-suite-secret"
@@ -189,21 +190,16 @@ def _nodeState(node, store):
 
 class World:
     """
-    A master of vm1 (the real ServerService on a MemoryStore and a Clock)
-    where alice and bob exist, and vm2's node, to replicate to.
+    A master of vm1 (the real parts of a server, on a MemoryStore and a
+    Clock) where alice and bob exist, and vm2's node, to replicate to.
     """
 
     def __init__(self, test, role="master"):
         self.clock = Clock()
         self.clock.advance(NOW_S)
-        self.service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], test.mktemp(),
-                                     SECRET, clock=self.clock, hasher=FakeHasher())
         self.store = MemoryStore()
-        self.node = Node("vm1", self.service.origin, self.store, self.clock)
-        self.node.addDurableObserver(self.service._durable)
-        self.service.node = self.service.replicator.node = self.service.sessions.node = self.node
-        test.successResultOf(self.node.load())
-        inRole(self.service, role)
+        self.service = serverParts(test, role, SECRET, store=self.store, clock=self.clock)
+        self.node = self.service.node
         for user in USERS:
             self.node.login(user)
         self.node.follow("bob", "alice", "setup-1")
@@ -215,8 +211,8 @@ class World:
 
     def ctx(self, user="alice"):
         """A call's context: the cluster secret, and C{user}'s session token."""
-        return FakeCallContext({
-            SECRET_METADATA: SECRET, SESSION_METADATA: self.service._loginReply(user).token})
+        token = self.service.admission.loginReply(user).token
+        return FakeCallContext({SECRET_METADATA: SECRET, SESSION_METADATA: token})
 
     def settle(self):
         self.clock.advance(0)
@@ -310,8 +306,8 @@ class AdversarialTestCase(SynchronousTestCase):
 
 
 def _unary(world, method, request, user="alice"):
-    return lambda: answer(world, lambda: getattr(world.service, method)(
-        request, world.ctx(user)))
+    servicer = world.service.internal if method == "onetimeSToBuddy" else world.service.api
+    return lambda: answer(world, lambda: getattr(servicer, method)(request, world.ctx(user)))
 
 
 class ClientMessageTests(AdversarialTestCase):
@@ -371,7 +367,7 @@ class ClientMessageTests(AdversarialTestCase):
         ctx.metadata[SESSION_METADATA] = token
 
         self.check(world, "session token",
-                   lambda: answer(world, lambda: world.service.list(pb.ListRequest(), ctx)))
+                   lambda: answer(world, lambda: world.service.api.list(pb.ListRequest(), ctx)))
 
     @given(message=st.one_of(
         st.builds(lambda o: pb.ClientMessage(open=o), st.builds(
@@ -443,7 +439,7 @@ class PeerMessageTests(AdversarialTestCase):
             return  # gRPC refuses it before any of our code sees it
 
         def call():
-            receiver, stream = world.service.broadcastPosts(world.ctx()), FakeStream()
+            receiver, stream = world.service.internal.broadcastPosts(world.ctx()), FakeStream()
             receiver.makeConnection(stream)
             receiver.messageReceived(message)
             world.settle()
@@ -470,7 +466,7 @@ class PeerMessageTests(AdversarialTestCase):
         kind = message.WhichOneof("kind")
 
         def receiverEnd():
-            receiver, stream = world.service.broadcastPosts(world.ctx()), FakeStream()
+            receiver, stream = world.service.internal.broadcastPosts(world.ctx()), FakeStream()
             receiver.makeConnection(stream)
             receiver.messageReceived(message)
             receiver.connectionLost(None)

@@ -14,24 +14,22 @@ from snstwist.core import errors
 from snstwist.router import RouterService
 from snstwist.rpc import auth
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.server import ServerService
-from tests.fakes import FakeCallContext, FakeStream, inRole, secret, session
-from tests.test_server import makeServer
+from tests.fakes import FakeCallContext, FakeStream, secret, session
+from tests.servers import serverParts
 
 SECRET = "s"
 
 
 def serverAs(test, role, secret=SECRET):
-    """A server in C{role} ('master' or 'slave'), checking real tokens."""
-    service, store = makeServer(test)
-    del service._user  # makeServer lets every call act as alice
-    service.secret = secret
-    inRole(service, role)
-    return service, store
+    """The parts of a server in C{role} ('master' or 'slave'), and its store."""
+    service = serverParts(test, role, secret)
+    service.node.login("alice")
+    service.node.store.flush()
+    return service, service.node.store
 
 
 def login(test, service, store, user, password="pw"):
-    d = service.login(pb.LoginRequest(user=user, password=password), FakeCallContext())
+    d = service.api.login(pb.LoginRequest(user=user, password=password), FakeCallContext())
     store.flush()
     return test.successResultOf(d).token
 
@@ -65,13 +63,14 @@ def forgeries(test, service, store):
 def userCalls(service):
     """Every RPC that acts as the caller, as a function of the call context."""
     return {
-        "List": lambda ctx: service.list(pb.ListRequest(), ctx),
-        "Follow": lambda ctx: service.follow(pb.FollowRequest(target="bob", request_id="r1"), ctx),
-        "UnFollow": lambda ctx: service.unfollow(
+        "List": lambda ctx: service.api.list(pb.ListRequest(), ctx),
+        "Follow": lambda ctx: service.api.follow(
+            pb.FollowRequest(target="bob", request_id="r1"), ctx),
+        "UnFollow": lambda ctx: service.api.unfollow(
             pb.FollowRequest(target="bob", request_id="r2"), ctx),
-        "Post": lambda ctx: service.post(pb.PostRequest(text="forged", request_id="r3"), ctx),
-        "History": lambda ctx: service.history(pb.HistoryRequest(), ctx),
-        "Bidirectional_s_and_c": lambda ctx: service.session(ctx),
+        "Post": lambda ctx: service.api.post(pb.PostRequest(text="forged", request_id="r3"), ctx),
+        "History": lambda ctx: service.api.history(pb.HistoryRequest(), ctx),
+        "Bidirectional_s_and_c": lambda ctx: service.api.session(ctx),
     }
 
 
@@ -98,17 +97,17 @@ class SessionTokenTests(SynchronousTestCase):
         service, store = serverAs(self, "master")
         alice = login(self, service, store, "alice")
         bob = login(self, service, store, "bob")
-        d = service.post(pb.PostRequest(text="from bob", request_id="b1"), session(bob))
+        d = service.api.post(pb.PostRequest(text="from bob", request_id="b1"), session(bob))
         store.flush()
         self.assertEqual(self.successResultOf(d).post.author, "bob")
-        d = service.follow(pb.FollowRequest(target="bob", request_id="a1"), session(alice))
+        d = service.api.follow(pb.FollowRequest(target="bob", request_id="a1"), session(alice))
         store.flush()
         self.successResultOf(d)
         self.assertTrue(service.node.replica.isFollowing("alice", "bob"))
         self.assertFalse(service.node.replica.isFollowing("bob", "alice"))
-        reply = service.list(pb.ListRequest(), session(bob))
+        reply = service.api.list(pb.ListRequest(), session(bob))
         self.assertEqual(list(reply.followers), ["alice"])
-        self.assertEqual(service.session(session(alice)).user, "alice")
+        self.assertEqual(service.api.session(session(alice)).user, "alice")
 
     def test_login_hands_out_a_token_for_the_name_given(self):
         """A token from Login is accepted, and names the user who logged in."""
@@ -124,7 +123,7 @@ class SessionTokenTests(SynchronousTestCase):
         for rpc, call in userCalls(slave).items():
             with self.subTest(rpc=rpc):
                 self.assertRaises(errors.NotMaster, call, session(token))
-        self.assertRaises(errors.NotMaster, slave.login,
+        self.assertRaises(errors.NotMaster, slave.api.login,
                           pb.LoginRequest(user="alice", password="pw"), FakeCallContext())
 
 
@@ -149,17 +148,17 @@ class ClusterSecretTests(SynchronousTestCase):
         update = pb.Update(origin="vm9.x", seq=1, time_us=1)
         update.user.name = "mallory"
         batch = pb.UpdateBatch(updates=[update])
-        self.assertRefused(lambda ctx: slave.onetimeSToBuddy(batch, ctx))
+        self.assertRefused(lambda ctx: slave.internal.onetimeSToBuddy(batch, ctx))
         self.assertNotIn("mallory", slave.node.replica.users)
-        reply = slave.onetimeSToBuddy(batch, secret(SECRET))
+        reply = slave.internal.onetimeSToBuddy(batch, secret(SECRET))
         self.assertEqual(reply.applied, 1)
         self.assertIn("mallory", slave.node.replica.users)
 
     def test_broadcast_posts_needs_the_secret(self):
         """A master opens no replication stream for a caller without the secret."""
         master, _ = serverAs(self, "master")
-        self.assertRefused(master.broadcastPosts)
-        receiver = master.broadcastPosts(secret(SECRET))
+        self.assertRefused(master.internal.broadcastPosts)
+        receiver = master.internal.broadcastPosts(secret(SECRET))
         stream = FakeStream()
         receiver.makeConnection(stream)
         self.assertEqual(stream.kinds(), ["hello"])
@@ -168,8 +167,8 @@ class ClusterSecretTests(SynchronousTestCase):
     def test_buddy_connection_needs_the_secret(self):
         """A master opens no buddy stream for a caller without the secret."""
         master, _ = serverAs(self, "master")
-        self.assertRefused(master.buddyConnection)
-        self.assertIsInstance(master.buddyConnection(secret(SECRET)), buddy.MasterLink)
+        self.assertRefused(master.internal.buddyConnection)
+        self.assertIsInstance(master.internal.buddyConnection(secret(SECRET)), buddy.MasterLink)
 
     def test_bidirectional_r_and_s_needs_the_secret(self):
         """A router registers no server that lacks the secret."""
@@ -180,7 +179,7 @@ class ClusterSecretTests(SynchronousTestCase):
     def test_digest_needs_the_secret(self):
         """What a VM holds (post file names are user names) is for the cluster's operators."""
         master, _ = serverAs(self, "master")
-        self.assertRefused(lambda ctx: master.digest(pb.DigestRequest(), ctx))
+        self.assertRefused(lambda ctx: master.internal.digest(pb.DigestRequest(), ctx))
 
     def test_status_needs_the_secret(self):
         """The router's view (pids, addresses, users online) is for the cluster's operators."""
@@ -191,18 +190,16 @@ class ClusterSecretTests(SynchronousTestCase):
     def test_the_secret_is_required_whatever_the_role(self):
         """A slave refuses the master's streams for lack of the secret first."""
         slave, _ = serverAs(self, "slave")
-        self.assertRefused(slave.broadcastPosts)
-        self.assertRefused(slave.buddyConnection)
+        self.assertRefused(slave.internal.broadcastPosts)
+        self.assertRefused(slave.internal.buddyConnection)
 
 
 class ServiceSecretTests(SynchronousTestCase):
     def test_the_server_checks_the_secret_it_was_given(self):
         """A server started with secret X refuses secret Y, however it was set."""
-        service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], self.mktemp(), "X",
-                                clock=Clock())
-        inRole(service, "master")
-        self.assertRaises(errors.PermissionDenied, service.buddyConnection, secret("Y"))
-        self.assertIsInstance(service.buddyConnection(secret("X")), buddy.MasterLink)
+        service = serverParts(self, "master", secret="X")
+        self.assertRaises(errors.PermissionDenied, service.internal.buddyConnection, secret("Y"))
+        self.assertIsInstance(service.internal.buddyConnection(secret("X")), buddy.MasterLink)
 
 
 class LoadSecretTests(SynchronousTestCase):
@@ -252,4 +249,5 @@ class OperatorViewTests(SynchronousTestCase):
     def test_a_slave_does_not_answer_digest(self):
         """Digest is a master's view of its VM: a slave says it is not the master."""
         slave, _ = serverAs(self, "slave")
-        self.assertRaises(errors.NotMaster, slave.digest, pb.DigestRequest(), secret(SECRET))
+        self.assertRaises(errors.NotMaster, slave.internal.digest, pb.DigestRequest(),
+                          secret(SECRET))

@@ -11,33 +11,23 @@ from snstwist.core.limits import MAX_ECHO
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
-from snstwist.core.node import Node
-from snstwist.server.server import ServerService
 from snstwist.storage.store import MemoryStore
-from tests.fakes import FakeHasher, inRole
+from tests.servers import serverParts
 from tests.test_grpcbridge import GrpcTestCase
 
 PASSWORD = "pw"
 
 
 def masterService(test, clock=None):
-    """A ServerService acting as a master, on a MemoryStore; nothing spawned."""
-    clock = clock or Clock()
-    service = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], test.mktemp(), "s",
-                            clock=clock, hasher=FakeHasher())
-    service.node = Node("vm1", service.origin, MemoryStore(), clock)
-    service.node.addDurableObserver(service._durable)
-    service.replicator.node = service.node
-    service.sessions.node = service.node
-    test.successResultOf(service.node.load())
-    return inRole(service, "master")
+    """The parts of a master, on a MemoryStore; nothing spawned."""
+    return serverParts(test, "master", store=MemoryStore(), clock=clock or Clock())
 
 
 class EdgeTestCase(GrpcTestCase):
     async def serveMaster(self, clock=None):
         """The SNS service of a master over gRPC: (service, stub, channel)."""
         service = masterService(self, clock)
-        grpcService, channel = await self.serve(service._register)
+        grpcService, channel = await self.serve(service.register)
         return service, pbg.SNSStub(channel), channel
 
 

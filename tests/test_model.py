@@ -28,9 +28,10 @@ def assertInvalid(test, call, *args):
 class UsernameTests(SynchronousTestCase):
     def setUp(self):
         self.service, self.store = serverAs(self, "master")
+        self.api = self.service.api
 
     def login(self, name):
-        d = self.service.login(pb.LoginRequest(user=name, password="pw"), FakeCallContext())
+        d = self.api.login(pb.LoginRequest(user=name, password="pw"), FakeCallContext())
         self.store.flush()
         return self.successResultOf(d)
 
@@ -39,7 +40,7 @@ class UsernameTests(SynchronousTestCase):
         self.assertIn("a" * 32, self.service.node.replica.users)
 
     def test_a_name_of_33_characters_is_refused(self):
-        assertInvalid(self, self.service.login, pb.LoginRequest(user="a" * 33, password="pw"),
+        assertInvalid(self, self.api.login, pb.LoginRequest(user="a" * 33, password="pw"),
                       FakeCallContext())
         self.assertNotIn("a" * 33, self.service.node.replica.users)
 
@@ -47,7 +48,7 @@ class UsernameTests(SynchronousTestCase):
         self.assertTrue(self.login("z").created)
 
     def test_an_empty_name_is_refused(self):
-        assertInvalid(self, self.service.login, pb.LoginRequest(user="", password="pw"),
+        assertInvalid(self, self.api.login, pb.LoginRequest(user="", password="pw"),
                       FakeCallContext())
 
     def test_every_allowed_character_is_accepted(self):
@@ -64,7 +65,7 @@ class UsernameTests(SynchronousTestCase):
         for name in ("a b", "a/b", "a:b", "a@b", "caf\u00e9", "\u0661", "alice\n", "\nalice",
                      "a\x00", "a+b", "\u212a"):
             with self.subTest(name=name):
-                assertInvalid(self, self.service.login, pb.LoginRequest(user=name, password="pw"),
+                assertInvalid(self, self.api.login, pb.LoginRequest(user=name, password="pw"),
                               FakeCallContext())
         self.assertEqual(self.service.node.replica.users, {"alice"})
 
@@ -72,19 +73,20 @@ class UsernameTests(SynchronousTestCase):
         """FOLLOW of a 33-character or ill-formed name is invalid, not 'unknown user'."""
         token = login(self, self.service, self.store, "alice")
         for target in ("b" * 33, "", "bo b"):
-            assertInvalid(self, self.service.follow,
+            assertInvalid(self, self.api.follow,
                           pb.FollowRequest(target=target, request_id="f"), session(token))
-            assertInvalid(self, self.service.unfollow,
+            assertInvalid(self, self.api.unfollow,
                           pb.FollowRequest(target=target, request_id="u"), session(token))
 
 
 class PostTextTests(SynchronousTestCase):
     def setUp(self):
         self.service, self.store = serverAs(self, "master")
+        self.api = self.service.api
         self.token = login(self, self.service, self.store, "alice")
 
     def post(self, text, rid="r"):
-        d = self.service.post(pb.PostRequest(text=text, request_id=rid), session(self.token))
+        d = self.api.post(pb.PostRequest(text=text, request_id=rid), session(self.token))
         self.store.flush()
         return self.successResultOf(d).post
 
@@ -95,7 +97,7 @@ class PostTextTests(SynchronousTestCase):
         self.assertEqual(self.post("x" * 1000).text, "x" * 1000)
 
     def test_a_post_of_1001_characters_is_refused_and_not_stored(self):
-        assertInvalid(self, self.service.post, pb.PostRequest(text="x" * 1001, request_id="r"),
+        assertInvalid(self, self.api.post, pb.PostRequest(text="x" * 1001, request_id="r"),
                       session(self.token))
         self.assertEqual(self.posts(), [])
 
@@ -103,7 +105,7 @@ class PostTextTests(SynchronousTestCase):
         """1000 two-byte and 1000 four-byte characters are within the bound."""
         self.assertEqual(self.post("\u00e9" * 1000, "r1").text, "\u00e9" * 1000)
         self.assertEqual(self.post("\U0001f600" * 1000, "r2").text, "\U0001f600" * 1000)
-        assertInvalid(self, self.service.post,
+        assertInvalid(self, self.api.post,
                       pb.PostRequest(text="\u00e9" * 1001, request_id="r3"), session(self.token))
         self.assertEqual(len(self.posts()), 2)
 
@@ -111,7 +113,7 @@ class PostTextTests(SynchronousTestCase):
         self.assertEqual(self.post("x").text, "x")
 
     def test_an_empty_post_is_refused(self):
-        assertInvalid(self, self.service.post, pb.PostRequest(text="", request_id="r"),
+        assertInvalid(self, self.api.post, pb.PostRequest(text="", request_id="r"),
                       session(self.token))
         self.assertEqual(self.posts(), [])
 
@@ -119,16 +121,17 @@ class PostTextTests(SynchronousTestCase):
 class RequestIdTests(SynchronousTestCase):
     def setUp(self):
         self.service, self.store = serverAs(self, "master")
+        self.api = self.service.api
         self.token = login(self, self.service, self.store, "alice")
 
     def test_a_request_id_of_64_characters_is_accepted(self):
-        d = self.service.post(pb.PostRequest(text="hi", request_id="r" * 64), session(self.token))
+        d = self.api.post(pb.PostRequest(text="hi", request_id="r" * 64), session(self.token))
         self.store.flush()
         self.assertEqual(self.successResultOf(d).post.text, "hi")
 
     def test_a_request_id_of_65_characters_is_refused(self):
-        for write in (self.service.post, self.service.follow, self.service.unfollow):
-            request = (pb.PostRequest(text="hi", request_id="r" * 65) if write == self.service.post
+        for write in (self.api.post, self.api.follow, self.api.unfollow):
+            request = (pb.PostRequest(text="hi", request_id="r" * 65) if write == self.api.post
                        else pb.FollowRequest(target="alice", request_id="r" * 65))
             assertInvalid(self, write, request, session(self.token))
         self.assertEqual(self.service.node.replica.postsBy("alice"), [])

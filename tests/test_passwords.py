@@ -97,7 +97,7 @@ class FailedLoginTests(SynchronousTestCase):
 def login(service, store, user, password, peer="ipv4:10.0.0.1:1"):
     ctx = FakeCallContext()
     ctx.peer = peer
-    d = defer.maybeDeferred(service.login, pb.LoginRequest(user=user, password=password), ctx)
+    d = defer.maybeDeferred(service.api.login, pb.LoginRequest(user=user, password=password), ctx)
     store.flush()
     return d
 
@@ -116,7 +116,7 @@ class ServerLoginTests(SynchronousTestCase):
         self.failureResultOf(login(service, store, "dora", "bad"), errors.WrongPassword)
         f = self.failureResultOf(login(service, store, "dora", "pw1"), errors.RateLimited)
         self.assertIn("failed logins", f.getErrorMessage())
-        service.clock.advance(limits.FAILED_LOGIN_DELAY)
+        service.node.clock.advance(limits.FAILED_LOGIN_DELAY)
         self.successResultOf(login(service, store, "dora", "pw1"))
 
     def test_logins_from_one_address_are_rate_limited(self):
@@ -134,57 +134,58 @@ class ServerLoginTests(SynchronousTestCase):
         service, store = serverAs(self, "master")
         token = self.successResultOf(login(service, store, "dora", "pw")).token
         for i in range(int(limits.POSTS_PER_USER_RATE * limits.POSTS_PER_USER_BURST_SECONDS)):
-            d = service.post(pb.PostRequest(text="p%d" % i, request_id="r%d" % i),
+            d = service.api.post(pb.PostRequest(text="p%d" % i, request_id="r%d" % i),
                              session(token))
             store.flush()
             self.successResultOf(d)
-        e = self.assertRaises(errors.RateLimited, service.post,
+        e = self.assertRaises(errors.RateLimited, service.api.post,
                               pb.PostRequest(text="one too many", request_id="x"),
                               session(token))
         self.assertIn("posts", e.message)
-        service.clock.advance(1 / limits.POSTS_PER_USER_RATE)
-        service.post(pb.PostRequest(text="later", request_id="y"), session(token))
+        service.node.clock.advance(1 / limits.POSTS_PER_USER_RATE)
+        service.api.post(pb.PostRequest(text="later", request_id="y"), session(token))
 
     def test_a_token_expires(self):
         service, store = serverAs(self, "master")
         token = self.successResultOf(login(service, store, "dora", "pw")).token
-        service.list(pb.ListRequest(), session(token))
-        service.clock.advance(limits.TOKEN_LIFETIME)
-        e = self.assertRaises(errors.NotLoggedIn, service.list, pb.ListRequest(),
+        service.api.list(pb.ListRequest(), session(token))
+        service.node.clock.advance(limits.TOKEN_LIFETIME)
+        e = self.assertRaises(errors.NotLoggedIn, service.api.list, pb.ListRequest(),
                               session(token))
         self.assertIn("expired", e.message)
 
     def test_a_live_token_is_renewed_without_the_password(self):
         service, store = serverAs(self, "master")
         token = self.successResultOf(login(service, store, "dora", "pw")).token
-        service.clock.advance(limits.TOKEN_LIFETIME / 2)
+        service.node.clock.advance(limits.TOKEN_LIFETIME / 2)
         ctx = session(token)
-        renewed = service.login(pb.LoginRequest(user="dora"), ctx)
-        self.assertGreater(auth.readToken(service.secret, renewed.token).expires,
-                           auth.readToken(service.secret, token).expires)
-        self.assertRaises(errors.NotLoggedIn, service.login, pb.LoginRequest(user="eve"), ctx)
+        renewed = service.api.login(pb.LoginRequest(user="dora"), ctx)
+        self.assertGreater(auth.readToken(service.admission.secret, renewed.token).expires,
+                           auth.readToken(service.admission.secret, token).expires)
+        self.assertRaises(errors.NotLoggedIn, service.api.login, pb.LoginRequest(user="eve"), ctx)
 
     def openSession(self, service, token, peer=FakeCallContext.peer):
         """A live session of C{token}'s user on connection C{peer}: (session, stream)."""
         from tests.fakes import FakeStream
         ctx = session(token)
         ctx.peer = peer
-        live = service.session(ctx)
+        live = service.api.session(ctx)
         stream = FakeStream()
         live.makeConnection(stream)
         return live, stream
 
     def shortToken(self, service, user, seconds):
         """A token of C{user} (logged in already) that expires in C{seconds}."""
-        return auth.makeToken(service.secret, user, int(service.clock.seconds() + seconds),
-                              service._generation(user))
+        return auth.makeToken(service.admission.secret, user,
+                              int(service.node.clock.seconds() + seconds),
+                              service.admission.generation(user))
 
     def talk(self, service, sessions, seconds):
         """C{seconds} go by, in which the clients of C{sessions} heartbeat every second."""
         for _ in range(int(seconds)):
             for live in sessions:
                 live.messageReceived(pb.ClientMessage(heartbeat=pb.Heartbeat()))
-            service.clock.advance(1)
+            service.node.clock.advance(1)
 
     def test_a_live_session_ends_when_its_token_expires(self):
         """
@@ -218,7 +219,7 @@ class ServerLoginTests(SynchronousTestCase):
         self.talk(service, [mine, copied], 10)
         renewal = session(token)
         renewal.peer = "ipv4:127.0.0.1:5555"
-        renewed = service.login(pb.LoginRequest(user="dora"), renewal)
+        renewed = service.api.login(pb.LoginRequest(user="dora"), renewal)
         self.talk(service, [mine, copied], 10 + limits.SESSION_HEARTBEAT)
         self.assertTrue(copiedStream.aborted)
         self.assertIn("expired", copiedStream.reason.message)
@@ -229,24 +230,24 @@ class ServerLoginTests(SynchronousTestCase):
         service, store = serverAs(self, "master")
         old = self.successResultOf(login(service, store, "dora", "pw")).token
         from tests.fakes import FakeStream
-        live = service.session(session(old))
+        live = service.api.session(session(old))
         stream = FakeStream()
         live.makeConnection(stream)
-        d = service.password(pb.PasswordRequest(user="dora", old_password="pw",
+        d = service.api.password(pb.PasswordRequest(user="dora", old_password="pw",
                                                 new_password="pw2", request_id="c1"),
                              FakeCallContext())
         store.flush()
         new = self.successResultOf(d).token
         self.assertTrue(stream.aborted)
-        e = self.assertRaises(errors.NotLoggedIn, service.list, pb.ListRequest(), session(old))
+        e = self.assertRaises(errors.NotLoggedIn, service.api.list, pb.ListRequest(), session(old))
         self.assertIn("password was changed", e.message)
-        service.list(pb.ListRequest(), session(new))
+        service.api.list(pb.ListRequest(), session(new))
         self.failureResultOf(login(service, store, "dora", "pw", "ipv4:10.0.0.3:1"),
                              errors.WrongPassword)
 
     def test_a_password_change_needs_the_old_password(self):
         service, store = serverAs(self, "master")
         login(service, store, "dora", "pw")
-        d = defer.maybeDeferred(service.password, pb.PasswordRequest(
+        d = defer.maybeDeferred(service.api.password, pb.PasswordRequest(
             user="dora", old_password="guess", new_password="mine"), FakeCallContext())
         self.failureResultOf(d, errors.WrongPassword)

@@ -11,10 +11,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
 from snstwist.server.peers import PeerLink
+from snstwist.server.lifecycle import CurrentRole
 from snstwist.server.replication import Replicator
+from snstwist.server.routerlink import RouterLinks
 from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeStream
-from tests.test_auth import serverAs
 
 
 def membership(*servers):
@@ -22,31 +23,40 @@ def membership(*servers):
                                   for vm, role, address in servers])
 
 
-class PeersFromMembershipTests(SynchronousTestCase):
-    def peersOf(self, service, router, m):
-        chosen = []
-        self.patch(service.replicator, "setPeers", chosen.append)
-        service.membershipChanged(router, m)
-        return chosen
+def routerLinks(role):
+    """The router links of vm1 playing C{role}: (links, the peer maps they chose)."""
+    chosen = []
+    links = RouterLinks(["r1", "r2"], Clock(), "a-secret-of-16-chars", "vm1",
+                        CurrentRole(role), hello=None, load=None, setPeers=chosen.append)
+    return links, chosen
 
+
+class PeersFromMembershipTests(SynchronousTestCase):
     def test_a_master_replicates_to_the_masters_of_the_other_vms(self):
-        service, _ = serverAs(self, "master")
-        chosen = self.peersOf(service, "r1", membership(
+        links, chosen = routerLinks("master")
+        links.membershipChanged("r1", membership(
             ("vm1", pb.MASTER, "127.0.0.2:1"), ("vm1", pb.SLAVE, "127.0.0.2:2"),
             ("vm2", pb.MASTER, "127.0.0.3:1"), ("vm2", pb.SLAVE, "127.0.0.3:2"),
             ("vm3", pb.MASTER, "127.0.0.4:1")))
         self.assertEqual(chosen, [{"vm2": "127.0.0.3:1", "vm3": "127.0.0.4:1"}])
 
     def test_what_several_routers_know_is_put_together(self):
-        service, _ = serverAs(self, "master")
-        service.membershipChanged("r1", membership(("vm2", pb.MASTER, "127.0.0.3:1")))
-        chosen = self.peersOf(service, "r2", membership(("vm3", pb.MASTER, "127.0.0.4:1")))
-        self.assertEqual(chosen, [{"vm2": "127.0.0.3:1", "vm3": "127.0.0.4:1"}])
+        links, chosen = routerLinks("master")
+        links.membershipChanged("r1", membership(("vm2", pb.MASTER, "127.0.0.3:1")))
+        links.membershipChanged("r2", membership(("vm3", pb.MASTER, "127.0.0.4:1")))
+        self.assertEqual(chosen[-1], {"vm2": "127.0.0.3:1", "vm3": "127.0.0.4:1"})
 
     def test_a_slave_replicates_to_nobody(self):
-        service, _ = serverAs(self, "slave")
-        chosen = self.peersOf(service, "r1", membership(("vm2", pb.MASTER, "127.0.0.3:1")))
+        links, chosen = routerLinks("slave")
+        links.membershipChanged("r1", membership(("vm2", pb.MASTER, "127.0.0.3:1")))
         self.assertEqual(chosen, [])
+
+    def test_a_router_newer_view_replaces_its_older_one(self):
+        """A VM's master that a router no longer lists is no longer a peer."""
+        links, chosen = routerLinks("master")
+        links.membershipChanged("r1", membership(("vm2", pb.MASTER, "127.0.0.3:1")))
+        links.membershipChanged("r1", membership(("vm3", pb.MASTER, "127.0.0.4:1")))
+        self.assertEqual(chosen[-1], {"vm3": "127.0.0.4:1"})
 
 
 class OutboxTests(SynchronousTestCase):

@@ -9,15 +9,15 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from snstwist import buddy
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.passwords import TokenBuckets
 from snstwist.core.node import Node
-from snstwist.server.server import ServerService
+from snstwist.server.lifecycle import CurrentRole, takeLock
 from snstwist.storage.store import MemoryStore, SQLiteStore
-from tests.fakes import FakeHasher
-from tests.fakes import FakeCallContext, inRole, session
-from tests.test_auth import login, serverAs
+from tests.fakes import FakeCallContext, NoRoleWork, session
+from tests.servers import serverParts
+from tests.test_auth import login
 
 
 class FakeChannel:
@@ -39,7 +39,8 @@ def feedSlave(test, slave, fail=()):
         sent.append(len(request.updates))
         if len(sent) - 1 in fail:
             return defer.fail(RuntimeError("slave unreachable"))
-        return defer.succeed(slave.onetimeSToBuddy(request, FakeCallContext(metadata or ())))
+        return defer.succeed(
+            slave.internal.onetimeSToBuddy(request, FakeCallContext(metadata or ())))
 
     test.patch(grpcbridge, "channel", lambda address: FakeChannel())
     test.patch(grpcbridge, "call", call)
@@ -49,10 +50,18 @@ def feedSlave(test, slave, fail=()):
 
 def emptySlave(test):
     """A slave that holds nothing yet."""
-    slave, _ = serverAs(test, "slave")
-    slave.node = Node("vm1", slave.origin, MemoryStore(), slave.clock)
-    slave.node.addDurableObserver(slave._durable)
-    return slave
+    return serverParts(test, "slave", store=MemoryStore())
+
+
+def feedingMaster(test):
+    """
+    A master where alice exists, and may post more at once than one user
+    may: these tests are about the feed.
+    """
+    master = serverParts(test, "master", postRate=10**6)
+    master.node.login("alice")
+    master.node.store.flush()
+    return master, master.node.store
 
 
 def slaveHello(slave):
@@ -62,10 +71,8 @@ def slaveHello(slave):
 
 def writePosts(test, master, store, n):
     token = login(test, master, store, "alice")
-    # More posts at once than one user may make: these tests are about the feed.
-    master.posts = TokenBuckets(master.clock, n, n, "posts")
     for i in range(n):
-        master.post(pb.PostRequest(text="p%d" % (i,), request_id="r%d" % (i,)), session(token))
+        master.api.post(pb.PostRequest(text="p%d" % (i,), request_id="r%d" % (i,)), session(token))
     store.flush()
 
 
@@ -75,13 +82,13 @@ class BuddyFeedTests(SynchronousTestCase):
         A slave that says it holds the first 100 updates of 1,300 is sent
         the other 1,200 (in several batches) and then holds all of them.
         """
-        master, store = serverAs(self, "master")
+        master, store = feedingMaster(self)
         slave = emptySlave(self)
         writePosts(self, master, store, 1300)
-        held = sorted(master.node.replica.updates[master.origin].values(), key=lambda u: u.seq)
+        held = sorted(master.node.replica.updates[master.node.origin].values(), key=lambda u: u.seq)
         slave.node.mirror(held[:100])
         sent = feedSlave(self, slave)
-        master._slaveHello(object(), slaveHello(slave))
+        master.masterEnd.slaveHello(object(), slaveHello(slave))
         self.assertGreater(len(sent), 1, "more than one batch")
         self.assertEqual(sum(sent), len(held) - 100)
         self.assertEqual(slave.node.replica.snapshot(), master.node.replica.snapshot())
@@ -89,7 +96,7 @@ class BuddyFeedTests(SynchronousTestCase):
 
     def test_updates_made_while_a_batch_is_in_flight_all_arrive(self):
         """New writes queue behind the call in flight; none is skipped or sent twice."""
-        master, store = serverAs(self, "master")
+        master, store = feedingMaster(self)
         slave = emptySlave(self)
         pending = []
 
@@ -101,12 +108,12 @@ class BuddyFeedTests(SynchronousTestCase):
         def deliver():
             request, metadata, d = pending.pop(0)
             self.assertLessEqual(len(request.updates), 500)
-            d.callback(slave.onetimeSToBuddy(request, FakeCallContext(metadata)))
+            d.callback(slave.internal.onetimeSToBuddy(request, FakeCallContext(metadata)))
 
         self.patch(grpcbridge, "channel", lambda address: FakeChannel())
         self.patch(grpcbridge, "call", call)
         self.patch(grpcbridge, "closeChannel", lambda ch: defer.succeed(None))
-        master._slaveHello(object(), slaveHello(slave))
+        master.masterEnd.slaveHello(object(), slaveHello(slave))
         self.assertEqual(len(pending), 1, "one call in flight at a time")
         writePosts(self, master, store, 300)
         deliver()
@@ -119,30 +126,30 @@ class BuddyFeedTests(SynchronousTestCase):
 
     def test_a_failed_feed_is_made_good_by_the_next_hello(self):
         """A call that fails loses nothing: the slave's next hello brings the rest."""
-        master, store = serverAs(self, "master")
+        master, store = feedingMaster(self)
         slave = emptySlave(self)
         writePosts(self, master, store, 1200)
         feedSlave(self, slave, fail={1})
-        master._slaveHello(object(), slaveHello(slave))
+        master.masterEnd.slaveHello(object(), slaveHello(slave))
         self.assertNotEqual(slave.node.replica.seen.count(), master.node.replica.seen.count())
-        master._slaveHello(object(), slaveHello(slave))
+        master.masterEnd.slaveHello(object(), slaveHello(slave))
         self.assertEqual(slave.node.replica.snapshot(), master.node.replica.snapshot())
 
     def test_the_feed_carries_the_cluster_secret(self):
         """The slave accepts the feed: it carries the secret the slave checks."""
-        master, store = serverAs(self, "master")
+        master, store = feedingMaster(self)
         slave = emptySlave(self)
         writePosts(self, master, store, 3)
         feedSlave(self, slave)
-        master._slaveHello(object(), slaveHello(slave))
+        master.masterEnd.slaveHello(object(), slaveHello(slave))
         self.assertEqual(slave.node.replica.postsBy("alice"), master.node.replica.postsBy("alice"))
 
     def test_every_durable_write_is_fed_to_the_slave(self):
         """Once a slave has said hello, each write reaches it when durable."""
-        master, store = serverAs(self, "master")
+        master, store = feedingMaster(self)
         slave = emptySlave(self)
         sent = feedSlave(self, slave)
-        master._slaveHello(object(), slaveHello(slave))
+        master.masterEnd.slaveHello(object(), slaveHello(slave))
         writePosts(self, master, store, 5)
         self.assertTrue(sent)
         self.assertEqual([p.text for p in slave.node.replica.postsBy("alice")],
@@ -164,20 +171,24 @@ class PromotionTests(TestCase):
         return updates
 
     def slaveOn(self, path):
-        clock = Clock()
-        slave = ServerService("vm1", "127.0.0.1:0", ["127.0.0.1:1"], path,
-                              "the-cluster-secret", role="slave", clock=clock,
-                              hasher=FakeHasher())
-        inRole(slave, "slave")
-        return slave
+        """
+        The parts of a slave of vm1 on the data at C{path}, and its role
+        machine (whose hooks do nothing: the test does their work).
+        """
+        role, current = buddy.Role(NoRoleWork()), CurrentRole()
+        current.follow(role)
+        role.startAsSlave()
+        slave = serverParts(self, "slave", store=SQLiteStore(path, name="vm1"), clock=Clock(),
+                            load=False, current=current)
+        return slave, role
 
-    async def promote(self, slave):
-        slave.role.masterLost("master died")
-        promoted = defer.Deferred()
-        slave.role = _Watch(slave.role, promoted)
-        slave._takeLock(slave.clock.seconds() + 10)
-        await promoted
+    async def promote(self, slave, role, path):
+        """The master is lost: take the VM's data over, as the lifecycle does."""
+        role.masterLost("master died")
+        await takeLock(slave.node, lambda: SQLiteStore(path, name="vm1"), slave.node.clock,
+                       slave.node.clock.seconds() + 10)
         self.addCleanup(slave.node.store.close)
+        role.promoted()
 
     async def test_a_promoted_slave_serves_what_it_was_never_fed(self):
         """
@@ -187,17 +198,16 @@ class PromotionTests(TestCase):
         path = self.mktemp()
         os.makedirs(path)
         updates = await self.masterWrote(path)
-        slave = self.slaveOn(path)
+        slave, role = self.slaveOn(path)
         self.assertEqual(slave.node.mirror(updates[:2] + updates[3:5]), 4)
-        await self.promote(slave)
-        self.assertEqual(slave.role.state, "master")
+        await self.promote(slave, role, path)
         replica = slave.node.replica
         self.assertTrue(replica.isFollowing("alice", "bob"))
         self.assertEqual([p.text for p in replica.timeline("alice", 20)],
                          ["post %d" % (i,) for i in range(6)])
-        token = (await slave.login(pb.LoginRequest(user="alice", password="pw"),
+        token = (await slave.api.login(pb.LoginRequest(user="alice", password="pw"),
                                    FakeCallContext())).token
-        history = slave.history(pb.HistoryRequest(), session(token))
+        history = slave.api.history(pb.HistoryRequest(), session(token))
         self.assertEqual(len(history.posts), 6)
 
     async def test_a_cold_slave_promoted_serves_everything(self):
@@ -205,8 +215,8 @@ class PromotionTests(TestCase):
         path = self.mktemp()
         os.makedirs(path)
         updates = await self.masterWrote(path)
-        slave = self.slaveOn(path)
-        await self.promote(slave)
+        slave, role = self.slaveOn(path)
+        await self.promote(slave, role, path)
         self.assertEqual(slave.node.replica.seen.count(), len(updates))
         self.assertEqual(len(slave.node.replica.postsBy("bob")), 6)
 
@@ -215,24 +225,9 @@ class PromotionTests(TestCase):
         path = self.mktemp()
         os.makedirs(path)
         updates = await self.masterWrote(path)
-        slave = self.slaveOn(path)
-        await self.promote(slave)
+        slave, role = self.slaveOn(path)
+        await self.promote(slave, role, path)
         newest = max(u.time_us for u in updates)
         post = slave.node.post("bob", "after", "p-after")
         self.assertGreater(post.time_us, newest)
         self.assertEqual(slave.node.replica.postsBy("bob")[-1].text, "after")
-
-
-class _Watch:
-    """A role that tells when C{promoted} is input."""
-
-    def __init__(self, role, promoted):
-        self._role = role
-        self._promoted = promoted
-
-    def __getattr__(self, name):
-        return getattr(self._role, name)
-
-    def promoted(self):
-        self._role.promoted()
-        self._promoted.callback(None)

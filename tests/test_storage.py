@@ -22,9 +22,10 @@ from twisted.trial.unittest import TestCase
 from snstwist.core import errors
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
-from snstwist.server.server import ServerService
 from snstwist.storage.postfile import parsePostLine
 from snstwist.storage.store import SQLiteStore
+from tests.fakes import session
+from tests.servers import serverParts
 from tests.strategies import postUpdate
 
 
@@ -211,22 +212,19 @@ class FullDiskTests(StorageTestCase):
         with the one stored post once space returns.
         """
         await self.makeNode()
-        service = ServerService("vm2", "127.0.0.1:0", ["127.0.0.1:1"], self.mktemp(),
-                                "s" * 16, clock=self.clock)
-        service.node = self.node
-        service.replicator.node = self.node
-        service._user = lambda ctx: "alice"
+        service = serverParts(self, "master", "s" * 16, clock=self.clock, node=self.node)
+        alice = session(service.admission.loginReply("alice").token)
         self.disk.error = errno.ENOSPC
         request = pb.PostRequest(text="once", request_id="same")
         with self.assertRaises(errors.StorageFailed):
-            await service.post(request, None)
+            await service.api.post(request, alice)
         with self.assertRaises(errors.StorageFailed):
-            await service.post(request, None)
+            await service.api.post(request, alice)
         await self.recover()
-        reply = await service.post(request, None)
+        reply = await service.api.post(request, alice)
         self.assertEqual(reply.post.text, "once")
         self.assertEqual(self.postLines(), ["once"])
-        self.assertEqual(service.writing, 0)
+        self.assertEqual(service.writes.writing, 0)
 
     async def test_updates_from_a_peer_are_not_applied_while_the_disk_is_full(self):
         """A peer's updates are refused (not applied, so sent again later), then taken."""

@@ -181,15 +181,16 @@ def makeRouterService(options):
 
 def makeServerService(options):
     from snstwist.rpc import grpcbridge
-    from snstwist.server.server import ServerService
+    from snstwist.server.config import ServerConfig
+    from snstwist.server.service import ServerService
     grpcbridge.useTLS(options["tls"])
-    return _withMetrics(ServerService(
-        options["vm"], options["listen"], options["router"], options["data"],
-        options.secret(), role=options["role"], master=options["buddy"],
-        masterPid=options["buddy-pid"], logfile=options["logfile"],
+    return _withMetrics(ServerService(ServerConfig(
+        vm=options["vm"], listen=options["listen"], routers=options["router"],
+        data=options["data"], secret=options.secret(), role=options["role"],
+        master=options["buddy"], masterPid=options["buddy-pid"], logfile=options["logfile"],
         metricsListen=options["metrics"], postRate=options["posts-per-second"],
         tlsArgs=options["tlsArgs"], peerListen=options["peer-listen"],
-        tokenLifetime=options["token-lifetime"]), options)
+        tokenLifetime=options["token-lifetime"])), options)
 
 
 def makeClusterService(options):

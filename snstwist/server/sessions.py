@@ -169,6 +169,19 @@ class SessionHub:
             if update is not None:
                 self.record(update)
 
+    def durable(self, updates):
+        """
+        What became durable on this VM (subscribed to the node): a new
+        password (here or on another VM) ends the sessions opened under an
+        older one, then the posts are pushed to the live timelines.
+        """
+        replica = self.node.replica
+        for update in updates:
+            changed = update.password.user if update.password is not None else update.user
+            if changed is not None:
+                self.revoke(changed, replica.password(changed).key)
+        self.publish(updates)
+
     def publish(self, updates):
         """Push the posts among C{updates} to the live timelines that show them."""
         replica = self.node.replica

@@ -1,0 +1,133 @@
+"""
+What the client-facing service lets in, and when it answers a write.
+
+- L{Admission}: only the VM's master serves clients, and only calls that
+  carry a live session token of the user's current password generation;
+- L{Writes}: a write is applied once per (user, request id), answered once
+  it is durable here and (when a peer VM is connected) on another VM, and
+  the writes waiting for that are bounded.
+"""
+
+from twisted.internet import defer
+
+from snstwist.core import errors, limits, metrics
+from snstwist.core.model import checkRequestId, checkVm
+from snstwist.rpc import auth
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.peers import firstError
+
+
+class Admission:
+    """
+    Who may call the SNS service here.  C{current} is this process's
+    L{lifecycle.CurrentRole}; tokens are signed with C{secret} and last
+    C{tokenLifetime} seconds (L{limits.TOKEN_LIFETIME} by default).
+    """
+
+    def __init__(self, vm, secret, clock, node, current, tokenLifetime=None):
+        self.vm = vm
+        self.secret = secret
+        self.clock = clock
+        self.node = node
+        self.current = current
+        self.tokenLifetime = tokenLifetime or limits.TOKEN_LIFETIME
+
+    def asMaster(self):
+        """Refuse the call unless this process is the VM's master (NotMaster)."""
+        if not self.current.isMaster():
+            raise errors.NotMaster("this server is the %s of VM %s, not its master"
+                                   % (self.current.name, self.vm))
+
+    def session(self, ctx):
+        """The L{auth.Session} the call acts as, on a master only."""
+        self.asMaster()
+        return auth.sessionOf(ctx, self.secret, self.clock.seconds(), self.generation)
+
+    def user(self, ctx):
+        return self.session(ctx).user
+
+    def generation(self, user):
+        """C{user}'s password generation here (None: this VM does not know it yet)."""
+        register = self.node.replica.password(user)
+        return register.key if register is not None else None
+
+    def loginReply(self, user, created=False):
+        """A fresh token for C{user}, of its current password generation."""
+        expires = int(self.clock.seconds() + self.tokenLifetime)
+        token = auth.makeToken(self.secret, user, expires, self.generation(user) or (0, ""))
+        return pb.LoginReply(token=token, created=created, expires=expires)
+
+
+def _kind(update):
+    """What a client's write was, for the metrics: post, follow or unfollow."""
+    if update.post is not None:
+        return "post"
+    return "follow" if update.follow.following else "unfollow"
+
+
+class Writes:
+    """
+    The writes of this master's clients: applied on C{node}, replicated by
+    C{replicator}, answered once held by enough VMs.
+    """
+
+    maxWriting = 10000
+
+    def __init__(self, node, replicator):
+        self.node = node
+        self.replicator = replicator
+        self.writing = 0
+        self.acknowledgedPosts = 0
+
+    def write(self, user, request, make):
+        """
+        Apply a write once per (user, request id); answer when it is durable.
+        C{make(user, requestId)} applies it (on the node) and returns its
+        update.
+
+        The reply's id names the copy of the request this VM holds.  A write
+        is identified by its request, not by that id: when a VM stored a
+        request and died before answering, and the client's retry was
+        stored by another VM, the request has two copies; every VM shows the
+        earlier by (time, id) and hides the other, so the reply may name the
+        hidden copy (this VM could not know of one still on a dead VM's
+        disk).  Either way the request is shown exactly once.
+        """
+        requestId = checkRequestId(request.request_id)
+        if request.prefer_vm:
+            checkVm(request.prefer_vm, "preferred VM")
+        if self.writing >= self.maxWriting:
+            # Writes waiting on disks and peers are bounded: past that the
+            # client is told to back off instead of growing our memory.
+            raise errors.Overloaded("%d writes in flight on this master; try again"
+                                    % (self.writing,))
+        update = self.node.replica.byRequest(user, requestId) if requestId else None
+        if update is None:
+            update = make(user, requestId)
+            d = self.acknowledged(update, request.prefer_vm)
+        else:
+            # A retry of a command we (or a peer VM) already applied.
+            d = self.node.durable(update).addCallback(lambda _: 1)
+
+        def reply(copies):
+            out = pb.WriteReply(id=update.id, copies=copies)
+            metrics.acknowledgedWrites.labels(_kind(update)).inc()
+            metrics.copies.observe(copies)
+            if update.post is not None:
+                self.acknowledgedPosts += 1
+                out.post.CopyFrom(update.post.toProto())
+            return out
+
+        def done(result):
+            self.writing -= 1
+            return result
+
+        self.writing += 1
+        return d.addCallback(reply).addBoth(done)
+
+    def acknowledged(self, update, prefer):
+        """Fires with the number of VMs holding C{update} durably (at least 1)."""
+        replicated = self.replicator.broadcast(update, prefer or None)
+        d = defer.gatherResults([self.node.durable(update), replicated], consumeErrors=True)
+        # The disk's refusal (StorageFailed) reaches the client as itself.
+        return d.addCallbacks(lambda results: 1 + results[1], firstError)

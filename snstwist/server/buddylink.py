@@ -1,0 +1,220 @@
+"""
+A server's two possible ends of its buddy pair (C{BuddyConnection} and
+C{Onetime_s_to_buddy}), as the server sees them:
+
+- L{MasterEnd}: a master spawns its slave (through a
+  L{buddy.BuddySupervisor}), answers the slave's C{BuddyConnection} and keeps
+  the slave warm with a L{BuddyFeed} of every durable update;
+- L{SlaveEnd}: a slave dials its master's C{BuddyConnection}, says when the
+  master is lost or stopping, and fences it before taking over.
+
+The links, the supervisor and the fencing themselves are L{buddy}'s; this
+module only ties them to a node and a channel.
+"""
+
+import collections
+import os
+import sys
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from snstwist import buddy
+from snstwist.core.limits import UPDATES_PER_MESSAGE
+from snstwist.core.observers import Observers
+from snstwist.core.state import VersionVector
+from snstwist.rpc import auth, grpcbridge
+from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc import sns_pb2_grpc as pbg
+
+log = Logger()
+
+def slaveCommand(config, address):
+    """
+    The command that starts the slave of the master started with C{config}
+    and serving the cluster at C{address}: the same VM, data, routers and
+    limits, on a free port of the same host.
+    """
+    host = config.listen.rsplit(":", 1)[0]
+    # Never a pipe to us: a slave outlives its master when it takes over,
+    # and a full pipe to a hung master would block it.
+    args = buddy.twistdArgs(config.logfile if config.logfile and config.logfile != "-"
+                            else os.path.join(config.data, "buddies.log"))
+    args += ["sns-server", "--role", "slave", "--vm", config.vm,
+             "--listen", host + ":0", "--data", config.data,
+             "--router", ",".join(config.routers),
+             "--buddy", address, "--buddy-pid", str(os.getpid())]
+    if config.metricsListen:
+        # Master and slave run at once: the slave serves its metrics on
+        # a free port of the same host (it logs which).
+        args += ["--metrics", config.metricsListen.rsplit(":", 1)[0] + ":0"]
+    if config.postRate:
+        args += ["--posts-per-second", repr(config.postRate)]
+    if config.tokenLifetime:
+        args += ["--token-lifetime", repr(config.tokenLifetime)]
+    args += config.tlsArgs
+    env = dict(os.environ, SNS_SECRET=config.secret, GRPC_ENABLE_FORK_SUPPORT="0")
+    return buddy.BuddyCommand(sys.executable, tuple(args), env)
+
+
+class BuddyFeed:
+    """
+    C{Onetime_s_to_buddy}: the master tells its slave about every durable
+    update, in batches, one call in flight at a time.  Nothing is lost when a
+    call fails: a (new) slave says what it holds in its hello and is sent the
+    rest.
+    """
+
+    def __init__(self, address, secret):
+        self.channel = grpcbridge.channel(address)
+        self.stub = pbg.ClusterStub(self.channel)
+        self.metadata = auth.secretMetadata(secret)
+        self.queue = collections.deque()
+        self.busy = False
+        self.closed = False
+
+    def push(self, updates):
+        if self.closed:
+            return
+        self.queue.extend(updates)
+        if not self.busy:
+            self._send()
+
+    def _send(self):
+        # Cut from the front without copying the rest: a cold slave's
+        # first push is the whole history.
+        batch = [self.queue.popleft() for _ in range(min(UPDATES_PER_MESSAGE, len(self.queue)))]
+        if not batch or self.closed:
+            self.busy = False
+            return
+        self.busy = True
+        d = grpcbridge.call(self.stub.Onetime_s_to_buddy,
+                            pb.UpdateBatch(updates=[u.toProto() for u in batch]),
+                            timeout=5, metadata=self.metadata)
+
+        def failed(f):
+            log.info("could not update the slave: {why}", why=f.getErrorMessage())
+            self.queue.clear()
+
+        d.addCallbacks(lambda _: None, failed)
+        d.addCallback(lambda _: self._send())
+
+    def close(self):
+        self.closed = True
+        return grpcbridge.closeChannel(self.channel)
+
+
+class MasterEnd:
+    """
+    The master's end of its buddy pair.  C{hello()} is what we tell the
+    slave about ourselves; C{command()} the L{buddy.BuddyCommand} that
+    starts a slave; C{reactor} spawns it.  Subscribe L{durable} to the
+    node: what is durable here is what the slave is fed.
+    """
+
+    def __init__(self, node, clock, reactor, secret, hello, command):
+        self.node = node
+        self.clock = clock
+        self.reactor = reactor
+        self.secret = secret
+        self.hello = hello
+        self.command = command
+        self.supervisor = None
+        self.slaveLink = None
+        self.feed = None
+
+    def supervise(self):
+        """Spawn our slave, and again whenever it dies."""
+        self.supervisor = buddy.BuddySupervisor(self.command(), self.reactor)
+        self.supervisor.start()
+
+    def connection(self):
+        """The protocol of one C{BuddyConnection} stream from our slave."""
+        return buddy.MasterLink(self.clock, self.hello, self.slaveHello, self.slaveHung,
+                                self.slaveStopping)
+
+    def slaveHello(self, link, hello):
+        """A (new) slave said hello: feed it everything it lacks, then every durable update."""
+        log.info("slave {pid} at {address} connected", pid=hello.pid, address=hello.address)
+        if self.feed is not None:
+            self.feed.close().addErrback(
+                lambda f: log.failure("closing the feed to the old slave failed", f))
+        self.slaveLink = link
+        self.feed = BuddyFeed(hello.address, self.secret)
+        self.feed.push(self.node.replica.missing(VersionVector.fromProto(hello.have)))
+
+    def slaveHung(self, hello, why):
+        if self.supervisor is not None:
+            self.supervisor.kill(why)
+
+    def slaveStopping(self, pid):
+        if self.supervisor is not None:
+            self.supervisor.stopping(pid)
+
+    def durable(self, updates):
+        if self.feed is not None:
+            self.feed.push(updates)
+
+    def shutdown(self):
+        """Tell the slave we stop in order (it must not take over)."""
+        if self.slaveLink is not None:
+            self.slaveLink.sendStopping()
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Stop the slave (TERM, then KILL) and close the feed."""
+        if self.supervisor is not None:
+            yield self.supervisor.stop()
+        if self.feed is not None:
+            yield self.feed.close()
+
+
+class SlaveEnd:
+    """
+    The slave's end of its buddy pair: dials C{master}'s C{BuddyConnection}
+    (once L{start}ed) and tells the observers of L{lost} (with why) and of
+    L{stopping} what becomes of the master.  C{masterPid} is the pid we were
+    told at start; the master's hello says it again.
+    """
+
+    def __init__(self, clock, secret, master, masterPid, hello):
+        self.clock = clock
+        self.secret = secret
+        self.master = master
+        self.startPid = masterPid
+        self.hello = hello
+        self.lost = Observers("the master's loss")
+        self.stopping = Observers("the master's orderly stop")
+        self.channel = None
+        self.link = None
+        self.closed = False
+
+    def start(self):
+        if self.closed:
+            # Stopped while warming up: a stopping slave dials nobody.
+            return
+        self.channel = grpcbridge.channel(self.master)
+        self.link = buddy.SlaveLink(self.clock, self.hello, self.lost, self.stopping, self._dial)
+        self.link.start()
+
+    def _dial(self, link):
+        grpcbridge.openStream(pbg.ClusterStub(self.channel).BuddyConnection,
+                              link, metadata=auth.secretMetadata(self.secret))
+
+    def masterPid(self):
+        link = self.link
+        return (link.masterPid if link is not None else None) or self.startPid
+
+    def fence(self):
+        """Make sure the old master can never write again, and let go of its channel."""
+        buddy.fence(self.masterPid())
+        if self.channel is not None:
+            grpcbridge.closeChannel(self.channel).addErrback(
+                lambda f: log.failure("closing the channel to the old master failed", f))
+
+    def shutdown(self):
+        """Tell the master we stop in order, and stop dialling it."""
+        self.closed = True
+        if self.link is not None:
+            self.link.sendStopping()
+            self.link.close()
