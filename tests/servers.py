@@ -23,12 +23,13 @@ def serverConfig(test, role="master", secret="s", vm="vm1", postRate=None):
 
 
 def serverParts(test, role="master", secret="s", store=None, clock=None, load=True,
-                postRate=None, current=None, node=None):
+                postRate=None, current=None, node=None, feedTo=None):
     """
     The parts of VM vm1's server playing C{role} on C{store} (a manual
     MemoryStore by default), loaded unless C{load} is false.  C{current} is
     the L{CurrentRole} it reads (a new one of C{role} by default); C{node}
-    one already made (and loaded), instead of a new one.  Its reactor is
+    one already made (and loaded), instead of a new one; C{feedTo} makes a
+    master's feed to its slave (see L{buddylink.MasterEnd}).  Its reactor is
     a L{MemoryReactorClock}, so nothing it could spawn is real.
     """
     reactor = MemoryReactorClock()
@@ -41,4 +42,4 @@ def serverParts(test, role="master", secret="s", store=None, clock=None, load=Tr
             test.successResultOf(node.load())
     return ServerParts(serverConfig(test, role, secret, postRate=postRate), identity, node,
                        clock, reactor, FakeHasher(), current or CurrentRole(role), lambda: ADDRESS,
-                       lambda: PEER_ADDRESS)
+                       lambda: PEER_ADDRESS, feedTo)

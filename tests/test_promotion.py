@@ -10,9 +10,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from snstwist import buddy
-from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
+from snstwist.server.buddylink import BuddyFeed
 from snstwist.server.lifecycle import CurrentRole, takeLock
 from snstwist.storage.store import MemoryStore, SQLiteStore
 from tests.fakes import FakeCallContext, NoRoleWork, session
@@ -20,32 +20,28 @@ from tests.servers import serverParts
 from tests.test_auth import login
 
 
-class FakeChannel:
-    """A channel no call goes through: the calls are routed by L{feedSlave}."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: name
-
-
-def feedSlave(test, slave, fail=()):
+class SlaveRoute:
     """
-    Route the master's C{Onetime_s_to_buddy} calls to C{slave} in-process,
-    with the metadata they carry.  Calls whose number (from 0) is in C{fail}
-    fail as an unreachable slave would.  Returns the list of batch sizes sent.
+    The master's feed, routed to C{slave} in-process with the metadata its
+    calls carry (what the slave's C{Onetime_s_to_buddy} checks).  Calls
+    whose number (from 0) is in C{fail} fail as an unreachable slave's
+    would; C{sent} is the size of every batch sent.
     """
-    sent = []
 
-    def call(method, request, timeout=None, metadata=None):
-        sent.append(len(request.updates))
-        if len(sent) - 1 in fail:
+    def __init__(self, slave, fail=()):
+        self.slave = slave
+        self.fail = fail
+        self.sent = []
+
+    def feedTo(self, address, secret):
+        return BuddyFeed(self.send, secret)
+
+    def send(self, batch, metadata):
+        self.sent.append(len(batch.updates))
+        if len(self.sent) - 1 in self.fail:
             return defer.fail(RuntimeError("slave unreachable"))
         return defer.succeed(
-            slave.internal.onetimeSToBuddy(request, FakeCallContext(metadata or ())))
-
-    test.patch(grpcbridge, "channel", lambda address: FakeChannel())
-    test.patch(grpcbridge, "call", call)
-    test.patch(grpcbridge, "closeChannel", lambda ch: defer.succeed(None))
-    return sent
+            self.slave.internal.onetimeSToBuddy(batch, FakeCallContext(metadata)))
 
 
 def emptySlave(test):
@@ -53,12 +49,12 @@ def emptySlave(test):
     return serverParts(test, "slave", store=MemoryStore())
 
 
-def feedingMaster(test):
+def feedingMaster(test, feedTo):
     """
     A master where alice exists, and may post more at once than one user
-    may: these tests are about the feed.
+    may (these tests are about the feed), feeding its slave by C{feedTo}.
     """
-    master = serverParts(test, "master", postRate=10**6)
+    master = serverParts(test, "master", postRate=10**6, feedTo=feedTo)
     master.node.login("alice")
     master.node.store.flush()
     return master, master.node.store
@@ -82,37 +78,35 @@ class BuddyFeedTests(SynchronousTestCase):
         A slave that says it holds the first 100 updates of 1,300 is sent
         the other 1,200 (in several batches) and then holds all of them.
         """
-        master, store = feedingMaster(self)
         slave = emptySlave(self)
+        route = SlaveRoute(slave)
+        master, store = feedingMaster(self, route.feedTo)
         writePosts(self, master, store, 1300)
         held = sorted(master.node.replica.updates[master.node.origin].values(), key=lambda u: u.seq)
         slave.node.mirror(held[:100])
-        sent = feedSlave(self, slave)
         master.masterEnd.slaveHello(object(), slaveHello(slave))
-        self.assertGreater(len(sent), 1, "more than one batch")
-        self.assertEqual(sum(sent), len(held) - 100)
+        self.assertGreater(len(route.sent), 1, "more than one batch")
+        self.assertEqual(sum(route.sent), len(held) - 100)
         self.assertEqual(slave.node.replica.snapshot(), master.node.replica.snapshot())
         self.assertEqual(slave.node.replica.seen.count(), master.node.replica.seen.count())
 
     def test_updates_made_while_a_batch_is_in_flight_all_arrive(self):
         """New writes queue behind the call in flight; none is skipped or sent twice."""
-        master, store = feedingMaster(self)
         slave = emptySlave(self)
         pending = []
 
-        def call(method, request, timeout=None, metadata=None):
+        def send(request, metadata):
             d = defer.Deferred()
             pending.append((request, metadata, d))
             return d
+
+        master, store = feedingMaster(self, lambda address, secret: BuddyFeed(send, secret))
 
         def deliver():
             request, metadata, d = pending.pop(0)
             self.assertLessEqual(len(request.updates), 500)
             d.callback(slave.internal.onetimeSToBuddy(request, FakeCallContext(metadata)))
 
-        self.patch(grpcbridge, "channel", lambda address: FakeChannel())
-        self.patch(grpcbridge, "call", call)
-        self.patch(grpcbridge, "closeChannel", lambda ch: defer.succeed(None))
         master.masterEnd.slaveHello(object(), slaveHello(slave))
         self.assertEqual(len(pending), 1, "one call in flight at a time")
         writePosts(self, master, store, 300)
@@ -126,10 +120,9 @@ class BuddyFeedTests(SynchronousTestCase):
 
     def test_a_failed_feed_is_made_good_by_the_next_hello(self):
         """A call that fails loses nothing: the slave's next hello brings the rest."""
-        master, store = feedingMaster(self)
         slave = emptySlave(self)
+        master, store = feedingMaster(self, SlaveRoute(slave, fail={1}).feedTo)
         writePosts(self, master, store, 1200)
-        feedSlave(self, slave, fail={1})
         master.masterEnd.slaveHello(object(), slaveHello(slave))
         self.assertNotEqual(slave.node.replica.seen.count(), master.node.replica.seen.count())
         master.masterEnd.slaveHello(object(), slaveHello(slave))
@@ -137,21 +130,20 @@ class BuddyFeedTests(SynchronousTestCase):
 
     def test_the_feed_carries_the_cluster_secret(self):
         """The slave accepts the feed: it carries the secret the slave checks."""
-        master, store = feedingMaster(self)
         slave = emptySlave(self)
+        master, store = feedingMaster(self, SlaveRoute(slave).feedTo)
         writePosts(self, master, store, 3)
-        feedSlave(self, slave)
         master.masterEnd.slaveHello(object(), slaveHello(slave))
         self.assertEqual(slave.node.replica.postsBy("alice"), master.node.replica.postsBy("alice"))
 
     def test_every_durable_write_is_fed_to_the_slave(self):
         """Once a slave has said hello, each write reaches it when durable."""
-        master, store = feedingMaster(self)
         slave = emptySlave(self)
-        sent = feedSlave(self, slave)
+        route = SlaveRoute(slave)
+        master, store = feedingMaster(self, route.feedTo)
         master.masterEnd.slaveHello(object(), slaveHello(slave))
         writePosts(self, master, store, 5)
-        self.assertTrue(sent)
+        self.assertTrue(route.sent)
         self.assertEqual([p.text for p in slave.node.replica.postsBy("alice")],
                          ["p0", "p1", "p2", "p3", "p4"])
 

@@ -63,11 +63,15 @@ class BuddyFeed:
     update, in batches, one call in flight at a time.  Nothing is lost when a
     call fails: a (new) slave says what it holds in its hello and is sent the
     rest.
+
+    C{send(batch, metadata)} makes one call (a Deferred), with the cluster
+    C{secret} in its metadata; C{release()} lets go of what the calls went
+    through (a Deferred).  L{slaveFeed} makes a feed over gRPC.
     """
 
-    def __init__(self, address, secret):
-        self.channel = grpcbridge.channel(address)
-        self.stub = pbg.ClusterStub(self.channel)
+    def __init__(self, send, secret, release=lambda: defer.succeed(None)):
+        self.sendBatch = send
+        self.release = release
         self.metadata = auth.secretMetadata(secret)
         self.queue = collections.deque()
         self.busy = False
@@ -88,9 +92,7 @@ class BuddyFeed:
             self.busy = False
             return
         self.busy = True
-        d = grpcbridge.call(self.stub.Onetime_s_to_buddy,
-                            pb.UpdateBatch(updates=[u.toProto() for u in batch]),
-                            timeout=5, metadata=self.metadata)
+        d = self.sendBatch(pb.UpdateBatch(updates=[u.toProto() for u in batch]), self.metadata)
 
         def failed(f):
             log.info("could not update the slave: {why}", why=f.getErrorMessage())
@@ -101,24 +103,38 @@ class BuddyFeed:
 
     def close(self):
         self.closed = True
-        return grpcbridge.closeChannel(self.channel)
+        return self.release()
+
+
+def slaveFeed(address, secret):
+    """A L{BuddyFeed} to the slave at C{address}, on a gRPC channel of its own."""
+    channel = grpcbridge.channel(address)
+    stub = pbg.ClusterStub(channel)
+
+    def send(batch, metadata):
+        return grpcbridge.call(stub.Onetime_s_to_buddy, batch, timeout=5, metadata=metadata)
+
+    return BuddyFeed(send, secret, lambda: grpcbridge.closeChannel(channel))
 
 
 class MasterEnd:
     """
     The master's end of its buddy pair.  C{hello()} is what we tell the
     slave about ourselves; C{command()} the L{buddy.BuddyCommand} that
-    starts a slave; C{reactor} spawns it.  Subscribe L{durable} to the
-    node: what is durable here is what the slave is fed.
+    starts a slave; C{reactor} spawns it; C{feedTo(address, secret)} makes
+    the L{BuddyFeed} to a slave (L{slaveFeed}, over gRPC, by default).
+    Subscribe L{durable} to the node: what is durable here is what the slave
+    is fed.
     """
 
-    def __init__(self, node, clock, reactor, secret, hello, command):
+    def __init__(self, node, clock, reactor, secret, hello, command, feedTo=None):
         self.node = node
         self.clock = clock
         self.reactor = reactor
         self.secret = secret
         self.hello = hello
         self.command = command
+        self.feedTo = feedTo if feedTo is not None else slaveFeed
         self.supervisor = None
         self.slaveLink = None
         self.feed = None
@@ -140,7 +156,7 @@ class MasterEnd:
             self.feed.close().addErrback(
                 lambda f: log.failure("closing the feed to the old slave failed", f))
         self.slaveLink = link
-        self.feed = BuddyFeed(hello.address, self.secret)
+        self.feed = self.feedTo(hello.address, self.secret)
         self.feed.push(self.node.replica.missing(VersionVector.fromProto(hello.have)))
 
     def slaveHung(self, hello, why):

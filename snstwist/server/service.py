@@ -44,11 +44,12 @@ class ServerParts:
     wired together: no process, no socket, no router.  C{current} is the
     role this process plays (L{CurrentRole}); C{address()} where it serves
     clients, C{peerAddress()} the other processes of the cluster; C{reactor}
-    spawns the slave of a master.
+    spawns the slave of a master; C{feedTo} makes the feed to that slave
+    (L{buddylink.slaveFeed} by default).
     """
 
     def __init__(self, config, identity, node, clock, reactor, hasher, current, address,
-                 peerAddress):
+                 peerAddress, feedTo=None):
         secret = config.secret
         self.node = node
         self.replicator = Replicator(node, secret, clock)
@@ -62,7 +63,7 @@ class ServerParts:
         self.report = Report(identity, current, address, peerAddress, node, self.sessions,
                              self.replicator, self.writes)
         self.masterEnd = MasterEnd(node, clock, reactor, secret, self.report.buddyHello,
-                                   lambda: slaveCommand(config, peerAddress()))
+                                   lambda: slaveCommand(config, peerAddress()), feedTo)
         self.internal = ClusterApi(secret, current, self.admission, node, clock, self.report,
                                    self.masterEnd)
         # In this order: a password change ends old sessions before anything
