@@ -200,6 +200,8 @@ class World:
         self.store = MemoryStore()
         self.service = serverParts(test, role, SECRET, store=self.store, clock=self.clock)
         self.node = self.service.node
+        if role != "master":
+            self.node.mirror = self._mirrorOnDisk
         for user in USERS:
             self.node.login(user)
         self.node.follow("bob", "alice", "setup-1")
@@ -208,6 +210,14 @@ class World:
         self.peerStore = MemoryStore()
         self.peer = Node("vm2", "vm2.p", self.peerStore, self.clock)
         self.replicate(test)
+
+    def _mirrorOnDisk(self, updates):
+        """
+        What a slave mirrors, its master stored on their VM's disk first
+        (which is where a catch-up reads it from).
+        """
+        self.store.persist(updates)
+        return Node.mirror(self.node, updates)
 
     def ctx(self, user="alice"):
         """A call's context: the cluster secret, and C{user}'s session token."""
@@ -230,7 +240,7 @@ class World:
         """
         link = PeerLink(self.service.replicator, "vm2", "127.0.0.3:1")
         link.stream, link.synced = FakeStream(), True
-        link.push(self.node.replica.missing(self.peer.replica.seen))
+        link.push(test.successResultOf(self.node.store.missing(self.peer.replica.seen, 10**6)))
         receiver, back = ReplicaReceiver(self.peer, self.clock), FakeStream()
         receiver.makeConnection(back)
         try:

@@ -37,7 +37,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from snstwist.core import errors
 from snstwist.core.limits import HISTORY
 from snstwist.core.model import parseUpdateId
-from snstwist.core.state import VersionVector
+from snstwist.core.state import HOT_POSTS, VersionVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
 from snstwist.server.peers import ACK_TIMEOUT, ANTI_ENTROPY, LINK_TIMEOUT, PeerLink, ReplicaReceiver
@@ -116,6 +116,10 @@ class End:
                                                % (self.owner.vm, i))
         self.connection.carry(self, message)
         return True
+
+    def drained(self, below):
+        """The network takes each message as it is sent: none waits on this side."""
+        return defer.succeed(None)
 
     def close(self):
         self.connection.breakOff()
@@ -236,6 +240,12 @@ class Incarnation:
     def die(self):
         self.alive = False
         self.clock.die()
+
+
+def pairsOf(vector):
+    """Every (origin, seq) the version vector C{vector} holds."""
+    return {(origin, seq) for origin, seen in vector.origins.items()
+            for seq in itertools.chain(range(1, seen.contiguous + 1), seen.extra)}
 
 
 def userViews(replica):
@@ -550,21 +560,35 @@ class ReplicationMachine(RuleBasedStateMachine):
         self.the_disk_holds_nothing_the_replica_lacks()
         self.catch_up_offers_exactly_what_a_peer_lacks()
 
+    def held(self, inc):
+        """The updates C{inc} holds: on its disk, or on their way there."""
+        store = self.stores[inc.vm]
+        held = dict(store.durable)
+        for updates, _, _ in store._pending:
+            for u in updates:
+                held.setdefault((u.origin, u.seq), u)
+        return held
+
     def replicas_hold_only_what_was_written(self):
-        """Every update a replica holds is exactly one some node produced."""
+        """
+        A replica holds (its version vector says) exactly the updates its
+        store has or is writing, and each is exactly one some node produced.
+        """
         for inc in self.live():
-            for updates in inc.node.replica.updates.values():
-                for u in updates.values():
-                    assert self.produced.get(u.id) == u, \
-                        "%s holds %s, which no node wrote as such: %r" % (inc.vm, u.id, u)
+            held = self.held(inc)
+            assert set(held) == pairsOf(inc.node.replica.seen), \
+                "%s holds %s in memory, %s in its store" % (
+                    inc.vm, sorted(pairsOf(inc.node.replica.seen)), sorted(held))
+            for u in held.values():
+                assert self.produced.get(u.id) == u, \
+                    "%s holds %s, which no node wrote as such: %r" % (inc.vm, u.id, u)
 
     def hybrid_clocks_never_go_backwards(self):
         for inc in self.live():
             hlc = inc.node.hlc.last
             assert hlc >= inc.lastHlc, "HLC of %s went back" % (inc.node.origin,)
             inc.lastHlc = hlc
-            newest = max((u.time_us for us in inc.node.replica.updates.values()
-                          for u in us.values()), default=0)
+            newest = max((u.time_us for u in self.held(inc).values()), default=0)
             assert hlc >= newest, "HLC of %s is behind an update it holds" % (inc.vm,)
 
     def the_disk_holds_nothing_the_replica_lacks(self):
@@ -574,14 +598,18 @@ class ReplicationMachine(RuleBasedStateMachine):
 
     def catch_up_offers_exactly_what_a_peer_lacks(self):
         """
-        Replica.missing, given a peer's version vector as a hello carries it,
-        is every update held here that the peer does not hold: holes in
-        either vector included, which is where a shortcut would go wrong.
+        The pages of what a peer lacks (History.missingPages, from the
+        store), given its version vector as a hello carries it, are every
+        update stored here that the peer does not hold: holes in either
+        vector included, which is where a shortcut would go wrong.
         """
         for here, there in itertools.permutations(self.live(), 2):
             vector = VersionVector.fromProto(there.node.replica.seen.toProto())
-            offered = [u.id for u in here.node.replica.missing(vector)]
-            lacking = {u.id for us in here.node.replica.updates.values() for u in us.values()
+            offered = []
+            done = here.node.history.missingPages(
+                vector, lambda updates, out=offered: out.extend(u.id for u in updates), page=3)
+            assert done.called, "a MemoryStore answers at once"
+            lacking = {u.id for u in self.stores[here.vm].durable.values()
                        if not there.node.replica.has(u)}
             assert len(offered) == len(set(offered)) and set(offered) == lacking, \
                 "%s would send %s %s, which lacks %s" % (here.vm, there.vm, offered, lacking)
@@ -605,7 +633,7 @@ class ReplicationMachine(RuleBasedStateMachine):
             return False
         vectors = set()
         for inc in self.live():
-            held = {(o, s) for o, us in inc.node.replica.updates.items() for s in us}
+            held = pairsOf(inc.node.replica.seen)
             if held != set(self.stores[inc.vm].durable):
                 return False
             vectors.add(frozenset(held))
@@ -632,10 +660,22 @@ class ReplicationMachine(RuleBasedStateMachine):
         assert len(set(views.values())) == 1, views
 
         # A request retried at another VM is shown once, the same everywhere;
-        # and every request is shown, whoever else used its id.
+        # and every request is shown, whoever else used its id.  What is
+        # shown is what the store shows (the post files); memory holds the
+        # newest of it.
         for inc in self.live():
-            shown = [(p.author, self.produced[p.id].request_id)
-                     for posts in inc.node.replica.posts.values() for p in posts]
+            store = self.stores[inc.vm]
+            shownPosts = sorted((u.post for u in store.durable.values()
+                                 if u.post is not None and u.id not in store.hidden),
+                                key=lambda p: p.key)
+            for author in {p.author for p in shownPosts}:
+                newest = [p for p in shownPosts if p.author == author][-HOT_POSTS:]
+                memory = inc.node.replica.postsBy(author)
+                assert memory == newest[-len(memory):] and (
+                    len(memory) == len(newest) or author in inc.node.replica.truncated), \
+                    "%s shows %s of %s in memory, %s on disk" % (
+                        inc.vm, [p.id for p in memory], author, [p.id for p in newest])
+            shown = [(p.author, self.produced[p.id].request_id) for p in shownPosts]
             assert len(shown) == len(set(shown)), "a request shown twice on %s" % (inc.vm,)
             made = {(u.post.author, u.request_id) for u in self.produced.values()
                     if u.post is not None and inc.node.replica.has(u)}

@@ -112,7 +112,7 @@ def readMark(cluster, vm, user):
     path = os.path.join(cluster.data(vm), "sns.sqlite3")
     db = sqlite3.connect("file:%s?mode=ro" % (path,), uri=True)
     try:
-        return db.execute("SELECT time_us, post_id FROM reads WHERE user = ?",
+        return db.execute("SELECT time_us, post_id FROM marks WHERE user = ?",
                           (user,)).fetchone()
     finally:
         db.close()

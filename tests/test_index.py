@@ -7,15 +7,19 @@ between the record's commit and the post files leaves, repaired on open.
 
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 
-from twisted.trial.unittest import TestCase
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from snstwist.core.state import VersionVector
 from snstwist.storage import admin, disk
 from snstwist.storage.postfile import postLine
-from snstwist.storage.store import SQLiteStore
-from tests.strategies import followUpdate, postUpdate, userUpdate
+from snstwist.storage.store import MemoryStore, SQLiteStore
+from tests.strategies import followUpdate, postUpdate, updateLists, userUpdate
 
 
 def vector(*held):
@@ -146,6 +150,7 @@ class OldLayoutTests(TestCase):
     """A data directory of the layout before the record (a log table and post files)."""
 
     async def test_its_files_and_log_are_indexed_on_open(self):
+        """All three are held; open reads the user and the shown post (memory's part)."""
         path = self.mktemp()
         os.makedirs(os.path.join(path, "posts"))
         user = userUpdate("vm1.a", 1, 50, "alice")
@@ -169,6 +174,36 @@ class OldLayoutTests(TestCase):
         tables = {name for (name,) in s._disk.db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
         self.assertEqual(
-            (sorted(u.id for u in loaded), byRequest[("alice", "r")].id, [u.id for u in page],
-             "log" in tables, {"record", "versions", "unsynced"} <= tables),
-            (["vm1.a/1", "vm1.a/2", "vm2.b/1"], "vm1.a/2", ["vm1.a/2"], False, True))
+            (sorted(u.id for u in loaded), s.held().count(), byRequest[("alice", "r")].id,
+             [u.id for u in page], "log" in tables, {"record", "versions", "unsynced"} <= tables),
+            (["vm1.a/1", "vm1.a/2"], 3, "vm1.a/2", ["vm1.a/2"], False, True))
+
+
+class MissingPropertyTests(SynchronousTestCase):
+    """What a peer lacks, from the record and from the memory store, is what a scan finds."""
+
+    @settings(max_examples=30, deadline=None)
+    @given(st.data())
+    def test_pages_of_missing_are_every_update_the_remote_lacks_in_order(self, data):
+        updates = data.draw(updateLists())
+        theirs = data.draw(st.lists(st.sampled_from(updates))) if updates else []
+        remote = vector(*[(u.origin, u.seq) for u in theirs])
+        expected = sorted({(u.origin, u.seq) for u in updates if not remote.has(u.origin, u.seq)})
+        path = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, path)
+        d = disk.Disk(path)
+        d.openRecord()
+        self.addCleanup(d.close)
+        d.index.write([(u, True) for u in {(u.origin, u.seq): u for u in updates}.values()])
+        memory = MemoryStore()
+        memory.persist(updates)
+        pages, after = [], None
+        while True:
+            page = d.index.missing(remote, 3, after)
+            pages.append([(u.origin, u.seq) for u in page])
+            if len(page) < 3:
+                break
+            after = pages[-1][-1]
+        fromMemory = self.successResultOf(memory.missing(remote, len(updates) + 1))
+        self.assertEqual(([k for page in pages for k in page],
+                          [(u.origin, u.seq) for u in fromMemory]), (expected, expected))

@@ -82,7 +82,8 @@ class BuddyFeedTests(SynchronousTestCase):
         route = SlaveRoute(slave)
         master, store = feedingMaster(self, route.feedTo)
         writePosts(self, master, store, 1300)
-        held = sorted(master.node.replica.updates[master.node.origin].values(), key=lambda u: u.seq)
+        held = sorted((u for u in store.durable.values() if u.origin == master.node.origin),
+                      key=lambda u: u.seq)
         slave.node.mirror(held[:100])
         master.masterEnd.slaveHello(object(), slaveHello(slave))
         self.assertGreater(len(route.sent), 1, "more than one batch")

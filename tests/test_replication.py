@@ -571,8 +571,7 @@ class StreamTroubleTests(SynchronousTestCase):
         self.connect()
         self.breaks()
         self.connect()
-        self.link.messageReceived(ackMessage(self.node.replica.updates["vm1.a"][1].id,
-                                             update.id))
+        self.link.messageReceived(ackMessage("vm1.a/1", update.id))
         self.assertEqual((self.replicator.lag(), self.link.failures), (0, 0))
 
     def test_lag_counts_what_the_peers_hello_lacks(self):

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.core.state import Replica, Seen, VersionVector
 from snstwist.rpc import sns_pb2 as pb
+from snstwist.storage.store import MemoryStore
 from tests.strategies import followUpdate, postUpdate, updateLists, userUpdate
 
 
@@ -75,15 +76,6 @@ class SeenTests(SynchronousTestCase):
         seen.discard(7)
         self.assertEqual([seq for seq in range(1, 9) if seen.has(seq)], [1, 3, 4])
         self.assertEqual((seen.add(2), seen.contiguous, seen.extra), (True, 4, set()))
-
-    def test_lacking_walks_only_above_the_remote_prefix(self):
-        """What a remote lacks: seqs held here, above its prefix, not in its extras."""
-        mine, theirs = Seen(), Seen()
-        for seq in (1, 2, 3, 5, 6, 9):
-            mine.add(seq)
-        for seq in (1, 2, 6):
-            theirs.add(seq)
-        self.assertEqual(mine.lacking(theirs), [3, 5, 9])
 
     def test_has_covers_prefix_and_extras_only(self):
         """has() is true for the prefix and the extras, false for the gaps."""
@@ -242,59 +234,19 @@ class TimelineTests(SynchronousTestCase):
         self.assertEqual(self.replica.timeline("erin", 20), [])
 
     def test_timeline_after_cursor_gives_only_later_posts(self):
-        """timelineAfter() returns the posts after the cursor key, oldest first."""
-        self.assertEqual(keys(self.replica.timelineAfter("alice", (20, "vm1.a/5"))),
+        """timelinePage() returns the posts after the cursor key, oldest first."""
+        self.assertEqual(keys(self.replica.timelinePage("alice", (20, "vm1.a/5"), 20)),
                          [(30, "vm2.a/1"), (40, "vm2.a/2")])
 
     def test_timeline_after_cursor_breaks_time_ties_by_id(self):
         """A post at the cursor's time but with a greater id is after it."""
         self.replica.apply(postUpdate("vm3.a", 1, 20, "bob"))
-        self.assertEqual(keys(self.replica.timelineAfter("alice", (20, "vm1.a/5"))),
+        self.assertEqual(keys(self.replica.timelinePage("alice", (20, "vm1.a/5"), 20)),
                          [(20, "vm3.a/1"), (30, "vm2.a/1"), (40, "vm2.a/2")])
 
 
-class MissingTests(SynchronousTestCase):
-    def setUp(self):
-        self.updates = [userUpdate("vm1.a", seq, seq, "alice") for seq in (1, 2, 3, 4)]
-        self.updates.append(userUpdate("vm2.a", 1, 5, "bob"))
-        self.replica = replicaOf(self.updates)
-
-    def test_an_empty_vector_misses_everything(self):
-        """Against an empty version vector, every update held is missing."""
-        self.assertEqual(self.replica.missing(VersionVector()), self.updates)
-
-    def test_missing_is_exactly_what_the_remote_lacks(self):
-        """Updates in the remote's prefix or extras are not sent again."""
-        remote = vectorOf([("vm1.a", 1), ("vm1.a", 3), ("vm2.a", 1), ("vm3.a", 1)])
-        self.assertEqual([u.id for u in self.replica.missing(remote)],
-                         ["vm1.a/2", "vm1.a/4"])
-
-    def test_an_equal_vector_misses_nothing(self):
-        """A remote holding what we hold misses nothing."""
-        self.assertEqual(self.replica.missing(self.replica.seen), [])
-
-    def test_missing_comes_in_sequence_order_per_origin(self):
-        """Updates applied out of order are sent in (origin, seq) order, gaps skipped."""
-        replica = replicaOf([userUpdate("vm1.a", seq, seq, "alice") for seq in (7, 2, 5, 1)])
-        self.assertEqual([u.id for u in replica.missing(vectorOf([("vm1.a", 1)]))],
-                         ["vm1.a/2", "vm1.a/5", "vm1.a/7"])
-
-    @given(st.data())
-    def test_missing_is_what_a_sorted_scan_finds(self, data):
-        """missing() is every held update the remote lacks, each origin's in order."""
-        updates = data.draw(updateLists())
-        theirs = data.draw(st.lists(st.sampled_from(updates))) if updates else []
-        a, remote = replicaOf(updates), replicaOf(theirs).seen
-        expected = sorted({(u.origin, u.seq) for u in updates
-                           if not remote.has(u.origin, u.seq)})
-        sent = [(u.origin, u.seq) for u in a.missing(remote)]
-        perOrigin = [[seq for o, seq in sent if o == origin] for origin in {o for o, _ in sent}]
-        self.assertEqual((sorted(sent), [sorted(seqs) for seqs in perOrigin]),
-                         (expected, perOrigin))
-
-
 class LackingTests(SynchronousTestCase):
-    """VersionVector.lacking counts, without listing them, what missing() lists."""
+    """VersionVector.lacking counts, without listing them, what a peer lacks."""
 
     @given(mine=st.lists(st.tuples(st.sampled_from(["o1", "o2"]), st.integers(1, 12))),
            theirs=st.lists(st.tuples(st.sampled_from(["o1", "o2", "o3"]), st.integers(1, 12))))
@@ -318,12 +270,13 @@ class ConvergenceTests(SynchronousTestCase):
 
     @given(st.data())
     def test_applying_what_is_missing_catches_up(self, data):
-        """A replica that applies a.missing(its vector) holds all a holds, and its own."""
+        """A replica that applies what a's store says it lacks holds all a holds, and its own."""
         updates = data.draw(updateLists())
         ours = data.draw(st.lists(st.sampled_from(updates))) if updates else []
         theirs = data.draw(st.lists(st.sampled_from(updates))) if updates else []
-        a, b = replicaOf(theirs), replicaOf(ours)
-        for u in a.missing(b.seen):
+        a, b = MemoryStore(), replicaOf(ours)
+        a.persist(theirs)
+        for u in self.successResultOf(a.missing(b.seen, limit=len(updates) + 1)):
             b.apply(u)
         self.assertEqual(b.snapshot(), replicaOf(ours + theirs).snapshot())
 
@@ -356,7 +309,7 @@ class RetriedRequestTests(SynchronousTestCase):
         """The hidden copy still counts as held, so peers do not send it again."""
         replica = replicaOf([self.retry, self.first])
         self.assertTrue(replica.has(self.retry) and replica.has(self.first))
-        self.assertEqual(replica.missing(replica.seen), [])
+        self.assertEqual(vectorOf([("vm1.a", 1), ("vm2.b", 1)]).lacking(replica.seen), 0)
 
     def test_a_later_copy_displaces_nothing_and_an_earlier_one_reports_what_it_hid(self):
         """apply() says which shown post an earlier copy took the place of."""
@@ -366,3 +319,64 @@ class RetriedRequestTests(SynchronousTestCase):
         self.assertEqual(displaced, [self.retry])
         self.assertFalse(replica.shows(self.retry))
         self.assertTrue(replica.shows(self.first))
+
+
+class MergeTests(SynchronousTestCase):
+    @given(mine=st.lists(st.tuples(st.sampled_from(["o1", "o2"]), st.integers(1, 12))),
+           theirs=st.lists(st.tuples(st.sampled_from(["o1", "o3"]), st.integers(1, 12))))
+    def test_a_merged_vector_holds_the_union(self, mine, theirs):
+        """merge() holds exactly what either held, in the same ranges as adding one by one."""
+        merged = vectorOf(mine)
+        merged.merge(vectorOf(theirs))
+        self.assertEqual(merged.toProto(), vectorOf(mine + theirs).toProto())
+
+
+class WindowTests(SynchronousTestCase):
+    """Memory holds the newest posts of each author, whatever the order of arrival."""
+
+    def test_only_the_newest_posts_of_an_author_are_held(self):
+        replica = Replica(hotPosts=3)
+        for seq in (5, 1, 4, 2, 3):
+            replica.apply(postUpdate("vm1.a", seq, seq * 10, "alice"))
+        self.assertEqual((keys(replica.postsBy("alice")), replica.truncated, replica.seen.count()),
+                         ([(30, "vm1.a/3"), (40, "vm1.a/4"), (50, "vm1.a/5")], {"alice"}, 5))
+
+    def test_memory_covers_a_cursor_within_every_window(self):
+        """An author with posts older than memory holds needs the disk before its window."""
+        replica = Replica(hotPosts=2)
+        replica.apply(followUpdate("vm1.a", 1, 1, "alice", "bob"))
+        for seq, time in ((2, 10), (3, 20), (4, 30)):
+            replica.apply(postUpdate("vm1.a", seq, time, "bob"))
+        replica.apply(postUpdate("vm1.a", 5, 5, "alice"))
+        self.assertEqual([replica.covers("alice", c) for c in ((10, "vm1.a/2"), (20, "vm1.a/3"))],
+                         [False, True])
+
+    @given(st.data())
+    def test_the_windows_do_not_depend_on_the_order(self, data):
+        """Small windows, retried requests, any order: the same posts shown."""
+        updates = data.draw(updateLists())
+        shuffled = data.draw(st.permutations(updates))
+        small = [Replica(hotPosts=2), Replica(hotPosts=2)]
+        for replica, order in zip(small, (updates, shuffled)):
+            for u in order:
+                replica.apply(u)
+        self.assertEqual(small[0].snapshot(), small[1].snapshot())
+
+
+class RememberedRequestTests(SynchronousTestCase):
+    def test_only_the_latest_requests_are_remembered(self):
+        replica = Replica(rememberedRequests=2)
+        for seq in (1, 2, 3):
+            replica.apply(postUpdate("vm1.a", seq, seq, "alice", requestId="r%d" % (seq,)))
+        self.assertEqual([replica.knowsRequest(("alice", "r%d" % (seq,))) for seq in (1, 2, 3)],
+                         [False, True, True])
+
+    def test_a_copy_found_on_disk_is_remembered_when_it_is_the_earliest(self):
+        """rememberRequest keeps the earliest copy, which then hides a later one applied."""
+        first = postUpdate("vm1.a", 1, 1000, "alice", "hi", requestId="req-1")
+        retry = postUpdate("vm2.b", 1, 2000, "alice", "hi", requestId="req-1")
+        replica, displaced = Replica(), []
+        replica.rememberRequest(first)
+        replica.apply(retry, displaced)
+        self.assertEqual((replica.byRequest("alice", "req-1"), replica.shows(retry),
+                          replica.postsBy("alice"), displaced), (first, False, [], []))

@@ -24,6 +24,7 @@ from snstwist.core.model import (
     checkTime,
     updateId,
 )
+from snstwist.core.history import History
 from snstwist.core.observers import Observers
 from snstwist.core.slices import inSlices
 from snstwist.core.state import Replica
@@ -106,6 +107,7 @@ class Node:
         self.hlc = HybridClock(clock)
         self.window = ClockWindow(self.hlc)
         self.replica = Replica()
+        self.history = History(self)
         self.seq = 0
         self._durable = {}  # update id -> Deferreds waiting for its flush
         self._durableObservers = Observers("durable updates")
@@ -146,13 +148,8 @@ class Node:
                 d.errback(errors.StorageFailed(problem.message))
 
     def load(self):
-        """Open the store and apply what it holds, in slices (L{slices})."""
-        def loaded(updates):
-            d = self.mirrorAll(updates)
-            return d.addCallback(lambda _: setattr(
-                self, "seq", self.replica.lastSeq(self.origin))).addCallback(lambda _: updates)
-
-        return self.store.open().addCallback(loaded)
+        """Open the store and apply what memory holds of it (L{History.load})."""
+        return self.history.load()
 
     def _new(self, requestId, **change):
         # Take the seq only once the update is built: a write rejected by
@@ -240,8 +237,18 @@ class Node:
             self._refuseIfStorageFailed()
         except errors.StorageFailed:
             return defer.fail()
-        fresh, displaced = [], []
         accepted = self.window.accepted(updates)
+        # Whether a post is a retry's second copy is known before it is
+        # applied: the earliest copy of each request may be on disk only.
+        d = self.history.knowRequests(u.request for u in accepted if u.request)
+        return d.addCallback(lambda _: self._receive(accepted))
+
+    def _receive(self, accepted):
+        try:
+            self._refuseIfStorageFailed()
+        except errors.StorageFailed:
+            return defer.fail()
+        fresh, displaced = [], []
         for u in accepted:
             self.hlc.observe(u.time_us)
             if self.replica.apply(u, displaced):
@@ -283,13 +290,7 @@ class Node:
         that is read.
         """
         self._watch(store)
-
-        def opened(added):
-            self.seq = self.replica.lastSeq(self.origin)
-            return added
-
-        d = store.open(self.replica.seen).addCallback(self.mirrorAll)
-        return d.addCallback(opened)
+        return self.history.adopt(store)
 
     # -- the domain rules of each write
 

@@ -10,19 +10,33 @@ delay of delivery:
   register (the account's creation is its first write);
 - a follow relation is a last-writer-wins register per (follower, followee),
   ordered by (hybrid logical time, update id);
-- posts are a grow-only set, kept ordered by (time, id) per author.
+- posts are a grow-only set, ordered by (time, id) per author.
 
-It also remembers every update it holds, by (origin, seq), so that it can
-tell a peer exactly what the peer is missing (its version vector).
+Its memory does not grow with history: of the posts it holds only a window
+in memory, the L{HOT_POSTS} newest shown posts of each author (exactly what
+a history of L{HISTORY} posts needs), and of the requests that made
+updates the L{REMEMBERED_REQUESTS} most recently seen.  What it holds is
+said by its version vector (ranges per origin); the updates themselves are
+in the VM's store, which answers what a peer lacks and the older posts
+(L{snstwist.core.history}).
 """
 
 import bisect
+import collections
 import heapq
 import itertools
 
 import attrs
 
+from snstwist.core.limits import HISTORY
 from snstwist.rpc import sns_pb2 as pb
+
+# The newest shown posts of each author held in memory: a history of
+# HISTORY posts is answered from memory whatever whom a user follows.
+HOT_POSTS = HISTORY
+# (requester, request id) -> the earliest update of that request, for the
+# requests seen last; older ones are looked up in the store.
+REMEMBERED_REQUESTS = 10000
 
 
 @attrs.define
@@ -60,17 +74,6 @@ class Seen:
         else:
             self.extra.discard(seq)
 
-    def lacking(self, remote):
-        """
-        The sequence numbers seen here that C{remote} (a L{Seen}) lacks, in
-        order: found by walking the range above what C{remote} holds in a
-        row, not by sorting everything seen here.
-        """
-        if self.top <= remote.contiguous:
-            return []
-        return [seq for seq in range(remote.contiguous + 1, self.top + 1)
-                if self.has(seq) and seq not in remote.extra]
-
 
 class VersionVector:
     """What a replica holds, per origin."""
@@ -92,6 +95,20 @@ class VersionVector:
 
     def count(self):
         return sum(s.contiguous + len(s.extra) for s in self.origins.values())
+
+    def merge(self, other):
+        """Hold, besides what is held here, everything C{other} holds."""
+        for origin, theirs in other.origins.items():
+            mine = self.origins.setdefault(origin, Seen())
+            if theirs.contiguous > mine.contiguous:
+                mine.contiguous = theirs.contiguous
+                mine.extra = {seq for seq in mine.extra if seq > mine.contiguous}
+            for seq in theirs.extra:
+                mine.add(seq)
+            while mine.contiguous + 1 in mine.extra:
+                mine.contiguous += 1
+                mine.extra.discard(mine.contiguous)
+            mine.top = max(mine.top, theirs.top)
 
     def lacking(self, other):
         """How many updates held here C{other} (a version vector, or None) lacks."""
@@ -138,7 +155,7 @@ class FollowRegister:
 
 
 class Replica:
-    def __init__(self):
+    def __init__(self, hotPosts=HOT_POSTS, rememberedRequests=REMEMBERED_REQUESTS):
         self.users = set()
         self.passwords = {}
         self.follows = {}
@@ -146,11 +163,18 @@ class Replica:
         # fan-out does not scan every relation for every post.
         self._followers = {}
         self._following = {}
+        # author -> the hotPosts newest posts held, oldest first; and the
+        # authors who have older posts (on disk only).
         self.posts = {}
+        self.hidden = set()  # ids of the posts of the windows not shown
+        self.truncated = set()
+        self.hotPosts = hotPosts
         self.reads = {}
-        self.updates = {}
         self.seen = VersionVector()
-        self.requests = {}
+        # (requester, request id) -> its earliest update known, the most
+        # recently used last.
+        self.requests = collections.OrderedDict()
+        self.rememberedRequests = rememberedRequests
 
     # -- writing
 
@@ -170,27 +194,24 @@ class Replica:
         """
         if not self.seen.add(update.origin, update.seq):
             return False
-        self.updates.setdefault(update.origin, {})[update.seq] = update
         # Request ids are the client's, and scoped to its user: two users
         # may pick the same one.
         request = update.request
         prior = self.requests.get(request) if request else None
-        if request and (prior is None or update.key < prior.key):
-            self.requests[request] = update
+        if request:
+            self.rememberRequest(update)
         if update.user is not None:
             self.users.add(update.user)
             self._setPassword(update.user, update.key, update.hash)
         elif update.password is not None:
             self._setPassword(update.password.user, update.key, update.password.hash)
         elif update.post is not None:
-            if prior is not None and prior.post is not None:
-                if update.key > prior.key:
-                    return True
-                self._unshow(prior.post)
+            later = prior is not None and prior.post is not None and update.key > prior.key
+            if prior is not None and prior.post is not None and not later:
+                self._hide(prior.post)
                 if displaced is not None:
                     displaced.append(prior)
-            posts = self.posts.setdefault(update.post.author, [])
-            bisect.insort(posts, update.post, key=lambda p: p.key)
+            self._hold(update.post, hidden=later)
         elif update.read is not None:
             mark = update.read
             if mark.key > self.reads.get(mark.user, (0, "")):
@@ -218,9 +239,43 @@ class Replica:
         """C{user}'s L{PasswordRegister} (its key is the generation), or None."""
         return self.passwords.get(user)
 
-    def _unshow(self, post):
-        posts = self.posts[post.author]
-        del posts[bisect.bisect_left(posts, post.key, key=lambda p: p.key)]
+    def rememberRequest(self, update):
+        """
+        Remember C{update} as the copy of its request if it is the earliest
+        known (the store found it, or it is being applied).
+        """
+        request = update.request
+        current = self.requests.get(request)
+        if current is None or update.key < current.key:
+            self.requests[request] = update
+        self.requests.move_to_end(request)
+        while len(self.requests) > self.rememberedRequests:
+            self.requests.popitem(last=False)
+
+    def knowsRequest(self, request):
+        return request in self.requests
+
+    def _hold(self, post, hidden):
+        """
+        Add C{post} to its author's window: the newest posts held, shown or
+        not, so that the window is the same whatever the order of arrival.
+        """
+        posts = self.posts.setdefault(post.author, [])
+        bisect.insort(posts, post, key=lambda p: p.key)
+        if hidden:
+            self.hidden.add(post.id)
+        if len(posts) > self.hotPosts:
+            for old in posts[:-self.hotPosts]:
+                self.hidden.discard(old.id)
+            del posts[:-self.hotPosts]
+            self.truncated.add(post.author)
+
+    def _hide(self, post):
+        """Stop showing C{post} (older than the window, it is on disk only: nothing to do)."""
+        posts = self.posts.get(post.author, [])
+        i = bisect.bisect_left(posts, post.key, key=lambda p: p.key)
+        if i < len(posts) and posts[i].id == post.id:
+            self.hidden.add(post.id)
 
     def shows(self, update):
         """Is C{update}'s post the one shown for its request (not a duplicate)?"""
@@ -257,10 +312,12 @@ class Replica:
         return self._followers.get(user, frozenset())
 
     def postsBy(self, user):
-        return self.posts.get(user, [])
+        """The posts of C{user} shown, of those in memory (its newest), oldest first."""
+        hidden = self.hidden
+        return [p for p in self.posts.get(user, ()) if p.id not in hidden]
 
     def _timelineSources(self, user):
-        return [self.postsBy(u) for u in set(self.following(user)) | {user}]
+        return [self.postsBy(u) for u in self.sources(user)]
 
     def timeline(self, user, limit):
         """The C{limit} newest posts by C{user} and whom they follow, oldest first."""
@@ -270,19 +327,28 @@ class Replica:
         recent.reverse()
         return recent
 
-    def timelineAfter(self, user, cursor):
-        """Every post of C{user}'s timeline after C{cursor} (a post key), oldest first."""
-        later = []
-        for posts in self._timelineSources(user):
-            later.extend(posts[bisect.bisect_right(posts, cursor, key=lambda p: p.key):])
-        later.sort(key=lambda p: p.key)
-        return later
+    def sources(self, user):
+        """The authors of C{user}'s timeline: whom they follow, and themselves."""
+        return set(self._following.get(user, ())) | {user}
+
+    def covers(self, user, cursor):
+        """
+        Does memory hold every post of C{user}'s timeline from the post key
+        C{cursor} on (else the older ones are on disk only)?
+        """
+        for author in self.sources(user):
+            if author in self.truncated:
+                posts = self.posts.get(author)
+                if not posts or posts[0].key > cursor:
+                    return False
+        return True
 
     def timelinePage(self, user, cursor, limit, inclusive=False):
         """
-        At most C{limit} posts of C{user}'s timeline after the post key
-        C{cursor} (from it, if C{inclusive}), oldest first: one page of a
-        catch-up, found without copying the rest of the timeline.
+        At most C{limit} posts of C{user}'s timeline held in memory after
+        the post key C{cursor} (from it, if C{inclusive}), oldest first: one
+        page of a catch-up, found without copying the rest of the timeline;
+        the whole page if L{covers}.
         """
         edge = bisect.bisect_left if inclusive else bisect.bisect_right
         pages = []
@@ -291,22 +357,13 @@ class Replica:
             pages.append(posts[start:start + limit])
         return list(itertools.islice(heapq.merge(*pages, key=lambda p: p.key), limit))
 
-    def missing(self, remote):
-        """The updates held here that the version vector C{remote} lacks."""
-        out = []
-        for origin, updates in self.updates.items():
-            # The usual case, asked every second, costs nothing: the peer
-            # holds everything up to our newest update of the origin.
-            seqs = self.seen.origins[origin].lacking(remote.origins.get(origin) or Seen())
-            out.extend(updates[seq] for seq in seqs)
-        return out
-
     def snapshot(self):
         """A comparable summary of the visible state (for tests and compare)."""
         return (
             frozenset(self.users),
             frozenset((pair, r.following) for pair, r in self.follows.items()),
-            tuple((a, tuple(p.key for p in ps)) for a, ps in sorted(self.posts.items())),
+            tuple((a, keys) for a in sorted(self.posts)
+                  if (keys := tuple(p.key for p in self.postsBy(a)))),
             frozenset(self.reads.items()),
             frozenset(self.passwords.items()),
         )

@@ -79,11 +79,12 @@ class Writes:
         self.writing = 0
         self.acknowledgedPosts = 0
 
-    def write(self, user, request, make):
+    def write(self, user, request, make, check):
         """
         Apply a write once per (user, request id); answer when it is durable.
         C{make(user, requestId)} applies it (on the node) and returns its
-        update.
+        update; C{check(user)} refuses bad input (and takes the user's rate
+        token) at once, before the disk is asked whether it is a retry.
 
         The reply's id names the copy of the request this VM holds.  A write
         is identified by its request, not by that id: when a VM stored a
@@ -101,7 +102,26 @@ class Writes:
             # client is told to back off instead of growing our memory.
             raise errors.Overloaded("%d writes in flight on this master; try again"
                                     % (self.writing,))
-        update = self.node.replica.byRequest(user, requestId) if requestId else None
+        check(user)
+        if requestId and not self.node.replica.knowsRequest((user, requestId)):
+            # Is it a retry?  Its first copy may be on disk only.  (Waiting
+            # for the disk counts as a write in flight.)
+            self.writing += 1
+
+            def known(done):
+                self.writing -= 1
+                return self._writeOnce(user, requestId, done, request, make)
+
+            def failed(f):
+                self.writing -= 1
+                return f
+
+            return self.node.history.byRequest(user, requestId).addCallbacks(known, failed)
+        done = self.node.replica.byRequest(user, requestId) if requestId else None
+        return self._writeOnce(user, requestId, done, request, make)
+
+    def _writeOnce(self, user, requestId, update, request, make):
+        """Apply the write, unless C{update} is the copy of its request already applied."""
         if update is None:
             update = make(user, requestId)
             d = self.acknowledged(update, request.prefer_vm)

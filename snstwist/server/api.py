@@ -128,7 +128,7 @@ class SNSApi:
             self._changePassword(user, old, new, requestId, request.prefer_vm, address))
 
     async def _changePassword(self, user, old, new, requestId, prefer, address):
-        done = self.node.replica.byRequest(user, requestId) if requestId else None
+        done = await self.node.history.byRequest(user, requestId)
         if done is not None and done.password is not None and done.password.user == user:
             # A retry of a change already made: the new password proves it.
             proof, hashed = new, done.password.hash
@@ -158,19 +158,21 @@ class SNSApi:
 
     def follow(self, request, ctx):
         return self.writes.write(self.admission.user(ctx), request, lambda user, rid:
-                                 self.node.follow(user, checkUsername(request.target), rid))
+                                 self.node.follow(user, request.target, rid),
+                                 lambda user: checkUsername(request.target))
 
     def unfollow(self, request, ctx):
         return self.writes.write(self.admission.user(ctx), request, lambda user, rid:
-                                 self.node.unfollow(user, checkUsername(request.target), rid))
+                                 self.node.unfollow(user, request.target, rid),
+                                 lambda user: checkUsername(request.target))
 
     def post(self, request, ctx):
-        def make(user, rid):
-            text = checkPostText(request.text)
+        def check(user):
+            checkPostText(request.text)
             self.posts.take(user)
-            return self.node.post(user, text, rid)
 
-        return self.writes.write(self.admission.user(ctx), request, make)
+        return self.writes.write(self.admission.user(ctx), request, lambda user, rid:
+                                 self.node.post(user, request.text, rid), check)
 
     def history(self, request, ctx):
         user = self.admission.user(ctx)

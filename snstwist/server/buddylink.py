@@ -76,6 +76,7 @@ class BuddyFeed:
         self.queue = collections.deque()
         self.busy = False
         self.closed = False
+        self.emptied = []  # Deferreds of pushPage, fired when the queue is empty
 
     def push(self, updates):
         if self.closed:
@@ -84,12 +85,23 @@ class BuddyFeed:
         if not self.busy:
             self._send()
 
+    def pushPage(self, updates):
+        """L{push} one page of a catch-up; the Deferred fires once the queue is empty."""
+        if self.closed:
+            return defer.fail(defer.CancelledError())
+        d = defer.Deferred()
+        self.emptied.append(d)
+        self.push(updates)
+        return d
+
     def _send(self):
-        # Cut from the front without copying the rest: a cold slave's
-        # first push is the whole history.
+        # Cut from the front without copying the rest.
         batch = [self.queue.popleft() for _ in range(min(UPDATES_PER_MESSAGE, len(self.queue)))]
         if not batch or self.closed:
             self.busy = False
+            emptied, self.emptied = self.emptied, []
+            for d in emptied:
+                d.errback(defer.CancelledError()) if self.closed else d.callback(None)
             return
         self.busy = True
         d = self.sendBatch(pb.UpdateBatch(updates=[u.toProto() for u in batch]), self.metadata)
@@ -103,6 +115,9 @@ class BuddyFeed:
 
     def close(self):
         self.closed = True
+        emptied, self.emptied = self.emptied, []
+        for d in emptied:
+            d.errback(defer.CancelledError())
         return self.release()
 
 
@@ -156,8 +171,10 @@ class MasterEnd:
             self.feed.close().addErrback(
                 lambda f: log.failure("closing the feed to the old slave failed", f))
         self.slaveLink = link
-        self.feed = self.feedTo(hello.address, self.secret)
-        self.feed.push(self.node.replica.missing(VersionVector.fromProto(hello.have)))
+        feed = self.feed = self.feedTo(hello.address, self.secret)
+        d = self.node.history.missingPages(VersionVector.fromProto(hello.have), feed.pushPage)
+        d.addErrback(lambda f: None if f.check(defer.CancelledError) else log.failure(
+            "catching the slave up failed", f))
 
     def slaveHung(self, hello, why):
         if self.supervisor is not None:

@@ -13,6 +13,7 @@ flight is sent again; applying an update twice is harmless.
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from snstwist.core import errors, metrics
 from snstwist.core.limits import UPDATES_PER_MESSAGE
@@ -27,7 +28,7 @@ from snstwist.core.model import (
     parseUpdateId,
 )
 from snstwist.core.slices import inSlices
-from snstwist.core.state import VersionVector
+from snstwist.core.state import Seen, VersionVector
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
@@ -39,6 +40,9 @@ ANTI_ENTROPY = 1.0
 LINK_TIMEOUT = 3 * ANTI_ENTROPY
 ACK_TIMEOUT = 5.0
 BATCH = min(100, UPDATES_PER_MESSAGE)
+# A catch-up reads its next page from disk once at most this many messages
+# wait on the stream.
+DRAINED = 20
 _BEAT = pb.ReplicationMessage(heartbeat=pb.Heartbeat())
 
 
@@ -71,6 +75,13 @@ def firstError(failure):
 
 
 
+def _upTo(origin, seq):
+    """The version vector holding C{origin}'s updates 1..C{seq}."""
+    vv = VersionVector()
+    vv.origins[origin] = Seen(seq)
+    return vv
+
+
 class PeerLink(grpcbridge.ReconnectingLink):
     """
     Our outbound C{BroadcastPosts} stream to the master of one other VM, kept
@@ -95,6 +106,11 @@ class PeerLink(grpcbridge.ReconnectingLink):
         self.remote = None
         self.failures = 0  # breaks since updates last got through
         self.lastError = ""
+        # The catch-up under way (a token), and how far each origin was
+        # sent by catch-ups: {origin: (seq, when)}, so that the next hello
+        # does not read again from disk what is on its way.
+        self.catching = None
+        self.sent = {}
 
     @property
     def clock(self):
@@ -135,36 +151,75 @@ class PeerLink(grpcbridge.ReconnectingLink):
                 self.replicator.acked(self.vm, i)
 
     def _catchUp(self, remote):
-        now = self.clock.seconds()
-        missing = [u for u in self.replicator.node.replica.missing(remote)
-                   if now - self.inflight.get(u.id, -ACK_TIMEOUT) >= ACK_TIMEOUT]
-        if missing:
-            log.debug("sending {n} missing updates to {vm}", n=len(missing), vm=self.vm)
-            self.push(missing)
-
-    def push(self, updates):
         """
-        Send C{updates} (in batches), if the peer has said what it holds.
-        A long catch-up is sent a slice of batches at a time (L{slices}).
+        Send what the peer lacks, read from disk a page at a time, the next
+        page once the stream has taken most of the last; one catch-up at a
+        time (the next hello starts the next one).
+        """
+        if self.catching is not None or self.stream is None:
+            return
+        token = self.catching = object()
+        stream = self.stream
+        asked = self._notSent(remote)
+
+        def send(updates):
+            if self.catching is not token or not self.synced:
+                raise defer.CancelledError()  # the stream broke: the next one starts again
+            now = self.clock.seconds()
+            fresh = [u for u in updates
+                     if now - self.inflight.get(u.id, -ACK_TIMEOUT) >= ACK_TIMEOUT]
+            for u in updates:
+                self.sent[u.origin] = (max(u.seq, self.sent.get(u.origin, (0, 0))[0]), now)
+            d = self.push(fresh, track=False)
+            return d.addCallback(lambda _: stream.drained(DRAINED))
+
+        def finished(result):
+            if self.catching is token:
+                self.catching = None
+            if isinstance(result, Failure) and not result.check(defer.CancelledError):
+                log.failure("catching {vm} up failed", result, vm=self.vm)
+
+        self.replicator.node.history.missingPages(asked, send).addBoth(finished)
+
+    def _notSent(self, remote):
+        """C{remote}, and what catch-ups sent in the last L{ACK_TIMEOUT} seconds."""
+        asked = VersionVector.fromProto(remote.toProto())
+        now = self.clock.seconds()
+        for origin, (seq, when) in list(self.sent.items()):
+            if now - when >= ACK_TIMEOUT:
+                del self.sent[origin]
+            else:
+                asked.merge(_upTo(origin, seq))
+        return asked
+
+    def push(self, updates, track=True):
+        """
+        Send C{updates} (in batches), if the peer has said what it holds;
+        each one's id is kept until acknowledged if C{track}.  Many are sent
+        a slice of batches at a time (L{slices}); the Deferred fires once
+        all are queued on the stream.
         """
         if not self.synced:
-            return
+            return defer.succeed(None)
 
         def send(start):
             if not self.synced:
                 return
             chunk = updates[start:start + BATCH]
-            now = self.clock.seconds()
-            for u in chunk:
-                self.inflight[u.id] = now
+            if track:
+                now = self.clock.seconds()
+                for u in chunk:
+                    self.inflight[u.id] = now
             self.send(pb.ReplicationMessage(
                 updates=pb.UpdateBatch(updates=[u.toProto() for u in chunk])))
 
-        inSlices(self.clock, range(0, len(updates), BATCH), send)
+        return inSlices(self.clock, range(0, len(updates), BATCH), send)
 
     def disconnected(self, reason):
         wasSynced, self.synced = self.synced, False
         self.inflight.clear()
+        self.sent.clear()
+        self.catching = None
         if reason is not None and not self.stopped:
             metrics.replicationFailures.inc()
             self.failures += 1

@@ -338,20 +338,28 @@ class ClientSession:
         """One page of the catch-up; the next once the client has taken most of it."""
         if self.stream is None or not self.catchingUp:
             return
-        posts = []
-        if self.cursor is not None:
-            node = self.hub.node
-            posts = node.replica.timelinePage(self.user, self.cursor, CATCH_UP_PAGE,
-                                              self.inclusive)
-            for post in posts:
-                if not node.isDurable(post.id):
-                    # Published (pushed live) once durable: not twice.
-                    self.sentHistory.add(post.id)
-                self.stream.send(pb.ServerPush(post=post.toProto()))
-            if posts:
-                self.cursor, self.inclusive = posts[-1].key, False
-                self.caughtUp += len(posts)
-                self.busy = True
+        if self.cursor is None:
+            self._sendPosts([])
+            return
+        # Older pages come from disk.
+        d = self.hub.node.history.timelinePage(self.user, self.cursor, CATCH_UP_PAGE,
+                                               self.inclusive)
+        d.addCallback(self._sendPosts)
+        d.addErrback(lambda f: log.failure("catch-up of {user} failed", f, user=self.user))
+
+    def _sendPosts(self, posts):
+        if self.stream is None or not self.catchingUp:
+            return
+        node = self.hub.node
+        for post in posts:
+            if not node.isDurable(post.id):
+                # Published (pushed live) once durable: not twice.
+                self.sentHistory.add(post.id)
+            self.stream.send(pb.ServerPush(post=post.toProto()))
+        if posts:
+            self.cursor, self.inclusive = posts[-1].key, False
+            self.caughtUp += len(posts)
+            self.busy = True
         if len(posts) < CATCH_UP_PAGE:
             self.catchingUp = False
             self.stream.send(pb.ServerPush(ready=pb.SessionReady(history=self.caughtUp)))

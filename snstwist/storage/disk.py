@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
 from snstwist.core import errors
+from snstwist.core.state import VersionVector
 from snstwist.storage import index as _index
 from snstwist.storage.postfile import PostFiles, postLine
 
@@ -71,34 +72,38 @@ class Disk:
         os.write(fd, b"%d\n" % (os.getpid(),))
         self.lockFile = fd
 
-    def read(self):
+    def read(self, hotPosts):
         """
-        Read what is stored without taking the lock or repairing anything:
-        how a slave warms up while its master writes.
+        What a replica holds in memory (L{index.Index.hot}) and the version
+        vector, read without taking the lock or repairing anything: how a
+        slave warms up while its master writes.
         """
         if not os.path.exists(self.dbPath):
-            return []
+            return [], VersionVector()
         db = sqlite3.connect("file:%s?mode=ro" % (self.dbPath,), uri=True)
         try:
-            return _index.Index(db).everything()
+            db.execute("BEGIN")  # one snapshot
+            index = _index.Index(db)
+            return index.hot(hotPosts), index.readVersions()
         except (sqlite3.DatabaseError, DecodeError):
             # Damaged, mid-write or not made yet: a standby is correct
             # cold, and its promotion reads the file again (and refuses a
             # damaged one).
-            return []
+            return [], VersionVector()
         finally:
             db.close()
 
-    def open(self, known=None):
+    def open(self, hotPosts, known=None):
         """
-        Lock, open the record (repairing what a crash left) and read it.
-        With C{known} (a version vector: what a warm slave already holds),
-        only what it lacks is returned.
+        Lock, open the record (repairing what a crash left) and read what a
+        replica holds in memory (L{index.Index.hot}); with C{known} (a
+        version vector: what a warm slave already holds), what it lacks.
         """
         self.openRecord()
-        lacks = (lambda origin, seq: not known.has(origin, seq)) if known else None
         try:
-            return self.index.everything(lacks)
+            if known is not None:
+                return self.index.missing(known, limit=None)
+            return self.index.hot(hotPosts)
         except (sqlite3.DatabaseError, DecodeError) as e:
             self._refuseDamaged(e)
 

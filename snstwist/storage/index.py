@@ -8,8 +8,8 @@ update a VM holds, indexed, and the tables derived from it.
   whether the post is shown (a duplicate of a request is stored, not
   shown).  Rows are written in the same transaction as the tables below.
 - C{versions}: the version vector of what C{record} holds, per origin.
-- C{users}, C{follows}, C{reads}: the current users, follow relations and
-  read marks (the last writer of each).
+- C{users}, C{follows}, C{marks}: the current users, follow relations and
+  read marks (the last writer of each; a mark names its update).
 - C{unsynced}: the authors whose post files a batch was writing when it was
   committed; the post files of those authors are checked against C{record}
   (and rewritten from it) when the VM opens its data again.
@@ -49,8 +49,9 @@ CREATE TABLE IF NOT EXISTS follows (
     follower TEXT NOT NULL, followee TEXT NOT NULL, following INTEGER NOT NULL,
     time_us INTEGER NOT NULL, update_id TEXT NOT NULL,
     PRIMARY KEY (follower, followee));
-CREATE TABLE IF NOT EXISTS reads (
-    user TEXT PRIMARY KEY, time_us INTEGER NOT NULL, post_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS marks (
+    user TEXT PRIMARY KEY, time_us INTEGER NOT NULL, post_id TEXT NOT NULL,
+    origin TEXT NOT NULL, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS unsynced (author TEXT PRIMARY KEY);
 """
 
@@ -187,20 +188,15 @@ class Index:
             [(u.follow.follower, u.follow.followee, int(u.follow.following),
               u.time_us, u.id) for u in rows if u.follow is not None])
         db.executemany(
-            "INSERT INTO reads (user, time_us, post_id) VALUES (?, ?, ?)"
+            "INSERT INTO marks (user, time_us, post_id, origin, seq) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (user) DO UPDATE SET"
-            " time_us = excluded.time_us, post_id = excluded.post_id"
-            " WHERE (excluded.time_us, excluded.post_id) > (reads.time_us, reads.post_id)",
-            [(u.read.user, u.read.time_us, u.read.post_id)
+            " time_us = excluded.time_us, post_id = excluded.post_id,"
+            " origin = excluded.origin, seq = excluded.seq"
+            " WHERE (excluded.time_us, excluded.post_id) > (marks.time_us, marks.post_id)",
+            [(u.read.user, u.read.time_us, u.read.post_id, u.origin, u.seq)
              for u in rows if u.read is not None])
 
     # -- reading
-
-    def everything(self, lacks=None):
-        """Every stored update (those C{lacks(origin, seq)} says are lacking)."""
-        return decoded(body for origin, seq, body
-                       in self.db.execute("SELECT origin, seq, body FROM record")
-                       if lacks is None or lacks(origin, seq))
 
     def unsyncedAuthors(self):
         return [a for (a,) in self.db.execute("SELECT author FROM unsynced")]
@@ -212,15 +208,16 @@ class Index:
 
     def missing(self, remote, limit, after=None):
         """
-        At most C{limit} updates held here that the version vector C{remote}
-        lacks, in (origin, seq) order, from after the (origin, seq) C{after}:
+        At most C{limit} (None: no limit) updates held here that the version
+        vector C{remote} lacks, in (origin, seq) order, from after the (origin, seq) C{after}:
         a page of a catch-up, read through the primary key.
         """
         out = []
-        for origin in sorted(self.versions.origins):
+        held = self.readVersions()  # as this connection sees the record now
+        for origin in sorted(held.origins):
             if after is not None and origin < after[0]:
                 continue
-            mine = self.versions.origins[origin]
+            mine = held.origins[origin]
             theirs = remote.origins.get(origin) or Seen()
             start = theirs.contiguous
             if after is not None and origin == after[0]:
@@ -228,13 +225,13 @@ class Index:
             if mine.top <= start:
                 continue
             # Their out-of-order ones may be among the rows read: read that many more.
-            rows = limit - len(out) + len(theirs.extra)
+            rows = -1 if limit is None else limit - len(out) + len(theirs.extra)
             for seq, body in self.db.execute(
                     "SELECT seq, body FROM record WHERE origin = ? AND seq > ?"
                     " ORDER BY seq LIMIT ?", (origin, start, rows)):
                 if seq not in theirs.extra:
                     out.extend(decoded([body]))
-                    if len(out) >= limit:
+                    if limit is not None and len(out) >= limit:
                         return out
         return out
 
@@ -274,6 +271,26 @@ class Index:
         return posts
 
     def authors(self):
+        """Every author of a post held, found by skipping along the index (not a scan)."""
         return [a for (a,) in self.db.execute(
-            "SELECT DISTINCT author FROM record WHERE author IS NOT NULL")]
+            "WITH RECURSIVE a(author) AS ("
+            " SELECT min(author) FROM record WHERE author IS NOT NULL"
+            " UNION ALL SELECT (SELECT min(author) FROM record WHERE author > a.author)"
+            " FROM a WHERE a.author IS NOT NULL)"
+            " SELECT author FROM a WHERE author IS NOT NULL")]
+
+    def hot(self, hotPosts):
+        """
+        What a replica holds in memory: the users, passwords and follow
+        changes, each user's last read mark, and the C{hotPosts} + 1 newest
+        shown posts of each author (one more than the window, so that the
+        replica knows the author has older ones).
+        """
+        updates = decoded(body for (body,) in self.db.execute(
+            _BODY + "author IS NULL AND kind <> 'read'"))
+        updates += decoded(body for (body,) in self.db.execute(
+            "SELECT body FROM marks JOIN record USING (origin, seq)"))
+        for author in self.authors():
+            updates += self.newest(author, hotPosts + 1)
+        return updates
 

@@ -33,8 +33,9 @@ from zope.interface import Attribute, Interface, implementer
 
 from snstwist.core import errors
 from snstwist.core.backoff import backoffPolicy
-from snstwist.core.state import VersionVector
+from snstwist.core.state import HOT_POSTS, VersionVector
 from snstwist.storage.disk import DataLocked, Disk
+from snstwist.storage.index import Index
 
 log = Logger()
 
@@ -46,9 +47,32 @@ class IStore(Interface):
 
     def open(known=None):
         """
-        Take the VM's writer lock and read everything stored (with a version
-        vector C{known}: only what it lacks).  Returns a Deferred firing with
-        the list of stored L{Update}s.
+        Take the VM's writer lock and read what a replica holds in memory:
+        the users, passwords, follow changes and last read marks, and the
+        newest posts of each author (L{state.HOT_POSTS} and one more); with
+        a version vector C{known} (a warm slave), every stored update it
+        lacks instead.  Returns a Deferred firing with a list of L{Update}s;
+        L{held} says what is stored.
+        """
+
+    def held():
+        """The L{VersionVector} of the updates stored or being written (after L{open})."""
+
+    def missing(remote, limit, after=None):
+        """
+        A Deferred list of at most C{limit} stored updates that the version
+        vector C{remote} lacks, in (origin, seq) order, after the (origin,
+        seq) C{after}: one page of what a peer lacks.
+        """
+
+    def byRequests(keys):
+        """A Deferred {(requester, request id): earliest stored update} of C{keys}."""
+
+    def page(authors, cursor, limit, inclusive=False):
+        """
+        A Deferred list of at most C{limit} updates of the posts shown by
+        C{authors} after the post key C{cursor} (from it if C{inclusive}),
+        oldest first.
         """
 
     def persist(updates, hidden=frozenset(), displaced=()):
@@ -110,6 +134,11 @@ class SQLiteStore:
         self.name = name or path
         self._disk = Disk(path)
         self._pool = ThreadPool(1, 1, name="sns-store")
+        # Queries run on a thread of their own, on a read-only connection
+        # (WAL: readers do not wait for the writer), so that a lookup does
+        # not wait for a batch's fsync.
+        self._queries = ThreadPool(1, 1, name="sns-query")
+        self._reader = None
         self._pending = []
         self._writing = None
         # What is stored or being written, as ranges per origin: a set of
@@ -128,12 +157,22 @@ class SQLiteStore:
 
     def read(self):
         """
-        The updates stored, read without the writer lock and without
+        What L{open} reads, read without the writer lock and without
         repairing anything (a slave warming up while its master writes).
         """
-        return self._onDisk(self._disk.read)
+        def read(result):
+            updates, self._stored = result
+            return updates
+
+        return self._onDisk(self._disk.read, HOT_POSTS).addCallback(read)
+
+    def held(self):
+        return self._stored
 
     def open(self, known=None):
+        if known is not None:
+            # A copy, read on the disk thread: the replica goes on learning.
+            known = VersionVector.fromProto(known.toProto())
         d = self._onDisk(self._openAndCount, known)
 
         def loaded(result):
@@ -146,32 +185,31 @@ class SQLiteStore:
 
     def _openAndCount(self, known):
         """On the disk thread: what is stored (what C{known} lacks), and its version vector."""
-        updates = self._disk.open(known)
+        updates = self._disk.open(HOT_POSTS, known)
         return updates, VersionVector.fromProto(self._disk.index.versions.toProto())
 
-    # -- queries, answered on the disk thread (after the writes queued before them)
+    # -- queries: what is committed, read on the query thread
+
+    def _onQuery(self, function, *args):
+        if not self._queries.started:
+            self._queries.start()
+        return deferToThreadPool(self.reactor, self._queries, self._query, function, *args)
+
+    def _query(self, function, *args):
+        if self._reader is None:
+            self._reader = Index(sqlite3.connect("file:%s?mode=ro" % (self._disk.dbPath,),
+                                                 uri=True, check_same_thread=False))
+        return function(self._reader, *args)
 
     def missing(self, remote, limit, after=None):
-        """
-        A Deferred list of at most C{limit} stored updates that the version
-        vector C{remote} lacks, in (origin, seq) order, after the (origin,
-        seq) C{after}: one page of what a peer lacks.
-        """
-        return self._onDisk(lambda: self._disk.index.missing(remote, limit, after))
+        remote = VersionVector.fromProto(remote.toProto())  # it may change meanwhile
+        return self._onQuery(Index.missing, remote, limit, after)
 
     def byRequests(self, keys):
-        """A Deferred {(requester, request id): earliest stored update} of C{keys}."""
-        keys = list(keys)
-        return self._onDisk(lambda: self._disk.index.byRequests(keys))
+        return self._onQuery(Index.byRequests, list(keys))
 
     def page(self, authors, cursor, limit, inclusive=False):
-        """
-        A Deferred list of at most C{limit} updates of the posts shown by
-        C{authors} after the post key C{cursor} (from it if C{inclusive}),
-        oldest first.
-        """
-        authors = list(authors)
-        return self._onDisk(lambda: self._disk.index.page(authors, cursor, limit, inclusive))
+        return self._onQuery(Index.page, list(authors), cursor, limit, inclusive)
 
     def persist(self, updates, hidden=frozenset(), displaced=()):
         fresh = []
@@ -254,6 +292,11 @@ class SQLiteStore:
             log.warn("{name}: closing with {n} updates not written: {why}", name=self.name,
                      n=sum(len(ups) for ups, _, _, _ in self._pending),
                      why=self.problem.message if self.problem else "")
+        if self._queries.started:
+            if self._reader is not None:
+                yield self._onQuery(lambda index: index.db.close())
+                self._reader = None
+            self._queries.stop()
         if self._pool.started:
             yield self._onDisk(self._disk.close)
             self._pool.stop()
@@ -273,24 +316,54 @@ class MemoryStore:
     def __init__(self, manual=False):
         self.manual = manual
         self.durable = {}
+        self.hidden = set()  # ids of the posts stored but not shown
         self._pending = []
 
     def open(self, known=None):
         return defer.succeed([u for u in self.durable.values()
                               if known is None or not known.has(u.origin, u.seq)])
 
+    def held(self):
+        held = VersionVector()
+        for origin, seq in self.durable:
+            held.add(origin, seq)
+        return held
+
+    def missing(self, remote, limit, after=None):
+        keys = sorted(k for k in self.durable
+                      if not remote.has(*k) and (after is None or k > after))
+        return defer.succeed([self.durable[k] for k in keys[:limit]])
+
+    def byRequests(self, keys):
+        keys = set(keys)
+        found = {}
+        for u in self.durable.values():
+            request = u.request
+            if request in keys and (request not in found or u.key < found[request].key):
+                found[request] = u
+        return defer.succeed(found)
+
+    def page(self, authors, cursor, limit, inclusive=False):
+        posts = sorted((u for u in self.durable.values()
+                        if u.post is not None and u.post.author in authors
+                        and u.id not in self.hidden
+                        and (u.key >= cursor if inclusive else u.key > cursor)),
+                       key=lambda u: u.key)
+        return defer.succeed(posts[:limit])
+
     def persist(self, updates, hidden=frozenset(), displaced=()):
         d = defer.Deferred()
-        self._pending.append((list(updates), d))
+        self._pending.append((list(updates), set(hidden) | {u.id for u in displaced}, d))
         if not self.manual:
             self.flush()
         return d
 
     def flush(self):
         pending, self._pending = self._pending, []
-        for updates, d in pending:
+        for updates, hidden, d in pending:
             for u in updates:
                 self.durable.setdefault((u.origin, u.seq), u)
+            self.hidden |= hidden
             d.callback(None)
 
     def crash(self):

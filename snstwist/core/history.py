@@ -1,0 +1,140 @@
+"""
+What a VM holds on disk only, asked for through its store: the replica in
+memory (L{state.Replica}) keeps users, follows, read marks, version vectors
+and the newest posts of each author; the rest is read when it is needed.
+
+- the copy of a request, before a write of that request is applied (the
+  dedupe of a client's retry, L{History.knowRequests});
+- what a peer or the slave lacks, a page at a time (L{History.missingPages});
+- a page of a returning reader's timeline older than memory holds
+  (L{History.timelinePage}).
+
+Every answer is a Deferred: the store reads on its own thread, never on the
+reactor's.
+"""
+
+from twisted.internet import defer
+
+# Updates read from the store per page of a catch-up (a peer's or the slave's).
+MISSING_PAGE = 1000
+
+
+class History:
+    """The store-backed reads of the node C{node} (it may change stores: read each time)."""
+
+    def __init__(self, node):
+        self.node = node
+
+    # -- what a node reads when it starts, warms up or takes over
+
+    def _held(self, store):
+        """After C{store} was read: the replica holds all it holds (ranges, not updates)."""
+        node = self.node
+        node.replica.seen.merge(store.held())
+        node.seq = node.replica.lastSeq(node.origin)
+
+    def load(self):
+        """
+        Open the node's store and apply what memory holds of it (never the
+        whole history: L{IStore.open}), in slices (L{slices}).
+        """
+        store = self.node.store
+        d = store.open().addCallback(self.node.mirrorAll)
+        return d.addCallback(lambda fresh: self._held(store) or fresh)
+
+    def warm(self):
+        """The same, read without the writer lock: a slave warming up while its master writes."""
+        store = self.node.store
+        d = store.read().addCallback(self.node.mirrorAll)
+        return d.addCallback(lambda fresh: self._held(store) or fresh)
+
+    def adopt(self, store):
+        """
+        Open C{store} as the VM's writer (a promoted slave) and apply what it
+        holds that the mirror lacks.  The requests remembered are forgotten:
+        a slave applies what its master decided and never looks one up.
+        """
+        d = store.open(self.node.replica.seen).addCallback(self.node.mirrorAll)
+
+        def opened(fresh):
+            self.node.replica.requests.clear()
+            self._held(store)
+            return fresh
+
+        return d.addCallback(opened)
+
+    # -- what is read when it is needed
+
+    def knowRequests(self, requests):
+        """
+        Make the replica know the earliest stored copy of each request of
+        C{requests} ((requester, request id) pairs) that it does not
+        remember.  Fires once it does; nothing waits when it remembers all.
+        """
+        replica = self.node.replica
+        unknown = {r for r in requests if r and not replica.knowsRequest(r)}
+        if not unknown:
+            return defer.succeed(None)
+
+        def found(copies):
+            for update in copies.values():
+                replica.rememberRequest(update)
+
+        return self.node.store.byRequests(unknown).addCallback(found)
+
+    def byRequest(self, user, requestId):
+        """A Deferred of the update C{user}'s request C{requestId} made, or None."""
+        if not requestId:
+            return defer.succeed(None)
+        d = self.knowRequests([(user, requestId)])
+        return d.addCallback(lambda _: self.node.replica.byRequest(user, requestId))
+
+    def missingPages(self, remote, send, page=MISSING_PAGE):
+        """
+        Call C{send(updates)} with each page of the stored updates that the
+        version vector C{remote} lacks, the next page once what C{send}
+        returned has fired (flow control); fires when every page is sent.
+        """
+        done = defer.Deferred()
+
+        def nextPage(after):
+            d = self.node.store.missing(remote, page, after)
+            d.addCallback(sent)
+            d.addErrback(done.errback)
+
+        def sent(updates):
+            if not updates:
+                done.callback(None)
+                return
+            d = defer.maybeDeferred(send, updates)
+            last = (updates[-1].origin, updates[-1].seq)
+            if len(updates) < page:
+                d.addCallback(lambda _: done.callback(None))
+            else:
+                d.addCallback(lambda _: nextPage(last))
+            d.addErrback(done.errback)
+
+        nextPage(None)
+        return done
+
+    def timelinePage(self, user, cursor, limit, inclusive=False):
+        """
+        A Deferred list of at most C{limit} posts of C{user}'s timeline after
+        the post key C{cursor} (from it, if C{inclusive}), oldest first: from
+        memory when it holds them all, else from disk merged with memory
+        (which holds the posts not on disk yet).
+        """
+        replica = self.node.replica
+        if replica.covers(user, cursor):
+            return defer.succeed(replica.timelinePage(user, cursor, limit, inclusive))
+
+        def merged(stored):
+            # Memory as it is now, once the disk answered: a post made
+            # meanwhile is in one or the other.
+            posts = {p.id: p for p in replica.timelinePage(user, cursor, limit, inclusive)}
+            for u in stored:
+                posts.setdefault(u.post.id, u.post)
+            return sorted(posts.values(), key=lambda p: p.key)[:limit]
+
+        d = self.node.store.page(replica.sources(user), cursor, limit, inclusive)
+        return d.addCallback(merged)
