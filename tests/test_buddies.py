@@ -148,6 +148,14 @@ async def startCluster(testCase, vms):
     return await cluster.start()
 
 
+async def slaveLogOnceExited(slavePid, data):
+    """The slave's log (DATA/buddies.log), read once the slave has exited."""
+    await waitUntil(lambda: not pidAlive(slavePid), "slave %d to exit" % (slavePid,),
+                    timeout=10)
+    with open(os.path.join(data, "buddies.log"), encoding="utf-8") as f:
+        return f.read()
+
+
 def startByHand(testCase):
     """
     Start a router, and a master of VM vmx against it, by hand (as an
@@ -387,10 +395,7 @@ class OrderlyStopTests(unittest.TestCase):
         master's stopping notice and its SIGTERM both reach the slave).
         """
         router, slavePid, data = await self.stopByHand()
-        await waitUntil(lambda: not pidAlive(slavePid), "slave %d to exit" % (slavePid,),
-                        timeout=10)
-        with open(os.path.join(data, "buddies.log"), encoding="utf-8") as f:
-            log = f.read()
+        log = await slaveLogOnceExited(slavePid, data)
         self.assertIn("Server Shut Down", log)
         self.assertNotIn("#critical", log)
         self.assertNotIn("ReactorNotRunning", log)
@@ -418,10 +423,7 @@ class OrderlyStopTests(unittest.TestCase):
         await waitUntil(received, "the slave to log the first SIGTERM", interval=0.001)
         if pidAlive(slavePid):
             os.kill(slavePid, signal.SIGTERM)
-        await waitUntil(lambda: not pidAlive(slavePid), "slave %d to exit" % (slavePid,),
-                        timeout=10)
-        with open(os.path.join(data, "buddies.log"), encoding="utf-8") as f:
-            log = f.read()
+        log = await slaveLogOnceExited(slavePid, data)
         self.assertIn("Server Shut Down", log)
         self.assertNotIn("#critical", log)
 

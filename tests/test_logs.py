@@ -11,7 +11,7 @@ from snstwist.core import logs
 
 def event(**fields):
     base = {"log_format": "promoted after buddy {pid} died", "pid": 42,
-            "log_level": LogLevel.info, "log_namespace": "snstwist.server.server", "log_time": 0}
+            "log_level": LogLevel.info, "log_namespace": "snstwist.server.api", "log_time": 0}
     base.update(fields)
     return base
 
@@ -24,7 +24,7 @@ class LogFormatTests(SynchronousTestCase):
         """The identity set for this process is in every line."""
         logs.setIdentity("vm2", "master")
         line = logs._format(event())
-        self.assertIn("[vm2 master pid=%d snstwist.server.server#info]" % (os.getpid(),), line)
+        self.assertIn("[vm2 master pid=%d snstwist.server.api#info]" % (os.getpid(),), line)
         self.assertTrue(line.endswith("promoted after buddy 42 died\n"))
 
     def test_a_role_change_shows_in_later_lines(self):
