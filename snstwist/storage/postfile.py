@@ -7,6 +7,7 @@ to them and rewrites them on the disk thread.
 
 import datetime
 import json
+from json.encoder import encode_basestring as _jsonString
 import os
 import sys
 
@@ -41,12 +42,19 @@ def postLine(update):
 
 
 def postLineOf(time, postId, author, text, requestId):
-    record = {"time": time, "id": postId, "author": author, "text": text}
+    """
+    The line of a post file: C{json.dumps} of {"time", "id", "author", "text"
+    [, "request"]} with C{ensure_ascii=False}, built directly (an import
+    writes millions).  The time, id and author are of characters JSON does
+    not escape; the text and the request id are escaped as C{json.dumps}
+    does.  json escapes newlines, so a post is always exactly one line, and
+    ensure_ascii=False keeps the file readable.
+    """
     if requestId:
-        record["request"] = requestId
-    # ensure_ascii=False keeps the file readable; json escapes newlines,
-    # so a post is always exactly one line.
-    return json.dumps(record, ensure_ascii=False) + "\n"
+        return '{"time": "%s", "id": "%s", "author": "%s", "text": %s, "request": %s}\n' % (
+            time, postId, author, _jsonString(text), _jsonString(requestId))
+    return '{"time": "%s", "id": "%s", "author": "%s", "text": %s}\n' % (
+        time, postId, author, _jsonString(text))
 
 
 def parsePostLine(line):
