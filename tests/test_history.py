@@ -101,7 +101,7 @@ class HotStartTests(TestCase):
         await node.load()
         slave = Node("vm1", "vm1.s", SQLiteStore(path), Clock())
         self.addCleanup(slave.store.close)
-        await slave.history.warm()
+        await slave.history.warmUp()
         newest = [p.id for p in (u.post for u in posts[-HOT_POSTS:])]
         for n in (node, slave):
             self.assertEqual(([p.id for p in n.replica.postsBy("alice")],

@@ -149,6 +149,22 @@ class BuddyFeedTests(SynchronousTestCase):
                          ["p0", "p1", "p2", "p3", "p4"])
 
 
+class SpyStore(SQLiteStore):
+    """A store that notes how it is opened and each page of what is missing asked for."""
+
+    def __init__(self, *args, **kwargs):
+        SQLiteStore.__init__(self, *args, **kwargs)
+        self.opened, self.pages = [], []
+
+    def open(self, known=None, posts=True):
+        self.opened.append((known, posts))
+        return SQLiteStore.open(self, known, posts)
+
+    def missing(self, remote, limit, after=None):
+        d = SQLiteStore.missing(self, remote, limit, after)
+        return d.addCallback(lambda updates: self.pages.append((limit, len(updates))) or updates)
+
+
 class PromotionTests(TestCase):
     """A slave taking over reads the VM's disk: what it was never fed too."""
 
@@ -202,6 +218,45 @@ class PromotionTests(TestCase):
                                    FakeCallContext())).token
         history = slave.api.history(pb.HistoryRequest(), session(token))
         self.assertEqual(len(history.posts), 6)
+
+    async def test_a_warm_slave_reads_only_what_it_lacks_a_page_at_a_time(self):
+        """
+        Warm (it read the VM's data, then was fed nothing), the slave taking
+        over reads nothing again but the updates written since it warmed
+        up, in pages: none of the history it holds.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        await self.masterWrote(path)
+        slave, role = self.slaveOn(path)
+        await slave.node.history.warmUp()
+        await slave.node.store.close()
+        node = Node("vm1", "vm1.old2", SQLiteStore(path), Clock())
+        await node.load()
+        later = [node.post("alice", "later %d" % (i,), "l%d" % (i,)) for i in range(7)]
+        await defer.gatherResults([node.durable(u) for u in later])
+        await node.store.close()
+        slave.node.history.missingPage = 3
+        store = SpyStore(path, name="vm1")
+        role.masterLost("master died")
+        self.assertEqual(await takeLock(slave.node, lambda: store, slave.node.clock, 10), 7)
+        self.addCleanup(store.close)
+        self.assertEqual((store.opened, store.pages), ([(None, None)], [(3, 3), (3, 3), (3, 1)]))
+        self.assertEqual([p.text for p in slave.node.replica.postsBy("alice")],
+                         ["later %d" % (i,) for i in range(7)])
+        self.assertEqual(slave.node.replica.seen.count(), 9 + 7)
+
+    async def test_a_cold_slave_reads_what_a_start_reads(self):
+        """Cold (its warm-up not done), the slave reads the windows, not the history."""
+        path = self.mktemp()
+        os.makedirs(path)
+        await self.masterWrote(path)
+        slave, role = self.slaveOn(path)
+        store = SpyStore(path, name="vm1")
+        role.masterLost("master died")
+        self.assertEqual(await takeLock(slave.node, lambda: store, slave.node.clock, 10), 9)
+        self.addCleanup(store.close)
+        self.assertEqual((store.opened, store.pages), ([(None, True)], []))
 
     async def test_a_cold_slave_promoted_serves_everything(self):
         """A slave fed nothing at all takes over with all that is on disk."""

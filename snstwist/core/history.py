@@ -22,8 +22,12 @@ MISSING_PAGE = 1000
 class History:
     """The store-backed reads of the node C{node} (it may change stores: read each time)."""
 
+    missingPage = MISSING_PAGE
+
     def __init__(self, node):
         self.node = node
+        # Has the node applied what a start (or a warm-up) reads?
+        self.warm = False
 
     # -- what a node reads when it starts, warms up or takes over
 
@@ -33,30 +37,55 @@ class History:
         node.replica.seen.merge(store.held())
         node.seq = node.replica.lastSeq(node.origin)
 
+    def _apply(self, read, store):
+        """Apply what C{read} (a Deferred list of updates, read from C{store}) brings."""
+        d = read.addCallback(self.node.mirrorAll)
+
+        def applied(fresh):
+            self._held(store)
+            self.warm = True
+            return fresh
+
+        return d.addCallback(applied)
+
     def load(self):
         """
         Open the node's store and apply what memory holds of it (never the
         whole history: L{IStore.open}), in slices (L{slices}).
         """
         store = self.node.store
-        d = store.open().addCallback(self.node.mirrorAll)
-        return d.addCallback(lambda fresh: self._held(store) or fresh)
+        return self._apply(store.open(), store)
 
-    def warm(self):
+    def warmUp(self):
         """The same, read without the writer lock: a slave warming up while its master writes."""
         store = self.node.store
-        d = store.read().addCallback(self.node.mirrorAll)
-        return d.addCallback(lambda fresh: self._held(store) or fresh)
+        return self._apply(store.read(), store)
 
     def adopt(self, store):
         """
-        Open C{store} as the VM's writer (a promoted slave) and apply what it
-        holds that the mirror lacks.  The requests remembered are forgotten:
-        a slave applies what its master decided and never looks one up.
+        Open C{store} as the VM's writer (a promoted slave) and apply what
+        the mirror lacks of it: a warm slave only what its master had not
+        fed it yet, a page at a time (L{missingPages}), nothing in
+        proportion to the history; a cold one (its warm-up not done) what a
+        start reads.  The requests remembered are forgotten: a slave
+        applies what its master decided and never looks one up.
         """
-        d = store.open(self.node.replica.seen).addCallback(self.node.mirrorAll)
+        if self.warm:
+            fresh = [0]
+
+            def mirror(updates):
+                d = self.node.mirrorAll(updates)
+                return d.addCallback(lambda n: fresh.__setitem__(0, fresh[0] + n))
+
+            d = store.open(posts=None)
+            d.addCallback(lambda _: self.missingPages(self.node.replica.seen, mirror,
+                                                      self.missingPage))
+            d.addCallback(lambda _: fresh[0])
+        else:
+            d = store.open().addCallback(self.node.mirrorAll)
 
         def opened(fresh):
+            self.warm = True
             self.node.replica.requests.clear()
             self._held(store)
             return fresh

@@ -180,7 +180,7 @@ class Lifecycle:
         logs.setIdentity(self.vm, "slave")
         address = self.serve()
         node = self.node
-        d = withoutCollections(node.history.warm)
+        d = withoutCollections(node.history.warmUp)
         d.addCallback(lambda _: self.slaveEnd.start())
         d.addErrback(self.failed)
         log.info("slave of VM {vm} at {address} standing by for master {master} (pid {pid})",

@@ -45,14 +45,15 @@ __all__ = ["IStore", "SQLiteStore", "MemoryStore", "DataLocked", "storageFailure
 class IStore(Interface):
     """Durable storage of the updates a VM holds."""
 
-    def open(known=None):
+    def open(known=None, posts=True):
         """
         Take the VM's writer lock and read what a replica holds in memory:
         the users, passwords, follow changes and last read marks, and the
         newest posts of each author (L{state.HOT_POSTS} and one more); with
-        a version vector C{known} (a warm slave), every stored update it
-        lacks instead.  Returns a Deferred firing with a list of L{Update}s;
-        L{held} says what is stored.
+        a version vector C{known}, every stored update it lacks instead;
+        with C{posts} None, nothing (a warm slave taking over pages what it
+        lacks, L{missing}).  A Deferred list of L{Update}s; L{held} says
+        what is stored.
         """
 
     def held():
@@ -169,11 +170,11 @@ class SQLiteStore:
     def held(self):
         return self._stored
 
-    def open(self, known=None):
+    def open(self, known=None, posts=True):
         if known is not None:
             # A copy, read on the disk thread: the replica goes on learning.
             known = VersionVector.fromProto(known.toProto())
-        d = self._onDisk(self._openAndCount, known)
+        d = self._onDisk(self._openAndCount, known, posts is not None)
 
         def loaded(result):
             updates, self._stored = result
@@ -183,9 +184,9 @@ class SQLiteStore:
 
         return d.addCallback(loaded)
 
-    def _openAndCount(self, known):
+    def _openAndCount(self, known, read):
         """On the disk thread: what is stored (what C{known} lacks), and its version vector."""
-        updates = self._disk.open(HOT_POSTS, known)
+        updates = self._disk.open(HOT_POSTS, known) if read else self._disk.openRecord() or []
         return updates, VersionVector.fromProto(self._disk.index.versions.toProto())
 
     # -- queries: what is committed, read on the query thread
@@ -319,9 +320,9 @@ class MemoryStore:
         self.hidden = set()  # ids of the posts stored but not shown
         self._pending = []
 
-    def open(self, known=None):
-        return defer.succeed([u for u in self.durable.values()
-                              if known is None or not known.has(u.origin, u.seq)])
+    def open(self, known=None, posts=True):
+        return defer.succeed([u for u in self.durable.values() if posts is not None
+                              and (known is None or not known.has(u.origin, u.seq))])
 
     def held(self):
         held = VersionVector()
