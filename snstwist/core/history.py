@@ -13,7 +13,11 @@ Every answer is a Deferred: the store reads on its own thread, never on the
 reactor's.
 """
 
+import collections
+
 from twisted.internet import defer
+
+from snstwist.core.slices import inSlices
 
 # Updates read from the store per page of a catch-up (a peer's or the slave's).
 MISSING_PAGE = 1000
@@ -86,11 +90,19 @@ class History:
 
         def opened(fresh):
             self.warm = True
-            self.node.replica.requests.clear()
+            self._forget(self.node.replica)
             self._held(store)
             return fresh
 
         return d.addCallback(opened)
+
+    def _forget(self, replica):
+        """
+        Forget the requests C{replica} remembers, letting them go in slices:
+        ten thousand at once hold the reactor for tens of milliseconds.
+        """
+        remembered, replica.requests = replica.requests, collections.OrderedDict()
+        inSlices(self.node.clock, range(len(remembered)), lambda _: remembered.popitem())
 
     # -- what is read when it is needed
 
