@@ -1,17 +1,31 @@
 """
-The store's Deferred fires only after the files it wrote, and the directory
-entries it made, are flushed to disk: a fake C{os.fsync} (which still
-flushes) records what was flushed, and the acknowledgement is recorded in
-the same list, so the order is what is checked.
+When the store's Deferred fires, and what is flushed by then.
+
+A batch is durable once its SQLite commit is: the Deferred fires after the
+COMMIT, and without waiting for the post files' flush, which follows off
+the acknowledgement's path (the sync thread), and after which their authors
+leave the record's C{unsynced} table.  A fake C{os.fsync} (which still
+flushes) and a connection that marks its COMMITs record the order of
+events; a process killed before its files are flushed (tests/crashwriter.py)
+shows that nothing acknowledged is lost and that every VM's files end up
+byte-identical.
 """
 
 import os
+import signal
+import sqlite3
 import threading
 
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from snstwist.storage import store
+from snstwist.storage.disk import Disk
+from tests import crashwriter
+from tests.processes import spawn
 from tests.strategies import followUpdate, postUpdate, userUpdate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class FsyncRecorder:
@@ -33,14 +47,46 @@ class FsyncRecorder:
         with self.lock:
             self.events.append((what, None))
 
+    def kinds(self):
+        with self.lock:
+            return [kind for kind, _ in self.events]
+
     def flushedBefore(self, what):
         """The paths flushed before the event C{what}."""
         out = []
-        for kind, path in self.events:
+        with self.lock:
+            events = list(self.events)
+        for kind, path in events:
             if kind == what:
                 return out
             out.append(path)
-        raise AssertionError("%s never happened: %r" % (what, self.events))
+        raise AssertionError("%s never happened: %r" % (what, events))
+
+
+class MarkedCommits:
+    """Stands in front of the store's connection: each COMMIT done is an event."""
+
+    def __init__(self, db, recorder):
+        self.db = db
+        self.recorder = recorder
+
+    def execute(self, sql, *args):
+        result = self.db.execute(sql, *args)
+        if sql == "COMMIT":
+            self.recorder.mark("commit")
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+def unsynced(path):
+    """The authors in the record's unsynced table, read on a connection of our own."""
+    db = sqlite3.connect(os.path.join(path, "sns.sqlite3"))
+    try:
+        return sorted(a for (a,) in db.execute("SELECT author FROM unsynced"))
+    finally:
+        db.close()
 
 
 class FsyncOrderTests(TestCase):
@@ -49,11 +95,28 @@ class FsyncOrderTests(TestCase):
         os.makedirs(self.path)
         self.posts = os.path.join(self.path, "posts")
 
-    async def openStore(self):
+    async def openStore(self, recorder=None):
         s = store.SQLiteStore(self.path)
         self.addCleanup(s.close)
         await s.open()
+        if recorder is not None:
+            s._disk.db = MarkedCommits(s._disk.db, recorder)
         return s
+
+    def holdFlushes(self, s, recorder):
+        """The sync thread waits until the returned Event is set."""
+        release = threading.Event()
+        flush = s._disk.sync
+
+        def held():
+            release.wait()
+            result = flush()
+            recorder.mark("flushed")
+            return result
+
+        s._disk.sync = held
+        self.addCleanup(release.set)  # before the store's close (cleanups run last first)
+        return release
 
     async def persist(self, s, recorder, updates, name, **kw):
         d = s.persist(updates, **kw)
@@ -64,37 +127,72 @@ class FsyncOrderTests(TestCase):
     def postFile(self, user):
         return os.path.join(self.posts, user + ".txt")
 
-    async def test_a_new_post_file_and_its_directory_are_flushed_before_the_ack(self):
-        s = await self.openStore()
+    async def test_the_ack_follows_the_commit_of_the_record(self):
+        """The Deferred fires after the batch's COMMIT, never before."""
         recorder = FsyncRecorder(self)
+        s = await self.openStore(recorder)
+        await self.persist(s, recorder, [postUpdate("vm1.a", 1, 10, "alice"),
+                                         userUpdate("vm1.a", 2, 11, "bob")], "ack")
+        kinds = recorder.kinds()
+        self.assertIn("commit", kinds)
+        self.assertLess(kinds.index("commit"), kinds.index("ack"))
+
+    async def test_the_ack_does_not_wait_for_the_post_files_flush(self):
+        """
+        With the sync thread held, the post is acknowledged, its line is in
+        the file (appended, unflushed) and its author is unsynced; once the
+        flush runs, the file and the new directory entry are flushed.
+        """
+        recorder = FsyncRecorder(self)
+        s = await self.openStore(recorder)
+        release = self.holdFlushes(s, recorder)
         flushed = await self.persist(s, recorder, [postUpdate("vm1.a", 1, 10, "alice")], "ack")
+        self.assertNotIn(self.postFile("alice"), flushed)
+        with open(self.postFile("alice"), "rb") as f:
+            self.assertEqual(f.read().count(b"\n"), 1)
+        self.assertEqual(unsynced(self.path), ["alice"])
+        release.set()
+        await s.synced()
+        flushed = recorder.flushedBefore("flushed")
         self.assertIn(self.postFile("alice"), flushed)
         self.assertIn(self.posts, flushed)
+        self.assertGreater(flushed.index(self.posts), flushed.index(self.postFile("alice")))
 
-    async def test_every_file_of_a_batch_is_flushed_before_the_ack(self):
-        s = await self.openStore()
+    async def test_flushed_authors_leave_unsynced_with_the_next_batch(self):
+        """Once alice's file is flushed, the next batch's transaction takes her out."""
         recorder = FsyncRecorder(self)
-        updates = [postUpdate("vm1.a", i, 10 + i, user)
-                   for i, user in enumerate(("alice", "bob", "carol"), 1)]
-        flushed = await self.persist(s, recorder, updates, "ack")
+        s = await self.openStore(recorder)
+        await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        await s.synced()
+        self.assertEqual(unsynced(self.path), ["alice"])
+        await s.persist([postUpdate("vm1.a", 2, 20, "bob")])
+        self.assertEqual(unsynced(self.path), ["bob"])
+        await s.synced()
+        await s.close()
+        self.assertEqual(unsynced(self.path), [], "a clean close leaves nothing unsynced")
+
+    async def test_every_file_of_a_batch_is_flushed_in_one_round(self):
+        recorder = FsyncRecorder(self)
+        s = await self.openStore(recorder)
+        release = self.holdFlushes(s, recorder)
+        await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        await s.persist([postUpdate("vm1.a", i, 10 + i, user)
+                         for i, user in enumerate(("alice", "bob", "carol"), 2)])
+        rounds = s._flusher.rounds
+        release.set()
+        await s.synced()
+        flushed = recorder.flushedBefore("flushed")
         for user in ("alice", "bob", "carol"):
             self.assertIn(self.postFile(user), flushed, user)
         self.assertIn(self.posts, flushed)
-
-    async def test_an_append_to_an_existing_file_is_flushed_before_the_ack(self):
-        s = await self.openStore()
-        recorder = FsyncRecorder(self)
-        await self.persist(s, recorder, [postUpdate("vm1.a", 1, 10, "alice")], "first")
-        recorder.events.clear()
-        flushed = await self.persist(s, recorder, [postUpdate("vm1.a", 2, 20, "alice", "b")],
-                                     "second")
-        self.assertIn(self.postFile("alice"), flushed)
+        self.assertLessEqual(s._flusher.rounds - rounds, 1, "one round took the batches waiting")
 
     async def test_a_rewritten_file_and_its_rename_are_flushed_before_the_ack(self):
-        """A late post rewrites the file (a new file renamed over it): both flushed."""
-        s = await self.openStore()
+        """A late post rewrites the file (a new file renamed over it): both flushed at once."""
         recorder = FsyncRecorder(self)
-        await self.persist(s, recorder, [postUpdate("vm1.a", 2, 20, "alice", "b")], "first")
+        s = await self.openStore(recorder)
+        await s.persist([postUpdate("vm1.a", 2, 20, "alice", "b")])
+        await s.synced()
         recorder.events.clear()
         flushed = await self.persist(s, recorder, [postUpdate("vm2.a", 1, 10, "alice", "a")],
                                      "late")
@@ -106,10 +204,11 @@ class FsyncOrderTests(TestCase):
 
     async def test_a_displaced_post_is_removed_durably_before_the_ack(self):
         """A copy hidden by an earlier copy of its request: the rewrite is flushed."""
-        s = await self.openStore()
         recorder = FsyncRecorder(self)
+        s = await self.openStore(recorder)
         later = postUpdate("vm2.a", 1, 20, "alice", "hi", requestId="r")
-        await self.persist(s, recorder, [later], "first")
+        await s.persist([later])
+        await s.synced()
         recorder.events.clear()
         earlier = postUpdate("vm1.a", 1, 10, "alice", "hi", requestId="r")
         flushed = await self.persist(s, recorder, [earlier], "swap", displaced=[later])
@@ -133,13 +232,128 @@ class FsyncOrderTests(TestCase):
 
     async def test_updates_without_posts_need_no_post_file_flush(self):
         """Users and follows go to SQLite (flushed by its own commit), no post file."""
-        s = await self.openStore()
         recorder = FsyncRecorder(self)
-        flushed = await self.persist(s, recorder, [
+        s = await self.openStore(recorder)
+        await self.persist(s, recorder, [
             userUpdate("vm1.a", 1, 1, "alice"), userUpdate("vm1.a", 2, 2, "bob"),
             followUpdate("vm1.a", 3, 3, "alice", "bob")], "ack")
-        self.assertEqual([p for p in flushed if p.startswith(self.posts)], [])
+        await s.synced()
+        self.assertEqual([p for _, p in recorder.events if p and p.startswith(self.posts)], [])
         self.assertEqual(os.listdir(self.posts), [])
+
+
+class FlushRaceTests(TestCase):
+    """L{Disk} alone, on this thread: a file appended to while it is being flushed."""
+
+    def test_an_author_appended_to_during_a_flush_stays_unsynced(self):
+        path = self.mktemp()
+        os.makedirs(path)
+        disk = Disk(path)
+        self.addCleanup(disk.close)
+        disk.openRecord()
+        disk.write([postUpdate("vm1.a", 1, 10, "alice")])
+        flush = disk.files.sync
+
+        def appendedMeanwhile(authors, created):
+            flush(authors, created)
+            # The disk thread commits and appends the next batch while the
+            # sync thread is still in its round.
+            disk.write([postUpdate("vm1.a", 2, 20, "alice")])
+
+        disk.files.sync = appendedMeanwhile
+        disk.sync()
+        disk.files.sync = flush
+        disk.write([postUpdate("vm1.a", 3, 30, "bob")])
+        self.assertEqual(disk.index.unsyncedAuthors(), ["alice", "bob"],
+                         "alice's second line was not in the round that flushed her first")
+        disk.sync()
+        disk.write([postUpdate("vm1.a", 4, 40, "carol")])
+        self.assertEqual(disk.index.unsyncedAuthors(), ["carol"])
+
+
+class CrashBeforeFlushTests(TestCase):
+    """
+    A real process acknowledges posts and is SIGKILLed before it flushes
+    their post files; the machine may lose the unflushed lines, or a part of
+    one.  On open the files hold every acknowledged post, byte-identical to
+    those of a VM that stored the same posts in another order and stopped
+    cleanly, and nothing is left unsynced.
+    """
+
+    timeout = 60
+    FLUSHED = 6  # posts written and flushed before the crashing run
+    LAST = 30
+
+    async def crashedDir(self, cut):
+        """A data directory after the crash; C{cut(path, size)} is what the machine loses."""
+        path = os.path.realpath(self.mktemp())
+        os.makedirs(path)
+        s = store.SQLiteStore(path)
+        await s.open()
+        await s.persist(crashwriter.updates("vm1.c", 1, self.FLUSHED))
+        await s.close()
+        posts = os.path.join(path, "posts")
+        sizes = {n: os.path.getsize(os.path.join(posts, n)) for n in os.listdir(posts)}
+        child = spawn(self, ["-m", "tests.crashwriter", path, "vm1.c", str(self.FLUSHED + 1),
+                             str(self.LAST)], path=ROOT)
+        await child.waitFor("done")
+        os.kill(child.pid, signal.SIGKILL)
+        await child.ended
+        acked = [int(line.split()[1]) for line in child.lines if line.startswith("acked ")]
+        self.assertEqual(sorted(acked), list(range(self.FLUSHED + 1, self.LAST + 1)))
+        self.assertEqual(unsynced(path), ["alice", "bob", "carol"])
+        for name in os.listdir(posts):
+            cut(os.path.join(posts, name), sizes.get(name))
+        return path
+
+    async def referenceFiles(self):
+        """The post files of a VM given the same posts one by one, newest first."""
+        path = self.mktemp()
+        s = store.SQLiteStore(path)
+        await s.open()
+        for u in reversed(crashwriter.updates("vm1.c", 1, self.LAST)):
+            await s.persist([u])
+        await s.close()
+        return self.files(path)
+
+    def files(self, path):
+        posts = os.path.join(path, "posts")
+        out = {}
+        for name in sorted(os.listdir(posts)):
+            with open(os.path.join(posts, name), "rb") as f:
+                out[name] = f.read()
+        return out
+
+    async def reopened(self, path):
+        s = store.SQLiteStore(path)
+        await s.open()
+        await s.close()
+        self.assertEqual(unsynced(path), [])
+        return self.files(path)
+
+    async def check(self, cut):
+        path = await self.crashedDir(cut)
+        files = await self.reopened(path)
+        self.assertEqual(files, await self.referenceFiles())
+        texts = b"".join(files.values())
+        for seq in range(1, self.LAST + 1):
+            self.assertIn(b'"post %d"' % (seq,), texts)
+
+    def test_the_process_dies_and_the_unflushed_lines_survive(self):
+        return defer.ensureDeferred(self.check(lambda path, size: None))
+
+    def test_the_machine_loses_every_unflushed_line(self):
+        def lose(path, size):
+            if size is None:
+                os.unlink(path)
+            else:
+                os.truncate(path, size)
+
+        return defer.ensureDeferred(self.check(lose))
+
+    def test_the_machine_keeps_part_of_an_unflushed_line(self):
+        return defer.ensureDeferred(self.check(
+            lambda path, size: os.truncate(path, (size or 0) + 7)))
 
 
 def openFiles(under):
@@ -164,11 +378,13 @@ class DescriptorTests(TestCase):
         self.addCleanup(s.close)
         await s.open()
         await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        await s.synced()
         before = openFiles(os.path.realpath(path))
         for i in range(2, 12):
             await s.persist([postUpdate("vm1.a", i, 10 * i, user)
                              for user in ("alice", "bob", "u%d" % (i,))])
         await s.persist([postUpdate("vm2.a", 1, 15, "alice")])  # a rewrite
+        await s.synced()
         self.assertEqual(openFiles(os.path.realpath(path)), before)
 
     async def test_closing_releases_every_descriptor(self):

@@ -3,10 +3,15 @@ The disk work of a VM's store, on its dedicated thread: the writer lock,
 opening (and repairing) a data directory, writing a batch, reading it back.
 
 A batch is written record first: its rows go into SQLite in one
-transaction, with the authors whose post files it changes; then the post
-files are appended to (or rewritten) and flushed.  A crash between the two
-leaves rows whose lines are not in their files yet: on open, the files of
-those authors are checked against the record and rewritten from it.
+transaction, with the authors whose post files it changes (C{unsynced}),
+and that commit (one fsync of the WAL) is the batch's durable point; then
+the post files are appended to (not flushed).  The files are flushed later,
+off the acknowledgement's path, by L{Disk.sync} on a thread of its own, for
+every batch appended since the last flush at once; the authors flushed
+leave C{unsynced} in the next batch's transaction.  A crash before that
+leaves rows whose lines may be missing from their files: on open, the files
+of the C{unsynced} authors are checked against the record and rewritten
+from it.
 """
 
 import concurrent.futures
@@ -14,6 +19,7 @@ import fcntl
 import hashlib
 import os
 import sqlite3
+import threading
 
 from google.protobuf.message import DecodeError
 from twisted.logger import Logger
@@ -21,7 +27,7 @@ from twisted.logger import Logger
 from snstwist.core import errors
 from snstwist.core.state import VersionVector
 from snstwist.storage import index as _index
-from snstwist.storage.postfile import PostFiles, postLine
+from snstwist.storage.postfile import PostFiles, fsync, postLine
 
 log = Logger()
 
@@ -41,6 +47,13 @@ class Disk:
         self.files = PostFiles(self.postsDir, self._flushers)
         self.index = None
         self.lockFile = None
+        # Post files appended to and not flushed yet ({author: True}), and
+        # the authors flushed since that the next commit takes out of
+        # C{unsynced}: shared by the disk thread and the sync thread.
+        self._syncLock = threading.Lock()
+        self._dirty = {}
+        self._newFile = False
+        self._synced = set()
 
     @property
     def db(self):
@@ -121,7 +134,12 @@ class Disk:
         except (sqlite3.DatabaseError, DecodeError) as e:
             self._refuseDamaged(e)
         torn = [name[:-len(".txt")] for name in self.files.names() if self._torn(name)]
-        self._repair(sorted(set(self.index.unsyncedAuthors()) | set(torn)))
+        unsynced = self.index.unsyncedAuthors()
+        self._repair(sorted(set(unsynced) | set(torn)))
+        if unsynced:
+            # Each of their files now holds what the record says, flushed.
+            self.files.syncDir()
+            self.index.write([], synced=unsynced)
 
     def repairAll(self):
         """Make every post file agree with the record (a backup's copy)."""
@@ -185,6 +203,9 @@ class Disk:
                 with open(path, "rb") as f:
                     have = f.read()
             if have == want:
+                if have is not None:
+                    # Right, maybe not flushed yet (the process died, not the machine).
+                    fsync(path)
                 continue
             log.warn("{path}: repaired from the record (a write was cut short)", path=path)
             good = have.rfind(b"\n") + 1 if have else 0
@@ -209,6 +230,12 @@ class Disk:
             self.files.lastKey.pop(author, None)
 
     def write(self, updates, hidden=frozenset(), displaced=()):
+        """
+        Commit the batch to the record (its durable point), then append its
+        posts to their files, unflushed (L{sync} flushes them).  A failed
+        append is taken back and raised: the batch is tried again, and its
+        rows, already committed, are not written twice.
+        """
         posts = {}
         rows = []
         for u in updates:
@@ -219,10 +246,60 @@ class Disk:
         drop = {}
         for u in displaced:
             drop.setdefault(u.post.author, set()).add(u.post.id)
-        # The record first, naming the files to be written: a crash between
-        # the two leaves rows the files lack, which the next open writes.
-        self.index.write(rows, displaced, set(posts) | set(drop))
-        self.files.write(posts, drop)
+        with self._syncLock:
+            synced, self._synced = self._synced, set()
+        # The record first, naming the files to be written: a crash before
+        # they are flushed leaves rows the files may lack, which the next
+        # open writes.  The authors flushed since the last batch are done.
+        try:
+            self.index.write(rows, displaced, set(posts) | set(drop), synced=synced)
+        except BaseException:
+            with self._syncLock:
+                self._synced |= synced
+            raise
+        appended, created = self.files.write(posts, drop)
+        with self._syncLock:
+            for author in appended:
+                self._dirty[author] = True
+            self._newFile = self._newFile or created
+
+    def dirty(self):
+        """Are post files appended to and not flushed yet?"""
+        with self._syncLock:
+            return bool(self._dirty)
+
+    def sync(self):
+        """
+        On the sync thread: flush every post file appended to since the last
+        flush (and the directory, if one is new).  Their authors leave
+        C{unsynced} with the next batch, unless appended to again meanwhile.
+        On failure they stay to be flushed, and the error is raised.
+        """
+        with self._syncLock:
+            taken, self._dirty = self._dirty, {}
+            created, self._newFile = self._newFile, False
+        try:
+            self.files.sync(sorted(taken), created)
+        except BaseException:
+            with self._syncLock:
+                for author in taken:
+                    self._dirty.setdefault(author, True)
+                self._newFile = self._newFile or created
+            raise
+        with self._syncLock:
+            self._synced.update(a for a in taken if a not in self._dirty)
+        return len(taken)
+
+    def settle(self):
+        """
+        On the disk thread, nothing else writing (closing): flush what is
+        left and take every flushed author out of C{unsynced}.
+        """
+        self.sync()
+        with self._syncLock:
+            synced, self._synced = self._synced, set()
+        if synced:
+            self.index.write([], synced=synced)
 
     def digest(self):
         """Hashes of what is on disk: each post file, the users, the follows."""

@@ -10,9 +10,10 @@ update a VM holds, indexed, and the tables derived from it.
 - C{versions}: the version vector of what C{record} holds, per origin.
 - C{users}, C{follows}, C{marks}: the current users, follow relations and
   read marks (the last writer of each; a mark names its update).
-- C{unsynced}: the authors whose post files a batch was writing when it was
-  committed; the post files of those authors are checked against C{record}
-  (and rewritten from it) when the VM opens its data again.
+- C{unsynced}: the authors whose post files may lack lines of C{record}
+  (appended by a batch committed, not flushed yet); the post files of those
+  authors are checked against C{record} (and rewritten from it) when the VM
+  opens its data again.
 
 Everything here runs on the store's disk thread (or in sns-admin's own
 process), never on the reactor.
@@ -145,12 +146,13 @@ class Index:
 
     # -- writing
 
-    def write(self, rows, displaced=(), authors=()):
+    def write(self, rows, displaced=(), authors=(), synced=()):
         """
         One transaction: the updates C{rows} ([(update, shown)]), the posts
         C{displaced} no longer shown, the derived tables, the version vector,
-        and the authors whose files the caller writes next (C{unsynced}: the
-        authors of earlier batches are done, as batches go one at a time).
+        and C{unsynced}: the authors C{synced} (whose files were flushed
+        since) leave it, and the authors whose files the caller writes next,
+        C{authors}, join it.
         """
         db = self.db
         seen = {}
@@ -166,7 +168,7 @@ class Index:
                            [(u.origin, u.seq) for u in displaced])
             self._derived(updates)
             self.writeVersions(seen)
-            db.execute("DELETE FROM unsynced")
+            db.executemany("DELETE FROM unsynced WHERE author = ?", [(a,) for a in synced])
             db.executemany("INSERT OR IGNORE INTO unsynced (author) VALUES (?)",
                            [(a,) for a in authors])
             db.execute("COMMIT")

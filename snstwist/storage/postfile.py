@@ -87,7 +87,10 @@ def fsyncAll(pool, paths):
 
 
 class PostFiles:
-    """The post files of one data directory, used on the disk thread only."""
+    """
+    The post files of one data directory, written on the disk thread only;
+    L{sync} (which reads nothing but paths) runs on the store's sync thread.
+    """
 
     def __init__(self, postsDir, flushers):
         self.postsDir = postsDir
@@ -106,23 +109,30 @@ class PostFiles:
     def write(self, posts, drop):
         """
         Add the posts C{posts} ({author: [update]}) to their files, without
-        the posts C{drop} ({author: {post id}}), and flush them: the files of
-        a batch together (the disk takes them at once), then the directory
-        if a file is new.  A failure takes back what was appended.
+        the posts C{drop} ({author: {post id}}).  Appended lines are written,
+        not flushed: returns the authors whose files were appended to (their
+        flush is L{sync}'s, off the acknowledgement's path) and whether one
+        of those files is new.  A file rewritten (a late post, a dropped
+        one) is flushed here, atomically.  A failure takes back what was
+        appended.
         """
         appended, created, undo = [], False, []
         try:
             for author in set(posts) | set(drop):
                 path, new = self._write(author, posts.get(author, []), drop.get(author), undo)
                 if path is not None:
-                    appended.append(path)
+                    appended.append(author)
                     created = created or new
-            fsyncAll(self._flushers, appended)
-            if created:
-                self.syncDir()
         except BaseException:
             self._undo(undo)
             raise
+        return appended, created
+
+    def sync(self, authors, created):
+        """Flush the files of C{authors}, then the directory if a file is new."""
+        fsyncAll(self._flushers, [self.path(a) for a in authors])
+        if created:
+            self.syncDir()
 
     def _lastKeyOf(self, author):
         """The (time, id) of the last post in the author's file, read from its end."""

@@ -9,12 +9,15 @@ Layout of a data directory (docs/design.md section 4)::
                             ordered by (time, id) (L{postfile})
     DATA/lock               held (flock) by the VM's single writer
 
-All disk work runs on one dedicated thread, never on the reactor
-(L{disk}).  Writes are group-committed: while one batch is being written and
-fsync'd, the next accumulates, so durability costs one round of flushes per
-batch (one SQLite commit, then the batch's post files together), not one
-per post.  What is stored is also asked for through the store, on that
-thread: what a peer lacks, the copy of a request, pages of posts.
+All disk work runs on dedicated threads, never on the reactor (L{disk}).
+Writes are group-committed: while one batch is being written, the next
+accumulates, and a batch is durable (its Deferreds fire) once its SQLite
+commit is: one fsync per batch, whatever its size.  Its post files are
+appended to before that fires and flushed after, off the acknowledgement's
+path, by a sync thread that flushes everything appended since its last
+round at once (a crash in between is repaired from the record on open).
+What is stored is also asked for through the store, on a query thread:
+what a peer lacks, the copy of a request, pages of posts.
 
 A post that duplicates a request already shown (a client's retry that a
 second VM accepted) is in the record but not in the post files, so that
@@ -35,6 +38,7 @@ from snstwist.core import errors
 from snstwist.core.backoff import backoffPolicy
 from snstwist.core.state import HOT_POSTS, VersionVector
 from snstwist.storage.disk import DataLocked, Disk
+from snstwist.storage.filesync import Flusher
 from snstwist.storage.index import Index
 
 log = Logger()
@@ -135,6 +139,9 @@ class SQLiteStore:
         self.name = name or path
         self._disk = Disk(path)
         self._pool = ThreadPool(1, 1, name="sns-store")
+        # The post files' flushes, off the acknowledgement's path.
+        self._flusher = Flusher(self.reactor, self.clock, self._disk, self.name,
+                                lambda: self._writing is not None, self._retryDelay)
         # Queries run on a thread of their own, on a read-only connection
         # (WAL: readers do not wait for the writer), so that a lookup does
         # not wait for a batch's fsync.
@@ -150,6 +157,10 @@ class SQLiteStore:
         self.batches = 0
         self.problem = None
         self.onProblem = lambda error: None
+
+    def _retryDelay(self, failedInARow):
+        return backoffPolicy(self.minRetryDelay, self.maxRetryDelay,
+                             jitter=self.jitter)(failedInARow)
 
     def _onDisk(self, function, *args):
         if not self._pool.started:
@@ -253,6 +264,7 @@ class SQLiteStore:
                 self._failedInARow = 0
             if self._pending:
                 self._nextBatch()
+            self._flusher.flush()
             for _, d, _, _ in batch:
                 d.callback(None)
 
@@ -267,13 +279,16 @@ class SQLiteStore:
                           why=self.problem.message)
             # First in line again, with their Deferreds, for the retry.
             self._pending[:0] = batch
-            delay = backoffPolicy(self.minRetryDelay, self.maxRetryDelay,
-                                  jitter=self.jitter)(self._failedInARow)
+            delay = self._retryDelay(self._failedInARow)
             self._failedInARow += 1
             self._retry = self.clock.callLater(delay, self._nextBatch)
             self.onProblem(self.problem)
 
         self._writing.addCallbacks(written, failed)
+
+    def synced(self):
+        """A Deferred that fires once every post file written is flushed (tests, close)."""
+        return self._flusher.settled()
 
     def digest(self):
         """Hashes of the VM's files and tables (a dict), read on the disk thread."""
@@ -293,6 +308,12 @@ class SQLiteStore:
             log.warn("{name}: closing with {n} updates not written: {why}", name=self.name,
                      n=sum(len(ups) for ups, _, _, _ in self._pending),
                      why=self.problem.message if self.problem else "")
+        yield self._flusher.stop()
+        if self._pool.started and self._disk.index is not None:
+            # The files flushed, and their authors out of unsynced (else repaired on open).
+            yield self._onDisk(self._disk.settle).addErrback(lambda f: log.warn(
+                "{name}: closing with post files not flushed: {why}", name=self.name,
+                why=f.getErrorMessage()))
         if self._queries.started:
             if self._reader is not None:
                 yield self._onQuery(lambda index: index.db.close())

@@ -1,0 +1,98 @@
+"""
+The flushes of the post files, off the acknowledgement's path: a batch is
+durable once its SQLite commit is (L{disk.Disk.write}), and the lines it
+appended to its post files are flushed afterwards by L{Flusher}, on a thread
+of its own, one round at a time, each round taking every file appended to
+since the last.  Until a file is flushed its author stays in the record's
+C{unsynced} table, and a crash leaves it to be repaired from the record on
+open.
+"""
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+log = Logger()
+
+
+class Flusher:
+    """
+    Flushes what C{disk} (a L{disk.Disk}) appended, on the reactor's side:
+    L{flush} after each batch.  C{writing()} says whether the store has a
+    batch in flight; C{retryDelay(n)} how long to wait after the n-th
+    failure in a row before flushing again.
+    """
+
+    def __init__(self, reactor, clock, disk, name, writing, retryDelay):
+        self.reactor = reactor
+        self.clock = clock
+        self.disk = disk
+        self.name = name
+        self.writing = writing
+        self.retryDelay = retryDelay
+        self._pool = ThreadPool(1, 1, name="sns-sync")
+        self._syncing = None
+        self._failures = 0
+        self._retry = None
+        self._settled = []  # Deferreds of settled(), fired once nothing waits for a flush
+        self.rounds = 0
+
+    def flush(self):
+        """Flush the post files appended to: one round at a time, each taking all."""
+        if self._syncing is not None or self._retry is not None:
+            return
+        if not self.disk.dirty():
+            if not self.writing():
+                settled, self._settled = self._settled, []
+                for d in settled:
+                    d.callback(None)
+            return
+        if not self._pool.started:
+            self._pool.start()
+        self.rounds += 1
+        self._syncing = deferToThreadPool(self.reactor, self._pool, self.disk.sync)
+        self._syncing.addBoth(self._flushed)
+
+    def _flushed(self, result):
+        self._syncing = None
+        if isinstance(result, Failure):
+            # The record holds the lines, and their authors stay unsynced
+            # (repaired on open): the flush is tried again.
+            delay = self.retryDelay(self._failures)
+            self._failures += 1
+            log.failure("{name}: flushing post files failed; trying again in {delay:.1f} s",
+                        result, name=self.name, delay=delay)
+            self._retry = self.clock.callLater(delay, self._again)
+            return
+        self._failures = 0
+        self.flush()
+
+    def _again(self):
+        self._retry = None
+        self.flush()
+
+    def settled(self):
+        """A Deferred that fires once every post file written is flushed."""
+        d = defer.Deferred()
+        self._settled.append(d)
+        self.flush()
+        return d
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Stop flushing (the store's close settles what is left on its own thread)."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._syncing is not None:
+            try:
+                yield self._syncing
+            except Exception:
+                pass  # logged by _flushed
+        if self._pool.started:
+            self._pool.stop()
+        settled, self._settled = self._settled, []
+        for d in settled:
+            d.callback(None)

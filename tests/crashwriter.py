@@ -1,0 +1,57 @@
+"""
+A process whose store commits and acknowledges posts but never flushes their
+post files: it prints C{acked SEQ} as each persist fires and C{done} at the
+end, then waits to be SIGKILLed (tests/test_store_fsync.py).  What it
+appended then holds until its files are cut back, as a machine's crash would.
+
+    python -m tests.crashwriter DATA ORIGIN FIRST LAST
+"""
+
+import sys
+import threading
+
+from twisted.internet import defer, reactor
+
+from snstwist.storage.store import SQLiteStore
+from tests.strategies import postUpdate
+
+AUTHORS = ("alice", "bob", "carol")
+
+
+def updates(origin, first, last):
+    """The posts of this run: seq FIRST..LAST of ORIGIN, by three authors in turn."""
+    return [postUpdate(origin, seq, 1000 * seq, AUTHORS[seq % len(AUTHORS)], "post %d" % (seq,))
+            for seq in range(first, last + 1)]
+
+
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def run(path, origin, first, last):
+    store = SQLiteStore(path)
+    never = threading.Event()
+    # The files are never flushed: the sync thread waits for ever.
+    store._disk.sync = never.wait
+    await store.open()
+    batches = []
+    todo = updates(origin, first, last)
+    for start in range(0, len(todo), 4):
+        for u in todo[start:start + 4]:
+            d = store.persist([u])
+            d.addCallback(lambda _, seq=u.seq: say("acked %d" % (seq,)))
+            batches.append(d)
+        await defer.gatherResults(batches)
+    say("done")
+
+
+def main(argv):
+    path, origin, first, last = argv[0], argv[1], int(argv[2]), int(argv[3])
+    d = defer.ensureDeferred(run(path, origin, first, last))
+    d.addErrback(lambda f: (say("failed %s" % (f.getTraceback(),)), reactor.stop()))
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
