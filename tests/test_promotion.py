@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from snstwist import buddy
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
-from snstwist.server.buddylink import BuddyFeed
+from snstwist.core.limits import UPDATES_PER_MESSAGE
+from snstwist.server.buddylink import FEED_LINGER, BuddyFeed
 from snstwist.server.lifecycle import CurrentRole, takeLock
 from snstwist.storage.store import MemoryStore, SQLiteStore
 from tests.fakes import FakeCallContext, NoRoleWork, session
@@ -136,6 +137,30 @@ class BuddyFeedTests(SynchronousTestCase):
         writePosts(self, master, store, 3)
         master.masterEnd.slaveHello(object(), slaveHello(slave))
         self.assertEqual(slave.node.replica.postsBy("alice"), master.node.replica.postsBy("alice"))
+
+    def test_a_small_batch_lingers_for_more_and_a_full_one_goes_at_once(self):
+        """
+        With a clock, what is pushed waits FEED_LINGER for more and goes in
+        one call; a full message's worth goes at once.
+        """
+        clock = Clock()
+        sent = []
+        feed = BuddyFeed(lambda batch, metadata: sent.append(len(batch.updates))
+                         or defer.succeed(None), "s" * 16, clock=clock, linger=FEED_LINGER)
+        master, store = feedingMaster(self, lambda address, secret: feed)
+        writePosts(self, master, store, 3)
+        fed = list(store.durable.values())
+        feed.push(fed[:2])
+        feed.push(fed[2:])
+        self.assertEqual(sent, [])
+        clock.advance(FEED_LINGER)
+        self.assertEqual(sent, [len(fed)])
+        feed.push(fed * (UPDATES_PER_MESSAGE // len(fed) + 1))
+        self.assertEqual(sent[1], UPDATES_PER_MESSAGE, "a full message is not held back")
+        clock.advance(FEED_LINGER)
+        self.assertEqual(sum(sent), len(fed) * (UPDATES_PER_MESSAGE // len(fed) + 2))
+        feed.close()
+        self.assertFalse(clock.getDelayedCalls())
 
     def test_every_durable_write_is_fed_to_the_slave(self):
         """Once a slave has said hello, each write reaches it when durable."""

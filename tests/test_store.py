@@ -177,6 +177,21 @@ class SQLiteStoreTests(TestCase):
         self.assertEqual([json.loads(line)["id"] for line in lines],
                          ["vm1.a/%d" % seq for seq in range(1, 21)])
 
+    async def test_request_lookups_asked_meanwhile_go_together(self):
+        """
+        The copies of requests asked for while a lookup is on the query
+        thread are looked up together, in one more: each caller gets its own.
+        """
+        s = await self.openStore()
+        await s.persist([postUpdate("vm1.a", seq, seq, "alice", requestId="r%d" % (seq,))
+                         for seq in range(1, 6)])
+        asked = [[("alice", "r1")], [("alice", "r2"), ("alice", "nope")], [("alice", "r5")],
+                 [("alice", "r2")]]
+        found = await defer.gatherResults([s.byRequests(keys) for keys in asked])
+        self.assertEqual([sorted(u.seq for u in f.values()) for f in found], [[1], [2], [5], [2]])
+        self.assertEqual(sorted(found[1]), [("alice", "r2")])
+        self.assertEqual(s._queries.lookups, 2, "the first alone, then the three asked meanwhile")
+
     async def test_follows_table_holds_the_last_writer(self):
         """An older follow change arriving later does not overwrite a newer one."""
         await self.storeAndClose([followUpdate("vm2.a", 1, 20, "alice", "bob", False)])

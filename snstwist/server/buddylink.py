@@ -13,6 +13,7 @@ module only ties them to a node and a channel.
 """
 
 import collections
+import functools
 import os
 import sys
 
@@ -28,6 +29,9 @@ from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
 
 log = Logger()
+
+# How long a batch for the slave smaller than a full message waits for more.
+FEED_LINGER = 0.01
 
 def slaveCommand(config, address):
     """
@@ -66,24 +70,32 @@ class BuddyFeed:
 
     C{send(batch, metadata)} makes one call (a Deferred), with the cluster
     C{secret} in its metadata; C{release()} lets go of what the calls went
-    through (a Deferred).  L{slaveFeed} makes a feed over gRPC.
+    through (a Deferred).  With a C{clock}, a batch smaller than a full
+    message waits C{linger} seconds for more before it is sent: the feed is
+    off every acknowledgement's path, and a call carrying many updates costs
+    both processes little more than one carrying one.  L{slaveFeed} makes a
+    feed over gRPC.
     """
 
-    def __init__(self, send, secret, release=lambda: defer.succeed(None)):
+    def __init__(self, send, secret, release=lambda: defer.succeed(None), clock=None,
+                 linger=0.0):
         self.sendBatch = send
         self.release = release
         self.metadata = auth.secretMetadata(secret)
+        self.clock = clock
+        self.linger = linger if clock is not None else 0.0
         self.queue = collections.deque()
         self.busy = False
         self.closed = False
+        self.waiting = None  # the call of a batch lingering for more
+        self.calls = 0
         self.emptied = []  # Deferreds of pushPage, fired when the queue is empty
 
     def push(self, updates):
         if self.closed:
             return
         self.queue.extend(updates)
-        if not self.busy:
-            self._send()
+        self._kick()
 
     def pushPage(self, updates):
         """L{push} one page of a catch-up; the Deferred fires once the queue is empty."""
@@ -94,7 +106,22 @@ class BuddyFeed:
         self.push(updates)
         return d
 
+    def _kick(self):
+        """Send now, or linger for more (a call in flight sends what waits when it is done)."""
+        if self.busy:
+            return
+        full = len(self.queue) >= UPDATES_PER_MESSAGE
+        if self.waiting is not None:
+            if not full:
+                return
+            self.waiting.cancel()
+        elif self.queue and not full and self.linger:
+            self.waiting = self.clock.callLater(self.linger, self._send)
+            return
+        self._send()
+
     def _send(self):
+        self.waiting = None
         # Cut from the front without copying the rest.
         batch = [self.queue.popleft() for _ in range(min(UPDATES_PER_MESSAGE, len(self.queue)))]
         if not batch or self.closed:
@@ -104,24 +131,32 @@ class BuddyFeed:
                 d.errback(defer.CancelledError()) if self.closed else d.callback(None)
             return
         self.busy = True
+        self.calls += 1
         d = self.sendBatch(pb.UpdateBatch(updates=[u.toProto() for u in batch]), self.metadata)
 
         def failed(f):
             log.info("could not update the slave: {why}", why=f.getErrorMessage())
             self.queue.clear()
 
+        def done(_):
+            self.busy = False
+            self._kick()
+
         d.addCallbacks(lambda _: None, failed)
-        d.addCallback(lambda _: self._send())
+        d.addCallback(done)
 
     def close(self):
         self.closed = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+            self.waiting = None
         emptied, self.emptied = self.emptied, []
         for d in emptied:
             d.errback(defer.CancelledError())
         return self.release()
 
 
-def slaveFeed(address, secret):
+def slaveFeed(address, secret, clock=None):
     """A L{BuddyFeed} to the slave at C{address}, on a gRPC channel of its own."""
     channel = grpcbridge.channel(address)
     stub = pbg.ClusterStub(channel)
@@ -129,7 +164,7 @@ def slaveFeed(address, secret):
     def send(batch, metadata):
         return grpcbridge.call(stub.Onetime_s_to_buddy, batch, timeout=5, metadata=metadata)
 
-    return BuddyFeed(send, secret, lambda: grpcbridge.closeChannel(channel))
+    return BuddyFeed(send, secret, lambda: grpcbridge.closeChannel(channel), clock, FEED_LINGER)
 
 
 class MasterEnd:
@@ -149,7 +184,8 @@ class MasterEnd:
         self.secret = secret
         self.hello = hello
         self.command = command
-        self.feedTo = feedTo if feedTo is not None else slaveFeed
+        self.feedTo = feedTo if feedTo is not None else functools.partial(slaveFeed,
+                                                                          clock=clock)
         self.supervisor = None
         self.slaveLink = None
         self.feed = None

@@ -39,7 +39,7 @@ from snstwist.core.backoff import backoffPolicy
 from snstwist.core.state import HOT_POSTS, VersionVector
 from snstwist.storage.disk import DataLocked, Disk
 from snstwist.storage.filesync import Flusher
-from snstwist.storage.index import Index
+from snstwist.storage.queries import Queries
 
 log = Logger()
 
@@ -142,11 +142,7 @@ class SQLiteStore:
         # The post files' flushes, off the acknowledgement's path.
         self._flusher = Flusher(self.reactor, self.clock, self._disk, self.name,
                                 lambda: self._writing is not None, self._retryDelay)
-        # Queries run on a thread of their own, on a read-only connection
-        # (WAL: readers do not wait for the writer), so that a lookup does
-        # not wait for a batch's fsync.
-        self._queries = ThreadPool(1, 1, name="sns-query")
-        self._reader = None
+        self._queries = Queries(self.reactor, self._disk.dbPath)
         self._pending = []
         self._writing = None
         # What is stored or being written, as ranges per origin: a set of
@@ -200,28 +196,16 @@ class SQLiteStore:
         updates = self._disk.open(HOT_POSTS, known) if read else self._disk.openRecord() or []
         return updates, VersionVector.fromProto(self._disk.index.versions.toProto())
 
-    # -- queries: what is committed, read on the query thread
-
-    def _onQuery(self, function, *args):
-        if not self._queries.started:
-            self._queries.start()
-        return deferToThreadPool(self.reactor, self._queries, self._query, function, *args)
-
-    def _query(self, function, *args):
-        if self._reader is None:
-            self._reader = Index(sqlite3.connect("file:%s?mode=ro" % (self._disk.dbPath,),
-                                                 uri=True, check_same_thread=False))
-        return function(self._reader, *args)
+    # -- queries: what is committed, read on the query thread (L{queries})
 
     def missing(self, remote, limit, after=None):
-        remote = VersionVector.fromProto(remote.toProto())  # it may change meanwhile
-        return self._onQuery(Index.missing, remote, limit, after)
+        return self._queries.missing(remote, limit, after)
 
     def byRequests(self, keys):
-        return self._onQuery(Index.byRequests, list(keys))
+        return self._queries.byRequests(keys)
 
     def page(self, authors, cursor, limit, inclusive=False):
-        return self._onQuery(Index.page, list(authors), cursor, limit, inclusive)
+        return self._queries.page(authors, cursor, limit, inclusive)
 
     def persist(self, updates, hidden=frozenset(), displaced=()):
         fresh = []
@@ -314,11 +298,7 @@ class SQLiteStore:
             yield self._onDisk(self._disk.settle).addErrback(lambda f: log.warn(
                 "{name}: closing with post files not flushed: {why}", name=self.name,
                 why=f.getErrorMessage()))
-        if self._queries.started:
-            if self._reader is not None:
-                yield self._onQuery(lambda index: index.db.close())
-                self._reader = None
-            self._queries.stop()
+        yield self._queries.close()
         if self._pool.started:
             yield self._onDisk(self._disk.close)
             self._pool.stop()
