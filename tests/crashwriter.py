@@ -33,7 +33,7 @@ async def run(path, origin, first, last):
     store = SQLiteStore(path)
     never = threading.Event()
     # The files are never flushed: the sync thread waits for ever.
-    store._disk.sync = never.wait
+    store._disk.unflushed.sync = never.wait
     await store.open()
     batches = []
     todo = updates(origin, first, last)

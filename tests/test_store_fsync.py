@@ -106,7 +106,7 @@ class FsyncOrderTests(TestCase):
     def holdFlushes(self, s, recorder):
         """The sync thread waits until the returned Event is set."""
         release = threading.Event()
-        flush = s._disk.sync
+        flush = s._disk.unflushed.sync
 
         def held():
             release.wait()
@@ -114,7 +114,7 @@ class FsyncOrderTests(TestCase):
             recorder.mark("flushed")
             return result
 
-        s._disk.sync = held
+        s._disk.unflushed.sync = held
         self.addCleanup(release.set)  # before the store's close (cleanups run last first)
         return release
 
@@ -261,12 +261,12 @@ class FlushRaceTests(TestCase):
             disk.write([postUpdate("vm1.a", 2, 20, "alice")])
 
         disk.files.sync = appendedMeanwhile
-        disk.sync()
+        disk.unflushed.sync()
         disk.files.sync = flush
         disk.write([postUpdate("vm1.a", 3, 30, "bob")])
         self.assertEqual(disk.index.unsyncedAuthors(), ["alice", "bob"],
                          "alice's second line was not in the round that flushed her first")
-        disk.sync()
+        disk.unflushed.sync()
         disk.write([postUpdate("vm1.a", 4, 40, "carol")])
         self.assertEqual(disk.index.unsyncedAuthors(), ["carol"])
 

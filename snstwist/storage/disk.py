@@ -6,7 +6,7 @@ A batch is written record first: its rows go into SQLite in one
 transaction, with the authors whose post files it changes (C{unsynced}),
 and that commit (one fsync of the WAL) is the batch's durable point; then
 the post files are appended to (not flushed).  The files are flushed later,
-off the acknowledgement's path, by L{Disk.sync} on a thread of its own, for
+off the acknowledgement's path, by L{Unflushed.sync} on a thread of its own, for
 every batch appended since the last flush at once; the authors flushed
 leave C{unsynced} in the next batch's transaction.  A crash before that
 leaves rows whose lines may be missing from their files: on open, the files
@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import os
 import sqlite3
-import threading
 
 from google.protobuf.message import DecodeError
 from twisted.logger import Logger
@@ -27,6 +26,7 @@ from twisted.logger import Logger
 from snstwist.core import errors
 from snstwist.core.state import VersionVector
 from snstwist.storage import index as _index
+from snstwist.storage.filesync import Unflushed
 from snstwist.storage.postfile import PostFiles, fsync, postLine
 
 log = Logger()
@@ -47,13 +47,7 @@ class Disk:
         self.files = PostFiles(self.postsDir, self._flushers)
         self.index = None
         self.lockFile = None
-        # Post files appended to and not flushed yet ({author: True}), and
-        # the authors flushed since that the next commit takes out of
-        # C{unsynced}: shared by the disk thread and the sync thread.
-        self._syncLock = threading.Lock()
-        self._dirty = {}
-        self._newFile = False
-        self._synced = set()
+        self.unflushed = Unflushed(self.files)
 
     @property
     def db(self):
@@ -246,60 +240,22 @@ class Disk:
         drop = {}
         for u in displaced:
             drop.setdefault(u.post.author, set()).add(u.post.id)
-        with self._syncLock:
-            synced, self._synced = self._synced, set()
         # The record first, naming the files to be written: a crash before
         # they are flushed leaves rows the files may lack, which the next
         # open writes.  The authors flushed since the last batch are done.
-        try:
+        with self.unflushed.synced() as synced:
             self.index.write(rows, displaced, set(posts) | set(drop), synced=synced)
-        except BaseException:
-            with self._syncLock:
-                self._synced |= synced
-            raise
-        appended, created = self.files.write(posts, drop)
-        with self._syncLock:
-            for author in appended:
-                self._dirty[author] = True
-            self._newFile = self._newFile or created
-
-    def dirty(self):
-        """Are post files appended to and not flushed yet?"""
-        with self._syncLock:
-            return bool(self._dirty)
-
-    def sync(self):
-        """
-        On the sync thread: flush every post file appended to since the last
-        flush (and the directory, if one is new).  Their authors leave
-        C{unsynced} with the next batch, unless appended to again meanwhile.
-        On failure they stay to be flushed, and the error is raised.
-        """
-        with self._syncLock:
-            taken, self._dirty = self._dirty, {}
-            created, self._newFile = self._newFile, False
-        try:
-            self.files.sync(sorted(taken), created)
-        except BaseException:
-            with self._syncLock:
-                for author in taken:
-                    self._dirty.setdefault(author, True)
-                self._newFile = self._newFile or created
-            raise
-        with self._syncLock:
-            self._synced.update(a for a in taken if a not in self._dirty)
-        return len(taken)
+        self.unflushed.appended(*self.files.write(posts, drop))
 
     def settle(self):
         """
         On the disk thread, nothing else writing (closing): flush what is
         left and take every flushed author out of C{unsynced}.
         """
-        self.sync()
-        with self._syncLock:
-            synced, self._synced = self._synced, set()
-        if synced:
-            self.index.write([], synced=synced)
+        self.unflushed.sync()
+        with self.unflushed.synced() as synced:
+            if synced:
+                self.index.write([], synced=synced)
 
     def digest(self):
         """Hashes of what is on disk: each post file, the users, the follows."""

@@ -8,6 +8,9 @@ C{unsynced} table, and a crash leaves it to be repaired from the record on
 open.
 """
 
+import contextlib
+import threading
+
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -15,6 +18,68 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 log = Logger()
+
+
+class Unflushed:
+    """
+    What the disk thread appended to the post files C{files} and the sync
+    thread has not flushed yet, shared by the two: the authors appended to
+    (L{appended}), and those flushed since the last commit, which the next
+    commit takes out of C{unsynced} (L{synced}).
+    """
+
+    def __init__(self, files):
+        self.files = files
+        self._lock = threading.Lock()
+        self._dirty = set()
+        self._newFile = False
+        self._synced = set()
+
+    def appended(self, authors, created):
+        """On the disk thread: C{authors}' files were appended to (one of them C{created})."""
+        with self._lock:
+            self._dirty.update(authors)
+            self._newFile = self._newFile or created
+
+    def dirty(self):
+        with self._lock:
+            return bool(self._dirty)
+
+    @contextlib.contextmanager
+    def synced(self):
+        """
+        The authors flushed since the last commit, for the commit in the
+        block: if it fails they are kept for the next.
+        """
+        with self._lock:
+            synced, self._synced = self._synced, set()
+        try:
+            yield synced
+        except BaseException:
+            with self._lock:
+                self._synced |= synced
+            raise
+
+    def sync(self):
+        """
+        On the sync thread: flush every post file appended to since the last
+        round (and the directory, if one is new).  Their authors are done,
+        but for those appended to again meanwhile.  On failure they stay to
+        be flushed, and the error is raised.  Returns how many were flushed.
+        """
+        with self._lock:
+            taken, self._dirty = self._dirty, set()
+            created, self._newFile = self._newFile, False
+        try:
+            self.files.sync(sorted(taken), created)
+        except BaseException:
+            with self._lock:
+                self._dirty |= taken
+                self._newFile = self._newFile or created
+            raise
+        with self._lock:
+            self._synced |= taken - self._dirty
+        return len(taken)
 
 
 class Flusher:
@@ -43,7 +108,7 @@ class Flusher:
         """Flush the post files appended to: one round at a time, each taking all."""
         if self._syncing is not None or self._retry is not None:
             return
-        if not self.disk.dirty():
+        if not self.disk.unflushed.dirty():
             if not self.writing():
                 settled, self._settled = self._settled, []
                 for d in settled:
@@ -52,7 +117,7 @@ class Flusher:
         if not self._pool.started:
             self._pool.start()
         self.rounds += 1
-        self._syncing = deferToThreadPool(self.reactor, self._pool, self.disk.sync)
+        self._syncing = deferToThreadPool(self.reactor, self._pool, self.disk.unflushed.sync)
         self._syncing.addBoth(self._flushed)
 
     def _flushed(self, result):
