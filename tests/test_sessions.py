@@ -165,11 +165,12 @@ class LivePushTests(SynchronousTestCase):
         self.assertEqual(sentPosts(stream), [("alice", "mine")])
 
     def test_pushed_post_is_the_stored_post(self):
-        """The pushed message carries the post's id, author, time and text."""
+        """The pushed message carries the post's id, author, time, text and request id."""
         clock, node, hub = makeHub(self)
         session, stream = openTimeline(hub, "alice")
         update = node.post("alice", "mine", "r1")
-        self.assertEqual(stream.sent[-1], pb.ServerPush(post=update.post.toProto()))
+        self.assertEqual(stream.sent[-1], pb.ServerPush(post=update.post.toPush()))
+        self.assertEqual(stream.sent[-1].post.request, "r1")
 
     def test_new_post_is_not_pushed_to_non_followers(self):
         """carol does not follow alice, so alice's post does not reach her."""

@@ -4,6 +4,12 @@ timeline: each post shown once, in the order received; the cursor (the
 newest post shown) that a resumed session starts from after a failover; and
 the acknowledgements that tell the server how far the user has read.
 
+A post is shown once by id and once by (author, request id): the two copies
+of a retried post that two VMs accepted have two ids, and a master may send
+either.  What the screen covers is a version vector, as the masters reported
+it plus the posts shown since: a resumed session sends it, and is sent every
+post of the timeline it lacks, however late the post reached the new master.
+
 Nothing here knows about failover: a L{Session} reports that it works or
 that it was lost, and the L{Timeline} outlives every session.
 """
@@ -13,7 +19,9 @@ from twisted.logger import Logger
 
 from snstwist.core.limits import HISTORY
 from snstwist.core.limits import SESSION_HEARTBEAT as HEARTBEAT
+from snstwist.core.limits import MAX_EXTRA
 from snstwist.core.model import Post
+from snstwist.core.state import VersionVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc.heartbeat import Heartbeat
 
@@ -26,6 +34,13 @@ RESUME_WINDOW_US = 10 * 1000000
 SHOWN_MEMORY = 10000
 ACK_DELAY = 0.2  # one ack per this many seconds, however many posts were shown
 _BEAT = pb.ClientMessage(heartbeat=pb.Heartbeat())
+
+
+def remember(memory, key):
+    """Add C{key} to C{memory}, a dict used as a bounded ordered set (the oldest go)."""
+    memory[key] = None
+    if len(memory) > SHOWN_MEMORY:
+        del memory[next(iter(memory))]
 
 
 class Timeline:
@@ -41,6 +56,9 @@ class Timeline:
         self.active = False  # in timeline mode
         self.cursor = None  # (time_us, id) of the newest post shown
         self.shown = {}  # ids of posts shown, oldest first (bounded)
+        self.requests = {}  # (author, request id) of the posts shown, the same way
+        # What the screen covers: None until a master reports it.
+        self.covered = None
         self.ready = None
         self._ackCall = None
 
@@ -53,13 +71,25 @@ class Timeline:
 
     def openRequest(self):
         """What a session asks for first: history, or the timeline from the cursor."""
-        request = pb.SessionOpen(timeline=self.active, history=HISTORY)
+        request = pb.SessionOpen(timeline=self.active, history=HISTORY, report=True)
         if self.cursor is not None:
             # Resume a little before the newest post shown: a post with an
             # older time may have reached the new master later than it
-            # reached the old one.  What was shown already is skipped.
+            # reached the old one.  What was shown already is skipped.  (A
+            # master that knows what the screen covers also sends what it
+            # lacks, older than that: the window is for those that do not.)
             request.cursor.time_us = max(0, self.cursor[0] - RESUME_WINDOW_US)
+        if self.covered is not None:
+            request.covered.CopyFrom(self.covered.toProto())
         return request
+
+    def coveredAlso(self, vector):
+        """A master reports (more of) what the screen covers: C{vector}, a VersionVector."""
+        reported = VersionVector.fromProto(vector)
+        if self.covered is None:
+            self.covered = reported
+        else:
+            self.covered.merge(reported)
 
     def delivered(self):
         """The history has been delivered."""
@@ -77,16 +107,29 @@ class Timeline:
         return False
 
     def received(self, post):
-        if post.id in self.shown:
+        self._cover(post.id)
+        request = (post.author, post.request) if post.request else None
+        if post.id in self.shown or request in self.requests:
             return
-        self.shown[post.id] = None
-        if len(self.shown) > SHOWN_MEMORY:
-            del self.shown[next(iter(self.shown))]
+        remember(self.shown, post.id)
+        if request is not None:
+            remember(self.requests, request)
         if self.cursor is None or post.key > self.cursor:
             self.cursor = post.key
         self.onPost(post)
         if self._ackCall is None:
             self._ackCall = self.clock.callLater(ACK_DELAY, self._ack)
+
+    def _cover(self, postId):
+        """The screen covers the post C{postId}, shown or a copy of one shown."""
+        if self.covered is None:
+            return
+        origin, _, seq = postId.rpartition("/")
+        self.covered.add(origin, int(seq))
+        if len(self.covered.origins[origin].extra) > MAX_EXTRA:
+            # No master has reported for too long to be believed: forget it
+            # (a resume falls back to the window before the cursor).
+            self.covered = None
 
     def _ack(self):
         self._ackCall = None
@@ -134,8 +177,12 @@ class Session:
         if kind == "post":
             self.timeline.received(Post.fromProto(message.post))
         elif kind == "ready":
+            if message.ready.HasField("covered"):
+                self.timeline.coveredAlso(message.ready.covered)
             self.working()
             self.timeline.delivered()
+        elif kind == "covered":
+            self.timeline.coveredAlso(message.covered)
         elif kind == "heartbeat" and not self.timeline.active:
             # A session that has lasted a heartbeat works.
             self.working()

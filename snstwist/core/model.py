@@ -214,6 +214,10 @@ class Post:
     author: str = attrs.field(validator=_username)
     time_us: int
     text: str = attrs.field(validator=_postText)
+    # The author's request id (its update's request_id): the two copies of a
+    # retried post differ in id and share it.  Sent to clients (L{toPush}),
+    # not in the update's own encoding, which carries it once already.
+    request: str = attrs.field(default="", eq=False)
 
     @property
     def key(self):
@@ -223,9 +227,16 @@ class Post:
     def toProto(self):
         return pb.Post(id=self.id, author=self.author, time_us=self.time_us, text=self.text)
 
+    def toPush(self):
+        """The post as a client is sent it: with its request id."""
+        return pb.Post(id=self.id, author=self.author, time_us=self.time_us, text=self.text,
+                       request=self.request)
+
     @classmethod
-    def fromProto(cls, p):
-        return cls(id=p.id, author=p.author, time_us=p.time_us, text=p.text)
+    def fromProto(cls, p, request=None):
+        """The post of C{p}; its request id is C{request}, or else the one C{p} carries."""
+        return cls(id=p.id, author=p.author, time_us=p.time_us, text=p.text,
+                   request=p.request if request is None else request)
 
 
 @attrs.frozen
@@ -274,6 +285,11 @@ class Update:
     password: PasswordChange | None = None
     request_id: str = ""
     hash: str = attrs.field(default="", validator=_passwordHash)
+
+    def __attrs_post_init__(self):
+        # A post knows its request id (clients are sent it), whoever built it.
+        if self.post is not None and self.post.request != self.request_id:
+            object.__setattr__(self, "post", attrs.evolve(self.post, request=self.request_id))
 
     @property
     def id(self):
@@ -344,7 +360,7 @@ class Update:
                 p = u.password
                 return cls(password=PasswordChange(p.user, p.password_hash), **common)
             if kind == "post":
-                post = Post.fromProto(u.post)
+                post = Post.fromProto(u.post, common["request_id"])
                 if post.id != updateId(u.origin, u.seq) or post.time_us != u.time_us:
                     raise errors.InvalidRequest("post id or time does not match its update")
                 return cls(post=post, **common)

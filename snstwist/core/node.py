@@ -27,7 +27,7 @@ from snstwist.core.model import (
 from snstwist.core.history import History
 from snstwist.core.observers import Observers
 from snstwist.core.slices import inSlices
-from snstwist.core.state import Replica
+from snstwist.core.state import Replica, Seen, VersionVector
 
 log = Logger()
 
@@ -90,6 +90,25 @@ class ClockWindow:
                 self._refusedIds.clear()
             self._refusedIds.add(update.id)
             log.warn("refused update {id} from a peer: {why}", id=update.id, why=why.message)
+
+
+def durableVector(node, origins=None):
+    """
+    The version vector of what is on C{node}'s disk (of C{origins} only, if
+    given): every update held but those still being written, so everything
+    the durable observers were told of, or that was durable before they were.
+    """
+    held = node.replica.seen.origins
+    vector = VersionVector()
+    for origin in held if origins is None else origins:
+        seen = held.get(origin)
+        if seen is not None:
+            vector.origins[origin] = Seen(seen.contiguous, set(seen.extra))
+    for pending in node._durable:
+        origin, _, seq = pending.rpartition("/")
+        if origin in vector.origins:
+            vector.discard(origin, int(seq))
+    return vector
 
 
 class Node:
@@ -159,7 +178,7 @@ class Node:
         time_us = self.hlc.now()
         if "post" in change:
             change["post"] = Post(id=updateId(self.origin, seq), time_us=time_us,
-                                  **change["post"])
+                                  request=requestId, **change["post"])
         update = Update(origin=self.origin, seq=seq, time_us=time_us,
                         request_id=requestId, **change)
         size = update.toProto().ByteSize()

@@ -9,12 +9,10 @@ as soon as the post is durable here.  The client acknowledges how far it has
 read; when the stream breaks the session is deactivated and that cursor kept,
 so a returning client can resume where it left off.
 
-The history (or, for a returning client, everything it missed: thousands of
-posts, maybe) is a catch-up: sent a page at a time, by cursor, each page once
-the client has taken most of the one before, so it goes exactly as fast as
-the client reads and is never cut off.  A client that stops reading live
-posts is cut off once its queue is full (the bound is in
-L{grpcbridge.Stream}), rather than allowed to grow this process's memory.
+Each session's catch-up, and what its pushes cover, is
+L{snstwist.server.clientsession}.  A client that stops reading live posts is
+cut off once its queue is full (the bound is in L{grpcbridge.Stream}), rather
+than allowed to grow this process's memory.
 """
 
 import collections
@@ -23,40 +21,23 @@ from twisted.logger import Logger
 
 from snstwist.core import errors
 from snstwist.core.limits import (
-    CATCH_UP_PAGE,
-    HISTORY,
     MAX_SESSION_QUEUE,
     MAX_SESSIONS_PER_ADDRESS,
     MAX_SESSIONS_PER_USER,
     PUSHED_MEMORY,
     SESSION_HEARTBEAT,
 )
-from snstwist.core.model import checkCursor, checkHeartbeat
+from snstwist.core.node import durableVector
 from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.clientsession import TIMEOUT, ClientSession
 
 log = Logger()
 
 
-def checkClientMessage(message, now_us):
-    """
-    The bounds of what a client sends on its session: a cursor is a post's
-    (time, id), the time within the clock window of C{now_us}; a heartbeat
-    names at most a few users.
-    """
-    kind = message.WhichOneof("kind")
-    if kind == "open" and message.open.HasField("cursor"):
-        cursor = message.open.cursor
-        checkCursor(cursor.time_us, cursor.id, now_us)
-    elif kind == "ack":
-        checkCursor(message.ack.time_us, message.ack.id, now_us)
-    elif kind == "heartbeat":
-        checkHeartbeat(message.heartbeat)
-
 HEARTBEAT = SESSION_HEARTBEAT
-TIMEOUT = 3 * HEARTBEAT
 MAX_QUEUE = MAX_SESSION_QUEUE
 READ_MARK_INTERVAL = 1.0
-_BEAT = pb.ServerPush(heartbeat=pb.Heartbeat())
+__all__ = ["SessionHub", "HEARTBEAT", "TIMEOUT", "MAX_QUEUE", "hostOf"]
 
 
 def hostOf(peer):
@@ -84,6 +65,7 @@ class SessionHub:
         self.saver = None
         self.beat = None
         self.pushed = collections.OrderedDict()  # request -> id of the copy pushed
+        self.changed = set()  # origins of the updates made durable since the last heartbeat
 
     def count(self):
         return sum(len(s) for s in self.sessions.values())
@@ -130,9 +112,15 @@ class SessionHub:
         """
         self.beat = None
         now = self.clock.seconds()
+        report = None
+        if self.changed:
+            # What the pushes cover now, of the origins that changed: for
+            # the sessions that asked (their client merges it).
+            changed, self.changed = self.changed, set()
+            report = pb.ServerPush(covered=durableVector(self.node, changed).toProto())
         for sessions in list(self.sessions.values()):
             for session in list(sessions):
-                session.check(now)
+                session.check(now, report)
         if self.sessions and self.beat is None:
             self.beat = self.clock.callLater(HEARTBEAT, self._heartbeat)
 
@@ -185,7 +173,9 @@ class SessionHub:
     def publish(self, updates):
         """Push the posts among C{updates} to the live timelines that show them."""
         replica = self.node.replica
+        changed = self.changed
         for update in updates:
+            changed.add(update.origin)
             post = update.post
             if post is None or not replica.shows(update) or self._pushedOther(update):
                 # A second copy of a retried request is not shown: neither a
@@ -197,7 +187,7 @@ class SessionHub:
                 for session in self.sessions.get(user, ()):
                     if session.live or session.catchingUp:
                         if message is None:
-                            message = pb.ServerPush(post=post.toProto())
+                            message = pb.ServerPush(post=post.toPush())
                         session.push(post, message)
 
     def renew(self, user, peer, expires):
@@ -241,147 +231,3 @@ class SessionHub:
         for sessions in list(self.sessions.values()):
             for session in list(sessions):
                 session.stream.close()
-
-
-class ClientSession:
-    """The server's end of one client's C{Bidirectional_s_and_c} stream."""
-
-    # The password generation of the token the session was opened with.
-    generation = (0, "")
-    # When that token expires (None: never), unless renewed on the same
-    # connection (L{SessionHub.renew}); and that connection (the peer).
-    expires = None
-    peer = None
-
-    def __init__(self, hub, user, host=""):
-        self.hub = hub
-        self.user = user
-        self.host = host
-        self.stream = None
-        self.live = False
-        self.catchingUp = False
-        self.cursor = None
-        self.inclusive = False
-        self.caughtUp = 0
-        self.sentHistory = set()
-        self.lastHeard = 0
-        self.busy = False
-
-    @property
-    def clock(self):
-        return self.hub.clock
-
-    def makeConnection(self, stream):
-        self.stream = stream
-        self.lastHeard = self.clock.seconds()
-        self.hub.add(self)
-
-    def check(self, now):
-        """
-        The hub's heartbeat: end a session whose token expired (so within a
-        heartbeat of its expiry), cut off a silent client, or say we are
-        alive.
-        """
-        silent = now - self.lastHeard
-        if self.expires is not None and now >= self.expires:
-            log.info("ending a session of {user}: its token expired", user=self.user)
-            self.live = False
-            self.hub.remove(self)
-            self.stream.abort(errors.NotLoggedIn("your session has expired: log in again"))
-        elif silent > TIMEOUT:
-            log.info("client {user} silent for {s:.1f}s: deactivating", user=self.user, s=silent)
-            self.live = False
-            self.hub.remove(self)
-            self.stream.abort()
-        elif not self.busy:
-            self.stream.send(_BEAT)
-        self.busy = False
-
-    def messageReceived(self, message):
-        self.lastHeard = self.clock.seconds()
-        try:
-            checkClientMessage(message, self.hub.node.hlc.physical())
-        except errors.SNSError as e:
-            log.info("refused a session message of {user}: {e}", user=self.user, e=e.message)
-            self.live = False
-            self.hub.remove(self)
-            self.stream.abort(e)
-            return
-        kind = message.WhichOneof("kind")
-        if kind == "open" and message.open.timeline and not self.live:
-            self._startTimeline(message.open)
-        elif kind == "ack":
-            self.hub.ack(self.user, message.ack)
-
-    def _startTimeline(self, request):
-        """
-        Start the catch-up: from the client's cursor when it resumes; else
-        the recent history, and before it anything older that a returning
-        client has not read yet.
-        """
-        if self.catchingUp:
-            return
-        replica = self.hub.node.replica
-        if request.HasField("cursor"):
-            self.cursor, self.inclusive = (request.cursor.time_us, request.cursor.id), False
-        else:
-            recent = replica.timeline(self.user, min(request.history or HISTORY, HISTORY))
-            mark = replica.readUpTo(self.user)
-            if recent and (mark is None or mark >= recent[0].key):
-                self.cursor, self.inclusive = recent[0].key, True
-            else:
-                self.cursor, self.inclusive = mark, False
-        self.catchingUp = True
-        self._sendPage()
-
-    def _sendPage(self):
-        """One page of the catch-up; the next once the client has taken most of it."""
-        if self.stream is None or not self.catchingUp:
-            return
-        if self.cursor is None:
-            self._sendPosts([])
-            return
-        # Older pages come from disk.
-        d = self.hub.node.history.timelinePage(self.user, self.cursor, CATCH_UP_PAGE,
-                                               self.inclusive)
-        d.addCallback(self._sendPosts)
-        d.addErrback(lambda f: log.failure("catch-up of {user} failed", f, user=self.user))
-
-    def _sendPosts(self, posts):
-        if self.stream is None or not self.catchingUp:
-            return
-        node = self.hub.node
-        for post in posts:
-            if not node.isDurable(post.id):
-                # Published (pushed live) once durable: not twice.
-                self.sentHistory.add(post.id)
-            self.stream.send(pb.ServerPush(post=post.toProto()))
-        if posts:
-            self.cursor, self.inclusive = posts[-1].key, False
-            self.caughtUp += len(posts)
-            self.busy = True
-        if len(posts) < CATCH_UP_PAGE:
-            self.catchingUp = False
-            self.stream.send(pb.ServerPush(ready=pb.SessionReady(history=self.caughtUp)))
-            self.live = True
-            return
-        d = self.stream.drained(CATCH_UP_PAGE // 2)
-        d.addCallback(lambda _: self._sendPage())
-        d.addErrback(lambda f: log.failure("catch-up of {user} failed", f, user=self.user))
-
-    def push(self, post, message):
-        if post.id in self.sentHistory:
-            # Already sent with the history (it was accepted here just
-            # before the timeline opened, and became durable after).
-            self.sentHistory.discard(post.id)
-            return
-        if self.catchingUp and (post.key > self.cursor or (
-                self.inclusive and post.key == self.cursor)):
-            # A later page of the catch-up holds it.
-            return
-        self.stream.send(message)
-        self.busy = True
-
-    def connectionLost(self, reason):
-        self.live = self.catchingUp = False
-        self.hub.remove(self)

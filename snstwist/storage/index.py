@@ -270,6 +270,30 @@ class Index:
         posts.sort(key=lambda u: u.post.key)
         return posts[:limit]
 
+    def uncovered(self, authors, covered, after, upto, limit):
+        """
+        At most C{limit} shown posts by C{authors} whose updates the version
+        vector C{covered} lacks, with post keys after C{after} and up to
+        C{upto}, oldest first: a page of what a resumed timeline missed,
+        whatever the posts' times.  Reads, by primary key, every update of
+        the ranges C{covered} lacks (what was written since it was taken).
+        """
+        authors = set(authors)
+        found = []
+        for origin, mine in self.readVersions().origins.items():
+            theirs = covered.origins.get(origin) or Seen()
+            if mine.top <= theirs.contiguous:
+                continue
+            for seq, author, time_us, uid in self.db.execute(
+                    "SELECT seq, author, time_us, uid FROM record WHERE origin = ? AND seq > ?"
+                    " AND kind = 'post' AND shown = 1", (origin, theirs.contiguous)):
+                if (author in authors and seq not in theirs.extra
+                        and after < (time_us, uid) <= upto):
+                    found.append((time_us, uid, origin, seq))
+        found.sort()
+        return decoded(self.db.execute(_BODY + "origin = ? AND seq = ?", key[2:]).fetchone()[0]
+                       for key in found[:limit])
+
     def newest(self, author, limit):
         """The C{limit} newest shown posts of C{author}, oldest first."""
         posts = decoded(body for (body,) in self.db.execute(

@@ -80,6 +80,13 @@ class IStore(Interface):
         oldest first.
         """
 
+    def uncovered(authors, covered, after, upto, limit):
+        """
+        A Deferred list of at most C{limit} updates of the posts shown by
+        C{authors} that the version vector C{covered} lacks, with post keys
+        after C{after} and up to C{upto}, oldest first.
+        """
+
     def persist(updates, hidden=frozenset(), displaced=()):
         """
         Make C{updates} durable.  The Deferred fires once all of them are on
@@ -206,6 +213,10 @@ class SQLiteStore:
 
     def page(self, authors, cursor, limit, inclusive=False):
         return self._queries.page(authors, cursor, limit, inclusive)
+
+    def uncovered(self, authors, covered, after, upto, limit):
+        covered = VersionVector.fromProto(covered.toProto())  # it may change meanwhile
+        return self._onQuery(Index.uncovered, list(authors), covered, after, upto, limit)
 
     def persist(self, updates, hidden=frozenset(), displaced=()):
         fresh = []
@@ -350,6 +361,14 @@ class MemoryStore:
                         if u.post is not None and u.post.author in authors
                         and u.id not in self.hidden
                         and (u.key >= cursor if inclusive else u.key > cursor)),
+                       key=lambda u: u.key)
+        return defer.succeed(posts[:limit])
+
+    def uncovered(self, authors, covered, after, upto, limit):
+        posts = sorted((u for u in self.durable.values()
+                        if u.post is not None and u.post.author in authors
+                        and u.id not in self.hidden and not covered.has(u.origin, u.seq)
+                        and after < u.key <= upto),
                        key=lambda u: u.key)
         return defer.succeed(posts[:limit])
 
