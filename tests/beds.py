@@ -42,8 +42,9 @@ def skipUnlessNamespaces():
 class Bed:
     """A router, C{vms} VMs and a clients' host, each in its own namespace."""
 
-    def __init__(self, testCase, vms=2):
+    def __init__(self, testCase, vms=2, hostEnv=None):
         self.testCase = testCase
+        self.hostEnv = hostEnv
         self.vms = ["vm%d" % (i + 1,) for i in range(vms)]
         self.base = os.path.abspath(testCase.mktemp())
         self.net = None
@@ -57,7 +58,8 @@ class Bed:
         # cluster stopped and every client was stopped.
         self.testCase.addCleanup(self.net.destroy)
         await self.net.create()
-        self.cluster = netcluster.NetCluster(self.net, self.base, len(self.vms), secret=SECRET)
+        self.cluster = netcluster.NetCluster(self.net, self.base, len(self.vms), secret=SECRET,
+                                             hostEnv=self.hostEnv)
         self.cluster.startService()
         self.testCase.addCleanup(self.cluster.stopService)
         await self.cluster.whenReady.addTimeout(DEADLINE, reactor)

@@ -9,6 +9,8 @@ nothing of gRPC or of who listens: what became durable is announced to the
 observers that subscribed (L{Node.addDurableObserver}).
 """
 
+import os
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,12 +41,22 @@ class HybridClock:
     when they do not.
     """
 
-    def __init__(self, clock):
+    def __init__(self, clock, skew=0.0):
         self.clock = clock
+        self.skew = skew  # seconds our physical clock is ahead (a test of skew)
         self.last = 0
 
+    @classmethod
+    def fromEnvironment(cls, clock, environ=None):
+        """
+        A clock C{$SNS_CLOCK_SKEW} seconds ahead of C{clock} (behind, if
+        negative): how tests give one VM a clock that disagrees with the others.
+        """
+        skew = (os.environ if environ is None else environ).get("SNS_CLOCK_SKEW")
+        return cls(clock, float(skew) if skew else 0.0)
+
     def now(self):
-        self.last = max(int(self.clock.seconds() * 1e6), self.last + 1)
+        self.last = max(self.physical(), self.last + 1)
         return self.last
 
     def observe(self, time_us):
@@ -52,7 +64,7 @@ class HybridClock:
 
     def physical(self):
         """Our physical clock, in microseconds: what a peer's times are checked against."""
-        return int(self.clock.seconds() * 1e6)
+        return int((self.clock.seconds() + self.skew) * 1e6)
 
 
 
@@ -123,7 +135,7 @@ class Node:
         self.vm = vm
         self.origin = origin
         self.clock = clock
-        self.hlc = HybridClock(clock)
+        self.hlc = HybridClock.fromEnvironment(clock)
         self.window = ClockWindow(self.hlc)
         self.replica = Replica()
         self.history = History(self)

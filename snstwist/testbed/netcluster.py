@@ -24,13 +24,17 @@ class NetCluster(ClusterService):
     routerPort = 3410
     serverPort = 7000
 
-    def __init__(self, bed, base, vms, secret=None, reactor=None, out=None):
+    def __init__(self, bed, base, vms, secret=None, reactor=None, out=None, hostEnv=None):
         ClusterService.__init__(self, base, vms, "%s:%d" % (bed.address("router"),
                                                              self.routerPort),
                                 secret, reactor, out or (lambda line: None))
         self.bed = bed
+        # More environment for the processes of some hosts ({host: {name: value}}),
+        # such as a clock that disagrees ($SNS_CLOCK_SKEW).
+        self.hostEnv = hostEnv or {}
 
     def command(self, name, args, env):
+        env = dict(env, **self.hostEnv.get(name, {}))
         return buddy.BuddyCommand(IP, tuple(self.bed.command(name, args)), env)
 
     def vmListen(self, index):
