@@ -8,11 +8,13 @@ server's sessions and the client's timeline; a Hypothesis model of the
 screen over failovers at the end.
 """
 
+import os
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from snstwist.client import timeline as timelineModule
 from snstwist.client.timeline import RESUME_WINDOW_US, Session, Timeline
@@ -22,8 +24,8 @@ from snstwist.core.node import Node, durableVector
 from snstwist.core.state import VersionVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.sessions import HEARTBEAT, SessionHub
-from snstwist.storage.store import MemoryStore
-from tests.strategies import postUpdate
+from snstwist.storage.store import MemoryStore, SQLiteStore
+from tests.strategies import followUpdate, postUpdate, userUpdate
 from tests.test_sessions import cursorOf, kinds, makeHub, openTimeline, sentPosts
 
 SECOND = 1000000
@@ -381,3 +383,43 @@ class ScreenModelTests(SynchronousTestCase):
         self.assertEqual(sorted(screen.requests()), sorted(requests))
         for _node, hub in masters:
             hub.closeAll()
+
+
+class UncoveredQueryTests(TestCase):
+    """
+    What a resumed session reads first, on a real SQLite file and in
+    memory alike: the shown posts of given authors whose updates a vector
+    lacks, between two post keys, oldest first.
+    """
+
+    async def stores(self):
+        path = self.mktemp()
+        os.makedirs(path)
+        stores = [SQLiteStore(path), MemoryStore()]
+        ups = [userUpdate("vm1.a", 1, 100, "alice"),
+               postUpdate("vm1.a", 2, 200, "alice", "a1", requestId="r1"),
+               postUpdate("vm1.a", 3, 300, "bob", "b1"),
+               followUpdate("vm1.a", 4, 400, "bob", "alice"),
+               postUpdate("vm2.b", 1, 250, "alice", "a2"),
+               postUpdate("vm2.b", 2, 150, "alice", "a1 again", requestId="r1"),
+               postUpdate("vm2.b", 3, 600, "bob", "b2"),
+               postUpdate("vm2.b", 4, 50, "alice", "a3")]
+        for store in stores:
+            self.addCleanup(store.close)
+            await store.open()
+            await store.persist(ups, hidden={"vm1.a/2"})
+        return stores
+
+    async def test_what_the_vector_lacks_whatever_its_time(self):
+        covered = VersionVector()
+        for origin, seq in (("vm1.a", 1), ("vm1.a", 2), ("vm1.a", 3), ("vm2.b", 1)):
+            covered.add(origin, seq)
+        for store in await self.stores():
+            found = await store.uncovered({"alice", "bob"}, covered, (0, ""), (600, "vm2.b/3"), 10)
+            self.assertEqual([u.id for u in found], ["vm2.b/4", "vm2.b/2", "vm2.b/3"])
+            found = await store.uncovered({"alice"}, covered, (50, "vm2.b/4"), (2 ** 63, ""), 10)
+            self.assertEqual([u.id for u in found], ["vm2.b/2"])
+            found = await store.uncovered({"alice", "bob"}, VersionVector(), (0, ""), (300, ""),
+                                          2)
+            self.assertEqual([(u.id, u.post.request) for u in found],
+                             [("vm2.b/4", ""), ("vm2.b/2", "r1")])

@@ -46,6 +46,10 @@ class Queries:
     def page(self, authors, cursor, limit, inclusive=False):
         return self._onQuery(Index.page, list(authors), cursor, limit, inclusive)
 
+    def uncovered(self, authors, covered, after, upto, limit):
+        covered = VersionVector.fromProto(covered.toProto())  # it may change meanwhile
+        return self._onQuery(Index.uncovered, list(authors), covered, after, upto, limit)
+
     def byRequests(self, keys):
         """
         The earliest stored copy of each request of C{keys}.  One lookup is

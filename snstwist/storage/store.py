@@ -215,8 +215,7 @@ class SQLiteStore:
         return self._queries.page(authors, cursor, limit, inclusive)
 
     def uncovered(self, authors, covered, after, upto, limit):
-        covered = VersionVector.fromProto(covered.toProto())  # it may change meanwhile
-        return self._onQuery(Index.uncovered, list(authors), covered, after, upto, limit)
+        return self._queries.uncovered(authors, covered, after, upto, limit)
 
     def persist(self, updates, hidden=frozenset(), displaced=()):
         fresh = []
