@@ -31,7 +31,7 @@ from snstwist.rpc import sns_pb2_grpc as pbg
 log = Logger()
 
 # How long a batch for the slave smaller than a full message waits for more.
-FEED_LINGER = 0.01
+FEED_LINGER = 0.05
 
 def slaveCommand(config, address):
     """

@@ -254,6 +254,8 @@ class ReplicaReceiver:
         self.stream = None
         self.peerVm = None
         self.beats = None
+        self.acks = []  # ids durable this turn, acked together at its end
+        self.acking = None
 
     def makeConnection(self, stream):
         self.stream = stream
@@ -298,10 +300,28 @@ class ReplicaReceiver:
             log.failure("storing replicated updates failed", failure)
 
     def _ack(self, ids):
-        if self.stream is not None and ids:
-            self.stream.send(pb.ReplicationMessage(ack=pb.ReplicaAck(ids=ids)))
+        """
+        Acknowledge C{ids} at the end of this turn, with the other ids made
+        durable in it: the messages of one batch of the store, one ack.
+        """
+        if self.stream is None or not ids:
+            return
+        self.acks.extend(ids)
+        if self.acking is None:
+            self.acking = self.clock.callLater(0, self._sendAcks)
+
+    def _sendAcks(self):
+        self.acking = None
+        ids, self.acks = self.acks, []
+        for start in range(0, len(ids), UPDATES_PER_MESSAGE):
+            if self.stream is not None:
+                self.stream.send(pb.ReplicationMessage(
+                    ack=pb.ReplicaAck(ids=ids[start:start + UPDATES_PER_MESSAGE])))
 
     def connectionLost(self, reason):
         self.stream = None
+        if self.acking is not None and self.acking.active():
+            self.acking.cancel()
+        self.acking = None
         if self.beats is not None:
             self.beats.stop()
