@@ -118,7 +118,7 @@ class Bench:
                 section["rss_growth"] = {"vm1_master_before_kb": rss0, "after_kb": rss1,
                                          "posts_acked_approx": int(posts)}
                 if self.profile:
-                    section["profile"] = throughput.profileMaster(self, cluster, key)
+                    section["profile"] = throughput.profileServers(self, cluster, key)
                 section["latency"] = [latency.latency(self, cluster, rate, key, "vm1", last)
                                       for rate in cfg["rates"]]
                 section["memory"] = sessions.memory(self, cluster)
@@ -156,7 +156,8 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(ROOT, "bench-results"),
                         help="where results.json, results.md and plot.png go")
     parser.add_argument("--profile", action="store_true",
-                        help="also sample vm1's master with py-spy under the posting load")
+                        help="also sample vm1's master and slave and vm2's master with py-spy"
+                             " under the posting load")
     parser.add_argument("--keep", action="store_true", help="keep the clusters' data and logs")
     args = parser.parse_args(argv)
     mode = args.mode or "short"

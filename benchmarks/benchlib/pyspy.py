@@ -26,7 +26,8 @@ def startProfile(say, pid, seconds, path):
         stdout=subprocess.DEVNULL, stderr=open(path + ".log", "w"))
 
 
-IDLE_LEAVES = {"EpollSelector.select", "Condition.wait", "Thread.run", "Queue.get"}
+IDLE_LEAVES = {"EpollSelector.select", "Condition.wait", "Thread.run", "Queue.get",
+               "_worker"}  # a concurrent.futures worker waiting for work
 FRAMEWORK = ("<module>", "run", "runApp", "ApplicationRunner.", "UnixApplicationRunner.",
              "runReactorWithLogging", "AsyncioSelectorReactor.run", "BaseEventLoop.run_forever",
              "BaseEventLoop._run_once", "Handle._run", "Thread._bootstrap", "Thread.run",

@@ -158,13 +158,15 @@ def markdown(results):
                      mem["master_cpu_percent_with_sessions"], mem["master_cpu_percent_idle"]),
                   ""]
     prof = base.get("profile")
-    if prof and prof.get("top"):
-        lines += ["py-spy on vm1's master (pid %d) for %d s under %d posting clients (%s posts/s"
+    for proc in (prof or {}).get("processes", ()):
+        if not proc.get("top"):
+            continue
+        lines += ["py-spy on %s (pid %d) for %d s under %d posting clients (%s posts/s"
                   " while sampled); per thread, the share of its busy samples (busy = not"
                   " waiting in select or on a queue):" % (
-                      prof["pid"], prof["seconds"], prof["clients"],
+                      proc["name"], proc["pid"], prof["seconds"], prof["clients"],
                       fmt(prof["posts_per_s_while_profiled"], 0)), ""]
-        for t in prof["top"][:3]:
+        for t in proc["top"][:3]:
             lines += ["Thread %s, busy %s%% of %d samples:" % (t["thread"], t["busy_percent"],
                                                               t["samples"]), "",
                       "| self | % | inclusive | % |", "|---|---|---|---|"]

@@ -45,6 +45,11 @@ def echoLoad(bench, clients):
 
 
 def postLoad(bench, cluster, clients, tag, profile=None):
+    """
+    One closed-loop posting run of C{clients}; with C{profile} ({"pids":
+    {name: pid}, "seconds", "dir"}) py-spy samples each of those processes
+    while it runs (into C{dir}/profile-NAME.txt).
+    """
     cfg = bench.cfg
     counts = split(clients, min(clients, cfg["workers"]))
     workers = [loadgen(bench.name("post-c%d-w%d" % (clients, i)), "post", bench.logdir,
@@ -58,18 +63,21 @@ def postLoad(bench, cluster, clients, tag, profile=None):
     procs = cluster.processes()
     procs["load generators"] = [w.pid for w in workers]
     meter = CpuMeter(procs)
-    spy = None
+    spies = []
     seconds = cfg["seconds"]
     if profile:
         seconds = profile["seconds"]
-        spy = startProfile(bench.say, profile["pid"], seconds, profile["path"])
+        for name, pid in profile["pids"].items():
+            path = os.path.join(profile["dir"], "profile-%s.txt" % (name.replace(" ", "-"),))
+            spies.append(startProfile(bench.say, pid, seconds, path))
     for w in workers:
         w.send("go %s %s" % (seconds, cfg["warmup"]))
     results = [w.expect("result", seconds + cfg["warmup"] + 60) for w in workers]
     cpu = meter.percent()
     stopEach(workers)
-    if spy is not None:
-        spy.wait(60)
+    for spy in spies:
+        if spy is not None:
+            spy.wait(60)
     lat = [x for r in results for x in r["lat"]]
     out = {"clients": clients, "posts_per_s": round(len(lat) / seconds, 1),
            "acked_one_copy": sum(r["ok1"] for r in results),
@@ -97,15 +105,24 @@ def throughput(bench, cluster, levels, key):
     return rows
 
 
-def profileMaster(bench, cluster, key):
-    master = cluster.masterOf("vm1")
-    path = os.path.join(bench.out, "profile-master.txt")
-    clients = bench.cfg["levels"][-1] if bench.cfg["levels"][-1] <= 100 else 100
+def profileServers(bench, cluster, key):
+    """
+    py-spy on vm1's master and slave and vm2's master at once, under the
+    posting load of the last level (at most 100 clients).
+    """
+    procs = cluster.processes()
+    names = ("vm1 master", "vm1 slave", "vm2 master")
+    pids = {name: procs[name][0] for name in names if procs.get(name)}
+    clients = min(bench.cfg["levels"][-1], 100)
     seconds = max(5, bench.cfg.get("profileSeconds") or 8)
-    bench.say("profiling vm1's master (pid %d) with py-spy for %ds under %d posting clients"
-              % (master.pid, seconds, clients))
+    bench.say("profiling %s with py-spy for %ds under %d posting clients"
+              % (", ".join("%s (pid %d)" % kv for kv in pids.items()), seconds, clients))
     sns, _ = postLoad(bench, cluster, clients, "p%s" % (key,),
-                           profile={"pid": master.pid, "seconds": seconds, "path": path})
-    top = topFunctions(path) if os.path.exists(path) else None
-    return {"pid": master.pid, "clients": clients, "seconds": seconds,
-            "posts_per_s_while_profiled": sns["posts_per_s"], "raw": path, "top": top}
+                      profile={"pids": pids, "seconds": seconds, "dir": bench.out})
+    out = []
+    for name, pid in pids.items():
+        path = os.path.join(bench.out, "profile-%s.txt" % (name.replace(" ", "-"),))
+        out.append({"name": name, "pid": pid, "raw": path,
+                    "top": topFunctions(path) if os.path.exists(path) else None})
+    return {"clients": clients, "seconds": seconds,
+            "posts_per_s_while_profiled": sns["posts_per_s"], "processes": out}
