@@ -17,10 +17,12 @@ import sqlite3
 import threading
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from snstwist.storage import store
 from snstwist.storage.disk import Disk
+from snstwist.storage.filesync import Flusher
 from tests import crashwriter
 from tests.processes import spawn
 from tests.strategies import followUpdate, postUpdate, userUpdate
@@ -186,6 +188,25 @@ class FsyncOrderTests(TestCase):
             self.assertIn(self.postFile(user), flushed, user)
         self.assertIn(self.posts, flushed)
         self.assertLessEqual(s._flusher.rounds - rounds, 1, "one round took the batches waiting")
+
+    async def test_the_batches_of_a_tenth_of_a_second_are_flushed_in_one_round(self):
+        """
+        A round of flushes starts Flusher.delay after a batch and takes the
+        files of every batch committed by then.
+        """
+        clock = Clock()
+        s = store.SQLiteStore(self.path, clock=clock)
+        self.addCleanup(s.close)
+        await s.open()
+        for i, user in enumerate(("alice", "bob", "carol"), 1):
+            await s.persist([postUpdate("vm1.a", i, 10 * i, user)])
+        self.assertEqual((s._flusher.rounds, unsynced(self.path)),
+                         (0, ["alice", "bob", "carol"]))
+        clock.advance(Flusher.delay)
+        await s.synced()
+        self.assertEqual(s._flusher.rounds, 1)
+        await s.persist([postUpdate("vm1.a", 4, 40, "dave")])
+        self.assertEqual(unsynced(self.path), ["dave"])
 
     async def test_a_rewritten_file_and_its_rename_are_flushed_before_the_ack(self):
         """A late post rewrites the file (a new file renamed over it): both flushed at once."""

@@ -85,10 +85,14 @@ class Unflushed:
 class Flusher:
     """
     Flushes what C{disk} (a L{disk.Disk}) appended, on the reactor's side:
-    L{flush} after each batch.  C{writing()} says whether the store has a
+    L{soon} after each batch.  C{writing()} says whether the store has a
     batch in flight; C{retryDelay(n)} how long to wait after the n-th
     failure in a row before flushing again.
     """
+
+    # How long after a batch its files are flushed (with those of the batches
+    # that follow meanwhile).
+    delay = 0.1
 
     def __init__(self, reactor, clock, disk, name, writing, retryDelay):
         self.reactor = reactor
@@ -102,10 +106,28 @@ class Flusher:
         self._failures = 0
         self._retry = None
         self._settled = []  # Deferreds of settled(), fired once nothing waits for a flush
+        self._later = None  # the next round, when one is due
         self.rounds = 0
 
+    def soon(self):
+        """
+        Flush the post files appended to in L{delay} seconds (after a batch):
+        a round takes every file appended to by then, so that the files'
+        fsyncs do not compete with each batch's commit for the disk.
+        """
+        if self._syncing is not None or self._retry is not None or self._later is not None:
+            return
+        if self._settled:
+            self.flush()
+        elif self.disk.unflushed.dirty():
+            self._later = self.clock.callLater(self.delay, self.flush)
+
     def flush(self):
-        """Flush the post files appended to: one round at a time, each taking all."""
+        """Flush the post files appended to, now: one round at a time, each taking all."""
+        if self._later is not None:
+            if self._later.active():
+                self._later.cancel()
+            self._later = None
         if self._syncing is not None or self._retry is not None:
             return
         if not self.disk.unflushed.dirty():
@@ -132,7 +154,7 @@ class Flusher:
             self._retry = self.clock.callLater(delay, self._again)
             return
         self._failures = 0
-        self.flush()
+        self.soon()
 
     def _again(self):
         self._retry = None
@@ -148,9 +170,10 @@ class Flusher:
     @defer.inlineCallbacks
     def stop(self):
         """Stop flushing (the store's close settles what is left on its own thread)."""
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+        for call in (self._retry, self._later):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._later = None
         if self._syncing is not None:
             try:
                 yield self._syncing

@@ -258,7 +258,7 @@ class SQLiteStore:
                 self._failedInARow = 0
             if self._pending:
                 self._nextBatch()
-            self._flusher.flush()
+            self._flusher.soon()
             for _, d, _, _ in batch:
                 d.callback(None)
 
