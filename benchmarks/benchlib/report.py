@@ -100,22 +100,24 @@ def markdown(results):
                 key.replace("vm", " VMs"), fmt(cfg["seconds"], 0)), "",
                 "| clients | echo calls/s | echo p50 / p99 ms | posts/s (copies >= 2) |"
                 " post p50 / p99 / max ms | ratio | acked with 1 copy | errors |"
-                " CPU % (router, masters, slaves, load gen.) |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                " CPU % (router, masters, slaves, load gen.) |"
+                " server CPU ms per post / echo server's per call |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
             for r in section["throughput"]:
                 e, s = r["echo"], r["sns"]
                 cpu = s["cpu_percent"]
                 masters = sum(v for k, v in cpu.items() if k.endswith("master"))
                 slaves = sum(v for k, v in cpu.items() if k.endswith("slave"))
                 row = ("| %d | %s | %s / %s | %s | %s / %s / %s | %.0f%% | %d | %d"
-                       " | %s, %s, %s, %s |")
+                       " | %s, %s, %s, %s | %s / %s |")
                 lines.append(row % (
                     r["clients"], fmt(e["calls_per_s"], 0), fmt(e["latency_ms"]["p50"], 2),
                     fmt(e["latency_ms"]["p99"], 2), fmt(s["posts_per_s"], 0),
                     fmt(s["latency_ms"]["p50"], 2), fmt(s["latency_ms"]["p99"], 2),
                     fmt(s["latency_ms"]["max"], 1), 100 * (r["ratio"] or 0),
                     s["acked_one_copy"], s["errors"], cpu.get("router", "-"), masters, slaves,
-                    cpu.get("load generators", "-")))
+                    cpu.get("load generators", "-"), fmt(cpuPerCall(s, "posts_per_s"), 2),
+                    fmt(cpuPerCall(e, "calls_per_s"), 2)))
             lines.append("")
         if section.get("latency"):
             lines += ["Post -> follower's screen, %s (poster on vm1; open loop for %s s):"
@@ -174,6 +176,16 @@ def markdown(results):
                 lines.append("| `%s` | %s | `%s` | %s |" % (a, x, b, y))
             lines.append("")
     return "\n".join(lines)
+
+
+def cpuPerCall(row, rate):
+    """
+    The servers' CPU (ms of one core) per post or call of a throughput row:
+    its CPU % (load generators aside) over its rate; what the load of the
+    machine changes least.
+    """
+    servers = sum(v for k, v in row["cpu_percent"].items() if k != "load generators")
+    return 10.0 * servers / row[rate] if row.get(rate) else None
 
 
 def plot(results, raw, path):
