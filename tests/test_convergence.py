@@ -672,7 +672,8 @@ class ReplicationMachine(RuleBasedStateMachine):
                 newest = [p for p in shownPosts if p.author == author][-HOT_POSTS:]
                 memory = inc.node.replica.postsBy(author)
                 assert memory == newest[-len(memory):] and (
-                    len(memory) == len(newest) or author in inc.node.replica.truncated), \
+                    len(memory) == len(newest)
+                    or inc.node.replica.windows.floor(author) is not None), \
                     "%s shows %s of %s in memory, %s on disk" % (
                         inc.vm, [p.id for p in memory], author, [p.id for p in newest])
             shown = [(p.author, self.produced[p.id].request_id) for p in shownPosts]

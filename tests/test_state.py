@@ -338,8 +338,10 @@ class WindowTests(SynchronousTestCase):
         replica = Replica(hotPosts=3)
         for seq in (5, 1, 4, 2, 3):
             replica.apply(postUpdate("vm1.a", seq, seq * 10, "alice"))
-        self.assertEqual((keys(replica.postsBy("alice")), replica.truncated, replica.seen.count()),
-                         ([(30, "vm1.a/3"), (40, "vm1.a/4"), (50, "vm1.a/5")], {"alice"}, 5))
+        self.assertEqual((keys(replica.postsBy("alice")), replica.windows.floors,
+                          replica.seen.count()),
+                         ([(30, "vm1.a/3"), (40, "vm1.a/4"), (50, "vm1.a/5")],
+                          {"alice": (20, "vm1.a/2")}, 5))
 
     def test_memory_covers_a_cursor_within_every_window(self):
         """An author with posts older than memory holds needs the disk before its window."""
@@ -348,8 +350,11 @@ class WindowTests(SynchronousTestCase):
         for seq, time in ((2, 10), (3, 20), (4, 30)):
             replica.apply(postUpdate("vm1.a", seq, time, "bob"))
         replica.apply(postUpdate("vm1.a", 5, 5, "alice"))
-        self.assertEqual([replica.covers("alice", c) for c in ((10, "vm1.a/2"), (20, "vm1.a/3"))],
-                         [False, True])
+        # bob's window is 20 and 30: memory holds every post after 10 (its
+        # floor), not the one at 10 itself.
+        self.assertEqual([replica.covers("alice", c, inclusive) for c, inclusive in (
+            ((9, "vm1.a/2"), False), ((10, "vm1.a/2"), True), ((10, "vm1.a/2"), False),
+            ((20, "vm1.a/3"), True))], [False, False, True, True])
 
     @given(st.data())
     def test_the_windows_do_not_depend_on_the_order(self, data):

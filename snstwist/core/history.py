@@ -7,7 +7,9 @@ and the newest posts of each author; the rest is read when it is needed.
   dedupe of a client's retry, L{History.knowRequests});
 - what a peer or the slave lacks, a page at a time (L{History.missingPages});
 - a page of a returning reader's timeline older than memory holds
-  (L{History.timelinePage}).
+  (L{History.timelinePage});
+- the newest posts of authors whose windows memory let go, or has not
+  read since it started (L{History.recent}).
 
 Every answer is a Deferred: the store reads on its own thread, never on the
 reactor's.
@@ -166,7 +168,7 @@ class History:
         (which holds the posts not on disk yet).
         """
         replica = self.node.replica
-        if replica.covers(user, cursor):
+        if replica.covers(user, cursor, inclusive):
             return defer.succeed(replica.timelinePage(user, cursor, limit, inclusive))
 
         def merged(stored):
@@ -179,3 +181,30 @@ class History:
 
         d = self.node.store.page(replica.sources(user), cursor, limit, inclusive)
         return d.addCallback(merged)
+
+    def recent(self, user, limit):
+        """
+        A Deferred list of the C{limit} newest posts of C{user}'s timeline,
+        oldest first: from memory, once the windows of the authors whose
+        newest posts memory lacks (L{Replica.coldSources}) are read from
+        disk again.
+        """
+        replica = self.node.replica
+        cold = replica.coldSources(user, limit)
+        if not cold:
+            return defer.succeed(replica.timeline(user, limit))
+        read = max(limit, replica.hotPosts)
+
+        def loaded(found):
+            # Memory as it is now (it may hold posts not on disk yet), and
+            # what was read, which memory may not keep (its bound).
+            posts = {p.id: p for p in replica.timeline(user, limit)}
+            for author, updates in found.items():
+                stored = [u.post for u in updates]
+                floor = stored.pop(0).key if len(stored) > read else None
+                replica.windows.restore(author, stored, floor)
+                for post in stored[-limit:]:
+                    posts.setdefault(post.id, post)
+            return sorted(posts.values(), key=lambda p: p.key)[-limit:]
+
+        return self.node.store.newest(cold, read + 1).addCallback(loaded)

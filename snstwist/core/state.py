@@ -13,9 +13,9 @@ delay of delivery:
 - posts are a grow-only set, ordered by (time, id) per author.
 
 Its memory does not grow with history: of the posts it holds only a window
-in memory, the L{HOT_POSTS} newest shown posts of each author (exactly what
-a history of L{HISTORY} posts needs), and of the requests that made
-updates the L{REMEMBERED_REQUESTS} most recently seen.  What it holds is
+in memory, the newest posts of each author, bounded in count and in bytes
+per author and in total (L{snstwist.core.window}), and of the requests that
+made updates the L{REMEMBERED_REQUESTS} most recently seen.  What it holds is
 said by its version vector (ranges per origin); the updates themselves are
 in the VM's store, which answers what a peer lacks and the older posts
 (L{snstwist.core.history}).
@@ -28,12 +28,10 @@ import itertools
 
 import attrs
 
-from snstwist.core.limits import HISTORY
+from snstwist.core.window import AUTHOR_BYTES, HOT_POSTS, WINDOW_BYTES, Windows
 from snstwist.rpc import sns_pb2 as pb
 
-# The newest shown posts of each author held in memory: a history of
-# HISTORY posts is answered from memory whatever whom a user follows.
-HOT_POSTS = HISTORY
+__all__ = ["HOT_POSTS", "AUTHOR_BYTES", "WINDOW_BYTES", "Replica", "Seen", "VersionVector"]
 # (requester, request id) -> the earliest update of that request, for the
 # requests seen last; older ones are looked up in the store.
 REMEMBERED_REQUESTS = 10000
@@ -155,7 +153,8 @@ class FollowRegister:
 
 
 class Replica:
-    def __init__(self, hotPosts=HOT_POSTS, rememberedRequests=REMEMBERED_REQUESTS):
+    def __init__(self, hotPosts=HOT_POSTS, rememberedRequests=REMEMBERED_REQUESTS,
+                 authorBytes=AUTHOR_BYTES, windowBytes=WINDOW_BYTES):
         self.users = set()
         self.passwords = {}
         self.follows = {}
@@ -163,12 +162,8 @@ class Replica:
         # fan-out does not scan every relation for every post.
         self._followers = {}
         self._following = {}
-        # author -> the hotPosts newest posts held, oldest first; and the
-        # authors who have older posts (on disk only).
-        self.posts = {}
-        self.hidden = set()  # ids of the posts of the windows not shown
-        self.truncated = set()
-        self.hotPosts = hotPosts
+        # The newest posts of each author held (older ones on disk only).
+        self.windows = Windows(hotPosts, authorBytes, windowBytes)
         self.reads = {}
         self.seen = VersionVector()
         # (requester, request id) -> its earliest update known, the most
@@ -208,10 +203,10 @@ class Replica:
         elif update.post is not None:
             later = prior is not None and prior.post is not None and update.key > prior.key
             if prior is not None and prior.post is not None and not later:
-                self._hide(prior.post)
+                self.windows.hide(prior.post)
                 if displaced is not None:
                     displaced.append(prior)
-            self._hold(update.post, hidden=later)
+            self.windows.hold(update.post, hidden=later)
         elif update.read is not None:
             mark = update.read
             if mark.key > self.reads.get(mark.user, (0, "")):
@@ -255,28 +250,6 @@ class Replica:
     def knowsRequest(self, request):
         return request in self.requests
 
-    def _hold(self, post, hidden):
-        """
-        Add C{post} to its author's window: the newest posts held, shown or
-        not, so that the window is the same whatever the order of arrival.
-        """
-        posts = self.posts.setdefault(post.author, [])
-        bisect.insort(posts, post, key=lambda p: p.key)
-        if hidden:
-            self.hidden.add(post.id)
-        if len(posts) > self.hotPosts:
-            for old in posts[:-self.hotPosts]:
-                self.hidden.discard(old.id)
-            del posts[:-self.hotPosts]
-            self.truncated.add(post.author)
-
-    def _hide(self, post):
-        """Stop showing C{post} (older than the window, it is on disk only: nothing to do)."""
-        posts = self.posts.get(post.author, [])
-        i = bisect.bisect_left(posts, post.key, key=lambda p: p.key)
-        if i < len(posts) and posts[i].id == post.id:
-            self.hidden.add(post.id)
-
     def shows(self, update):
         """Is C{update}'s post the one shown for its request (not a duplicate)?"""
         request = update.request
@@ -311,16 +284,28 @@ class Replica:
         """The followers of C{user}, unsorted: for fan-out, on every post."""
         return self._followers.get(user, frozenset())
 
+    @property
+    def posts(self):
+        """author -> the posts of its window, oldest first."""
+        return self.windows.posts
+
+    @property
+    def hotPosts(self):
+        return self.windows.hotPosts
+
     def postsBy(self, user):
         """The posts of C{user} shown, of those in memory (its newest), oldest first."""
-        hidden = self.hidden
-        return [p for p in self.posts.get(user, ()) if p.id not in hidden]
+        return self.windows.shown(user)
 
     def _timelineSources(self, user):
-        return [self.postsBy(u) for u in self.sources(user)]
+        return [self.windows.shown(u) for u in self.sources(user)]
 
     def timeline(self, user, limit):
-        """The C{limit} newest posts by C{user} and whom they follow, oldest first."""
+        """
+        The C{limit} newest posts by C{user} and whom they follow held in
+        memory, oldest first: the timeline itself when memory holds enough
+        of each source (L{coldSources} is empty).
+        """
         newest = heapq.merge(*(reversed(p[-limit:]) for p in self._timelineSources(user)),
                              key=lambda p: p.key, reverse=True)
         recent = [p for _, p in zip(range(limit), newest)]
@@ -331,17 +316,26 @@ class Replica:
         """The authors of C{user}'s timeline: whom they follow, and themselves."""
         return set(self._following.get(user, ())) | {user}
 
-    def covers(self, user, cursor):
+    def coldSources(self, user, limit):
         """
-        Does memory hold every post of C{user}'s timeline from the post key
-        C{cursor} on (else the older ones are on disk only)?
+        The authors of C{user}'s timeline whose C{limit} newest posts memory
+        may lack (they are on disk); the others' windows are marked used.
         """
+        windows = self.windows
+        cold = []
         for author in self.sources(user):
-            if author in self.truncated:
-                posts = self.posts.get(author)
-                if not posts or posts[0].key > cursor:
-                    return False
-        return True
+            if windows.complete(author, limit):
+                windows.touch(author)
+            else:
+                cold.append(author)
+        return cold
+
+    def covers(self, user, cursor, inclusive=False):
+        """
+        Does memory hold every post of C{user}'s timeline after the post key
+        C{cursor} (from it, if C{inclusive}; else the older ones are on disk only)?
+        """
+        return all(self.windows.covers(a, cursor, inclusive) for a in self.sources(user))
 
     def timelinePage(self, user, cursor, limit, inclusive=False):
         """

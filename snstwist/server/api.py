@@ -177,7 +177,8 @@ class SNSApi:
     def history(self, request, ctx):
         user = self.admission.user(ctx)
         limit = min(request.limit or HISTORY, HISTORY)
-        return pb.HistoryReply(posts=[p.toProto() for p in self.node.replica.timeline(user, limit)])
+        d = self.node.history.recent(user, limit)
+        return d.addCallback(lambda posts: pb.HistoryReply(posts=[p.toProto() for p in posts]))
 
     def session(self, ctx):
         token = self.admission.session(ctx)

@@ -162,12 +162,23 @@ class ClientSession:
         elif request.HasField("cursor"):
             self.cursor, self.inclusive = (request.cursor.time_us, request.cursor.id), False
         else:
-            recent = replica.timeline(self.user, min(request.history or HISTORY, HISTORY))
-            mark = replica.readUpTo(self.user)
-            if recent and (mark is None or mark >= recent[0].key):
-                self.cursor, self.inclusive = recent[0].key, True
-            else:
-                self.cursor, self.inclusive = mark, False
+            # The recent history may need windows memory let go (read from
+            # disk): a post pushed meanwhile is held for the catch-up.
+            self.catchingUp = True
+            d = self.hub.node.history.recent(self.user, min(request.history or HISTORY,
+                                                            HISTORY))
+
+            def start(recent):
+                mark = replica.readUpTo(self.user)
+                if recent and (mark is None or mark >= recent[0].key):
+                    self.cursor, self.inclusive = recent[0].key, True
+                else:
+                    self.cursor, self.inclusive = mark, False
+                self._sendPage()
+
+            d.addCallback(start)
+            d.addErrback(lambda f: log.failure("history of {user} failed", f, user=self.user))
+            return
         self.catchingUp = True
         self._sendPage()
 
@@ -245,9 +256,10 @@ class ClientSession:
             # before the timeline opened, and became durable after).
             self.sentHistory.discard(post.id)
             return
-        if self.catchingUp and (post.key > self.cursor or (
+        if self.catchingUp and (self.cursor is None or post.key > self.cursor or (
                 self.inclusive and post.key == self.cursor)):
-            # For the page that reaches it.
+            # For the page that reaches it (or, with no cursor yet, the
+            # catch-up after the recent history being read).
             self.held[post.id] = post
             return
         self.stream.send(message)

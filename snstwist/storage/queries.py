@@ -50,6 +50,9 @@ class Queries:
         covered = VersionVector.fromProto(covered.toProto())  # it may change meanwhile
         return self._onQuery(Index.uncovered, list(authors), covered, after, upto, limit)
 
+    def newest(self, authors, limit):
+        return self._onQuery(Index.newestOf, list(authors), limit)
+
     def byRequests(self, keys):
         """
         The earliest stored copy of each request of C{keys}.  One lookup is

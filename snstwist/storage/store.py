@@ -43,7 +43,7 @@ from snstwist.storage.queries import Queries
 
 log = Logger()
 
-__all__ = ["IStore", "SQLiteStore", "MemoryStore", "DataLocked", "storageFailure"]
+__all__ = ["IStore", "SQLiteStore", "DataLocked", "storageFailure"]
 
 
 class IStore(Interface):
@@ -86,6 +86,9 @@ class IStore(Interface):
         C{authors} that the version vector C{covered} lacks, with post keys
         after C{after} and up to C{upto}, oldest first.
         """
+
+    def newest(authors, limit):
+        """A Deferred {author: [update]}: the C{limit} newest shown posts of each, oldest first."""
 
     def persist(updates, hidden=frozenset(), displaced=()):
         """
@@ -217,6 +220,9 @@ class SQLiteStore:
     def uncovered(self, authors, covered, after, upto, limit):
         return self._queries.uncovered(authors, covered, after, upto, limit)
 
+    def newest(self, authors, limit):
+        return self._queries.newest(authors, limit)
+
     def persist(self, updates, hidden=frozenset(), displaced=()):
         fresh = []
         for u in updates:
@@ -314,86 +320,9 @@ class SQLiteStore:
             self._pool.stop()
 
 
-@implementer(IStore)
-class MemoryStore:
-    """
-    L{IStore} in memory, for tests.  With C{manual=True} writes become durable
-    only at L{flush}, so a test can crash a VM between acceptance and flush
-    and lose exactly what was not flushed.
-    """
-
-    problem = None
-    onProblem = None
-
-    def __init__(self, manual=False):
-        self.manual = manual
-        self.durable = {}
-        self.hidden = set()  # ids of the posts stored but not shown
-        self._pending = []
-
-    def open(self, known=None, posts=True):
-        return defer.succeed([u for u in self.durable.values() if posts is not None
-                              and (known is None or not known.has(u.origin, u.seq))])
-
-    def held(self):
-        held = VersionVector()
-        for origin, seq in self.durable:
-            held.add(origin, seq)
-        return held
-
-    def missing(self, remote, limit, after=None):
-        keys = sorted(k for k in self.durable
-                      if not remote.has(*k) and (after is None or k > after))
-        return defer.succeed([self.durable[k] for k in keys[:limit]])
-
-    def byRequests(self, keys):
-        keys = set(keys)
-        found = {}
-        for u in self.durable.values():
-            request = u.request
-            if request in keys and (request not in found or u.key < found[request].key):
-                found[request] = u
-        return defer.succeed(found)
-
-    def page(self, authors, cursor, limit, inclusive=False):
-        posts = sorted((u for u in self.durable.values()
-                        if u.post is not None and u.post.author in authors
-                        and u.id not in self.hidden
-                        and (u.key >= cursor if inclusive else u.key > cursor)),
-                       key=lambda u: u.key)
-        return defer.succeed(posts[:limit])
-
-    def uncovered(self, authors, covered, after, upto, limit):
-        posts = sorted((u for u in self.durable.values()
-                        if u.post is not None and u.post.author in authors
-                        and u.id not in self.hidden and not covered.has(u.origin, u.seq)
-                        and after < u.key <= upto),
-                       key=lambda u: u.key)
-        return defer.succeed(posts[:limit])
-
-    def persist(self, updates, hidden=frozenset(), displaced=()):
-        d = defer.Deferred()
-        self._pending.append((list(updates), set(hidden) | {u.id for u in displaced}, d))
-        if not self.manual:
-            self.flush()
-        return d
-
-    def flush(self):
-        pending, self._pending = self._pending, []
-        for updates, hidden, d in pending:
-            for u in updates:
-                self.durable.setdefault((u.origin, u.seq), u)
-            self.hidden |= hidden
-            d.callback(None)
-
-    def crash(self):
-        """Forget everything not yet flushed; its Deferreds never fire."""
-        self._pending = []
-
-    def close(self):
-        return defer.succeed(None)
-
-
-# -- operators' copies of a data directory (sns-admin): export, import, backup.
-#
-# These run in their own short-lived process, never in a server, so they
+def __getattr__(name):
+    # MemoryStore (for tests) lives in memory.py, which needs IStore from here.
+    if name == "MemoryStore":
+        from snstwist.storage.memory import MemoryStore
+        return MemoryStore
+    raise AttributeError(name)
