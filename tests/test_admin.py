@@ -166,7 +166,7 @@ class ExportImportTests(TestCase):
     BAD = [
         (b"{not json\n", "not JSON"),
         (b"[1, 2]\n", "not a JSON object"),
-        (b'{"name": "x"}\n', "neither a user, a follow nor a post"),
+        (b'{"name": "x"}\n', "neither a user, a password, a follow"),
         (b'{"user": "a b"}\n', "invalid username"),
         (b'{"user": "alice"}\n', "user alice twice"),
         (b'{"user": "dave", "admin": true}\n', "unknown field admin"),

@@ -1,71 +1,71 @@
 """
-C{sns-admin import}: fill an empty data directory from export lines
-(L{admin.EXPORT_FORMAT}), streamed.
+C{sns-admin import}: fill an empty data directory from lines of the export
+format (L{admin.EXPORT_FORMAT}), streamed, in constant memory.
 
 A bulk load is mostly post lines without ids, and goes fast (tens of
 thousands of lines a second) because it does as little as it can per line:
-lines are parsed a batch at a time (one C{json.loads} per batch), a post's
-record row and file line are made from the parsed values directly (no
-model objects), rows go into SQLite with C{executemany} and without the
-secondary indexes, which are made once at the end, and post lines are
-appended to their files a batch at a time.  Memory holds users, follows
-and one batch, whatever the number of posts.
+lines are parsed a batch at a time (one C{json.loads} per batch), and a
+plain post line's record row and file line are made from the parsed values
+directly (no model objects).  The writing is L{bulk.BulkWriter}'s.  An
+export's lines (with ids, read marks, hidden copies and the version
+vector) take the general way, which checks every field.
 """
 
-import concurrent.futures
 import json
 import os
 import re
 import shutil
-import sqlite3
 import time
 
 from snstwist.core import errors
 from snstwist.core.limits import CLOCK_WINDOW_US, MAX_POST_CHARS
 from snstwist.core.model import (
     FollowChange,
+    PasswordChange,
+    ReadMark,
     Update,
+    checkCursor,
     checkOrigin,
     checkPostText,
     checkRequestId,
-    checkSeq,
     checkTime,
     checkUsername,
     parseUpdateId,
     updateId,
 )
 from snstwist.core.state import Seen, VersionVector
-from snstwist.rpc import sns_pb2 as pb
 from snstwist.storage import index as _index
 from snstwist.storage.admin import BadLine, NotEmpty, isEmpty
-from snstwist.storage.postfile import formatTime, fsync, parsePostLine, parseTime, postLineOf
+from snstwist.storage.bulk import BulkWriter
+from snstwist.storage.postfile import formatTime, fsync, parseTime, postLineOf
 
-_IMPORT_FIELDS = {
-    "user": ({"user"}, {"time"}),
-    "follow": ({"follower", "followee"}, {"time"}),
-    "post": ({"author", "time", "text"}, {"id", "request"}),
-}
-# Lines parsed at once, and the most lines (or bytes of post lines) held
-# before they are written.
+# (kind, the field that says it, required fields, optional fields)
+_KINDS = [
+    ("user", "user", {"user"}, {"time", "id", "hash", "request"}),
+    ("password", "password", {"password", "time", "id", "hash"}, {"request"}),
+    ("follow", "follower", {"follower", "followee"}, {"time", "id", "following", "request"}),
+    ("read", "read", {"read", "time", "id", "post_time", "post_id"}, {"request"}),
+    ("post", "author", {"author", "time", "text"}, {"id", "request", "hidden"}),
+    ("versions", "versions", {"versions"}, set()),
+]
+_NAMES = "a user, a password, a follow, a read mark, a post nor a version vector"
+# Lines parsed at once.
 _PARSE_LINES = 5000
-_FLUSH_LINES = 50000
-_FLUSH_BYTES = 32 * 1024 * 1024
-_INSERT = _index.INSERT_RECORD.replace(" OR IGNORE", "")
-_INSERT_REQUEST = "INSERT INTO temp.requests (author, request) VALUES (?, ?)"
 # A time as export writes it: taken as it is, the line keeps it.
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+_BAD_TIME = "must be a UTC time like 2026-11-29T18:26:21.986269Z"
 
 
 class Importer:
     """
     Fills an empty data directory from export lines, streamed.
 
-    Users and follows without an id get one of the origin C{origin}, in the
-    order of the lines, and so do posts without an id; a post without a
-    request id gets its update id as request id.  Importing the same file
-    with the same origin on every VM gives every VM the same ids.  A request
-    id given in the file may not look like the ids made up (C{origin}/N),
-    so that a made-up one never repeats one given.
+    Users, follows and posts without an id get one of the origin C{origin},
+    in the order of the lines; a post without a request id gets its update
+    id as request id.  Importing the same file with the same origin on every
+    VM gives every VM the same ids.  A request id given in the file may not
+    look like the ids made up (C{origin}/N), so that a made-up one never
+    repeats one given.
 
     Everything is written under C{DATA/.importing} and moved into place at
     the end: a bad line leaves the data directory as empty as it was.
@@ -80,14 +80,6 @@ class Importer:
         self.users = set()
         self.follows = set()
         self.counts = {"user": 0, "follow": 0, "post": 0}
-        self._lastKey = {}
-        self._unsorted = set()
-        self._lines = {}
-        self._bytes = 0
-        # The record rows of the batch, the line of each, and the request
-        # given with each (None if made up or none).
-        self._rows, self._rowLines, self._requests = [], [], []
-        self._users, self._follows = [], []
         self.versions = VersionVector()
 
     def run(self, lines):
@@ -97,52 +89,23 @@ class Importer:
                            % (self.path,))
         os.makedirs(self.path, exist_ok=True)
         work = os.path.join(self.path, ".importing")
-        self.postsDir = os.path.join(work, "posts")
-        os.makedirs(self.postsDir)
+        self.out = None
         try:
-            # Batches are written on a thread of their own while the next
-            # is parsed (SQLite lets go of the GIL while it works).
-            self._writer = concurrent.futures.ThreadPoolExecutor(1, "sns-import")
-            self._writing = None
-            self.db = sqlite3.connect(os.path.join(work, "sns.sqlite3"),
-                                      isolation_level=None, check_same_thread=False)
-            # No rollback journal on disk (a failed import is thrown away
-            # whole), but one in memory for the savepoint of each batch.
-            self.db.execute("PRAGMA journal_mode=MEMORY")
-            self.db.execute("PRAGMA synchronous=OFF")
-            self.db.execute("PRAGMA cache_size=-65536")
-            self.db.executescript(_index.TABLES)
-            self.db.execute("CREATE TEMP TABLE requests (author TEXT NOT NULL,"
-                            " request TEXT NOT NULL, PRIMARY KEY (author, request))"
-                            " WITHOUT ROWID")
-            self.db.execute("BEGIN")
+            self.out = BulkWriter(work)
             for lineno, batch in _batches(lines, _PARSE_LINES):
                 self._batch(lineno, batch)
-            self._flush()
-            self._drain()
-            self._writer.shutdown()
             if self.seq:
                 made = VersionVector()
                 made.origins[self.origin] = Seen(self.seq)
                 self.versions.merge(made)
-            _index.Index(self.db).writeVersions(self.versions.origins)
-            self.db.execute("COMMIT")
-            self.db.executescript(_index.INDEXES)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.close()
-            _sortFiles(self.postsDir, self._unsorted)
-            _syncAll(work)
-            os.replace(os.path.join(work, "sns.sqlite3"),
-                       os.path.join(self.path, "sns.sqlite3"))
-            os.replace(self.postsDir, os.path.join(self.path, "posts"))
+            self.out.finish(self.versions)
+            os.replace(os.path.join(work, "sns.sqlite3"), os.path.join(self.path, "sns.sqlite3"))
+            os.replace(os.path.join(work, "posts"), os.path.join(self.path, "posts"))
             os.rmdir(work)
             fsync(self.path)
         except BaseException:
-            self._writer.shutdown(cancel_futures=True)
-            try:
-                self.db.close()
-            except Exception:
-                pass
+            if self.out is not None:
+                self.out.abandon()
             shutil.rmtree(work, ignore_errors=True)
             raise
         return self.counts
@@ -162,12 +125,12 @@ class Importer:
         if records is None or len(records) != len(lines):
             # One is not a JSON object of its own: find which, line by line.
             records = [_parse(first + i, line) for i, line in enumerate(lines)]
-        fast = self._fastPost
+        fast, out = self._fastPost, self.out
         for lineno, record in enumerate(records, first):
             if not fast(lineno, record):
                 self._line(lineno, record)
-            if len(self._rows) >= _FLUSH_LINES or self._bytes >= _FLUSH_BYTES:
-                self._flush()
+            if out.full():
+                out.flush()
 
     def _fastPost(self, lineno, record):
         """
@@ -191,32 +154,9 @@ class Importer:
         if not 0 <= time_us <= self.now_us + CLOCK_WINDOW_US:
             return False
         origin, seq = self._nextId()
-        self._addPost(lineno, origin, seq, postId, author, time_us, text, postId, line, None)
-        return True
-
-    def _addPost(self, lineno, origin, seq, postId, author, time_us, text, requestId, line,
-                 given):
-        # Setting the post's fields in place is twice as fast as pb.Post(...).
-        update = pb.Update(origin=origin, seq=seq, time_us=time_us, request_id=requestId)
-        post = update.post
-        post.id, post.author, post.time_us, post.text = postId, author, time_us, text
-        body = update.SerializeToString()
-        self._rows.append((origin, seq, time_us, postId, "post", author,
-                           author if requestId else None, requestId or None, 1, body))
-        self._rowLines.append(lineno)
-        self._requests.append(given)
-        key = (time_us, postId)
-        last = self._lastKey.get(author)
-        if last is not None and key < last:
-            self._unsorted.add(author)
-        else:
-            self._lastKey[author] = key
-        lines = self._lines.get(author)
-        if lines is None:
-            lines = self._lines[author] = []
-        lines.append(line)
-        self._bytes += len(line)
+        self.out.addPost(lineno, origin, seq, postId, author, time_us, text, postId, line)
         self.counts["post"] += 1
+        return True
 
     def _line(self, lineno, record):
         try:
@@ -224,24 +164,22 @@ class Importer:
         except (errors.SNSError, TypeError, ValueError) as e:
             # A duplicate in the batch before this line is the first bad
             # line: check the batch before naming this one.
-            self._flush()
-            self._drain()
+            self.out.flush()
+            self.out.drain()
             if isinstance(e, BadLine):
                 raise
             raise BadLine(lineno, getattr(e, "message", None) or str(e))
-        if kind != "post":
-            self.counts[kind] += 1
+        self.counts[kind] = self.counts.get(kind, 0) + 1
 
     def _apply(self, lineno, record):
         if isinstance(record, BadLine):
             raise record
         if not isinstance(record, dict):
             raise ValueError("not a JSON object")
-        kind = ("user" if "user" in record else "follow" if "follower" in record
-                else "post" if "author" in record else None)
-        if kind is None:
-            raise ValueError("neither a user, a follow nor a post")
-        required, optional = _IMPORT_FIELDS[kind]
+        found = [k for k in _KINDS if k[1] in record]
+        if not found:
+            raise ValueError("neither " + _NAMES)
+        kind, _, required, optional = found[0]
         if not required <= record.keys():
             raise ValueError("a %s line needs %s" % (kind, ", ".join(sorted(required))))
         unknown = record.keys() - required - optional
@@ -250,52 +188,82 @@ class Importer:
         getattr(self, "_" + kind)(lineno, record)
         return kind
 
-    def _time(self, record, default=0):
-        text = record.get("time")
+    def _time(self, record, field="time", default=0):
+        text = record.get(field)
         if text is None:
             return default
         if not isinstance(text, str) or not text.endswith("Z"):
-            raise ValueError("time must be a UTC time like 2026-11-29T18:26:21.986269Z")
+            raise ValueError("%s %s" % (field, _BAD_TIME))
         try:
             time_us = parseTime(text)
         except ValueError:
-            raise ValueError("time must be a UTC time like 2026-11-29T18:26:21.986269Z")
+            raise ValueError("%s %s" % (field, _BAD_TIME))
         # Not further ahead of this machine's clock than peers accept.
         return checkTime(time_us, self.now_us)
 
-    def _addUpdate(self, lineno, update):
-        self._rows.append(_index.recordRow(update))
-        self._rowLines.append(lineno)
-        self._requests.append(None)
+    def _id(self, record):
+        """The (origin, seq) of C{record}: its own, or one made up."""
+        if "id" not in record:
+            return self._nextId()
+        origin, seq = parseUpdateId(record["id"])
+        self.versions.add(origin, seq)
+        return origin, seq
+
+    def _request(self, record, own=None):
+        """The request id given, checked (or C{own}, the update's id, if none)."""
+        if "request" not in record:
+            return own or ""
+        requestId = checkRequestId(record["request"])
+        if not requestId:
+            raise ValueError("an empty request id: leave \"request\" out instead")
+        if requestId.startswith(self._madeUp) and requestId != own:
+            raise ValueError("request id %s looks like the ids this import makes up:"
+                             " import with another --origin" % (requestId,))
+        return requestId
+
+    def _update(self, lineno, record, **change):
+        origin, seq = self._id(record)
+        update = Update(origin=origin, seq=seq, time_us=self._time(record),
+                        request_id=self._request(record), **change)
+        self.out.add(lineno, _index.recordRow(update))
+        return update
 
     def _user(self, lineno, record):
         name = checkUsername(record["user"])
-        if name in self.users:
+        if name in self.users and "id" not in record:
             raise BadLine(lineno, "user %s twice" % (name,))
-        origin, seq = self._nextId()
-        update = Update(origin=origin, seq=seq, time_us=self._time(record), user=name)
+        update = self._update(lineno, record, user=name, hash=record.get("hash", ""))
         self.users.add(name)
-        self._addUpdate(lineno, update)
-        self._users.append((name, update.time_us))
+        self.out.tables["users"].append((name, update.time_us))
 
     def _known(self, lineno, name):
         if checkUsername(name) not in self.users:
             raise BadLine(lineno, "user %s is not on a user line before this one" % (name,))
         return name
 
+    def _password(self, lineno, record):
+        user = self._known(lineno, record["password"])
+        self._update(lineno, record, password=PasswordChange(user, record["hash"]))
+
     def _follow(self, lineno, record):
         pair = (self._known(lineno, record["follower"]),
                 self._known(lineno, record["followee"]))
         if pair[0] == pair[1]:
             raise errors.FollowSelf()
-        if pair in self.follows:
+        if pair in self.follows and "id" not in record:
             raise BadLine(lineno, "%s follows %s twice" % pair)
-        origin, seq = self._nextId()
-        update = Update(origin=origin, seq=seq, time_us=self._time(record),
-                        follow=FollowChange(pair[0], pair[1], True))
+        following = record.get("following", True)
+        if not isinstance(following, bool):
+            raise ValueError("following is true or false")
+        update = self._update(lineno, record, follow=FollowChange(pair[0], pair[1], following))
         self.follows.add(pair)
-        self._addUpdate(lineno, update)
-        self._follows.append((pair[0], pair[1], 1, update.time_us, update.id))
+        self.out.tables["follows"].append(_index.followRow(update))
+
+    def _read(self, lineno, record):
+        user = self._known(lineno, record["read"])
+        mark = checkCursor(self._time(record, "post_time"), record["post_id"])
+        update = self._update(lineno, record, read=ReadMark(user, *mark))
+        self.out.tables["marks"].append(_index.markRow(update))
 
     def _post(self, lineno, record):
         author = self._known(lineno, record["author"])
@@ -304,80 +272,31 @@ class Importer:
         timeText = record["time"]
         if not _TIME.match(timeText):
             timeText = formatTime(time_us)
-        given = None
-        if "id" in record:
-            if not isinstance(record["id"], str):
-                raise ValueError("a post id is a string")
-            origin, seq = parseUpdateId(record["id"])
-            checkOrigin(origin)
-            checkSeq(seq)
-            self.versions.add(origin, seq)
-        else:
-            origin, seq = self._nextId()
+        origin, seq = self._id(record)
         postId = updateId(origin, seq)
         # A post read from an export keeps what it had (no request id is
         # made up for a post that has an id), so a round trip is exact.
-        requestId = checkRequestId(record.get("request", "" if "id" in record else postId))
-        if "request" in record:
-            if not requestId:
-                raise ValueError("an empty request id: leave \"request\" out instead")
-            if requestId.startswith(self._madeUp) and requestId != postId:
-                raise ValueError("request id %s looks like the ids this import makes up:"
-                                 " import with another --origin" % (requestId,))
-            given = (author, requestId)
+        requestId = self._request(record, None if "id" in record else postId)
+        hidden = record.get("hidden", False)
+        if not isinstance(hidden, bool):
+            raise ValueError("hidden is true or false")
         line = postLineOf(timeText, postId, author, text, requestId).encode("utf-8")
-        self._addPost(lineno, origin, seq, postId, author, time_us, text, requestId, line,
-                      given)
+        self.out.addPost(lineno, origin, seq, postId, author, time_us, text, requestId, line,
+                         (author, requestId) if "request" in record else None, not hidden)
 
-    def _flush(self):
-        """Write the batch held, once the one before is written (L{_write})."""
-        batch = (self._rows, self._rowLines, self._requests, self._users, self._follows,
-                 self._lines)
-        self._rows, self._rowLines, self._requests = [], [], []
-        self._users, self._follows, self._lines = [], [], {}
-        self._bytes = 0
-        self._drain()
-        self._writing = self._writer.submit(self._write, *batch)
-
-    def _drain(self):
-        """Wait for the batch being written; raise what its writing raised."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            writing.result()
-
-    def _write(self, rows, lineNumbers, requests, users, follows, posts):
-        """
-        On the writer thread: the record rows, refusing an update id or a
-        given (user, request id) seen before (in bulk, and row by row only
-        to name the first bad line), then users, follows and post lines.
-        """
-        db = self.db
-        db.execute("SAVEPOINT batch")
-        try:
-            db.executemany(_INSERT, rows)
-            db.executemany(_INSERT_REQUEST, [r for r in requests if r is not None])
-        except sqlite3.IntegrityError:
-            db.execute("ROLLBACK TO batch")
-            for row, lineno, request in zip(rows, lineNumbers, requests):
-                try:
-                    db.execute(_INSERT, row)
-                except sqlite3.IntegrityError:
-                    raise BadLine(lineno, "post id %s twice" % (row[3],))
-                try:
-                    if request is not None:
-                        db.execute(_INSERT_REQUEST, request)
-                except sqlite3.IntegrityError:
-                    raise BadLine(lineno, "request id %s of %s twice" % (request[1],
-                                                                          request[0]))
-            raise
-        db.execute("RELEASE batch")
-        db.executemany("INSERT INTO users (name, created_us) VALUES (?, ?)", users)
-        db.executemany(
-            "INSERT INTO follows (follower, followee, following, time_us, update_id)"
-            " VALUES (?, ?, ?, ?, ?)", follows)
-        for author, lines in posts.items():
-            with open(os.path.join(self.postsDir, author + ".txt"), "ab") as f:
-                f.write(b"".join(lines))
+    def _versions(self, lineno, record):
+        """What the exported VM held, superseded updates included (docs/design.md s. 4)."""
+        held = record["versions"]
+        if not isinstance(held, list):
+            raise ValueError("versions is a list of [origin, contiguous, [extra]]")
+        vector = VersionVector()
+        for entry in held:
+            if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[1], int)
+                    or not isinstance(entry[2], list)
+                    or not all(isinstance(s, int) for s in entry[2])):
+                raise ValueError("versions is a list of [origin, contiguous, [extra]]")
+            vector.origins[checkOrigin(entry[0])] = Seen(entry[1], set(entry[2]))
+        self.versions.merge(vector)
 
 
 def _batches(lines, size):
@@ -399,30 +318,3 @@ def _parse(lineno, line):
         return json.loads(line)
     except ValueError as e:
         return BadLine(lineno, "not JSON (%s)" % (getattr(e, "msg", e),))
-
-
-def _sortFiles(postsDir, unsorted):
-    """Rewrite in (time, id) order the files whose posts came out of order."""
-    for author in sorted(unsorted):
-        path = os.path.join(postsDir, author + ".txt")
-        with open(path, "rb") as f:
-            lines = f.readlines()
-        keyed = []
-        for line in lines:
-            u = parsePostLine(line.decode("utf-8"))
-            keyed.append((u.post.key, line))
-        keyed.sort(key=lambda pair: pair[0])
-        with open(path, "wb") as f:
-            f.writelines(line for _, line in keyed)
-
-
-def _syncAll(work):
-    """fsync every file written, several at a time, then the directories."""
-    postsDir = os.path.join(work, "posts")
-    paths = [os.path.join(postsDir, name) for name in os.listdir(postsDir)]
-    paths.append(os.path.join(work, "sns.sqlite3"))
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        for _ in pool.map(fsync, paths):
-            pass
-    fsync(postsDir)
-    fsync(work)

@@ -67,6 +67,30 @@ INSERT_RECORD = ("INSERT OR IGNORE INTO record (origin, seq, time_us, uid, kind,
 
 _BODY = "SELECT body FROM record WHERE "
 
+# The derived tables hold the last writer of each register.
+UPSERT_FOLLOW = (
+    "INSERT INTO follows (follower, followee, following, time_us, update_id)"
+    " VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (follower, followee) DO UPDATE SET"
+    " following = excluded.following, time_us = excluded.time_us,"
+    " update_id = excluded.update_id"
+    " WHERE (excluded.time_us, excluded.update_id) > (follows.time_us, follows.update_id)")
+UPSERT_MARK = (
+    "INSERT INTO marks (user, time_us, post_id, origin, seq) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (user) DO UPDATE SET"
+    " time_us = excluded.time_us, post_id = excluded.post_id,"
+    " origin = excluded.origin, seq = excluded.seq"
+    " WHERE (excluded.time_us, excluded.post_id) > (marks.time_us, marks.post_id)")
+
+
+def followRow(u):
+    f = u.follow
+    return (f.follower, f.followee, int(f.following), u.time_us, u.id)
+
+
+def markRow(u):
+    return (u.read.user, u.read.time_us, u.read.post_id, u.origin, u.seq)
+
 
 def kindOf(update):
     for kind in ("post", "follow", "read", "password", "user"):
@@ -185,24 +209,8 @@ class Index:
         db.executemany(
             "INSERT OR IGNORE INTO users (name, created_us) VALUES (?, ?)",
             [(u.user, u.time_us) for u in rows if u.user is not None])
-        db.executemany(
-            "INSERT INTO follows (follower, followee, following, time_us, update_id)"
-            " VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (follower, followee) DO UPDATE SET"
-            " following = excluded.following, time_us = excluded.time_us,"
-            " update_id = excluded.update_id"
-            " WHERE (excluded.time_us, excluded.update_id)"
-            " > (follows.time_us, follows.update_id)",
-            [(u.follow.follower, u.follow.followee, int(u.follow.following),
-              u.time_us, u.id) for u in rows if u.follow is not None])
-        db.executemany(
-            "INSERT INTO marks (user, time_us, post_id, origin, seq) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (user) DO UPDATE SET"
-            " time_us = excluded.time_us, post_id = excluded.post_id,"
-            " origin = excluded.origin, seq = excluded.seq"
-            " WHERE (excluded.time_us, excluded.post_id) > (marks.time_us, marks.post_id)",
-            [(u.read.user, u.read.time_us, u.read.post_id, u.origin, u.seq)
-             for u in rows if u.read is not None])
+        db.executemany(UPSERT_FOLLOW, [followRow(u) for u in rows if u.follow is not None])
+        db.executemany(UPSERT_MARK, [markRow(u) for u in rows if u.read is not None])
 
     # -- reading
 
@@ -301,6 +309,10 @@ class Index:
             (author, limit)))
         posts.reverse()
         return posts
+
+    def newestOf(self, authors, limit):
+        """{author: its C{limit} newest shown posts, oldest first} of C{authors}."""
+        return {author: self.newest(author, limit) for author in authors}
 
     def authors(self):
         """Every author of a post held, found by skipping along the index (not a scan)."""
