@@ -36,7 +36,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.core import errors
 from snstwist.core.limits import HISTORY
-from snstwist.core.model import parseUpdateId
+from snstwist.core.model import parseUpdateId, updateId
 from snstwist.core.state import HOT_POSTS, VersionVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
@@ -60,6 +60,14 @@ SETTLE_LIMIT = 5000
 
 DOMAIN_REFUSALS = (errors.AlreadyFollowing, errors.NotFollowing, errors.UnknownUser,
                    errors.FollowSelf)
+
+
+def recorded(store):
+    """
+    The (origin, seq) a store holds: stored, or superseded (a read mark a
+    newer one of its user replaced, which the record no longer keeps).
+    """
+    return set(store.durable) | store.superseded
 
 
 class VmClock:
@@ -109,9 +117,9 @@ class End:
             return False
         if message.WhichOneof("kind") == "ack":
             # An ack tells the writer another VM holds the update on disk.
-            durable = self.owner.store.durable
+            store = self.owner.store
             for i in message.ack.ids:
-                if parseUpdateId(i) not in durable:
+                if parseUpdateId(i) not in recorded(store):
                     self.owner.problems.append("%s acked %s before storing it"
                                                % (self.owner.vm, i))
         self.connection.carry(self, message)
@@ -234,7 +242,8 @@ class Incarnation:
     def _durable(self, updates):
         # The server pushes these to live sessions: they must really be stored.
         for u in updates:
-            if self.store.durable.get((u.origin, u.seq)) != u:
+            key = (u.origin, u.seq)
+            if key not in self.store.superseded and self.store.durable.get(key) != u:
                 self.problems.append("the node reported %s before it was stored" % (u.id,))
 
     def die(self):
@@ -378,7 +387,7 @@ class ReplicationMachine(RuleBasedStateMachine):
 
     def _acknowledged(self, results, update):
         copies = 1 + results[1]
-        holders = sum(1 for s in self.stores.values() if (update.origin, update.seq) in s.durable)
+        holders = sum(1 for s in self.stores.values() if (update.origin, update.seq) in recorded(s))
         if holders < copies:
             self.problems.append("%s acknowledged with %d copies, durable on %d VMs"
                                  % (update.id, copies, holders))
@@ -447,6 +456,16 @@ class ReplicationMachine(RuleBasedStateMachine):
             if update is not None:
                 self.vms[vm].replicator.broadcast(update)
                 self.clock.advance(0)
+
+    @rule(vm=st.sampled_from(VMS), user=st.sampled_from(NAMES))
+    def read_through(self, vm, user):
+        """
+        A client scrolls through its timeline: one read mark per post, each
+        superseding the one before (the record keeps only the last, and
+        counts the others: docs/design.md section 4, "Compaction").
+        """
+        for post in self.vms[vm].node.replica.timeline(user, HISTORY)[-4:]:
+            self.read(vm, user, self.vms[vm].node.replica.timeline(user, HISTORY).index(post))
 
     # -- disks, network, time
 
@@ -564,6 +583,8 @@ class ReplicationMachine(RuleBasedStateMachine):
         """The updates C{inc} holds: on its disk, or on their way there."""
         store = self.stores[inc.vm]
         held = dict(store.durable)
+        # A read mark superseded is held (counted, not stored): as produced.
+        held.update({key: self.produced[updateId(*key)] for key in store.superseded})
         for updates, _, _ in store._pending:
             for u in updates:
                 held.setdefault((u.origin, u.seq), u)
@@ -588,7 +609,11 @@ class ReplicationMachine(RuleBasedStateMachine):
             hlc = inc.node.hlc.last
             assert hlc >= inc.lastHlc, "HLC of %s went back" % (inc.node.origin,)
             inc.lastHlc = hlc
-            newest = max((u.time_us for u in self.held(inc).values()), default=0)
+            # (A superseded read mark is not stored: its time is nobody's
+            # order, and a restart does not see it.)
+            superseded = self.stores[inc.vm].superseded
+            newest = max((u.time_us for key, u in self.held(inc).items()
+                          if key not in superseded), default=0)
             assert hlc >= newest, "HLC of %s is behind an update it holds" % (inc.vm,)
 
     def the_disk_holds_nothing_the_replica_lacks(self):
@@ -609,8 +634,10 @@ class ReplicationMachine(RuleBasedStateMachine):
             done = here.node.history.missingPages(
                 vector, lambda updates, out=offered: out.extend(u.id for u in updates), page=3)
             assert done.called, "a MemoryStore answers at once"
-            lacking = {u.id for u in self.stores[here.vm].durable.values()
-                       if not there.node.replica.has(u)}
+            # Superseded read marks are offered too (as voids): the peer's
+            # version vector must take them.
+            lacking = {updateId(*key) for key in recorded(self.stores[here.vm])
+                       if not there.node.replica.seen.has(*key)}
             assert len(offered) == len(set(offered)) and set(offered) == lacking, \
                 "%s would send %s %s, which lacks %s" % (here.vm, there.vm, offered, lacking)
 
@@ -634,7 +661,7 @@ class ReplicationMachine(RuleBasedStateMachine):
         vectors = set()
         for inc in self.live():
             held = pairsOf(inc.node.replica.seen)
-            if held != set(self.stores[inc.vm].durable):
+            if held != recorded(self.stores[inc.vm]):
                 return False
             vectors.add(frozenset(held))
         return len(vectors) == 1
@@ -686,17 +713,21 @@ class ReplicationMachine(RuleBasedStateMachine):
         # A MemoryStore never loses what it flushed, and every acknowledged
         # write was flushed at least on its own VM: so every one of them,
         # whatever its number of copies, must now be everywhere.
-        for updateId, copies in self.acknowledged.items():
-            u = self.produced[updateId]
+        for acked, copies in self.acknowledged.items():
+            u = self.produced[acked]
             for inc in self.live():
                 assert inc.node.replica.has(u), \
-                    "acknowledged %s (%d copies) missing on %s" % (updateId, copies, inc.vm)
-                assert (u.origin, u.seq) in self.stores[inc.vm].durable, \
-                    "acknowledged %s (%d copies) not durable on %s" % (updateId, copies, inc.vm)
+                    "acknowledged %s (%d copies) missing on %s" % (acked, copies, inc.vm)
+                assert (u.origin, u.seq) in recorded(self.stores[inc.vm]), \
+                    "acknowledged %s (%d copies) not durable on %s" % (acked, copies, inc.vm)
         # And so must every write that reached any disk, acknowledged or not.
-        everywhere = set.union(*(set(s.durable) for s in self.stores.values()))
+        everywhere = set.union(*(recorded(s) for s in self.stores.values()))
         for vm, store in self.stores.items():
-            assert set(store.durable) == everywhere, "%s lacks stored writes" % (vm,)
+            assert recorded(store) == everywhere, "%s lacks stored writes" % (vm,)
+        # Of the read marks, each store keeps only the one that wins per user.
+        for vm, store in self.stores.items():
+            marks = [u.read.user for u in store.durable.values() if u.read is not None]
+            assert len(marks) == len(set(marks)), "%s keeps superseded read marks" % (vm,)
 
 
 class ConvergenceTests(SynchronousTestCase):

@@ -28,6 +28,7 @@ from snstwist.core import errors
 from snstwist.core.model import Update
 from snstwist.core.state import Seen, VersionVector
 from snstwist.rpc import sns_pb2 as pb
+from snstwist.storage.compaction import Marks, missingPage
 
 log = Logger()
 
@@ -144,8 +145,12 @@ class Index:
         self.versions = VersionVector()
 
     def create(self):
-        """Make the tables (an empty database) and read the version vector."""
+        """
+        Make the tables (an empty database), compact the read marks (a
+        record of the layout that kept them all), read the version vector.
+        """
         self.db.executescript(SCHEMA)
+        self.compactMarks()
         self.versions = self.readVersions()
 
     def readVersions(self):
@@ -184,10 +189,12 @@ class Index:
             if u.origin not in seen:
                 seen[u.origin] = copySeen(self.versions.origins.get(u.origin))
             seen[u.origin].add(u.seq)
-        updates = [u for u, _ in rows]
         db.execute("BEGIN")
         try:
+            rows, superseded = self._compact(rows)
+            updates = [u for u, _ in rows]
             db.executemany(INSERT_RECORD, [recordRow(u, shown) for u, shown in rows])
+            db.executemany("DELETE FROM record WHERE origin = ? AND seq = ?", superseded)
             db.executemany("UPDATE record SET shown = 0 WHERE origin = ? AND seq = ?",
                            [(u.origin, u.seq) for u in displaced])
             self._derived(updates)
@@ -203,6 +210,42 @@ class Index:
                 pass  # SQLite rolled back already (a failed COMMIT)
             raise
         self.versions.origins.update(seen)
+
+    def _storedMark(self, user):
+        row = self.db.execute("SELECT time_us, post_id, origin, seq FROM marks WHERE user = ?",
+                              (user,)).fetchone()
+        return ((row[0], row[1]), (row[2], row[3])) if row is not None else None
+
+    def _compact(self, rows):
+        """
+        Of C{rows}, those to store (a read mark only if it wins, L{compaction}),
+        and the (origin, seq) of the stored marks they supersede.
+        """
+        marks = Marks(self._storedMark)
+        kept, superseded = [], []
+        for u, shown in rows:
+            if u.read is not None:
+                store, old = marks.supersede(u)
+                if old is not None:
+                    superseded.append(old)
+                if not store:
+                    continue
+            kept.append((u, shown))
+        if superseded:
+            # A mark of this batch superseded by a later one of it is not stored either.
+            gone = set(superseded)
+            kept = [(u, shown) for u, shown in kept if (u.origin, u.seq) not in gone]
+        return kept, superseded
+
+    def compactMarks(self):
+        """
+        Delete the read marks superseded before the record was compacted (a
+        data directory of the layout that kept them all): once, cheaply after.
+        """
+        self.db.execute(
+            "DELETE FROM record WHERE kind = 'read' AND author IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM marks WHERE marks.origin = record.origin"
+            " AND marks.seq = record.seq)")
 
     def _derived(self, rows):
         db = self.db
@@ -225,31 +268,27 @@ class Index:
     def missing(self, remote, limit, after=None):
         """
         At most C{limit} (None: no limit) updates held here that the version
-        vector C{remote} lacks, in (origin, seq) order, from after the (origin, seq) C{after}:
-        a page of a catch-up, read through the primary key.
+        vector C{remote} lacks, in (origin, seq) order, from after the
+        (origin, seq) C{after}: a page of a catch-up, read through the
+        primary key; a superseded one as a void (L{compaction.missingPage}).
         """
-        out = []
-        held = self.readVersions()  # as this connection sees the record now
-        for origin in sorted(held.origins):
-            if after is not None and origin < after[0]:
-                continue
-            mine = held.origins[origin]
-            theirs = remote.origins.get(origin) or Seen()
-            start = theirs.contiguous
-            if after is not None and origin == after[0]:
-                start = max(start, after[1])
-            if mine.top <= start:
-                continue
-            # Their out-of-order ones may be among the rows read: read that many more.
-            rows = -1 if limit is None else limit - len(out) + len(theirs.extra)
-            for seq, body in self.db.execute(
-                    "SELECT seq, body FROM record WHERE origin = ? AND seq > ?"
-                    " ORDER BY seq LIMIT ?", (origin, start, rows)):
-                if seq not in theirs.extra:
-                    out.extend(decoded([body]))
-                    if limit is not None and len(out) >= limit:
-                        return out
-        return out
+        # What this connection sees held now; rows committed after it are
+        # sent next time, and a row deleted after it was superseded since.
+        return missingPage(self.readVersions(), remote, self._rowsOf, limit, after)
+
+    def _rowsOf(self, origin, start, chunk=500):
+        """The stored (seq, update) of C{origin} after C{start}, in order, a chunk at a time."""
+        while True:
+            rows = self.db.execute(
+                "SELECT seq, body FROM record WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (origin, start, chunk)).fetchall()
+            for seq, body in rows:
+                # One that breaks a bound (decoded leaves it out) is answered as a void.
+                for u in decoded([body]):
+                    yield seq, u
+                start = seq
+            if len(rows) < chunk:
+                return
 
     def byRequests(self, keys):
         """{(requester, request id): the earliest update of that request} of C{keys}."""

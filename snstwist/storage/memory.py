@@ -7,6 +7,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from snstwist.core.state import VersionVector
+from snstwist.storage import compaction
 from snstwist.storage.store import IStore
 
 
@@ -25,22 +26,29 @@ class MemoryStore:
         self.manual = manual
         self.durable = {}
         self.hidden = set()  # ids of the posts stored but not shown
+        # Read marks compacted as SQLiteStore's record compacts them.
+        self.superseded, self.marks = set(), compaction.Marks()
         self._pending = []
 
     def open(self, known=None, posts=True):
-        return defer.succeed([u for u in self.durable.values() if posts is not None
-                              and (known is None or not known.has(u.origin, u.seq))])
+        if posts is None:
+            return defer.succeed([])
+        if known is None:
+            return defer.succeed(list(self.durable.values()))
+        return defer.succeed(compaction.missingPage(self.held(), known, self._rows, None))
 
     def held(self):
         held = VersionVector()
-        for origin, seq in self.durable:
+        for origin, seq in [*self.durable, *self.superseded]:
             held.add(origin, seq)
         return held
 
+    def _rows(self, origin, start):
+        return iter(sorted((n, u) for (o, n), u in self.durable.items()
+                           if o == origin and n > start))
+
     def missing(self, remote, limit, after=None):
-        keys = sorted(k for k in self.durable
-                      if not remote.has(*k) and (after is None or k > after))
-        return defer.succeed([self.durable[k] for k in keys[:limit]])
+        return defer.succeed(compaction.missingPage(self.held(), remote, self._rows, limit, after))
 
     def byRequests(self, keys):
         keys = set(keys)
@@ -83,7 +91,7 @@ class MemoryStore:
         pending, self._pending = self._pending, []
         for updates, hidden, d in pending:
             for u in updates:
-                self.durable.setdefault((u.origin, u.seq), u)
+                compaction.keep(self.durable, self.superseded, self.marks, u)
             self.hidden |= hidden
             d.callback(None)
 
