@@ -103,17 +103,28 @@ class ExportImportTests(TestCase):
         self.importLines("copy", io.BytesIO(first))
         self.assertEqual(exported(self.dir("copy")), first)
 
-    async def test_export_is_users_then_follows_then_post_file_lines(self):
-        """The export is the users, the live follows, then every post file's lines as they are."""
+    async def test_export_is_the_record_then_post_file_lines_then_the_vector(self):
+        """
+        The export is every user and follow update (an unfollow too), the
+        winning read marks, every post file's lines as they are, and the
+        version vector.
+        """
         path = await self.stored(HISTORY)
         lines = exported(path).splitlines(keepends=True)
-        users = [json.loads(line)["user"] for line in lines[:3]]
-        follows = [(r["follower"], r["followee"]) for r in map(json.loads, lines[3:5])]
+        records = [json.loads(line) for line in lines]
         self.assertEqual(
-            (users, follows, b"".join(lines[5:])),
-            (["alice", "bob", "carol"], [("alice", "bob"), ("bob", "alice")],
+            ([r["user"] for r in records[:3]],
+             [(r["follower"], r["followee"], r.get("following", True), r["id"])
+              for r in records[3:7]],
+             records[7], b"".join(lines[8:-1]), records[-1]),
+            (["alice", "carol", "bob"],
+             [("alice", "bob", True, "vm1.a/3"), ("carol", "bob", True, "vm1.a/4"),
+              ("carol", "bob", False, "vm1.a/5"), ("bob", "alice", True, "vm2.a/2")],
+             {"read": "alice", "time": "2023-11-14T22:13:20.000003Z", "id": "vm1.a/7",
+              "post_time": "2023-11-14T22:13:20.000002Z", "post_id": "vm2.a/4"},
              readBytes(os.path.join(path, "posts", "alice.txt"))
-             + readBytes(os.path.join(path, "posts", "bob.txt"))))
+             + readBytes(os.path.join(path, "posts", "bob.txt")),
+             {"versions": [["vm1.a", 7, []], ["vm2.a", 4, []]]}))
 
     async def test_an_imported_directory_serves_what_was_exported(self):
         """A server starting on an imported directory holds the same users, follows and posts."""
@@ -239,9 +250,10 @@ class AdminCommandTests(SynchronousTestCase):
                          (0, True), err)
         code, out, _ = self.command("export", "--data", data)
         origin = admin.fileOrigin(self.file)
-        self.assertEqual((code, out.splitlines()[-1]), (0, json.dumps({
+        self.assertEqual((code, out.splitlines()[-2:]), (0, [json.dumps({
             "time": "2026-11-29T18:26:21.986269Z", "id": origin + "/4", "author": "alice",
-            "text": "hi", "request": origin + "/4"}).encode()))
+            "text": "hi", "request": origin + "/4"}).encode(),
+            json.dumps({"versions": [[origin, 4, []]]}).encode()]))
 
     def test_a_bad_line_exits_1_with_its_number(self):
         """A bad import line is one line on stderr, with its number, and exit status 1."""

@@ -13,15 +13,24 @@ import sqlite3
 
 from snstwist.core import errors
 from snstwist.storage.disk import Disk
-from snstwist.storage.postfile import fsync, formatTime
+from snstwist.storage import index as _index
+from snstwist.storage.postfile import formatTime, fsync, postLine
 
 EXPORT_FORMAT = """\
-One JSON object per line, in this order: users, then follows, then posts.
-  {"user": NAME, "time": T}
-  {"follower": A, "followee": B, "time": T}
+One JSON object per line, in this order: users, password changes, follows,
+read marks, posts, hidden copies, the version vector.
+  {"user": NAME, "time": T, "id": ID, "hash": H, "request": RID}
+  {"password": NAME, "time": T, "id": ID, "hash": H, "request": RID}
+  {"follower": A, "followee": B, "time": T, "id": ID, "following": false, "request": RID}
+  {"read": NAME, "time": T, "id": ID, "post_time": T, "post_id": ID, "request": RID}
   {"time": T, "id": ID, "author": A, "text": TEXT, "request": RID}
-T is UTC "YYYY-MM-DDTHH:MM:SS.ffffffZ". A post line is its line of
-posts/<author>.txt as is; "request" is absent when the post had no request id.
+  {"time": T, "id": ID, "author": A, "text": TEXT, "request": RID, "hidden": true}
+  {"versions": [[ORIGIN, CONTIGUOUS, [SEQ, ...]], ...]}
+T is UTC "YYYY-MM-DDTHH:MM:SS.ffffffZ".  A post line is its line of
+posts/<author>.txt as is.  "hash" (an argon2id hash), "request" and
+"following": false (an unfollow) appear only when there is one.  To import,
+only {"user": NAME}, {"follower": A, "followee": B} and {"author": A,
+"time": T, "text": TEXT} are needed: ids (and request ids) are made up.
 """
 
 
@@ -46,35 +55,76 @@ def _readOnly(path):
 
 def exportLines(path):
     """
-    The lines (bytes) of the export of the data directory C{path}, streamed:
-    one post file is read a chunk at a time, SQLite rows a cursor at a time.
-    The users and follows come from one read transaction; post files of
-    users that transaction does not know yet (created since) are left out.
+    The lines (bytes) of the export of the data directory C{path}, streamed
+    in constant memory: SQLite rows a cursor at a time, post files a line
+    at a time.  The rows come from one read transaction: the record as it
+    is (its superseded read marks compacted away, L{compaction}), so an
+    import of the lines holds the same updates and the same version vector.
+    The post lines are the files' as they are (a torn last line, a write in
+    progress, left out): of a running VM, export a backup (L{backup}), whose
+    files and record agree.
     """
     db = _readOnly(path)
     try:
         db.execute("BEGIN")
-        for name, created in db.execute("SELECT name, created_us FROM users ORDER BY name"):
-            yield _jsonLine({"user": name, "time": formatTime(created)})
-        for follower, followee, time_us in db.execute(
-                "SELECT follower, followee, time_us FROM follows WHERE following = 1"
-                " ORDER BY follower, followee"):
-            yield _jsonLine({"follower": follower, "followee": followee,
-                             "time": formatTime(time_us)})
+        for kind in ("user", "password", "follow"):
+            for (body,) in db.execute("SELECT body FROM record WHERE author IS NULL AND"
+                                      " kind = ?", (kind,)):
+                yield from (_jsonLine(_stateLine(u)) for u in _index.decoded([body]))
+        for (body,) in db.execute("SELECT body FROM marks JOIN record USING (origin, seq)"
+                                  " ORDER BY user"):
+            yield from (_jsonLine(_stateLine(u)) for u in _index.decoded([body]))
         postsDir = os.path.join(path, "posts")
-        names = sorted(n for n in os.listdir(postsDir) if n.endswith(".txt"))
-        for name in names:
-            author = name[:-len(".txt")]
-            if db.execute("SELECT 1 FROM users WHERE name = ?", (author,)).fetchone() is None:
-                continue
-            with open(os.path.join(postsDir, name), "rb") as f:
-                for line in f:
-                    # A torn last line is a write in progress: not a post yet.
-                    if line.endswith(b"\n"):
-                        yield line
+        for name in sorted(n for n in os.listdir(postsDir) if n.endswith(".txt")):
+            if db.execute("SELECT 1 FROM users WHERE name = ?", (name[:-4],)).fetchone():
+                yield from _postLines(os.path.join(postsDir, name))
+        for (requester, request) in db.execute(
+                "SELECT requester, request FROM record WHERE request IS NOT NULL"
+                " GROUP BY requester, request HAVING count(*) > 1"):
+            for (body,) in db.execute(
+                    "SELECT body FROM record WHERE requester = ? AND request = ?"
+                    " AND kind = 'post' AND shown = 0 ORDER BY time_us, uid",
+                    (requester, request)):
+                for u in _index.decoded([body]):
+                    record = json.loads(postLine(u))
+                    record["hidden"] = True
+                    yield _jsonLine(record)
+        held = _index.Index(db).readVersions()
+        yield _jsonLine({"versions": [[o, s.contiguous, sorted(s.extra)]
+                                      for o, s in sorted(held.origins.items())]})
         db.execute("COMMIT")
     finally:
         db.close()
+
+
+def _stateLine(u):
+    """The export line of a user, password, follow or read mark update."""
+    record = {"time": formatTime(u.time_us), "id": u.id}
+    if u.user is not None:
+        record = {"user": u.user, **record}
+        if u.hash:
+            record["hash"] = u.hash
+    elif u.password is not None:
+        record = {"password": u.password.user, **record, "hash": u.password.hash}
+    elif u.follow is not None:
+        record = {"follower": u.follow.follower, "followee": u.follow.followee, **record}
+        if not u.follow.following:
+            record["following"] = False
+    else:
+        record = {"read": u.read.user, **record, "post_time": formatTime(u.read.time_us),
+                  "post_id": u.read.post_id}
+    if u.request_id:
+        record["request"] = u.request_id
+    return record
+
+
+def _postLines(path):
+    """The lines of the post file C{path} as they are, a line at a time."""
+    with open(path, "rb") as f:
+        for line in f:
+            # A torn last line is a write in progress: not a post yet.
+            if line.endswith(b"\n"):
+                yield line
 
 
 def _jsonLine(record):
