@@ -186,3 +186,26 @@ class ColdWindowReadTests(TestCase):
         newest = [u.post.id for u in posts if u.post.author == "author01"][-5:]
         self.assertEqual(([p.id for p in node.replica.postsBy("author01")][-5:],
                           node.replica.coldSources("author01", 5)), (newest, []))
+
+
+class LatePostTests(SynchronousTestCase):
+    def test_a_late_post_not_on_disk_yet_stays_below_the_floor_after_a_restore(self):
+        """
+        bob's window was let go at post 5; post 3 arrives (not held), and
+        the disk, read before post 3 was written, holds 1, 2, 4, 5: memory
+        holds 4 and 5 again, and says it does not hold what is after 3.
+        """
+        windows = Windows(hotPosts=20)
+        for n in (1, 2, 4, 5):
+            windows.hold(bigPost("bob", n).post, hidden=False)
+        windows.windowBytes = 0
+        windows.hold(bigPost("carol", 6).post, hidden=False)  # bob's window goes
+        windows.windowBytes = 10**9
+        windows.hold(bigPost("bob", 3).post, hidden=False)
+        stored = [bigPost("bob", n).post for n in (1, 2, 4, 5)]
+        windows.restore("bob", stored, None)
+        late = bigPost("bob", 3).post
+        self.assertEqual(
+            ([p.id for p in windows.shown("bob")], windows.floor("bob"),
+             windows.covers("bob", late.key), windows.covers("bob", (0, ""))),
+            (["vm2.a/4", "vm2.a/5"], late.key, True, False))

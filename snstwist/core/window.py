@@ -60,6 +60,10 @@ class Windows:
         self.posts = {}
         self.hidden = set()
         self.floors = {}
+        # author -> the newest post (key, id) not held because it arrived at
+        # or below the floor: it may not be on disk yet when the window is
+        # read from disk again (L{restore}).
+        self._late = {}
         # author -> bytes of its window, the least recently used first.
         self._bytes = collections.OrderedDict()
         self.heldBytes = 0
@@ -89,6 +93,9 @@ class Windows:
         author = post.author
         floor = self.floor(author)
         if floor is not None and post.key <= floor:
+            late = self._late.get(author)
+            if late is None or post.key > late:
+                self._late[author] = post.key
             return
         posts = self.posts.get(author)
         if posts is None:
@@ -152,6 +159,12 @@ class Windows:
             return  # memory holds them all already
         if floor is not None and current < floor:
             floor = current
+        late = self._late.pop(author, None)
+        if late is not None and late not in {p.key for p in posts} and (
+                floor is None or late > floor):
+            # A post that arrived below the floor and was not on disk yet
+            # when it was read: memory must not claim to hold it.
+            floor = late
         held = self.posts.pop(author, [])
         ids = {p.id for p in held}
         held += [p for p in posts if p.id not in ids and (floor is None or p.key > floor)]
