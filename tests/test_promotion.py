@@ -241,7 +241,7 @@ class PromotionTests(TestCase):
                          ["post %d" % (i,) for i in range(6)])
         token = (await slave.api.login(pb.LoginRequest(user="alice", password="pw"),
                                    FakeCallContext())).token
-        history = slave.api.history(pb.HistoryRequest(), session(token))
+        history = await slave.api.history(pb.HistoryRequest(), session(token))
         self.assertEqual(len(history.posts), 6)
 
     async def test_a_warm_slave_reads_only_what_it_lacks_a_page_at_a_time(self):

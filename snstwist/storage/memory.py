@@ -8,7 +8,7 @@ from zope.interface import implementer
 
 from snstwist.core.state import VersionVector
 from snstwist.storage import compaction
-from snstwist.storage.store import IStore
+from snstwist.storage.istore import IStore
 
 
 @implementer(IStore)

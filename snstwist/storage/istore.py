@@ -1,0 +1,67 @@
+"""
+L{IStore}: the one narrow interface of a VM's durable storage, implemented
+by L{store.SQLiteStore} and, for tests, L{memory.MemoryStore}.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IStore(Interface):
+    """Durable storage of the updates a VM holds."""
+
+    def open(known=None, posts=True):
+        """
+        Take the VM's writer lock and read what a replica holds in memory:
+        the users, passwords, follow changes and last read marks, and the
+        newest posts of each author (L{state.HOT_POSTS} and one more); with
+        a version vector C{known}, every stored update it lacks instead;
+        with C{posts} None, nothing (a warm slave taking over pages what it
+        lacks, L{missing}).  A Deferred list of L{Update}s; L{held} says
+        what is stored.
+        """
+
+    def held():
+        """The L{VersionVector} of the updates stored or being written (after L{open})."""
+
+    def missing(remote, limit, after=None):
+        """
+        A Deferred list of at most C{limit} stored updates that the version
+        vector C{remote} lacks, in (origin, seq) order, after the (origin,
+        seq) C{after}: one page of what a peer lacks.
+        """
+
+    def byRequests(keys):
+        """A Deferred {(requester, request id): earliest stored update} of C{keys}."""
+
+    def page(authors, cursor, limit, inclusive=False):
+        """
+        A Deferred list of at most C{limit} updates of the posts shown by
+        C{authors} after the post key C{cursor} (from it if C{inclusive}),
+        oldest first.
+        """
+
+    def uncovered(authors, covered, after, upto, limit):
+        """
+        A Deferred list of at most C{limit} updates of the posts shown by
+        C{authors} that the version vector C{covered} lacks, with post keys
+        after C{after} and up to C{upto}, oldest first.
+        """
+
+    def newest(authors, limit):
+        """A Deferred {author: [update]}: the C{limit} newest shown posts of each, oldest first."""
+
+    def persist(updates, hidden=frozenset(), displaced=()):
+        """
+        Make C{updates} durable.  The Deferred fires once all of them are on
+        disk and flushed.  Updates already stored are ignored.  Posts whose
+        id is in C{hidden} (duplicates of a request already shown) are stored
+        but not shown; the already stored posts C{displaced} by an earlier
+        copy of their request stop being shown.
+        """
+
+    def close():
+        """Finish pending writes and release the writer lock (Deferred)."""
+
+    problem = Attribute(
+        "None, or the L{errors.StorageFailed} saying why the disk refuses writes now")
+    onProblem = Attribute("Called with C{problem} each time a batch of writes fails")
