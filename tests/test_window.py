@@ -209,3 +209,36 @@ class LatePostTests(SynchronousTestCase):
             ([p.id for p in windows.shown("bob")], windows.floor("bob"),
              windows.covers("bob", late.key), windows.covers("bob", (0, ""))),
             (["vm2.a/4", "vm2.a/5"], late.key, True, False))
+
+
+class ColdStartTests(TestCase):
+    async def test_a_replica_started_cold_reads_every_window_from_disk(self):
+        """
+        A node that read no posts at start (only each author's newest key,
+        Index.floors) answers the history from disk, holds a post written
+        since, and needs the disk for nothing it holds.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        store = SQLiteStore(path)
+        await store.open()
+        posts = [postUpdate("vm2.a", n, 1000 + n, "bob", "p%d" % (n,)) for n in range(1, 31)]
+        await store.persist([userUpdate("vm2.a", 100, 1, "alice"),
+                             userUpdate("vm2.a", 101, 1, "bob"),
+                             followUpdate("vm2.a", 102, 2, "alice", "bob")] + posts)
+        await store.close()
+        node = Node("vm1", "vm1.n", SQLiteStore(path), Clock())
+        self.addCleanup(node.store.close)
+        await node.load()
+        node.replica = Replica()
+        for u in node.store._disk.index.hot(0):
+            if u.post is None:
+                node.replica.apply(u)
+        node.replica.startCold(node.store._disk.index.floors())
+        cold = node.replica.coldSources("alice", HISTORY)
+        recent = await node.history.recent("alice", HISTORY)
+        node.replica.apply(postUpdate("vm2.a", 31, 2000, "bob", "fresh"))
+        self.assertEqual(
+            (cold, [p.text for p in recent], node.replica.coldSources("alice", HISTORY),
+             [p.text for p in node.replica.timeline("alice", 2)]),
+            (["bob"], ["p%d" % (n,) for n in range(11, 31)], [], ["p30", "fresh"]))

@@ -284,6 +284,17 @@ class Replica:
         """The followers of C{user}, unsorted: for fan-out, on every post."""
         return self._followers.get(user, frozenset())
 
+    def startCold(self, floors):
+        """
+        Hold no window yet (a start that reads no posts): memory holds, of
+        each author of C{floors} ({author: the key of its newest post
+        stored}), only the posts after that key; what is stored is read
+        from disk when it is asked for (L{History.recent}, pages).
+        """
+        for author, key in floors.items():
+            if author not in self.windows.posts:
+                self.windows.floors[author] = key
+
     @property
     def posts(self):
         """author -> the posts of its window, oldest first."""

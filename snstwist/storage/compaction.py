@@ -65,6 +65,44 @@ class Marks:
         return True, stored[1] if stored is not None else None
 
 
+def compactRows(db, rows):
+    """
+    Of C{rows} ([(update, shown)]) to write to the record on the connection
+    C{db} (in its transaction), those to store (a read mark only if it
+    wins), and the (origin, seq) of the stored marks they supersede.
+    """
+    def stored(user):
+        row = db.execute("SELECT time_us, post_id, origin, seq FROM marks WHERE user = ?",
+                         (user,)).fetchone()
+        return ((row[0], row[1]), (row[2], row[3])) if row is not None else None
+
+    marks = Marks(stored)
+    kept, superseded = [], []
+    for u, shown in rows:
+        if u.read is not None:
+            store, old = marks.supersede(u)
+            if old is not None:
+                superseded.append(old)
+            if not store:
+                continue
+        kept.append((u, shown))
+    if superseded:
+        # A mark of this batch superseded by a later one of it is not stored either.
+        gone = set(superseded)
+        kept = [(u, shown) for u, shown in kept if (u.origin, u.seq) not in gone]
+    return kept, superseded
+
+
+def compactRecord(db):
+    """
+    Delete the read marks superseded before the record was compacted (a data
+    directory of the layout that kept them all): once, cheaply after.
+    """
+    db.execute("DELETE FROM record WHERE kind = 'read' AND author IS NULL AND NOT EXISTS"
+               " (SELECT 1 FROM marks WHERE marks.origin = record.origin"
+               " AND marks.seq = record.seq)")
+
+
 def missingPage(held, remote, rows, limit, after=None):
     """
     At most C{limit} (None: no limit) updates that the version vector

@@ -28,7 +28,7 @@ from snstwist.core import errors
 from snstwist.core.model import Update
 from snstwist.core.state import Seen, VersionVector
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.storage.compaction import Marks, missingPage
+from snstwist.storage.compaction import compactRecord, compactRows, missingPage
 
 log = Logger()
 
@@ -150,7 +150,7 @@ class Index:
         record of the layout that kept them all), read the version vector.
         """
         self.db.executescript(SCHEMA)
-        self.compactMarks()
+        compactRecord(self.db)
         self.versions = self.readVersions()
 
     def readVersions(self):
@@ -191,7 +191,7 @@ class Index:
             seen[u.origin].add(u.seq)
         db.execute("BEGIN")
         try:
-            rows, superseded = self._compact(rows)
+            rows, superseded = compactRows(db, rows)
             updates = [u for u, _ in rows]
             db.executemany(INSERT_RECORD, [recordRow(u, shown) for u, shown in rows])
             db.executemany("DELETE FROM record WHERE origin = ? AND seq = ?", superseded)
@@ -210,42 +210,6 @@ class Index:
                 pass  # SQLite rolled back already (a failed COMMIT)
             raise
         self.versions.origins.update(seen)
-
-    def _storedMark(self, user):
-        row = self.db.execute("SELECT time_us, post_id, origin, seq FROM marks WHERE user = ?",
-                              (user,)).fetchone()
-        return ((row[0], row[1]), (row[2], row[3])) if row is not None else None
-
-    def _compact(self, rows):
-        """
-        Of C{rows}, those to store (a read mark only if it wins, L{compaction}),
-        and the (origin, seq) of the stored marks they supersede.
-        """
-        marks = Marks(self._storedMark)
-        kept, superseded = [], []
-        for u, shown in rows:
-            if u.read is not None:
-                store, old = marks.supersede(u)
-                if old is not None:
-                    superseded.append(old)
-                if not store:
-                    continue
-            kept.append((u, shown))
-        if superseded:
-            # A mark of this batch superseded by a later one of it is not stored either.
-            gone = set(superseded)
-            kept = [(u, shown) for u, shown in kept if (u.origin, u.seq) not in gone]
-        return kept, superseded
-
-    def compactMarks(self):
-        """
-        Delete the read marks superseded before the record was compacted (a
-        data directory of the layout that kept them all): once, cheaply after.
-        """
-        self.db.execute(
-            "DELETE FROM record WHERE kind = 'read' AND author IS NULL AND NOT EXISTS"
-            " (SELECT 1 FROM marks WHERE marks.origin = record.origin"
-            " AND marks.seq = record.seq)")
 
     def _derived(self, rows):
         db = self.db
@@ -361,6 +325,20 @@ class Index:
             " UNION ALL SELECT (SELECT min(author) FROM record WHERE author > a.author)"
             " FROM a WHERE a.author IS NOT NULL)"
             " SELECT author FROM a WHERE author IS NOT NULL")]
+
+    def floors(self):
+        """
+        {author: the post key of its newest post held}, one index seek an
+        author: what a replica that reads no window at start needs to know
+        (L{state.Replica.startCold}).
+        """
+        floors = {}
+        for author in self.authors():
+            row = self.db.execute(
+                "SELECT time_us, uid FROM record WHERE author = ?"
+                " ORDER BY time_us DESC, uid DESC LIMIT 1", (author,)).fetchone()
+            floors[author] = (row[0], row[1])
+        return floors
 
     def hot(self, hotPosts):
         """
