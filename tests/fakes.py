@@ -93,6 +93,12 @@ class FakeStream:
         self.aborted = True
         self.reason = reason
 
+    def end(self, reason, farewell=None):
+        """Ended with C{reason}'s status (as an abort is), C{farewell} sent first."""
+        if farewell is not None:
+            self.sent.append(farewell)
+        self.abort(reason)
+
     def kinds(self):
         """The oneof kind of every message sent, in order."""
         return [m.WhichOneof("kind") for m in self.sent]

@@ -14,10 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from snstwist.client import timeline as timelineModule
 from snstwist.client.timeline import RESUME_WINDOW_US, Session, Timeline
+from snstwist.core import errors
 from snstwist.core.limits import CATCH_UP_PAGE, MAX_EXTRA
 from snstwist.core.model import Post
 from snstwist.core.node import Node, durableVector
@@ -25,6 +27,7 @@ from snstwist.core.state import VersionVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.sessions import HEARTBEAT, SessionHub
 from snstwist.storage.store import MemoryStore, SQLiteStore
+from tests.fakes import FakeStream
 from tests.strategies import followUpdate, postUpdate, userUpdate
 from tests.test_sessions import cursorOf, kinds, makeHub, openTimeline, sentPosts
 
@@ -423,3 +426,42 @@ class UncoveredQueryTests(TestCase):
                                           2)
             self.assertEqual([(u.id, u.post.request) for u in found],
                              [("vm2.b/4", ""), ("vm2.b/2", "r1")])
+
+
+class FarewellTests(SynchronousTestCase):
+    """
+    A session the server ends for a reason says why first, so that the
+    client knows even when its gRPC reports the end as INTERNAL.
+    """
+
+    def test_an_expired_session_says_so_before_it_ends(self):
+        clock, node, hub = makeHub(self)
+        session, stream = openTimeline(hub, "alice")
+        session.expires = clock.seconds() + 1
+        clock.advance(HEARTBEAT)
+        end = stream.last("end")
+        self.assertEqual((end.code, end.message),
+                         (errors.Status.UNAUTHENTICATED.value,
+                          "your session has expired: log in again"))
+        self.assertTrue(stream.aborted)
+
+    def test_a_revoked_session_says_so_before_it_ends(self):
+        clock, node, hub = makeHub(self)
+        session, stream = openTimeline(hub, "alice")
+        session.generation = (1, "old")
+        hub.revoke("alice", (2, "new"))
+        self.assertIn("password was changed", stream.last("end").message)
+        self.assertIsInstance(stream.reason, errors.NotLoggedIn)
+
+    def test_the_client_reports_what_the_farewell_said(self):
+        """The stream then ends INTERNAL: the session is lost for the farewell's reason."""
+        lost = []
+        timeline, shown = makeTimeline()
+        client = Session(Clock(), timeline, lambda: None, lambda s, r: lost.append(r))
+        client.makeConnection(FakeStream())
+        client.messageReceived(pb.ServerPush(end=pb.SessionEnd(
+            code=errors.Status.UNAUTHENTICATED.value, message="your session has expired")))
+        client.connectionLost(Failure(errors.RemoteError(errors.Status.INTERNAL,
+                                                         "Internal error from Core")))
+        self.assertEqual((lost[0].value.status, lost[0].value.message),
+                         (errors.Status.UNAUTHENTICATED, "your session has expired"))

@@ -145,6 +145,9 @@ class _Stream:
     def abort(self, reason=None):
         self.aborted = True
 
+    def end(self, reason, farewell=None):
+        self.aborted = True
+
 
 class FakeMasterEnd:
     """Records what the lifecycle asks of a master's end of the buddy pair."""

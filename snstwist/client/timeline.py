@@ -16,10 +16,11 @@ that it was lost, and the L{Timeline} outlives every session.
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from snstwist.core.limits import HISTORY
+from snstwist.core.errors import RemoteError, Status
+from snstwist.core.limits import HISTORY, MAX_EXTRA
 from snstwist.core.limits import SESSION_HEARTBEAT as HEARTBEAT
-from snstwist.core.limits import MAX_EXTRA
 from snstwist.core.model import Post
 from snstwist.core.state import VersionVector
 from snstwist.rpc import sns_pb2 as pb
@@ -34,6 +35,15 @@ RESUME_WINDOW_US = 10 * 1000000
 SHOWN_MEMORY = 10000
 ACK_DELAY = 0.2  # one ack per this many seconds, however many posts were shown
 _BEAT = pb.ClientMessage(heartbeat=pb.Heartbeat())
+
+
+def endOf(farewell):
+    """The L{RemoteError} a server's farewell (a SessionEnd) says its stream ends with."""
+    try:
+        status = Status(farewell.code)
+    except ValueError:
+        status = Status.UNKNOWN
+    return RemoteError(status, farewell.message)
 
 
 def remember(memory, key):
@@ -160,6 +170,7 @@ class Session:
         self.beats = None
         self.closing = False
         self.ended = None
+        self.farewell = None  # why the server said it ends the stream
 
     def makeConnection(self, stream):
         self.stream = stream
@@ -183,6 +194,8 @@ class Session:
             self.timeline.delivered()
         elif kind == "covered":
             self.timeline.coveredAlso(message.covered)
+        elif kind == "end":
+            self.farewell = message.end
         elif kind == "heartbeat" and not self.timeline.active:
             # A session that has lasted a heartbeat works.
             self.working()
@@ -211,6 +224,10 @@ class Session:
         return self.ended.addTimeout(timeout, self.clock).addErrback(lambda f: None)
 
     def connectionLost(self, reason):
+        if self.farewell is not None:
+            # What the server said, rather than what gRPC may report (an
+            # INTERNAL for a heartbeat of ours that raced the status).
+            reason = Failure(endOf(self.farewell))
         if self.beats is not None:
             self.beats.stop()
         self.stream = None

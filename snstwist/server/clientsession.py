@@ -16,6 +16,9 @@ reaches other VMs late), and skips whatever it covers.  A client that asks
 is told what the pushes cover: the VM's durable version vector when the
 catch-up ends, and the origins that changed since with each heartbeat (so
 everything in it has been sent, or is older than the history).
+
+A session ended for a reason (an expired token, a changed password, a
+refused message) says it in a farewell just before the status (L{end}).
 """
 
 from twisted.logger import Logger
@@ -110,20 +113,33 @@ class ClientSession:
         silent = now - self.lastHeard
         if self.expires is not None and now >= self.expires:
             log.info("ending a session of {user}: its token expired", user=self.user)
-            self._end(errors.NotLoggedIn("your session has expired: log in again"))
+            self.end(errors.NotLoggedIn("your session has expired: log in again"))
         elif silent > TIMEOUT:
             log.info("client {user} silent for {s:.1f}s: deactivating", user=self.user, s=silent)
-            self._end()
+            self.end()
         elif report is not None and self.reporting and self.live:
             self.stream.send(report)
         elif not self.busy:
             self.stream.send(_BEAT)
         self.busy = False
 
-    def _end(self, reason=None):
+    def end(self, reason=None):
+        """
+        End the session: with C{reason} (an L{errors.SNSError}), its status
+        and, just before, a farewell saying it, which the client reads even
+        when its gRPC reports the end as INTERNAL; a client that reads
+        nothing meanwhile is cut off after L{TIMEOUT}.  Without a reason
+        (a silent client), at once.
+        """
         self.live = False
         self.hub.remove(self)
-        self.stream.abort(reason)
+        if reason is None:
+            self.stream.abort()
+            return
+        status, message = errors.statusFor(reason)
+        self.stream.end(reason, pb.ServerPush(end=pb.SessionEnd(code=status.value,
+                                                                message=message)))
+        self.clock.callLater(TIMEOUT, self.stream.abort, reason)
 
     def messageReceived(self, message):
         self.lastHeard = self.clock.seconds()
@@ -131,7 +147,7 @@ class ClientSession:
             checkClientMessage(message, self.hub.node.hlc.physical())
         except errors.SNSError as e:
             log.info("refused a session message of {user}: {e}", user=self.user, e=e.message)
-            self._end(e)
+            self.end(e)
             return
         kind = message.WhichOneof("kind")
         if kind == "open" and message.open.timeline and not self.live:

@@ -209,9 +209,7 @@ class SessionHub:
         for session in list(self.sessions.get(user, ())):
             if session.generation < generation:
                 log.info("ending a session of {user}: the password changed", user=user)
-                session.live = False
-                self.remove(session)
-                session.stream.abort()
+                session.end(errors.NotLoggedIn("your password was changed: log in again"))
 
     def _pushedOther(self, update):
         """Was another copy of C{update}'s request pushed already?  Remember this one."""

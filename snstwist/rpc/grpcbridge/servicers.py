@@ -177,6 +177,8 @@ def _streamHandler(name, factory, openStreams, maxQueue):
                 yield message
             if reader.done() and not reader.cancelled() and reader.exception():
                 reason = Failure(reader.exception())
+            if stream.ending is not None:
+                refused.append(stream.ending)
             if refused:
                 await _abortWith(context, refused[0])
         except asyncio.CancelledError:

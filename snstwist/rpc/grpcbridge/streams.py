@@ -22,6 +22,13 @@ ACCEPTED = (("x-sns-stream", "accepted"),)
 _END = object()
 
 
+class _Ending:
+    """In the queue: end the stream here, with C{reason}'s status."""
+
+    def __init__(self, reason):
+        self.reason = reason
+
+
 class Stream:
     """
     Our side of one bidirectional stream: a bounded outgoing queue.
@@ -36,6 +43,7 @@ class Stream:
         self._maxQueue = maxQueue
         self._ended = False
         self._abort = None
+        self.ending = None  # the reason a server's stream ends with (L{end})
         self._drained = []
         self.metadata = {}
         self.peer = None
@@ -79,6 +87,25 @@ class Stream:
             self._ended = True
             self._queue.put_nowait(_END)
 
+    def end(self, reason, farewell=None):
+        """
+        End a server's stream with the status of C{reason} (an
+        L{errors.SNSError}) once C{farewell}, a message saying why, has
+        gone; what else is queued is dropped.  The peer reads the farewell
+        before the status, and so knows why even when its gRPC reports the
+        end as INTERNAL (a write of its own racing the status: grpc/grpc#36066).
+        A peer that reads nothing never gets it: L{abort} then.
+        """
+        if self._ended:
+            return
+        self._ended = True
+        self._drained = []
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if farewell is not None:
+            self._queue.put_nowait(farewell)
+        self._queue.put_nowait(_Ending(reason))
+
     def abort(self, reason=None):
         """
         Tear the stream down now, dropping anything queued.  On a server's
@@ -99,6 +126,9 @@ class Stream:
             message = await self._queue.get()
             if message is _END:
                 self._drained = []
+                return
+            if isinstance(message, _Ending):
+                self.ending = message.reason
                 return
             self._taken()
             yield message
