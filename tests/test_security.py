@@ -9,9 +9,11 @@ import io
 import os
 
 from twisted.internet import defer, reactor
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from snstwist.client.client import Client, InvalidPassword
+from snstwist.client.timeline import endOf
 from snstwist.core import errors
 from snstwist.rpc import auth, certs, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
@@ -392,7 +394,9 @@ class _Session(_Ending):
     A client's session stream that answers each message with a heartbeat
     (so it is never cut off as silent), and calls C{onMessage()};
     C{heard(n)} fires once it has received C{n} messages, and fails if the
-    stream ends first.
+    stream ends first.  As sns-client does, it ends for the reason the
+    server's farewell gives, if one came (its heartbeat answering the
+    farewell may race the status, which grpc then reports as INTERNAL).
     """
 
     def __init__(self, onMessage=lambda: None):
@@ -400,11 +404,15 @@ class _Session(_Ending):
         self.onMessage = onMessage
         self.received = []
         self.waiting = []
+        self.farewell = None
 
     def makeConnection(self, stream):
         self.stream = stream
 
     def messageReceived(self, message):
+        if message.WhichOneof("kind") == "end":
+            self.farewell = message.end
+            return
         self.received.append(message)
         self.stream.send(pb.ClientMessage(heartbeat=pb.Heartbeat()))
         self.onMessage()
@@ -414,6 +422,8 @@ class _Session(_Ending):
                 d.callback(None)
 
     def connectionLost(self, reason):
+        if self.farewell is not None:
+            reason = Failure(endOf(self.farewell))
         _Ending.connectionLost(self, reason)
         for _, d in self.waiting:
             d.errback(AssertionError("the session ended: %s" % (reason,)))
