@@ -25,6 +25,7 @@ from snstwist.core.model import Post
 from snstwist.core.node import Node, durableVector
 from snstwist.core.state import VersionVector
 from snstwist.rpc import sns_pb2 as pb
+from snstwist.server import clientsession
 from snstwist.server.sessions import HEARTBEAT, SessionHub
 from snstwist.storage.store import MemoryStore, SQLiteStore
 from tests.fakes import FakeStream
@@ -118,6 +119,22 @@ class LatePostTests(SynchronousTestCase):
         """What an older client gets: only the window before its cursor."""
         self.node.receive([self.late()])
         session, stream = openTimeline(self.hub, "alice", cursor=self.cursor)
+        self.assertEqual(sentPosts(stream), [("bob", "shown")])
+
+    def test_a_vector_lacking_more_than_the_bound_resumes_by_the_cursor(self):
+        """
+        Reading what a vector lacks costs what it lacks: past
+        RESUME_GAP_MAX (a vector from long ago, or a hostile empty one)
+        the timeline resumes by its cursor alone, as without a vector.
+        """
+        self.node.receive([self.late()])
+        self.assertEqual(clientsession.gapOf(self.node.store.held(), self.covered), 1)
+        self.assertEqual(clientsession.gapOf(self.node.store.held(), VersionVector()),
+                         self.node.store.held().count())
+        self.patch(clientsession, "RESUME_GAP_MAX", 0)
+        session, stream = resume(self.hub, "alice", self.cursor, self.covered)
+        self.assertEqual(sentPosts(stream), [("bob", "shown")])
+        session, stream = resume(self.hub, "alice", self.cursor, VersionVector())
         self.assertEqual(sentPosts(stream), [("bob", "shown")])
 
     def test_late_posts_come_in_time_order_a_page_at_a_time(self):
@@ -426,6 +443,14 @@ class UncoveredQueryTests(TestCase):
                                           2)
             self.assertEqual([(u.id, u.post.request) for u in found],
                              [("vm2.b/4", ""), ("vm2.b/2", "r1")])
+
+    async def test_what_the_vector_holds_out_of_order_is_covered(self):
+        """A sequence number the vector holds past its contiguous ones is not sent again."""
+        covered = VersionVector()
+        covered.add("vm2.b", 2)
+        for store in await self.stores():
+            found = await store.uncovered({"alice"}, covered, (0, ""), (2 ** 63, ""), 10)
+            self.assertEqual([u.id for u in found], ["vm2.b/4", "vm2.b/1"])
 
 
 class FarewellTests(SynchronousTestCase):

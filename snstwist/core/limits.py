@@ -98,6 +98,12 @@ MAX_SESSION_QUEUE = 1000
 # retried post is never pushed live (sessions.SessionHub.publish).
 PUSHED_MEMORY = 10000
 CATCH_UP_PAGE = 200
+# A resumed timeline sends the version vector its screen covers, and is sent
+# first what the vector lacks up to its cursor.  Reading that costs the
+# updates the vector lacks, so a vector lacking more than this many (one
+# kept from long ago, or a hostile one) is not read: the timeline resumes
+# by its cursor alone, as a client without a vector does.
+RESUME_GAP_MAX = 50000
 
 # Sessions and connections.  A master holds at most this many live sessions
 # (Bidirectional_s_and_c streams) of one user, and from one IP address;

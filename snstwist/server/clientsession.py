@@ -24,7 +24,7 @@ refused message) says it in a farewell just before the status (L{end}).
 from twisted.logger import Logger
 
 from snstwist.core import errors
-from snstwist.core.limits import CATCH_UP_PAGE, HISTORY, SESSION_HEARTBEAT
+from snstwist.core.limits import CATCH_UP_PAGE, HISTORY, RESUME_GAP_MAX, SESSION_HEARTBEAT
 from snstwist.core.model import checkCursor, checkHeartbeat, checkVersionVector
 from snstwist.core.node import durableVector
 from snstwist.core.state import VersionVector
@@ -60,6 +60,19 @@ def covers(vector, postId):
     origin, _, seq = postId.rpartition("/")
     return vector.has(origin, int(seq))
 
+
+
+def gapOf(held, covered):
+    """
+    At most how many of the updates C{held} (a version vector) C{covered}
+    lacks: what reading them would cost, found in one pass over the origins
+    held (not over the vector a client sent, whatever its size).
+    """
+    gap = 0
+    for origin, mine in held.origins.items():
+        theirs = covered.origins.get(origin)
+        gap += max(0, mine.top - (theirs.contiguous if theirs is not None else 0))
+    return gap
 
 class ClientSession:
     """The server's end of one client's C{Bidirectional_s_and_c} stream."""
@@ -166,11 +179,20 @@ class ClientSession:
             return
         replica = self.hub.node.replica
         self.reporting = request.report
+        covered = None
         if request.HasField("covered"):
+            covered = VersionVector.fromProto(request.covered)
+            gap = gapOf(self.hub.node.store.held(), covered)
+            if gap > RESUME_GAP_MAX:
+                log.info("the timeline of {user} resumes by its cursor alone: its covered"
+                         " vector lacks up to {gap} updates (at most {most} are read)",
+                         user=self.user, gap=gap, most=RESUME_GAP_MAX)
+                covered = None
+        if covered is not None:
             # Resumed by a client that knows what its screen covers: first
             # everything up to its cursor (or everything, without one) that
             # it lacks, then what follows the cursor.
-            self.covered = VersionVector.fromProto(request.covered)
+            self.covered = covered
             self.upto = _LAST
             if request.HasField("cursor"):
                 self.upto = (request.cursor.time_us, request.cursor.id)

@@ -25,6 +25,7 @@ import sqlite3
 from twisted.logger import Logger
 
 from snstwist.core import errors
+from snstwist.core.limits import MAX_TIME_US
 from snstwist.core.model import Update
 from snstwist.core.state import Seen, VersionVector
 from snstwist.rpc import sns_pb2 as pb
@@ -286,21 +287,36 @@ class Index:
         At most C{limit} shown posts by C{authors} whose updates the version
         vector C{covered} lacks, with post keys after C{after} and up to
         C{upto}, oldest first: a page of what a resumed timeline missed,
-        whatever the posts' times.  Reads, by primary key, every update of
-        the ranges C{covered} lacks (what was written since it was taken).
+        whatever the posts' times.  Reads, by primary key, the updates of
+        the ranges C{covered} lacks (what was written since it was taken;
+        the caller bounds how many, L{limits.RESUME_GAP_MAX}), filtered and
+        ordered by SQLite, and keeps at most C{limit} of each origin.
         """
-        authors = set(authors)
+        authors = sorted(set(authors))
+        if not authors:
+            return []
+        upto = (min(upto[0], MAX_TIME_US), upto[1])
         found = []
         for origin, mine in self.readVersions().origins.items():
             theirs = covered.origins.get(origin) or Seen()
             if mine.top <= theirs.contiguous:
                 continue
-            for seq, author, time_us, uid in self.db.execute(
-                    "SELECT seq, author, time_us, uid FROM record WHERE origin = ? AND seq > ?"
-                    " AND kind = 'post' AND shown = 1", (origin, theirs.contiguous)):
-                if (author in authors and seq not in theirs.extra
-                        and after < (time_us, uid) <= upto):
-                    found.append((time_us, uid, origin, seq))
+            rows = self.db.execute(
+                "SELECT seq, time_us, uid FROM record WHERE origin = ? AND seq > ?"
+                " AND kind = 'post' AND shown = 1 AND (time_us, uid) > (?, ?)"
+                " AND (time_us, uid) <= (?, ?)"
+                " AND author IN (SELECT value FROM json_each(?))"
+                " ORDER BY time_us, uid",
+                (origin, theirs.contiguous) + tuple(after) + upto + (json.dumps(authors),))
+            kept = 0
+            for seq, time_us, uid in rows:
+                if seq in theirs.extra:
+                    continue
+                found.append((time_us, uid, origin, seq))
+                kept += 1
+                if kept >= limit:
+                    break
+            rows.close()
         found.sort()
         return decoded(self.db.execute(_BODY + "origin = ? AND seq = ?", key[2:]).fetchone()[0]
                        for key in found[:limit])
