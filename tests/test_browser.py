@@ -193,7 +193,10 @@ class DashboardTests(BrowserTestCase):
         page = await self.page()
         await run(page.goto, self.url + "cluster")
         await run(page.wait_for_selector, "[data-sns=live].on")
-        await run(page.wait_for_selector, "tr[data-sns=vm][data-vm=vm2][data-role=slave]")
+        # Both VMs' slaves registered (and so in the router's status below).
+        for vm in ("vm1", "vm2"):
+            await run(page.wait_for_selector,
+                      "tr[data-sns=vm][data-vm=%s][data-role=slave]" % (vm,))
         await run(mark, page)
         servers = {(s.vm, s.role): s for s in (await self.cluster.status()).servers}
         master, slave = servers["vm1", pb.MASTER], servers["vm1", pb.SLAVE]
