@@ -5,13 +5,17 @@ end, then waits to be SIGKILLed (tests/test_store_fsync.py).  What it
 appended then holds until its files are cut back, as a machine's crash would.
 
     python -m tests.crashwriter DATA ORIGIN FIRST LAST
+
+L{cutShort} leaves the same in this process, for one batch.
 """
 
+import os
 import sys
 import threading
 
 from twisted.internet import defer, reactor
 
+from snstwist.storage.disk import Disk
 from snstwist.storage.store import SQLiteStore
 from tests.strategies import postUpdate
 
@@ -22,6 +26,24 @@ def updates(origin, first, last):
     """The posts of this run: seq FIRST..LAST of ORIGIN, by three authors in turn."""
     return [postUpdate(origin, seq, 1000 * seq, AUTHORS[seq % len(AUTHORS)], "post %d" % (seq,))
             for seq in range(first, last + 1)]
+
+
+def cutShort(path, updates, cut):
+    """
+    What a crash between a batch's commit and its flush leaves in the data
+    directory C{path}: C{updates} committed and appended by a writer that
+    then stops without flushing, and each post file the batch appended to
+    cut by C{cut(file, its size before the batch)} (what the machine lost).
+    """
+    disk = Disk(path)
+    disk.openRecord()
+    sizes = {name: os.path.getsize(os.path.join(disk.postsDir, name))
+             for name in disk.files.names()}
+    disk.write(updates)
+    disk.close()
+    for author in {u.post.author for u in updates if u.post is not None}:
+        name = author + ".txt"
+        cut(os.path.join(disk.postsDir, name), sizes.get(name))
 
 
 def say(line):

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from snstwist.storage import postfile, store
 from tests.strategies import followUpdate, microseconds, postUpdate, userUpdate
+from tests.test_repair import olderRecord
 
 
 def readBytes(path):
@@ -115,11 +116,16 @@ class SQLiteStoreTests(TestCase):
         self.assertEqual(readBytes(self.postsFile("alice")),
                          readBytes(self.postsFile("alice", other)))
 
-    async def test_a_torn_last_line_is_cut_off_on_open(self):
-        """A partial last line (a crash mid-append) is truncated; good lines stay."""
+    async def test_a_torn_last_line_of_an_older_record_is_cut_off_on_open(self):
+        """
+        A record older than its unsynced table does not say which files a
+        crash may have torn: a partial last line (a crash mid-append) is
+        found and truncated; good lines stay.
+        """
         posts = [postUpdate("vm1.a", 1, 10, "alice"), postUpdate("vm1.a", 2, 20, "alice")]
         await self.storeAndClose(posts)
         good = readBytes(self.postsFile("alice"))
+        olderRecord(self.path)
         with open(self.postsFile("alice"), "ab") as f:
             f.write(b'{"time": "1970-01-01T00:00:00.0000')
         self.assertEqual(

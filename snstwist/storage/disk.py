@@ -8,10 +8,11 @@ and that commit (one fsync of the WAL) is the batch's durable point; then
 the post files are appended to (not flushed).  The files are flushed later,
 off the acknowledgement's path, by L{Unflushed.sync} on a thread of its own, for
 every batch appended since the last flush at once; the authors flushed
-leave C{unsynced} in the next batch's transaction.  A crash before that
-leaves rows whose lines may be missing from their files: on open, the files
-of the C{unsynced} authors are checked against the record and rewritten
-from it.
+leave C{unsynced} in the next batch's transaction, with the ends of their
+files known flushed (C{flushed}).  A crash before that leaves rows whose
+lines may be missing from their files: on open, the files of the
+C{unsynced} authors are checked against the record from those ends on, and
+completed from it (L{repair}).
 """
 
 import concurrent.futures
@@ -27,7 +28,8 @@ from snstwist.core import errors
 from snstwist.core.state import VersionVector
 from snstwist.storage import index as _index
 from snstwist.storage.filesync import Unflushed
-from snstwist.storage.postfile import PostFiles, fsync, postLine
+from snstwist.storage.postfile import PostFiles
+from snstwist.storage.repair import Repair
 
 log = Logger()
 
@@ -48,6 +50,8 @@ class Disk:
         self.index = None
         self.lockFile = None
         self.unflushed = Unflushed(self.files)
+        # The authors in the record's unsynced table (kept by this writer).
+        self.unsynced = set()
 
     @property
     def db(self):
@@ -122,32 +126,32 @@ class Disk:
             self.index = _index.Index(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            # A record older than its unsynced table does not say which
+            # files a crash may have torn: all are looked at, this once.
+            older = not db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'unsynced'").fetchone()
             self.index.create()
             if not self.index.versions.origins:
                 self._adoptFiles()
         except (sqlite3.DatabaseError, DecodeError) as e:
             self._refuseDamaged(e)
-        torn = [name[:-len(".txt")] for name in self.files.names() if self._torn(name)]
+        repair = Repair(self.index, self.files, self._flushers)
         unsynced = self.index.unsyncedAuthors()
-        self._repair(sorted(set(unsynced) | set(torn)))
+        repair.unsynced(unsynced)
+        for author in sorted(set(repair.torn()) - set(unsynced)) if older else ():
+            repair.whole(author)
         if unsynced:
             # Each of their files now holds what the record says, flushed.
             self.files.syncDir()
             self.index.write([], synced=unsynced)
+        self.unsynced = set()
 
     def repairAll(self):
         """Make every post file agree with the record (a backup's copy)."""
-        self._repair(sorted(set(self.index.authors())
-                            | {n[:-len(".txt")] for n in self.files.names()}))
-
-    def _torn(self, name):
-        """Does the post file C{name} end in the middle of a line (an append cut short)?"""
-        with open(os.path.join(self.postsDir, name), "rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                return False
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) != b"\n"
+        repair = Repair(self.index, self.files, self._flushers)
+        for author in sorted(set(self.index.authors())
+                             | {n[:-len(".txt")] for n in self.files.names()}):
+            repair.whole(author)
 
     def _refuseDamaged(self, error):
         if isinstance(error, sqlite3.OperationalError) and not _index.damaged(error):
@@ -184,45 +188,6 @@ class Disk:
             db.execute("DROP TABLE log")
             db.execute("DROP TABLE IF EXISTS post_files")
 
-    def _repair(self, authors):
-        """
-        Make the post files of C{authors} what the record says they hold
-        (a crash left them behind, or with a torn last line).
-        """
-        for author in authors:
-            path = self.files.path(author)
-            want = "".join(postLine(u) for u in self.index.shownPosts(author)).encode("utf-8")
-            have = None
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    have = f.read()
-            if have == want:
-                if have is not None:
-                    # Right, maybe not flushed yet (the process died, not the machine).
-                    fsync(path)
-                continue
-            log.warn("{path}: repaired from the record (a write was cut short)", path=path)
-            good = have.rfind(b"\n") + 1 if have else 0
-            if want.startswith((have or b"")[:good]):
-                # The usual crash: lines missing at the end, or a torn one.
-                with open(path, "r+b" if have is not None else "wb") as f:
-                    f.truncate(good)
-                    f.seek(good)
-                    f.write(want[good:])
-                    f.flush()
-                    os.fsync(f.fileno())
-                if have is None:
-                    self.files.syncDir()
-            else:
-                tmp = path + ".tmp"
-                with open(tmp, "wb") as f:
-                    f.write(want)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                self.files.syncDir()
-            self.files.lastKey.pop(author, None)
-
     def write(self, updates, hidden=frozenset(), displaced=()):
         """
         Commit the batch to the record (its durable point), then append its
@@ -240,12 +205,40 @@ class Disk:
         drop = {}
         for u in displaced:
             drop.setdefault(u.post.author, set()).add(u.post.id)
+        authors = set(posts) | set(drop)
+        moved = self._moved(posts, displaced)
+        self.unflushed.moved(moved)
         # The record first, naming the files to be written: a crash before
         # they are flushed leaves rows the files may lack, which the next
         # open writes.  The authors flushed since the last batch are done.
-        with self.unflushed.synced() as synced:
-            self.index.write(rows, displaced, set(posts) | set(drop), synced=synced)
-        self.unflushed.appended(*self.files.write(posts, drop))
+        with self.unflushed.synced() as (flushed, synced):
+            before = self.unsynced - synced
+            # A file not unsynced holds what the record says, flushed: its
+            # end now is a flushed end.
+            ends = dict(flushed)
+            ends.update((a, self.files.end(a)) for a in authors - before)
+            self.index.write(rows, displaced, authors, synced=synced, flushed=ends,
+                             moved=moved)
+        self.unsynced = before | authors
+        appended, created, rewritten = self.files.write(posts, drop)
+        self.unflushed.appended(appended, created)
+        self.unflushed.rewritten(rewritten)
+
+    def _moved(self, posts, displaced):
+        """
+        {author: the first post key its file changes at} of the authors
+        whose files this batch rewrites (a post before the file's last one,
+        a post dropped) rather than appends to.
+        """
+        first = {}
+        for u in displaced:
+            first[u.post.author] = min(first.get(u.post.author, u.post.key), u.post.key)
+        for author, ups in posts.items():
+            key = min(u.post.key for u in ups)
+            last = self.files.lastKeyOf(author)
+            if author in first or (last is not None and key <= last):
+                first[author] = min(first.get(author, key), key)
+        return first
 
     def settle(self):
         """
@@ -253,9 +246,10 @@ class Disk:
         left and take every flushed author out of C{unsynced}.
         """
         self.unflushed.sync()
-        with self.unflushed.synced() as synced:
-            if synced:
-                self.index.write([], synced=synced)
+        with self.unflushed.synced() as (flushed, synced):
+            if flushed or synced:
+                self.index.write([], synced=synced, flushed=flushed)
+        self.unsynced -= synced
 
     def digest(self):
         """Hashes of what is on disk: each post file, the users, the follows."""

@@ -5,7 +5,7 @@ appended to its post files are flushed afterwards by L{Flusher}, on a thread
 of its own, one round at a time, each round taking every file appended to
 since the last.  Until a file is flushed its author stays in the record's
 C{unsynced} table, and a crash leaves it to be repaired from the record on
-open.
+open: from the end the record says was flushed (C{flushed}) on.
 """
 
 import contextlib
@@ -24,22 +24,55 @@ class Unflushed:
     """
     What the disk thread appended to the post files C{files} and the sync
     thread has not flushed yet, shared by the two: the authors appended to
-    (L{appended}), and those flushed since the last commit, which the next
-    commit takes out of C{unsynced} (L{synced}).
+    (L{appended}), with their files' ends; those flushed since the last
+    commit, which the next commit takes out of C{unsynced}; and the ends
+    known flushed, which it writes to the record's C{flushed} (L{synced}).
+
+    An end is (size, post key): the file's first size bytes hold its posts
+    up to that key.  A file rewritten (a late post, one dropped) makes the
+    ends taken before it wrong: L{moved} says so before the batch's commit,
+    and an end appended before is then not kept when its flush ends.
     """
 
     def __init__(self, files):
         self.files = files
         self._lock = threading.Lock()
-        self._dirty = set()
+        self._dirty = {}  # author: (end after its last append, rewrites then)
         self._newFile = False
         self._synced = set()
+        self._flushed = {}  # author: a flushed end, for the next commit
+        self._rewrites = {}  # author: how many rewrites of its file were announced
 
-    def appended(self, authors, created):
-        """On the disk thread: C{authors}' files were appended to (one of them C{created})."""
+    def appended(self, ends, created):
+        """On the disk thread: the files of C{ends} ({author: end}) were appended to."""
         with self._lock:
-            self._dirty.update(authors)
+            for author, end in ends.items():
+                self._dirty[author] = (end, self._rewrites.get(author, 0))
             self._newFile = self._newFile or created
+
+    def moved(self, authors):
+        """
+        On the disk thread, before the commit of a batch that rewrites the
+        files of C{authors}: the ends taken of them so far are not sure any
+        more (their posts change before those ends).
+        """
+        with self._lock:
+            for author in authors:
+                self._rewrites[author] = self._rewrites.get(author, 0) + 1
+                self._flushed.pop(author, None)
+
+    def rewritten(self, ends):
+        """
+        On the disk thread: the files of C{ends} were rewritten whole and
+        flushed (L{postfile.PostFiles.write}): their ends are flushed, and
+        lines appended before are in them.
+        """
+        with self._lock:
+            for author, end in ends.items():
+                self._rewrites[author] = self._rewrites.get(author, 0) + 1
+                self._dirty.pop(author, None)
+                self._flushed[author] = end
+                self._synced.add(author)
 
     def dirty(self):
         with self._lock:
@@ -48,15 +81,18 @@ class Unflushed:
     @contextlib.contextmanager
     def synced(self):
         """
-        The authors flushed since the last commit, for the commit in the
-        block: if it fails they are kept for the next.
+        (flushed ends, authors flushed) since the last commit, for the
+        commit in the block: if it fails they are kept for the next.
         """
         with self._lock:
+            flushed, self._flushed = self._flushed, {}
             synced, self._synced = self._synced, set()
         try:
-            yield synced
+            yield flushed, synced
         except BaseException:
             with self._lock:
+                for author, end in flushed.items():
+                    self._flushed.setdefault(author, end)
                 self._synced |= synced
             raise
 
@@ -64,21 +100,26 @@ class Unflushed:
         """
         On the sync thread: flush every post file appended to since the last
         round (and the directory, if one is new).  Their authors are done,
-        but for those appended to again meanwhile.  On failure they stay to
-        be flushed, and the error is raised.  Returns how many were flushed.
+        but for those appended to again meanwhile, and their ends flushed,
+        but for files rewritten meanwhile.  On failure they stay to be
+        flushed, and the error is raised.  Returns how many were flushed.
         """
         with self._lock:
-            taken, self._dirty = self._dirty, set()
+            taken, self._dirty = self._dirty, {}
             created, self._newFile = self._newFile, False
         try:
             self.files.sync(sorted(taken), created)
         except BaseException:
             with self._lock:
-                self._dirty |= taken
+                for author, entry in taken.items():
+                    self._dirty.setdefault(author, entry)
                 self._newFile = self._newFile or created
             raise
         with self._lock:
-            self._synced |= taken - self._dirty
+            for author, (end, rewrites) in taken.items():
+                if self._rewrites.get(author, 0) == rewrites:
+                    self._flushed[author] = end
+            self._synced |= taken.keys() - self._dirty.keys()
         return len(taken)
 
 

@@ -14,6 +14,11 @@ update a VM holds, indexed, and the tables derived from it.
   (appended by a batch committed, not flushed yet); the post files of those
   authors are checked against C{record} (and rewritten from it) when the VM
   opens its data again.
+- C{flushed}: for an author, an end of its post file known flushed: the
+  file's first C{size} bytes are durable and hold exactly its shown posts
+  up to the post key (C{time_us}, C{uid}).  A repair checks only what lies
+  after it (L{repair}).  A batch that changes the author's posts at or
+  before that key takes the row out in its own transaction.
 
 Everything here runs on the store's disk thread (or in sns-admin's own
 process), never on the reactor.
@@ -30,6 +35,7 @@ from snstwist.core.model import Update
 from snstwist.core.state import Seen, VersionVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.storage.compaction import compactRecord, compactRows, missingPage
+from snstwist.storage.postfile import NO_KEY
 
 log = Logger()
 
@@ -51,6 +57,9 @@ CREATE TABLE IF NOT EXISTS marks (
     user TEXT PRIMARY KEY, time_us INTEGER NOT NULL, post_id TEXT NOT NULL,
     origin TEXT NOT NULL, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS unsynced (author TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS flushed (
+    author TEXT PRIMARY KEY, size INTEGER NOT NULL, time_us INTEGER NOT NULL,
+    uid TEXT NOT NULL);
 """
 # The secondary indexes of C{record}: a bulk load (L{importer}) makes them
 # after its rows are in, which is several times faster than keeping them
@@ -176,13 +185,16 @@ class Index:
 
     # -- writing
 
-    def write(self, rows, displaced=(), authors=(), synced=()):
+    def write(self, rows, displaced=(), authors=(), synced=(), flushed=None, moved=None):
         """
         One transaction: the updates C{rows} ([(update, shown)]), the posts
         C{displaced} no longer shown, the derived tables, the version vector,
         and C{unsynced}: the authors C{synced} (whose files were flushed
         since) leave it, and the authors whose files the caller writes next,
-        C{authors}, join it.
+        C{authors}, join it.  C{flushed} ({author: (size, post key)}) are
+        flushed ends of files; C{moved} ({author: post key}) the authors
+        whose posts this batch changes from that key on: a flushed end at or
+        after it is no longer one.
         """
         db = self.db
         seen = {}
@@ -203,6 +215,11 @@ class Index:
             db.executemany("DELETE FROM unsynced WHERE author = ?", [(a,) for a in synced])
             db.executemany("INSERT OR IGNORE INTO unsynced (author) VALUES (?)",
                            [(a,) for a in authors])
+            db.executemany("INSERT OR REPLACE INTO flushed (author, size, time_us, uid)"
+                           " VALUES (?, ?, ?, ?)",
+                           [(a, size, t, uid) for a, (size, (t, uid)) in (flushed or {}).items()])
+            db.executemany("DELETE FROM flushed WHERE author = ? AND (time_us, uid) >= (?, ?)",
+                           [(a, t, uid) for a, (t, uid) in (moved or {}).items()])
             db.execute("COMMIT")
         except BaseException:
             try:
@@ -225,10 +242,16 @@ class Index:
     def unsyncedAuthors(self):
         return [a for (a,) in self.db.execute("SELECT author FROM unsynced")]
 
-    def shownPosts(self, author):
-        """Every shown post of C{author}, in (time, id) order: what the file holds."""
+    def flushedEnds(self):
+        """{author: (size, post key)}: the flushed ends of the unsynced authors' files."""
+        return {a: (size, (t, uid)) for a, size, t, uid in self.db.execute(
+            "SELECT author, size, time_us, uid FROM flushed JOIN unsynced USING (author)")}
+
+    def shownPosts(self, author, after=None):
+        """The shown posts of C{author} after the post key C{after}, in (time, id) order."""
         return decoded(body for (body,) in self.db.execute(
-            _BODY + "author = ? AND shown = 1 ORDER BY time_us, uid", (author,)))
+            _BODY + "author = ? AND shown = 1 AND (time_us, uid) > (?, ?)"
+            " ORDER BY time_us, uid", (author,) + tuple(after or NO_KEY)))
 
     def missing(self, remote, limit, after=None):
         """

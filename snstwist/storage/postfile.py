@@ -16,6 +16,9 @@ from twisted.logger import Logger
 from snstwist.core import errors
 from snstwist.core.model import Post, Update, checkUsername
 
+# A post key before every post's (times are never negative, ids never empty).
+NO_KEY = (0, "")
+
 log = Logger()
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -110,23 +113,37 @@ class PostFiles:
         """
         Add the posts C{posts} ({author: [update]}) to their files, without
         the posts C{drop} ({author: {post id}}).  Appended lines are written,
-        not flushed: returns the authors whose files were appended to (their
-        flush is L{sync}'s, off the acknowledgement's path) and whether one
-        of those files is new.  A file rewritten (a late post, a dropped
-        one) is flushed here, atomically.  A failure takes back what was
-        appended.
+        not flushed: returns the files' ends ({author: L{end}}) of those
+        appended to (their flush is L{sync}'s, off the acknowledgement's
+        path), whether one of those files is new, and the ends of those
+        rewritten.  A file rewritten (a late post, a dropped one) is flushed
+        here, atomically.  A failure takes back what was appended.
         """
-        appended, created, undo = [], False, []
+        appended, created, rewritten, undo = {}, False, {}, []
         try:
             for author in set(posts) | set(drop):
                 path, new = self._write(author, posts.get(author, []), drop.get(author), undo)
                 if path is not None:
-                    appended.append(author)
+                    appended[author] = self.end(author)
                     created = created or new
+                else:
+                    rewritten[author] = self.end(author)
         except BaseException:
             self._undo(undo)
             raise
-        return appended, created
+        return appended, created, rewritten
+
+    def end(self, author):
+        """
+        (size, post key) of the author's file: its size, and the key of its
+        last post (L{NO_KEY} when it has none).
+        """
+        last = self.lastKeyOf(author)
+        try:
+            size = os.path.getsize(self.path(author))
+        except FileNotFoundError:
+            size = 0
+        return size, last if last is not None else NO_KEY
 
     def sync(self, authors, created):
         """Flush the files of C{authors}, then the directory if a file is new."""
@@ -134,7 +151,7 @@ class PostFiles:
         if created:
             self.syncDir()
 
-    def _lastKeyOf(self, author):
+    def lastKeyOf(self, author):
         """The (time, id) of the last post in the author's file, read from its end."""
         if author not in self.lastKey:
             path = self.path(author)
@@ -210,7 +227,7 @@ class PostFiles:
         """
         path = self.path(author)
         ups.sort(key=lambda u: u.post.key)
-        last = self._lastKeyOf(author)
+        last = self.lastKeyOf(author)
         if not drop and (last is None or ups[0].post.key > last):
             exists = os.path.exists(path)
             created = last is None and not exists
