@@ -1,7 +1,7 @@
 """
 The benchmark of docs/design.md section 10, on real processes on this machine.
 
-    python benchmarks/run.py [--short | --full] [--out DIR] [--profile]
+    python benchmarks/run.py [--short | --full | --latency] [--out DIR] [--profile]
 
 Starts a local cluster (``python -m snstwist.commands.cluster``) and, in one run:
 
@@ -51,12 +51,21 @@ MODES = {
         levels=[1, 10, 100], seconds=3.0, warmup=0.5, workers=2,
         rates=[100, 1000], latencySeconds=4.0, posters=2,
         sessions=1000, sessionWorkers=4,
-        failovers=3, vms=[2], vmLevels=[], profileSeconds=0),
+        failovers=3, vms=[2], vmLevels=[], profileSeconds=0,
+        phases=["throughput", "latency", "memory", "failover"]),
+    # Post -> screen alone, beside its yardstick: the echo's round trip with
+    # one client (the throughput phase at one client), then the latency phase.
+    "latency": dict(
+        levels=[1], seconds=3.0, warmup=0.5, workers=2,
+        rates=[100, 1000], latencySeconds=8.0, posters=2,
+        failovers=0, vms=[2], vmLevels=[], profileSeconds=0,
+        phases=["throughput", "latency"]),
     "full": dict(
         levels=[1, 10, 100, 1000], seconds=8.0, warmup=1.0, workers=2,
         rates=[100, 300, 1000], latencySeconds=8.0, posters=2,
         sessions=1000, sessionWorkers=4,
-        failovers=15, vms=[2, 4], vmLevels=[10, 100], profileSeconds=0),
+        failovers=15, vms=[2, 4], vmLevels=[10, 100], profileSeconds=0,
+        phases=["throughput", "latency", "memory", "failover"]),
 }
 
 
@@ -121,8 +130,10 @@ class Bench:
                     section["profile"] = throughput.profileServers(self, cluster, key)
                 section["latency"] = [latency.latency(self, cluster, rate, key, "vm1", last)
                                       for rate in cfg["rates"]]
-                section["memory"] = sessions.memory(self, cluster)
-                section["failover"] = failovers.failover(self, cluster)
+                if "memory" in cfg["phases"]:
+                    section["memory"] = sessions.memory(self, cluster)
+                if "failover" in cfg["phases"]:
+                    section["failover"] = failovers.failover(self, cluster)
             else:
                 section["throughput"] = throughput.throughput(self, cluster, cfg["vmLevels"], key)
                 section["latency"] = [latency.latency(self, cluster, rate, key, "vm1", last)
@@ -153,6 +164,9 @@ def main(argv=None):
                        help="about three minutes (default)")
     group.add_argument("--full", dest="mode", action="store_const", const="full",
                        help="more clients (1,000), 2 and 4 VMs, more kills")
+    group.add_argument("--latency", dest="mode", action="store_const", const="latency",
+                       help="post -> screen alone (8 s at 100/s and at 1,000/s) beside the"
+                            " echo's round trip with one client (about a minute)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench-results"),
                         help="where results.json, results.md and plot.png go")
     parser.add_argument("--profile", action="store_true",

@@ -10,7 +10,11 @@ can be reported again without running anything.
 
 TARGETS = {
     "ratio": 0.40,
-    "same_p50_ms": 2.0, "same_p99_ms": 10.0, "cross_p99_ms": 20.0,
+    # Post -> screen: same VM p50 at most 1.5 x the echo's p50 round trip
+    # (one client, same run), p99 under 10 ms; across VMs p99 under 20 ms; at
+    # 1,000/s offered, held (99% acknowledged, none dropped), p99 under 50 ms.
+    "same_p50_echo": 1.5, "same_p99_ms": 10.0, "cross_p99_ms": 20.0,
+    "held_fraction": 0.99, "loaded_p99_ms": 50.0,
     "client_failover_p50_ms": 100.0, "client_failover_p99_ms": 300.0,
     "replaced_p50_ms": 500.0, "replaced_p99_ms": 1000.0,
     "kb_per_session": 50.0,
@@ -62,16 +66,7 @@ def markdown(results):
                          headline["clients"], fmt(headline["sns"]["posts_per_s"], 0),
                          fmt(headline["echo"]["calls_per_s"], 0), 100 * headline["ratio"],
                          verdict(headline["ratio"], TARGETS["ratio"], lower=False)))
-    for x in lats:
-        lines.append("| post -> screen at %d/s offered (%s/s held), same VM, p50 / p99 | %s / %s ms"
-                     " | < 2 / < 10 ms | %s |" % (
-                         x["offered_per_s"], fmt(x["held_per_s"], 0), fmt(x["same"]["p50"]),
-                         fmt(x["same"]["p99"]),
-                         "met" if verdict(x["same"]["p50"], 2) == "met"
-                         and verdict(x["same"]["p99"], 10) == "met" else "**missed**"))
-        lines.append("| post -> screen at %d/s offered, across VMs, p99 | %s ms | < 20 ms"
-                     " | %s |" % (
-            x["offered_per_s"], fmt(x["cross"]["p99"]), verdict(x["cross"]["p99"], 20)))
+    lines += latencyRows(lats, echoP50(rows))
     if fo:
         c = fo["client_post_ms"]
         lines.append("| client failover (master1 SIGKILL -> next post acked), p50 / p99"
@@ -178,6 +173,54 @@ def markdown(results):
     return "\n".join(lines)
 
 
+def echoP50(rows):
+    """
+    The yardstick of the post -> screen target: the echo's p50 round trip
+    with one client in the same run (None if the run had no such level).
+    """
+    for r in rows:
+        if r["clients"] == 1:
+            return r["echo"]["latency_ms"]["p50"]
+    return None
+
+
+def latencyRows(lats, echo):
+    """
+    The headline rows of the post -> screen runs against docs/design.md's
+    targets: at the lowest rate (100/s), same VM p50 <= 1.5 x the echo's p50
+    round trip (C{echo}) and p99 < 10 ms, across VMs p99 < 20 ms; at a higher
+    rate (1,000/s), the rate held (at least 99% of it acknowledged, none
+    dropped) with p99 < 50 ms on both followers.
+    """
+    lines = []
+    low = min((x["offered_per_s"] for x in lats), default=None)
+    for x in lats:
+        same, cross = x["same"], x["cross"]
+        if x["offered_per_s"] == low:
+            p50 = TARGETS["same_p50_echo"] * echo if echo else None
+            ok = (p50 is not None and same["p50"] is not None and same["p50"] <= p50
+                  and verdict(same["p99"], TARGETS["same_p99_ms"]) == "met")
+            lines.append("| post -> screen at %d/s offered (%s/s held), same VM, p50 / p99"
+                         " | %s / %s ms | <= %s (1.5 x echo p50 %s) / < 10 ms | %s |" % (
+                             x["offered_per_s"], fmt(x["held_per_s"], 0), fmt(same["p50"]),
+                             fmt(same["p99"]), fmt(p50, 2), fmt(echo, 2),
+                             "met" if ok else "**missed**"))
+            lines.append("| post -> screen at %d/s offered, across VMs, p99 | %s ms | < 20 ms"
+                         " | %s |" % (x["offered_per_s"], fmt(cross["p99"]),
+                                      verdict(cross["p99"], TARGETS["cross_p99_ms"])))
+        else:
+            held = (x["acked"] >= TARGETS["held_fraction"] * x["offered_per_s"] * x["seconds"]
+                    and not x["dropped"])
+            worst = max((v for v in (same["p99"], cross["p99"]) if v is not None), default=None)
+            lines.append("| post -> screen at %d/s offered: held, and p99 same / other VM"
+                         " | %s/s held, %d dropped; %s / %s ms | held, p99 < 50 ms | %s |" % (
+                             x["offered_per_s"], fmt(x["held_per_s"], 0), x["dropped"],
+                             fmt(same["p99"]), fmt(cross["p99"]),
+                             "met" if held and verdict(worst, TARGETS["loaded_p99_ms"]) == "met"
+                             else "**missed**"))
+    return lines
+
+
 def cpuPerCall(row, rate):
     """
     The servers' CPU (ms of one core) per post or call of a throughput row:
@@ -222,9 +265,9 @@ def plot(results, raw, path):
     ax.set_xscale("log")
     ax.set_xlabel("post -> follower's screen (ms)")
     ax.set_ylabel("fraction of posts")
-    for x in (2, 10, 20):
+    for x in (10, 20, 50):
         ax.axvline(x, color="grey", ls=":", lw=0.8)
-    ax.set_title("post -> screen latency (targets 2 / 10 / 20 ms dotted)")
+    ax.set_title("post -> screen latency (10 / 20 / 50 ms targets dotted)")
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
 
