@@ -2,6 +2,7 @@
 
 from twisted.internet import defer
 
+from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc.grpcbridge import SECRET_METADATA, SESSION_METADATA
 
 
@@ -44,12 +45,16 @@ class FakeStream:
     """
     Our side of a bidi stream (what L{snstwist.rpc.grpcbridge.Stream} offers):
     records what the code under test sends and how it ends the stream.
+    C{sent} holds messages: what was sent encoded (bytes, on a server's
+    stream) is decoded as a C{encodedAs}; C{encoded} holds those bytes as sent.
     """
 
     peer = "ipv4:127.0.0.1:5555"
+    encodedAs = pb.ServerPush
 
     def __init__(self):
         self.sent = []
+        self.encoded = []
         self.closed = False
         self.aborted = False
         self.reason = None
@@ -58,6 +63,9 @@ class FakeStream:
         self._drained = []
 
     def send(self, message):
+        if isinstance(message, bytes):
+            self.encoded.append(message)
+            message = self.encodedAs.FromString(message)
         self.sent.append(message)
         self.unread += 1
         self.mostUnread = max(self.mostUnread, self.unread)

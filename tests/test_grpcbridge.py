@@ -312,6 +312,28 @@ class StreamTests(GrpcTestCase):
         received = await client.receivedAtLeast(3)
         self.assertEqual(numbers(received), [1, 2, 3])
 
+    async def test_server_messages_sent_encoded_arrive_as_messages(self):
+        """
+        A server protocol may send a message already encoded (bytes: one
+        encoding for many streams); the client gets the message, in order
+        with those sent as messages.
+        """
+        server = RecordingProtocol()
+        # Registered as the servers register it (Servicer.register), with
+        # its serializers, not the generated ones.
+        _, channel = await self.serve(
+            lambda port, openStreams: servicer(
+                "SNS", streams={"Bidirectional_s_and_c": lambda ctx: server},
+                openStreams=openStreams).register(port, pb.DESCRIPTOR.services_by_name["SNS"]))
+        client = RecordingProtocol()
+        grpcbridge.openStream(pbg.SNSStub(channel).Bidirectional_s_and_c, client)
+        transport = await server.connected
+        self.assertTrue(transport.send(push(1)))
+        self.assertTrue(transport.send(push(2).SerializeToString()))
+        self.assertTrue(transport.send(push(3)))
+        received = await client.receivedAtLeast(3)
+        self.assertEqual(numbers(received), [1, 2, 3])
+
     async def test_stream_metadata_reaches_the_server_transport(self):
         """Metadata given to openStream is on the server-side transport."""
         server = RecordingProtocol()

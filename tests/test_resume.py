@@ -285,7 +285,11 @@ class Wire:
             if self.toServer:
                 self.server.messageReceived(self.toServer.pop(0))
             else:
-                self.client.messageReceived(self.toClient.pop(0))
+                message = self.toClient.pop(0)
+                if isinstance(message, bytes):
+                    # Sent encoded (a post encoded once for its sessions).
+                    message = pb.ServerPush.FromString(message)
+                self.client.messageReceived(message)
 
 
 class ClientEnd:

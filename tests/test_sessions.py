@@ -235,6 +235,36 @@ class LivePushTests(SynchronousTestCase):
         for stream in streams:
             self.assertEqual(sentPosts(stream), [("alice", "hello")])
 
+    def test_a_post_is_encoded_once_for_all_the_sessions_that_show_it(self):
+        """
+        alice's post goes to her followers' three live sessions as one
+        encoding: the same bytes object on every stream, which is the post.
+        """
+        clock, node, hub = makeHub(self)
+        node.follow("bob", "alice", "f1")
+        node.follow("carol", "alice", "f2")
+        streams = [openTimeline(hub, user)[1] for user in ("bob", "bob", "carol")]
+        for stream in streams:
+            del stream.encoded[:]
+        update = node.post("alice", "hello", "r1")
+        sent = [stream.encoded for stream in streams]
+        self.assertEqual([len(s) for s in sent], [1, 1, 1])
+        self.assertIs(sent[1][0], sent[0][0])
+        self.assertIs(sent[2][0], sent[0][0])
+        self.assertEqual(pb.ServerPush.FromString(sent[0][0]),
+                         pb.ServerPush(post=update.post.toPush()))
+
+    def test_heartbeats_go_encoded_once(self):
+        """Every idle session is sent the same encoded heartbeat."""
+        clock, node, hub = makeHub(self)
+        streams = [openTimeline(hub, user)[1] for user in ("alice", "bob")]
+        for stream in streams:
+            del stream.encoded[:]
+        clock.advance(HEARTBEAT)
+        self.assertEqual([len(s.encoded) for s in streams], [1, 1])
+        self.assertIs(streams[0].encoded[0], streams[1].encoded[0])
+        self.assertEqual(streams[0].sent[-1], pb.ServerPush(heartbeat=pb.Heartbeat()))
+
     def test_publish_ignores_updates_that_are_not_posts(self):
         """New users and follows are published but push nothing."""
         clock, node, hub = makeHub(self)

@@ -33,7 +33,7 @@ from snstwist.rpc import sns_pb2 as pb
 log = Logger()
 
 TIMEOUT = 3 * SESSION_HEARTBEAT
-_BEAT = pb.ServerPush(heartbeat=pb.Heartbeat())
+_BEAT = pb.ServerPush(heartbeat=pb.Heartbeat()).SerializeToString()  # sent encoded
 _FIRST = (0, "")  # before every post key
 _LAST = (2 ** 63, "")  # after every post key
 
@@ -286,6 +286,11 @@ class ClientSession:
         self.live = True
 
     def push(self, post, message):
+        """
+        Send C{post}, live, unless the client has it or the catch-up will
+        send it; C{message} is its ServerPush, encoded once for every
+        session that shows it.
+        """
         if self.covered is not None and covers(self.covered, post.id):
             # The client has it (from another master) or did not want it.
             return

@@ -117,7 +117,8 @@ class SessionHub:
             # What the pushes cover now, of the origins that changed: for
             # the sessions that asked (their client merges it).
             changed, self.changed = self.changed, set()
-            report = pb.ServerPush(covered=durableVector(self.node, changed).toProto())
+            report = pb.ServerPush(
+                covered=durableVector(self.node, changed).toProto()).SerializeToString()
         for sessions in list(self.sessions.values()):
             for session in list(sessions):
                 session.check(now, report)
@@ -187,7 +188,8 @@ class SessionHub:
                 for session in self.sessions.get(user, ()):
                     if session.live or session.catchingUp:
                         if message is None:
-                            message = pb.ServerPush(post=post.toPush())
+                            # Encoded once, however many sessions show it.
+                            message = pb.ServerPush(post=post.toPush()).SerializeToString()
                         session.push(post, message)
 
     def renew(self, user, peer, expires):

@@ -202,6 +202,21 @@ def _streamHandler(name, factory, openStreams, maxQueue):
     return handler
 
 
+def encoder(messageClass):
+    """
+    The response serializer of a method replying with C{messageClass}: a
+    message is encoded, bytes (a message encoded already) go as they are.
+    What many streams send alike (a post pushed to each of its followers'
+    sessions) is encoded once, not once per stream.
+    """
+    serialize = messageClass.SerializeToString
+
+    def encode(message):
+        return message if isinstance(message, bytes) else serialize(message)
+
+    return encode
+
+
 class Servicer:
     """
     A grpc.aio servicer built from Twisted-side functions.
@@ -238,6 +253,6 @@ class Servicer:
                         else _refused(method.name, why))
             handlers[method.name] = make(function,
                                          request_deserializer=lenient(request),
-                                         response_serializer=reply.SerializeToString)
+                                         response_serializer=encoder(reply))
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service.full_name, handlers),))

@@ -71,6 +71,11 @@ class Stream:
                     d.callback(None)
 
     def send(self, message):
+        """
+        Queue C{message} (or, on a server's stream, its encoding: bytes,
+        sent as they are) for the peer.  False if the stream has ended or
+        its queue is full (the peer is cut off).
+        """
         if self._ended:
             return False
         if self._queue.qsize() >= self._maxQueue:
