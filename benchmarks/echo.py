@@ -4,7 +4,7 @@ and its load generator, on plain asyncio (no Twisted, no snstwist code in
 the path), for ``benchmarks/run.py``.
 
     python benchmarks/echo.py server --listen 127.0.0.1:0
-    python benchmarks/echo.py client --target HOST:PORT --clients M
+    python benchmarks/echo.py client --target HOST:PORT --clients M [--rate N]
 
 The echo carries snstwist's own wire types (a ``PostRequest`` in, a
 ``WriteReply`` out), so both sides pay the same protobuf cost as a post.
@@ -72,7 +72,7 @@ async def serve(listen):
     await server.stop(0.5)
 
 
-async def load(target, clients, shared, text):
+async def load(target, clients, shared, text, rate=None):
     channels = [grpc.aio.insecure_channel(target)]
     if not shared:
         channels += [grpc.aio.insecure_channel(target) for _ in range(clients - 1)]
@@ -98,7 +98,14 @@ async def load(target, clients, shared, text):
     async def caller(i):
         call = calls[i % len(calls)]
         n = 0
+        due = start + i / (rate * clients) if rate else None
         while True:
+            if due is not None:
+                # Paced: one call every 1/rate seconds (each caller), as the
+                # latency phase's posters post, so that the processes idle
+                # between calls as they do there.
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                due += 1.0 / rate
             t0 = time.perf_counter()
             if t0 >= end:
                 return
@@ -128,11 +135,13 @@ def main():
     c.add_argument("--clients", type=int, default=1)
     c.add_argument("--shared-channel", action="store_true")
     c.add_argument("--text", default="x" * 40)
+    c.add_argument("--rate", type=float, default=None,
+                   help="calls a second for each caller, paced (default: back to back)")
     args = parser.parse_args()
     if args.mode == "server":
         asyncio.run(serve(args.listen))
     else:
-        asyncio.run(load(args.target, args.clients, args.shared_channel, args.text))
+        asyncio.run(load(args.target, args.clients, args.shared_channel, args.text, args.rate))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,19 @@ import time
 
 from benchlib.processes import CpuMeter, loadgen, stopEach
 from benchlib.stats import summarize
+from benchlib.throughput import echoLoad
 
 
 def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
     cfg = bench.cfg
     tag = "L%s%d" % (key, int(rate))
+    # The yardstick at this pace: one echo caller at the offered rate, for
+    # the same time.  The echo of the throughput phase calls back to back,
+    # every process busy; here each process idles between posts, and waking
+    # it costs (about twice the back-to-back round trip on this machine).
+    echo, _ = echoLoad(bench, 1, rate=rate, seconds=cfg["latencySeconds"])
+    bench.say("echo paced at %d/s: p50 %s p99 %s ms" % (rate, echo["latency_ms"]["p50"],
+                                                       echo["latency_ms"]["p99"]))
     posters = [loadgen(bench.name("poster-%d-w%d" % (rate, i)), "poster", bench.logdir,
                        "--router", cluster.router, "--user", "poster", "--pin", same,
                        "--clients", 2, "--rate", rate / cfg["posters"], "--tag", tag)
@@ -47,7 +55,8 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
            "dropped": sum(r["dropped"] for r in sent),
            "errors": sum(r["errors"] for r in sent),
            "poster_vms": posterVms, "follower_vms": where, "cpu_percent": cpu,
-           "ack_ms": summarize([x for r in sent for x in r["lat"]])}
+           "ack_ms": summarize([x for r in sent for x in r["lat"]]),
+           "echo_paced_ms": echo["latency_ms"]}
     out["held_per_s"] = round(out["acked"] / cfg["latencySeconds"], 1)
     lats = {}
     for k, f in followers.items():

@@ -118,18 +118,22 @@ def markdown(results):
             lines += ["Post -> follower's screen, %s (poster on vm1; open loop for %s s):"
                       % (key.replace("vm", " VMs"), fmt(cfg["latencySeconds"], 0)), "",
                       "| offered/s | held (acked)/s | dropped | follower | p50 ms | p99 ms |"
-                      " max ms | after accept p50 / p99 ms | received | post -> ack p50 / p99 ms |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+                      " max ms | after accept p50 / p99 ms | received | post -> ack p50 / p99 ms"
+                      " | echo paced at that rate, p50 / p99 ms |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
             for x in section["latency"]:
+                paced = x.get("echo_paced_ms") or {}
                 for k in ("same", "cross"):
-                    row = "| %d | %s | %d | %s (%s) | %s | %s | %s | %s / %s | %.0f%% | %s / %s |"
+                    row = ("| %d | %s | %d | %s (%s) | %s | %s | %s | %s / %s | %.0f%% | %s / %s"
+                           " | %s / %s |")
                     lines.append(row % (
                         x["offered_per_s"], fmt(x["held_per_s"], 0), x["dropped"],
                         "same VM" if k == "same" else "other VM", x["follower_vms"][k],
                         fmt(x[k]["p50"]), fmt(x[k]["p99"]), fmt(x[k]["max"]),
                         fmt(x[k]["from_accept"]["p50"]), fmt(x[k]["from_accept"]["p99"]),
                         100 * x[k]["received_fraction"], fmt(x["ack_ms"]["p50"]),
-                        fmt(x["ack_ms"]["p99"])))
+                        fmt(x["ack_ms"]["p99"]), fmt(paced.get("p50"), 2),
+                        fmt(paced.get("p99"), 2)))
             lines.append("")
     if fo:
         lines += ["Failover (%d kills of each kind, 2 VMs):" % (len(fo["runs"]),), "",
@@ -188,23 +192,29 @@ def latencyRows(lats, echo):
     """
     The headline rows of the post -> screen runs against docs/design.md's
     targets: at the lowest rate (100/s), same VM p50 <= 1.5 x the echo's p50
-    round trip (C{echo}) and p99 < 10 ms, across VMs p99 < 20 ms; at a higher
-    rate (1,000/s), the rate held (at least 99% of it acknowledged, none
-    dropped) with p99 < 50 ms on both followers.
+    round trip and p99 < 10 ms, across VMs p99 < 20 ms; at a higher rate
+    (1,000/s), the rate held (at least 99% of it acknowledged, none dropped)
+    with p99 < 50 ms on both followers.  The echo is the one paced at the
+    same rate when the run has it (C{echo_paced_ms}): the processes idle
+    between posts as between its calls.  C{echo}, the echo's p50 with one
+    caller back to back, is shown beside it.
     """
     lines = []
     low = min((x["offered_per_s"] for x in lats), default=None)
     for x in lats:
         same, cross = x["same"], x["cross"]
         if x["offered_per_s"] == low:
-            p50 = TARGETS["same_p50_echo"] * echo if echo else None
+            paced = (x.get("echo_paced_ms") or {}).get("p50")
+            yardstick = paced if paced is not None else echo
+            p50 = TARGETS["same_p50_echo"] * yardstick if yardstick else None
             ok = (p50 is not None and same["p50"] is not None and same["p50"] <= p50
                   and verdict(same["p99"], TARGETS["same_p99_ms"]) == "met")
             lines.append("| post -> screen at %d/s offered (%s/s held), same VM, p50 / p99"
-                         " | %s / %s ms | <= %s (1.5 x echo p50 %s) / < 10 ms | %s |" % (
+                         " | %s / %s ms | <= %s (1.5 x the echo's p50: %s at %d/s, %s back"
+                         " to back) / < 10 ms | %s |" % (
                              x["offered_per_s"], fmt(x["held_per_s"], 0), fmt(same["p50"]),
-                             fmt(same["p99"]), fmt(p50, 2), fmt(echo, 2),
-                             "met" if ok else "**missed**"))
+                             fmt(same["p99"]), fmt(p50, 2), fmt(paced, 2), x["offered_per_s"],
+                             fmt(echo, 2), "met" if ok else "**missed**"))
             lines.append("| post -> screen at %d/s offered, across VMs, p99 | %s ms | < 20 ms"
                          " | %s |" % (x["offered_per_s"], fmt(cross["p99"]),
                                       verdict(cross["p99"], TARGETS["cross_p99_ms"])))

@@ -23,23 +23,30 @@ def echoServer(bench):
     return bench.echo
 
 
-def echoLoad(bench, clients):
+def echoLoad(bench, clients, rate=None, seconds=None):
+    """
+    The echo under C{clients} callers, back to back, or each paced at
+    C{rate} calls a second (the processes idle between calls, as they do
+    under the latency phase's posters), for C{seconds} (the run's default).
+    """
     server, address = echoServer(bench)
     cfg = bench.cfg
-    workers = [Child(bench.name("echo-c%d-w%d" % (clients, i)), [
+    seconds = seconds or cfg["seconds"]
+    paced = ["--rate", str(rate)] if rate else []
+    workers = [Child(bench.name("echo-c%d%s-w%d" % (clients, "-r%d" % rate if rate else "", i)), [
         PY, os.path.join(HERE, "echo.py"), "client", "--target", address,
-        "--clients", str(n)], bench.logdir)
+        "--clients", str(n)] + paced, bench.logdir)
         for i, n in enumerate(split(clients, min(clients, cfg["workers"])))]
     for w in workers:
         w.expect("ready", 60)
     meter = CpuMeter({"echo server": [server.pid], "load generators": [w.pid for w in workers]})
     for w in workers:
-        w.send("go %s %s" % (cfg["seconds"], cfg["warmup"]))
-    results = [w.expect("result", cfg["seconds"] + cfg["warmup"] + 60) for w in workers]
+        w.send("go %s %s" % (seconds, cfg["warmup"]))
+    results = [w.expect("result", seconds + cfg["warmup"] + 60) for w in workers]
     cpu = meter.percent()
     stopEach(workers)
     lat = [x for r in results for x in r["lat"]]
-    return {"clients": clients, "calls_per_s": round(len(lat) / cfg["seconds"], 1),
+    return {"clients": clients, "calls_per_s": round(len(lat) / seconds, 1),
             "errors": sum(r["errors"] for r in results), "latency_ms": summarize(lat),
             "cpu_percent": cpu}, lat
 
