@@ -7,6 +7,7 @@ and the time format of the post files.
 import json
 import os
 import sqlite3
+import threading
 
 from hypothesis import given
 from twisted.internet import defer
@@ -173,6 +174,36 @@ class SQLiteStoreTests(TestCase):
         calls = [s.persist([postUpdate("vm1.a", seq, seq, "alice")]) for seq in range(1, 21)]
         await defer.gatherResults(calls)
         self.assertLess(s.batches, len(calls))
+
+    async def test_the_disk_thread_takes_the_next_batch_without_the_reactor(self):
+        """
+        A write that comes while a batch is being written is written as soon
+        as that batch is, by the disk thread, without waiting for the
+        reactor to hear of the first: here the reactor is held (this test
+        blocks it) from before the first batch ends until the second starts.
+        """
+        s = await self.openStore()
+        first, second = threading.Event(), threading.Event()
+        release = threading.Event()
+        write = s._disk.write
+
+        def writing(updates, *rest):
+            if updates[0].seq == 1:
+                first.set()
+                release.wait(30)
+            else:
+                second.set()
+            return write(updates, *rest)
+
+        s._disk.write = writing
+        one = s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        self.assertTrue(first.wait(30), "the first batch never reached the disk")
+        two = s.persist([postUpdate("vm1.a", 2, 20, "alice")])
+        release.set()
+        started = second.wait(30)  # the reactor stays held meanwhile
+        await defer.gatherResults([one, two])
+        self.assertTrue(started, "the second batch waited for the reactor")
+        self.assertEqual(len(readBytes(self.postsFile("alice")).splitlines()), 2)
 
     async def test_group_committed_posts_are_all_stored(self):
         """Every post of a group commit is in the file, in order."""

@@ -12,10 +12,14 @@ Layout of a data directory (docs/design.md section 4)::
 All disk work runs on dedicated threads, never on the reactor (L{disk}).
 Writes are group-committed: while one batch is being written, the next
 accumulates, and a batch is durable (its Deferreds fire) once its SQLite
-commit is: one fsync per batch, whatever its size.  Its post files are
-appended to before that fires and flushed after, off the acknowledgement's
-path, by a sync thread that flushes everything appended since its last
-round at once (a crash in between is repaired from the record on open).
+commit is: one fsync per batch, whatever its size.  The disk thread takes
+the next batch itself as soon as one is written, while the reactor hears
+of the last: a write that came meanwhile does not wait for that answer to
+reach the reactor and its own batch to come back to the disk thread.  A
+batch's post files are appended to before it fires and flushed after, off
+the acknowledgement's path, by a sync thread that flushes everything
+appended since its last round at once (a crash in between is repaired from
+the record on open).
 What is stored is also asked for through the store, on a query thread:
 what a peer lacks, the copy of a request, pages of posts.
 
@@ -27,10 +31,12 @@ every VM's files hold exactly the posts shown.
 import errno
 import random
 import sqlite3
+import threading
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -93,7 +99,12 @@ class SQLiteStore:
         self._flusher = Flusher(self.reactor, self.clock, self._disk, self.name,
                                 lambda: self._writing is not None, self._retryDelay)
         self._queries = Queries(self.reactor, self._disk.dbPath)
+        # What waits to be written, taken by the disk thread (L{_drain})
+        # under the lock; C{_draining} while it writes, or a failed batch
+        # waits for its retry.
+        self._lock = threading.Lock()
         self._pending = []
+        self._draining = False
         self._writing = None
         # What is stored or being written, as ranges per origin: a set of
         # (origin, seq) would cost about 90 bytes per post held.
@@ -174,57 +185,87 @@ class SQLiteStore:
         if not fresh and not displaced:
             return defer.succeed(None)
         d = defer.Deferred()
-        self._pending.append((fresh, d, set(hidden), list(displaced)))
-        if self._writing is None and self._retry is None:
+        with self._lock:
+            self._pending.append((fresh, d, set(hidden), list(displaced)))
+            start, self._draining = not self._draining, True
+        if start:
             self._nextBatch()
         return d
 
     def _nextBatch(self):
         """
-        Write everything pending as one batch.  Its Deferreds fire once it is
-        on disk.  When the disk refuses it, the batch is kept and tried again
-        (with backoff) until it is written; meanwhile C{problem} says why and
-        C{onProblem(problem)} tells whoever waits, and no update is lost from
-        the queue nor written twice.
+        Write everything pending, a batch at a time, on the disk thread
+        (L{_drain}), until nothing is.  Each batch's Deferreds fire once it
+        is on disk.  When the disk refuses one, it is kept and tried again
+        (with backoff) until it is written; meanwhile C{problem} says why
+        and C{onProblem(problem)} tells whoever waits, and no update is lost
+        from the queue nor written twice.
         """
         self._retry = None
-        batch, self._pending = self._pending, []
-        updates = [u for ups, _, _, _ in batch for u in ups]
-        hidden = set().union(*(h for _, _, h, _ in batch))
-        displaced = [u for _, _, _, ds in batch for u in ds]
+        self._writing = self._onDisk(self._drain)
+        self._writing.addCallback(self._drained)
+        self._writing.addErrback(lambda f: log.failure("{name}: the writer failed", f,
+                                                       name=self.name))
+
+    def _drain(self):
+        """
+        On the disk thread: write what is pending, one batch at a time, and
+        hand each to the reactor (L{_written}) as it is written; stop when
+        nothing is pending (None), or at a batch the disk refused (that batch
+        and the failure).
+        """
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._draining = False
+                    return None
+            updates = [u for ups, _, _, _ in batch for u in ups]
+            hidden = set().union(*(h for _, _, h, _ in batch))
+            displaced = [u for _, _, _, ds in batch for u in ds]
+            try:
+                self._disk.write(updates, hidden, displaced)
+            except Exception:
+                return batch, Failure()
+            self.reactor.callFromThread(self._written, batch, len(updates))
+
+    def _written(self, batch, count):
+        """On the reactor: C{batch} (of C{count} updates) is on disk."""
         self.batches += 1
-        self._writing = self._onDisk(self._disk.write, updates, hidden, displaced)
+        if self.problem is not None:
+            log.info("{name}: the disk takes writes again ({n} updates written that"
+                     " waited for it)", name=self.name, n=count)
+            self.problem = None
+            self._failedInARow = 0
+        self._flusher.soon()
+        for _, d, _, _ in batch:
+            d.callback(None)
 
-        def written(_):
-            self._writing = None
-            if self.problem is not None:
-                log.info("{name}: the disk takes writes again ({n} updates written that"
-                         " waited for it)", name=self.name, n=len(updates))
-                self.problem = None
-                self._failedInARow = 0
-            if self._pending:
-                self._nextBatch()
+    def _drained(self, refused):
+        """The disk thread stopped: nothing pending, or C{refused} (batch, failure)."""
+        self._writing = None
+        if refused is None:
+            # (Nothing is in flight now: whoever waits for the files to
+            # settle may be told.)
             self._flusher.soon()
-            for _, d, _, _ in batch:
-                d.callback(None)
-
-        def failed(f):
-            self._writing = None
-            first = self.problem is None
-            self.problem = storageFailure(f.value, self.name)
-            if first:
-                log.error("{name}: writing {n} updates failed: {why}; they are kept and"
-                          " written when the disk takes writes again, and new writes are"
-                          " refused until then", name=self.name, n=len(updates),
-                          why=self.problem.message)
-            # First in line again, with their Deferreds, for the retry.
+            return
+        batch, f = refused
+        first = self.problem is None
+        self.problem = storageFailure(f.value, self.name)
+        if first:
+            log.error("{name}: writing {n} updates failed: {why}; they are kept and"
+                      " written when the disk takes writes again, and new writes are"
+                      " refused until then", name=self.name,
+                      n=sum(len(ups) for ups, _, _, _ in batch), why=self.problem.message)
+        # First in line again, with their Deferreds, for the retry (the
+        # store stays draining: nothing starts a write before it).
+        with self._lock:
             self._pending[:0] = batch
-            delay = self._retryDelay(self._failedInARow)
-            self._failedInARow += 1
-            self._retry = self.clock.callLater(delay, self._nextBatch)
-            self.onProblem(self.problem)
+        delay = self._retryDelay(self._failedInARow)
+        self._failedInARow += 1
+        self._retry = self.clock.callLater(delay, self._nextBatch)
+        self.onProblem(self.problem)
 
-        self._writing.addCallbacks(written, failed)
 
     def synced(self):
         """A Deferred that fires once every post file written is flushed (tests, close)."""
@@ -240,7 +281,7 @@ class SQLiteStore:
             try:
                 yield self._writing
             except Exception as e:
-                # _nextBatch logged the failure, and its writers got it.
+                # The writer's errback logged it.
                 log.info("closing {path} after a failed write: {e}", path=self.path, e=e)
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
