@@ -210,6 +210,24 @@ class LatePostTests(SynchronousTestCase):
              windows.covers("bob", late.key), windows.covers("bob", (0, ""))),
             (["vm2.a/4", "vm2.a/5"], late.key, True, False))
 
+    def test_a_hidden_copy_below_the_floor_keeps_nothing_out_of_a_restore(self):
+        """
+        bob's window was let go at post 5; a later copy of one of his
+        requests arrives below the floor, hidden (it is never shown, so a
+        read of the shown posts never finds it): the window read back is
+        every post stored, and memory holds them all again.
+        """
+        windows = Windows(hotPosts=20)
+        for n in (1, 2, 4, 5):
+            windows.hold(bigPost("bob", n).post, hidden=False)
+        windows.windowBytes = 0
+        windows.hold(bigPost("carol", 6).post, hidden=False)  # bob's window goes
+        windows.windowBytes = 10**9
+        windows.hold(bigPost("bob", 3).post, hidden=True)
+        windows.restore("bob", [bigPost("bob", n).post for n in (1, 2, 4, 5)], None)
+        self.assertEqual(([p.id for p in windows.shown("bob")], windows.floor("bob")),
+                         (["vm2.a/1", "vm2.a/2", "vm2.a/4", "vm2.a/5"], None))
+
 
 class ColdStartTests(TestCase):
     async def test_a_replica_started_cold_reads_every_window_from_disk(self):

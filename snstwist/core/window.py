@@ -94,7 +94,9 @@ class Windows:
         floor = self.floor(author)
         if floor is not None and post.key <= floor:
             late = self._late.get(author)
-            if late is None or post.key > late:
+            # A hidden copy is never shown: memory need not hold it, and a
+            # read from disk (shown posts only) would never find it.
+            if not hidden and (late is None or post.key > late):
                 self._late[author] = post.key
             return
         posts = self.posts.get(author)
