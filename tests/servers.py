@@ -6,12 +6,22 @@ socket, no router.  The same L{ServerParts} a real server is made of.
 
 from twisted.internet.testing import MemoryReactorClock
 
+from snstwist.core.limits import HISTORY
 from snstwist.core.node import Node
 from snstwist.server.config import Identity, ServerConfig
 from snstwist.server.lifecycle import CurrentRole
 from snstwist.server.service import ServerParts
 from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeHasher
+
+def readWindows(test, node):
+    """
+    Ask for every user's timeline, so that memory holds again the windows
+    a start does not read (they are read from disk when first asked for).
+    """
+    for user in sorted(node.replica.users):
+        test.successResultOf(node.history.recent(user, HISTORY))
+
 
 ADDRESS = "127.0.0.1:1"
 PEER_ADDRESS = "127.0.0.1:3"

@@ -85,17 +85,26 @@ class ForgottenRequestTests(SynchronousTestCase):
 
 
 class HotStartTests(TestCase):
-    """A node starts (and a slave warms up) from what memory keeps, and holds all."""
+    """
+    A node starts (and a slave warms up) reading the state a Login and a
+    write need, and no post: every window is read from disk when it is
+    first asked for, and holds then what a start used to read.
+    """
 
-    async def test_start_reads_the_newest_posts_and_holds_every_update(self):
-        path = self.mktemp()
-        os.makedirs(path)
+    async def stored(self, path, count=HOT_POSTS + 5):
         store = SQLiteStore(path)
         await store.open()
         posts = [postUpdate("vm2.a", 1 + n, 100 + n, "alice", "p%d" % (n,))
-                 for n in range(HOT_POSTS + 5)]
-        await store.persist([userUpdate("vm2.a", 100, 1, "alice")] + posts)
+                 for n in range(count)]
+        await store.persist([userUpdate("vm2.a", 100, 1, "alice"),
+                             userUpdate("vm2.a", 200, 2, "bob")] + posts)
         await store.close()
+        return posts
+
+    async def test_a_start_reads_no_post_and_holds_every_update(self):
+        path = self.mktemp()
+        os.makedirs(path)
+        posts = await self.stored(path)
         node = Node("vm1", "vm1.n", SQLiteStore(path), Clock())
         self.addCleanup(node.store.close)
         await node.load()
@@ -104,6 +113,41 @@ class HotStartTests(TestCase):
         await slave.history.warmUp()
         newest = [p.id for p in (u.post for u in posts[-HOT_POSTS:])]
         for n in (node, slave):
-            self.assertEqual(([p.id for p in n.replica.postsBy("alice")],
-                              n.replica.seen.count(), n.replica.users),
-                             (newest, len(posts) + 1, {"alice"}))
+            held = ([p.id for p in n.replica.postsBy("alice")], n.replica.seen.count(),
+                    n.replica.users)
+            recent = await n.history.recent("bob", HOT_POSTS)
+            alices = await n.history.recent("alice", HOT_POSTS)
+            self.assertEqual((held, recent, [p.id for p in alices]),
+                             (([], len(posts) + 2, {"alice", "bob"}), [], newest))
+            # Read once, alice's window is memory's.
+            self.assertEqual([p.id for p in n.replica.postsBy("alice")], newest)
+
+    async def test_a_write_after_a_start_is_later_than_everything_stored(self):
+        """The clock is past every stored post, though none was read."""
+        path = self.mktemp()
+        os.makedirs(path)
+        posts = await self.stored(path)
+        clock = Clock()
+        node = Node("vm1", "vm1.n", SQLiteStore(path), clock)
+        self.addCleanup(node.store.close)
+        await node.load()
+        post = node.post("alice", "after", "r-after")
+        self.assertGreater(post.time_us, posts[-1].time_us)
+        await node.durable(post)
+        recent = await node.history.recent("alice", 3)
+        self.assertEqual([p.text for p in recent], ["p%d" % (len(posts) - 2,),
+                                                    "p%d" % (len(posts) - 1,), "after"])
+
+    async def test_a_post_arriving_older_than_the_start_is_read_from_disk(self):
+        """A peer's post dated before the start is stored, and found when asked for."""
+        path = self.mktemp()
+        os.makedirs(path)
+        posts = await self.stored(path, count=3)
+        node = Node("vm1", "vm1.n", SQLiteStore(path), Clock())
+        self.addCleanup(node.store.close)
+        await node.load()
+        late = postUpdate("vm3.c", 1, 150, "alice", "late")
+        await node.receive([late])
+        recent = await node.history.recent("alice", 10)
+        self.assertEqual([p.text for p in recent], ["p0", "p1", "p2", "late"])
+        self.assertEqual(len(posts), 3)

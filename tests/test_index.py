@@ -88,6 +88,27 @@ class IndexQueryTests(TestCase):
                          (["vm2.b/1", "vm1.a/3", "vm2.b/3"], ["vm1.a/2", "vm2.b/1"],
                           ["vm1.a/2", "vm2.b/1"]))
 
+    async def test_a_start_reads_no_post_and_each_authors_newest_key(self):
+        """
+        open and read with posts false, on SQLite and in memory alike: the
+        users and follows, no post, and each author's newest stored post
+        key, a hidden copy's too (memory claims to hold no post up to it).
+        """
+        await self.store.close()
+        reopened = SQLiteStore(self.path)
+        self.addCleanup(reopened.close)
+        memory = MemoryStore()
+        memory.persist(self.ups, hidden={"vm2.b/2"})
+        floors = {"alice": (500, "vm2.b/2"), "bob": (600, "vm2.b/3")}
+        state = ["vm1.a/1", "vm1.a/4"]
+        for store, read in ((reopened, reopened.read), (reopened, reopened.open),
+                            (memory, memory.open)):
+            updates = await read(posts=False)
+            self.assertEqual((sorted(u.id for u in updates), store.floors()), (state, floors))
+        # A start that reads the windows needs no floor.
+        await memory.open()
+        self.assertEqual(memory.floors(), {})
+
     async def test_the_version_vector_is_stored_with_the_record(self):
         """A reopened store knows what it holds without counting the record."""
         await self.store.close()

@@ -17,6 +17,7 @@ from snstwist.server.peers import ACK_TIMEOUT, ANTI_ENTROPY, LINK_TIMEOUT, PeerL
 from snstwist.server.replication import Replicator
 from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeStream
+from tests.servers import readWindows
 from tests.strategies import LAST_US, postUpdate, userUpdate
 
 
@@ -183,8 +184,14 @@ class NodeReloadTests(SynchronousTestCase):
         return node
 
     def test_reload_restores_the_state(self):
-        """A node loaded from the same store has the same users, follows and posts."""
-        self.assertEqual(self.reload().replica.snapshot(), self.before)
+        """
+        A node loaded from the same store has the same users and follows,
+        and, read from disk when they are asked for, the same posts.
+        """
+        node = self.reload()
+        self.assertEqual(node.replica.postsBy("bob"), [])
+        readWindows(self, node)
+        self.assertEqual(node.replica.snapshot(), self.before)
 
     def test_reload_continues_after_the_highest_own_seq(self):
         """After a reload, the next write's seq follows our origin's highest seq."""

@@ -186,7 +186,7 @@ class FakeSlaveEnd:
 class VMDisk(MemoryStore):
     """A VM's data that a warming slave can read without the writer lock."""
 
-    def read(self):
+    def read(self, posts=True):
         return defer.succeed(list(self.durable.values()))
 
 
@@ -271,11 +271,11 @@ class LockedDisk(MemoryStore):
         self.busy = busy
         self.attempts = 0
 
-    def open(self, known=None):
+    def open(self, known=None, posts=True):
         self.attempts += 1
         if self.attempts <= self.busy:
             return defer.fail(DataLocked("held by the old master"))
-        return MemoryStore.open(self, known)
+        return MemoryStore.open(self, known, posts)
 
 
 class TakeLockTests(SynchronousTestCase):

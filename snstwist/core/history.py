@@ -20,6 +20,7 @@ import collections
 from twisted.internet import defer
 
 from snstwist.core.slices import inSlices
+from snstwist.core.window import Windows
 
 # Updates read from the store per page of a catch-up (a peer's or the slave's).
 MISSING_PAGE = 1000
@@ -44,8 +45,16 @@ class History:
         node.seq = node.replica.lastSeq(node.origin)
 
     def _apply(self, read, store):
-        """Apply what C{read} (a Deferred list of updates, read from C{store}) brings."""
-        d = read.addCallback(self.node.mirrorAll)
+        """
+        Apply what C{read} (a Deferred list of updates read from C{store}:
+        the state a Login and a write need, no post) brings, in slices
+        (L{slices}).  First memory lets go of every window and knows each
+        author's newest post stored (L{IStore.floors}): each window is read
+        from disk when it is first asked for (L{recent}, L{timelinePage}),
+        and the posts written from now on are held.
+        """
+        d = read.addCallback(lambda updates: self._cold(store.floors()) or updates)
+        d.addCallback(self.node.mirrorAll)
 
         def applied(fresh):
             self._held(store)
@@ -60,12 +69,12 @@ class History:
         whole history: L{IStore.open}), in slices (L{slices}).
         """
         store = self.node.store
-        return self._apply(store.open(), store)
+        return self._apply(store.open(posts=False), store)
 
     def warmUp(self):
         """The same, read without the writer lock: a slave warming up while its master writes."""
         store = self.node.store
-        return self._apply(store.read(), store)
+        return self._apply(store.read(posts=False), store)
 
     def adopt(self, store):
         """
@@ -88,7 +97,7 @@ class History:
                                                       self.missingPage))
             d.addCallback(lambda _: fresh[0])
         else:
-            d = store.open().addCallback(self.node.mirrorAll)
+            d = self._apply(store.open(posts=False), store)
 
         def opened(fresh):
             self.warm = True
@@ -97,6 +106,17 @@ class History:
             return fresh
 
         return d.addCallback(opened)
+
+    def _cold(self, floors):
+        """
+        Hold no window (a cold slave taking over may hold some it was fed),
+        every author's posts up to C{floors} on disk only; the clock is
+        then past every post stored.
+        """
+        replica, old = self.node.replica, self.node.replica.windows
+        replica.windows = Windows(old.hotPosts, old.authorBytes, old.windowBytes)
+        replica.startCold(floors)
+        self.node.hlc.observe(max((key[0] for key in floors.values()), default=0))
 
     def _forget(self, replica):
         """

@@ -85,22 +85,25 @@ class Disk:
 
     def read(self, hotPosts):
         """
-        What a replica holds in memory (L{index.Index.hot}) and the version
-        vector, read without taking the lock or repairing anything: how a
-        slave warms up while its master writes.
+        What a replica holds in memory (L{index.Index.hot}), the version
+        vector and, when no post is read, each author's newest post key
+        (L{index.Index.floors}), read in one snapshot without taking the
+        lock or repairing anything: how a slave warms up while its master
+        writes.
         """
         if not os.path.exists(self.dbPath):
-            return [], VersionVector()
+            return [], VersionVector(), {}
         db = sqlite3.connect("file:%s?mode=ro" % (self.dbPath,), uri=True)
         try:
             db.execute("BEGIN")  # one snapshot
             index = _index.Index(db)
-            return index.hot(hotPosts), index.readVersions()
+            floors = index.floors() if hotPosts is None else {}
+            return index.hot(hotPosts), index.readVersions(), floors
         except (sqlite3.DatabaseError, DecodeError):
             # Damaged, mid-write or not made yet: a standby is correct
             # cold, and its promotion reads the file again (and refuses a
             # damaged one).
-            return [], VersionVector()
+            return [], VersionVector(), {}
         finally:
             db.close()
 

@@ -384,13 +384,14 @@ class Index:
         What a replica holds in memory: the users, passwords and follow
         changes, each user's last read mark, and the C{hotPosts} + 1 newest
         shown posts of each author (one more than the window, so that the
-        replica knows the author has older ones).
+        replica knows the author has older ones); no post when C{hotPosts}
+        is None (a server reads each window when it is asked for, L{floors}).
         """
         updates = decoded(body for (body,) in self.db.execute(
             _BODY + "author IS NULL AND kind <> 'read'"))
         updates += decoded(body for (body,) in self.db.execute(
             "SELECT body FROM marks JOIN record USING (origin, seq)"))
-        for author in self.authors():
+        for author in self.authors() if hotPosts is not None else ():
             updates += self.newest(author, hotPosts + 1)
         return updates
 

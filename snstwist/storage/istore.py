@@ -15,8 +15,9 @@ class IStore(Interface):
         the users, passwords, follow changes and last read marks, and the
         newest posts of each author (L{state.HOT_POSTS} and one more); with
         a version vector C{known}, every stored update it lacks instead;
-        with C{posts} None, nothing (a warm slave taking over pages what it
-        lacks, L{missing}).  A Deferred list of L{Update}s; L{held} says
+        with C{posts} false, no post (a start: see L{floors}); with C{posts}
+        None, nothing (a warm slave taking over pages what it lacks,
+        L{missing}).  A Deferred list of L{Update}s; L{held} says
         what is stored.
         """
 
@@ -49,6 +50,14 @@ class IStore(Interface):
 
     def newest(authors, limit):
         """A Deferred {author: [update]}: the C{limit} newest shown posts of each, oldest first."""
+
+    def floors():
+        """
+        {author: the key of its newest post stored (shown or not)}, as the
+        last L{open} with C{posts} false saw it (the same reading as
+        L{held}): what a replica that read no window needs
+        (L{state.Replica.startCold}); empty after any other open.
+        """
 
     def persist(updates, hidden=frozenset(), displaced=()):
         """

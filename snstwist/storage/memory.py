@@ -29,10 +29,18 @@ class MemoryStore:
         # Read marks compacted as SQLiteStore's record compacts them.
         self.superseded, self.marks = set(), compaction.Marks()
         self._pending = []
+        self._floors = {}
 
     def open(self, known=None, posts=True):
+        self._floors = {}
         if posts is None:
             return defer.succeed([])
+        if known is None and not posts:
+            # What SQLiteStore reads for a start: no post, each author's newest key.
+            for u in self.durable.values():
+                if u.post is not None and u.key > self._floors.get(u.post.author, (0, "")):
+                    self._floors[u.post.author] = u.key
+            return defer.succeed([u for u in self.durable.values() if u.post is None])
         if known is None:
             return defer.succeed(list(self.durable.values()))
         return defer.succeed(compaction.missingPage(self.held(), known, self._rows, None))
@@ -74,6 +82,9 @@ class MemoryStore:
                         and after < u.key <= upto),
                        key=lambda u: u.key)
         return defer.succeed(posts[:limit])
+
+    def floors(self):
+        return self._floors
 
     def newest(self, authors, limit):
         shown = [u for u in self.durable.values() if u.post is not None and u.id not in self.hidden]

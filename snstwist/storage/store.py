@@ -109,6 +109,7 @@ class SQLiteStore:
         # What is stored or being written, as ranges per origin: a set of
         # (origin, seq) would cost about 90 bytes per post held.
         self._stored = VersionVector()
+        self._floors = {}
         self._retry = None
         self._failedInARow = 0
         self.batches = 0
@@ -124,38 +125,46 @@ class SQLiteStore:
             self._pool.start()
         return deferToThreadPool(self.reactor, self._pool, function, *args)
 
-    def read(self):
+    def read(self, posts=True):
         """
         What L{open} reads, read without the writer lock and without
         repairing anything (a slave warming up while its master writes).
         """
         def read(result):
-            updates, self._stored = result
+            updates, self._stored, self._floors = result
             return updates
 
-        return self._onDisk(self._disk.read, HOT_POSTS).addCallback(read)
+        return self._onDisk(self._disk.read, HOT_POSTS if posts else None).addCallback(read)
 
     def held(self):
         return self._stored
+
+    def floors(self):
+        return self._floors
 
     def open(self, known=None, posts=True):
         if known is not None:
             # A copy, read on the disk thread: the replica goes on learning.
             known = VersionVector.fromProto(known.toProto())
-        d = self._onDisk(self._openAndCount, known, posts is not None)
+        d = self._onDisk(self._openAndCount, known, HOT_POSTS if posts else None,
+                         posts is not None)
 
         def loaded(result):
-            updates, self._stored = result
+            updates, self._stored, self._floors = result
             log.info("opened {path}: {n} updates stored, {k} read", path=self.path,
                      n=self._stored.count(), k=len(updates))
             return updates
 
         return d.addCallback(loaded)
 
-    def _openAndCount(self, known, read):
-        """On the disk thread: what is stored (what C{known} lacks), and its version vector."""
-        updates = self._disk.open(HOT_POSTS, known) if read else self._disk.openRecord() or []
-        return updates, VersionVector.fromProto(self._disk.index.versions.toProto())
+    def _openAndCount(self, known, hotPosts, read):
+        """
+        On the disk thread: what is stored (what C{known} lacks), its
+        version vector, and each author's newest post key if no post is read.
+        """
+        updates = self._disk.open(hotPosts, known) if read else self._disk.openRecord() or []
+        floors = self._disk.index.floors() if read and hotPosts is None and known is None else {}
+        return updates, VersionVector.fromProto(self._disk.index.versions.toProto()), floors
 
     # -- queries: what is committed, read on the query thread (L{queries})
 
