@@ -187,7 +187,7 @@ class VMDisk(MemoryStore):
     """A VM's data that a warming slave can read without the writer lock."""
 
     def read(self, posts=True):
-        return defer.succeed(list(self.durable.values()))
+        return MemoryStore.open(self, posts=posts)
 
 
 def lifecycleOn(test, role, node, openStore=None):

@@ -190,7 +190,8 @@ def _buildSlaveLink():
 class SlaveLink(_BuddyEnd):
     """
     The slave's end of C{BuddyConnection}: C{connect(link)} opens a stream
-    to the master and connects this link to it.  A broken stream or missing
+    to the master and connects this link to it; C{onMasterHello(hello)}
+    hears the master's hello (what it holds: C{hello.have}).  A broken stream or missing
     heartbeats mean the master is lost; a stopping notice means the pair is
     being shut down in order.  Either is reported once (the link is then
     done), and only until L{close}.
@@ -208,11 +209,13 @@ class SlaveLink(_BuddyEnd):
 
     redialDelay = HEARTBEAT / 5
 
-    def __init__(self, clock, hello, onMasterLost, onMasterStopping, connect):
+    def __init__(self, clock, hello, onMasterLost, onMasterStopping, connect,
+                 onMasterHello=lambda hello: None):
         self.clock = clock
         self.hello = hello
         self.onMasterLost = onMasterLost
         self.onMasterStopping = onMasterStopping
+        self.onMasterHello = onMasterHello
         self.connect = connect
         self.stream = None
         self.beats = None
@@ -236,6 +239,8 @@ class SlaveLink(_BuddyEnd):
         kind = message.WhichOneof("kind")
         if kind == "hello":
             self._machine.heardHello(message.hello.pid)
+            if self.state == "linked":
+                self.onMasterHello(message.hello)
         elif kind == "stopping":
             self._machine.masterStopping()
 

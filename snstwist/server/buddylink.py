@@ -242,29 +242,54 @@ class SlaveEnd:
     """
     The slave's end of its buddy pair: dials C{master}'s C{BuddyConnection}
     (once L{start}ed) and tells the observers of L{lost} (with why) and of
-    L{stopping} what becomes of the master.  C{masterPid} is the pid we were
-    told at start; the master's hello says it again.
+    L{stopping} what becomes of the master, and those of L{ready} when the
+    slave holds (C{held()}, a version vector) all the master held at its
+    hello.  C{masterPid} is the pid we were told at start; the master's
+    hello says it again.
     """
 
-    def __init__(self, clock, secret, master, masterPid, hello):
+    def __init__(self, clock, secret, master, masterPid, hello, held=VersionVector):
         self.clock = clock
         self.secret = secret
         self.master = master
         self.startPid = masterPid
         self.hello = hello
+        self.held = held
         self.lost = Observers("the master's loss")
         self.stopping = Observers("the master's orderly stop")
+        self.ready = Observers("the standby's readiness")
         self.channel = None
         self.link = None
         self.closed = False
+        # What the master held when it said hello, until we hold it too.
+        self._target = None
 
     def start(self):
         if self.closed:
             # Stopped while warming up: a stopping slave dials nobody.
             return
         self.channel = grpcbridge.channel(self.master)
-        self.link = buddy.SlaveLink(self.clock, self.hello, self.lost, self.stopping, self._dial)
+        self.link = buddy.SlaveLink(self.clock, self.hello, self.lost, self.stopping, self._dial,
+                                    self.masterHello)
         self.link.start()
+
+    def masterHello(self, hello):
+        """The master said hello: what it holds (C{hello.have}) is what to hold to be ready."""
+        self._target = VersionVector.fromProto(hello.have)
+        self.mirrored()
+
+    def mirrored(self):
+        """
+        Updates from the master were applied: once we hold everything the
+        master held when it said hello, we are a ready standby, and the
+        observers of L{ready} hear it (once a hello) at once, not at some
+        later heartbeat.
+        """
+        if self._target is not None and self._target.lacking(self.held()) == 0:
+            log.info("standby ready: holding all {n} updates master {pid} held at its hello",
+                     n=self._target.count(), pid=self.masterPid())
+            self._target = None
+            self.ready()
 
     def _dial(self, link):
         grpcbridge.openStream(pbg.ClusterStub(self.channel).BuddyConnection,

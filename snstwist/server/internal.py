@@ -8,6 +8,7 @@ operators).  Every call must carry the cluster secret.
 from snstwist.core import errors
 from snstwist.core.limits import UPDATES_PER_MESSAGE
 from snstwist.core.model import Update, checkCount
+from snstwist.core.observers import Observers
 from snstwist.rpc import auth
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.peers import ReplicaReceiver
@@ -28,6 +29,8 @@ class ClusterApi:
         self.clock = clock
         self.report = report
         self.masterEnd = masterEnd
+        # A slave's: told after each batch from the master is applied.
+        self.mirrored = Observers("updates mirrored from the master")
 
     def unary(self):
         return {"Onetime_s_to_buddy": self.onetimeSToBuddy, "Digest": self.digest}
@@ -43,7 +46,9 @@ class ClusterApi:
         updates = [Update.fromProto(u) for u in request.updates]
         # The master checked its peers' times; a buddy's are checked again,
         # so that nothing poisons the clock of a master-to-be.
-        return pb.BuddyAck(applied=self.node.mirror(self.node.window.accepted(updates)))
+        applied = self.node.mirror(self.node.window.accepted(updates))
+        self.mirrored()
+        return pb.BuddyAck(applied=applied)
 
     def digest(self, request, ctx):
         # Post file names are user names: for operators only.

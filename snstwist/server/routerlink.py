@@ -91,6 +91,11 @@ class RouterLinks:
             for link in self.links:
                 link.sendHello()
 
+    def report(self):
+        """Every router hears our load now, not at the next heartbeat (a standby just ready)."""
+        for link in self.links:
+            link.beat()
+
     def membershipChanged(self, router, membership):
         self.memberships[router] = membership
         if self.current.isMaster():

@@ -112,7 +112,9 @@ class ServerService(MultiService):
                                        current, parts.report.hello, parts.report.load,
                                        parts.replicator.setPeers)
         self.slaveEnd = SlaveEnd(clock, config.secret, config.master, config.masterPid,
-                                 parts.report.buddyHello)
+                                 parts.report.buddyHello, lambda: self.node.replica.seen)
+        parts.internal.mirrored.add(self.slaveEnd.mirrored)
+        self.slaveEnd.ready.add(self.routerLinks.report)
         self.lifecycle = Lifecycle(config, current, self.node, self._serve, parts.masterEnd,
                                    self.slaveEnd,
                                    lambda: SQLiteStore(config.data, name=config.vm),
