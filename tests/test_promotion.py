@@ -162,6 +162,27 @@ class BuddyFeedTests(SynchronousTestCase):
         feed.close()
         self.assertFalse(clock.getDelayedCalls())
 
+    def test_a_page_of_a_catch_up_goes_at_once(self):
+        """
+        A catch-up's page does not linger (nothing more is coming for it),
+        nor does what was lingering when it came; the page's Deferred fires
+        once all of it is sent.
+        """
+        clock = Clock()
+        sent = []
+        feed = BuddyFeed(lambda batch, metadata: sent.append(len(batch.updates))
+                         or defer.succeed(None), "s" * 16, clock=clock, linger=FEED_LINGER)
+        master, store = feedingMaster(self, lambda address, secret: feed)
+        writePosts(self, master, store, 3)
+        fed = list(store.durable.values())
+        feed.push(fed[:1])
+        pageUpdates = fed * (UPDATES_PER_MESSAGE // len(fed) + 1)
+        page = feed.pushPage(pageUpdates)
+        self.successResultOf(page)
+        self.assertEqual(sent, [UPDATES_PER_MESSAGE, len(pageUpdates) + 1 - UPDATES_PER_MESSAGE])
+        self.assertFalse(clock.getDelayedCalls())
+        feed.close()
+
     def test_every_durable_write_is_fed_to_the_slave(self):
         """Once a slave has said hello, each write reaches it when durable."""
         slave = emptySlave(self)

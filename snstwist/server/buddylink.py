@@ -98,7 +98,10 @@ class BuddyFeed:
         self._kick()
 
     def pushPage(self, updates):
-        """L{push} one page of a catch-up; the Deferred fires once the queue is empty."""
+        """
+        L{push} one page of a catch-up, without lingering; the Deferred
+        fires once the queue is empty.
+        """
         if self.closed:
             return defer.fail(defer.CancelledError())
         d = defer.Deferred()
@@ -110,7 +113,9 @@ class BuddyFeed:
         """Send now, or linger for more (a call in flight sends what waits when it is done)."""
         if self.busy:
             return
-        full = len(self.queue) >= UPDATES_PER_MESSAGE
+        # A page of a catch-up is all there is to wait for (L{pushPage}):
+        # lingering would only delay the standby it makes ready.
+        full = len(self.queue) >= UPDATES_PER_MESSAGE or bool(self.emptied)
         if self.waiting is not None:
             if not full:
                 return
