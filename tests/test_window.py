@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from snstwist.core.limits import HISTORY, MAX_POST_CHARS
 from snstwist.core.node import Node
 from snstwist.core.state import Replica
-from snstwist.core.window import POST_OVERHEAD, Windows, postBytes
+from snstwist.core.window import LATE_KEYS, POST_OVERHEAD, Windows, postBytes
 from snstwist.storage.store import SQLiteStore
 from tests.strategies import followUpdate, postUpdate, userUpdate
 
@@ -227,6 +227,45 @@ class LatePostTests(SynchronousTestCase):
         windows.restore("bob", [bigPost("bob", n).post for n in (1, 2, 4, 5)], None)
         self.assertEqual(([p.id for p in windows.shown("bob")], windows.floor("bob")),
                          (["vm2.a/1", "vm2.a/2", "vm2.a/4", "vm2.a/5"], None))
+
+
+    def test_a_late_post_hidden_since_keeps_nothing_out_of_a_restore(self):
+        """
+        bob's window was let go at post 5; post 3 arrives below the floor
+        (shown), then an earlier copy of its request (2.5) hides it: the
+        disk holds 1, 2, 2.5, 4 and 5 shown, 3 hidden, and the window read
+        back is all of them.
+        """
+        windows = Windows(hotPosts=20)
+        for n in (1, 2, 4, 5):
+            windows.hold(bigPost("bob", n).post, hidden=False)
+        windows.windowBytes = 0
+        windows.hold(bigPost("carol", 6).post, hidden=False)  # bob's window goes
+        windows.windowBytes = 10**9
+        windows.hold(bigPost("bob", 3).post, hidden=False)
+        earlier = bigPost("bob", 7, time_us=1002).post  # 2.5: between posts 2 and 3
+        windows.hide(bigPost("bob", 3).post)
+        windows.hold(earlier, hidden=False)
+        stored = [bigPost("bob", n).post for n in (1, 2)] + [earlier] + [
+            bigPost("bob", n).post for n in (4, 5)]
+        windows.restore("bob", stored, None)
+        self.assertEqual(([p.id for p in windows.shown("bob")], windows.floor("bob")),
+                         ([p.id for p in stored], None))
+
+    def test_past_its_bound_a_late_post_keeps_the_floor_at_or_above_it(self):
+        """More late posts than LATE_KEYS: the floor read back may be higher, never lower."""
+        windows = Windows(hotPosts=100)
+        top = LATE_KEYS + 3
+        windows.hold(bigPost("bob", top).post, hidden=False)
+        windows.windowBytes = 0
+        windows.hold(bigPost("carol", 1).post, hidden=False)  # bob's window goes
+        windows.windowBytes = 10**9
+        for n in range(1, top):
+            windows.hold(bigPost("bob", n).post, hidden=False)
+        # On disk: all but post 1, whose write is not done yet.
+        windows.restore("bob", [bigPost("bob", n).post for n in range(2, top + 1)], None)
+        self.assertGreaterEqual(windows.floor("bob"), bigPost("bob", 1).post.key)
+        self.assertFalse(windows.covers("bob", (0, "")))
 
 
 class ColdStartTests(TestCase):

@@ -42,6 +42,33 @@ def _key(post):
     return post.key
 
 
+# The keys of late posts kept exactly per author; past that, only the newest
+# of those let go (a floor that may be higher than needed, never lower).
+LATE_KEYS = 16
+
+
+class _Late:
+    """The shown posts of one author that arrived at or below its floor."""
+
+    def __init__(self):
+        self.keys = set()
+        self.lost = None  # the newest key let go of (over LATE_KEYS)
+
+    def add(self, key):
+        self.keys.add(key)
+        if len(self.keys) > LATE_KEYS:
+            oldest = min(self.keys)
+            self.keys.discard(oldest)
+            self.lost = oldest if self.lost is None else max(self.lost, oldest)
+
+    def missing(self, found):
+        """The newest key of these that C{found} (keys read from disk) lacks, or None."""
+        keys = [k for k in self.keys if k not in found]
+        if self.lost is not None:
+            keys.append(self.lost)
+        return max(keys, default=None)
+
+
 class Windows:
     """
     The windows of every author, oldest post first, with the ids of those
@@ -60,9 +87,9 @@ class Windows:
         self.posts = {}
         self.hidden = set()
         self.floors = {}
-        # author -> the newest post (key, id) not held because it arrived at
-        # or below the floor: it may not be on disk yet when the window is
-        # read from disk again (L{restore}).
+        # author -> the keys of the shown posts not held because they arrived
+        # at or below the floor (a L{_Late}): they may not be on disk yet when
+        # the window is read from disk again (L{restore}).
         self._late = {}
         # author -> bytes of its window, the least recently used first.
         self._bytes = collections.OrderedDict()
@@ -93,11 +120,10 @@ class Windows:
         author = post.author
         floor = self.floor(author)
         if floor is not None and post.key <= floor:
-            late = self._late.get(author)
             # A hidden copy is never shown: memory need not hold it, and a
             # read from disk (shown posts only) would never find it.
-            if not hidden and (late is None or post.key > late):
-                self._late[author] = post.key
+            if not hidden:
+                self._late.setdefault(author, _Late()).add(post.key)
             return
         posts = self.posts.get(author)
         if posts is None:
@@ -144,11 +170,16 @@ class Windows:
             self.heldBytes -= size
 
     def hide(self, post):
-        """Stop showing C{post} (not held: it is on disk only, nothing to do)."""
+        """
+        Stop showing C{post} (not held: it is on disk only, and a read of
+        the shown posts will not find it).
+        """
         posts = self.posts.get(post.author, [])
         i = bisect.bisect_left(posts, post.key, key=_key)
         if i < len(posts) and posts[i].id == post.id:
             self.hidden.add(post.id)
+        elif post.author in self._late:
+            self._late[post.author].keys.discard(post.key)
 
     def restore(self, author, posts, floor):
         """
@@ -162,11 +193,11 @@ class Windows:
         if floor is not None and current < floor:
             floor = current
         late = self._late.pop(author, None)
-        if late is not None and late not in {p.key for p in posts} and (
-                floor is None or late > floor):
-            # A post that arrived below the floor and was not on disk yet
-            # when it was read: memory must not claim to hold it.
-            floor = late
+        missing = late.missing({p.key for p in posts}) if late is not None else None
+        if missing is not None and (floor is None or missing > floor):
+            # A shown post that arrived below the floor and was not on disk
+            # yet when it was read: memory must not claim to hold it.
+            floor = missing
         held = self.posts.pop(author, [])
         ids = {p.id for p in held}
         held += [p for p in posts if p.id not in ids and (floor is None or p.key > floor)]
