@@ -24,7 +24,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from snstwist.core import errors, metrics
-from snstwist.core.limits import MAX_EXCLUDED_VMS, MAX_SERVERS
+from snstwist.core.limits import MAX_EXCLUDED_VMS, MAX_SERVERS, ROUTER_HEARTBEAT
 from snstwist.core.model import (
     checkCount,
     checkHeartbeat,
@@ -38,7 +38,7 @@ from snstwist.rpc.grpcbridge import GrpcServerService, Servicer
 
 log = Logger()
 
-HEARTBEAT = 0.5
+HEARTBEAT = ROUTER_HEARTBEAT
 PICK_MEMORY = 4 * HEARTBEAT
 EVENTS = 100
 

@@ -68,6 +68,26 @@ class ClientSideTests(TestCase):
         self.assertEqual(serverSide(loaded), set())
 
 
+# What a server process has no use for until later, or ever: the router,
+# the web, the client, the test bed, the operators' import and export.
+NOT_FOR_A_SERVER = ("snstwist.router", "snstwist.web", "snstwist.client", "snstwist.testbed",
+                    "snstwist.storage.admin", "snstwist.storage.importer",
+                    "snstwist.storage.bulk", "snstwist.commands.admin")
+
+
+class ServerSideTests(TestCase):
+    async def test_a_server_loads_only_what_it_serves_with(self):
+        """
+        A server process (its twistd plugin's module and its service)
+        imports no router, web, client, test bed or bulk-load code: every
+        import is paid for at each start and each new standby.
+        """
+        loaded = await loadedBy("import snstwist.commands.tap, snstwist.server.service")
+        self.assertIn("snstwist.server.service", loaded)
+        self.assertEqual({m for m in loaded if any(m == p or m.startswith(p + ".")
+                                                   for p in NOT_FOR_A_SERVER)}, set())
+
+
 def importGraph(root, base):
     """
     {module: the package's modules it imports}, read from the source of the

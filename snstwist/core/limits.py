@@ -20,6 +20,9 @@ from snstwist.rpc import sns_pb2 as pb
 # A live session (Bidirectional_s_and_c) carries a heartbeat each way every
 # this many seconds; either end gives the other up after three missed.
 SESSION_HEARTBEAT = 2.0
+# A server's stream to a router carries a heartbeat (the server's load)
+# every this many seconds; the router gives a silent server up after four.
+ROUTER_HEARTBEAT = 0.5
 
 # The largest gRPC message any channel or server of ours sends or receives
 # (grpcbridge sets both ends to it).

@@ -6,7 +6,7 @@ which a master learns where the other VMs' masters are.
 
 from twisted.internet import defer
 
-from snstwist.router import HEARTBEAT
+from snstwist.core.limits import ROUTER_HEARTBEAT as HEARTBEAT
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
