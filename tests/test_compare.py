@@ -1,6 +1,7 @@
 """
 C{sns-compare}: it notices every way two VMs can disagree on disk (post
-files, users, follows), and only those; the digests come from real stores.
+files, users, follows, read marks), and only those; the digests come from
+real stores.
 """
 
 import os
@@ -8,14 +9,19 @@ import os
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from snstwist.commands import compare, status
+from snstwist.core.model import ReadMark, Update
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.storage.store import SQLiteStore
 from tests.strategies import followUpdate, postUpdate, userUpdate
 
 
-def reply(vm, files=None, users="u", follows="f"):
+def reply(vm, files=None, users="u", follows="f", marks="m"):
     return pb.DigestReply(vm=vm, post_files=files or {"alice.txt": "1"}, users=users,
-                          follows=follows)
+                          follows=follows, marks=marks)
+
+
+def markUpdate(origin, seq, user, postTime, postId):
+    return Update(origin=origin, seq=seq, time_us=seq, read=ReadMark(user, postTime, postId))
 
 
 class DifferencesTests(SynchronousTestCase):
@@ -35,6 +41,16 @@ class DifferencesTests(SynchronousTestCase):
         problems = compare.differences({"vm1": reply("vm1"),
                                         "vm2": reply("vm2", {"alice.txt": "2"})})
         self.assertEqual(problems, ["posts/alice.txt differs between vm1 and vm2"])
+
+    def test_differing_read_marks_are_noticed(self):
+        problems = compare.differences({"vm1": reply("vm1"), "vm2": reply("vm2", marks="n")})
+        self.assertEqual(problems, ["read marks differ between vm1 and vm2"])
+
+    def test_a_vm_of_before_the_marks_hash_is_not_compared_on_them(self):
+        """An older VM's digest has no marks field (empty): no difference is made up."""
+        for older in ((reply("vm1", marks=""), reply("vm2")),
+                      (reply("vm1"), reply("vm2", marks=""))):
+            self.assertEqual(compare.differences(dict(zip(("vm1", "vm2"), older))), [])
 
     def test_a_post_file_missing_on_either_side_is_noticed(self):
         two = {"alice.txt": "1", "bob.txt": "3"}
@@ -150,3 +166,18 @@ class StoreDigestTests(TestCase):
         self.assertEqual(compare.differences({"vm1": a, "vm2": b}),
                          ["posts/alice.txt differs between vm1 and vm2"])
         self.assertEqual((a.posts, b.posts), (1, 2))
+
+    async def test_a_read_mark_held_by_one_vm_only_is_noticed(self):
+        a = await self.digest(self.base())
+        b = await self.digest(self.base() + [markUpdate("vm1.a", 4, "bob", 3, "vm1.a/3")])
+        self.assertEqual(compare.differences({"vm1": a, "vm2": b}),
+                         ["read marks differ between vm1 and vm2"])
+
+    async def test_the_same_winning_marks_agree_whatever_the_copies(self):
+        """bob's mark set on two VMs (two updates) and a superseded one: the winner counts."""
+        first = self.base() + [markUpdate("vm1.a", 4, "bob", 3, "vm1.a/3")]
+        again = self.base() + [markUpdate("vm2.b", 1, "bob", 3, "vm1.a/3"),
+                               markUpdate("vm1.a", 5, "bob", 1, "vm1.a/1")]
+        a = await self.digest(first)
+        b = await self.digest(again)
+        self.assertEqual(compare.differences({"vm1": a, "vm2": b}), [])

@@ -4,7 +4,8 @@ C{sns-compare}: do the VMs of a running cluster hold the same data?
     sns-compare --router HOST:PORT --secret-file FILE [--wait SECONDS]
 
 Asks the router for the live masters, asks each master for the hashes of
-what its VM holds on disk (every posts/<user>.txt, the users, the follows),
+what its VM holds on disk (every posts/<user>.txt, the users, the follows,
+the read marks),
 and says whether they agree; with C{--wait}, keeps asking until they do (the
 cluster quiesces) or the time is up.  Exit status 0 when they agree.
 """
@@ -53,6 +54,9 @@ def differences(replies):
             problems.append("users differ between %s and %s" % (vms[0], vm))
         if first.follows != other.follows:
             problems.append("follows differ between %s and %s" % (vms[0], vm))
+        if first.marks and other.marks and first.marks != other.marks:
+            # A VM of before the marks' hash sends none: nothing to compare.
+            problems.append("read marks differ between %s and %s" % (vms[0], vm))
         if first.updates != other.updates:
             # Read marks and hidden copies are in no file: counted here.
             problems.append("%s holds %d updates, %s %d" % (vms[0], first.updates, vm,

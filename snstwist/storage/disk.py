@@ -255,7 +255,7 @@ class Disk:
         self.unsynced -= synced
 
     def digest(self):
-        """Hashes of what is on disk: each post file, the users, the follows."""
+        """Hashes of what is on disk: each post file, the users, the follows, the read marks."""
         files = {}
         lines = 0
         for name in self.files.names():
@@ -267,9 +267,14 @@ class Disk:
         follows = "\n".join("%s %s" % pair for pair in self.db.execute(
             "SELECT follower, followee FROM follows WHERE following = 1"
             " ORDER BY follower, followee"))
+        # Each user's winning read mark: the post it reads up to (whichever
+        # update set it, as VMs may hold different copies of the same mark).
+        marks = "\n".join("%s %d %s" % row for row in self.db.execute(
+            "SELECT user, time_us, post_id FROM marks ORDER BY user"))
         return {"post_files": files, "posts": lines,
                 "users": hashlib.sha256(users.encode()).hexdigest(),
-                "follows": hashlib.sha256(follows.encode()).hexdigest()}
+                "follows": hashlib.sha256(follows.encode()).hexdigest(),
+                "marks": hashlib.sha256(marks.encode()).hexdigest()}
 
     def close(self):
         self._flushers.shutdown()
