@@ -292,6 +292,25 @@ class PromotionTests(TestCase):
                          ["later %d" % (i,) for i in range(7)])
         self.assertEqual(slave.node.replica.seen.count(), 9 + 7)
 
+    async def test_a_slave_fed_everything_asks_the_store_nothing_more(self):
+        """
+        Warm and fed every update its master stored, the slave taking over
+        opens the store and asks it for no page of what it lacks (no query
+        before it serves), and holds everything.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        updates = await self.masterWrote(path)
+        slave, role = self.slaveOn(path)
+        await slave.node.history.warmUp()
+        await slave.node.store.close()
+        store = SpyStore(path, name="vm1")
+        role.masterLost("master died")
+        self.assertEqual(await takeLock(slave.node, lambda: store, slave.node.clock, 10), 0)
+        self.addCleanup(store.close)
+        self.assertEqual((store.opened, store.pages, slave.node.replica.seen.count()),
+                         ([(None, None)], [], len(updates)))
+
     async def test_a_cold_slave_reads_what_a_start_reads(self):
         """Cold (its warm-up not done), the slave reads what a start reads, not the history."""
         path = self.mktemp()

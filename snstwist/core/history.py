@@ -92,9 +92,15 @@ class History:
                 d = self.node.mirrorAll(updates)
                 return d.addCallback(lambda n: fresh.__setitem__(0, fresh[0] + n))
 
-            d = store.open(posts=None)
-            d.addCallback(lambda _: self.missingPages(self.node.replica.seen, mirror,
-                                                      self.missingPage))
+            def tail(_):
+                seen = self.node.replica.seen
+                if not store.held().lacking(seen):
+                    # The master had fed the mirror everything it stored: no
+                    # query (and no query thread started) before serving.
+                    return None
+                return self.missingPages(seen, mirror, self.missingPage)
+
+            d = store.open(posts=None).addCallback(tail)
             d.addCallback(lambda _: fresh[0])
         else:
             d = self._apply(store.open(posts=False), store)
