@@ -481,3 +481,40 @@ class FailingBuddyTests(unittest.TestCase):
         spawns, supervisor = await self.superviseFailingBuddy()
         self.assertEqual((len(spawns), supervisor.pid, supervisor.state), (4, None, "gaveUp"))
         self.assertEqual(len([e for e in logged if e["log_level"] == LogLevel.critical]), 1)
+
+
+# A parent that spawns the watcher (its stdout shared) and waits to be killed.
+PARENT = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+time.sleep(120)
+"""
+# The watcher: says whether it watches its parent, then when it ended.
+WATCHER = """
+import os
+from twisted.internet import asyncioreactor
+asyncioreactor.install()
+from twisted.internet import reactor
+from snstwist.buddy import watchParent
+def ended():
+    print("parent ended", flush=True)
+    reactor.stop()
+print("watching %s %d" % (watchParent(os.getppid(), reactor.callFromThread, ended),
+                          os.getpid()), flush=True)
+reactor.run()
+"""
+
+
+class ParentDeathTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineAsync
+    async def test_a_child_hears_of_its_parents_sigkill_from_the_kernel(self):
+        """No stream, no heartbeat: the signal alone tells the child its parent is gone."""
+        parent = spawn(self, ["-c", PARENT, WATCHER])
+        await parent.waitFor("watching ")
+        line = [x for x in parent.lines if x.startswith("watching ")][0]
+        self.addCleanup(killPid, int(line.split()[2]), signal.SIGKILL)
+        self.assertEqual(line.split()[1], "True")
+        os.kill(parent.pid, signal.SIGKILL)
+        await parent.waitFor("parent ended")

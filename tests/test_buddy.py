@@ -617,6 +617,31 @@ class SlaveLinkTests(SynchronousTestCase):
         link.connectionLost(Failure(Exception("connection reset")))
         self.assertEqual(events, [("stopping",)])
 
+    def test_the_end_of_the_master_process_loses_the_master_at_once(self):
+        """The kernel's word that the master's process ended: lost, before its stream ends."""
+        link, clock, stream, events = slaveLink()
+        link.masterEnded()
+        link.connectionLost(Failure(Exception("connection reset")))
+        self.assertEqual(events, [("lost", "master process ended")])
+
+    def test_the_end_of_an_unreached_master_process_loses_it_without_a_redial(self):
+        """Not merely unreached: dead.  No window to dial it again in, whatever the state."""
+        link, clock, stream, events = slaveLink(heard=False)
+        link.masterEnded()
+        self.assertEqual(events, [("lost", "master process ended")])
+        link, clock, stream, events = slaveLink(heard=False)
+        link.connectionLost(Failure(Exception("connection attempt timed out")))
+        link.masterEnded()
+        clock.advance(10 * TIMEOUT)
+        self.assertEqual((events, len(link.connect.streams)),
+                         ([("lost", "master process ended")], 1))
+
+    def test_the_end_of_a_master_that_said_it_stops_is_not_a_loss(self):
+        link, clock, stream, events = slaveLink()
+        link.messageReceived(STOPPING_MESSAGE)
+        link.masterEnded()
+        self.assertEqual(events, [("stopping",)])
+
     def test_learns_the_master_pid_from_its_hello(self):
         """The master's hello gives the pid to fence if it is lost."""
         link, clock, stream, events = slaveLink(heard=False)
@@ -862,3 +887,54 @@ class ProcessHelperTests(SynchronousTestCase):
         """With C{running}, a live pid counts only if its command line says so."""
         self.assertTrue(buddy.pidAlive(os.getpid(), running=b"python"))
         self.assertFalse(buddy.pidAlive(os.getpid(), running=b"sns-server-not-this"))
+
+
+# -- the kernel's word that our parent process ended
+
+
+class FakeSignals:
+    """Stands for the signal module: records the handlers set."""
+
+    def __init__(self):
+        self.handlers = {}
+
+    def signal(self, signum, handler):
+        self.handlers[signum] = handler
+
+
+class FakePrctl:
+    def __init__(self, result=0):
+        self.calls = []
+        self.result = result
+
+    def __call__(self, *args):
+        self.calls.append(args)
+        return self.result
+
+
+class WatchParentTests(SynchronousTestCase):
+    def watch(self, pid, result=0):
+        prctl, signals, called = FakePrctl(result), FakeSignals(), []
+        watching = buddy.watchParent(pid, lambda f: called.append(f), "ended",
+                                     prctl=lambda: prctl, signals=signals)
+        return watching, prctl.calls, signals.handlers, called
+
+    def test_the_parent_is_watched_through_its_death_signal(self):
+        """prctl(PR_SET_PDEATHSIG) is asked; the signal's handler goes through callFromThread."""
+        from snstwist.buddy.processes import PARENT_ENDED
+        watching, calls, handlers, called = self.watch(os.getppid())
+        handlers[PARENT_ENDED](PARENT_ENDED, None)
+        self.assertEqual((watching, calls, called), (True, [(1, PARENT_ENDED, 0, 0, 0)],
+                                                     ["ended"]))
+
+    def test_a_process_not_our_parent_is_not_watched(self):
+        """Its end would never be signalled: the request is taken back, the signal ignored."""
+        from snstwist.buddy.processes import PARENT_ENDED
+        watching, calls, handlers, called = self.watch(os.getppid() + 100000)
+        self.assertEqual((watching, calls[-1], handlers[PARENT_ENDED]),
+                         (False, (1, 0, 0, 0, 0), signal.SIG_IGN))
+
+    def test_a_kernel_that_refuses_watches_nothing(self):
+        from snstwist.buddy.processes import PARENT_ENDED
+        watching, calls, handlers, called = self.watch(os.getppid(), result=-1)
+        self.assertEqual((watching, handlers[PARENT_ENDED]), (False, signal.SIG_IGN))

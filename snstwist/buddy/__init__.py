@@ -22,10 +22,11 @@ from snstwist.buddy.processes import (
     spawn,
     terminate,
     twistdArgs,
+    watchParent,
 )
 from snstwist.buddy.role import Role
 from snstwist.buddy.supervisor import BuddySupervisor
 
 __all__ = ["HEARTBEAT", "TIMEOUT", "BuddyCommand", "BuddySupervisor", "MasterLink", "Role",
            "SlaveLink", "WatchedProcess", "checkBuddyMessage", "fence", "pidAlive",
-           "signalChild", "signalPid", "spawn", "terminate", "twistdArgs"]
+           "signalChild", "signalPid", "spawn", "terminate", "twistdArgs", "watchParent"]

@@ -95,6 +95,9 @@ class SlaveLinkInputs(Protocol):
     def masterStopping(self) -> None:
         """The master announced an orderly stop."""
 
+    def masterEnded(self) -> None:
+        """The kernel says the master's process ended (L{processes.watchParent})."""
+
     def redial(self) -> None:
         """The wait before dialling again is over."""
 
@@ -155,6 +158,18 @@ def _buildSlaveLink():
     def hung(inputs: SlaveLinkInputs, link: SlaveLink, why: str) -> None:
         link.onMasterLost("master hung: " + why)
 
+    @pep614(reaching.upon(SlaveLinkInputs.masterEnded).to(done))
+    @pep614(linked.upon(SlaveLinkInputs.masterEnded).to(done))
+    def ended(inputs: SlaveLinkInputs, link: SlaveLink) -> None:
+        # Dead for sure, not merely unreached: no window to dial again in.
+        # (Its stream ends with the channel, which the take-over closes.)
+        link.onMasterLost("master process ended")
+
+    @pep614(waiting.upon(SlaveLinkInputs.masterEnded).to(done))
+    def endedMeanwhile(inputs: SlaveLinkInputs, link: SlaveLink, pending: object) -> None:
+        pending.cancel()
+        link.onMasterLost("master process ended")
+
     @pep614(reaching.upon(SlaveLinkInputs.masterStopping).to(done))
     @pep614(linked.upon(SlaveLinkInputs.masterStopping).to(done))
     def stopping(inputs: SlaveLinkInputs, link: SlaveLink) -> None:
@@ -182,8 +197,10 @@ def _buildSlaveLink():
     # Once done, nothing is reported again; the late end of a stream we
     # closed, or of one whose master went silent, changes nothing.
     for ignored in (SlaveLinkInputs.heardHello, SlaveLinkInputs.streamLost,
-                    SlaveLinkInputs.silent, SlaveLinkInputs.masterStopping):
+                    SlaveLinkInputs.silent, SlaveLinkInputs.masterStopping,
+                    SlaveLinkInputs.masterEnded):
         done.upon(ignored).loop().returns(None)
+    idle.upon(SlaveLinkInputs.masterEnded).loop().returns(None)
     return machine.build()
 
 
@@ -192,7 +209,8 @@ class SlaveLink(_BuddyEnd):
     The slave's end of C{BuddyConnection}: C{connect(link)} opens a stream
     to the master and connects this link to it; C{onMasterHello(hello)}
     hears the master's hello (what it holds: C{hello.have}).  A broken stream or missing
-    heartbeats mean the master is lost; a stopping notice means the pair is
+    heartbeats mean the master is lost, and so does the kernel's word that
+    its process ended (L{masterEnded}); a stopping notice means the pair is
     being shut down in order.  Either is reported once (the link is then
     done), and only until L{close}.
 
@@ -225,6 +243,7 @@ class SlaveLink(_BuddyEnd):
         self._machine = _SlaveLink(self)
         self.start = self._machine.start
         self.silent = self._machine.silent
+        self.masterEnded = self._machine.masterEnded
         self.close = self._machine.close
 
     @property

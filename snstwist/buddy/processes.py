@@ -6,11 +6,13 @@ starts (a master's slave, the local cluster's routers and VMs, the test
 bed's hosts); L{spawn} and L{WatchedProcess} for a child whose end we wait
 for; L{terminate} for an orderly stop with a deadline; L{fence} for the old
 master a slave takes over from; L{pidAlive} and L{signalPid} for processes
-known only by their pid.
+known only by their pid; L{watchParent}, the kernel's word that the process
+that spawned us (a slave's master) ended.
 
 This is the only module that spawns or signals processes.
 """
 
+import ctypes
 import os
 import signal
 import sys
@@ -168,3 +170,38 @@ def fence(pid, kill=os.kill):
     except PermissionError:
         log.warn("cannot fence old master {pid}: permission denied", pid=pid)
         return False
+
+
+# prctl(2): the signal a process gets when its parent ends (Linux).  A
+# real-time signal: twistd --debug takes SIGUSR2, log rotation SIGUSR1.
+_PR_SET_PDEATHSIG = 1
+PARENT_ENDED = getattr(signal, "SIGRTMIN", 0) and signal.SIGRTMIN + 2
+
+
+def _prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def watchParent(pid, callFromThread, ended, prctl=_prctl, signals=signal):
+    """
+    Have C{ended()} called, through C{callFromThread} (the reactor's), once
+    our parent process C{pid} ends: the kernel signals it as the parent's
+    process is torn down, before the end of a stream from it is noticed.
+    A slave is spawned by its master, so this is its master's death, a
+    SIGKILL included.  Returns False, and watches nothing, where the kernel
+    can not (not Linux) or C{pid} is not our parent (any more).
+    """
+    call = prctl() if PARENT_ENDED else None
+    if call is None or not pid:
+        return False
+    signals.signal(PARENT_ENDED, lambda signum, frame: callFromThread(ended))
+    if call(_PR_SET_PDEATHSIG, PARENT_ENDED, 0, 0, 0) == 0:
+        if os.getppid() == pid:
+            return True
+        # Not our parent, or it ended before we asked: no signal will come.
+        call(_PR_SET_PDEATHSIG, 0, 0, 0, 0)
+    signals.signal(PARENT_ENDED, signal.SIG_IGN)
+    return False

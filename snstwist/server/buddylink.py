@@ -249,12 +249,15 @@ class SlaveEnd:
     (once L{start}ed) and tells the observers of L{lost} (with why) and of
     L{stopping} what becomes of the master, and those of L{ready} when the
     slave holds (C{held()}, a version vector) all the master held at its
-    hello.  C{masterPid} is the pid we were told at start; the master's
-    hello says it again.
+    hello.  With a C{reactor}, the end of the master's process, our parent,
+    is also watched through the kernel (L{buddy.watchParent}).  C{masterPid}
+    is the pid we were told at start; the master's hello says it again.
     """
 
-    def __init__(self, clock, secret, master, masterPid, hello, held=VersionVector):
+    def __init__(self, clock, secret, master, masterPid, hello, held=VersionVector,
+                 reactor=None):
         self.clock = clock
+        self.reactor = reactor
         self.secret = secret
         self.master = master
         self.startPid = masterPid
@@ -277,6 +280,11 @@ class SlaveEnd:
         self.link = buddy.SlaveLink(self.clock, self.hello, self.lost, self.stopping, self._dial,
                                     self.masterHello)
         self.link.start()
+        if self.reactor is not None:
+            # The master spawned us: the kernel tells us at once when its
+            # process ends, before its stream's end reaches gRPC.
+            buddy.watchParent(self.startPid, self.reactor.callFromThread,
+                              self.link.masterEnded)
 
     def masterHello(self, hello):
         """The master said hello: what it holds (C{hello.have}) is what to hold to be ready."""

@@ -112,7 +112,8 @@ class ServerService(MultiService):
                                        current, parts.report.hello, parts.report.load,
                                        parts.replicator.setPeers)
         self.slaveEnd = SlaveEnd(clock, config.secret, config.master, config.masterPid,
-                                 parts.report.buddyHello, lambda: self.node.replica.seen)
+                                 parts.report.buddyHello, lambda: self.node.replica.seen,
+                                 reactor)
         parts.internal.mirrored.add(self.slaveEnd.mirrored)
         self.slaveEnd.ready.add(self.routerLinks.report)
         self.lifecycle = Lifecycle(config, current, self.node, self._serve, parts.masterEnd,
