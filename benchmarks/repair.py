@@ -9,7 +9,10 @@ machine keeps half of each file's last line.  Then the next writer opens it
 (``Disk.openRecord``: lock, record, repair), timed; ROUNDS times.
 
     python benchmarks/repair.py --data WORK/imported-1000000 --authors 50
+    python benchmarks/repair.py --data WORK/imported-10000000 --copy DIR
 
+With --copy DIR the copy is DIR, made when missing and kept (a 10M copy
+takes minutes; the code of another checkout can then run on the same copy).
 It runs the code of the checkout it is in.  A measurement, not a test.
 """
 
@@ -57,11 +60,13 @@ def main():
     parser.add_argument("--authors", type=int, default=50, help="authors writing as it died")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tmp", default=None, help="where the copy goes")
+    parser.add_argument("--copy", default=None, help="the copy to use (made if missing), kept")
     args = parser.parse_args()
-    work = tempfile.mkdtemp(prefix="sns-repair-", dir=args.tmp)
-    path = os.path.join(work, "data")
+    work = None if args.copy else tempfile.mkdtemp(prefix="sns-repair-", dir=args.tmp)
+    path = args.copy or os.path.join(work, "data")
     try:
-        shutil.copytree(args.data, path)
+        if not os.path.exists(path):
+            shutil.copytree(args.data, path)
         names = sorted(n[:-len(".txt")] for n in os.listdir(os.path.join(path, "posts")))
         chosen = random.Random(7).sample(names, min(args.authors, len(names)))
         opens = []
@@ -78,7 +83,8 @@ def main():
         print(json.dumps({"authors": len(chosen), "files": len(names), "open_ms": opens,
                           "p50_ms": opens[len(opens) // 2], "load": os.getloadavg()}))
     finally:
-        shutil.rmtree(work)
+        if work is not None:
+            shutil.rmtree(work)
 
 
 if __name__ == "__main__":
