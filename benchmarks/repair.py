@@ -71,7 +71,7 @@ def main():
         chosen = random.Random(7).sample(names, min(args.authors, len(names)))
         opens = []
         for r in range(args.rounds):
-            crash(path, chosen, "bench-repair-%d" % (r,), 1)
+            crash(path, chosen, "bench-repair-%d-%d" % (os.getpid(), r), 1)
             disk = Disk(path)
             began = time.perf_counter()
             disk.openRecord()
