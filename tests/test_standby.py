@@ -103,11 +103,10 @@ class MirroredTests(SynchronousTestCase):
 
 class RouterReportTests(SynchronousTestCase):
     def test_every_router_hears_the_load_at_once(self):
-        loads = []
+        updates = [0]
 
         def load():
-            loads.append(1)
-            return pb.Heartbeat(updates=len(loads))
+            return pb.Heartbeat(updates=updates[0])
 
         links = RouterLinks(("127.0.0.1:2", "127.0.0.1:3"), Clock(), "s", "vm1", None,
                             lambda: pb.ServerHello(), load, lambda peers: None)
@@ -119,6 +118,15 @@ class RouterReportTests(SynchronousTestCase):
             link.makeConnection(streams[-1])
             links.links.append(link)
         before = [len(s.sent) for s in streams]
+        updates[0] = 42
         links.report()
         self.assertEqual([[m.heartbeat.updates for m in s.sent[n:]]
-                          for s, n in zip(streams, before)], [[1], [2]])
+                          for s, n in zip(streams, before)], [[42], [42]])
+
+    def test_a_router_connected_hears_the_hello_then_the_load(self):
+        link = RouterLink(Clock(), "s", "127.0.0.1:2", lambda: pb.ServerHello(vm="vm1"),
+                          lambda: pb.Heartbeat(updates=7), lambda address, membership: None)
+        stream = FakeStream()
+        link.makeConnection(stream)
+        self.assertEqual([m.WhichOneof("kind") for m in stream.sent], ["hello", "heartbeat"])
+        self.assertEqual(stream.sent[1].heartbeat.updates, 7)

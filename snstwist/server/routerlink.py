@@ -35,7 +35,11 @@ class RouterLink(grpcbridge.ReconnectingLink):
         return pbg.RouterStub(channel).Bidirectional_r_and_s
 
     def connected(self):
+        # The load at once too: a router that (re)connects knows our update
+        # count now, not a heartbeat later (a standby ready before the
+        # stream was up would otherwise wait for it).
         self.sendHello()
+        self.beat()
 
     def sendHello(self):
         """Tell the router who we are (again, when our role changed)."""
