@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from snstwist.core import errors
 from snstwist.core.model import FollowChange, Post, ReadMark, Update, parseUpdateId, updateId
 from snstwist.rpc import sns_pb2 as pb
+from snstwist.storage.index import recordRow
 from tests.fakes import FakeCallContext, session
 from tests.test_auth import login, serverAs
 
@@ -214,3 +215,36 @@ class WireTests(SynchronousTestCase):
                               read=ReadMark("bob", 7, "vm2.x/2"))):
             self.assertEqual(Update.fromProto(pb.Update.FromString(
                 update.toProto().SerializeToString())), update)
+
+
+class EncodingTests(SynchronousTestCase):
+    """An update is encoded once, whoever needs its encoding."""
+
+    def test_encoding_is_made_once_and_equals_a_fresh_one(self):
+        update = Update(origin="vm2.x", seq=1, time_us=5, user="bob")
+        self.assertIs(update.encoding(), update.encoding())
+        self.assertEqual(update.encoding(), update.toProto())
+        self.assertIsNot(update.toProto(), update.encoding())
+
+    def test_a_batch_made_of_encodings_leaves_them_unchanged(self):
+        update = Update(origin="vm2.x", seq=1, time_us=5, user="bob")
+        batch = pb.UpdateBatch(updates=[update.encoding()])
+        batch.updates[0].user.name = "carol"
+        self.assertEqual(update.encoding().user.name, "bob")
+
+    def test_a_post_is_encoded_once_on_the_write_path(self):
+        """The size check, the record's row, the replication batch and the reply."""
+        service, store = serverAs(self, "master")
+        bob = login(self, service, store, "bob")
+        built = []
+        toProto = Update.toProto
+        self.patch(Update, "toProto", lambda u: built.append(u.id) or toProto(u))
+        d = service.api.post(pb.PostRequest(text="once", request_id="b1"), session(bob))
+        store.flush()
+        reply = self.successResultOf(d)
+        self.assertEqual(reply.post.text, "once")
+        update = service.node.replica.byRequest("bob", "b1")
+        row = recordRow(update)
+        pb.UpdateBatch(updates=[update.encoding()])
+        self.assertEqual(built, [update.id])
+        self.assertEqual(Update.fromProto(pb.Update.FromString(row[-1])), update)

@@ -285,6 +285,8 @@ class Update:
     password: PasswordChange | None = None
     request_id: str = ""
     hash: str = attrs.field(default="", validator=_passwordHash)
+    # Its encoding, made once (L{encoding}): no part of the value.
+    _encoding: object = attrs.field(default=None, init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self):
         # A post knows its request id (clients are sent it), whoever built it.
@@ -298,6 +300,18 @@ class Update:
     @property
     def key(self):
         return (self.time_us, self.id)
+
+    def encoding(self):
+        """
+        The update's C{pb.Update}, made on the first call and shared by every
+        later one: the write path sends one update to the record, the peer
+        VMs, the slave and the writer's reply, and encodes it once.  Read it
+        or copy it (a repeated field copies what it is given); never change
+        it (L{toProto} gives a message of one's own).
+        """
+        if self._encoding is None:
+            object.__setattr__(self, "_encoding", self.toProto())
+        return self._encoding
 
     def toProto(self):
         u = pb.Update(origin=self.origin, seq=self.seq, time_us=self.time_us,

@@ -193,7 +193,7 @@ class Node:
                                   request=requestId, **change["post"])
         update = Update(origin=self.origin, seq=seq, time_us=time_us,
                         request_id=requestId, **change)
-        size = update.toProto().ByteSize()
+        size = update.encoding().ByteSize()
         if size > MAX_UPDATE_BYTES:
             # The bounds of limits.py make this impossible; should a new
             # field escape them, the write is refused here rather than

@@ -135,7 +135,7 @@ class Writes:
             metrics.copies.observe(copies)
             if update.post is not None:
                 self.acknowledgedPosts += 1
-                out.post.CopyFrom(update.post.toProto())
+                out.post.CopyFrom(update.encoding().post)
             return out
 
         def done(result):

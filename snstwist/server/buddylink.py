@@ -137,7 +137,7 @@ class BuddyFeed:
             return
         self.busy = True
         self.calls += 1
-        d = self.sendBatch(pb.UpdateBatch(updates=[u.toProto() for u in batch]), self.metadata)
+        d = self.sendBatch(pb.UpdateBatch(updates=[u.encoding() for u in batch]), self.metadata)
 
         def failed(f):
             log.info("could not update the slave: {why}", why=f.getErrorMessage())

@@ -211,7 +211,7 @@ class PeerLink(grpcbridge.ReconnectingLink):
                 for u in chunk:
                     self.inflight[u.id] = now
             self.send(pb.ReplicationMessage(
-                updates=pb.UpdateBatch(updates=[u.toProto() for u in chunk])))
+                updates=pb.UpdateBatch(updates=[u.encoding() for u in chunk])))
 
         return inSlices(self.clock, range(0, len(updates), BATCH), send)
 

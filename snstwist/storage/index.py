@@ -115,7 +115,7 @@ def recordRow(update, shown=True, body=None):
     requester = update.requester if update.request_id else None
     author = update.post.author if update.post is not None else None
     if body is None:
-        body = update.toProto().SerializeToString()
+        body = update.encoding().SerializeToString()
     return (update.origin, update.seq, update.time_us, update.id, kindOf(update), author,
             requester, update.request_id or None, int(shown), body)
 
