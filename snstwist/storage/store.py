@@ -20,6 +20,8 @@ batch's post files are appended to before it fires and flushed after, off
 the acknowledgement's path, by a sync thread that flushes everything
 appended since its last round at once (a crash in between is repaired from
 the record on open).
+The WAL's checkpoints run on a thread of their own too (L{checkpoint}),
+not inside a batch's commit.
 What is stored is also asked for through the store, on a query thread:
 what a peer lacks, the copy of a request, pages of posts.
 
@@ -43,6 +45,7 @@ from zope.interface import implementer
 from snstwist.core import errors
 from snstwist.core.backoff import backoffPolicy
 from snstwist.core.state import HOT_POSTS, VersionVector
+from snstwist.storage.checkpoint import Checkpointer, boundWal
 from snstwist.storage.disk import DataLocked, Disk
 from snstwist.storage.filesync import Flusher
 from snstwist.storage.istore import IStore
@@ -99,6 +102,9 @@ class SQLiteStore:
         self._flusher = Flusher(self.reactor, self.clock, self._disk, self.name,
                                 lambda: self._writing is not None, self._retryDelay)
         self._queries = Queries(self.reactor, self._disk.dbPath)
+        # The WAL's checkpoints, off the commits (L{checkpoint}).
+        self._checkpointer = Checkpointer(self.reactor, self.clock, self._disk.dbPath,
+                                          self.name)
         # What waits to be written, taken by the disk thread (L{_drain})
         # under the lock; C{_draining} while it writes, or a failed batch
         # waits for its retry.
@@ -163,6 +169,7 @@ class SQLiteStore:
         version vector, and each author's newest post key if no post is read.
         """
         updates = self._disk.open(hotPosts, known) if read else self._disk.openRecord() or []
+        boundWal(self._disk.index.db)
         floors = self._disk.index.floors() if read and hotPosts is None and known is None else {}
         return updates, VersionVector.fromProto(self._disk.index.versions.toProto()), floors
 
@@ -247,6 +254,7 @@ class SQLiteStore:
             self.problem = None
             self._failedInARow = 0
         self._flusher.soon()
+        self._checkpointer.soon()
         for _, d, _, _ in batch:
             d.callback(None)
 
@@ -299,6 +307,7 @@ class SQLiteStore:
                      n=sum(len(ups) for ups, _, _, _ in self._pending),
                      why=self.problem.message if self.problem else "")
         yield self._flusher.stop()
+        yield self._checkpointer.stop()
         if self._pool.started and self._disk.index is not None:
             # The files flushed, and their authors out of unsynced (else repaired on open).
             yield self._onDisk(self._disk.settle).addErrback(lambda f: log.warn(

@@ -1,0 +1,111 @@
+"""
+The record's WAL checkpoints, off the acknowledgement's path.
+
+SQLite's writer checkpoints by itself once the WAL holds 1,000 pages: inside
+the COMMIT of whichever batch crosses that, so that batch (and every writer
+waiting on it) also waits for the pages copied into the database and its
+fsync.  The store's writer instead checkpoints only past L{WAL_BOUND_PAGES}
+(the bound on the WAL's size, should the checkpoints below fall behind),
+and L{Checkpointer} runs a PASSIVE checkpoint on a connection and thread of
+its own L{Checkpointer.delay} seconds after a batch: it copies what is
+committed without stopping the writer, and the writer starts the WAL over
+at its next transaction once everything in it is copied.
+
+What is durable does not change: a batch is durable once its commit (the
+WAL's fsync) is; a checkpoint only moves committed pages into the database.
+"""
+
+import sqlite3
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+log = Logger()
+
+# Past this many pages in the WAL (64 MB of 4 KB pages) the writer
+# checkpoints by itself, inside a commit, as SQLite does by default at 1,000.
+WAL_BOUND_PAGES = 16384
+
+
+def boundWal(db, pages=None):
+    """Let the writer connection C{db} checkpoint only past C{pages} (L{WAL_BOUND_PAGES})."""
+    db.execute("PRAGMA wal_autocheckpoint=%d" % (pages or WAL_BOUND_PAGES,))
+
+
+class Checkpointer:
+    """
+    PASSIVE checkpoints of the record at C{dbPath}, L{delay} seconds after a
+    batch (L{soon}), one at a time, on their own thread.  C{last} is the
+    last one's (busy, pages in the WAL, pages checkpointed).
+    """
+
+    delay = 0.5
+
+    def __init__(self, reactor, clock, dbPath, name):
+        self.reactor = reactor
+        self.clock = clock
+        self.dbPath = dbPath
+        self.name = name
+        self._pool = ThreadPool(1, 1, name="sns-checkpoint")
+        self._db = None
+        self._later = None
+        self._running = None
+        self.rounds = 0
+        self.last = None
+
+    def soon(self):
+        """A batch was committed: checkpoint in L{delay} seconds (with the batches that follow)."""
+        if self._later is None and self._running is None:
+            self._later = self.clock.callLater(self.delay, self.checkpoint)
+
+    def checkpoint(self):
+        """Checkpoint now (unless one is under way); the Deferred fires once it is done."""
+        if self._later is not None:
+            if self._later.active():
+                self._later.cancel()
+            self._later = None
+        if self._running is not None:
+            return self._running
+        if not self._pool.started:
+            self._pool.start()
+        self.rounds += 1
+        self._running = deferToThreadPool(self.reactor, self._pool, self._checkpoint)
+        return self._running.addBoth(self._done)
+
+    def _checkpoint(self):
+        """On the checkpoint thread."""
+        if self._db is None:
+            self._db = sqlite3.connect(self.dbPath, isolation_level=None,
+                                       check_same_thread=False)
+        return self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def _done(self, result):
+        self._running = None
+        if isinstance(result, Failure):
+            # The writer still checkpoints past the bound: nothing is lost,
+            # and the next batch tries again.
+            log.warn("{name}: a checkpoint of the record failed: {why}", name=self.name,
+                     why=result.getErrorMessage())
+            return None
+        self.last = tuple(result)
+        return self.last
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """No more checkpoints: wait for one under way, close the connection."""
+        if self._later is not None and self._later.active():
+            self._later.cancel()
+        self._later = None
+        if self._running is not None:
+            yield self._running
+        if self._pool.started:
+            yield deferToThreadPool(self.reactor, self._pool, self._close)
+            self._pool.stop()
+
+    def _close(self):
+        if self._db is not None:
+            self._db.close()
+            self._db = None
