@@ -82,12 +82,12 @@ class CheckpointTests(TestCase):
 
     async def test_the_writer_checkpoints_past_the_bound(self):
         """With no checkpointer round (its clock stands still), the WAL stays near its bound."""
-        self.patch(checkpoint, "WAL_BOUND_PAGES", 200)
+        self.patch(checkpoint, "WAL_BOUND_BYTES", 400 * 1024)
         s = await self.openStore(Clock())
         for batch in batches(30, 40):
             await s.persist(batch)
         self.assertEqual(s._checkpointer.rounds, 0)
-        self.assertLess(self.walBytes(), 400 * 4096)
+        self.assertLess(self.walBytes(), 1600 * 1024)
 
     async def test_the_record_reopens_whole_after_checkpoints(self):
         s = await self.openStore(Clock())
@@ -100,3 +100,4 @@ class CheckpointTests(TestCase):
         self.addCleanup(again.close)
         await again.open()
         self.assertEqual(again.held().count(), len(written))
+

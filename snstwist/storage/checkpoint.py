@@ -4,7 +4,7 @@ The record's WAL checkpoints, off the acknowledgement's path.
 SQLite's writer checkpoints by itself once the WAL holds 1,000 pages: inside
 the COMMIT of whichever batch crosses that, so that batch (and every writer
 waiting on it) also waits for the pages copied into the database and its
-fsync.  The store's writer instead checkpoints only past L{WAL_BOUND_PAGES}
+fsync.  The store's writer instead checkpoints only past L{WAL_BOUND_BYTES}
 (the bound on the WAL's size, should the checkpoints below fall behind),
 and L{Checkpointer} runs a PASSIVE checkpoint on a connection and thread of
 its own L{Checkpointer.delay} seconds after a batch: it copies what is
@@ -25,14 +25,15 @@ from twisted.python.threadpool import ThreadPool
 
 log = Logger()
 
-# Past this many pages in the WAL (64 MB of 4 KB pages) the writer
-# checkpoints by itself, inside a commit, as SQLite does by default at 1,000.
-WAL_BOUND_PAGES = 16384
+# Past this many bytes in the WAL the writer checkpoints by itself, inside a
+# commit, as SQLite does by default past 1,000 pages.
+WAL_BOUND_BYTES = 64 * 1024 * 1024
 
 
-def boundWal(db, pages=None):
-    """Let the writer connection C{db} checkpoint only past C{pages} (L{WAL_BOUND_PAGES})."""
-    db.execute("PRAGMA wal_autocheckpoint=%d" % (pages or WAL_BOUND_PAGES,))
+def boundWal(db):
+    """Let the writer connection C{db} checkpoint only past L{WAL_BOUND_BYTES}."""
+    pageSize = db.execute("PRAGMA page_size").fetchone()[0]
+    db.execute("PRAGMA wal_autocheckpoint=%d" % (max(1, WAL_BOUND_BYTES // pageSize),))
 
 
 class Checkpointer:
