@@ -1,13 +1,15 @@
 """
-What one batch's commit to the record costs on this machine: a fresh data
-directory, then for SECONDS batches of POSTS posts by POSTS different authors
-(of AUTHORS in all) written as the store's disk thread writes them
+The store's commits, alone on this machine (no gRPC, no other process).
+
+``--batch N``: what one batch's commit to the record costs: a fresh data
+directory, then for SECONDS batches of N posts by N different authors (of
+AUTHORS in all) written as the store's disk thread writes them
 (``Disk.write``: the record's transaction, its fsync, the post files'
 appends), and the time of each.
 
-    python benchmarks/commit.py --posts 30 --authors 100
-    python benchmarks/commit.py --posts 30 --authors 100 --busy
-    python benchmarks/commit.py --posts 30 --authors 100 --sqlite-checkpoints
+    python benchmarks/commits.py --batch 30 --authors 100
+    python benchmarks/commits.py --batch 30 --authors 100 --busy
+    python benchmarks/commits.py --batch 30 --authors 100 --sqlite-checkpoints
 
 --busy runs a thread beside it that holds the interpreter 1 ms out of every
 2, as a reactor half busy does: the disk thread waits for the interpreter
@@ -45,7 +47,8 @@ def busy(stop):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--posts", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=30, metavar="N",
+                        help="time one Disk.write of N posts at a time")
     parser.add_argument("--authors", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--busy", action="store_true")
@@ -66,7 +69,7 @@ def main():
         end = time.monotonic() + args.seconds
         while time.monotonic() < end:
             batch = []
-            for _ in range(args.posts):
+            for _ in range(args.batch):
                 seq += 1
                 post = Post(id="vm1.a/%d" % (seq,), author="user%d" % (seq % args.authors,),
                             time_us=1_700_000_000_000_000 + seq, text="x" * 100)
@@ -79,7 +82,7 @@ def main():
         times.sort()
         print(json.dumps({
             "page_size": disk.db.execute("PRAGMA page_size").fetchone()[0],
-            "posts_per_batch": args.posts, "busy": args.busy, "batches": len(times),
+            "posts_per_batch": args.batch, "busy": args.busy, "batches": len(times),
             "ms_p50": round(times[len(times) // 2], 2),
             "ms_p90": round(times[len(times) * 9 // 10], 2),
             "ms_p99": round(times[len(times) * 99 // 100], 2), "ms_max": round(times[-1], 2),
