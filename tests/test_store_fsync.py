@@ -16,7 +16,8 @@ import signal
 import sqlite3
 import threading
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.threads import deferToThread
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -290,6 +291,42 @@ class FlushRaceTests(TestCase):
         disk.unflushed.sync()
         disk.write([postUpdate("vm1.a", 4, 40, "carol")])
         self.assertEqual(disk.index.unsyncedAuthors(), ["carol"])
+
+
+class FlusherStopTests(TestCase):
+    """L{Flusher.stop} leaves nothing behind, whatever a round under way does."""
+
+    async def test_a_round_that_ends_during_the_stop_schedules_nothing(self):
+        """
+        The round under way when stop() is called finds files appended
+        meanwhile: the next round it would schedule is not left behind
+        (trial's clean-reactor check saw it as a DelayedCall of Flusher.flush).
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        disk = Disk(path)
+        self.addCleanup(disk.close)
+        disk.openRecord()
+        disk.write([postUpdate("vm1.a", 1, 10, "alice")])
+        inRound, release = threading.Event(), threading.Event()
+        flush = disk.files.sync
+
+        def slowRound(authors, created):
+            inRound.set()
+            release.wait(10)
+            flush(authors, created)
+            # Appended while the round flushed: the next round's files.
+            disk.write([postUpdate("vm1.a", 2, 20, "bob")])
+
+        disk.files.sync = slowRound
+        clock = Clock()
+        flusher = Flusher(reactor, clock, disk, "vm1", lambda: False, lambda n: 1.0)
+        flusher.flush()
+        await deferToThread(inRound.wait, 10)
+        stopped = flusher.stop()
+        release.set()
+        await stopped
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class CrashBeforeFlushTests(TestCase):

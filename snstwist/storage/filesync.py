@@ -208,18 +208,23 @@ class Flusher:
         self.flush()
         return d
 
-    @defer.inlineCallbacks
-    def stop(self):
-        """Stop flushing (the store's close settles what is left on its own thread)."""
+    def _cancelLater(self):
         for call in (self._retry, self._later):
             if call is not None and call.active():
                 call.cancel()
         self._retry = self._later = None
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Stop flushing (the store's close settles what is left on its own thread)."""
+        self._cancelLater()
         if self._syncing is not None:
             try:
                 yield self._syncing
             except Exception:
                 pass  # logged by _flushed
+            # Its end may have scheduled the next round (or a retry).
+            self._cancelLater()
         if self._pool.started:
             self._pool.stop()
         settled, self._settled = self._settled, []
