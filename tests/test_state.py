@@ -3,10 +3,14 @@ The replicated state: L{Seen}, L{VersionVector} and L{Replica}, as a CRDT
 whose outcome does not depend on delivery order, duplication or delay.
 """
 
+import tracemalloc
+import uuid
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from snstwist.core.requests import rememberedBytes
 from snstwist.core.state import Replica, Seen, VersionVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.storage.store import MemoryStore
@@ -369,6 +373,51 @@ class WindowTests(SynchronousTestCase):
 
 
 class RememberedRequestTests(SynchronousTestCase):
+    def test_the_requests_remembered_are_bounded_in_bytes(self):
+        """
+        Posts of 1,000 four-byte characters: far fewer than the count
+        bound are remembered, the newest, within the byte bound.
+        """
+        replica = Replica(rememberedRequests=10000, rememberedBytes=100 * 1024)
+        text = "\U0001F600" * 1000
+        for seq in range(1, 101):
+            replica.apply(postUpdate("vm1.a", seq, seq, "alice", text, requestId="r%d" % (seq,)))
+        remembered = [seq for seq in range(1, 101)
+                      if replica.knowsRequest(("alice", "r%d" % (seq,)))]
+        self.assertLessEqual(replica.requests.bytes, 100 * 1024)
+        self.assertEqual(remembered, list(range(101 - len(remembered), 101)))
+        self.assertTrue(5 <= len(remembered) <= 20, len(remembered))
+
+    def test_the_bytes_counted_are_what_is_held(self):
+        """A forgotten or replaced copy gives its bytes back."""
+        replica = Replica(rememberedRequests=2)
+        later = postUpdate("vm2.b", 1, 2000, "alice", "x" * 500, requestId="r1")
+        earlier = postUpdate("vm1.a", 1, 1000, "alice", "hi", requestId="r1")
+        replica.apply(later)
+        replica.apply(earlier)
+        self.assertEqual(replica.requests.bytes, rememberedBytes(earlier))
+        for seq in (2, 3):
+            replica.apply(postUpdate("vm1.a", seq, 1000 + seq, "alice", requestId="r%d" % (seq,)))
+        self.assertEqual(replica.requests.bytes,
+                         sum(rememberedBytes(replica.requests.get(("alice", r)))
+                             for r in ("r2", "r3")))
+
+    def test_a_remembered_post_counts_its_text_and_its_encoding(self):
+        """The estimate is at least what tracemalloc sees a post with its encoding hold."""
+        texts = ["x" * 100, "\U0001F600" * 1000]
+        for text in texts:
+            tracemalloc.start()
+            try:
+                updates = [postUpdate("vm1.abcdef", seq, seq, "user%d" % (seq % 100),
+                                      text[:-5] + "%05d" % (seq,), requestId=uuid.uuid4().hex)
+                           for seq in range(1, 1001)]
+                for u in updates:
+                    u.encoding()
+                held = tracemalloc.get_traced_memory()[0] / len(updates)
+            finally:
+                tracemalloc.stop()
+            self.assertGreater(rememberedBytes(updates[0]), held, len(text))
+
     def test_only_the_latest_requests_are_remembered(self):
         replica = Replica(rememberedRequests=2)
         for seq in (1, 2, 3):

@@ -15,7 +15,6 @@ Every answer is a Deferred: the store reads on its own thread, never on the
 reactor's.
 """
 
-import collections
 
 from twisted.internet import defer
 
@@ -129,8 +128,8 @@ class History:
         Forget the requests C{replica} remembers, letting them go in slices:
         ten thousand at once hold the reactor for tens of milliseconds.
         """
-        remembered, replica.requests = replica.requests, collections.OrderedDict()
-        inSlices(self.node.clock, range(len(remembered)), lambda _: remembered.popitem())
+        remembered, replica.requests = replica.requests, replica.requests.emptied()
+        inSlices(self.node.clock, range(len(remembered)), lambda _: remembered.forgetOldest())
 
     # -- what is read when it is needed
 

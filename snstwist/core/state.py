@@ -15,26 +15,24 @@ delay of delivery:
 Its memory does not grow with history: of the posts it holds only a window
 in memory, the newest posts of each author, bounded in count and in bytes
 per author and in total (L{snstwist.core.window}), and of the requests that
-made updates the L{REMEMBERED_REQUESTS} most recently seen.  What it holds is
+made updates those most recently seen, bounded in count and in bytes
+(L{snstwist.core.requests}).  What it holds is
 said by its version vector (ranges per origin); the updates themselves are
 in the VM's store, which answers what a peer lacks and the older posts
 (L{snstwist.core.history}).
 """
 
 import bisect
-import collections
 import heapq
 import itertools
 
 import attrs
 
+from snstwist.core.requests import REMEMBERED_BYTES, REMEMBERED_REQUESTS, RememberedRequests
 from snstwist.core.window import AUTHOR_BYTES, HOT_POSTS, WINDOW_BYTES, Windows
 from snstwist.rpc import sns_pb2 as pb
 
 __all__ = ["HOT_POSTS", "AUTHOR_BYTES", "WINDOW_BYTES", "Replica", "Seen", "VersionVector"]
-# (requester, request id) -> the earliest update of that request, for the
-# requests seen last; older ones are looked up in the store.
-REMEMBERED_REQUESTS = 10000
 
 
 @attrs.define
@@ -154,7 +152,8 @@ class FollowRegister:
 
 class Replica:
     def __init__(self, hotPosts=HOT_POSTS, rememberedRequests=REMEMBERED_REQUESTS,
-                 authorBytes=AUTHOR_BYTES, windowBytes=WINDOW_BYTES):
+                 authorBytes=AUTHOR_BYTES, windowBytes=WINDOW_BYTES,
+                 rememberedBytes=REMEMBERED_BYTES):
         self.users = set()
         self.passwords = {}
         self.follows = {}
@@ -166,10 +165,9 @@ class Replica:
         self.windows = Windows(hotPosts, authorBytes, windowBytes)
         self.reads = {}
         self.seen = VersionVector()
-        # (requester, request id) -> its earliest update known, the most
-        # recently used last.
-        self.requests = collections.OrderedDict()
-        self.rememberedRequests = rememberedRequests
+        # (requester, request id) -> its earliest update known, for the
+        # requests seen last; older ones are looked up in the store.
+        self.requests = RememberedRequests(rememberedRequests, rememberedBytes)
 
     # -- writing
 
@@ -239,13 +237,7 @@ class Replica:
         Remember C{update} as the copy of its request if it is the earliest
         known (the store found it, or it is being applied).
         """
-        request = update.request
-        current = self.requests.get(request)
-        if current is None or update.key < current.key:
-            self.requests[request] = update
-        self.requests.move_to_end(request)
-        while len(self.requests) > self.rememberedRequests:
-            self.requests.popitem(last=False)
+        self.requests.remember(update)
 
     def knowsRequest(self, request):
         return request in self.requests
