@@ -20,7 +20,9 @@ Then, with a router:
    the first Login gave, as a client failing over sends it, on a TLS
    connection opened before the kill), and until the new slave holds every
    update; then SIGKILL of that new slave, and the time until the one
-   respawned in its place holds every update;
+   respawned in its place holds every update; with --writing, 20 users post
+   on the master (200 a second) for 0.5 s before and during the kill, so
+   that the promoted slave repairs the post files the master left unflushed;
 3. catch-up: both processes of vm2 are SIGKILLed, M posts are written on
    vm1, vm2's master is started again; time until it answers a Login and
    until it holds every update of vm1.
@@ -46,9 +48,11 @@ from benchlib.machine import machine
 from benchlib.processes import ENV, rssKB
 from benchlib.stats import ms, summarize
 from benchlib.vms import VMs
+from benchlib.writing import Writing
 
 SECRET = "history-benchmark-secret-0123456789"
 SETTLE = 1.3  # > BuddySupervisor.threshold: a respawn is immediate, not backed off
+WRITING = 0.5  # --writing: seconds of posts before the kill
 
 
 class Bench:
@@ -103,8 +107,14 @@ class Bench:
         vms = self.vms
         master, slave = vms.pair(vm)
         vms.connect(slave.address)
+        writing = Writing(vms, master.address) if self.args.writing else None
+        if writing is not None:
+            writing.start()
+            time.sleep(WRITING)
         t0 = time.time()
         vms.kill(master.pid)
+        if writing is not None:
+            writing.stop()
 
         def promoted():
             for m in vms.servers(vm, "master"):
@@ -118,6 +128,8 @@ class Bench:
                        lambda: vms.readyStandby(vm, (master.pid, slave.pid)),
                        timeout=600, interval=0.005)
         self.window("promotion", t0, tReady)
+        if writing is not None:
+            writing.join()
         return tLogin - t0, tReady - t0
 
     def respawn(self, vm):
@@ -236,6 +248,9 @@ def main():
     parser.add_argument("--posts", type=int, default=100000)
     parser.add_argument("--promotions", type=int, default=10,
                         help="masters SIGKILLed (and slaves after them), vm1 and vm2 in turn")
+    parser.add_argument("--writing", action="store_true",
+                        help="20 users post on the master (200/s) as it is killed, so that"
+                             " its slave repairs the files of the last batches")
     parser.add_argument("--missed", type=int, default=2000,
                         help="posts written while vm2 is down (catch-up)")
     parser.add_argument("--work", default="/tmp/sns-history-bench")
