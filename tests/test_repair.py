@@ -130,6 +130,20 @@ class TailRepairTests(SynchronousTestCase):
         cutShort(self.path, self.new, os.truncate)
         self.assertEqual(self.reopened(), reference(self.old + self.new))
 
+    def test_a_crash_before_the_first_round_after_a_repair_is_repaired_again(self):
+        """
+        The open leaves alice unsynced until its first round flushes her
+        repaired file; the machine dies first and loses it all but the
+        flushed end: the next open repairs it again.
+        """
+        cutShort(self.path, self.new, lambda path, size: os.truncate(path, size + 9))
+        disk = Disk(self.path)
+        disk.openRecord()
+        disk.close()
+        self.assertEqual(unsynced(self.path), ["alice"])
+        os.truncate(self.alice, self.before)
+        self.assertEqual(self.reopened(), reference(self.old + self.new))
+
     def test_a_file_longer_than_the_record_says_is_cut_back(self):
         """A whole line after the flushed end that the record lacks is not a post: gone."""
         cutShort(self.path, self.new, lambda path, size: None)

@@ -237,20 +237,35 @@ class FsyncOrderTests(TestCase):
         self.assertIn(self.postFile("alice") + ".tmp", flushed)
         self.assertIn(self.posts, flushed)
 
-    async def test_a_torn_line_is_repaired_durably_on_open(self):
-        """The repair of a crash's partial line is flushed before the store is open."""
+    async def test_a_torn_line_is_repaired_on_open_and_flushed_by_the_first_round(self):
+        """
+        The repair of a crash's partial line does not wait for a flush
+        before the store is open: the first round flushes it (a tenth of a
+        second later, with no batch needed), and only then does its author
+        leave unsynced.
+        """
         s = await self.openStore()
         await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
         await s.close()
         crashwriter.cutShort(self.path, [postUpdate("vm1.a", 2, 20, "alice")],
                              lambda path, size: os.truncate(path, size + 7))
         recorder = FsyncRecorder(self)
-        s = store.SQLiteStore(self.path)
+        clock = Clock()
+        s = store.SQLiteStore(self.path, clock=clock)
         self.addCleanup(s.close)
         d = s.open()
         d.addCallback(lambda _: recorder.mark("open"))
         await d
-        self.assertIn(self.postFile("alice"), recorder.flushedBefore("open"))
+        self.assertEqual((self.postFile("alice") in recorder.flushedBefore("open"),
+                          unsynced(self.path)), (False, ["alice"]))
+        with open(self.postFile("alice"), "rb") as f:
+            self.assertEqual(f.read().count(b"\n"), 2, "the torn line written whole")
+        clock.advance(Flusher.delay)
+        await s.synced()
+        recorder.mark("round")
+        self.assertIn(self.postFile("alice"), recorder.flushedBefore("round"))
+        await s.persist([postUpdate("vm1.a", 3, 30, "bob")])
+        self.assertEqual(unsynced(self.path), ["bob"])
 
     async def test_updates_without_posts_need_no_post_file_flush(self):
         """Users and follows go to SQLite (flushed by its own commit), no post file."""

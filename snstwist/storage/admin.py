@@ -171,6 +171,7 @@ def backup(path, dest):
     try:
         disk.openRecord()
         disk.repairAll()
+        disk.settle()  # the files the open left to a round: flushed, none unsynced
     finally:
         disk.close()
     fsync(os.path.join(dest, "sns.sqlite3"))

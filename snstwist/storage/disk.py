@@ -138,20 +138,25 @@ class Disk:
                 self._adoptFiles()
         except (sqlite3.DatabaseError, DecodeError) as e:
             self._refuseDamaged(e)
-        repair = Repair(self.index, self.files, self._flushers)
+        repair = Repair(self.index, self.files)
         unsynced = self.index.unsyncedAuthors()
-        repair.unsynced(unsynced)
+        left = repair.unsynced(unsynced)
         for author in sorted(set(repair.torn()) - set(unsynced)) if older else ():
             repair.whole(author)
-        if unsynced:
+        done = [a for a in unsynced if a not in left]
+        if done:
             # Each of their files now holds what the record says, flushed.
             self.files.syncDir()
-            self.index.write([], synced=unsynced)
-        self.unsynced = set()
+            self.index.write([], synced=done)
+        # The others hold it too, unflushed (a dead writer's appends, or
+        # their tails written again): the first round flushes them (and the
+        # directory: a dead writer's new file), then they leave unsynced.
+        self.unsynced = set(left)
+        self.unflushed.appended(left, bool(left))
 
     def repairAll(self):
         """Make every post file agree with the record (a backup's copy)."""
-        repair = Repair(self.index, self.files, self._flushers)
+        repair = Repair(self.index, self.files)
         for author in sorted(set(self.index.authors())
                              | {n[:-len(".txt")] for n in self.files.names()}):
             repair.whole(author)

@@ -8,14 +8,16 @@ the files of the record's C{unsynced} authors short of lines, or ending in
 a torn one.  Only those are checked, and each only from the end the record
 says was flushed (its C{flushed} row) on: a repair costs the tail a crash
 can have cut, not the author's history.  A file with no such end, or one
-shorter than it, or not ending a line there, is checked whole.
+shorter than it, or not ending a line there, is checked whole.  The files
+checked from their ends are flushed by the writer's first round, not
+before it serves: until then their authors stay unsynced.
 """
 
 import os
 
 from twisted.logger import Logger
 
-from snstwist.storage.postfile import fsync, fsyncAll, postLine
+from snstwist.storage.postfile import fsync, postLine
 
 log = Logger()
 
@@ -23,34 +25,37 @@ log = Logger()
 class Repair:
     """The repairs of the post files C{files} from the record C{index}."""
 
-    def __init__(self, index, files, flushers):
+    def __init__(self, index, files):
         self.index = index
         self.files = files
-        self._flushers = flushers
 
     def unsynced(self, authors):
         """
         Make the files of C{authors} (the record's unsynced ones) hold
-        what the record says, and flush them; each checked from its flushed
-        end on, when the record knows one.
+        what the record says; each checked from its flushed end on, when
+        the record knows one.  Those checked whole are flushed here; the
+        others are returned ({author: its file's end now}), not flushed:
+        their authors stay unsynced, their ends in the record still true,
+        until the writer's next round of flushes (off the way to serving).
         """
         ends = self.index.flushedEnds()
-        flush = []
+        left = []
         for author in sorted(authors):
             end = ends.get(author)
-            if end is None or not self._tail(author, end, flush):
+            if end is None or not self._tail(author, end, left):
                 self.whole(author)
-        fsyncAll(self._flushers, flush)
+        return {author: self.files.end(author) for author in left}
 
     def torn(self):
         """The authors whose files end in the middle of a line (a layout before C{unsynced})."""
         return [name[:-len(".txt")] for name in self.files.names()
                 if _endsTorn(os.path.join(self.files.postsDir, name))]
 
-    def _tail(self, author, end, flush):
+    def _tail(self, author, end, left):
         """
         Make the author's file after its flushed C{end} ((size, post key))
-        what the record holds after that key; its path joins C{flush}.
+        what the record holds after that key (not flushed); the author
+        joins C{left}.
         False when the file does not reach that end: then it is for
         L{whole}.
         """
@@ -77,7 +82,7 @@ class Repair:
                 f.seek(size + good)
                 f.write(want[good:])
                 self.files.lastKey.pop(author, None)
-        flush.append(path)
+        left.append(author)
         return True
 
     def whole(self, author):

@@ -159,6 +159,8 @@ class SQLiteStore:
             updates, self._stored, self._floors = result
             log.info("opened {path}: {n} updates stored, {k} read", path=self.path,
                      n=self._stored.count(), k=len(updates))
+            # The files the open checked and did not flush (disk.openRecord).
+            self._flusher.soon()
             return updates
 
         return d.addCallback(loaded)
