@@ -20,8 +20,8 @@ Then, with a router:
    the first Login gave, as a client failing over sends it, on a TLS
    connection opened before the kill), and until the new slave holds every
    update; then SIGKILL of that new slave, and the time until the one
-   respawned in its place holds every update; with --writing, 20 users post
-   on the master (200 a second) for 0.5 s before and during the kill, so
+   respawned in its place holds every update; with --writing, 20 of the
+   imported users post on the master (200 a second) for 0.5 s before and during the kill, so
    that the promoted slave repairs the post files the master left unflushed;
 3. catch-up: both processes of vm2 are SIGKILLed, M posts are written on
    vm1, vm2's master is started again; time until it answers a Login and
@@ -249,8 +249,8 @@ def main():
     parser.add_argument("--promotions", type=int, default=10,
                         help="masters SIGKILLed (and slaves after them), vm1 and vm2 in turn")
     parser.add_argument("--writing", action="store_true",
-                        help="20 users post on the master (200/s) as it is killed, so that"
-                             " its slave repairs the files of the last batches")
+                        help="20 imported users post on the master (200/s) as it is killed,"
+                             " so that its slave repairs the files of the last batches")
     parser.add_argument("--missed", type=int, default=2000,
                         help="posts written while vm2 is down (catch-up)")
     parser.add_argument("--work", default="/tmp/sns-history-bench")

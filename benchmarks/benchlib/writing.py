@@ -1,7 +1,8 @@
 """
 Posts written while a master is killed (C{history.py --writing}): a thread
-posts for C{users} users, one post each every C{every} seconds (under the
-per-user rate), on the master, so that it dies with the files of the
+posts for C{users} users of the imported data (authors with long
+histories), one post each every C{every} seconds (under the per-user
+rate), on the master, so that it dies with the files of the
 authors of its last batches unflushed and its slave repairs them as it
 takes over.  Nothing waits for the posts' answers: those in flight at the
 kill fail, as a client's would.
@@ -14,7 +15,9 @@ class Writing:
     def __init__(self, vms, address, users=20, every=0.1):
         self.vms = vms
         self.address = address
-        self.users = ["dying%d" % (i,) for i in range(users)]
+        # Users of the imported data (benchmarks/dataset.py), each with a
+        # long history: an account without a password takes PASSWORD.
+        self.users = ["user%05d" % (i,) for i in range(users)]
         self.every = every
         self.stopped = threading.Event()
         self.sent = 0
