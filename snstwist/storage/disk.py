@@ -214,7 +214,7 @@ class Disk:
         for u in displaced:
             drop.setdefault(u.post.author, set()).add(u.post.id)
         authors = set(posts) | set(drop)
-        moved = self._moved(posts, displaced)
+        moved = rewrittenFrom(self.files, posts, displaced)
         self.unflushed.moved(moved)
         # The record first, naming the files to be written: a crash before
         # they are flushed leaves rows the files may lack, which the next
@@ -231,22 +231,6 @@ class Disk:
         appended, created, rewritten = self.files.write(posts, drop)
         self.unflushed.appended(appended, created)
         self.unflushed.rewritten(rewritten)
-
-    def _moved(self, posts, displaced):
-        """
-        {author: the first post key its file changes at} of the authors
-        whose files this batch rewrites (a post before the file's last one,
-        a post dropped) rather than appends to.
-        """
-        first = {}
-        for u in displaced:
-            first[u.post.author] = min(first.get(u.post.author, u.post.key), u.post.key)
-        for author, ups in posts.items():
-            key = min(u.post.key for u in ups)
-            last = self.files.lastKeyOf(author)
-            if author in first or (last is not None and key <= last):
-                first[author] = min(first.get(author, key), key)
-        return first
 
     def settle(self):
         """
@@ -289,3 +273,21 @@ class Disk:
         if self.lockFile is not None:
             os.close(self.lockFile)
             self.lockFile = None
+
+
+def rewrittenFrom(files, posts, displaced):
+    """
+    {author: the first post key its file changes at} of the authors whose
+    files a batch of C{posts} ({author: [update]}) and C{displaced} rewrites
+    (a post before the file's last one, a post dropped) rather than appends
+    to, in the post files C{files}.
+    """
+    first = {}
+    for u in displaced:
+        first[u.post.author] = min(first.get(u.post.author, u.post.key), u.post.key)
+    for author, ups in posts.items():
+        key = min(u.post.key for u in ups)
+        last = files.lastKeyOf(author)
+        if author in first or (last is not None and key <= last):
+            first[author] = min(first.get(author, key), key)
+    return first
