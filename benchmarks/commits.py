@@ -7,16 +7,23 @@ AUTHORS in all) written as the store's disk thread writes them
 (``Disk.write``: the record's transaction, its fsync, the post files'
 appends), and the time of each.
 
+``--rate R``: the store's commit group as a master runs it: writes offered
+at R a second, open loop, one post each, to a ``SQLiteStore`` on the
+asyncio reactor, and how long each waits from ``persist`` until it is
+durable (its Deferred fires): what the post -> screen path spends between
+the accept and the push, with nothing else measured with it.
+
     python benchmarks/commits.py --batch 30 --authors 100
     python benchmarks/commits.py --batch 30 --authors 100 --busy
     python benchmarks/commits.py --batch 30 --authors 100 --sqlite-checkpoints
+    python benchmarks/commits.py --rate 1000 --authors 20 --seconds 8
 
 --busy runs a thread beside it that holds the interpreter 1 ms out of every
 2, as a reactor half busy does: the disk thread waits for the interpreter
 after each blocking call.  --sqlite-checkpoints lets the commits checkpoint
 the WAL as SQLite does by default (inside a commit, past 1,000 pages);
 without it they leave that to the store's checkpointer (storage/checkpoint.py),
-which this program does not run.
+which --batch does not run.  Each prints one JSON line.
 """
 
 import argparse
@@ -37,6 +44,22 @@ from snstwist.storage.checkpoint import boundWal  # noqa: E402
 from snstwist.storage.disk import Disk  # noqa: E402
 
 
+def postUpdate(seq, authors, time_us):
+    """The seq-th post (100 characters), by one of C{authors} users in turn."""
+    post = Post(id="vm1.a/%d" % (seq,), author="user%d" % (seq % authors,),
+                time_us=time_us, text="x" * 100)
+    return Update(origin="vm1.a", seq=seq, time_us=time_us, request_id=uuid.uuid4().hex,
+                  post=post)
+
+
+def percentiles(times):
+    """p50, p90, p99 and max of C{times} (ms), as the JSON line gives them."""
+    times = sorted(times)
+    return {"ms_p50": round(times[len(times) // 2], 2),
+            "ms_p90": round(times[len(times) * 9 // 10], 2),
+            "ms_p99": round(times[len(times) * 99 // 100], 2), "ms_max": round(times[-1], 2)}
+
+
 def busy(stop):
     while not stop.is_set():
         until = time.perf_counter() + 0.001
@@ -45,18 +68,8 @@ def busy(stop):
         time.sleep(0.001)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch", type=int, default=30, metavar="N",
-                        help="time one Disk.write of N posts at a time")
-    parser.add_argument("--authors", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--busy", action="store_true")
-    parser.add_argument("--sqlite-checkpoints", action="store_true",
-                        help="let the commits checkpoint at SQLite's 1,000 pages, as before"
-                             " storage/checkpoint.py")
-    args = parser.parse_args()
-    work = tempfile.mkdtemp(prefix="sns-commit-")
+def batches(args, work):
+    """--batch N: one Disk.write of N posts at a time, each timed."""
     stop = threading.Event()
     try:
         disk = Disk(work)
@@ -71,26 +84,95 @@ def main():
             batch = []
             for _ in range(args.batch):
                 seq += 1
-                post = Post(id="vm1.a/%d" % (seq,), author="user%d" % (seq % args.authors,),
-                            time_us=1_700_000_000_000_000 + seq, text="x" * 100)
-                batch.append(Update(origin="vm1.a", seq=seq, time_us=post.time_us,
-                                    request_id=uuid.uuid4().hex, post=post))
+                batch.append(postUpdate(seq, args.authors, 1_700_000_000_000_000 + seq))
             t0 = time.perf_counter()
             disk.write(batch)
             times.append(1000 * (time.perf_counter() - t0))
-        stop.set()
-        times.sort()
-        print(json.dumps({
-            "page_size": disk.db.execute("PRAGMA page_size").fetchone()[0],
-            "posts_per_batch": args.batch, "busy": args.busy, "batches": len(times),
-            "ms_p50": round(times[len(times) // 2], 2),
-            "ms_p90": round(times[len(times) * 9 // 10], 2),
-            "ms_p99": round(times[len(times) * 99 // 100], 2), "ms_max": round(times[-1], 2),
-            "load": os.getloadavg()}))
+        out = {"page_size": disk.db.execute("PRAGMA page_size").fetchone()[0],
+               "posts_per_batch": args.batch, "busy": args.busy, "batches": len(times)}
+        out.update(percentiles(times))
         disk.close()
+        return out
     finally:
         stop.set()
+
+
+def offered(args, work):
+    """--rate R: persist -> durable through SQLiteStore, writes offered open loop."""
+    from snstwist.commands.commandline import installReactor
+    installReactor()
+    from twisted.internet import defer, reactor, task
+
+    from snstwist.storage.store import SQLiteStore
+
+    async def measure():
+        store = SQLiteStore(work, reactor)
+        await store.open()
+        times, sent = [], [0]
+        start = time.perf_counter()
+
+        def durable(_, t0):
+            times.append(1000 * (time.perf_counter() - t0))
+
+        def tick():
+            now = time.perf_counter()
+            if now - start >= args.seconds:
+                ticker.stop()
+                return
+            for _ in range(int(args.rate * (now - start)) - sent[0]):
+                sent[0] += 1
+                t0 = time.perf_counter()
+                update = postUpdate(sent[0], args.authors, int(time.time() * 1e6))
+                store.persist([update]).addCallback(durable, t0)
+
+        ticker = task.LoopingCall(tick)
+        ticker.clock = reactor
+        await ticker.start(0.001)
+        while len(times) < sent[0]:
+            await task.deferLater(reactor, 0.01, lambda: None)
+        out = {"rate": args.rate, "offered": sent[0], "durable": len(times),
+               "batches": store.batches}
+        out.update(percentiles(times))
+        await store.close()
+        return out
+
+    result = []
+
+    def run():
+        d = defer.ensureDeferred(measure())
+        d.addCallback(result.append)
+        d.addErrback(lambda f: sys.stderr.write(f.getTraceback()))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(run)
+    reactor.run()
+    if not result:
+        raise SystemExit(1)
+    return result[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--batch", type=int, default=30, metavar="N",
+                      help="time one Disk.write of N posts at a time (the default mode)")
+    mode.add_argument("--rate", type=float, default=None, metavar="R",
+                      help="offer R writes a second to a SQLiteStore, open loop, and time"
+                           " each from persist until durable")
+    parser.add_argument("--authors", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--busy", action="store_true")
+    parser.add_argument("--sqlite-checkpoints", action="store_true",
+                        help="let the commits checkpoint at SQLite's 1,000 pages, as before"
+                             " storage/checkpoint.py (--batch)")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="sns-commit-")
+    try:
+        out = offered(args, work) if args.rate else batches(args, work)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
+    out["load"] = os.getloadavg()
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
