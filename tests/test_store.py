@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 
 from hypothesis import given
 from twisted.internet import defer
@@ -204,6 +205,47 @@ class SQLiteStoreTests(TestCase):
         await defer.gatherResults([one, two])
         self.assertTrue(started, "the second batch waited for the reactor")
         self.assertEqual(len(readBytes(self.postsFile("alice")).splitlines()), 2)
+
+    async def test_a_write_after_the_disk_thread_stopped_is_in_flight_until_written(self):
+        """
+        The disk thread found nothing more and stopped; a write comes before
+        the reactor hears that it stopped, and starts the next run: the
+        store counts that write in flight until it is written (close waits
+        for it), even once the reactor hears that the first run stopped.
+        """
+        s = await self.openStore()
+        held, release = threading.Event(), threading.Event()
+        write = s._disk.write
+
+        def writing(updates, *rest):
+            if updates[0].seq == 2:
+                held.set()
+                release.wait(30)
+            return write(updates, *rest)
+
+        s._disk.write = writing
+        first = s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        run = s._writing
+        second = []
+
+        def written(_):
+            # The first run stops once it finds nothing more: wait for that
+            # here, holding the reactor, then write again.
+            deadline = time.monotonic() + 30
+            while s._draining and time.monotonic() < deadline:
+                time.sleep(0.001)
+            second.append(s.persist([postUpdate("vm1.a", 2, 20, "alice")]))
+
+        first.addCallback(written)
+        await first
+        ended = defer.Deferred()
+        run.addBoth(lambda result: ended.callback(None))
+        await ended
+        self.assertTrue(held.wait(30), "the second write never reached the disk")
+        inFlight = s._writing is not None
+        release.set()
+        await second[0]
+        self.assertTrue(inFlight, "the second write was not counted in flight")
 
     async def test_group_committed_posts_are_all_stored(self):
         """Every post of a group commit is in the file, in order."""

@@ -220,10 +220,10 @@ class SQLiteStore:
         from the queue nor written twice.
         """
         self._retry = None
-        self._writing = self._onDisk(self._drain)
-        self._writing.addCallback(self._drained)
-        self._writing.addErrback(lambda f: log.failure("{name}: the writer failed", f,
-                                                       name=self.name))
+        writing = self._writing = self._onDisk(self._drain)
+        writing.addCallback(self._drained, writing)
+        writing.addErrback(lambda f: log.failure("{name}: the writer failed", f,
+                                                 name=self.name))
 
     def _drain(self):
         """
@@ -260,9 +260,15 @@ class SQLiteStore:
         for _, d, _, _ in batch:
             d.callback(None)
 
-    def _drained(self, refused):
-        """The disk thread stopped: nothing pending, or C{refused} (batch, failure)."""
-        self._writing = None
+    def _drained(self, refused, writing):
+        """
+        The disk thread's run C{writing} stopped: nothing pending, or
+        C{refused} (batch, failure).  (A write that came after it found
+        nothing pending, and before the reactor heard, started the next
+        run: that one is in flight now.)
+        """
+        if self._writing is writing:
+            self._writing = None
         if refused is None:
             # (Nothing is in flight now: whoever waits for the files to
             # settle may be told.)
