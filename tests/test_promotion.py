@@ -13,11 +13,13 @@ from snstwist import buddy
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
 from snstwist.core.limits import UPDATES_PER_MESSAGE
+from snstwist.core.requests import RememberedRequests
 from snstwist.server.buddylink import FEED_LINGER, BuddyFeed
 from snstwist.server.lifecycle import CurrentRole, takeLock
 from snstwist.storage.store import MemoryStore, SQLiteStore
 from tests.fakes import FakeCallContext, NoRoleWork, session
 from tests.servers import serverParts
+from tests.strategies import postUpdate
 from tests.test_auth import login
 
 
@@ -211,19 +213,8 @@ class SpyStore(SQLiteStore):
         return d.addCallback(lambda updates: self.pages.append((limit, len(updates))) or updates)
 
 
-class PromotionTests(TestCase):
-    """A slave taking over reads the VM's disk: what it was never fed too."""
-
-    async def masterWrote(self, path):
-        """A master on C{path} that wrote users, follows and posts, then died."""
-        node = Node("vm1", "vm1.old", SQLiteStore(path), Clock())
-        await node.load()
-        updates = [node.login("alice"), node.login("bob"),
-                   node.follow("alice", "bob", "f1")]
-        updates += [node.post("bob", "post %d" % (i,), "p%d" % (i,)) for i in range(6)]
-        await defer.gatherResults([node.durable(u) for u in updates])
-        await node.store.close()  # the lock goes with the process
-        return updates
+class SlaveOnDisk:
+    """A slave of vm1 on a data directory, and its promotion (a test case's mixin)."""
 
     def slaveOn(self, path):
         """
@@ -244,6 +235,21 @@ class PromotionTests(TestCase):
                        slave.node.clock.seconds() + 10)
         self.addCleanup(slave.node.store.close)
         role.promoted()
+
+
+class PromotionTests(SlaveOnDisk, TestCase):
+    """A slave taking over reads the VM's disk: what it was never fed too."""
+
+    async def masterWrote(self, path):
+        """A master on C{path} that wrote users, follows and posts, then died."""
+        node = Node("vm1", "vm1.old", SQLiteStore(path), Clock())
+        await node.load()
+        updates = [node.login("alice"), node.login("bob"),
+                   node.follow("alice", "bob", "f1")]
+        updates += [node.post("bob", "post %d" % (i,), "p%d" % (i,)) for i in range(6)]
+        await defer.gatherResults([node.durable(u) for u in updates])
+        await node.store.close()  # the lock goes with the process
+        return updates
 
     async def test_a_promoted_slave_serves_what_it_was_never_fed(self):
         """
@@ -288,9 +294,10 @@ class PromotionTests(TestCase):
         self.assertEqual(await takeLock(slave.node, lambda: store, slave.node.clock, 10), 7)
         self.addCleanup(store.close)
         self.assertEqual((store.opened, store.pages), ([(None, None)], [(3, 3), (3, 3), (3, 1)]))
-        self.assertEqual([p.text for p in slave.node.replica.postsBy("alice")],
-                         ["later %d" % (i,) for i in range(7)])
         self.assertEqual(slave.node.replica.seen.count(), 9 + 7)
+        recent = await slave.node.history.recent("alice", 20)
+        self.assertEqual([p.text for p in recent if p.author == "alice"],
+                         ["later %d" % (i,) for i in range(7)])
 
     async def test_a_slave_fed_everything_asks_the_store_nothing_more(self):
         """
@@ -345,3 +352,75 @@ class PromotionTests(TestCase):
         post = slave.node.post("bob", "after", "p-after")
         self.assertGreater(post.time_us, newest)
         self.assertEqual(slave.node.replica.postsBy("bob")[-1].text, "after")
+
+
+class RetriedPostTests(SlaveOnDisk, TestCase):
+    """
+    A retried post stored twice (two copies of one request, accepted on two
+    VMs) is shown once by a promoted slave, the copy its master showed,
+    though the slave was fed the other copy without the first's request
+    (stored before it started, or forgotten since).
+    """
+
+    async def masterOn(self, path):
+        """A running master of vm1 on C{path} where alice exists."""
+        clock = Clock()
+        clock.advance(10**6)
+        master = Node("vm1", "vm1.old", SQLiteStore(path), clock)
+        self.addCleanup(master.store.close)
+        await master.load()
+        await master.durable(master.login("alice"))
+        return master
+
+    async def receive(self, master, update):
+        """C{master} receives a peer's C{update} and stores it."""
+        self.assertEqual(await master.receive([update]), [update.id])
+
+    async def promoted(self, slave, role, master, path):
+        """C{master} dies; C{slave} takes over: what each showed of alice."""
+        shown = [p.id for p in await master.history.recent("alice", 20)]
+        await master.store.close()
+        await self.promote(slave, role, path)
+        return shown, [p.id for p in await slave.node.history.recent("alice", 20)]
+
+    async def test_a_later_copy_fed_after_the_start_is_not_shown(self):
+        """
+        The first copy was stored before the slave started; the later one,
+        from a peer, is fed to it: once master, it shows the first only.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        master = await self.masterOn(path)
+        first = master.post("alice", "hi", "r-1")
+        await master.durable(first)
+        slave, role = self.slaveOn(path)
+        await slave.node.history.warmUp()
+        await slave.node.store.close()
+        later = postUpdate("vm2.b", 1, first.time_us + 5, "alice", "hi", requestId="r-1")
+        await self.receive(master, later)
+        self.assertEqual(slave.node.mirror([later]), 1)
+        self.assertEqual(await self.promoted(slave, role, master, path),
+                         ([first.id], [first.id]))
+
+    async def test_an_earlier_copy_fed_after_the_later_was_forgotten_hides_it(self):
+        """
+        The slave was fed the later copy and has forgotten its request
+        when the earlier copy, from a peer, is fed: once master, it shows
+        the earlier only, as its master did.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        master = await self.masterOn(path)
+        slave, role = self.slaveOn(path)
+        await slave.node.history.warmUp()
+        await slave.node.store.close()
+        slave.node.replica.requests = RememberedRequests(count=1)
+        later = master.post("alice", "hi", "r-1")
+        other = master.post("alice", "other", "r-2")
+        await defer.gatherResults([master.durable(later), master.durable(other)])
+        self.assertEqual(slave.node.mirror([later, other]), 2)
+        earlier = postUpdate("vm2.b", 1, later.time_us - 5, "alice", "hi", requestId="r-1")
+        await self.receive(master, earlier)
+        self.assertEqual(slave.node.mirror([earlier]), 1)
+        self.assertEqual(await self.promoted(slave, role, master, path),
+                         ([earlier.id, other.id], [earlier.id, other.id]))

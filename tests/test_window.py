@@ -93,6 +93,27 @@ class ByteBoundTests(SynchronousTestCase):
         windows.hold(bigPost("alice", 1).post, hidden=False)
         self.assertEqual([p.id for p in windows.shown("alice")], ["vm2.a/6", "vm2.a/7"])
 
+    def test_windows_let_go_hold_nothing_and_keep_their_newest_as_floor(self):
+        """
+        Every window let go at once (a promotion): each author's floor is
+        the newest post it held, hidden or not, so a later post is held and
+        an older one is not.
+        """
+        windows = Windows(hotPosts=2)
+        for n in (5, 6, 7):
+            windows.hold(bigPost("alice", n).post, hidden=False)
+        windows.hold(bigPost("bob", 8).post, hidden=True)
+        windows.releaseAll()
+        for n, author in ((4, "alice"), (9, "alice"), (10, "bob")):
+            windows.hold(bigPost(author, n).post, hidden=False)
+        self.assertEqual(
+            (windows.floor("alice"), windows.floor("bob"),
+             {a: [p.id for p in posts] for a, posts in windows.posts.items()},
+             windows.hidden, windows.heldBytes),
+            (bigPost("alice", 7).post.key, bigPost("bob", 8).post.key,
+             {"alice": ["vm2.a/9"], "bob": ["vm2.a/10"]}, set(),
+             2 * postBytes(bigPost("alice", 9).post)))
+
     def test_the_overhead_estimate_is_not_below_what_a_post_costs(self):
         """A post held costs its text and at most POST_OVERHEAD besides (measured)."""
         tracemalloc.start()

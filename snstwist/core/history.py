@@ -15,6 +15,8 @@ Every answer is a Deferred: the store reads on its own thread, never on the
 reactor's.
 """
 
+import functools
+import itertools
 
 from twisted.internet import defer
 
@@ -81,8 +83,12 @@ class History:
         the mirror lacks of it: a warm slave only what its master had not
         fed it yet, a page at a time (L{missingPages}), nothing in
         proportion to the history; a cold one (its warm-up not done) what a
-        start reads.  The requests remembered are forgotten: a slave
-        applies what its master decided and never looks one up.
+        start reads.  The requests remembered are forgotten, and the
+        windows let go (L{Windows.releaseAll}): a slave applies what its
+        master feeds it and never looks a request up, so a later copy of a
+        retried post whose first copy it does not remember (stored before
+        it started, or forgotten since) is held as shown; the record says
+        which copy is, and each window is read from it when first asked for.
         """
         if self.warm:
             fresh = [0]
@@ -125,11 +131,16 @@ class History:
 
     def _forget(self, replica):
         """
-        Forget the requests C{replica} remembers, letting them go in slices:
-        ten thousand at once hold the reactor for tens of milliseconds.
+        Forget the requests C{replica} remembers and let its windows go
+        (L{Windows.releaseAll}), freeing both in slices: ten thousand
+        requests, or 160,000 posts held, freed at once hold the reactor for
+        tens of milliseconds.
         """
         remembered, replica.requests = replica.requests, replica.requests.emptied()
-        inSlices(self.node.clock, range(len(remembered)), lambda _: remembered.forgetOldest())
+        windows = replica.windows.releaseAll()
+        frees = itertools.chain((remembered.forgetOldest for _ in range(len(remembered))),
+                                (functools.partial(windows.pop, a) for a in list(windows)))
+        inSlices(self.node.clock, frees, lambda free: free())
 
     # -- what is read when it is needed
 

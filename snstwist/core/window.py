@@ -169,6 +169,22 @@ class Windows:
                 self._raise(author, posts[-1].key, floor)
             self.heldBytes -= size
 
+    def releaseAll(self):
+        """
+        Let every window go (every post held is on disk): each author's
+        floor rises to the newest post its window held, so its window is
+        read from disk when it is first asked for, and holds what the
+        record says (which copy of a retried post is shown).  Returns the
+        windows let go (author -> posts), for the caller to free in slices.
+        """
+        released = self.posts
+        for author, posts in released.items():
+            if posts:
+                self._raise(author, posts[-1].key, self.floor(author))
+        self.posts, self.hidden, self._bytes = {}, set(), collections.OrderedDict()
+        self.heldBytes = 0
+        return released
+
     def hide(self, post):
         """
         Stop showing C{post} (not held: it is on disk only, and a read of
