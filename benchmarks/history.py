@@ -231,9 +231,10 @@ class Bench:
         self.results["windows"] = self.windows
         for name, lag in lags.items():
             self.say("loop lag, %s: %d timers over 20 ms late, latest %s ms (%s);"
-                     " longest busy reactor thread %s ms (%s)"
+                     " longest busy reactor thread %s ms (%s; %s ms of it collecting)"
                      % (name, lag["turns_over_20ms"], lag["max_ms"], lag["where"],
-                        lag["max_busy_ms"], lag["busiest_where"]))
+                        lag["max_busy_ms"], lag["busiest_where"],
+                        lag["busiest_collecting_ms"]))
 
     def stop(self):
         left = self.vms.stop()

@@ -2,7 +2,8 @@
 The loop lag of each phase of a run, from the servers' logs: every server
 of C{history.py} runs with $SNS_LOOP_LAG_MS, and logs each timer that fired
 later than that (L{snstwist.core.looplag}) with the time and the CPU its
-reactor thread used meanwhile.
+reactor thread used meanwhile, and how much of that went to collecting
+garbage.
 """
 
 import glob
@@ -10,7 +11,8 @@ import os
 import re
 
 LAG = re.compile(r"\[(\S+) (\S+) pid=(\d+) .*loop lag: a timer fired ([\d.]+) ms late"
-                 r" at ([\d.]+), the reactor thread busy ([\d.]+) ms")
+                 r" at ([\d.]+), the reactor thread busy ([\d.]+) ms"
+                 r"(?: of it, ([\d.]+) ms collecting garbage)?")
 
 
 def lagEvents(work):
@@ -24,7 +26,8 @@ def lagEvents(work):
                 if m:
                     events.append({"vm": m.group(1), "role": m.group(2),
                                    "pid": int(m.group(3)), "ms": float(m.group(4)),
-                                   "at": float(m.group(5)), "busy": float(m.group(6))})
+                                   "at": float(m.group(5)), "busy": float(m.group(6)),
+                                   "collecting": float(m.group(7) or 0)})
     return events
 
 
@@ -43,6 +46,7 @@ def lagsByPhase(events, windows):
         out[name] = {"turns_over_20ms": len(inside),
                      "max_ms": worst["ms"] if worst else None,
                      "max_busy_ms": busiest["busy"] if busiest else None,
+                     "busiest_collecting_ms": busiest["collecting"] if busiest else None,
                      "where": "%s %s %d" % (worst["vm"], worst["role"], worst["pid"])
                      if worst else None,
                      "busiest_where": "%s %s %d" % (busiest["vm"], busiest["role"],
