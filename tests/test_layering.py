@@ -33,12 +33,13 @@ def serverSide(modules):
 _LOADED = """
 import sys
 {}
-print("\\n".join(sorted(m for m in sys.modules if m.startswith("snstwist"))))
+print("\\n".join(sorted(m for m in sys.modules
+                       if m.startswith(("snstwist", "prometheus_client")))))
 """
 
 
 async def loadedBy(code):
-    """The snstwist modules loaded by running C{code} in a new interpreter."""
+    """The snstwist and prometheus-client modules that running C{code} loads."""
     from twisted.internet import reactor
     out, err, status = await utils.getProcessOutputAndValue(
         sys.executable, ["-c", _LOADED.format(code)], env=dict(os.environ), reactor=reactor)
@@ -72,15 +73,18 @@ class ClientSideTests(TestCase):
 # the web, the client, the test bed, the operators' import and export.
 NOT_FOR_A_SERVER = ("snstwist.router", "snstwist.web", "snstwist.client", "snstwist.testbed",
                     "snstwist.storage.admin", "snstwist.storage.importer",
-                    "snstwist.storage.bulk", "snstwist.commands.admin")
+                    "snstwist.storage.bulk", "snstwist.commands.admin",
+                    # Loaded only with --metrics.
+                    "prometheus_client")
 
 
 class ServerSideTests(TestCase):
     async def test_a_server_loads_only_what_it_serves_with(self):
         """
         A server process (its twistd plugin's module and its service)
-        imports no router, web, client, test bed or bulk-load code: every
-        import is paid for at each start and each new standby.
+        imports no router, web, client, test bed or bulk-load code, nor
+        prometheus-client without --metrics: every import is paid for at
+        each start and each new standby.
         """
         loaded = await loadedBy("import snstwist.commands.tap, snstwist.server.service")
         self.assertIn("snstwist.server.service", loaded)

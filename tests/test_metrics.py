@@ -7,7 +7,7 @@ reads a value before and after what it does and checks the difference.
 """
 
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -21,6 +21,39 @@ from tests.test_integration import inlineAsync
 
 def sample(name, **labels):
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class MetricTests(unittest.SynchronousTestCase):
+    def test_a_metric_counts_nothing_until_metrics_are_on(self):
+        """
+        Before C{enable}, counting (labelled or not) is a no-op and nothing is
+        registered; after, every count lands in the registry.
+        """
+        registry = CollectorRegistry()
+        counter = metrics.Metric("Counter", "sns_test_calls", "Calls.", ["kind"])
+        gauge = metrics.Metric("Gauge", "sns_test_level", "Level.")
+        counter.labels("a").inc()
+        gauge.set(7)
+        before = [m.name for m in registry.collect()]
+        counter.enable(registry)
+        gauge.enable(registry)
+        counter.labels("a").inc()
+        counter.labels("a").inc()
+        gauge.set(3)
+        self.assertEqual(
+            (before, registry.get_sample_value("sns_test_calls_total", {"kind": "a"}),
+             registry.get_sample_value("sns_test_level")),
+            ([], 2.0, 3.0))
+
+    def test_enabling_twice_keeps_the_counts(self):
+        """A second C{enable} (two services in one process) makes no new metric."""
+        registry = CollectorRegistry()
+        counter = metrics.Metric("Counter", "sns_test_twice", "Twice.")
+        counter.enable(registry)
+        counter.inc()
+        counter.enable(registry)
+        counter.inc()
+        self.assertEqual(registry.get_sample_value("sns_test_twice_total"), 2.0)
 
 
 class TickerTests(unittest.SynchronousTestCase):
@@ -58,6 +91,7 @@ class RpcCountTests(GrpcTestCase):
                 raise errors.NotLoggedIn()
             return pb.StatusReply()
 
+        metrics.enable()  # as --metrics does
         ok = sample("sns_rpcs_total", method="Status", code="OK")
         refused = sample("sns_rpcs_total", method="Status", code="UNAUTHENTICATED")
         stub = await self.routerStub(status)

@@ -1,11 +1,13 @@
 """
 Prometheus metrics of one router or server process (C{--metrics HOST:PORT}).
 
-Every metric of snstwist is declared here, once, in prometheus-client's
-default registry, and the code that counts something imports its metric from
-here.  Counting is cheap and always on; serving the figures is what
+Every metric of snstwist is declared here, once, and the code that counts
+something imports its metric from here.  Serving the figures is what
 C{--metrics} turns on (L{MetricsService}: prometheus-client's Twisted
-resource on a twisted.web site).
+resource on a twisted.web site), and counting with it: until then a metric
+counts nothing and prometheus-client is not even imported (some 10-15 ms of
+every start and every new standby).  A process turns them on as it is
+built, before it serves anything, so no count is missed.
 
 Gauges of the process's state (sessions, replication lag) are set on the
 reactor thread by L{MetricsService}'s ticker from functions the process
@@ -15,32 +17,109 @@ scrape: that thread must not touch Twisted objects.
 This module must not import the reactor at import time.
 """
 
-from prometheus_client import Counter, Gauge, Histogram
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 log = Logger()
 
-rpcs = Counter("sns_rpcs", "RPCs served, by method and gRPC status.", ["method", "code"])
-acknowledgedWrites = Counter(
-    "sns_acknowledged_writes", "Writes acknowledged to clients, by kind.", ["kind"])
-copies = Histogram(
-    "sns_write_copies", "VMs holding a write durably when it was acknowledged.",
+
+class _Off:
+    """What a metric, or one of its labelled children, is while metrics are off."""
+
+    def inc(self, amount=1):
+        pass
+
+    def observe(self, value):
+        pass
+
+    def set(self, value):
+        pass
+
+    def labels(self, *values):
+        return self
+
+
+_OFF = _Off()
+
+
+class Metric:
+    """
+    One metric: prometheus-client's C{kind} (Counter, Gauge, Histogram) named
+    C{name}, made when L{enable} is called; until then, counting it does
+    nothing.
+    """
+
+    def __init__(self, kind, name, documentation, labelnames=(), **options):
+        self.kind = kind
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.options = options
+        self.counting = _OFF
+
+    def enable(self, registry=None):
+        """Count from now on, in C{registry} (prometheus-client's default one)."""
+        if self.counting is not _OFF:
+            return
+        import prometheus_client
+        options = dict(self.options)
+        if registry is not None:
+            options["registry"] = registry
+        self.counting = getattr(prometheus_client, self.kind)(
+            self.name, self.documentation, self.labelnames, **options)
+
+    def inc(self, amount=1):
+        self.counting.inc(amount)
+
+    def observe(self, value):
+        self.counting.observe(value)
+
+    def set(self, value):
+        self.counting.set(value)
+
+    def labels(self, *values):
+        return self.counting.labels(*values)
+
+
+_declared = []
+
+
+def _declare(*args, **options):
+    metric = Metric(*args, **options)
+    _declared.append(metric)
+    return metric
+
+
+def enable():
+    """Turn every metric of snstwist on (once metrics are asked for)."""
+    for metric in _declared:
+        metric.enable()
+
+
+rpcs = _declare("Counter", "sns_rpcs", "RPCs served, by method and gRPC status.",
+                ["method", "code"])
+acknowledgedWrites = _declare(
+    "Counter", "sns_acknowledged_writes", "Writes acknowledged to clients, by kind.", ["kind"])
+copies = _declare(
+    "Histogram", "sns_write_copies", "VMs holding a write durably when it was acknowledged.",
     buckets=(1, 2, 3, 4, 5))
-replicationLag = Gauge(
-    "sns_replication_lag_updates",
+replicationLag = _declare(
+    "Gauge", "sns_replication_lag_updates",
     "Updates held here that the peer VM furthest behind has not confirmed.")
-replicationFailures = Counter(
-    "sns_replication_stream_failures", "Replication streams to a peer VM that broke.")
-sessions = Gauge("sns_sessions", "Live client sessions on this process.")
-promotions = Counter("sns_promotions", "Times this process took over as master.")
-respawns = Counter("sns_respawns", "Buddies respawned after they died.")
-loopLag = Histogram(
-    "sns_loop_lag_seconds", "How late the reactor ran a timer (event-loop lag).",
+replicationFailures = _declare(
+    "Counter", "sns_replication_stream_failures",
+    "Replication streams to a peer VM that broke.")
+sessions = _declare("Gauge", "sns_sessions", "Live client sessions on this process.")
+promotions = _declare("Counter", "sns_promotions", "Times this process took over as master.")
+respawns = _declare("Counter", "sns_respawns", "Buddies respawned after they died.")
+loopLag = _declare(
+    "Histogram", "sns_loop_lag_seconds", "How late the reactor ran a timer (event-loop lag).",
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-servers = Gauge("sns_router_servers", "Live server processes registered, by role.", ["role"])
-deactivations = Counter("sns_router_deactivations", "Servers the router deactivated.")
+servers = _declare("Gauge", "sns_router_servers",
+                   "Live server processes registered, by role.", ["role"])
+deactivations = _declare("Counter", "sns_router_deactivations",
+                         "Servers the router deactivated.")
 
 _gauges = {}
 
@@ -75,11 +154,13 @@ class Ticker(TimerService):
     """
     Every L{TICK} seconds: refresh the watched gauges, and observe how late
     this timer ran (event-loop lag, as a histogram; L{snstwist.core.looplag} is
-    the fine-grained, logging measurement that benchmarks turn on).
+    the fine-grained, logging measurement that benchmarks turn on).  Making
+    one turns the metrics on: they are counted to be read.
     """
 
     def __init__(self, clock=None):
         TimerService.__init__(self, TICK, self._tick)
+        enable()
         self.expected = None
         if clock is not None:
             self.clock = clock
