@@ -95,6 +95,28 @@ class CheckTests(unittest.SynchronousTestCase):
                          [(("ann", "bob"), False), (("ann", "cat"), True),
                           (("ann", "eve"), True)])
 
+    def test_a_refusal_after_an_acknowledged_command_changes_nothing(self):
+        """
+        A refusal wrote nothing: after an acknowledged follow, an unfollow
+        refused by a master that does not hold that follow yet (a failover
+        to a VM without its second copy) leaves the pair judged by the
+        follow; likewise a refusal after one that failed without an answer
+        leaves the pair unjudged.
+        """
+        record = recordOf(
+            follow("ann", "bob"),
+            follow("ann", "bob", op="unfollow", ev="fail", definite=True,
+                   code="FAILED_PRECONDITION"),
+            follow("ann", "cat"), follow("ann", "cat", op="unfollow"),
+            follow("ann", "cat", ev="fail", definite=True, code="ALREADY_EXISTS"),
+            follow("ann", "dan", ev="fail", definite=False),
+            follow("ann", "dan", op="unfollow", ev="fail", definite=True,
+                   code="FAILED_PRECONDITION"))
+        self.assertEqual(record.followsWrong({"follows": [("ann", "bob", 1), ("ann", "dan", 1)]}),
+                         [])
+        self.assertEqual(record.followsWrong({"follows": [("ann", "cat", 1)]}),
+                         [(("ann", "bob"), True), (("ann", "cat"), False)])
+
     def test_a_post_shown_twice_in_one_incarnation_is_a_duplicate(self):
         """
         Twice by id, or twice by text (a retried post stored under two ids);

@@ -55,9 +55,15 @@ class Record:
     def followsWrong(self, snapshot):
         """
         (follower, followee) pairs whose row in C{snapshot} is not what the
-        last answered command on them left.  A command that failed without
-        a definite answer may or may not have been applied: its pair is not
-        judged (until a later answered command on it).
+        last acknowledged command on them left.  A command that failed
+        without a definite answer may or may not have been applied: its pair
+        is not judged (until a later acknowledged command on it).  A definite
+        refusal (ALREADY_EXISTS, FAILED_PRECONDITION) wrote nothing: it says
+        the relation's state only where no command on the pair came before
+        it, since after one it is the view of the master that answered,
+        which may not hold the client's own earlier write yet (its second
+        copy on another VM than the client's master2, which is preferred,
+        not promised: docs/design.md section 5).
         """
         last = {}
         for event in self.ops:
@@ -65,7 +71,7 @@ class Record:
             if event["ev"] == "ack":
                 last[pair] = event["op"] == "follow"
             elif event.get("definite"):
-                last[pair] = event["code"] == "ALREADY_EXISTS"
+                last.setdefault(pair, event["code"] == "ALREADY_EXISTS")
             else:
                 last[pair] = None
         rows = {(r[0], r[1]): bool(r[2]) for r in snapshot["follows"]}
