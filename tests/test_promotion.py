@@ -63,6 +63,20 @@ def feedingMaster(test, feedTo):
     return master, master.node.store
 
 
+def lingeringFeed(test):
+    """
+    A master feeding its slave through a L{BuddyFeed} on a L{Clock} that
+    lingers FEED_LINGER for more: (clock, the size of each batch sent, the
+    feed, the master, its store).
+    """
+    clock = Clock()
+    sent = []
+    feed = BuddyFeed(lambda batch, metadata: sent.append(len(batch.updates))
+                     or defer.succeed(None), "s" * 16, clock=clock, linger=FEED_LINGER)
+    master, store = feedingMaster(test, lambda address, secret: feed)
+    return clock, sent, feed, master, store
+
+
 def slaveHello(slave):
     return pb.BuddyHello(vm="vm1", role=pb.SLAVE, pid=4242, address="127.0.0.9:1",
                          have=slave.node.replica.seen.toProto())
@@ -145,11 +159,7 @@ class BuddyFeedTests(SynchronousTestCase):
         With a clock, what is pushed waits FEED_LINGER for more and goes in
         one call; a full message's worth goes at once.
         """
-        clock = Clock()
-        sent = []
-        feed = BuddyFeed(lambda batch, metadata: sent.append(len(batch.updates))
-                         or defer.succeed(None), "s" * 16, clock=clock, linger=FEED_LINGER)
-        master, store = feedingMaster(self, lambda address, secret: feed)
+        clock, sent, feed, master, store = lingeringFeed(self)
         writePosts(self, master, store, 3)
         fed = list(store.durable.values())
         feed.push(fed[:2])
@@ -170,11 +180,7 @@ class BuddyFeedTests(SynchronousTestCase):
         nor does what was lingering when it came; the page's Deferred fires
         once all of it is sent.
         """
-        clock = Clock()
-        sent = []
-        feed = BuddyFeed(lambda batch, metadata: sent.append(len(batch.updates))
-                         or defer.succeed(None), "s" * 16, clock=clock, linger=FEED_LINGER)
-        master, store = feedingMaster(self, lambda address, secret: feed)
+        clock, sent, feed, master, store = lingeringFeed(self)
         writePosts(self, master, store, 3)
         fed = list(store.durable.values())
         feed.push(fed[:1])

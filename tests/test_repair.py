@@ -21,6 +21,7 @@ from snstwist.storage.disk import Disk
 from snstwist.storage.index import Index
 from snstwist.storage.postfile import postLine
 from tests.crashwriter import cutShort
+from tests.diskhelpers import roundWithWrite, unsynced
 from tests.strategies import postUpdate
 
 AUTHORS = ("alice", "bob", "carol")
@@ -60,14 +61,6 @@ def flushedEnds(disk):
     """Every row of the record's flushed table: {author: (size, post key)}."""
     return {a: (size, (t, uid)) for a, size, t, uid in disk.index.db.execute(
         "SELECT author, size, time_us, uid FROM flushed")}
-
-
-def unsynced(path):
-    db = sqlite3.connect(os.path.join(path, "sns.sqlite3"))
-    try:
-        return sorted(a for (a,) in db.execute("SELECT author FROM unsynced"))
-    finally:
-        db.close()
 
 
 def olderRecord(path):
@@ -228,15 +221,7 @@ class FlushedEndTests(SynchronousTestCase):
         disk.write([postUpdate("vm1.a", 1, 10, "alice"), postUpdate("vm1.a", 2, 20, "alice")])
         disk.unflushed.sync()
         disk.write([postUpdate("vm1.a", 3, 30, "alice")])
-        flush = disk.files.sync
-
-        def lateMeanwhile(authors, created):
-            flush(authors, created)
-            disk.write([postUpdate("vm2.a", 1, 15, "alice")])
-
-        disk.files.sync = lateMeanwhile
-        disk.unflushed.sync()
-        disk.files.sync = flush
+        roundWithWrite(disk, lambda: disk.write([postUpdate("vm2.a", 1, 15, "alice")]))
         disk.write([postUpdate("vm1.a", 4, 40, "bob")])
         self.assertEndsTrue()
         self.assertEqual(flushedEnds(disk)["alice"][1], (30, "vm1.a/3"),
@@ -294,20 +279,13 @@ class CrashModelTests(SynchronousTestCase):
             posts.extend(ups)
             disk.write(ups)
 
-        flush = disk.files.sync
         for kind, pairs in steps:
             if kind == "batch":
                 batch(pairs)
             elif kind == "round":
                 disk.unflushed.sync()
             else:
-                def meanwhile(authors, created, pairs=pairs):
-                    flush(authors, created)
-                    batch(pairs)
-
-                disk.files.sync = meanwhile
-                disk.unflushed.sync()
-                disk.files.sync = flush
+                roundWithWrite(disk, lambda pairs=pairs: batch(pairs))
             assertEndsTrue(self, disk)
         left = disk.index.unsyncedAuthors()
         disk.close()

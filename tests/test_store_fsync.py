@@ -13,7 +13,6 @@ byte-identical.
 
 import os
 import signal
-import sqlite3
 import threading
 
 from twisted.internet import defer, reactor
@@ -25,6 +24,7 @@ from snstwist.storage import store
 from snstwist.storage.disk import Disk
 from snstwist.storage.filesync import Flusher
 from tests import crashwriter
+from tests.diskhelpers import roundWithWrite, unsynced
 from tests.processes import spawn
 from tests.strategies import followUpdate, postUpdate, userUpdate
 
@@ -81,15 +81,6 @@ class MarkedCommits:
 
     def __getattr__(self, name):
         return getattr(self.db, name)
-
-
-def unsynced(path):
-    """The authors in the record's unsynced table, read on a connection of our own."""
-    db = sqlite3.connect(os.path.join(path, "sns.sqlite3"))
-    try:
-        return sorted(a for (a,) in db.execute("SELECT author FROM unsynced"))
-    finally:
-        db.close()
 
 
 class FsyncOrderTests(TestCase):
@@ -289,17 +280,7 @@ class FlushRaceTests(TestCase):
         self.addCleanup(disk.close)
         disk.openRecord()
         disk.write([postUpdate("vm1.a", 1, 10, "alice")])
-        flush = disk.files.sync
-
-        def appendedMeanwhile(authors, created):
-            flush(authors, created)
-            # The disk thread commits and appends the next batch while the
-            # sync thread is still in its round.
-            disk.write([postUpdate("vm1.a", 2, 20, "alice")])
-
-        disk.files.sync = appendedMeanwhile
-        disk.unflushed.sync()
-        disk.files.sync = flush
+        roundWithWrite(disk, lambda: disk.write([postUpdate("vm1.a", 2, 20, "alice")]))
         disk.write([postUpdate("vm1.a", 3, 30, "bob")])
         self.assertEqual(disk.index.unsyncedAuthors(), ["alice", "bob"],
                          "alice's second line was not in the round that flushed her first")

@@ -209,6 +209,20 @@ class ColdWindowReadTests(TestCase):
                           node.replica.coldSources("author01", 5)), (newest, []))
 
 
+def bobLetGo():
+    """
+    Windows that held bob's posts 1, 2, 4 and 5 and let them go for
+    carol's post 6 (a budget of nothing for a moment), with room again since.
+    """
+    windows = Windows(hotPosts=20)
+    for n in (1, 2, 4, 5):
+        windows.hold(bigPost("bob", n).post, hidden=False)
+    windows.windowBytes = 0
+    windows.hold(bigPost("carol", 6).post, hidden=False)  # bob's window goes
+    windows.windowBytes = 10**9
+    return windows
+
+
 class LatePostTests(SynchronousTestCase):
     def test_a_late_post_not_on_disk_yet_stays_below_the_floor_after_a_restore(self):
         """
@@ -216,12 +230,7 @@ class LatePostTests(SynchronousTestCase):
         the disk, read before post 3 was written, holds 1, 2, 4, 5: memory
         holds 4 and 5 again, and says it does not hold what is after 3.
         """
-        windows = Windows(hotPosts=20)
-        for n in (1, 2, 4, 5):
-            windows.hold(bigPost("bob", n).post, hidden=False)
-        windows.windowBytes = 0
-        windows.hold(bigPost("carol", 6).post, hidden=False)  # bob's window goes
-        windows.windowBytes = 10**9
+        windows = bobLetGo()
         windows.hold(bigPost("bob", 3).post, hidden=False)
         stored = [bigPost("bob", n).post for n in (1, 2, 4, 5)]
         windows.restore("bob", stored, None)
@@ -238,12 +247,7 @@ class LatePostTests(SynchronousTestCase):
         read of the shown posts never finds it): the window read back is
         every post stored, and memory holds them all again.
         """
-        windows = Windows(hotPosts=20)
-        for n in (1, 2, 4, 5):
-            windows.hold(bigPost("bob", n).post, hidden=False)
-        windows.windowBytes = 0
-        windows.hold(bigPost("carol", 6).post, hidden=False)  # bob's window goes
-        windows.windowBytes = 10**9
+        windows = bobLetGo()
         windows.hold(bigPost("bob", 3).post, hidden=True)
         windows.restore("bob", [bigPost("bob", n).post for n in (1, 2, 4, 5)], None)
         self.assertEqual(([p.id for p in windows.shown("bob")], windows.floor("bob")),
@@ -257,12 +261,7 @@ class LatePostTests(SynchronousTestCase):
         disk holds 1, 2, 2.5, 4 and 5 shown, 3 hidden, and the window read
         back is all of them.
         """
-        windows = Windows(hotPosts=20)
-        for n in (1, 2, 4, 5):
-            windows.hold(bigPost("bob", n).post, hidden=False)
-        windows.windowBytes = 0
-        windows.hold(bigPost("carol", 6).post, hidden=False)  # bob's window goes
-        windows.windowBytes = 10**9
+        windows = bobLetGo()
         windows.hold(bigPost("bob", 3).post, hidden=False)
         earlier = bigPost("bob", 7, time_us=1002).post  # 2.5: between posts 2 and 3
         windows.hide(bigPost("bob", 3).post)
