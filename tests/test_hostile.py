@@ -288,13 +288,18 @@ class VisibleStreamFailureTests(unittest.TestCase):
             # Core" instead of the refusal (a race inside gRPC core, see
             # docs/design.md "Not yet"), so wait for a break that carries
             # vm9's own reason.
+            # sns-status shows the router's copy of vm1's last heartbeat (one
+            # every 0.5 s): one sent before alice's posts carries the failing
+            # stream already, with nothing held yet to lag.  Wait for one
+            # sent after them.
+            masters = [line.split() for line in run.lines
+                       if line.startswith("vm1 ") and " master " in line]
             return [line for line in run.lines if line.startswith("vm1 -> vm9: ")
-                    and "vm9 refuses every replication stream" in line] and run
+                    and "vm9 refuses every replication stream" in line] and [
+                        m for m in masters if int(m[6]) > 0] and run
 
-        run = await waitUntil(troubleShown, "sns-status to show the failing stream and why")
-        [master] = [line.split() for line in run.lines
-                    if line.startswith("vm1 ") and " master " in line]
-        self.assertGreater(int(master[6]), 0, "LAG of vm1")
+        run = await waitUntil(troubleShown, "sns-status to show the failing stream, why,"
+                              " and a LAG above 0 for vm1")
         [line] = [line for line in run.lines if line.startswith("vm1 -> vm9: ")]
         self.assertIn("not confirmed; the stream broke", line)
         self.assertIn("RESOURCE_EXHAUSTED: vm9 refuses every replication stream", line)
