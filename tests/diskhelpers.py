@@ -6,6 +6,8 @@ Helpers for the tests of a data directory's record and post files
 import os
 import sqlite3
 
+from snstwist.storage.disk import Disk
+
 
 def unsynced(path):
     """The authors in the record's unsynced table, read on a connection of our own."""
@@ -33,3 +35,23 @@ def roundWithWrite(disk, write):
         disk.unflushed.sync()
     finally:
         disk.files.sync = flush
+
+
+def postFiles(path):
+    """The post files of the data directory C{path}: {file name: bytes}."""
+    posts = os.path.join(path, "posts")
+    out = {}
+    for name in sorted(os.listdir(posts)):
+        with open(os.path.join(posts, name), "rb") as f:
+            out[name] = f.read()
+    return out
+
+
+def openDisk(test):
+    """A L{Disk} with its record open, in a fresh directory of C{test}, closed after it."""
+    path = test.mktemp()
+    os.makedirs(path)
+    disk = Disk(path)
+    test.addCleanup(disk.close)
+    disk.openRecord()
+    return disk

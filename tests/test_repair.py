@@ -21,7 +21,7 @@ from snstwist.storage.disk import Disk
 from snstwist.storage.index import Index
 from snstwist.storage.postfile import postLine
 from tests.crashwriter import cutShort
-from tests.diskhelpers import roundWithWrite, unsynced
+from tests.diskhelpers import postFiles, roundWithWrite, unsynced
 from tests.strategies import postUpdate
 
 AUTHORS = ("alice", "bob", "carol")
@@ -38,21 +38,12 @@ def written(path, batches, flush=True):
     disk.close()
 
 
-def files(path):
-    posts = os.path.join(path, "posts")
-    out = {}
-    for name in sorted(os.listdir(posts)):
-        with open(os.path.join(posts, name), "rb") as f:
-            out[name] = f.read()
-    return out
-
-
 def reference(updates):
     """The post files of a VM given C{updates} one by one, newest first."""
     path = tempfile.mkdtemp()
     try:
         written(path, [[u] for u in sorted(updates, key=lambda u: u.post.key, reverse=True)])
-        return files(path)
+        return postFiles(path)
     finally:
         shutil.rmtree(path)
 
@@ -113,7 +104,7 @@ class TailRepairTests(SynchronousTestCase):
     def reopened(self):
         written(self.path, [])
         self.assertEqual(unsynced(self.path), [])
-        return files(self.path)
+        return postFiles(self.path)
 
     def test_a_torn_tail_is_completed_from_the_record(self):
         cutShort(self.path, self.new, lambda path, size: os.truncate(path, size + 9))
@@ -294,4 +285,4 @@ class CrashModelTests(SynchronousTestCase):
             if author in left and os.path.exists(name):
                 os.truncate(name, int(os.path.getsize(name) * cut))
         written(path, [])
-        self.assertEqual(files(path), reference(posts))
+        self.assertEqual(postFiles(path), reference(posts))

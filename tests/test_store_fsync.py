@@ -21,10 +21,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from snstwist.storage import store
-from snstwist.storage.disk import Disk
 from snstwist.storage.filesync import Flusher
 from tests import crashwriter
-from tests.diskhelpers import roundWithWrite, unsynced
+from tests.diskhelpers import openDisk, postFiles, roundWithWrite, unsynced
 from tests.processes import spawn
 from tests.strategies import followUpdate, postUpdate, userUpdate
 
@@ -274,11 +273,7 @@ class FlushRaceTests(TestCase):
     """L{Disk} alone, on this thread: a file appended to while it is being flushed."""
 
     def test_an_author_appended_to_during_a_flush_stays_unsynced(self):
-        path = self.mktemp()
-        os.makedirs(path)
-        disk = Disk(path)
-        self.addCleanup(disk.close)
-        disk.openRecord()
+        disk = openDisk(self)
         disk.write([postUpdate("vm1.a", 1, 10, "alice")])
         roundWithWrite(disk, lambda: disk.write([postUpdate("vm1.a", 2, 20, "alice")]))
         disk.write([postUpdate("vm1.a", 3, 30, "bob")])
@@ -298,11 +293,7 @@ class FlusherStopTests(TestCase):
         meanwhile: the next round it would schedule is not left behind
         (trial's clean-reactor check saw it as a DelayedCall of Flusher.flush).
         """
-        path = self.mktemp()
-        os.makedirs(path)
-        disk = Disk(path)
-        self.addCleanup(disk.close)
-        disk.openRecord()
+        disk = openDisk(self)
         disk.write([postUpdate("vm1.a", 1, 10, "alice")])
         inRound, release = threading.Event(), threading.Event()
         flush = disk.files.sync
@@ -368,22 +359,14 @@ class CrashBeforeFlushTests(TestCase):
         for u in reversed(crashwriter.updates("vm1.c", 1, self.LAST)):
             await s.persist([u])
         await s.close()
-        return self.files(path)
-
-    def files(self, path):
-        posts = os.path.join(path, "posts")
-        out = {}
-        for name in sorted(os.listdir(posts)):
-            with open(os.path.join(posts, name), "rb") as f:
-                out[name] = f.read()
-        return out
+        return postFiles(path)
 
     async def reopened(self, path):
         s = store.SQLiteStore(path)
         await s.open()
         await s.close()
         self.assertEqual(unsynced(path), [])
-        return self.files(path)
+        return postFiles(path)
 
     async def check(self, cut):
         path = await self.crashedDir(cut)
