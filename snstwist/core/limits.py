@@ -112,13 +112,15 @@ RESUME_GAP_MAX = 50000
 # (Bidirectional_s_and_c streams) of one user, and from one IP address;
 # past either the stream is refused with RESOURCE_EXHAUSTED.  gRPC closes a
 # connection that has carried no call for IDLE_CONNECTION_SECONDS, and a
-# server process takes at most MAX_CONNECTIONS connections in all (gRPC
-# counts connections per server, not per address: a session is the unit we
-# can count per address).
+# server process takes at most MAX_CONNECTIONS connections in all, and
+# at most MAX_CONNECTIONS_PER_ADDRESS from one IP address (gRPC counts
+# connections per server only: the newest past that are shut down within a
+# second, grpcbridge/addresscap.py).
 MAX_SESSIONS_PER_USER = 10
 MAX_SESSIONS_PER_ADDRESS = 3000
 IDLE_CONNECTION_SECONDS = 300
 MAX_CONNECTIONS = 10000
+MAX_CONNECTIONS_PER_ADDRESS = 3000
 
 
 # -- accounts (issue 12)

@@ -20,11 +20,13 @@ every POST must carry the visit's CSRF token; request bodies are bounded.
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.filepath import FilePath
 from twisted.web import resource, server, static
 from twisted.web.template import renderElement
 
 from snstwist.commands.cli import INVALID_USERNAME
+from snstwist.core.limits import MAX_CONNECTIONS_PER_ADDRESS
 from snstwist.web import live, pages
 from snstwist.web.dashboard import ClusterWatch
 from snstwist.web.people import STREAMS_PER_PERSON, SignInFailed, Visits, postData, sentence
@@ -269,6 +271,33 @@ class Static(static.File):
         return resource.NoResource()
 
 
+class PerAddress(WrappingFactory):
+    """
+    C{factory}'s connections, at most C{limit} from one address: past it a
+    new connection is closed as soon as it is accepted.
+    """
+
+    def __init__(self, factory, limit=MAX_CONNECTIONS_PER_ADDRESS):
+        WrappingFactory.__init__(self, factory)
+        self.limit = limit
+        self.counts = {}
+
+    def buildProtocol(self, addr):
+        if self.counts.get(addr.host, 0) >= self.limit:
+            log.warn("refused a connection from {host}: {n} open from it already",
+                     host=addr.host, n=self.limit)
+            return None
+        self.counts[addr.host] = self.counts.get(addr.host, 0) + 1
+        return WrappingFactory.buildProtocol(self, addr)
+
+    def unregisterProtocol(self, p):
+        WrappingFactory.unregisterProtocol(self, p)
+        host = p.getPeer().host
+        self.counts[host] -= 1
+        if not self.counts[host]:
+            del self.counts[host]
+
+
 class WebService(MultiService):
     """C{sns-web}: the site on C{listen}, a client of the cluster at C{routers}."""
 
@@ -307,7 +336,8 @@ class WebService(MultiService):
         site.requestFactory = SafeRequest
         site.displayTracebacks = False
         host, port = self.listen.rsplit(":", 1)
-        self.port = self.reactor.listenTCP(int(port), site, interface=host.strip("[]"))
+        self.port = self.reactor.listenTCP(int(port), PerAddress(site),
+                                           interface=host.strip("[]"))
         log.info("sns-web at {url}", url=self.url)
 
     @property

@@ -12,7 +12,13 @@ from grpc_reflection.v1alpha import reflection
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from snstwist.core.limits import IDLE_CONNECTION_SECONDS, MAX_CONNECTIONS, MAX_MESSAGE_BYTES
+from snstwist.core.limits import (
+    IDLE_CONNECTION_SECONDS,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    MAX_MESSAGE_BYTES,
+)
+from snstwist.rpc.grpcbridge.addresscap import AddressCap
 from snstwist.rpc.grpcbridge.calls import deferredFromAwaitable
 from snstwist.rpc.grpcbridge.channels import DEFAULT, defaultTLS
 from snstwist.rpc.grpcbridge.servicers import BOTH, CLIENTS, PEERS, Port
@@ -25,7 +31,8 @@ SERVER_OPTIONS = [
     # Without this a second server binds the same port and steals half of
     # the connections.
     ("grpc.so_reuseport", 0),
-    # Connections are bounded (limits.py): in all, and in time when idle.
+    # Connections are bounded (limits.py): in all, and in time when idle
+    # (and per address: L{AddressCap}).
     ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
     ("grpc.max_connection_idle_ms", IDLE_CONNECTION_SECONDS * 1000),
 ]
@@ -42,7 +49,8 @@ class GrpcServerService(Service):
     and refuses the peer ones, the cluster port (C{peerListen}) the other
     way round, and both the operator's views (L{servicers.PEER_RPCS},
     L{servicers.OPERATOR_RPCS}).  Without C{peerListen}, one port serves
-    everything.
+    everything.  On both, no address holds more than
+    C{connectionsPerAddress} connections (L{AddressCap}).
 
     C{register(server, openStreams)} adds the servicers, once per port (a
     L{servicers.Port}, which says which RPCs it serves); C{services} names
@@ -56,7 +64,8 @@ class GrpcServerService(Service):
     grace = 1.0
 
     def __init__(self, listen, register, services=(), name="grpc", tls=DEFAULT,
-                 peerListen=None):
+                 peerListen=None, reactor=None,
+                 connectionsPerAddress=MAX_CONNECTIONS_PER_ADDRESS):
         self.listen = listen
         self.peerListen = peerListen
         self.register = register
@@ -69,6 +78,9 @@ class GrpcServerService(Service):
         self.peerServer = None
         self.openStreams = set()
         self.health = None
+        self.reactor = reactor
+        self.connectionsPerAddress = connectionsPerAddress
+        self.addressCap = None
 
     @property
     def address(self):
@@ -94,6 +106,12 @@ class GrpcServerService(Service):
             self.peerServer, self.peerPort = self._serve(self.peerListen, PEERS, tls)
             starts = [self.server.start(), self.peerServer.start()]
         self.started = deferredFromAwaitable(asyncio.gather(*starts))
+        if self.reactor is None:
+            from twisted.internet import reactor as theReactor
+            self.reactor = theReactor
+        self.addressCap = AddressCap(self.reactor, [p for p in (self.port, self.peerPort) if p],
+                                     self.connectionsPerAddress)
+        self.addressCap.start()
         self.started.addCallback(lambda _: self.setHealth(True))
         self.started.addErrback(lambda f: log.failure("gRPC server failed to start", f))
         if self.peerListen is None:
@@ -122,6 +140,9 @@ class GrpcServerService(Service):
 
     def stopService(self):
         Service.stopService(self)
+        if self.addressCap is not None:
+            self.addressCap.stop()
+            self.addressCap = None
         # Open bidi streams would hold the stop for the whole grace period:
         # end them first.
         for stream in list(self.openStreams):
