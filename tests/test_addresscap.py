@@ -6,12 +6,14 @@ connections past its limit.
 
 import socket
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
+from twisted.web import resource, server
 
 from snstwist.rpc import grpcbridge
 from snstwist.rpc.grpcbridge import addresscap
+from snstwist.web import live
 from snstwist.web.app import PerAddress
 
 
@@ -209,3 +211,45 @@ class WebPerAddressTests(unittest.TestCase):
         while not gone:  # the server has yet to read that end
             await self.assertServed(other)
         await self.assertServed(await self.connect(port, "127.0.0.1"))
+
+
+class _Stream(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, streams):
+        resource.Resource.__init__(self)
+        self.streams = streams
+
+    def render_GET(self, request):
+        self.streams.open(request)
+        return server.NOT_DONE_YET
+
+
+class WebSlowReaderTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_slowBrowserDroppedBehindTheCap(self):
+        """
+        Behind the per-address cap's wrapper, a live stream whose browser
+        does not read is still dropped once its connection buffers more
+        than L{live.MAX_BUFFERED} bytes.
+        """
+        self.patch(live, "MAX_BUFFERED", 1 << 16)
+        streams = live.Streams(10)
+        listening = reactor.listenTCP(0, PerAddress(server.Site(_Stream(streams))),
+                                      interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        browser = _Client()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                                 listening.getHost().port), browser)
+        self.addCleanup(lambda: browser.transport.abortConnection())
+        browser.transport.write(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+        await browser.echoed  # the stream's first bytes
+        browser.transport.pauseProducing()  # and then it reads no more
+        chunk = "x" * (1 << 16)
+        for _ in range(2000):  # at most 128 MB, far past any socket buffers
+            if not streams:
+                break
+            streams.send("post", chunk)
+            await task.deferLater(reactor, 0, lambda: None)
+        self.assertEqual(len(streams), 0)
