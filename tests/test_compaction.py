@@ -17,6 +17,7 @@ from snstwist.core.model import ReadMark, Update
 from snstwist.core.state import Replica, VersionVector
 from snstwist.storage import compaction, disk
 from snstwist.storage import index as _index
+from snstwist.storage import writes
 from snstwist.storage.store import SQLiteStore
 from tests.strategies import userUpdate
 
@@ -116,8 +117,8 @@ class CompactedRecordTests(TestCase):
         db = sqlite3.connect(os.path.join(path, "sns.sqlite3"), isolation_level=None)
         db.executescript(_index.SCHEMA)
         for u in (ALICE, M1, M2, M3):
-            db.execute(_index.INSERT_RECORD, _index.recordRow(u))
-        db.executemany(_index.UPSERT_MARK, [_index.markRow(u) for u in (M1, M2, M3)])
+            db.execute(writes.INSERT_RECORD, writes.recordRow(u))
+        db.executemany(writes.UPSERT_MARK, [writes.markRow(u) for u in (M1, M2, M3)])
         index = _index.Index(db)
         index.writeVersions(index.countVersions().origins)
         db.close()

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from snstwist.core import errors
 from snstwist.core.model import FollowChange, Post, ReadMark, Update, parseUpdateId, updateId
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.storage.index import recordRow
+from snstwist.storage.writes import recordRow
 from tests.fakes import FakeCallContext, session
 from tests.test_auth import login, serverAs
 

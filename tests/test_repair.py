@@ -278,6 +278,8 @@ class CrashModelTests(SynchronousTestCase):
             else:
                 roundWithWrite(disk, lambda pairs=pairs: batch(pairs))
             assertEndsTrue(self, disk)
+            # The writer keeps the table's authors in memory and writes only what changes.
+            self.assertEqual(sorted(disk.index.unsyncedAuthors()), sorted(disk.unsynced))
         left = disk.index.unsyncedAuthors()
         disk.close()
         for author, cut in zip(AUTHORS, cuts):

@@ -17,13 +17,14 @@ import sqlite3
 
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.storage import index as _index
+from snstwist.storage import writes
 from snstwist.storage.admin import BadLine
 from snstwist.storage.postfile import fsync, parsePostLine
 
 # The most rows (or bytes of post lines) held before they are written.
 FLUSH_ROWS = 50000
 FLUSH_BYTES = 32 * 1024 * 1024
-_INSERT = _index.INSERT_RECORD.replace(" OR IGNORE", "")
+_INSERT = writes.INSERT_RECORD.replace(" OR IGNORE", "")
 _INSERT_REQUEST = "INSERT INTO temp.requests (author, request) VALUES (?, ?)"
 
 
@@ -136,8 +137,8 @@ class BulkWriter:
         db.executemany("INSERT INTO users (name, created_us) VALUES (?, ?)"
                        " ON CONFLICT (name) DO UPDATE SET created_us = excluded.created_us"
                        " WHERE excluded.created_us < users.created_us", tables["users"])
-        db.executemany(_index.UPSERT_FOLLOW, tables["follows"])
-        db.executemany(_index.UPSERT_MARK, tables["marks"])
+        db.executemany(writes.UPSERT_FOLLOW, tables["follows"])
+        db.executemany(writes.UPSERT_MARK, tables["marks"])
         for author, lines in posts.items():
             with open(os.path.join(self.postsDir, author + ".txt"), "ab") as f:
                 f.write(b"".join(lines))

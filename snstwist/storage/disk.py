@@ -225,7 +225,10 @@ class Disk:
             # end now is a flushed end.
             ends = dict(flushed)
             ends.update((a, self.files.end(a)) for a in authors - before)
-            self.index.write(rows, displaced, authors, synced=synced, flushed=ends,
+            # The table holds self.unsynced: only what changes is written
+            # (an author flushed and appended to again stays).
+            self.index.write(rows, displaced, authors - self.unsynced,
+                             synced=(synced & self.unsynced) - authors, flushed=ends,
                              moved=moved)
         self.unsynced = before | authors
         appended, created, rewritten = self.files.write(posts, drop)

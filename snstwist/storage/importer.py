@@ -34,7 +34,7 @@ from snstwist.core.model import (
     updateId,
 )
 from snstwist.core.state import Seen, VersionVector
-from snstwist.storage import index as _index
+from snstwist.storage import writes
 from snstwist.storage.admin import BadLine, NotEmpty, isEmpty
 from snstwist.storage.bulk import BulkWriter
 from snstwist.storage.postfile import formatTime, fsync, parseTime, postLineOf
@@ -225,7 +225,7 @@ class Importer:
         origin, seq = self._id(record)
         update = Update(origin=origin, seq=seq, time_us=self._time(record),
                         request_id=self._request(record), **change)
-        self.out.add(lineno, _index.recordRow(update))
+        self.out.add(lineno, writes.recordRow(update))
         return update
 
     def _user(self, lineno, record):
@@ -257,13 +257,13 @@ class Importer:
             raise ValueError("following is true or false")
         update = self._update(lineno, record, follow=FollowChange(pair[0], pair[1], following))
         self.follows.add(pair)
-        self.out.tables["follows"].append(_index.followRow(update))
+        self.out.tables["follows"].append(writes.followRow(update))
 
     def _read(self, lineno, record):
         user = self._known(lineno, record["read"])
         mark = checkCursor(self._time(record, "post_time"), record["post_id"])
         update = self._update(lineno, record, read=ReadMark(user, *mark))
-        self.out.tables["marks"].append(_index.markRow(update))
+        self.out.tables["marks"].append(writes.markRow(update))
 
     def _post(self, lineno, record):
         author = self._known(lineno, record["author"])

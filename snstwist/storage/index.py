@@ -25,7 +25,6 @@ process), never on the reactor.
 """
 
 import json
-import sqlite3
 
 from twisted.logger import Logger
 
@@ -34,8 +33,9 @@ from snstwist.core.limits import MAX_TIME_US
 from snstwist.core.model import Update
 from snstwist.core.state import Seen, VersionVector
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.storage.compaction import compactRecord, compactRows, missingPage
+from snstwist.storage.compaction import compactRecord, missingPage
 from snstwist.storage.postfile import NO_KEY
+from snstwist.storage.writes import RecordWrites
 
 log = Logger()
 
@@ -73,51 +73,7 @@ CREATE INDEX IF NOT EXISTS record_state ON record (kind) WHERE author IS NULL;
 """
 SCHEMA = TABLES + INDEXES
 
-INSERT_RECORD = ("INSERT OR IGNORE INTO record (origin, seq, time_us, uid, kind, author,"
-                 " requester, request, shown, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-
 _BODY = "SELECT body FROM record WHERE "
-
-# The derived tables hold the last writer of each register.
-UPSERT_FOLLOW = (
-    "INSERT INTO follows (follower, followee, following, time_us, update_id)"
-    " VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (follower, followee) DO UPDATE SET"
-    " following = excluded.following, time_us = excluded.time_us,"
-    " update_id = excluded.update_id"
-    " WHERE (excluded.time_us, excluded.update_id) > (follows.time_us, follows.update_id)")
-UPSERT_MARK = (
-    "INSERT INTO marks (user, time_us, post_id, origin, seq) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (user) DO UPDATE SET"
-    " time_us = excluded.time_us, post_id = excluded.post_id,"
-    " origin = excluded.origin, seq = excluded.seq"
-    " WHERE (excluded.time_us, excluded.post_id) > (marks.time_us, marks.post_id)")
-
-
-def followRow(u):
-    f = u.follow
-    return (f.follower, f.followee, int(f.following), u.time_us, u.id)
-
-
-def markRow(u):
-    return (u.read.user, u.read.time_us, u.read.post_id, u.origin, u.seq)
-
-
-def kindOf(update):
-    for kind in ("post", "follow", "read", "password", "user"):
-        if getattr(update, kind) is not None:
-            return kind
-    raise ValueError("an update of no kind")
-
-
-def recordRow(update, shown=True, body=None):
-    """The row of C{record} that holds C{update}."""
-    requester = update.requester if update.request_id else None
-    author = update.post.author if update.post is not None else None
-    if body is None:
-        body = update.encoding().SerializeToString()
-    return (update.origin, update.seq, update.time_us, update.id, kindOf(update), author,
-            requester, update.request_id or None, int(shown), body)
 
 
 def decoded(bodies):
@@ -140,14 +96,11 @@ def damaged(error):
     return getattr(error, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
-def copySeen(seen):
-    return Seen(seen.contiguous, set(seen.extra)) if seen is not None else Seen()
-
-
-class Index:
+class Index(RecordWrites):
     """
-    The queries and the batch writes of C{record} and its tables, on one
-    connection C{db} (autocommit mode: transactions are explicit).
+    The queries and the batch writes (L{writes.RecordWrites}) of C{record}
+    and its tables, on one connection C{db} (autocommit mode: transactions
+    are explicit).
     """
 
     def __init__(self, db):
@@ -170,72 +123,12 @@ class Index:
             vv.origins[origin] = Seen(contiguous, set(json.loads(extra)))
         return vv
 
-    def writeVersions(self, seen):
-        """Store C{seen} ({origin: L{Seen}}); inside the caller's transaction."""
-        self.db.executemany(
-            "INSERT OR REPLACE INTO versions (origin, contiguous, extra) VALUES (?, ?, ?)",
-            [(o, s.contiguous, json.dumps(sorted(s.extra))) for o, s in seen.items()])
-
     def countVersions(self):
         """The version vector of C{record}, counted row by row (a migration, an import)."""
         vv = VersionVector()
         for origin, seq in self.db.execute("SELECT origin, seq FROM record"):
             vv.add(origin, seq)
         return vv
-
-    # -- writing
-
-    def write(self, rows, displaced=(), authors=(), synced=(), flushed=None, moved=None):
-        """
-        One transaction: the updates C{rows} ([(update, shown)]), the posts
-        C{displaced} no longer shown, the derived tables, the version vector,
-        and C{unsynced}: the authors C{synced} (whose files were flushed
-        since) leave it, and the authors whose files the caller writes next,
-        C{authors}, join it.  C{flushed} ({author: (size, post key)}) are
-        flushed ends of files; C{moved} ({author: post key}) the authors
-        whose posts this batch changes from that key on: a flushed end at or
-        after it is no longer one.
-        """
-        db = self.db
-        seen = {}
-        for u, _ in rows:
-            if u.origin not in seen:
-                seen[u.origin] = copySeen(self.versions.origins.get(u.origin))
-            seen[u.origin].add(u.seq)
-        db.execute("BEGIN")
-        try:
-            rows, superseded = compactRows(db, rows)
-            updates = [u for u, _ in rows]
-            db.executemany(INSERT_RECORD, [recordRow(u, shown) for u, shown in rows])
-            db.executemany("DELETE FROM record WHERE origin = ? AND seq = ?", superseded)
-            db.executemany("UPDATE record SET shown = 0 WHERE origin = ? AND seq = ?",
-                           [(u.origin, u.seq) for u in displaced])
-            self._derived(updates)
-            self.writeVersions(seen)
-            db.executemany("DELETE FROM unsynced WHERE author = ?", [(a,) for a in synced])
-            db.executemany("INSERT OR IGNORE INTO unsynced (author) VALUES (?)",
-                           [(a,) for a in authors])
-            db.executemany("INSERT OR REPLACE INTO flushed (author, size, time_us, uid)"
-                           " VALUES (?, ?, ?, ?)",
-                           [(a, size, t, uid) for a, (size, (t, uid)) in (flushed or {}).items()])
-            db.executemany("DELETE FROM flushed WHERE author = ? AND (time_us, uid) >= (?, ?)",
-                           [(a, t, uid) for a, (t, uid) in (moved or {}).items()])
-            db.execute("COMMIT")
-        except BaseException:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # SQLite rolled back already (a failed COMMIT)
-            raise
-        self.versions.origins.update(seen)
-
-    def _derived(self, rows):
-        db = self.db
-        db.executemany(
-            "INSERT OR IGNORE INTO users (name, created_us) VALUES (?, ?)",
-            [(u.user, u.time_us) for u in rows if u.user is not None])
-        db.executemany(UPSERT_FOLLOW, [followRow(u) for u in rows if u.follow is not None])
-        db.executemany(UPSERT_MARK, [markRow(u) for u in rows if u.read is not None])
 
     # -- reading
 
