@@ -6,6 +6,9 @@ a busy reactor, so a batch of posts is a few of them, whatever its size.
 (How long a batch takes is measured by benchmarks/commits.py.)
 """
 
+import errno
+import os
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.diskhelpers import openDisk, unsynced
@@ -69,3 +72,51 @@ class SQLiteStepTests(SynchronousTestCase):
         self.assertEqual(unsynced(self.disk.path), ["bob", "dave"])
         self.assertEqual(sorted(self.disk.unsynced), ["bob", "dave"])
 
+
+class FileCallTests(SynchronousTestCase):
+    def setUp(self):
+        self.disk = openDisk(self)
+
+    def assertSizesTrue(self, *authors):
+        """The ends the writer keeps in memory are its files' sizes."""
+        for author in authors:
+            path = self.disk.files.path(author)
+            size = os.path.getsize(path) if os.path.exists(path) else 0
+            self.assertEqual(self.disk.files.end(author)[0], size, author)
+
+    def test_a_batch_opens_each_file_once_and_asks_nothing_else(self):
+        authors = ["alice", "bob", "carol"]
+        self.disk.write(posts(1, 3, authors))
+        calls = []
+        real = {name: getattr(os, name) for name in ("stat", "lstat", "open")}
+        for name in real:
+            def counted(*args, name=name, **kwargs):
+                calls.append(name)
+                return real[name](*args, **kwargs)
+            self.patch(os, name, counted)
+        self.disk.write(posts(4, 6, authors))
+        self.assertEqual(calls, ["open"] * 3)
+        del calls[:]
+        self.assertSizesTrue(*authors)
+
+    def test_a_failed_append_leaves_the_size_known_true(self):
+        self.disk.write(posts(1, 2, ["alice", "bob"]))
+        append = self.disk.append
+
+        def torn(path, data):
+            append(path, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+        self.disk.append = torn
+        self.assertRaises(OSError, self.disk.write, posts(3, 2, ["alice", "bob"]))
+        self.disk.append = append
+        self.assertSizesTrue("alice", "bob")
+        self.disk.write(posts(5, 2, ["alice", "bob"]))
+        self.assertSizesTrue("alice", "bob")
+
+    def test_a_rewritten_file_has_its_size_known_true(self):
+        self.disk.write([postUpdate("vm1.a", 1, 10, "alice"), postUpdate("vm1.a", 2, 30, "alice")])
+        self.disk.write([postUpdate("vm2.a", 1, 20, "alice", "late")])
+        self.assertSizesTrue("alice")
+        self.disk.write([postUpdate("vm1.a", 3, 40, "alice")])
+        self.assertSizesTrue("alice")

@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from snstwist.core import errors
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
-from snstwist.storage.postfile import parsePostLine
+from snstwist.storage.postfile import appendTo, parsePostLine
 from snstwist.storage.store import SQLiteStore
 from tests.fakes import session
 from tests.servers import serverParts
@@ -31,36 +31,22 @@ from tests.strategies import postUpdate
 
 class FailingDisk:
     """
-    Opens the post files as the store asks, or fails: with C{error} (an
-    errno) at open, or, if C{torn}, after writing half of what it was given.
+    Appends to the post files as the store asks, or fails: with C{error}
+    (an errno) before writing anything, or, if C{torn}, after writing half
+    of what it was given.
     """
 
     def __init__(self):
         self.error = None
         self.torn = False
 
-    def open(self, path, mode, **kwargs):
+    def append(self, path, data):
         if self.error is not None and not self.torn:
             raise OSError(self.error, os.strerror(self.error), path)
-        f = open(path, mode, **kwargs)
-        return _TornFile(f, self.error) if self.error is not None else f
-
-
-class _TornFile:
-    def __init__(self, f, error):
-        self.f, self.error = f, error
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-    def writelines(self, lines):
-        data = "".join(lines)
-        self.f.write(data[:len(data) // 2])
-        self.f.flush()
-        raise OSError(self.error, os.strerror(self.error))
+        if self.error is None:
+            return appendTo(path, data)
+        appendTo(path, data[:len(data) // 2])
+        raise OSError(self.error, os.strerror(self.error), path)
 
 
 class FullDatabase:
@@ -90,7 +76,7 @@ class StorageTestCase(TestCase):
         self.path = self.mktemp()
         self.store = SQLiteStore(self.path, name="vm2", clock=self.clock)
         self.disk = FailingDisk()
-        self.store._disk.opener = self.disk.open
+        self.store._disk.append = self.disk.append
         self.addCleanup(self.store.close)
         self.written = []
         self.node = Node("vm2", "vm2.t", self.store, self.clock)

@@ -63,13 +63,13 @@ class Disk:
         self.index.db = value
 
     @property
-    def opener(self):
-        """How post files are opened for writing (a test puts a failing filesystem here)."""
-        return self.files.opener
+    def append(self):
+        """How bytes are appended to post files (a test puts a failing filesystem here)."""
+        return self.files.append
 
-    @opener.setter
-    def opener(self, value):
-        self.files.opener = value
+    @append.setter
+    def append(self, value):
+        self.files.append = value
 
     def lock(self):
         os.makedirs(self.postsDir, exist_ok=True)

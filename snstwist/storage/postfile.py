@@ -72,6 +72,22 @@ def parsePostLine(line):
 
 
 
+def appendTo(path, data):
+    """
+    Append the bytes C{data} to the file at C{path} (made if absent), not
+    flushed: three calls to the system (a text file opened for appending
+    makes seven).  A short write (a disk filling up) is followed by the
+    rest, and so by the error that stopped it.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 def fsync(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -98,10 +114,15 @@ class PostFiles:
     def __init__(self, postsDir, flushers):
         self.postsDir = postsDir
         self._flushers = flushers
+        # Of each author whose file was looked at: the key of its last post
+        # (None: no post), and the file's size (None: no file), kept as
+        # this writer changes the file, so that a batch asks the file
+        # system nothing before it appends.
         self.lastKey = {}
-        # How post files are opened for writing (a test puts a failing
-        # filesystem here).
-        self.opener = open
+        self.sizes = {}
+        # How bytes are appended to a post file, or to the file a rewrite
+        # writes (a test puts a failing filesystem here).
+        self.append = appendTo
 
     def path(self, author):
         return os.path.join(self.postsDir, checkUsername(author) + ".txt")
@@ -139,11 +160,12 @@ class PostFiles:
         last post (L{NO_KEY} when it has none).
         """
         last = self.lastKeyOf(author)
-        try:
-            size = os.path.getsize(self.path(author))
-        except FileNotFoundError:
-            size = 0
-        return size, last if last is not None else NO_KEY
+        return self.sizes.get(author) or 0, last if last is not None else NO_KEY
+
+    def forget(self, author):
+        """The author's file was changed behind this writer's back (a repair): look again."""
+        self.lastKey.pop(author, None)
+        self.sizes.pop(author, None)
 
     def sync(self, authors, created):
         """Flush the files of C{authors}, then the directory if a file is new."""
@@ -155,21 +177,27 @@ class PostFiles:
         """The (time, id) of the last post in the author's file, read from its end."""
         if author not in self.lastKey:
             path = self.path(author)
-            last = None
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    f.seek(0, os.SEEK_END)
-                    size = f.tell()
+            last = size = None
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                pass
+            else:
+                with f:
+                    size = f.seek(0, os.SEEK_END)
                     f.seek(max(0, size - 64 * 1024))
                     lines = f.read().splitlines()
                 try:
                     last = parsePostLine(lines[-1].decode("utf-8")).post.key if lines else None
                 except (ValueError, KeyError, errors.SNSError):
                     # A torn last line: read (and repair) the whole file.
-                    self.lastKey.pop(author, None)
-                    self.read(path)
-                    return self.lastKey.get(author)
+                    self.forget(author)
+                    if not self.read(path):
+                        self.lastKey[author] = None
+                        self.sizes[author] = os.path.getsize(path)
+                    return self.lastKey[author]
             self.lastKey[author] = last
+            self.sizes[author] = size
         return self.lastKey[author]
 
     def read(self, path, repair=True):
@@ -195,7 +223,9 @@ class PostFiles:
                 f.truncate(good)
                 os.fsync(f.fileno())
         if updates and repair:
-            self.lastKey[updates[0].post.author] = max(u.post.key for u in updates)
+            author = updates[0].post.author
+            self.lastKey[author] = max(u.post.key for u in updates)
+            self.sizes[author] = good
         return updates
 
     def _undo(self, undo):
@@ -205,7 +235,7 @@ class PostFiles:
         is left.  The last keys are read again from the files' ends.
         """
         for path, size, author in reversed(undo):
-            self.lastKey.pop(author, None)
+            self.forget(author)
             try:
                 if size is None:
                     os.unlink(path)
@@ -229,15 +259,15 @@ class PostFiles:
         ups.sort(key=lambda u: u.post.key)
         last = self.lastKeyOf(author)
         if not drop and (last is None or ups[0].post.key > last):
-            exists = os.path.exists(path)
-            created = last is None and not exists
+            size = self.sizes[author]
             if undo is not None:
-                undo.append((path, os.path.getsize(path) if exists else None, author))
-            with self.opener(path, "a", encoding="utf-8") as f:
-                f.writelines(postLine(u) for u in ups)
+                undo.append((path, size, author))
+            data = "".join([postLine(u) for u in ups]).encode("utf-8")
+            self.append(path, data)
+            self.sizes[author] = (size or 0) + len(data)
             newest = ups[-1].post.key
             self.lastKey[author] = max(newest, last) if last else newest
-            return path, created
+            return path, size is None
         self._rewrite(author, path, ups, drop)
         return None, False
 
@@ -258,12 +288,15 @@ class PostFiles:
         for postId in drop or ():
             merged.pop(postId, None)
         ordered = sorted(merged.values(), key=lambda u: u.post.key)
+        data = "".join([postLine(u) for u in ordered]).encode("utf-8")
         tmp = path + ".tmp"
         try:
-            with self.opener(tmp, "w", encoding="utf-8") as f:
-                f.writelines(postLine(u) for u in ordered)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                os.unlink(tmp)  # a crashed rewrite's
+            except FileNotFoundError:
+                pass
+            self.append(tmp, data)
+            fsync(tmp)
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -273,6 +306,7 @@ class PostFiles:
         os.replace(tmp, path)
         self.syncDir()
         self.lastKey[author] = ordered[-1].post.key if ordered else None
+        self.sizes[author] = len(data)
 
     def syncDir(self):
         """Make a new or renamed post file's directory entry durable."""

@@ -81,7 +81,7 @@ class Repair:
                 f.truncate(size + good)
                 f.seek(size + good)
                 f.write(want[good:])
-                self.files.lastKey.pop(author, None)
+                self.files.forget(author)
         left.append(author)
         return True
 
@@ -118,7 +118,7 @@ class Repair:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             self.files.syncDir()
-        self.files.lastKey.pop(author, None)
+        self.files.forget(author)
 
 
 def _wholeLines(have, want):
