@@ -4,6 +4,7 @@ disk work runs on a thread), L{MemoryStore} for the tests of other modules,
 and the time format of the post files.
 """
 
+import datetime
 import json
 import os
 import sqlite3
@@ -11,11 +12,12 @@ import threading
 import time
 
 from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from snstwist.storage import postfile, store
-from tests.strategies import followUpdate, microseconds, postUpdate, userUpdate
+from tests.strategies import LAST_US, followUpdate, microseconds, postUpdate, userUpdate
 from tests.test_repair import olderRecord
 
 
@@ -332,6 +334,16 @@ class TimeFormatTests(SynchronousTestCase):
     def test_parse_time_reads_back_what_format_time_wrote(self, time_us):
         """parseTime(formatTime(t)) == t for any t from 1970 to 9999."""
         self.assertEqual(postfile.parseTime(postfile.formatTime(time_us)), time_us)
+
+    @given(st.lists(microseconds(), min_size=1, max_size=5),
+           st.lists(st.integers(0, 2_000_000), max_size=5))
+    def test_times_formatted_one_after_another_are_each_their_own(self, starts, steps):
+        """The second formatted last is kept for the next: never for another second."""
+        for start in starts:
+            for time_us in [start] + [min(start + step, LAST_US) for step in steps]:
+                moment = datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=time_us)
+                self.assertEqual(postfile.formatTime(time_us),
+                                 moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
 class RetriedRequestTests(TestCase):

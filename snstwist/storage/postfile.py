@@ -24,9 +24,19 @@ log = Logger()
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
+# The second formatted last, (seconds since the epoch, its text up to the
+# dot): the posts of a batch, or of an import, mostly share their second.
+_second = (None, "")
+
+
 def formatTime(time_us):
-    moment = _EPOCH + datetime.timedelta(microseconds=time_us)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _second
+    seconds, micros = divmod(time_us, 1000000)
+    last = _second  # one read: another thread may format meanwhile
+    if last[0] != seconds:
+        moment = _EPOCH + datetime.timedelta(seconds=seconds)
+        last = _second = (seconds, moment.strftime("%Y-%m-%dT%H:%M:%S."))
+    return "%s%06dZ" % (last[1], micros)
 
 
 def parseTime(text):
@@ -120,12 +130,17 @@ class PostFiles:
         # system nothing before it appends.
         self.lastKey = {}
         self.sizes = {}
+        self._paths = {}  # one a user, as its key and size
         # How bytes are appended to a post file, or to the file a rewrite
         # writes (a test puts a failing filesystem here).
         self.append = appendTo
 
     def path(self, author):
-        return os.path.join(self.postsDir, checkUsername(author) + ".txt")
+        path = self._paths.get(author)
+        if path is None:
+            path = self._paths[author] = os.path.join(self.postsDir,
+                                                      checkUsername(author) + ".txt")
+        return path
 
     def names(self):
         return sorted(n for n in os.listdir(self.postsDir) if n.endswith(".txt"))
