@@ -195,7 +195,7 @@ class FsyncOrderTests(TestCase):
                          (0, ["alice", "bob", "carol"]))
         clock.advance(Flusher.delay)
         await s.synced()
-        self.assertEqual(s._flusher.rounds, 1)
+        self.assertEqual((s._flusher.rounds, s._flusher.files), (1, 3))
         await s.persist([postUpdate("vm1.a", 4, 40, "dave")])
         self.assertEqual(unsynced(self.path), ["dave"])
 

@@ -149,6 +149,7 @@ class Flusher:
         self._settled = []  # Deferreds of settled(), fired once nothing waits for a flush
         self._later = None  # the next round, when one is due
         self.rounds = 0
+        self.files = 0  # post files flushed, in every round so far
 
     def soon(self):
         """
@@ -195,6 +196,7 @@ class Flusher:
             self._retry = self.clock.callLater(delay, self._again)
             return
         self._failures = 0
+        self.files += result
         self.soon()
 
     def _again(self):
