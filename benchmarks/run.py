@@ -60,6 +60,12 @@ MODES = {
         rates=[100, 1000], latencySeconds=8.0, posters=2,
         failovers=0, vms=[2], vmLevels=[], profileSeconds=0,
         phases=["throughput", "latency"]),
+    # The posting phase alone at 100 clients, three rounds beside the echo:
+    # posts/s, CPU per post and the streams' messages per post.
+    "posting": dict(
+        levels=[100, 100, 100], seconds=3.0, warmup=0.5, workers=2,
+        rates=[], failovers=0, vms=[2], vmLevels=[], profileSeconds=0,
+        phases=["throughput"]),
     "full": dict(
         levels=[1, 10, 100, 1000], seconds=8.0, warmup=1.0, workers=2,
         rates=[100, 300, 1000], latencySeconds=8.0, posters=2,
@@ -167,6 +173,9 @@ def main(argv=None):
     group.add_argument("--latency", dest="mode", action="store_const", const="latency",
                        help="post -> screen alone (8 s at 100/s and at 1,000/s) beside the"
                             " echo's round trip with one client (about a minute)")
+    group.add_argument("--posting", dest="mode", action="store_const", const="posting",
+                       help="the posting phase alone: 100 clients, three rounds, each beside"
+                            " the echo (about a minute)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench-results"),
                         help="where results.json, results.md and plot.png go")
     parser.add_argument("--profile", action="store_true",

@@ -79,6 +79,8 @@ class ServerRecord:
     acknowledged: int = 0
     peers: tuple = ()
     refused: int = 0
+    fedUpdates: int = 0
+    fedCalls: int = 0
     picks: list = attrs.field(factory=list)
 
     def load(self, now):
@@ -99,7 +101,8 @@ class ServerRecord:
                              seen_ago=now - self.lastSeen, users=self.users,
                              acknowledged=self.acknowledged,
                              peers=self.peers if streams else (),
-                             refused=self.refused if streams else 0)
+                             refused=self.refused if streams else 0,
+                             fed_updates=self.fedUpdates, fed_calls=self.fedCalls)
 
 
 @attrs.frozen
@@ -213,6 +216,7 @@ class Registry:
             record.peers = tuple(beat.peers)
             record.refused = beat.refused
             record.acknowledged = beat.acknowledged
+            record.fedUpdates, record.fedCalls = beat.fed_updates, beat.fed_calls
             self._checkCatchUp(record)
 
     def remove(self, incarnation, why):

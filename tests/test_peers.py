@@ -95,6 +95,23 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual(len(self.stream.sent), 1)
 
 
+class TrafficTests(OutboxTests):
+    """A stream's state says what it carried: updates in how many messages, acks likewise."""
+
+    def test_the_state_counts_updates_and_acks_with_their_messages(self):
+        updates = [self.node.post("alice", "p%d" % (i,), "r%d" % (i,)) for i in range(3)]
+        for u in updates:
+            self.replicator.broadcast(u)
+        self.clock.advance(0)
+        self.replicator.broadcast(self.node.post("alice", "p3", "r3"))
+        self.clock.advance(0)
+        link = self.replicator.links["vm2"]
+        link.received(pb.ReplicationMessage(ack=pb.ReplicaAck(ids=[u.id for u in updates])))
+        state = link.state()
+        self.assertEqual((state.sent_updates, state.sent_messages,
+                          state.acked_updates, state.ack_messages), (4, 2, 3, 1))
+
+
 class SetPeersTests(SynchronousTestCase):
     """The replicator keeps one link to each other VM's master, and only those."""
 

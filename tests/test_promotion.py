@@ -191,6 +191,22 @@ class BuddyFeedTests(SynchronousTestCase):
         self.assertFalse(clock.getDelayedCalls())
         feed.close()
 
+    def test_the_heartbeat_counts_what_every_feed_carried(self):
+        """
+        The master's heartbeat says how many updates its feeds carried and
+        in how many calls, across a new slave's new feed.
+        """
+        slave = emptySlave(self)
+        route = SlaveRoute(slave)
+        master, store = feedingMaster(self, route.feedTo)
+        master.masterEnd.slaveHello(object(), slaveHello(slave))
+        writePosts(self, master, store, 2)
+        master.masterEnd.slaveHello(object(), slaveHello(slave))
+        writePosts(self, master, store, 1)
+        beat = master.report.load()
+        self.assertEqual(len(route.sent), 4)  # alice's account at the first hello, 3 posts
+        self.assertEqual((beat.fed_updates, beat.fed_calls), (sum(route.sent), len(route.sent)))
+
     def test_every_durable_write_is_fed_to_the_slave(self):
         """Once a slave has said hello, each write reaches it when durable."""
         slave = emptySlave(self)

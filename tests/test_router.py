@@ -655,3 +655,11 @@ class EventTests(SynchronousTestCase):
         registry.register(identity("vm1"), FakeLink())
         registry.heartbeat(identity("vm1").incarnation, pb.Heartbeat(acknowledged=7))
         self.assertEqual(registry.infos()[0].acknowledged, 7)
+
+    def test_heartbeat_reports_what_the_slave_was_fed(self):
+        clock, registry, _ = makeRegistry()
+        registry.register(identity("vm1"), FakeLink())
+        registry.heartbeat(identity("vm1").incarnation,
+                           pb.Heartbeat(fed_updates=30, fed_calls=2))
+        info = registry.infos()[0]
+        self.assertEqual((info.fed_updates, info.fed_calls), (30, 2))

@@ -114,6 +114,7 @@ def markdown(results):
                     cpu.get("load generators", "-"), fmt(cpuPerCall(s, "posts_per_s"), 2),
                     fmt(cpuPerCall(e, "calls_per_s"), 2)))
             lines.append("")
+            lines += streamLines(section["throughput"])
         if section.get("latency"):
             lines += ["Post -> follower's screen, %s (poster on vm1; open loop for %s s):"
                       % (key.replace("vm", " VMs"), fmt(cfg["latencySeconds"], 0)), "",
@@ -241,6 +242,24 @@ def latencyRows(lats, echo):
                              "met" if held and verdict(worst, TARGETS["loaded_p99_ms"]) == "met"
                              else "**missed**"))
     return lines
+
+
+def streamLines(rows):
+    """Each master's streams under each level: messages per acknowledged post, its CPU."""
+    lines = ["Each master's streams (replication updates out, acks back, the slave's feed)"
+             " and CPU per acknowledged post:", "",
+             "| clients | master | acked | updates / message | acks / message |"
+             " messages per post out + back | feed updates / call | master's CPU ms per post |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["sns"]
+        for vm, t in sorted((s.get("streams") or {}).items()):
+            lines.append("| %d | %s | %d | %s | %s | %s + %s | %s | %s |" % (
+                r["clients"], vm, t["acknowledged"], fmt(t["updates_per_message"], 2),
+                fmt(t["acks_per_message"], 2), fmt(t["update_messages_per_post"], 2),
+                fmt(t["ack_messages_per_post"], 2), fmt(t["updates_per_feed_call"], 1),
+                fmt((s.get("cpu_ms_per_post") or {}).get(vm + " master"), 2)))
+    return lines + [""]
 
 
 def cpuPerCall(row, rate):

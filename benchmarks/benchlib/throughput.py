@@ -9,6 +9,7 @@ C{say}, C{name} and C{raw}) and a started L{benchlib.cluster.Cluster}.
 """
 
 import os
+import time
 
 from benchlib.processes import HERE, PY, Child, CpuMeter, loadgen, stopEach
 from benchlib.pyspy import startProfile, topFunctions
@@ -51,6 +52,68 @@ def echoLoad(bench, clients, rate=None, seconds=None):
             "cpu_percent": cpu}, lat
 
 
+# The routers show a server's counts as of its last heartbeat (every 0.5 s).
+HEARTBEATS = 1.2
+
+_COUNTS = ("acknowledged", "sent_updates", "sent_messages", "acked_updates", "ack_messages",
+           "fed_updates", "fed_calls")
+
+
+def streamCounts(cluster):
+    """{vm: {count: n}}: what each master acknowledged and its streams carried."""
+    from snstwist.rpc import sns_pb2 as pb
+    out = {}
+    for s in cluster.status().servers:
+        if s.role == pb.MASTER:
+            c = out[s.vm] = dict.fromkeys(_COUNTS, 0)
+            c.update(acknowledged=s.acknowledged, fed_updates=s.fed_updates,
+                     fed_calls=s.fed_calls)
+            for p in s.peers:
+                for k in _COUNTS[1:5]:
+                    c[k] += getattr(p, k)
+    return out
+
+
+def streamTraffic(before, after):
+    """
+    Per master, from two L{streamCounts}: the posts it acknowledged, and per
+    acknowledged post the replication messages it sent (updates) and got
+    back (acks) and the calls feeding its slave; updates (ids) per message.
+    """
+    out = {}
+    for vm, a in sorted(after.items()):
+        b = before.get(vm, dict.fromkeys(_COUNTS, 0))
+        d = {k: a[k] - b[k] for k in _COUNTS}
+        posts = d["acknowledged"] or None
+
+        def ratio(x, y):
+            return round(x / y, 2) if y else None
+
+        out[vm] = {"acknowledged": d["acknowledged"],
+                   "updates_per_message": ratio(d["sent_updates"], d["sent_messages"]),
+                   "acks_per_message": ratio(d["acked_updates"], d["ack_messages"]),
+                   "update_messages_per_post": ratio(d["sent_messages"], posts),
+                   "ack_messages_per_post": ratio(d["ack_messages"], posts),
+                   "updates_per_feed_call": ratio(d["fed_updates"], d["fed_calls"]),
+                   "feed_calls_per_post": ratio(d["fed_calls"], posts)}
+    return out
+
+
+def describeTraffic(traffic):
+    return "; ".join(
+        "%s: %d acked, %s updates/msg, %s acks/msg, msgs/post %s out + %s back, feed %s/call"
+        % (vm, t["acknowledged"], t["updates_per_message"], t["acks_per_message"],
+           t["update_messages_per_post"], t["ack_messages_per_post"],
+           t["updates_per_feed_call"]) for vm, t in traffic.items())
+
+
+def cpuPerPost(cpu, postsPerSecond):
+    """CPU ms per acknowledged post of each process group (from % of a core)."""
+    if not postsPerSecond:
+        return {}
+    return {k: round(10 * v / postsPerSecond, 3) for k, v in cpu.items()}
+
+
 def postLoad(bench, cluster, clients, tag, profile=None):
     """
     One closed-loop posting run of C{clients}; with C{profile} ({"pids":
@@ -69,6 +132,8 @@ def postLoad(bench, cluster, clients, tag, profile=None):
             vms[vm] = vms.get(vm, 0) + n
     procs = cluster.processes()
     procs["load generators"] = [w.pid for w in workers]
+    time.sleep(HEARTBEATS)
+    counts = streamCounts(cluster)
     meter = CpuMeter(procs)
     spies = []
     seconds = cfg["seconds"]
@@ -82,6 +147,8 @@ def postLoad(bench, cluster, clients, tag, profile=None):
     results = [w.expect("result", seconds + cfg["warmup"] + 60) for w in workers]
     cpu = meter.percent()
     stopEach(workers)
+    time.sleep(HEARTBEATS)
+    traffic = streamTraffic(counts, streamCounts(cluster))
     for spy in spies:
         if spy is not None:
             spy.wait(60)
@@ -89,7 +156,8 @@ def postLoad(bench, cluster, clients, tag, profile=None):
     out = {"clients": clients, "posts_per_s": round(len(lat) / seconds, 1),
            "acked_one_copy": sum(r["ok1"] for r in results),
            "errors": sum(r["errors"] for r in results), "latency_ms": summarize(lat),
-           "masters_used": vms, "cpu_percent": cpu}
+           "masters_used": vms, "cpu_percent": cpu,
+           "cpu_ms_per_post": cpuPerPost(cpu, len(lat) / seconds), "streams": traffic}
     return out, lat
 
 
@@ -106,6 +174,8 @@ def throughput(bench, cluster, levels, key):
                   " ratio %.0f%%; cpu %s"
                   % (clients, sns["posts_per_s"], sns["latency_ms"]["p50"] or 0,
                      sns["latency_ms"]["p99"] or 0, 100 * (ratio or 0), sns["cpu_percent"]))
+        bench.say("         CPU ms per post %s" % (sns["cpu_ms_per_post"],))
+        bench.say("         streams %s" % (describeTraffic(sns["streams"]),))
         rows.append({"clients": clients, "echo": echo, "sns": sns,
                      "ratio": round(ratio, 3) if ratio is not None else None})
         bench.raw.setdefault("throughput-%s" % (key,), {})[clients] = (echoLat, snsLat)

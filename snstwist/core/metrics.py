@@ -17,6 +17,7 @@ scrape: that thread must not touch Twisted objects.
 This module must not import the reactor at import time.
 """
 
+import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
@@ -80,6 +81,24 @@ class Metric:
 
     def labels(self, *values):
         return self.counting.labels(*values)
+
+
+@attrs.define
+class Traffic:
+    """
+    What a stream carried since the process started: C{updates} in how many
+    C{messages} (plain counts, kept whether metrics are on or not: the
+    routers' Status shows them, and the benchmark divides them by the posts
+    acknowledged).
+    """
+
+    updates: int = 0
+    messages: int = 0
+
+    def count(self, updates):
+        """One message carrying C{updates} updates (or ids)."""
+        self.updates += updates
+        self.messages += 1
 
 
 _declared = []

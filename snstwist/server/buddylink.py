@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from snstwist import buddy
+from snstwist.core import metrics
 from snstwist.core.limits import UPDATES_PER_MESSAGE
 from snstwist.core.observers import Observers
 from snstwist.core.state import VersionVector
@@ -78,7 +79,7 @@ class BuddyFeed:
     """
 
     def __init__(self, send, secret, release=lambda: defer.succeed(None), clock=None,
-                 linger=0.0):
+                 linger=0.0, traffic=None):
         self.sendBatch = send
         self.release = release
         self.metadata = auth.secretMetadata(secret)
@@ -88,7 +89,8 @@ class BuddyFeed:
         self.busy = False
         self.closed = False
         self.waiting = None  # the call of a batch lingering for more
-        self.calls = 0
+        # The updates fed, in how many calls (a master's, across its feeds).
+        self.traffic = traffic if traffic is not None else metrics.Traffic()
         self.emptied = []  # Deferreds of pushPage, fired when the queue is empty
 
     def push(self, updates):
@@ -136,7 +138,7 @@ class BuddyFeed:
                 d.errback(defer.CancelledError()) if self.closed else d.callback(None)
             return
         self.busy = True
-        self.calls += 1
+        self.traffic.count(len(batch))
         d = self.sendBatch(pb.UpdateBatch(updates=[u.encoding() for u in batch]), self.metadata)
 
         def failed(f):
@@ -179,10 +181,11 @@ class MasterEnd:
     starts a slave; C{reactor} spawns it; C{feedTo(address, secret)} makes
     the L{BuddyFeed} to a slave (L{slaveFeed}, over gRPC, by default).
     Subscribe L{durable} to the node: what is durable here is what the slave
-    is fed.
+    is fed.  L{fed} counts what every feed of ours carried.
     """
 
-    def __init__(self, node, clock, reactor, secret, hello, command, feedTo=None):
+    def __init__(self, node, clock, reactor, secret, hello, command, feedTo=None,
+                 fed=None):
         self.node = node
         self.clock = clock
         self.reactor = reactor
@@ -194,6 +197,7 @@ class MasterEnd:
         self.supervisor = None
         self.slaveLink = None
         self.feed = None
+        self.fed = fed if fed is not None else metrics.Traffic()
 
     def supervise(self):
         """Spawn our slave, and again whenever it dies."""
@@ -213,6 +217,7 @@ class MasterEnd:
                 lambda f: log.failure("closing the feed to the old slave failed", f))
         self.slaveLink = link
         feed = self.feed = self.feedTo(hello.address, self.secret)
+        feed.traffic = self.fed
         d = self.node.history.missingPages(VersionVector.fromProto(hello.have), feed.pushPage)
         d.addErrback(lambda f: None if f.check(defer.CancelledError) else log.failure(
             "catching the slave up failed", f))

@@ -111,6 +111,9 @@ class PeerLink(grpcbridge.ReconnectingLink):
         # does not read again from disk what is on its way.
         self.catching = None
         self.sent = {}
+        # Updates sent in how many messages, and ids acknowledged in how many.
+        self.traffic = metrics.Traffic()
+        self.ackTraffic = metrics.Traffic()
 
     @property
     def clock(self):
@@ -141,6 +144,7 @@ class PeerLink(grpcbridge.ReconnectingLink):
             self.remote = VersionVector.fromProto(message.hello.have)
             self._catchUp(self.remote)
         elif kind == "ack":
+            self.ackTraffic.count(len(message.ack.ids))
             if message.ack.ids:
                 self.failures = 0
                 if self.remote is None:
@@ -210,6 +214,7 @@ class PeerLink(grpcbridge.ReconnectingLink):
                 now = self.clock.seconds()
                 for u in chunk:
                     self.inflight[u.id] = now
+            self.traffic.count(len(chunk))
             self.send(pb.ReplicationMessage(
                 updates=pb.UpdateBatch(updates=[u.encoding() for u in chunk])))
 
@@ -237,7 +242,11 @@ class PeerLink(grpcbridge.ReconnectingLink):
 
     def state(self):
         return pb.PeerStream(vm=self.vm, lacking=self.lacking(), failures=self.failures,
-                             last_error=self.lastError, connected=self.synced)
+                             last_error=self.lastError, connected=self.synced,
+                             sent_updates=self.traffic.updates,
+                             sent_messages=self.traffic.messages,
+                             acked_updates=self.ackTraffic.updates,
+                             ack_messages=self.ackTraffic.messages)
 
 
 

@@ -6,6 +6,7 @@ Read-only: nothing here changes the server.
 
 import os
 
+from snstwist.core import metrics
 from snstwist.core.limits import MAX_HEARTBEAT_USERS
 from snstwist.rpc import sns_pb2 as pb
 
@@ -17,11 +18,12 @@ class Report:
     The server's self-description, from the parts that know each figure:
     C{address()} is where it serves clients and C{peerAddress()} the
     cluster's other processes (known once gRPC listens); C{writes} counts
-    the acknowledged posts.
+    the acknowledged posts, C{fed} (a L{metrics.Traffic}) what the slave was
+    fed.
     """
 
     def __init__(self, identity, current, address, peerAddress, node, sessions, replicator,
-                 writes):
+                 writes, fed=None):
         self.identity = identity
         self.current = current
         self.address = address
@@ -30,6 +32,7 @@ class Report:
         self.sessions = sessions
         self.replicator = replicator
         self.writes = writes
+        self.fed = fed if fed is not None else metrics.Traffic()
 
     def _role(self):
         return pb.MASTER if self.current.isMaster() else pb.SLAVE
@@ -55,7 +58,8 @@ class Report:
                             users=sorted(self.sessions.sessions)[:MAX_HEARTBEAT_USERS],
                             peers=self.replicator.peerStates(),
                             refused=self.node.window.refused,
-                            acknowledged=self.writes.acknowledgedPosts)
+                            acknowledged=self.writes.acknowledgedPosts,
+                            fed_updates=self.fed.updates, fed_calls=self.fed.messages)
 
     def digest(self):
         """A Deferred L{pb.DigestReply}: what this VM holds, read from its store."""

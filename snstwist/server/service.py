@@ -60,10 +60,11 @@ class ServerParts:
         self.writes = Writes(node, self.replicator)
         self.api = SNSApi(self.admission, self.writes, node, self.sessions, hasher, clock,
                           postBuckets(clock, config.postRate))
+        fed = metrics.Traffic()
         self.report = Report(identity, current, address, peerAddress, node, self.sessions,
-                             self.replicator, self.writes)
+                             self.replicator, self.writes, fed)
         self.masterEnd = MasterEnd(node, clock, reactor, secret, self.report.buddyHello,
-                                   lambda: slaveCommand(config, peerAddress()), feedTo)
+                                   lambda: slaveCommand(config, peerAddress()), feedTo, fed)
         self.internal = ClusterApi(secret, current, self.admission, node, clock, self.report,
                                    self.masterEnd)
         # In this order: a password change ends old sessions before anything
