@@ -53,7 +53,8 @@ class FakeStream:
     encodedAs = pb.ServerPush
 
     def __init__(self):
-        self.sent = []
+        self._sent = []
+        self._tail = None  # what L{gather} queued last, until the writer takes it
         self.encoded = []
         self.closed = False
         self.aborted = False
@@ -62,14 +63,44 @@ class FakeStream:
         self.mostUnread = 0
         self._drained = []
 
+    @property
+    def sent(self):
+        """
+        Every message sent so far: the writer takes what L{gather} queued
+        whenever the test looks (L{take}).
+        """
+        self.take()
+        return self._sent
+
+    def take(self):
+        """The writer takes the last gathered message: nothing joins it any more."""
+        if self._tail is not None:
+            kind, items, build = self._tail
+            self._tail = None
+            self._sent.append(build(items))
+
     def send(self, message):
+        self.take()
         if isinstance(message, bytes):
             self.encoded.append(message)
             message = self.encodedAs.FromString(message)
-        self.sent.append(message)
+        self._sent.append(message)
+        self._count()
+        return True
+
+    def gather(self, kind, items, build, limit):
+        """As the real stream's: items join the last message queued while it is of C{kind}."""
+        for item in items:
+            if self._tail is None or self._tail[0] != kind or len(self._tail[1]) >= limit:
+                self.take()
+                self._tail = (kind, [], build)
+                self._count()
+            self._tail[1].append(item)
+        return True
+
+    def _count(self):
         self.unread += 1
         self.mostUnread = max(self.mostUnread, self.unread)
-        return True
 
     def drained(self, below):
         """Fires once the peer has read all but C{below} messages (see L{read})."""

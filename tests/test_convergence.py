@@ -126,6 +126,11 @@ class End:
         self.connection.carry(self, message)
         return True
 
+    def gather(self, kind, items, build, limit):
+        """Sent at once, as a stream whose writer is idle sends what it gathers."""
+        items = list(items)
+        return all([self.send(build(items[i:i + limit])) for i in range(0, len(items), limit)])
+
     def drained(self, below):
         """The network takes each message as it is sent: none waits on this side."""
         return defer.succeed(None)

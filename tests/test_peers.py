@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
-from snstwist.server.peers import PeerLink
+from snstwist.server.peers import BATCH, PeerLink
 from snstwist.server.lifecycle import CurrentRole
 from snstwist.server.replication import Replicator
 from snstwist.server.routerlink import RouterLinks
@@ -59,7 +59,9 @@ class PeersFromMembershipTests(SynchronousTestCase):
         self.assertEqual(chosen[-1], {"vm3": "127.0.0.4:1"})
 
 
-class OutboxTests(SynchronousTestCase):
+class LinkedReplicator(SynchronousTestCase):
+    """A replicator on vm1 with a synced link to vm2 over a L{FakeStream}."""
+
     def setUp(self):
         self.clock = Clock()
         self.node = Node("vm1", "vm1.a", MemoryStore(), self.clock)
@@ -75,36 +77,63 @@ class OutboxTests(SynchronousTestCase):
         return [u.origin + "/%d" % (u.seq,) for m in self.stream.sent
                 if m.WhichOneof("kind") == "updates" for u in m.updates.updates]
 
-    def test_every_broadcast_goes_out_on_the_next_turn(self):
-        """Writes broadcast one after another, turns apart, each reach the peer."""
+    def posts(self, n, first=0):
+        return [self.node.post("alice", "p%d" % (i,), "r%d" % (i,))
+                for i in range(first, first + n)]
+
+
+class OutboxTests(LinkedReplicator):
+    def test_every_broadcast_is_queued_at_once(self):
+        """A write broadcast to a stream with nothing waiting is on the stream at once."""
         ids = []
-        for i in range(3):
-            update = self.node.post("alice", "p%d" % (i,), "r%d" % (i,))
+        for update in self.posts(3):
             ids.append(update.id)
             self.replicator.broadcast(update)
-            self.clock.advance(0)
             self.assertEqual(self.sentIds(), ids)
+        self.assertEqual(self.clock.getDelayedCalls()[0].func, self.replicator._expire,
+                         "no timer but the waiters' sweep")
 
-    def test_writes_of_one_turn_go_out_together(self):
-        updates = [self.node.post("alice", "p%d" % (i,), "r%d" % (i,)) for i in range(3)]
+    def test_writes_made_while_a_message_waits_join_it(self):
+        """
+        Writes broadcast while the updates message queued before them is not
+        yet taken by the stream's writer go out in that message; once it is
+        taken, the next write starts another.
+        """
+        updates = self.posts(4)
+        for u in updates[:3]:
+            self.replicator.broadcast(u)
+        self.assertEqual((self.sentIds(), len(self.stream.sent)),
+                         ([u.id for u in updates[:3]], 1))
+        self.replicator.broadcast(updates[3])
+        self.assertEqual((self.sentIds(), len(self.stream.sent)),
+                         ([u.id for u in updates], 2))
+
+    def test_a_message_carries_at_most_a_batch(self):
+        updates = self.posts(BATCH + 1)
         for u in updates:
             self.replicator.broadcast(u)
-        self.assertEqual(self.sentIds(), [])
-        self.clock.advance(0)
-        self.assertEqual(self.sentIds(), [u.id for u in updates])
-        self.assertEqual(len(self.stream.sent), 1)
+        self.assertEqual([len(m.updates.updates) for m in self.stream.sent], [BATCH, 1])
+
+    def test_a_write_after_another_message_does_not_overtake_it(self):
+        """An update gathered after a heartbeat was queued goes after it, in its own message."""
+        first, second = self.posts(2)
+        self.replicator.broadcast(first)
+        self.replicator.links["vm2"].beat()
+        self.replicator.broadcast(second)
+        self.assertEqual(self.stream.kinds(), ["updates", "heartbeat", "updates"])
+        self.assertEqual(self.sentIds(), [first.id, second.id])
 
 
-class TrafficTests(OutboxTests):
+class TrafficTests(LinkedReplicator):
     """A stream's state says what it carried: updates in how many messages, acks likewise."""
 
     def test_the_state_counts_updates_and_acks_with_their_messages(self):
-        updates = [self.node.post("alice", "p%d" % (i,), "r%d" % (i,)) for i in range(3)]
+        updates = self.posts(3)
         for u in updates:
             self.replicator.broadcast(u)
-        self.clock.advance(0)
-        self.replicator.broadcast(self.node.post("alice", "p3", "r3"))
-        self.clock.advance(0)
+        self.stream.take()
+        self.replicator.broadcast(self.posts(1, 3)[0])
+        self.stream.take()
         link = self.replicator.links["vm2"]
         link.received(pb.ReplicationMessage(ack=pb.ReplicaAck(ids=[u.id for u in updates])))
         state = link.state()

@@ -265,13 +265,13 @@ class _Link:
 
 
 class _SyncedLink:
-    """A peer link that has synced and swallows what is pushed to it."""
+    """A peer link that has synced and swallows what is offered to it."""
 
     synced = True
     address = "127.0.0.3:1"
     inflight = {}
 
-    def push(self, updates):
+    def offer(self, update):
         pass
 
     def stop(self):

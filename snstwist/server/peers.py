@@ -174,7 +174,7 @@ class PeerLink(grpcbridge.ReconnectingLink):
                      if now - self.inflight.get(u.id, -ACK_TIMEOUT) >= ACK_TIMEOUT]
             for u in updates:
                 self.sent[u.origin] = (max(u.seq, self.sent.get(u.origin, (0, 0))[0]), now)
-            d = self.push(fresh, track=False)
+            d = self.push(fresh)
             return d.addCallback(lambda _: stream.drained(DRAINED))
 
         def finished(result):
@@ -196,27 +196,34 @@ class PeerLink(grpcbridge.ReconnectingLink):
                 asked.merge(_upTo(origin, seq))
         return asked
 
-    def push(self, updates, track=True):
+    def offer(self, update):
         """
-        Send C{updates} (in batches), if the peer has said what it holds;
-        each one's id is kept until acknowledged if C{track}.  Many are sent
-        a slice of batches at a time (L{slices}); the Deferred fires once
-        all are queued on the stream.
+        Send C{update}, a new write, if the peer has said what it holds,
+        and keep its id until acknowledged.  It joins the updates message
+        still waiting on the stream, if one is (L{Stream.gather}): under
+        load one message carries what several turns wrote.
+        """
+        if self.synced:
+            self.inflight[update.id] = self.clock.seconds()
+            self.gather("updates", (update,), self._updatesMessage, BATCH)
+
+    def _updatesMessage(self, updates):
+        self.traffic.count(len(updates))
+        return pb.ReplicationMessage(
+            updates=pb.UpdateBatch(updates=[u.encoding() for u in updates]))
+
+    def push(self, updates):
+        """
+        Send C{updates} (a page of a catch-up, in batches), if the peer has
+        said what it holds.  Many are queued a slice of batches at a time
+        (L{slices}); the Deferred fires once all are queued on the stream.
         """
         if not self.synced:
             return defer.succeed(None)
 
         def send(start):
-            if not self.synced:
-                return
-            chunk = updates[start:start + BATCH]
-            if track:
-                now = self.clock.seconds()
-                for u in chunk:
-                    self.inflight[u.id] = now
-            self.traffic.count(len(chunk))
-            self.send(pb.ReplicationMessage(
-                updates=pb.UpdateBatch(updates=[u.encoding() for u in chunk])))
+            if self.synced:
+                self.gather("updates", updates[start:start + BATCH], self._updatesMessage, BATCH)
 
         return inSlices(self.clock, range(0, len(updates), BATCH), send)
 
@@ -250,6 +257,10 @@ class PeerLink(grpcbridge.ReconnectingLink):
 
 
 
+def _ackMessage(ids):
+    return pb.ReplicationMessage(ack=pb.ReplicaAck(ids=ids))
+
+
 class ReplicaReceiver:
     """
     The receiving end of a peer's C{BroadcastPosts} stream: apply what comes,
@@ -263,8 +274,6 @@ class ReplicaReceiver:
         self.stream = None
         self.peerVm = None
         self.beats = None
-        self.acks = []  # ids durable this turn, acked together at its end
-        self.acking = None
 
     def makeConnection(self, stream):
         self.stream = stream
@@ -310,27 +319,15 @@ class ReplicaReceiver:
 
     def _ack(self, ids):
         """
-        Acknowledge C{ids} at the end of this turn, with the other ids made
-        durable in it: the messages of one batch of the store, one ack.
+        Acknowledge C{ids}, durable here now, with the other ids made
+        durable before the ack message waiting on the stream is taken
+        (L{Stream.gather}): the messages of one batch of the store, and
+        under load of several, one ack.
         """
-        if self.stream is None or not ids:
-            return
-        self.acks.extend(ids)
-        if self.acking is None:
-            self.acking = self.clock.callLater(0, self._sendAcks)
-
-    def _sendAcks(self):
-        self.acking = None
-        ids, self.acks = self.acks, []
-        for start in range(0, len(ids), UPDATES_PER_MESSAGE):
-            if self.stream is not None:
-                self.stream.send(pb.ReplicationMessage(
-                    ack=pb.ReplicaAck(ids=ids[start:start + UPDATES_PER_MESSAGE])))
+        if self.stream is not None and ids:
+            self.stream.gather("ack", ids, _ackMessage, UPDATES_PER_MESSAGE)
 
     def connectionLost(self, reason):
         self.stream = None
-        if self.acking is not None and self.acking.active():
-            self.acking.cancel()
-        self.acking = None
         if self.beats is not None:
             self.beats.stop()

@@ -49,8 +49,6 @@ class Replicator:
         self.clock = clock
         self.links = {}
         self.waiters = {}
-        self._outbox = []
-        self._flush = None
         self._sweep = None
 
     def setPeers(self, peers):
@@ -72,10 +70,11 @@ class Replicator:
         the peers it was pushed to are lost, and after L{ACK_TIMEOUT} at the
         latest; with 0 at once when no peer is connected.
         """
-        synced = {vm for vm, link in self.links.items() if link.synced}
-        self._outbox.append(update)
-        if self._flush is None:
-            self._flush = self.clock.callLater(0, self._sendOutbox)
+        synced = set()
+        for vm, link in self.links.items():
+            if link.synced:
+                synced.add(vm)
+                link.offer(update)
         if not synced:
             return defer.succeed(0)
         d = defer.Deferred()
@@ -85,12 +84,6 @@ class Replicator:
             # One timer for every waiter, not one per write.
             self._sweep = self.clock.callLater(SWEEP, self._expire)
         return d
-
-    def _sendOutbox(self):
-        self._flush = None
-        batch, self._outbox = self._outbox, []
-        for link in self.links.values():
-            link.push(batch)
 
     def acked(self, vm, updateId):
         waiter = self.waiters.get(updateId)
@@ -134,10 +127,9 @@ class Replicator:
         waiters, self.waiters = self.waiters, {}
         for waiter in waiters.values():
             waiter.fire()
-        for call in (self._flush, self._sweep):
-            if call is not None and call.active():
-                call.cancel()
-        self._flush = self._sweep = None
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
         links, self.links = self.links, {}
         return defer.gatherResults([link.stop() for link in links.values()],
                                    consumeErrors=True)

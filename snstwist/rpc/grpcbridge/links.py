@@ -71,6 +71,11 @@ class ReconnectingLink:
         if self.stream is not None:
             self.stream.send(message)
 
+    def gather(self, kind, items, build, limit):
+        """L{Stream.gather} on the stream open now, if one is."""
+        if self.stream is not None:
+            self.stream.gather(kind, items, build, limit)
+
     def disconnected(self, reason):
         """The stream broke or ended (a hook)."""
 

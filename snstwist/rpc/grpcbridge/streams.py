@@ -29,18 +29,30 @@ class _Ending:
         self.reason = reason
 
 
+class _Gathering:
+    """In the queue: one message of C{kind}, built from C{items} when it is taken to be sent."""
+
+    __slots__ = ("kind", "build", "items")
+
+    def __init__(self, kind, build):
+        self.kind = kind
+        self.build = build
+        self.items = []
+
+
 class Stream:
     """
     Our side of one bidirectional stream: a bounded outgoing queue.
 
-    C{send} never blocks.  When more than C{maxQueue} messages are waiting
-    for a slow peer, the stream is aborted (the peer is cut off rather than
-    allowed to grow our memory) and C{send} returns False.
+    C{send} and C{gather} never block.  When more than C{maxQueue} messages
+    are waiting for a slow peer, the stream is aborted (the peer is cut off
+    rather than allowed to grow our memory) and they return False.
     """
 
     def __init__(self, maxQueue=1000):
         self._queue = asyncio.Queue()
         self._maxQueue = maxQueue
+        self._tail = None  # the last message queued, until it is taken
         self._ended = False
         self._abort = None
         self.ending = None  # the reason a server's stream ends with (L{end})
@@ -84,12 +96,41 @@ class Stream:
             self.abort()
             return False
         self._queue.put_nowait(message)
+        self._tail = message
+        return True
+
+    def gather(self, kind, items, build, limit):
+        """
+        Queue C{items} for the peer in messages of C{kind}, each of at most
+        C{limit} items and built (C{build(items)}) only when it is taken to
+        be sent: items gathered while the last message queued is one of
+        C{kind} not yet taken join it.  An idle stream takes a message on
+        the loop's next turn, as soon as a message sent would go; while the
+        one before is still being written (or waits for the peer's flow
+        control) what comes meanwhile leaves in one message, not one each.
+        Only the last message queued is joined, so messages leave in the
+        order they were queued, and each counts against C{maxQueue} as a
+        message sent does.  False if the stream has ended or is cut off.
+        """
+        if self._ended:
+            return False
+        start, n = 0, len(items)
+        while start < n:
+            tail = self._tail
+            if type(tail) is not _Gathering or tail.kind != kind or len(tail.items) >= limit:
+                tail = _Gathering(kind, build)
+                if not self.send(tail):
+                    return False
+            end = start + limit - len(tail.items)
+            tail.items.extend(items[start:end])
+            start = end
         return True
 
     def close(self):
         """Finish our side once everything queued has been sent."""
         if not self._ended:
             self._ended = True
+            self._tail = None
             self._queue.put_nowait(_END)
 
     def end(self, reason, farewell=None):
@@ -105,6 +146,7 @@ class Stream:
             return
         self._ended = True
         self._drained = []
+        self._tail = None
         while not self._queue.empty():
             self._queue.get_nowait()
         if farewell is not None:
@@ -119,6 +161,7 @@ class Stream:
         """
         self._ended = True
         self._drained = []
+        self._tail = None
         if self._abort is not None:
             self._abort(reason)
 
@@ -135,7 +178,11 @@ class Stream:
             if isinstance(message, _Ending):
                 self.ending = message.reason
                 return
+            if message is self._tail:
+                self._tail = None
             self._taken()
+            if type(message) is _Gathering:
+                message = message.build(message.items)
             yield message
 
 
