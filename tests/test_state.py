@@ -88,6 +88,30 @@ class SeenTests(SynchronousTestCase):
                          [True, True, False, False, True, False])
 
 
+    @given(st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=40))
+    def test_adds_and_discards_in_any_order_hold_exactly_the_seqs_kept(self, steps):
+        """
+        Against a plain set: add() says whether the seq was new, and
+        afterwards the prefix, the extras and has() say exactly what is
+        held, top at least its highest (adds in order take a short cut).
+        """
+        seen, model = Seen(), set()
+        for keep, seq in steps:
+            if keep:
+                self.assertEqual(seen.add(seq), seq not in model)
+                model.add(seq)
+            else:
+                seen.discard(seq)
+                model.discard(seq)
+            prefix = 0
+            while prefix + 1 in model:
+                prefix += 1
+            self.assertEqual((seen.contiguous, seen.extra),
+                             (prefix, {n for n in model if n > prefix}))
+            self.assertEqual({n for n in range(1, 14) if seen.has(n)}, model)
+            self.assertGreaterEqual(seen.top, max(model, default=0))
+
+
 class VersionVectorTests(SynchronousTestCase):
     def test_has_only_what_was_added(self):
         """A vector holds exactly the (origin, seq) pairs added to it."""

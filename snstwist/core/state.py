@@ -50,6 +50,12 @@ class Seen:
         return seq <= self.contiguous or seq in self.extra
 
     def add(self, seq):
+        if seq == self.contiguous + 1 and not self.extra:
+            # The next in order with nothing out of order held: most adds.
+            self.contiguous = seq
+            if seq > self.top:
+                self.top = seq
+            return True
         if self.has(seq):
             return False
         self.extra.add(seq)
@@ -82,7 +88,10 @@ class VersionVector:
         return seen is not None and seen.has(seq)
 
     def add(self, origin, seq):
-        return self.origins.setdefault(origin, Seen()).add(seq)
+        seen = self.origins.get(origin)
+        if seen is None:
+            seen = self.origins[origin] = Seen()
+        return seen.add(seq)
 
     def discard(self, origin, seq):
         seen = self.origins.get(origin)

@@ -49,7 +49,8 @@ _BEAT = pb.ReplicationMessage(heartbeat=pb.Heartbeat())
 def checkReplicationMessage(message):
     """
     The bounds of a C{BroadcastPosts} message (either way), but for each
-    update's own fields (L{Update.fromProto} checks those).
+    update's own fields (L{Update.fromProto} checks those).  An ack's ids
+    are checked by parsing them: the (origin, seq) of each is returned.
     """
     kind = message.WhichOneof("kind")
     if kind == "hello":
@@ -60,8 +61,7 @@ def checkReplicationMessage(message):
         checkCount(message.updates.updates, "updates in one message", UPDATES_PER_MESSAGE)
     elif kind == "ack":
         checkCount(message.ack.ids, "ids in one ack", UPDATES_PER_MESSAGE)
-        for i in message.ack.ids:
-            parseUpdateId(i)
+        return [parseUpdateId(i) for i in message.ack.ids]
     elif kind == "heartbeat":
         checkHeartbeat(message.heartbeat)
 
@@ -131,7 +131,7 @@ class PeerLink(grpcbridge.ReconnectingLink):
 
     def received(self, message):
         try:
-            checkReplicationMessage(message)
+            acked = checkReplicationMessage(message)
         except errors.SNSError as e:
             log.warn("bad replication message from {vm}: {e}", vm=self.vm, e=e.message)
             self.stream.abort()
@@ -149,10 +149,11 @@ class PeerLink(grpcbridge.ReconnectingLink):
                 self.failures = 0
                 if self.remote is None:
                     self.remote = VersionVector()
-            for i in message.ack.ids:
-                self.inflight.pop(i, None)
-                self.remote.add(*parseUpdateId(i))
-                self.replicator.acked(self.vm, i)
+            inflight, remote, replicator = self.inflight, self.remote, self.replicator
+            for i, (origin, seq) in zip(message.ack.ids, acked):
+                inflight.pop(i, None)
+                remote.add(origin, seq)
+                replicator.acked(self.vm, i)
 
     def _catchUp(self, remote):
         """
