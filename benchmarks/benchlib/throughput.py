@@ -139,6 +139,8 @@ def postLoad(bench, cluster, clients, tag, profile=None):
     seconds = cfg["seconds"]
     if profile:
         seconds = profile["seconds"]
+        # And the first load process: the client library's own CPU per post.
+        profile["pids"]["load generator"] = workers[0].pid
         for name, pid in profile["pids"].items():
             path = os.path.join(profile["dir"], "profile-%s.txt" % (name.replace(" ", "-"),))
             spies.append(startProfile(bench.say, pid, seconds, path))
@@ -184,8 +186,8 @@ def throughput(bench, cluster, levels, key):
 
 def profileServers(bench, cluster, key):
     """
-    py-spy on vm1's master and slave and vm2's master at once, under the
-    posting load of the last level (at most 100 clients).
+    py-spy on vm1's master and slave, vm2's master and one load generator
+    at once, under the posting load of the last level (at most 100 clients).
     """
     procs = cluster.processes()
     names = ("vm1 master", "vm1 slave", "vm2 master")
@@ -197,7 +199,7 @@ def profileServers(bench, cluster, key):
     sns, _ = postLoad(bench, cluster, clients, "p%s" % (key,),
                       profile={"pids": pids, "seconds": seconds, "dir": bench.out})
     out = []
-    for name, pid in pids.items():
+    for name, pid in pids.items():  # (with the load generator postLoad added)
         path = os.path.join(bench.out, "profile-%s.txt" % (name.replace(" ", "-"),))
         out.append({"name": name, "pid": pid, "raw": path,
                     "top": topFunctions(path) if os.path.exists(path) else None})
