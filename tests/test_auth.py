@@ -134,6 +134,47 @@ def wrongSecrets():
             "a session token instead": session(auth.makeToken(SECRET, "alice", 2 ** 40))}
 
 
+class GenuineTokensTests(SynchronousTestCase):
+    """A token checked once is not checked again: what it says is remembered, not trusted more."""
+
+    def test_a_genuine_token_is_checked_once(self):
+        tokens = auth.GenuineTokens(SECRET)
+        token = auth.makeToken(SECRET, "alice", 100)
+        checked = []
+        self.patch(auth, "readToken", lambda secret, t: checked.append(t) or "session")
+        self.assertEqual([tokens.read(token), tokens.read(token)], ["session", "session"])
+        self.assertEqual(checked, [token])
+
+    def test_a_forged_token_is_refused_every_time(self):
+        tokens = auth.GenuineTokens(SECRET)
+        forged = auth.makeToken("another secret", "alice", 100)
+        for _ in range(2):
+            self.assertRaises(errors.NotLoggedIn, tokens.read, forged)
+        self.assertRaises(errors.NotLoggedIn, tokens.read,
+                          auth.makeToken(SECRET, "alice", 100)[:-1] + "0")
+
+    def test_a_remembered_token_still_expires(self):
+        tokens = auth.GenuineTokens(SECRET)
+        call = session(auth.makeToken(SECRET, "alice", 100))
+        self.assertEqual(auth.sessionOf(call, SECRET, 99, tokens=tokens).user, "alice")
+        self.assertRaises(errors.NotLoggedIn, auth.sessionOf, call, SECRET, 100, tokens=tokens)
+
+    def test_a_remembered_token_still_dies_with_its_password(self):
+        tokens = auth.GenuineTokens(SECRET)
+        call = session(auth.makeToken(SECRET, "alice", 100, (5, "vm1/1")))
+        self.assertEqual(auth.sessionOf(call, SECRET, 0, lambda user: (5, "vm1/1"),
+                                        tokens).user, "alice")
+        self.assertRaises(errors.NotLoggedIn, auth.sessionOf, call, SECRET, 0,
+                          lambda user: (6, "vm1/2"), tokens)
+
+    def test_tokens_remembered_are_bounded(self):
+        tokens = auth.GenuineTokens(SECRET)
+        tokens.size = 3
+        for n in range(10):
+            tokens.read(auth.makeToken(SECRET, "u%d" % (n,), 100))
+            self.assertLessEqual(len(tokens._genuine), 3)
+
+
 class ClusterSecretTests(SynchronousTestCase):
     def assertRefused(self, call):
         for name, ctx in wrongSecrets().items():

@@ -27,6 +27,7 @@ class Admission:
     def __init__(self, vm, secret, clock, node, current, tokenLifetime=None):
         self.vm = vm
         self.secret = secret
+        self.tokens = auth.GenuineTokens(secret)
         self.clock = clock
         self.node = node
         self.current = current
@@ -41,7 +42,8 @@ class Admission:
     def session(self, ctx):
         """The L{auth.Session} the call acts as, on a master only."""
         self.asMaster()
-        return auth.sessionOf(ctx, self.secret, self.clock.seconds(), self.generation)
+        return auth.sessionOf(ctx, self.secret, self.clock.seconds(), self.generation,
+                              self.tokens)
 
     def user(self, ctx):
         return self.session(ctx).user
