@@ -429,6 +429,11 @@ class ReplicationMachine(RuleBasedStateMachine):
         # the copies memory does not remember (a start reads no post).
         known = self.vms[vm].node.history.byRequest(author, original.request_id)
         assert known.called, "a MemoryStore answers at once"
+        # Memory may answer without the store (a request id above its
+        # requester's floor): never for a request the disk holds.
+        assert known.result is not None or not any(
+            u.request == original.request for u in self.stores[vm].durable.values()), \
+            "%s missed the stored copy of %s" % (vm, original.request)
         if known.result is not None:
             return
         self._write(vm, author, lambda node, rid: node.post(

@@ -46,6 +46,18 @@ _DEAD = {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED, Status.
 COMMAND_TRIES = 8
 
 
+def requestId(time_us):
+    """
+    A new request id made at C{time_us} (microseconds): unique (random), and
+    greater, as strings compare, than the ids made before it by a clock
+    that has not gone back.  A master proves such an id new from memory,
+    without asking its disk whether it is a retry
+    (L{snstwist.core.requests}); any unique id would be applied once as
+    well, only looked up on disk.
+    """
+    return "t%016x%s" % (time_us, uuid.uuid4().hex[:16])
+
+
 class Client:
     """
     A user of the cluster, who logs in with C{password} (the first login of
@@ -76,6 +88,7 @@ class Client:
         self.login = Login(clock, user, password, self._channel, jitter)
         self._commandBackoff = backoffPolicy(0.05, 6.4, jitter=jitter)
         self._changing = False
+        self._requestTime = 0  # of the last request id: they only grow
         self.session = None
         self.epoch = 0
         self.closed = False
@@ -210,8 +223,12 @@ class Client:
                 await self.masters.failOver()
         raise ClusterUnreachable("%s did not succeed after repeated failovers" % (name,))
 
+    def _requestId(self):
+        self._requestTime = max(int(self.clock.seconds() * 1e6), self._requestTime + 1)
+        return requestId(self._requestTime)
+
     def _write(self, name, request):
-        request.request_id = uuid.uuid4().hex
+        request.request_id = self._requestId()
         return defer.ensureDeferred(self._call(name, request, write=True))
 
     def follow(self, target):
@@ -225,7 +242,7 @@ class Client:
 
     async def _changePassword(self, new):
         request = pb.PasswordRequest(user=self.user, old_password=self.password,
-                                     new_password=new, request_id=uuid.uuid4().hex)
+                                     new_password=new, request_id=self._requestId())
         self._changing = True
         try:
             reply = await self._call("Password", request, write=True)

@@ -148,18 +148,30 @@ class History:
         """
         Make the replica know the earliest stored copy of each request of
         C{requests} ((requester, request id) pairs) that it does not
-        remember.  Fires once it does; nothing waits when it remembers all.
+        remember.  Fires once it does; nothing waits when it remembers all
+        or knows the rest to be new (L{Replica.answersRequest}).  The store
+        is asked for the requests it may hold, and for the greatest request
+        id of each requester whose floor memory lacks
+        (L{RememberedRequests.learnFloor}).
         """
         replica = self.node.replica
-        unknown = {r for r in requests if r and not replica.knowsRequest(r)}
+        unknown = {r for r in requests if r and not replica.answersRequest(r)}
         if not unknown:
             return defer.succeed(None)
+        # The floors go to the memory that asked (a promotion replaces it:
+        # a reading older than the new one is no floor of it).
+        remembered = replica.requests
+        requesters = {requester for requester, _ in unknown
+                      if not remembered.knowsFloor(requester)}
 
-        def found(copies):
+        def found(answer):
+            copies, greatest = answer
             for update in copies.values():
                 replica.rememberRequest(update)
+            for requester in requesters:
+                remembered.learnFloor(requester, greatest.get(requester, ""))
 
-        return self.node.store.byRequests(unknown).addCallback(found)
+        return self.node.store.requests(unknown, requesters).addCallback(found)
 
     def byRequest(self, user, requestId):
         """A Deferred of the update C{user}'s request C{requestId} made, or None."""

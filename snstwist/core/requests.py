@@ -4,6 +4,20 @@ update of that request known, for the requests seen last.  Bounded in count
 (L{REMEMBERED_REQUESTS}) and in bytes (L{REMEMBERED_BYTES}): past either,
 the least recently used are forgotten first, and the store answers for them
 (L{snstwist.core.history.History.knowRequests}).
+
+Most requests a master sees are new, and proving that without the disk is
+what L{RememberedRequests.isNew} is for.  For each requester it may hold a
+floor: a request id that every id of that requester's requests stored here
+and not remembered compares at most equal to (as strings).  A floor is
+learnt from the store (the greatest request id it holds of that requester,
+L{RememberedRequests.learnFloor}) and raised past each id forgotten since;
+every copy applied since is remembered until forgotten.  So a request id
+above its requester's floor and not remembered has no copy here.  Clients
+make their ids grow with time (L{snstwist.client.client.requestId}): each
+new one is above the floor and needs no lookup; a retry of one forgotten,
+or stored before this memory began, is not, and the store answers for it.
+Ids of any other shape are looked up as before: the rule is about strings,
+not about what a client put in them.
 """
 
 import collections
@@ -43,6 +57,13 @@ class RememberedRequests:
         self.limit = bytes
         self.bytes = 0
         self._entries = collections.OrderedDict()  # request -> (update, its bytes)
+        # requester -> the greatest id of its requests stored and not
+        # remembered, as the store said it (and raised by what was forgotten
+        # since); a requester without one is looked up.  Both are bounded by
+        # the users.
+        self._floors = {}
+        # requester -> the greatest of its request ids forgotten here.
+        self._forgotten = {}
 
     def __len__(self):
         return len(self._entries)
@@ -75,9 +96,36 @@ class RememberedRequests:
 
     def forgetOldest(self):
         """Forget the least recently used request."""
-        _, (_, size) = self._entries.popitem(last=False)
+        (requester, requestId), (_, size) = self._entries.popitem(last=False)
         self.bytes -= size
+        if requestId > self._forgotten.get(requester, ""):
+            self._forgotten[requester] = requestId
+            if requester in self._floors and requestId > self._floors[requester]:
+                self._floors[requester] = requestId
+
+    def isNew(self, request):
+        """
+        Is C{request} ((requester, request id)) surely not stored here, nor
+        remembered: its id above its requester's floor?  False means "ask
+        the store", not "stored".
+        """
+        requester, requestId = request
+        floor = self._floors.get(requester)
+        return floor is not None and requestId > floor and request not in self._entries
+
+    def knowsFloor(self, requester):
+        return requester in self._floors
+
+    def learnFloor(self, requester, greatest):
+        """
+        The store, read after this memory began, holds no request of
+        C{requester} with an id above C{greatest} ("" for none): what this
+        memory does not remember of it is at most that, or forgotten.
+        """
+        floor = max(greatest, self._forgotten.get(requester, ""), self._floors.get(requester, ""))
+        self._floors[requester] = floor
 
     def emptied(self):
         """A new, empty memory with the same bounds."""
         return RememberedRequests(self.count, self.limit)
+

@@ -251,6 +251,13 @@ class Replica:
     def knowsRequest(self, request):
         return request in self.requests
 
+    def answersRequest(self, request):
+        """
+        Can memory say whether C{request} has a copy here: remembered, or
+        surely new (L{RememberedRequests.isNew})?  If not, the store can.
+        """
+        return request in self.requests or self.requests.isNew(request)
+
     def shows(self, update):
         """Is C{update}'s post the one shown for its request (not a duplicate)?"""
         request = update.request

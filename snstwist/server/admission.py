@@ -105,7 +105,7 @@ class Writes:
             raise errors.Overloaded("%d writes in flight on this master; try again"
                                     % (self.writing,))
         check(user)
-        if requestId and not self.node.replica.knowsRequest((user, requestId)):
+        if requestId and not self.node.replica.answersRequest((user, requestId)):
             # Is it a retry?  Its first copy may be on disk only.  (Waiting
             # for the disk counts as a write in flight.)
             self.writing += 1

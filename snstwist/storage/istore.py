@@ -34,6 +34,14 @@ class IStore(Interface):
     def byRequests(keys):
         """A Deferred {(requester, request id): earliest stored update} of C{keys}."""
 
+    def requests(keys, requesters):
+        """
+        A Deferred ({(requester, request id): earliest stored update} of
+        C{keys}, {requester: its greatest request id stored} of those of
+        C{requesters} with one): a retry's lookup and the floors of
+        L{snstwist.core.requests.RememberedRequests}, in one reading.
+        """
+
     def page(authors, cursor, limit, inclusive=False):
         """
         A Deferred list of at most C{limit} updates of the posts shown by

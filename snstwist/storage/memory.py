@@ -67,6 +67,14 @@ class MemoryStore:
                 found[request] = u
         return defer.succeed(found)
 
+    def requests(self, keys, requesters):
+        requesters = set(requesters)
+        greatest = {}
+        for u in self.durable.values():
+            if u.request_id and u.requester in requesters:
+                greatest[u.requester] = max(greatest.get(u.requester, ""), u.request_id)
+        return self.byRequests(keys).addCallback(lambda found: (found, greatest))
+
     def page(self, authors, cursor, limit, inclusive=False):
         posts = sorted((u for u in self.durable.values()
                         if u.post is not None and u.post.author in authors

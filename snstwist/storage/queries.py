@@ -16,6 +16,22 @@ from snstwist.core.state import VersionVector
 from snstwist.storage.index import Index
 
 
+def _lookUp(index, keys, requesters):
+    """
+    On the query thread: the earliest copy of each request of C{keys}
+    (L{Index.byRequests}), and the greatest request id (as strings compare)
+    stored of each of C{requesters} that has one, an index seek each.
+    """
+    greatest = {}
+    for requester in requesters:
+        (last,) = index.db.execute(
+            "SELECT max(request) FROM record WHERE requester = ? AND request IS NOT NULL",
+            (requester,)).fetchone()
+        if last is not None:
+            greatest[requester] = last
+    return index.byRequests(keys), greatest
+
+
 class Queries:
     """The queries of the record at C{dbPath}, run on their thread, answered through C{reactor}."""
 
@@ -24,7 +40,7 @@ class Queries:
         self.dbPath = dbPath
         self._pool = ThreadPool(1, 1, name="sns-query")
         self._reader = None
-        self._lookups = []  # (keys, Deferred) asked while a lookup is under way
+        self._lookups = []  # (keys, requesters, Deferred) asked while a lookup is under way
         self._lookingUp = False
         self.lookups = 0
 
@@ -54,13 +70,18 @@ class Queries:
         return self._onQuery(Index.newestOf, list(authors), limit)
 
     def byRequests(self, keys):
+        """The earliest stored copy of each request of C{keys} (see L{requests})."""
+        return self.requests(keys, ()).addCallback(lambda answer: answer[0])
+
+    def requests(self, keys, requesters):
         """
-        The earliest stored copy of each request of C{keys}.  One lookup is
+        The earliest stored copy of each request of C{keys}, and the
+        greatest request id stored of each of C{requesters}.  One lookup is
         on the query thread at a time; those asked meanwhile go together in
         the next (a thread handoff each would cost more than the lookups).
         """
         d = defer.Deferred()
-        self._lookups.append((list(keys), d))
+        self._lookups.append((list(keys), list(requesters), d))
         if not self._lookingUp:
             self._lookUp()
         return d
@@ -71,15 +92,18 @@ class Queries:
         if not asked:
             return
         self.lookups += 1
-        found = self._onQuery(Index.byRequests, list({k for keys, _ in asked for k in keys}))
+        found = self._onQuery(_lookUp, list({k for keys, _, _ in asked for k in keys}),
+                              list({r for _, requesters, _ in asked for r in requesters}))
 
         def answer(result):
             self._lookUp()
-            for keys, d in asked:
+            for keys, requesters, d in asked:
                 if isinstance(result, Failure):
                     d.errback(result)
                 else:
-                    d.callback({k: result[k] for k in keys if k in result})
+                    copies, greatest = result
+                    d.callback(({k: copies[k] for k in keys if k in copies},
+                                {r: greatest[r] for r in requesters if r in greatest}))
 
         found.addBoth(answer)
 

@@ -183,6 +183,9 @@ class SQLiteStore:
     def byRequests(self, keys):
         return self._queries.byRequests(keys)
 
+    def requests(self, keys, requesters):
+        return self._queries.requests(keys, requesters)
+
     def page(self, authors, cursor, limit, inclusive=False):
         return self._queries.page(authors, cursor, limit, inclusive)
 
