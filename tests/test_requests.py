@@ -145,6 +145,40 @@ class WriteLookupTests(SynchronousTestCase):
         self.assertEqual((self.lookups(parts), posts), (2, ["t3", "t5", "t6", "t7"]))
 
 
+class WritingCopyTests(SynchronousTestCase):
+    """A request memory forgot before its copy reached the disk: that copy answers."""
+
+    def test_a_retry_of_a_request_forgotten_while_written_is_applied_once(self):
+        parts = serverParts(self, store=CountingStore(manual=True))
+        parts.node.login("alice")
+        parts.node.store.flush()
+        parts.node.replica.requests = RememberedRequests(count=1)
+        alice = as_(parts, "alice")
+        first = parts.api.post(pb.PostRequest(text="hi", request_id="t1"), alice)
+        parts.api.post(pb.PostRequest(text="other", request_id="t2"), alice)  # t1 forgotten
+        again = parts.api.post(pb.PostRequest(text="hi", request_id="t1"), alice)
+        parts.node.store.flush()
+        posts = sorted(u.request_id for u in parts.node.store.durable.values()
+                       if u.post is not None)
+        self.assertEqual((self.successResultOf(again).id, posts),
+                         (self.successResultOf(first).id, ["t1", "t2"]))
+
+    def test_a_peers_copy_of_a_request_forgotten_while_written_is_hidden(self):
+        node, store = countingNode(rememberedRequests=1)
+        self.successResultOf(node.load())
+        node.login("alice")
+        store.manual = True
+        first = node.post("alice", "hi", "t1")
+        node.post("alice", "other", "t2")  # t1 forgotten, not on disk yet
+        later = postUpdate("vm2.b", 1, first.time_us + 5, "alice", "hi", requestId="t1")
+        d = node.receive([later])
+        store.flush()
+        self.successResultOf(d)
+        self.assertEqual((later.id in store.hidden,
+                          [p.text for p in node.replica.postsBy("alice")]),
+                         (True, ["hi", "other"]))
+
+
 class ReceiveLookupTests(SynchronousTestCase):
     """Updates from peers: the same proof, the same lookups."""
 

@@ -155,7 +155,15 @@ class History:
         (L{RememberedRequests.learnFloor}).
         """
         replica = self.node.replica
-        unknown = {r for r in requests if r and not replica.answersRequest(r)}
+        unknown = set()
+        for r in requests:
+            if r and not replica.answersRequest(r):
+                # Forgotten before its copy reached the disk: that copy.
+                writing = self.node.writing.copyOf(r)
+                if writing is not None:
+                    replica.rememberRequest(writing)
+                else:
+                    unknown.add(r)
         if not unknown:
             return defer.succeed(None)
         # The floors go to the memory that asked (a promotion replaces it:

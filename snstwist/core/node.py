@@ -28,6 +28,7 @@ from snstwist.core.model import (
 )
 from snstwist.core.history import History
 from snstwist.core.observers import Observers
+from snstwist.core.requests import WritingRequests
 from snstwist.core.slices import inSlices
 from snstwist.core.state import Replica, Seen, VersionVector
 
@@ -141,6 +142,7 @@ class Node:
         self.history = History(self)
         self.seq = 0
         self._durable = {}  # update id -> Deferreds waiting for its flush
+        self.writing = WritingRequests()
         self._durableObservers = Observers("durable updates")
         self._watch(store)
 
@@ -225,9 +227,11 @@ class Node:
         ids = [u.id for u in updates]
         for i in ids:
             self._durable[i] = []
+        requested = self.writing.started(updates)
 
         def finished(result):
             failed = isinstance(result, Failure)
+            self.writing.finished(requested)
             for i in ids:
                 for observer in self._durable.pop(i, ()):
                     observer.errback(result) if failed else observer.callback(None)

@@ -129,3 +129,31 @@ class RememberedRequests:
         """A new, empty memory with the same bounds."""
         return RememberedRequests(self.count, self.limit)
 
+
+class WritingRequests:
+    """
+    The copies of requests a node is writing (not on disk yet), the earliest
+    of each request: memory may forget a request before its copy is on
+    disk, where a lookup (which sees what is committed) would find it.
+    """
+
+    def __init__(self):
+        self._copies = {}  # (requester, request id) -> update
+
+    def started(self, updates):
+        """C{updates} are being written: what L{finished} takes once they are."""
+        requested = [(u.request, u) for u in updates if u.request_id]
+        for request, u in requested:
+            earlier = self._copies.get(request)
+            if earlier is None or u.key < earlier.key:
+                self._copies[request] = u
+        return requested
+
+    def finished(self, requested):
+        for request, u in requested:
+            if self._copies.get(request) is u:
+                del self._copies[request]
+
+    def copyOf(self, request):
+        """The earliest copy of C{request} being written, or None."""
+        return self._copies.get(request)
