@@ -4,11 +4,15 @@ acknowledges, and where a resumed session (after a failover) starts; and its
 reconnect policy, on a Clock.
 """
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from snstwist.client import client as clientModule
 from snstwist.client import timeline as timelineModule
-from snstwist.client.client import Client, ClusterUnreachable, Reconnects
+from snstwist.client.client import Client, ClusterUnreachable, CommandFailed, Reconnects
+from snstwist.client.masters import Master
+from snstwist.core.errors import RemoteError, Status
 from snstwist.core.backoff import backoffPolicy
 from snstwist.core.model import Post
 from snstwist.rpc import sns_pb2 as pb
@@ -266,3 +270,78 @@ class FinishTests(SynchronousTestCase):
         session.connectionLost(None)
         self.successResultOf(d)
         self.assertEqual(c.clock.getDelayedCalls(), [])
+
+
+class ScriptedCalls:
+    """grpcbridge.call for a client under test: each call answered as scripted, in order."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def call(self, method, request, timeout=None, metadata=None):
+        self.calls.append((method, getattr(request, "request_id", None),
+                           getattr(request, "prefer_vm", None)))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(answer)
+
+
+class CommandTests(SynchronousTestCase):
+    """A command's tries: through a master shedding load, a failover, a refusal."""
+
+    def client(self, test, *answers):
+        c, _ = makeClient()
+        c.login.stub = type("Stub", (), {"Post": "Post", "List": "List"})()
+        c.masters.master1 = Master("vm1", "127.0.0.1:1")
+        c.masters.master2 = Master("vm2", "127.0.0.1:2")
+        calls = ScriptedCalls(*answers)
+        test.patch(clientModule, "grpcbridge", calls)
+        failovers = []
+
+        def failOver():
+            failovers.append(c.epoch)
+            c.epoch += 1
+            return defer.succeed(None)
+
+        c.masters.failOver = failOver
+        return c, calls, failovers
+
+    def test_a_command_that_works_at_once_is_one_call(self):
+        c, calls, failovers = self.client(self, pb.WriteReply(id="vm1.a/1", copies=2))
+        reply = self.successResultOf(c.post("hi"))
+        self.assertEqual((reply.id, len(calls.calls), calls.calls[0][2], failovers),
+                         ("vm1.a/1", 1, "vm2", []))
+
+    def test_a_dead_master_is_failed_over_and_the_same_request_tried_again(self):
+        c, calls, failovers = self.client(
+            self, RemoteError(Status.UNAVAILABLE, "gone"), pb.WriteReply(id="vm2.b/1"))
+        reply = self.successResultOf(c.post("hi"))
+        ids = {request for _, request, _ in calls.calls}
+        self.assertEqual((reply.id, len(calls.calls), len(ids), failovers), ("vm2.b/1", 2, 1, [0]))
+
+    def test_a_master_shedding_load_is_asked_again_after_a_pause(self):
+        c, calls, failovers = self.client(
+            self, RemoteError(Status.RESOURCE_EXHAUSTED, "busy"), pb.WriteReply(id="vm1.a/1"))
+        d = c.post("hi")
+        self.assertNoResult(d)
+        c.clock.advance(10)
+        self.assertEqual((self.successResultOf(d).id, len(calls.calls), failovers),
+                         ("vm1.a/1", 2, []))
+
+    def test_a_refused_command_fails_at_once(self):
+        c, calls, failovers = self.client(self, RemoteError(Status.INVALID_ARGUMENT, "bad"))
+        failure = self.failureResultOf(c.post("hi"), CommandFailed)
+        self.assertEqual((failure.value.code, len(calls.calls), failovers),
+                         (Status.INVALID_ARGUMENT, 1, []))
+
+    def test_a_call_cancelled_by_a_failover_is_tried_again_after_it(self):
+        c, calls, failovers = self.client(self, defer.CancelledError(), ["listed"])
+        self.assertEqual((self.successResultOf(c.list()), failovers), (["listed"], [0]))
+
+    def test_a_command_fails_after_its_tries(self):
+        c, calls, failovers = self.client(
+            self, *[RemoteError(Status.UNAVAILABLE, "gone")] * clientModule.COMMAND_TRIES)
+        self.failureResultOf(c.post("hi"), ClusterUnreachable)
+        self.assertEqual(len(failovers), clientModule.COMMAND_TRIES)

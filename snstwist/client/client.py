@@ -18,7 +18,6 @@ Deferred.
 """
 
 import random
-import uuid
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -55,7 +54,7 @@ def requestId(time_us):
     (L{snstwist.core.requests}); any unique id would be applied once as
     well, only looked up on disk.
     """
-    return "t%016x%s" % (time_us, uuid.uuid4().hex[:16])
+    return "t%016x%016x" % (time_us, random.getrandbits(64))
 
 
 class Client:
@@ -194,34 +193,56 @@ class Client:
 
     # -- commands
 
-    async def _call(self, name, request, write=False):
+    def _command(self, name, request, write=False):
+        """Run a command: a call and a callback unless a try fails (then L{_call})."""
+        if self.failingOver:
+            return defer.ensureDeferred(self._call(name, request, write))
+        epoch = self.epoch
+
+        def retry(failure):
+            failure.trap(RemoteError, defer.CancelledError)
+            return defer.ensureDeferred(self._call(name, request, write, (failure.value, epoch)))
+
+        return self._try(name, request, write).addErrback(retry)
+
+    def _try(self, name, request, write):
+        if write and self.master2 is not None:
+            request.prefer_vm = self.master2.vm
+        return grpcbridge.call(getattr(self.login.stub, name), request,
+                               timeout=CALL_TIMEOUT, metadata=self.login.metadata())
+
+    async def _call(self, name, request, write=False, failed=None):
+        """The tries of a command; C{failed}: the (error, epoch) of a first one (L{_command})."""
         for attempt in range(COMMAND_TRIES):
-            await self.masters.settled()
-            if write and self.master2 is not None:
-                request.prefer_vm = self.master2.vm
-            epoch = self.epoch
-            try:
-                return await grpcbridge.call(getattr(self.login.stub, name), request,
-                                             timeout=CALL_TIMEOUT, metadata=self.login.metadata())
-            except RemoteError as e:
-                if e.status == Status.RESOURCE_EXHAUSTED:
-                    # The master is shedding load: back off, then the same
-                    # request (same id) again.
-                    await deferLater(self.clock, self._commandBackoff(attempt), lambda: None)
-                    continue
-                if e.status not in _DEAD:
-                    raise CommandFailed(e.status, e.message)
-                log.info("{name} on {m} failed: {code}", name=name, m=self.master1,
-                         code=e.status.name)
-            except defer.CancelledError:
-                # A failover closed the channel under this call.
-                if self.closed:
-                    raise
-                log.info("{name} on {m} cancelled by a failover", name=name, m=self.master1)
-            if self.epoch == epoch:
-                # Nobody has replaced this master yet: we do.
-                await self.masters.failOver()
+            if failed is None:
+                await self.masters.settled()
+                epoch = self.epoch
+                try:
+                    return await self._try(name, request, write)
+                except (RemoteError, defer.CancelledError) as e:
+                    failed = (e, epoch)
+            await self._tried(name, attempt, *failed)
+            failed = None
         raise ClusterUnreachable("%s did not succeed after repeated failovers" % (name,))
+
+    async def _tried(self, name, attempt, error, epoch):
+        """After a try that failed with C{error}: raise, or wait until the next may go."""
+        if isinstance(error, RemoteError):
+            if error.status == Status.RESOURCE_EXHAUSTED:
+                # The master is shedding load: the same request, after a pause.
+                await deferLater(self.clock, self._commandBackoff(attempt), lambda: None)
+                return
+            if error.status not in _DEAD:
+                raise CommandFailed(error.status, error.message)
+            log.info("{name} on {m} failed: {code}", name=name, m=self.master1,
+                     code=error.status.name)
+        else:
+            # A failover closed the channel under this call.
+            if self.closed:
+                raise error
+            log.info("{name} on {m} cancelled by a failover", name=name, m=self.master1)
+        if self.epoch == epoch:  # nobody has replaced this master yet: we do
+            await self.masters.failOver()
 
     def _requestId(self):
         self._requestTime = max(int(self.clock.seconds() * 1e6), self._requestTime + 1)
@@ -229,7 +250,7 @@ class Client:
 
     def _write(self, name, request):
         request.request_id = self._requestId()
-        return defer.ensureDeferred(self._call(name, request, write=True))
+        return self._command(name, request, write=True)
 
     def follow(self, target):
         return self._write("Follow", pb.FollowRequest(target=target))
@@ -263,10 +284,10 @@ class Client:
         return defer.ensureDeferred(self._changePassword(new))
 
     def list(self):
-        return defer.ensureDeferred(self._call("List", pb.ListRequest()))
+        return self._command("List", pb.ListRequest())
 
     def history(self, limit=HISTORY):
-        return defer.ensureDeferred(self._call("History", pb.HistoryRequest(limit=limit)))
+        return self._command("History", pb.HistoryRequest(limit=limit))
 
     # -- the timeline
 
