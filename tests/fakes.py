@@ -54,8 +54,8 @@ class FakeStream:
 
     def __init__(self):
         self._sent = []
-        self._tail = None  # what L{gather} queued last, until the writer takes it
-        self.encoded = []
+        self._gathered = []  # what L{gather} queued, until the writer takes it
+        self._encoded = []
         self.closed = False
         self.aborted = False
         self.reason = None
@@ -72,30 +72,39 @@ class FakeStream:
         self.take()
         return self._sent
 
+    @property
+    def encoded(self):
+        """What was sent encoded, as sent (the writer takes what was gathered first)."""
+        self.take()
+        return self._encoded
+
     def take(self):
-        """The writer takes the last gathered message: nothing joins it any more."""
-        if self._tail is not None:
-            kind, items, build = self._tail
-            self._tail = None
-            self._sent.append(build(items))
+        """The writer takes the gathered messages: nothing joins them any more."""
+        gathered, self._gathered = self._gathered, []
+        for _kind, items, build in gathered:
+            self._record(build(items))
 
     def send(self, message):
         self.take()
-        if isinstance(message, bytes):
-            self.encoded.append(message)
-            message = self.encodedAs.FromString(message)
-        self._sent.append(message)
+        self._record(message)
         self._count()
         return True
+
+    def _record(self, message):
+        if isinstance(message, bytes):
+            self._encoded.append(message)
+            message = self.encodedAs.FromString(message)
+        self._sent.append(message)
 
     def gather(self, kind, items, build, limit):
         """As the real stream's: items join the last message queued while it is of C{kind}."""
         for item in items:
-            if self._tail is None or self._tail[0] != kind or len(self._tail[1]) >= limit:
-                self.take()
-                self._tail = (kind, [], build)
+            tail = self._gathered[-1] if self._gathered else None
+            if tail is None or tail[0] != kind or len(tail[1]) >= limit:
+                tail = (kind, [], build)
+                self._gathered.append(tail)
                 self._count()
-            self._tail[1].append(item)
+            tail[1].append(item)
         return True
 
     def _count(self):

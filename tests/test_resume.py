@@ -250,6 +250,15 @@ def twoMasters(test):
     return clock, masters
 
 
+class Gathered:
+    """On a L{Wire}: one message of C{kind}, built from C{items} when it is delivered."""
+
+    def __init__(self, kind, build):
+        self.kind = kind
+        self.build = build
+        self.items = []
+
+
 class Wire:
     """
     One session's stream between a client L{Session} and a server
@@ -269,6 +278,17 @@ class Wire:
             self.toClient.append(message)
         return self.open
 
+    def gather(self, kind, items, build, limit):
+        """As a real stream's: items join the last message queued while it is of C{kind}."""
+        for item in items:
+            tail = self.toClient[-1] if self.open and self.toClient else None
+            if not (isinstance(tail, Gathered) and tail.kind == kind and len(tail.items) < limit):
+                tail = Gathered(kind, build)
+                if not self.send(tail):
+                    return False
+            tail.items.append(item)
+        return True
+
     def drained(self, below):
         return defer.succeed(None)
 
@@ -286,6 +306,8 @@ class Wire:
                 self.server.messageReceived(self.toServer.pop(0))
             else:
                 message = self.toClient.pop(0)
+                if isinstance(message, Gathered):
+                    message = message.build(message.items)
                 if isinstance(message, bytes):
                     # Sent encoded (a post encoded once for its sessions).
                     message = pb.ServerPush.FromString(message)
@@ -356,6 +378,8 @@ def sync(source, target, most=None):
 
 operations = st.lists(st.one_of(
     st.tuples(st.just("post"), st.integers(0, 1), st.booleans()),
+    # Posts made while the session's stream is still busy (gathered).
+    st.tuples(st.just("burst"), st.integers(0, 1), st.integers(2, 5)),
     st.tuples(st.just("sync"), st.integers(0, 1), st.sampled_from([1, 2, None])),
     st.tuples(st.just("tick"), st.integers(1, 15)),
     st.tuples(st.just("failover")),
@@ -392,6 +416,11 @@ class ScreenModelTests(SynchronousTestCase):
                 if retried:
                     clock.advance(0.001)
                     nodes[1 - index].post("bob", "text", request)
+            elif op[0] == "burst":
+                for _ in range(op[2]):
+                    request = "r%d" % (len(requests),)
+                    requests.add(("bob", request))
+                    nodes[op[1]].post("bob", "text", request)
             elif op[0] == "sync":
                 sync(nodes[op[1]], nodes[1 - op[1]], op[2])
             elif op[0] == "tick":

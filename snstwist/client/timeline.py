@@ -187,6 +187,10 @@ class Session:
         kind = message.WhichOneof("kind")
         if kind == "post":
             self.timeline.received(Post.fromProto(message.post))
+        elif kind == "posts":
+            # Live posts that the master batched while our stream was busy.
+            for post in message.posts.posts:
+                self.timeline.received(Post.fromProto(post))
         elif kind == "ready":
             if message.ready.HasField("covered"):
                 self.timeline.coveredAlso(message.ready.covered)

@@ -91,12 +91,16 @@ MAX_USERS = 8000
 # which would turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED).
 MAX_ECHO = 40
 
-# Timeline sessions.  A live reader that falls this many pushed messages
+# Timeline sessions.  A live reader that falls this many pushed posts
 # behind is cut off (it is too slow for live push); a catch-up (the history,
 # or everything a returning reader missed) is sent a page at a time, the next
 # page only once the reader has taken most of the last, so it is never cut
 # off, however long.
 MAX_SESSION_QUEUE = 1000
+# Live posts that become durable while a session's stream is still writing
+# go out together, at most this many in one message (so many of the largest
+# posts still fit in one: fewer than UPDATES_PER_MESSAGE).
+PUSH_BATCH = min(100, UPDATES_PER_MESSAGE)
 # Requests whose pushed copy a master remembers, so that a second copy of a
 # retried post is never pushed live (sessions.SessionHub.publish).
 PUSHED_MEMORY = 10000

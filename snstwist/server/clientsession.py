@@ -29,6 +29,7 @@ from snstwist.core.model import checkCursor, checkHeartbeat, checkVersionVector
 from snstwist.core.node import durableVector
 from snstwist.core.state import VersionVector
 from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.outbox import LivePosts
 
 log = Logger()
 
@@ -89,6 +90,7 @@ class ClientSession:
         self.user = user
         self.host = host
         self.stream = None
+        self.pushes = None
         self.live = False
         self.catchingUp = False
         # The catch-up's position: the key of the last post it read.
@@ -114,6 +116,7 @@ class ClientSession:
 
     def makeConnection(self, stream):
         self.stream = stream
+        self.pushes = LivePosts(stream, self.end)
         self.lastHeard = self.clock.seconds()
         self.hub.add(self)
 
@@ -289,7 +292,8 @@ class ClientSession:
         """
         Send C{post}, live, unless the client has it or the catch-up will
         send it; C{message} is its ServerPush, encoded once for every
-        session that shows it.
+        session that shows it (gathered with the posts that follow it while
+        the stream is busy: L{LivePosts}).
         """
         if self.covered is not None and covers(self.covered, post.id):
             # The client has it (from another master) or did not want it.
@@ -305,7 +309,7 @@ class ClientSession:
             # catch-up after the recent history being read).
             self.held[post.id] = post
             return
-        self.stream.send(message)
+        self.pushes.post(message)
         self.busy = True
 
     def connectionLost(self, reason):

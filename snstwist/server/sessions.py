@@ -185,7 +185,8 @@ class SessionHub:
                 continue
             message = None
             for user in (post.author, *replica.followerSet(post.author)):
-                for session in self.sessions.get(user, ()):
+                # (A copy: a push may cut a slow reader's session off.)
+                for session in tuple(self.sessions.get(user, ())):
                     if session.live or session.catchingUp:
                         if message is None:
                             # Encoded once, however many sessions show it.
