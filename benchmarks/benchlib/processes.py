@@ -178,13 +178,16 @@ class CpuMeter:
         self.start = {k: [cpuSeconds(p) for p in pids] for k, pids in groups.items()}
         self.t0 = time.monotonic()
 
-    def percent(self):
-        wall = time.monotonic() - self.t0
-        out = {}
+    def seconds(self):
+        """The CPU seconds each group used since the start, and the seconds since."""
+        used = {}
         for k, pids in self.groups.items():
-            used = [(cpuSeconds(p) or 0) - (c or 0) for p, c in zip(pids, self.start[k])]
-            out[k] = round(100 * sum(used) / wall)
-        return out
+            used[k] = sum((cpuSeconds(p) or 0) - (c or 0) for p, c in zip(pids, self.start[k]))
+        return used, time.monotonic() - self.t0
+
+    def percent(self):
+        used, wall = self.seconds()
+        return {k: round(100 * v / wall) for k, v in used.items()}
 
 
 def rssKB(pid):

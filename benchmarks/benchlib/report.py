@@ -136,6 +136,13 @@ def markdown(results):
                         fmt(x["ack_ms"]["p99"]), fmt(paced.get("p50"), 2),
                         fmt(paced.get("p99"), 2)))
             lines.append("")
+            for x in section["latency"]:
+                per = x.get("cpu_ms_per_post")
+                if per:
+                    lines.append("CPU ms per acknowledged post at %d/s offered: %s." % (
+                        x["offered_per_s"], ", ".join("%s %s" % (k, fmt(v, 3))
+                                                      for k, v in per.items())))
+            lines.append("")
     if fo:
         lines += ["Failover (%d kills of each kind, 2 VMs):" % (len(fo["runs"]),), "",
                   "| from SIGKILL of ... to ... | p50 ms | p99 ms | max ms | failed |",
