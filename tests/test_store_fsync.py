@@ -180,7 +180,7 @@ class FsyncOrderTests(TestCase):
         self.assertIn(self.posts, flushed)
         self.assertLessEqual(s._flusher.rounds - rounds, 1, "one round took the batches waiting")
 
-    async def test_the_batches_of_a_tenth_of_a_second_are_flushed_in_one_round(self):
+    async def test_the_batches_of_a_flush_delay_are_flushed_in_one_round(self):
         """
         A round of flushes starts Flusher.delay after a batch and takes the
         files of every batch committed by then.
@@ -198,6 +198,29 @@ class FsyncOrderTests(TestCase):
         self.assertEqual((s._flusher.rounds, s._flusher.files), (1, 3))
         await s.persist([postUpdate("vm1.a", 4, 40, "dave")])
         self.assertEqual(unsynced(self.path), ["dave"])
+
+    async def test_a_round_starts_at_once_when_most_files_wait(self):
+        """
+        Files appended to wait for a round at most Flusher.delay, and no
+        more than Flusher.most of them: the repair after a crash is bounded
+        by files, not by time.
+        """
+        clock = Clock()
+        s = store.SQLiteStore(self.path, clock=clock)
+        self.addCleanup(s.close)
+        await s.open()
+        s._flusher.most = 3
+        await s.persist([postUpdate("vm1.a", 1, 10, "alice"), postUpdate("vm1.a", 2, 20, "bob")])
+        self.assertEqual(s._flusher.rounds, 0)
+        await s.persist([postUpdate("vm1.a", 3, 30, "carol")])
+        self.assertEqual(s._flusher.rounds, 1, "the third file started a round, no clock moved")
+        await s.synced()
+        self.assertEqual((s._flusher.files, unsynced(self.path)), (3, ["alice", "bob", "carol"]))
+        await s.persist([postUpdate("vm1.a", 4, 40, "dave")])
+        self.assertEqual((s._flusher.rounds, unsynced(self.path)), (1, ["dave"]))
+        clock.advance(Flusher.delay)
+        self.assertEqual(s._flusher.rounds, 2, "dave's file flushed Flusher.delay later")
+        await s.synced()
 
     async def test_a_rewritten_file_and_its_rename_are_flushed_before_the_ack(self):
         """A late post rewrites the file (a new file renamed over it): both flushed at once."""
