@@ -112,44 +112,47 @@ def offered(args, work):
 
     async def measure():
         store = SQLiteStore(work, reactor)
-        if args.flush_delay is not None:
-            store._flusher.delay = args.flush_delay
-        await store.open()
-        times, sent = [], [0]
-        start = time.perf_counter()
-        used = resource.getrusage(resource.RUSAGE_SELF)
+        try:
+            if args.flush_delay is not None:
+                store._flusher.delay = args.flush_delay
+            await store.open()
+            times, sent = [], [0]
+            start = time.perf_counter()
+            used = resource.getrusage(resource.RUSAGE_SELF)
 
-        def durable(_, t0):
-            times.append(1000 * (time.perf_counter() - t0))
+            def durable(_, t0):
+                times.append(1000 * (time.perf_counter() - t0))
 
-        def tick():
-            now = time.perf_counter()
-            if now - start >= args.seconds:
-                ticker.stop()
-                return
-            for _ in range(int(args.rate * (now - start)) - sent[0]):
-                sent[0] += 1
-                t0 = time.perf_counter()
-                update = postUpdate(sent[0], args.authors, int(time.time() * 1e6))
-                store.persist([update]).addCallback(durable, t0)
+            def tick():
+                now = time.perf_counter()
+                if now - start >= args.seconds:
+                    ticker.stop()
+                    return
+                for _ in range(int(args.rate * (now - start)) - sent[0]):
+                    sent[0] += 1
+                    t0 = time.perf_counter()
+                    update = postUpdate(sent[0], args.authors, int(time.time() * 1e6))
+                    store.persist([update]).addCallback(durable, t0)
 
-        ticker = task.LoopingCall(tick)
-        ticker.clock = reactor
-        await ticker.start(0.001)
-        while len(times) < sent[0]:
-            await task.deferLater(reactor, 0.01, lambda: None)
-        now = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
-        out = {"rate": args.rate, "offered": sent[0], "durable": len(times),
-               "batches": store.batches, "flush_delay": store._flusher.delay,
-               "flush_rounds": store._flusher.rounds,
-               "files_flushed": store._flusher.files,
-               # The process's CPU (every thread, the system's included) a
-               # write, the offering loop's too.
-               "cpu_ms_per_write": round(1000 * cpu / max(1, len(times)), 3)}
-        out.update(percentiles(times))
-        await store.close()
-        return out
+            ticker = task.LoopingCall(tick)
+            ticker.clock = reactor
+            await ticker.start(0.001)
+            while len(times) < sent[0]:
+                await task.deferLater(reactor, 0.01, lambda: None)
+            now = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+            out = {"rate": args.rate, "offered": sent[0], "durable": len(times),
+                   "batches": store.batches, "flush_delay": store._flusher.delay,
+                   "flush_rounds": store._flusher.rounds,
+                   "files_flushed": store._flusher.files,
+                   # The process's CPU (every thread, the system's included) a
+                   # write, the offering loop's too.
+                   "cpu_ms_per_write": round(1000 * cpu / max(1, len(times)), 3)}
+            out.update(percentiles(times))
+            return out
+        finally:
+            # Its threads would keep the process (and the bench lock) alive.
+            await store.close()
 
     result = []
 
