@@ -8,7 +8,10 @@ stop) it makes master2 its master1, asks the router for a new master2, logs
 in again (renewing its session token there: no password hashing on the way),
 resumes the timeline after the last post it showed, and retries
 the command that was in flight with the same request id, so that it is
-applied once.
+applied once.  In timeline mode a post goes up the session's stream rather
+than in a call of its own (L{snstwist.client.timeline.Session.post}), and a
+post unanswered when the session ends is sent again in the same way: on the
+new session's stream, or by a call while there is none.
 
 L{Client} is the façade, and runs the commands; the masters and their
 failover are in L{snstwist.client.masters}; the login and its token in
@@ -26,7 +29,7 @@ from twisted.logger import Logger
 from snstwist.client.errors import ClusterUnreachable, CommandFailed, InvalidPassword
 from snstwist.client.login import Login
 from snstwist.client.masters import CALL_TIMEOUT, Master, Masters, Reconnects, master
-from snstwist.client.timeline import Session, Timeline
+from snstwist.client.timeline import Session, SessionGone, Timeline
 from snstwist.core.backoff import backoffPolicy
 from snstwist.core.errors import RemoteError, Status
 from snstwist.core.limits import HISTORY
@@ -101,21 +104,10 @@ class Client:
     token = property(lambda self: self.login.token)
     password = property(lambda self: self.login.password)
 
-    @property
-    def onReconnect(self):
-        return self.masters.onReconnect
-
-    @onReconnect.setter
-    def onReconnect(self, onReconnect):
-        self.masters.onReconnect = onReconnect
-
-    @property
-    def onPost(self):
-        return self.reader.onPost
-
-    @onPost.setter
-    def onPost(self, onPost):
-        self.reader.onPost = onPost
+    onReconnect = property(lambda self: self.masters.onReconnect,
+                           lambda self, f: setattr(self.masters, "onReconnect", f))
+    onPost = property(lambda self: self.reader.onPost,
+                      lambda self, f: setattr(self.reader, "onPost", f))
 
     # -- connecting
 
@@ -200,7 +192,7 @@ class Client:
         epoch = self.epoch
 
         def retry(failure):
-            failure.trap(RemoteError, defer.CancelledError)
+            failure.trap(RemoteError, defer.CancelledError, SessionGone)
             return defer.ensureDeferred(self._call(name, request, write, (failure.value, epoch)))
 
         return self._try(name, request, write).addErrback(retry)
@@ -208,6 +200,9 @@ class Client:
     def _try(self, name, request, write):
         if write and self.master2 is not None:
             request.prefer_vm = self.master2.vm
+        session = self.session
+        if name == "Post" and session is not None and session.takesPosts():
+            return session.post(request)
         return grpcbridge.call(getattr(self.login.stub, name), request,
                                timeout=CALL_TIMEOUT, metadata=self.login.metadata())
 
@@ -219,7 +214,7 @@ class Client:
                 epoch = self.epoch
                 try:
                     return await self._try(name, request, write)
-                except (RemoteError, defer.CancelledError) as e:
+                except (RemoteError, defer.CancelledError, SessionGone) as e:
                     failed = (e, epoch)
             await self._tried(name, attempt, *failed)
             failed = None
@@ -227,6 +222,8 @@ class Client:
 
     async def _tried(self, name, attempt, error, epoch):
         """After a try that failed with C{error}: raise, or wait until the next may go."""
+        if isinstance(error, SessionGone) and not self.closed:
+            return  # Its session ended (a failover follows if due): again once settled.
         if isinstance(error, RemoteError):
             if error.status == Status.RESOURCE_EXHAUSTED:
                 # The master is shedding load: the same request, after a pause.

@@ -10,6 +10,14 @@ either.  What the screen covers is a version vector, as the masters reported
 it plus the posts shown since: a resumed session sends it, and is sent every
 post of the timeline it lacks, however late the post reached the new master.
 
+In timeline mode the client posts on its session (L{Session.post}): each
+post goes up the stream with its request id and is answered on it by that
+id, its reply carrying the post, which the timeline shows from there (the
+master holds back its push of the post to this session).  A post whose
+session ends unanswered fails with L{SessionGone}; one unanswered for
+L{CALL_TIMEOUT} with DEADLINE_EXCEEDED, as a call would: the client sends
+it again with the same request id, applied once.
+
 Nothing here knows about failover: a L{Session} reports that it works or
 that it was lost, and the L{Timeline} outlives every session.
 """
@@ -18,8 +26,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from snstwist.client.masters import CALL_TIMEOUT
 from snstwist.core.errors import RemoteError, Status
-from snstwist.core.limits import HISTORY, MAX_EXTRA
+from snstwist.core.limits import HISTORY, MAX_EXTRA, MAX_SESSION_POSTS
 from snstwist.core.limits import SESSION_HEARTBEAT as HEARTBEAT
 from snstwist.core.model import Post
 from snstwist.core.state import VersionVector
@@ -35,6 +44,10 @@ RESUME_WINDOW_US = 10 * 1000000
 SHOWN_MEMORY = 10000
 ACK_DELAY = 0.2  # one ack per this many seconds, however many posts were shown
 _BEAT = pb.ClientMessage(heartbeat=pb.Heartbeat())
+
+
+class SessionGone(Exception):
+    """The session a post was sent on ended before its answer: send it again."""
 
 
 def endOf(farewell):
@@ -171,12 +184,53 @@ class Session:
         self.closing = False
         self.ended = None
         self.farewell = None  # why the server said it ends the stream
+        self.ready = False  # the timeline's history has come
+        self.posts = {}  # request id -> (Deferred, when sent), oldest first
 
     def makeConnection(self, stream):
         self.stream = stream
         stream.send(pb.ClientMessage(open=self.timeline.openRequest()))
-        self.beats = Heartbeat(self.clock, HEARTBEAT, 3 * HEARTBEAT,
-                               lambda: stream.send(_BEAT), self._silent)
+        self.beats = Heartbeat(self.clock, HEARTBEAT, 3 * HEARTBEAT, self._beat, self._silent)
+
+    def _beat(self):
+        self.stream.send(_BEAT)
+        # Posts unanswered for as long as a call may take time out as a call does.
+        late = self.clock.seconds() - CALL_TIMEOUT
+        while self.posts:
+            requestId, (d, sent) = next(iter(self.posts.items()))
+            if sent > late:
+                break
+            del self.posts[requestId]
+            d.errback(RemoteError(Status.DEADLINE_EXCEEDED, "no answer to a post in %gs"
+                                  % (CALL_TIMEOUT,)))
+
+    def takesPosts(self):
+        """May a post go on this session now?  (In timeline mode, with room.)"""
+        return (self.ready and self.stream is not None and not self.closing
+                and len(self.posts) < MAX_SESSION_POSTS)
+
+    def post(self, request):
+        """
+        Send C{request} (a C{PostRequest} with its request id) on the
+        session: a Deferred of its C{WriteReply}, or of the L{RemoteError}
+        it was refused with, or L{SessionGone}.
+        """
+        d = defer.Deferred()
+        self.posts[request.request_id] = (d, self.clock.seconds())
+        self.stream.send(pb.ClientMessage(post=request))
+        return d
+
+    def _answered(self, answer):
+        waiting = self.posts.pop(answer.request_id, None)
+        if waiting is None:
+            return  # timed out already
+        if not answer.HasField("reply"):
+            waiting[0].errback(endOf(answer.refused))
+            return
+        if answer.reply.HasField("post") and self.timeline.active:
+            # Our own post: the master sent it with its answer, not pushed.
+            self.timeline.received(Post.fromProto(answer.reply.post, answer.request_id))
+        waiting[0].callback(answer.reply)
 
     def _silent(self, seconds):
         log.info("master silent for {s:.1f}s", s=seconds)
@@ -185,7 +239,9 @@ class Session:
     def messageReceived(self, message):
         self.beats.heard()
         kind = message.WhichOneof("kind")
-        if kind == "post":
+        if kind == "answer":
+            self._answered(message.answer)
+        elif kind == "post":
             self.timeline.received(Post.fromProto(message.post))
         elif kind == "posts":
             # Live posts that the master batched while our stream was busy.
@@ -194,6 +250,7 @@ class Session:
         elif kind == "ready":
             if message.ready.HasField("covered"):
                 self.timeline.coveredAlso(message.ready.covered)
+            self.ready = True
             self.working()
             self.timeline.delivered()
         elif kind == "covered":
@@ -239,3 +296,7 @@ class Session:
             self.ended.callback(None)
         if not self.closing:
             self.lost(self, reason)
+        # Posts unanswered go again (once a failover, if any, is done).
+        posts, self.posts = self.posts, {}
+        for d, _ in posts.values():
+            d.errback(SessionGone("the session ended before the post was answered"))

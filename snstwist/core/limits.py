@@ -105,6 +105,10 @@ PUSH_BATCH = min(100, UPDATES_PER_MESSAGE)
 # retried post is never pushed live (sessions.SessionHub.publish).
 PUSHED_MEMORY = 10000
 CATCH_UP_PAGE = 200
+# Posts a session may have in flight on its own stream (sent, not yet
+# answered); past it a post is answered RESOURCE_EXHAUSTED at once.  Every
+# answer is a message on the session's stream, bounded by MAX_SESSION_QUEUE.
+MAX_SESSION_POSTS = 100
 # A resumed timeline sends the version vector its screen covers, and is sent
 # first what the vector lacks up to its cursor.  Reading that costs the
 # updates the vector lacks, so a vector lacking more than this many (one

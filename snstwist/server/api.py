@@ -2,6 +2,9 @@
 The client-facing C{SNS} service of a master: Login, Password, List, Follow,
 UnFollow, Post, History and the live sessions (C{Bidirectional_s_and_c}).
 
+A client in timeline mode posts on its session instead of calling Post
+(L{snstwist.server.sessionposts}): the same write, without a call each.
+
 Each method checks its request and who calls (L{admission.Admission}),
 applies the domain rule on the node, and leaves acknowledgement to
 L{admission.Writes}.  Errors are raised as L{errors.SNSError}s; the bridge
@@ -167,11 +170,22 @@ class SNSApi:
                                  lambda user: checkUsername(request.target))
 
     def post(self, request, ctx):
+        return self._post(self.admission.user(ctx), request)
+
+    def sessionPost(self, user, request):
+        """
+        A post of C{user}'s on their session's stream
+        (L{snstwist.server.sessionposts}): as the Post call, on a master only.
+        """
+        self.admission.asMaster()
+        return self._post(user, request)
+
+    def _post(self, user, request):
         def check(user):
             checkPostText(request.text)
             self.posts.take(user)
 
-        return self.writes.write(self.admission.user(ctx), request, lambda user, rid:
+        return self.writes.write(user, request, lambda user, rid:
                                  self.node.post(user, request.text, rid), check)
 
     def history(self, request, ctx):
@@ -185,4 +199,5 @@ class SNSApi:
         session = self.sessions.session(token.user, ctx.peer)
         session.generation = token.generation
         session.expires, session.peer = token.expires, ctx.peer
+        session.writePost = self.sessionPost
         return session

@@ -19,17 +19,25 @@ everything in it has been sent, or is older than the history).
 
 A session ended for a reason (an expired token, a changed password, a
 refused message) says it in a farewell just before the status (L{end}).
+
+A client may post on its session, as its user (L{snstwist.server.sessionposts}).
 """
 
 from twisted.logger import Logger
 
 from snstwist.core import errors
 from snstwist.core.limits import CATCH_UP_PAGE, HISTORY, RESUME_GAP_MAX, SESSION_HEARTBEAT
-from snstwist.core.model import checkCursor, checkHeartbeat, checkVersionVector
+from snstwist.core.model import (
+    checkCursor,
+    checkHeartbeat,
+    checkRequestId,
+    checkVersionVector,
+)
 from snstwist.core.node import durableVector
 from snstwist.core.state import VersionVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.outbox import LivePosts
+from snstwist.server.sessionposts import postOn
 
 log = Logger()
 
@@ -43,10 +51,15 @@ def checkClientMessage(message, now_us):
     """
     The bounds of what a client sends on its session: a cursor is a post's
     (time, id), the time within the clock window of C{now_us}; a covered
-    version vector has bounded origins; a heartbeat names at most a few users.
+    version vector has bounded origins; a heartbeat names at most a few users;
+    a post has a request id, by which it is answered.
     """
     kind = message.WhichOneof("kind")
-    if kind == "open":
+    if kind == "post":
+        if not message.post.request_id:
+            raise errors.InvalidRequest("a post on a session needs a request id")
+        checkRequestId(message.post.request_id)
+    elif kind == "open":
         if message.open.HasField("cursor"):
             checkCursor(message.open.cursor.time_us, message.open.cursor.id, now_us)
         checkVersionVector(message.open.covered)
@@ -84,6 +97,10 @@ class ClientSession:
     # connection (L{SessionHub.renew}); and that connection (the peer).
     expires = None
     peer = None
+    # How a post on the session is written (set by the service), and its
+    # posts in flight (L{snstwist.server.sessionposts}).
+    writePost = None
+    posting = None
 
     def __init__(self, hub, user, host=""):
         self.hub = hub
@@ -170,6 +187,8 @@ class ClientSession:
             self._startTimeline(message.open)
         elif kind == "ack":
             self.hub.ack(self.user, message.ack)
+        elif kind == "post":
+            postOn(self, message.post)
 
     def _startTimeline(self, request):
         """
@@ -309,6 +328,8 @@ class ClientSession:
             # catch-up after the recent history being read).
             self.held[post.id] = post
             return
+        if self.posting is not None and self.posting.holds(post, message):
+            return  # The session's own post in flight: it goes with its answer.
         self.pushes.post(message)
         self.busy = True
 

@@ -1,0 +1,127 @@
+"""
+Posts on a client's own session stream (C{ClientMessage.post}), answered on
+that stream (C{ServerPush.answer}).
+
+A unary call is the dearest thing gRPC does for a post, at both ends; a
+message on the stream a client in timeline mode holds open anyway costs a
+fraction of it.  So such a client posts on its session: each post carries
+its request id and goes through the same write path as the C{Post} call
+(L{snstwist.server.admission.Writes}: applied once per (user, request id),
+answered once durable here and on another VM, the same checks, rate tokens
+and bounds), and is answered by that id, in the order the writes complete,
+with the reply the call would return or the status it would end with.
+
+The session's own post reaches its timeline with its answer (the reply
+carries the post): its live push to this session is held while the post is
+in flight (L{SessionPosts.holds}), one message a post fewer; if the write is
+refused after all (the post may be stored here, and shown to others), the
+push goes just before the refusal.
+
+Bounded: at most L{MAX_SESSION_POSTS} posts in flight on one session; past
+that a post is refused (RESOURCE_EXHAUSTED) at once, and each answer is a
+message in the stream's bounded queue, so a client that floods and does not
+read is cut off like any slow reader.  Nothing here blocks.
+"""
+
+from twisted.logger import Logger
+
+from snstwist.core import errors
+from snstwist.core.limits import MAX_SESSION_POSTS
+from snstwist.rpc import sns_pb2 as pb
+
+log = Logger()
+
+
+def refusal(requestId, error):
+    """The answer refusing the post C{requestId} with C{error} (an L{errors.SNSError})."""
+    status, message = errors.statusFor(error)
+    return pb.ServerPush(answer=pb.PostAnswer(
+        request_id=requestId, refused=pb.SessionEnd(code=status.value, message=message)))
+
+
+def postOn(session, request):
+    """
+    C{request}, a post on C{session} (a L{ClientSession}): written by the
+    session's C{writePost}; refused, ending the session, where none is set.
+    """
+    if session.posting is None:
+        if session.writePost is None:
+            session.end(errors.InvalidRequest("this server takes no posts on a session"))
+            return
+        session.posting = SessionPosts(session, session.writePost)
+    session.posting.received(request)
+
+
+class SessionPosts:
+    """
+    The posts in flight on one L{ClientSession}: C{write(user, request)}
+    applies one (a Deferred of its C{WriteReply}; raises an
+    L{errors.SNSError} to refuse it at once).
+    """
+
+    most = MAX_SESSION_POSTS
+
+    def __init__(self, session, write):
+        self.session = session
+        self.write = write
+        self.waiting = 0  # posts in flight (a request sent twice counts twice)
+        # Request id -> the live push of its post held for its answer, or None.
+        self.inFlight = {}
+
+    def received(self, request):
+        """A post (a C{PostRequest} with its request id) on the session."""
+        requestId = request.request_id
+        if self.waiting >= self.most:
+            self._send(refusal(requestId, errors.Overloaded(
+                "%d posts in flight on this session, the most allowed: wait for their"
+                " answers" % (self.waiting,))))
+            return
+        self.waiting += 1
+        fresh = requestId not in self.inFlight
+        if fresh:
+            self.inFlight[requestId] = None
+        try:
+            d = self.write(self.session.user, request)
+        except errors.SNSError as e:
+            self.waiting -= 1
+            if fresh:
+                del self.inFlight[requestId]
+            self._send(refusal(requestId, e))
+            return
+        d.addCallbacks(self._answer, self._refuse, (requestId,), None, (requestId,))
+
+    def holds(self, post, message):
+        """
+        Keep C{message}, the live push of C{post}, for the answer to the
+        session's own post in flight that it is; False if it is not one.
+        """
+        if not self.inFlight or post.author != self.session.user:
+            return False
+        if post.request not in self.inFlight:
+            return False
+        self.inFlight[post.request] = message
+        return True
+
+    def _answer(self, reply, requestId):
+        self.waiting -= 1
+        self.inFlight.pop(requestId, None)
+        self._send(pb.ServerPush(answer=pb.PostAnswer(request_id=requestId, reply=reply)))
+
+    def _refuse(self, failure, requestId):
+        self.waiting -= 1
+        held = self.inFlight.pop(requestId, None)
+        error = failure.value
+        if not isinstance(error, errors.SNSError) or isinstance(error, errors.RemoteError):
+            # Not an answer to this post (as the Post call's handler says).
+            log.failure("unexpected error in a post of {user}", failure, user=self.session.user)
+            if not isinstance(error, errors.SNSError):
+                error = errors.SNSError("internal error")
+        if held is not None and self.session.live:
+            self.session.pushes.post(held)
+        self._send(refusal(requestId, error))
+
+    def _send(self, message):
+        stream = self.session.stream
+        if stream is not None:
+            stream.send(message)
+            self.session.busy = True
