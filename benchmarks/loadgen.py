@@ -3,7 +3,7 @@ Load generators for ``benchmarks/run.py``: each is a separate process running
 many in-process ``snstwist.client.client.Client`` objects on the asyncio reactor,
 so that the client side never shares the CPU of the process that measures.
 
-    python benchmarks/loadgen.py post      --router R --prefix p --clients M [--pin VM]
+    python benchmarks/loadgen.py post      --router R --prefix p --clients M [--pin VM] [--unary]
     python benchmarks/loadgen.py poster    --router R --user U --rate N [--pin VM] --tag T
     python benchmarks/loadgen.py follower  --router R --user U --follow P [--pin VM] --tag T
     python benchmarks/loadgen.py sessions  --router R --prefix p --clients M [--pin VM] [--timeline]
@@ -49,12 +49,19 @@ from snstwist.rpc import sns_pb2 as pb  # noqa: E402
 from snstwist.rpc import sns_pb2_grpc as pbg  # noqa: E402
 
 class PostLoad(Worker):
-    """Closed loop: every client posts, waits for the ack, posts again."""
+    """
+    Closed loop: every client posts, waits for the ack, posts again.  Each
+    client posts as a user in timeline mode does: its timeline open, every
+    post on its session's stream; with --unary, with no timeline open, each
+    post a Post call.
+    """
 
     async def start(self):
         a = self.args
         clients = [self.makeClient("%s%d" % (a.prefix, i)) for i in range(a.clients)]
         await self.connectAll(clients)
+        if not a.unary:
+            await self.openTimelines(clients)
         self.emit(event="ready", clients=len(self.clients), vms=self.where())
 
     async def cmd_go(self, duration, warmup="0"):
@@ -204,9 +211,7 @@ class Sessions(Worker):
         clients = [self.makeClient("%s%d" % (a.prefix, i)) for i in range(a.clients)]
         await self.connectAll(clients)
         if a.timeline:
-            sem = defer.DeferredSemaphore(CONNECT_PARALLEL * 4)
-            await defer.gatherResults([sem.run(c.timeline) for c in clients],
-                                      consumeErrors=True)
+            await self.openTimelines(clients)
         self.emit(event="ready", clients=len(clients), vms=self.where())
 
 
@@ -294,6 +299,9 @@ def parse(argv):
     parser.add_argument("--max-outstanding", type=int, default=500)
     parser.add_argument("--tag", default="L")
     parser.add_argument("--timeline", action="store_true")
+    parser.add_argument("--unary", action="store_true",
+                        help="post: each post a Post call, no timeline open (else on the"
+                             " session's stream, as in timeline mode)")
     return parser.parse_args(argv)
 
 

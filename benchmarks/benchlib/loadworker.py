@@ -128,6 +128,11 @@ class Worker:
              for c in clients],
             consumeErrors=True)
 
+    async def openTimelines(self, clients):
+        """Every client in timeline mode, its history delivered."""
+        sem = defer.DeferredSemaphore(CONNECT_PARALLEL * 4)
+        await defer.gatherResults([sem.run(c.timeline) for c in clients], consumeErrors=True)
+
     def where(self):
         vms = {}
         for c in self.clients:

@@ -93,27 +93,33 @@ def markdown(results):
         if section.get("throughput"):
             lines += ["Throughput, %s (closed loop, %s s per level; latency = post -> ack):" % (
                 key.replace("vm", " VMs"), fmt(cfg["seconds"], 0)), "",
-                "| clients | echo calls/s | echo p50 / p99 ms | posts/s (copies >= 2) |"
+                "Posts go in two forms: *stream*, as in timeline mode (each a message on"
+                " the client's session stream; the headline), and *unary*, as a script"
+                " without a session (a Post call each).", "",
+                "| clients | form | echo calls/s | echo p50 / p99 ms | posts/s (copies >= 2) |"
                 " post p50 / p99 / max ms | ratio | acked with 1 copy | errors |"
                 " CPU % (router, masters, slaves, load gen.) |"
                 " server CPU ms per post / echo server's per call |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in section["throughput"]:
-                e, s = r["echo"], r["sns"]
-                cpu = s["cpu_percent"]
-                masters = sum(v for k, v in cpu.items() if k.endswith("master"))
-                slaves = sum(v for k, v in cpu.items() if k.endswith("slave"))
-                row = ("| %d | %s | %s / %s | %s | %s / %s / %s | %.0f%% | %d | %d"
-                       " | %s, %s, %s, %s | %s / %s |")
-                lines.append(row % (
-                    r["clients"], fmt(e["calls_per_s"], 0), fmt(e["latency_ms"]["p50"], 2),
-                    fmt(e["latency_ms"]["p99"], 2), fmt(s["posts_per_s"], 0),
-                    fmt(s["latency_ms"]["p50"], 2), fmt(s["latency_ms"]["p99"], 2),
-                    fmt(s["latency_ms"]["max"], 1), 100 * (r["ratio"] or 0),
-                    s["acked_one_copy"], s["errors"], cpu.get("router", "-"), masters, slaves,
-                    cpu.get("load generators", "-"), fmt(cpuPerCall(s, "posts_per_s"), 2),
-                    fmt(cpuPerCall(e, "calls_per_s"), 2)))
+                e = r["echo"]
+                for form, s, ratio in formsOf(r):
+                    cpu = s["cpu_percent"]
+                    masters = sum(v for k, v in cpu.items() if k.endswith("master"))
+                    slaves = sum(v for k, v in cpu.items() if k.endswith("slave"))
+                    row = ("| %d | %s | %s | %s / %s | %s | %s / %s / %s | %.0f%% | %d | %d"
+                           " | %s, %s, %s, %s | %s / %s |")
+                    lines.append(row % (
+                        r["clients"], form, fmt(e["calls_per_s"], 0),
+                        fmt(e["latency_ms"]["p50"], 2), fmt(e["latency_ms"]["p99"], 2),
+                        fmt(s["posts_per_s"], 0), fmt(s["latency_ms"]["p50"], 2),
+                        fmt(s["latency_ms"]["p99"], 2), fmt(s["latency_ms"]["max"], 1),
+                        100 * (ratio or 0), s["acked_one_copy"], s["errors"],
+                        cpu.get("router", "-"), masters, slaves,
+                        cpu.get("load generators", "-"), fmt(cpuPerCall(s, "posts_per_s"), 2),
+                        fmt(cpuPerCall(e, "calls_per_s"), 2)))
             lines.append("")
+            lines += classLines(section["throughput"])
             lines += streamLines(section["throughput"])
         if section.get("latency"):
             lines += ["Post -> follower's screen, %s (poster on vm1; open loop for %s s):"
@@ -255,17 +261,43 @@ def streamLines(rows):
     """Each master's streams under each level: messages per acknowledged post, its CPU."""
     lines = ["Each master's streams (replication updates out, acks back, the slave's feed)"
              " and CPU per acknowledged post:", "",
-             "| clients | master | acked | updates / message | acks / message |"
+             "| clients | form | master | acked | updates / message | acks / message |"
              " messages per post out + back | feed updates / call | master's CPU ms per post |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        s = r["sns"]
-        for vm, t in sorted((s.get("streams") or {}).items()):
-            lines.append("| %d | %s | %d | %s | %s | %s + %s | %s | %s |" % (
-                r["clients"], vm, t["acknowledged"], fmt(t["updates_per_message"], 2),
-                fmt(t["acks_per_message"], 2), fmt(t["update_messages_per_post"], 2),
-                fmt(t["ack_messages_per_post"], 2), fmt(t["updates_per_feed_call"], 1),
-                fmt((s.get("cpu_ms_per_post") or {}).get(vm + " master"), 2)))
+        for form, s, _ in formsOf(r):
+            for vm, t in sorted((s.get("streams") or {}).items()):
+                lines.append("| %d | %s | %s | %d | %s | %s | %s + %s | %s | %s |" % (
+                    r["clients"], form, vm, t["acknowledged"], fmt(t["updates_per_message"], 2),
+                    fmt(t["acks_per_message"], 2), fmt(t["update_messages_per_post"], 2),
+                    fmt(t["ack_messages_per_post"], 2), fmt(t["updates_per_feed_call"], 1),
+                    fmt((s.get("cpu_ms_per_post") or {}).get(vm + " master"), 2)))
+    return lines + [""]
+
+
+def formsOf(row):
+    """(form, result, ratio to the echo) of each posting form a throughput row measured."""
+    out = [(row["sns"].get("form", "unary"), row["sns"], row["ratio"])]
+    if "unary" in row:
+        out.append(("unary", row["unary"], row.get("ratio_unary")))
+    return out
+
+
+_CLASSES = (("masters", "master"), ("slaves", "slave"), ("router", "router"),
+            ("load generators", "load generators"))
+
+
+def classLines(rows):
+    """CPU ms per acknowledged post of each class of process, in each posting form."""
+    lines = ["CPU ms (of one core) per acknowledged post, each class of process together:", "",
+             "| clients | form | posts/s | " + " | ".join(c for c, _ in _CLASSES) + " |",
+             "|---|---|---|" + "---|" * len(_CLASSES)]
+    for r in rows:
+        for form, s, _ in formsOf(r):
+            per = s.get("cpu_ms_per_post") or {}
+            lines.append("| %d | %s | %s | %s |" % (r["clients"], form, fmt(s["posts_per_s"], 0),
+                         " | ".join(fmt(sum(v for k, v in per.items() if k.endswith(suffix)), 3)
+                                    for _, suffix in _CLASSES)))
     return lines + [""]
 
 

@@ -4,6 +4,12 @@ closed loop of C concurrent clients, beside a bare C{grpc.aio} echo at the
 same concurrency (the yardstick, C{benchmarks/echo.py}); and the same load
 with py-spy on vm1's master (C{--profile}).
 
+Posts are measured in two forms, one after the other at each level: as a
+user in timeline mode posts (the timeline open, each post a message on the
+session's stream: the headline, since every line typed in timeline mode is
+a post), and as a script without a session posts (C{--unary}: a Post call
+each).
+
 Each function takes the run (C{run.py}'s C{Bench}: its C{cfg}, C{logdir},
 C{say}, C{name} and C{raw}) and a started L{benchlib.cluster.Cluster}.
 """
@@ -114,17 +120,21 @@ def cpuPerPost(cpu, postsPerSecond):
     return {k: round(10 * v / postsPerSecond, 3) for k, v in cpu.items()}
 
 
-def postLoad(bench, cluster, clients, tag, profile=None):
+FORMS = ("stream", "unary")
+
+
+def postLoad(bench, cluster, clients, tag, profile=None, form="stream"):
     """
-    One closed-loop posting run of C{clients}; with C{profile} ({"pids":
-    {name: pid}, "seconds", "dir"}) py-spy samples each of those processes
-    while it runs (into C{dir}/profile-NAME.txt).
+    One closed-loop posting run of C{clients}, posting in C{form} (L{FORMS});
+    with C{profile} ({"pids": {name: pid}, "seconds", "dir"}) py-spy samples
+    each of those processes while it runs (into C{dir}/profile-NAME.txt).
     """
     cfg = bench.cfg
     counts = split(clients, min(clients, cfg["workers"]))
-    workers = [loadgen(bench.name("post-c%d-w%d" % (clients, i)), "post", bench.logdir,
-                       "--router", cluster.router, "--prefix", "%s%dw%d_" % (tag, clients, i),
-                       "--clients", n)
+    unary = ["--unary"] if form == "unary" else []
+    workers = [loadgen(bench.name("post-%s-c%d-w%d" % (form, clients, i)), "post",
+                       bench.logdir, "--router", cluster.router,
+                       "--prefix", "%s%dw%d_" % (tag, clients, i), "--clients", n, *unary)
                for i, n in enumerate(counts)]
     vms = {}
     for w in workers:
@@ -155,7 +165,7 @@ def postLoad(bench, cluster, clients, tag, profile=None):
         if spy is not None:
             spy.wait(60)
     lat = [x for r in results for x in r["lat"]]
-    out = {"clients": clients, "posts_per_s": round(len(lat) / seconds, 1),
+    out = {"clients": clients, "form": form, "posts_per_s": round(len(lat) / seconds, 1),
            "acked_one_copy": sum(r["ok1"] for r in results),
            "errors": sum(r["errors"] for r in results), "latency_ms": summarize(lat),
            "masters_used": vms, "cpu_percent": cpu,
@@ -164,23 +174,34 @@ def postLoad(bench, cluster, clients, tag, profile=None):
 
 
 def throughput(bench, cluster, levels, key):
+    """
+    At each level of clients: the echo, then posts in each of L{FORMS}.  A
+    row's C{sns} is the stream form (the headline), C{unary} the other.
+    """
     rows = []
     for clients in levels:
         echo, echoLat = echoLoad(bench, clients)
         bench.say("echo    %4d clients: %8.1f calls/s  p50 %.2f ms p99 %.2f ms"
                   % (clients, echo["calls_per_s"], echo["latency_ms"]["p50"] or 0,
                      echo["latency_ms"]["p99"] or 0))
-        sns, snsLat = postLoad(bench, cluster, clients, "t%s" % (key,))
-        ratio = sns["posts_per_s"] / echo["calls_per_s"] if echo["calls_per_s"] else None
-        bench.say("snstwist %4d clients: %8.1f posts/s (copies>=2) p50 %.2f ms p99 %.2f ms;"
-                  " ratio %.0f%%; cpu %s"
-                  % (clients, sns["posts_per_s"], sns["latency_ms"]["p50"] or 0,
-                     sns["latency_ms"]["p99"] or 0, 100 * (ratio or 0), sns["cpu_percent"]))
-        bench.say("         CPU ms per post %s" % (sns["cpu_ms_per_post"],))
-        bench.say("         streams %s" % (describeTraffic(sns["streams"]),))
-        rows.append({"clients": clients, "echo": echo, "sns": sns,
-                     "ratio": round(ratio, 3) if ratio is not None else None})
-        bench.raw.setdefault("throughput-%s" % (key,), {})[clients] = (echoLat, snsLat)
+        row = {"clients": clients, "echo": echo}
+        for form in FORMS:
+            sns, snsLat = postLoad(bench, cluster, clients, "t%s" % (key,), form=form)
+            ratio = sns["posts_per_s"] / echo["calls_per_s"] if echo["calls_per_s"] else None
+            bench.say("snstwist %4d clients, %s: %8.1f posts/s (copies>=2) p50 %.2f ms"
+                      " p99 %.2f ms; ratio %.0f%%; cpu %s"
+                      % (clients, form, sns["posts_per_s"], sns["latency_ms"]["p50"] or 0,
+                         sns["latency_ms"]["p99"] or 0, 100 * (ratio or 0),
+                         sns["cpu_percent"]))
+            bench.say("         CPU ms per post %s" % (sns["cpu_ms_per_post"],))
+            bench.say("         streams %s" % (describeTraffic(sns["streams"]),))
+            ratio = round(ratio, 3) if ratio is not None else None
+            if form == FORMS[0]:
+                row.update(sns=sns, ratio=ratio)
+                bench.raw.setdefault("throughput-%s" % (key,), {})[clients] = (echoLat, snsLat)
+            else:
+                row.update({form: sns, "ratio_" + form: ratio})
+        rows.append(row)
     return rows
 
 
