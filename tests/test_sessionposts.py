@@ -254,14 +254,39 @@ class HeldPushTests(SynchronousTestCase):
         self.assertEqual((s.pushed, s.stream.kinds()), ([], ["answer"]))
         self.assertEqual(s.stream.last("answer").reply.post.text, "hi")
 
-    def test_posts_of_others_or_not_in_flight_are_pushed(self):
-        """Another author's post, one of another request, or after the answer: pushed."""
+    def test_posts_of_others_or_of_other_requests_are_pushed(self):
         s, posting, writes = self.posting()
         posting.received(pb.PostRequest(text="hi", request_id="r1"))
         self.assertFalse(posting.holds(_post("r1", author="bob"), b"push"))
         self.assertFalse(posting.holds(_post("r2"), b"push"))
+
+    def test_the_push_of_an_own_post_that_comes_after_its_answer_is_dropped_once(self):
+        """
+        Answered before it was durable here (another VM's copy came first):
+        its push, when it comes, is not sent; a second one is.
+        """
+        s, posting, writes = self.posting()
+        posting.received(pb.PostRequest(text="hi", request_id="r1"))
         writes["r1"].callback(pb.WriteReply(id="vm1.t/1"))
+        self.assertTrue(posting.holds(_post("r1"), b"push"))
         self.assertFalse(posting.holds(_post("r1"), b"push"))
+
+    def test_posts_answered_before_their_push_are_remembered_boundedly(self):
+        """Only the newest answered (the bound on posts in flight) wait for their push."""
+        self.patch(SessionPosts, "most", 2)
+        s, posting, writes = self.posting()
+        for n in range(3):
+            posting.received(pb.PostRequest(text="hi", request_id="r%d" % (n,)))
+            writes["r%d" % (n,)].callback(pb.WriteReply(id="vm1.t/%d" % (n,)))
+        self.assertEqual(list(posting.answered), ["r1", "r2"])
+        self.assertFalse(posting.holds(_post("r0"), b"push"))
+
+    def test_a_session_not_showing_its_timeline_waits_for_no_push(self):
+        s, posting, writes = self.posting()
+        s.live = False
+        posting.received(pb.PostRequest(text="hi", request_id="r1"))
+        writes["r1"].callback(pb.WriteReply(id="vm1.t/1"))
+        self.assertEqual(posting.answered, {})
 
     def test_a_refused_post_whose_push_was_held_is_pushed_before_the_refusal(self):
         """
@@ -305,3 +330,14 @@ class TimelineTests(SynchronousTestCase):
         store.flush()
         self.assertEqual(pushedTexts(otherStream), ["hello"])
         self.assertEqual(answers(stream)[0][1].post.text, "hello")
+
+    def test_the_posting_session_is_sent_its_post_in_the_answer_only(self):
+        """One VM: the answer goes as the post is durable, and the push is not sent."""
+        parts, store = makeServer(self)
+        s, stream = connect(parts, "alice", timeline=True)
+        postOn(s, "hello", "r1")
+        store.flush()
+        postOn(s, "again", "r2")
+        store.flush()
+        self.assertEqual([a[1].post.text for a in answers(stream)], ["hello", "again"])
+        self.assertEqual(pushedTexts(stream), [])

@@ -12,10 +12,12 @@ and bounds), and is answered by that id, in the order the writes complete,
 with the reply the call would return or the status it would end with.
 
 The session's own post reaches its timeline with its answer (the reply
-carries the post): its live push to this session is held while the post is
-in flight (L{SessionPosts.holds}), one message a post fewer; if the write is
-refused after all (the post may be stored here, and shown to others), the
-push goes just before the refusal.
+carries the post), so its live push to this session is not sent: one
+message a post fewer.  The push is held while the post is in flight
+(L{SessionPosts.holds}) and goes just before a refusal (the post may be
+stored here, and shown to others); one that comes after the answer (another
+VM's copy was durable before this one's, or there is no other VM) is
+dropped, for the last L{MAX_SESSION_POSTS} posts answered.
 
 Bounded: at most L{MAX_SESSION_POSTS} posts in flight on one session; past
 that a post is refused (RESOURCE_EXHAUSTED) at once, and each answer is a
@@ -67,6 +69,8 @@ class SessionPosts:
         self.waiting = 0  # posts in flight (a request sent twice counts twice)
         # Request id -> the live push of its post held for its answer, or None.
         self.inFlight = {}
+        # The posts answered before their push came (the newest, bounded).
+        self.answered = {}
 
     def received(self, request):
         """A post (a C{PostRequest} with its request id) on the session."""
@@ -95,16 +99,24 @@ class SessionPosts:
         Keep C{message}, the live push of C{post}, for the answer to the
         session's own post in flight that it is; False if it is not one.
         """
-        if not self.inFlight or post.author != self.session.user:
+        if (not self.inFlight and not self.answered) or post.author != self.session.user:
             return False
-        if post.request not in self.inFlight:
-            return False
-        self.inFlight[post.request] = message
-        return True
+        request = post.request
+        if request in self.inFlight:
+            self.inFlight[request] = message
+            return True
+        if request in self.answered:
+            del self.answered[request]
+            return True
+        return False
 
     def _answer(self, reply, requestId):
         self.waiting -= 1
-        self.inFlight.pop(requestId, None)
+        if self.inFlight.pop(requestId, b"") is None and self.session.live:
+            # Not pushed yet: the client shows the post from this answer.
+            self.answered[requestId] = None
+            if len(self.answered) > self.most:
+                del self.answered[next(iter(self.answered))]
         self._send(pb.ServerPush(answer=pb.PostAnswer(request_id=requestId, reply=reply)))
 
     def _refuse(self, failure, requestId):
