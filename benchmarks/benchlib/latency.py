@@ -6,6 +6,7 @@ part after the master accepted the post shown apart.
 Takes the run (C{run.py}'s C{Bench}) and a started L{benchlib.cluster.Cluster}.
 """
 
+import math
 import time
 
 from benchlib.processes import CpuMeter, loadgen, stopEach
@@ -13,8 +14,26 @@ from benchlib.stats import summarize
 from benchlib.throughput import echoLoad
 
 
+# The most posts a second one poster process is asked to offer.
+POSTER_RATE = 500
+
+
+def posterCount(rate, most):
+    """
+    How many poster processes offer C{rate} posts a second (at most C{most}):
+    as few as can.  Posts are spaced evenly only within one process: two,
+    each started by its own command, post at the same pace with a phase
+    between them that is random and fixed for the run (0-5 ms in one run
+    at 100/s, so the posts came in pairs), and the second of each pair waited
+    for the master to finish with the first.  The paced echo beside it
+    spaces its calls evenly; one poster at 100/s does the same.
+    """
+    return max(1, min(most, math.ceil(rate / POSTER_RATE)))
+
+
 def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
     cfg = bench.cfg
+    count = posterCount(rate, cfg["posters"])
     tag = "L%s%d" % (key, int(rate))
     # The yardstick at this pace: one echo caller at the offered rate, for
     # the same time.  The echo of the throughput phase calls back to back,
@@ -25,8 +44,8 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
                                                        echo["latency_ms"]["p99"]))
     posters = [loadgen(bench.name("poster-%d-w%d" % (rate, i)), "poster", bench.logdir,
                        "--router", cluster.router, "--user", "poster", "--pin", same,
-                       "--clients", 2, "--rate", rate / cfg["posters"], "--tag", tag)
-               for i in range(cfg["posters"])]
+                       "--clients", 2, "--rate", rate / count, "--tag", tag)
+               for i in range(count)]
     posterVms = {}
     for p in posters:
         for vm, n in p.expect("ready", 60)["vms"].items():
@@ -55,7 +74,8 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
            "acked_one_copy": sum(r["ok1"] for r in sent),
            "dropped": sum(r["dropped"] for r in sent),
            "errors": sum(r["errors"] for r in sent),
-           "poster_vms": posterVms, "follower_vms": where, "cpu_percent": cpu,
+           "poster_processes": count, "poster_vms": posterVms, "follower_vms": where,
+           "cpu_percent": cpu,
            "ack_ms": summarize([x for r in sent for x in r["lat"]]),
            "echo_paced_ms": echo["latency_ms"]}
     out["held_per_s"] = round(out["acked"] / cfg["latencySeconds"], 1)
