@@ -13,6 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from snstwist.storage import checkpoint, store
 from snstwist.storage.checkpoint import Checkpointer
+from snstwist.storage.rounds import AfterBatches
 from tests.strategies import postUpdate
 
 TEXT = "x" * 1000
@@ -69,14 +70,30 @@ class CheckpointTests(TestCase):
         await s.persist(batches(1, 1, first=2001)[0])
         self.assertLess(self.walPages(), 100, "the writer started the WAL over")
 
-    async def test_a_round_follows_a_batch_after_its_delay(self):
+    async def test_with_no_batch_after_its_delay_a_round_follows_a_grace_later(self):
         clock = Clock()
         s = await self.openStore(clock)
         await s.persist(batches(1, 10)[0])
-        clock.advance(Checkpointer.delay - 0.01)
+        clock.advance(Checkpointer.delay + AfterBatches.grace - 0.01)
         self.assertEqual(s._checkpointer.rounds, 0)
         clock.advance(0.01)
         self.assertEqual(s._checkpointer.rounds, 1)
+        busy, pages, copied = await s._checkpointer.checkpoint()
+        self.assertEqual((busy, copied), (0, pages))
+
+    async def test_a_due_round_starts_at_the_end_of_the_next_batch(self):
+        """
+        Once its delay has passed, the checkpoint starts as the next batch
+        is handed back, not at a timer's moment a commit may meet it.
+        """
+        clock = Clock()
+        s = await self.openStore(clock)
+        first, second = batches(2, 10)
+        await s.persist(first)
+        clock.advance(Checkpointer.delay)
+        self.assertEqual(s._checkpointer.rounds, 0, "due, and no batch since")
+        await s.persist(second)
+        self.assertEqual(s._checkpointer.rounds, 1, "started by the batch, no clock moved")
         busy, pages, copied = await s._checkpointer.checkpoint()
         self.assertEqual((busy, copied), (0, pages))
 

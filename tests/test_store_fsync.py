@@ -22,6 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from snstwist.storage import store
 from snstwist.storage.filesync import Flusher
+from snstwist.storage.rounds import AfterBatches
 from tests import crashwriter
 from tests.diskhelpers import openDisk, postFiles, roundWithWrite, unsynced
 from tests.processes import spawn
@@ -182,8 +183,9 @@ class FsyncOrderTests(TestCase):
 
     async def test_the_batches_of_a_flush_delay_are_flushed_in_one_round(self):
         """
-        A round of flushes starts Flusher.delay after a batch and takes the
-        files of every batch committed by then.
+        A round of flushes starts Flusher.delay after a batch (with no batch
+        after that, a grace later) and takes the files of every batch
+        committed by then.
         """
         clock = Clock()
         s = store.SQLiteStore(self.path, clock=clock)
@@ -193,17 +195,34 @@ class FsyncOrderTests(TestCase):
             await s.persist([postUpdate("vm1.a", i, 10 * i, user)])
         self.assertEqual((s._flusher.rounds, unsynced(self.path)),
                          (0, ["alice", "bob", "carol"]))
-        clock.advance(Flusher.delay)
+        clock.advance(Flusher.delay + AfterBatches.grace)
         await s.synced()
         self.assertEqual((s._flusher.rounds, s._flusher.files), (1, 3))
         await s.persist([postUpdate("vm1.a", 4, 40, "dave")])
         self.assertEqual(unsynced(self.path), ["dave"])
 
+    async def test_a_due_round_starts_at_the_end_of_the_next_batch(self):
+        """
+        Once Flusher.delay has passed, the round starts as the next batch is
+        handed back, not at a timer's moment between two batches.
+        """
+        clock = Clock()
+        s = store.SQLiteStore(self.path, clock=clock)
+        self.addCleanup(s.close)
+        await s.open()
+        await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        clock.advance(Flusher.delay)
+        self.assertEqual(s._flusher.rounds, 0, "due, and no batch since")
+        await s.persist([postUpdate("vm1.a", 2, 20, "bob")])
+        self.assertEqual(s._flusher.rounds, 1, "started by the batch, no clock moved")
+        await s.synced()
+        self.assertEqual(s._flusher.files, 2)
+
     async def test_a_round_starts_at_once_when_most_files_wait(self):
         """
-        Files appended to wait for a round at most Flusher.delay, and no
-        more than Flusher.most of them: the repair after a crash is bounded
-        by files, not by time.
+        Files appended to wait for a round at most Flusher.delay (and a
+        grace, when no batch follows), and no more than Flusher.most of
+        them: the repair after a crash is bounded by files, not by time.
         """
         clock = Clock()
         s = store.SQLiteStore(self.path, clock=clock)
@@ -218,7 +237,7 @@ class FsyncOrderTests(TestCase):
         self.assertEqual((s._flusher.files, unsynced(self.path)), (3, ["alice", "bob", "carol"]))
         await s.persist([postUpdate("vm1.a", 4, 40, "dave")])
         self.assertEqual((s._flusher.rounds, unsynced(self.path)), (1, ["dave"]))
-        clock.advance(Flusher.delay)
+        clock.advance(Flusher.delay + AfterBatches.grace)
         self.assertEqual(s._flusher.rounds, 2, "dave's file flushed Flusher.delay later")
         await s.synced()
 
@@ -273,7 +292,7 @@ class FsyncOrderTests(TestCase):
                           unsynced(self.path)), (False, ["alice"]))
         with open(self.postFile("alice"), "rb") as f:
             self.assertEqual(f.read().count(b"\n"), 2, "the torn line written whole")
-        clock.advance(Flusher.delay)
+        clock.advance(Flusher.delay + AfterBatches.grace)
         await s.synced()
         recorder.mark("round")
         self.assertIn(self.postFile("alice"), recorder.flushedBefore("round"))

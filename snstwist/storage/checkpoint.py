@@ -7,7 +7,8 @@ waiting on it) also waits for the pages copied into the database and its
 fsync.  The store's writer instead checkpoints only past L{WAL_BOUND_BYTES}
 (the bound on the WAL's size, should the checkpoints below fall behind),
 and L{Checkpointer} runs a PASSIVE checkpoint on a connection and thread of
-its own L{Checkpointer.delay} seconds after a batch: it copies what is
+its own L{Checkpointer.delay} seconds after a batch, as a batch is handed
+back (L{rounds.AfterBatches}: not at a moment a commit may meet it): it copies what is
 committed without stopping the writer, and the writer starts the WAL over
 at its next transaction once everything in it is copied.
 
@@ -22,6 +23,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+
+from snstwist.storage.rounds import AfterBatches
 
 log = Logger()
 
@@ -39,7 +42,8 @@ def boundWal(db):
 class Checkpointer:
     """
     PASSIVE checkpoints of the record at C{dbPath}, L{delay} seconds after a
-    batch (L{soon}), one at a time, on their own thread.  C{last} is the
+    batch, at the end of the batch that finds one due (L{soon}), one at a
+    time, on their own thread.  C{last} is the
     last one's (busy, pages in the WAL, pages checkpointed).
     """
 
@@ -52,22 +56,23 @@ class Checkpointer:
         self.name = name
         self._pool = ThreadPool(1, 1, name="sns-checkpoint")
         self._db = None
-        self._later = None
+        self._round = AfterBatches(clock, self.checkpoint)
         self._running = None
         self.rounds = 0
         self.last = None
 
     def soon(self):
-        """A batch was committed: checkpoint in L{delay} seconds (with the batches that follow)."""
-        if self._later is None and self._running is None:
-            self._later = self.clock.callLater(self.delay, self.checkpoint)
+        """
+        A batch was committed: checkpoint now if one is due, else once
+        L{delay} seconds have passed since the first batch after the last
+        round (with the batches that follow), at the end of a batch.
+        """
+        if self._running is None:
+            self._round.batch(self.delay)
 
     def checkpoint(self):
         """Checkpoint now (unless one is under way); the Deferred fires once it is done."""
-        if self._later is not None:
-            if self._later.active():
-                self._later.cancel()
-            self._later = None
+        self._round.started()
         if self._running is not None:
             return self._running
         if not self._pool.started:
@@ -97,9 +102,7 @@ class Checkpointer:
     @defer.inlineCallbacks
     def stop(self):
         """No more checkpoints: wait for one under way, close the connection."""
-        if self._later is not None and self._later.active():
-            self._later.cancel()
-        self._later = None
+        self._round.cancel()
         if self._running is not None:
             yield self._running
         if self._pool.started:

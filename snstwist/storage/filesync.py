@@ -17,6 +17,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from snstwist.storage.rounds import AfterBatches
+
 log = Logger()
 
 
@@ -156,31 +158,29 @@ class Flusher:
         self._failures = 0
         self._retry = None
         self._settled = []  # Deferreds of settled(), fired once nothing waits for a flush
-        self._later = None  # the next round, when one is due
+        self._round = AfterBatches(clock, self.flush)  # when the next round is due
         self.rounds = 0
         self.files = 0  # post files flushed, in every round so far
 
     def soon(self):
         """
-        Flush the post files appended to in L{delay} seconds (after a batch),
-        or now if L{most} wait: a round takes every file appended to by
-        then, so that the files' fsyncs do not compete with each batch's
-        commit for the disk.
+        After a batch: flush the post files appended to once L{delay}
+        seconds have passed since the first batch after the last round, at
+        the end of a batch (L{rounds.AfterBatches}), or now if L{most} wait:
+        a round takes every file appended to by then, so that the files'
+        fsyncs do not compete with each batch's commit for the disk.
         """
         if self._syncing is not None or self._retry is not None:
             return
         waiting = self.disk.unflushed.dirty()
         if self._settled or waiting >= self.most:
             self.flush()
-        elif waiting and self._later is None:
-            self._later = self.clock.callLater(self.delay, self.flush)
+        elif waiting:
+            self._round.batch(self.delay)
 
     def flush(self):
         """Flush the post files appended to, now: one round at a time, each taking all."""
-        if self._later is not None:
-            if self._later.active():
-                self._later.cancel()
-            self._later = None
+        self._round.started()
         if self._syncing is not None or self._retry is not None:
             return
         if not self.disk.unflushed.dirty():
@@ -222,10 +222,10 @@ class Flusher:
         return d
 
     def _cancelLater(self):
-        for call in (self._retry, self._later):
-            if call is not None and call.active():
-                call.cancel()
-        self._retry = self._later = None
+        self._round.cancel()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
     @defer.inlineCallbacks
     def stop(self):
