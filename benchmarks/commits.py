@@ -133,6 +133,13 @@ def offered(args, work):
                     t0 = time.perf_counter()
                     update = postUpdate(sent[0], args.authors, int(time.time() * 1e6))
                     store.persist([update]).addCallback(durable, t0)
+                    if args.after:
+                        # The rest of a post's turn on a master's reactor
+                        # (replication, the slave's feed, the reply):
+                        # Python holding the interpreter.
+                        until = time.perf_counter() + args.after / 1000
+                        while time.perf_counter() < until:
+                            pass
 
             ticker = task.LoopingCall(tick)
             ticker.clock = reactor
@@ -141,7 +148,9 @@ def offered(args, work):
                 await task.deferLater(reactor, 0.01, lambda: None)
             now = resource.getrusage(resource.RUSAGE_SELF)
             cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
-            out = {"rate": args.rate, "offered": sent[0], "durable": len(times),
+            out = {"rate": args.rate, "after_ms": args.after,
+                   "switch_ms": round(sys.getswitchinterval() * 1000, 3),
+                   "offered": sent[0], "durable": len(times),
                    "batches": store.batches, "flush_delay": store._flusher.delay,
                    "flush_rounds": store._flusher.rounds,
                    "files_flushed": store._flusher.files,
@@ -180,6 +189,12 @@ def main():
     parser.add_argument("--authors", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--busy", action="store_true")
+    parser.add_argument("--after", type=float, default=0.0, metavar="MS",
+                        help="(--rate) hold the interpreter MS ms on the reactor after each"
+                             " persist, as the rest of a post's turn on a master does")
+    parser.add_argument("--switch", type=float, default=None, metavar="S",
+                        help="sys.setswitchinterval(S): how long a thread waiting for the"
+                             " interpreter waits before it asks the holder to let go")
     parser.add_argument("--flush-delay", type=float, default=None, metavar="S",
                         help="start a round of post file flushes S seconds after a batch"
                              " (--rate; the store's own delay by default)")
@@ -187,6 +202,8 @@ def main():
                         help="let the commits checkpoint at SQLite's 1,000 pages, as before"
                              " storage/checkpoint.py (--batch)")
     args = parser.parse_args()
+    if args.switch is not None:
+        sys.setswitchinterval(args.switch)
     work = tempfile.mkdtemp(prefix="sns-commit-")
     try:
         out = offered(args, work) if args.rate else batches(args, work)
