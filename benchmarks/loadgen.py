@@ -5,6 +5,7 @@ so that the client side never shares the CPU of the process that measures.
 
     python benchmarks/loadgen.py post      --router R --prefix p --clients M [--pin VM] [--unary]
     python benchmarks/loadgen.py poster    --router R --user U --rate N [--pin VM] --tag T
+                                           [--timeline]
     python benchmarks/loadgen.py follower  --router R --user U --follow P [--pin VM] --tag T
     python benchmarks/loadgen.py sessions  --router R --prefix p --clients M [--pin VM] [--timeline]
     python benchmarks/loadgen.py failover  --router R --user U
@@ -98,13 +99,19 @@ class PostLoad(Worker):
 
 
 class Poster(Worker):
-    """Open loop: posts at a fixed rate, each text carrying its send time."""
+    """
+    Open loop: posts at a fixed rate, each text carrying its send time; with
+    --timeline each client posts as a user in timeline mode does (its
+    timeline open, each post on its session's stream), else by Post calls.
+    """
 
     async def start(self):
         a = self.args
         for _ in range(a.clients):
             self.makeClient(a.user)
         await self.connectAll(self.clients)
+        if a.timeline:
+            await self.openTimelines(self.clients)
         self.emit(event="ready", clients=len(self.clients), vms=self.where())
 
     async def cmd_go(self, duration, warmup="0"):

@@ -1,7 +1,9 @@
 """
 Phase 2 of C{benchmarks/run.py}: post -> follower's screen at a fixed offered
 rate, to a follower on the poster's VM and to one on another VM, with the
-part after the master accepted the post shown apart.
+part after the master accepted the post shown apart.  The posters post as
+a user in timeline mode does (the only mode in which the CLI posts): each
+post a message on its session's stream.
 
 Takes the run (C{run.py}'s C{Bench}) and a started L{benchlib.cluster.Cluster}.
 """
@@ -44,7 +46,7 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
                                                        echo["latency_ms"]["p99"]))
     posters = [loadgen(bench.name("poster-%d-w%d" % (rate, i)), "poster", bench.logdir,
                        "--router", cluster.router, "--user", "poster", "--pin", same,
-                       "--clients", 2, "--rate", rate / count, "--tag", tag)
+                       "--clients", 2, "--rate", rate / count, "--tag", tag, "--timeline")
                for i in range(count)]
     posterVms = {}
     for p in posters:
