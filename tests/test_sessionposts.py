@@ -205,6 +205,28 @@ class RefusalTests(SynchronousTestCase):
                          [("r%d" % (burst,), Status.RESOURCE_EXHAUSTED)])
         self.assertEqual(len(parts.node.replica.postsBy("alice")), burst)
 
+    def test_a_post_once_the_sessions_token_expired_is_refused_unauthenticated(self):
+        """Between the token's expiry and the heartbeat that ends the session."""
+        parts, store = makeServer(self)
+        s, stream = connect(parts, "alice")
+        s.expires = parts.api.clock.seconds()
+        postOn(s, "hi", "r1")
+        [(requestId, (status, message))] = answers(stream)
+        self.assertEqual((requestId, status), ("r1", Status.UNAUTHENTICATED))
+        self.assertIn("expired", message)
+        self.assertEqual(parts.node.replica.postsBy("alice"), [])
+
+    def test_a_post_once_the_password_changed_is_refused_unauthenticated(self):
+        """The new password is known here, not yet durable (the session not yet ended)."""
+        parts, store = makeServer(self)
+        s, stream = connect(parts, "alice")
+        parts.node.setPassword("alice", "fake$new")
+        postOn(s, "hi", "r1")
+        [(requestId, (status, message))] = answers(stream)
+        self.assertEqual((requestId, status), ("r1", Status.UNAUTHENTICATED))
+        self.assertIn("password was changed", message)
+        self.assertEqual(parts.node.replica.postsBy("alice"), [])
+
     def test_a_disk_that_refuses_writes_is_answered_unavailable(self):
         """The store's refusal reaches the client as the call's would: UNAVAILABLE."""
         parts, store = makeServer(self)

@@ -153,12 +153,21 @@ def sessionOf(callContext, secret, now, generationOf=lambda user: None, tokens=N
     """
     token = callContext.metadata.get(SESSION_METADATA, "")
     session = readToken(secret, token) if tokens is None else tokens.read(token)
-    if session.expires <= now:
-        raise errors.NotLoggedIn("your session has expired: log in again")
-    current = generationOf(session.user)
-    if current is not None and session.generation < current:
-        raise errors.NotLoggedIn("your password was changed: log in again")
+    stillValid(session.user, session.expires, session.generation, now, generationOf)
     return session
+
+
+def stillValid(user, expires, generation, now, generationOf):
+    """
+    Refuse (NotLoggedIn) what a session of C{user} whose token lasts until
+    C{expires}, issued under the password C{generation}, does at C{now}
+    once that token has expired or the password has changed.
+    """
+    if expires <= now:
+        raise errors.NotLoggedIn("your session has expired: log in again")
+    current = generationOf(user)
+    if current is not None and generation < current:
+        raise errors.NotLoggedIn("your password was changed: log in again")
 
 
 def userOf(callContext, secret, now=0, generationOf=lambda user: None):

@@ -172,13 +172,17 @@ class SNSApi:
     def post(self, request, ctx):
         return self._post(self.admission.user(ctx), request)
 
-    def sessionPost(self, user, request):
+    def sessionPost(self, session, request):
         """
-        A post of C{user}'s on their session's stream
-        (L{snstwist.server.sessionposts}): as the Post call, on a master only.
+        A post on C{session}'s stream (L{snstwist.server.sessionposts}), as
+        the Post call of its user: on a master only, while the session's
+        token (renewed on its connection) holds and its password stands.
         """
         self.admission.asMaster()
-        return self._post(user, request)
+        expires = session.expires if session.expires is not None else float("inf")
+        auth.stillValid(session.user, expires, session.generation, self.clock.seconds(),
+                        self.admission.generation)
+        return self._post(session.user, request)
 
     def _post(self, user, request):
         def check(user):

@@ -56,7 +56,7 @@ def postOn(session, request):
 
 class SessionPosts:
     """
-    The posts in flight on one L{ClientSession}: C{write(user, request)}
+    The posts in flight on one L{ClientSession}: C{write(session, request)}
     applies one (a Deferred of its C{WriteReply}; raises an
     L{errors.SNSError} to refuse it at once).
     """
@@ -85,7 +85,7 @@ class SessionPosts:
         if fresh:
             self.inFlight[requestId] = None
         try:
-            d = self.write(self.session.user, request)
+            d = self.write(self.session, request)
         except errors.SNSError as e:
             self.waiting -= 1
             if fresh:
