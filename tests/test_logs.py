@@ -41,3 +41,15 @@ class LogFormatTests(SynchronousTestCase):
         line = logs._format(event(log_failure=failure, log_level=LogLevel.error))
         self.assertEqual(line.count("\n"), 1)
         self.assertIn("ZeroDivisionError", line)
+
+    def test_each_line_has_its_time_to_the_microsecond(self):
+        """Lines of several processes can be put in order to the microsecond."""
+        line = logs._format(event(log_time=1_700_000_000.123456))
+        stamp = line.split(" ", 1)[0]
+        self.assertRegex(stamp, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.123456[+-]\d{4}$")
+
+    def test_a_time_rounded_up_to_a_whole_second_names_the_next_second(self):
+        """Rounding up to a whole second moves to the next second (never .1000000)."""
+        self.assertEqual(logs.formatTime(1_700_000_000.9999996)[:26],
+                         logs.formatTime(1_700_000_001.0)[:26])
+        self.assertRegex(logs.formatTime(1_700_000_000.9999996), r"\.000000[+-]\d{4}$")

@@ -9,6 +9,7 @@ role is updated as it changes (a slave promoted to master says so).
 
 import os
 import sys
+import time
 
 from twisted.logger import FileLogObserver, formatEventAsClassicLogText
 from twisted.python import logfile
@@ -30,13 +31,27 @@ def configure(twistdOptions, *words):
         twistdOptions["logger"] = "snstwist.core.logs.observer"
 
 
+def formatTime(when):
+    """
+    Local time to the microsecond, with its UTC offset: a failover's stages
+    are milliseconds apart, and lines of several processes are put side by
+    side by their times.
+    """
+    if when is None:
+        return "-"
+    seconds, micros = divmod(int(round(when * 1e6)), 1000000)
+    moment = time.localtime(seconds)
+    return "%s.%06d%s" % (time.strftime("%Y-%m-%dT%H:%M:%S", moment), micros,
+                          time.strftime("%z", moment))
+
+
 def _format(event):
     event = dict(event)
     level = event.get("log_level")
     event["log_system"] = "%s pid=%d %s#%s" % (
         _identity["who"], os.getpid(), event.get("log_namespace", "-"),
         level.name if level is not None else "-")
-    text = formatEventAsClassicLogText(event)
+    text = formatEventAsClassicLogText(event, formatTime)
     if text is None:
         return None
     # One event, one line: a traceback's lines are kept, joined by a
