@@ -225,6 +225,37 @@ class ReconnectsTests(SynchronousTestCase):
         e = self.assertRaises(ClusterUnreachable, policy.failed, core)
         self.assertIn("INTERNAL: Internal error from Core", str(e))
 
+    def test_our_words_for_a_broken_session_do_not_replace_the_servers(self):
+        """
+        A refused session, then a new one that broke before it worked,
+        reported as gRPC core's INTERNAL (the refusal racing the client's
+        first write): the give-up line names the server's refusal, whichever
+        of the three came last.
+        """
+        from snstwist.core.errors import RemoteError, Status
+        from twisted.python.failure import Failure
+        refused = RemoteError(Status.RESOURCE_EXHAUSTED, "10 sessions open on this master")
+        core = Failure(RemoteError(Status.INTERNAL, "Internal error from Core"))
+        clock = Clock()
+        policy = reconnects(clock)
+        policy.failed(refused)
+        policy.unproven("the session with 127.0.0.1:2 broke before it worked")
+        policy.note(core)
+        clock.advance(16)
+        e = self.assertRaises(ClusterUnreachable, policy.failed, policy.problem)
+        self.assertIn("RESOURCE_EXHAUSTED: 10 sessions open on this master", str(e))
+
+    def test_a_later_cause_in_words_replaces_an_earlier_one(self):
+        from snstwist.core.errors import RemoteError, Status
+        clock = Clock()
+        policy = reconnects(clock)
+        policy.unproven("the session broke before it worked")
+        policy.failed(RemoteError(Status.RESOURCE_EXHAUSTED, "10 sessions open"))
+        policy.note(RemoteError(Status.UNAVAILABLE, "vm2 is stopping"))
+        clock.advance(16)
+        e = self.assertRaises(ClusterUnreachable, policy.failed, policy.problem)
+        self.assertIn("UNAVAILABLE: vm2 is stopping", str(e))
+
     def test_a_working_session_ends_the_run(self):
         """healthy() starts the count afresh: the next failure waits the shortest time."""
         clock = Clock()
@@ -255,6 +286,23 @@ class ReconnectsTests(SynchronousTestCase):
         self.assertRaises(ClusterUnreachable, policy.failed, "down")
         self.assertFalse(policy.troubled)
         self.assertEqual(policy.failed("down"), 0.02)
+
+
+class SessionLostTests(SynchronousTestCase):
+    def test_a_session_lost_to_core_internal_keeps_the_refusal_as_the_cause(self):
+        """
+        The client's session, refused in words before and now ended by gRPC
+        core's INTERNAL, leaves the words as the run's cause (its give-up
+        line would otherwise say only "Internal error from Core").
+        """
+        from twisted.python.failure import Failure
+        c, stream = liveClient(self)
+        self.patch(c.masters, "failOver", lambda: defer.Deferred())
+        refused = RemoteError(Status.RESOURCE_EXHAUSTED, "10 sessions open on this master")
+        c.reconnects.failed(refused)
+        c.session.connectionLost(Failure(RemoteError(Status.INTERNAL,
+                                                     "Internal error from Core")))
+        self.assertIs(c.reconnects.problem, refused)
 
 
 class FinishTests(SynchronousTestCase):

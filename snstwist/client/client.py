@@ -174,7 +174,7 @@ class Client:
                      why=reason.getErrorMessage() if reason else "ended")
             self.session = None
             if self.reconnects.troubled:
-                self.reconnects.problem = reason or "the session ended"
+                self.reconnects.note(reason or "the session ended")
             self.masters.failOver().addErrback(self._gaveUp)
 
     def _gaveUp(self, failure):

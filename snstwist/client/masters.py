@@ -94,19 +94,34 @@ class Reconnects:
             self.since = self.clock.seconds()
         self._remember(problem)
 
+    def note(self, problem):
+        """A session of the run ended because of C{problem}: kept if it tells more."""
+        self._remember(problem)
+
     def _remember(self, problem):
         """
         Keep the most telling cause of the run for the give-up line: gRPC
         core sometimes reports a stream the server refused (a session cap,
         say) as INTERNAL "Internal error from Core" when the client was
-        already writing on it, so such a report does not replace a cause
-        the server gave in words.
+        already writing on it, so such a report replaces no cause known;
+        and our own words for a session that broke (a string) do not
+        replace an error a server or router gave in words.  Which of those
+        came last is a race between the client's writes and the refusal.
         """
-        if not (_coreInternal(problem) and self.problem is not None):
-            self.problem = problem
+        if self.problem is not None and (
+                _coreInternal(problem) or (_worded(self.problem) and not _worded(problem))):
+            return
+        self.problem = problem
 
     def healthy(self):
         self.since, self.attempts, self.problem = None, 0, None
+
+
+def _worded(problem):
+    """An error a server or router gave (not a string of ours, not gRPC core's INTERNAL)."""
+    if isinstance(problem, Failure):
+        problem = problem.value
+    return isinstance(problem, Exception) and not _coreInternal(problem)
 
 
 def _coreInternal(problem):
