@@ -142,6 +142,38 @@ async def waitUntil(predicate, what, timeout=DEADLINE, interval=0.05):
         await deferLater(reactor, interval, lambda: None)
 
 
+def serversUsing(path):
+    """Pids of live sns-server processes (spares too) with a data directory in C{path}."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % (name,), "rb") as f:
+                cmdline = f.read().split(b"\0")
+        except OSError:
+            continue
+        if (b"sns-server" in cmdline and any(a.startswith(path.encode()) for a in cmdline)
+                and pidAlive(int(name))):
+            found.append(int(name))
+    return found
+
+
+def killServersUsing(path, rounds=10):
+    """
+    SIGKILL every sns-server on a data directory in C{path}, by pid, found
+    again until none is left: a server killed in one round may have spawned
+    a buddy after that round looked (a slave whose master was killed takes
+    over, and spawns).  The last resort of a test's cleanup.
+    """
+    for _ in range(rounds):
+        pids = serversUsing(path)
+        if not pids:
+            return
+        for pid in pids:
+            killPid(pid)
+
+
 async def routerStatus(address, channel=None, secret=SECRET):
     """The router's Status; on C{channel} if given, else on a channel of its own."""
     if channel is not None:
@@ -247,7 +279,12 @@ class Cluster:
         return child
 
     def killAll(self):
-        """Last-resort cleanup: nothing the cluster started may survive the test."""
+        """
+        Last-resort cleanup: nothing the cluster started may survive the
+        test: every server it saw, and every server on its data (a spare,
+        or a slave spawned after the last status, never registers).
+        """
         for pid in self.pids:
             if pidAlive(pid):
                 killPid(pid)
+        killServersUsing(self.base)

@@ -28,8 +28,10 @@ from tests.processes import (
     Cluster,
     childEnv,
     killPid,
+    killServersUsing,
     pidAlive,
     routerStatus,
+    serversUsing,
     spawn,
     waitUntil,
 )
@@ -114,28 +116,6 @@ async def askRouter(router, times):
                 for user in ("u%d" % i for i in range(times))]
     finally:
         await grpcbridge.closeChannel(channel)
-
-
-def serversUsing(path):
-    """Pids of live sns-server processes with a data directory in C{path}."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % (name,), "rb") as f:
-                cmdline = f.read().split(b"\0")
-        except OSError:
-            continue
-        if (b"sns-server" in cmdline and any(a.startswith(path.encode()) for a in cmdline)
-                and pidAlive(int(name))):
-            found.append(int(name))
-    return found
-
-
-def killServersUsing(path):
-    for pid in serversUsing(path):
-        killPid(pid)
 
 
 async def startCluster(testCase, vms):

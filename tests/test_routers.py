@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from snstwist.commands.cluster import freePort
 from snstwist.rpc import sns_pb2 as pb
-from tests.processes import TWISTD, childEnv, routerStatus, spawn, waitUntil
+from tests.processes import TWISTD, childEnv, killServersUsing, routerStatus, spawn, waitUntil
 from tests.test_integration import inlineAsync
 
 ENV = childEnv()
@@ -32,6 +32,9 @@ class SeveralRoutersTests(unittest.TestCase):
 
     def server(self, routers, vm, host):
         data = os.path.abspath(self.mktemp())
+        # Last of all: whatever still runs on the data (its slave, its
+        # spare), by pid.
+        self.addCleanup(killServersUsing, data)
         return spawn(self, TWISTD + [
             "--logfile=" + data + ".log", "sns-server",
             "--router", ",".join(self.peerOf(r) for r in routers),

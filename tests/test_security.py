@@ -25,6 +25,7 @@ from tests.processes import (
     TWISTD,
     Cluster,
     childEnv,
+    killServersUsing,
     spawn,
     waitUntil,
 )
@@ -277,6 +278,11 @@ class AccountAttackTests(unittest.TestCase):
         """
         cluster = await Cluster(self, vms=1).start()
         data = os.path.abspath(self.mktemp())
+        # Last of all (cleanups run last first): the master's SIGTERM stops
+        # its slave and spare; should it be SIGKILLed instead (not stopped
+        # in time), its slave takes over and spawns: kill whatever runs on
+        # the data, by pid.
+        self.addCleanup(killServersUsing, data)
         spawn(self, TWISTD + ["--logfile=" + data + ".log", "sns-server",
                               "--router", cluster.routerPeer, "--vm", "vm9",
                               "--listen", "127.0.0.9:0", "--data", data,
