@@ -524,3 +524,83 @@ class SpawnTests(unittest.TestCase):
         ended = await process.ended
         lines = [e["line"] for e in logged if e.get("name") == "child" and "line" in e]
         self.assertEqual((ended.exitCode, "up" in lines), (0, True), lines)
+
+
+def sparesOf(parent):
+    """
+    Pids of live spares (sns-server --spare) that C{parent} spawned: a
+    spare gone on as the slave keeps its command line, so its pid is here
+    too.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % (name,), "rb") as f:
+                cmdline = f.read().split(b"\0")
+            with open("/proc/%s/stat" % (name,)) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"--spare" in cmdline and ppid == parent and pidAlive(int(name)):
+            found.append(int(name))
+    return found
+
+
+async def spareOf(parent, besides=()):
+    """Wait for the spare of the process C{parent}, not one of C{besides}; its pid."""
+    (pid,) = await waitUntil(lambda: [p for p in sparesOf(parent) if p not in besides],
+                             "the spare of %d" % (parent,))
+    return pid
+
+
+class SpareTests(unittest.TestCase):
+    """
+    Each server keeps a spare once its pair is complete: the master's
+    becomes its next slave; the slave's becomes its slave once it is
+    master.  Which process becomes the slave is what is tested (the pid);
+    how fast it is ready is benchmarks/failover.py's business.
+    """
+
+    timeout = 120
+
+    @inlineAsync
+    async def test_a_killed_slave_is_replaced_by_the_masters_spare(self):
+        cluster = await startCluster(self, 1)
+        master, slave = await pair(cluster)
+        spare = await spareOf(master.pid)
+        os.kill(slave.pid, signal.SIGKILL)
+        new = await slaveOtherThan(cluster, {slave.pid})
+        self.assertEqual(new.pid, spare)
+        # And the master keeps a spare again, a new process.
+        await spareOf(master.pid, besides={spare})
+
+    @inlineAsync
+    async def test_a_killed_master_leaves_the_promoted_slaves_spare_as_the_new_slave(self):
+        """
+        The promoted slave's spare becomes its slave; the killed master's
+        spare, nobody's now, ends by itself (its stdin closed with the
+        master's process).
+        """
+        cluster = await startCluster(self, 1)
+        master, slave = await pair(cluster)
+        mastersSpare, slavesSpare = await spareOf(master.pid), await spareOf(slave.pid)
+        os.kill(master.pid, signal.SIGKILL)
+        await assertBecomesMaster(cluster, slave.pid)
+        new = await slaveOtherThan(cluster, {master.pid, slave.pid})
+        self.assertEqual(new.pid, slavesSpare)
+        await waitUntil(lambda: not pidAlive(mastersSpare),
+                        "the dead master's spare %d to end" % (mastersSpare,))
+
+    @inlineAsync
+    async def test_sigterm_to_sns_cluster_leaves_no_server_spares_included(self):
+        cluster = await startCluster(self, 1)
+        master, slave = await pair(cluster)
+        spares = [await spareOf(master.pid), await spareOf(slave.pid)]
+        os.kill(cluster.process.pid, signal.SIGTERM)
+        await cluster.process.ended.addTimeout(30, reactor)
+        self.assertEqual([p for p in spares + [master.pid, slave.pid] if pidAlive(p)], [])
+        self.assertEqual(serversUsing(cluster.base), [])
+        run = os.path.join(cluster.data("vm1"), "run")
+        self.assertEqual(os.listdir(run), [])

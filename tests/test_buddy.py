@@ -183,6 +183,10 @@ class FakeProcess:
         self.env = env
         self.pid = pid
         self.signals = []
+        self.written = []  # to its stdin
+
+    def write(self, data):
+        self.written.append(data)
 
     def signalProcess(self, signum):
         if self.pid is None:

@@ -14,12 +14,16 @@ A client program never imports this package.
 from snstwist.buddy.link import HEARTBEAT, TIMEOUT, MasterLink, SlaveLink, checkBuddyMessage
 from snstwist.buddy.processes import (
     BuddyCommand,
+    Pidfile,
     WatchedProcess,
+    awaitGo,
     fence,
     pidAlive,
+    runDirectory,
     signalChild,
     signalPid,
     spawn,
+    tellGo,
     terminate,
     twistdArgs,
     watchParent,
@@ -27,6 +31,7 @@ from snstwist.buddy.processes import (
 from snstwist.buddy.role import Role
 from snstwist.buddy.supervisor import BuddySupervisor
 
-__all__ = ["HEARTBEAT", "TIMEOUT", "BuddyCommand", "BuddySupervisor", "MasterLink", "Role",
-           "SlaveLink", "WatchedProcess", "checkBuddyMessage", "fence", "pidAlive",
-           "signalChild", "signalPid", "spawn", "terminate", "twistdArgs", "watchParent"]
+__all__ = ["HEARTBEAT", "TIMEOUT", "BuddyCommand", "BuddySupervisor", "MasterLink", "Pidfile",
+           "Role", "SlaveLink", "WatchedProcess", "awaitGo", "checkBuddyMessage", "fence",
+           "pidAlive", "runDirectory", "signalChild", "signalPid", "spawn", "tellGo",
+           "terminate", "twistdArgs", "watchParent"]

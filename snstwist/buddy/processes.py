@@ -7,7 +7,9 @@ bed's hosts); L{spawn} and L{WatchedProcess} for a child whose end we wait
 for; L{terminate} for an orderly stop with a deadline; L{fence} for the old
 master a slave takes over from; L{pidAlive} and L{signalPid} for processes
 known only by their pid; L{watchParent}, the kernel's word that the process
-that spawned us (a slave's master) ended.
+that spawned us (a slave's master) ended; L{tellGo} and L{awaitGo}, the one
+order a spare process (spawned ahead, imported and waiting) takes from the
+process that spawned it, through its stdin: become the slave now.
 
 This is the only module that spawns or signals processes.
 """
@@ -18,7 +20,7 @@ import signal
 import sys
 
 import attrs
-from twisted.internet import defer, error, protocol
+from twisted.internet import abstract, defer, error, fdesc, protocol
 from twisted.logger import Logger
 
 log = Logger()
@@ -38,13 +40,48 @@ def twistdArgs(logfile, *args):
             *args]
 
 
+def runDirectory(data):
+    """Where the pid files of a VM's server processes are: C{data}/run."""
+    return os.path.join(data, "run")
+
+
+class Pidfile:
+    """
+    C{run}/PID.pid while the process C{pid} runs: how sns-cluster and the
+    tests find every server process of a VM, slaves and spares included.
+    A server writes its own at start and removes it at its orderly end;
+    the process that spawned it writes it at once (before the child has
+    even imported anything) and removes it when the child's end is heard,
+    however it ended.
+    """
+
+    def __init__(self, run, pid):
+        self.pid = pid
+        self.path = os.path.join(run, "%d.pid" % (pid,))
+
+    def write(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path, "w") as f:
+            f.write("%d\n" % (self.pid,))
+
+    def remove(self):
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+
+
 @attrs.frozen
 class BuddyCommand:
-    """What to spawn as the buddy: executable, argv and environment."""
+    """
+    What to spawn as the buddy: executable, argv and environment; C{run},
+    the directory of its pid file (L{Pidfile}) while it runs, if any.
+    """
 
     executable: str
     args: tuple
     env: dict = attrs.field(factory=dict, eq=False)
+    run: str | None = None
 
 
 class WatchedProcess(protocol.ProcessProtocol):
@@ -54,15 +91,20 @@ class WatchedProcess(protocol.ProcessProtocol):
     after C{onEnded(process, reason)} is called.
     """
 
-    def __init__(self, name, started=0.0, onEnded=None):
+    def __init__(self, name, started=0.0, onEnded=None, run=None):
         self.name = name
         self.started = started
         self.onEnded = onEnded
         self.ended = defer.Deferred()
         self.pid = None
+        self.run = run
+        self.pidfile = None
 
     def connectionMade(self):
         self.pid = self.transport.pid
+        if self.run is not None:
+            self.pidfile = Pidfile(self.run, self.pid)
+            self.pidfile.write()
 
     def outReceived(self, data):
         for line in data.decode("utf-8", "replace").splitlines():
@@ -73,6 +115,8 @@ class WatchedProcess(protocol.ProcessProtocol):
     def processEnded(self, reason):
         log.info("{name} (pid {pid}) ended: {why}", name=self.name, pid=self.pid,
                  why=reason.getErrorMessage())
+        if self.pidfile is not None:
+            self.pidfile.remove()
         if self.onEnded is not None:
             self.onEnded(self, reason)
         self.ended.callback(reason.value)
@@ -102,7 +146,7 @@ def spawn(reactor, name, command, onEnded=None):
     parent-death signal a slave asks for (L{watchParent}) comes when the
     I{thread} that spawned it ends.
     """
-    process = WatchedProcess(name, reactor.seconds(), onEnded)
+    process = WatchedProcess(name, reactor.seconds(), onEnded, command.run)
     reactor.spawnProcess(process, command.executable, list(command.args), env=command.env)
     return process
 
@@ -215,3 +259,70 @@ def watchParent(pid, callFromThread, ended, prctl=_prctl, signals=signal):
         call(_PR_SET_PDEATHSIG, 0, 0, 0, 0)
     signals.signal(PARENT_ENDED, signal.SIG_IGN)
     return False
+
+
+# What a spare is told on its stdin, and the most it reads before a line ends.
+GO = b"go"
+_MAX_ORDER = 64
+
+
+def tellGo(process):
+    """
+    Tell our child C{process} (a spare, waiting in L{awaitGo}) to go on as
+    a slave.  Written to the pipe of its stdin, where it waits however long
+    the child still takes to start reading.
+    """
+    process.transport.write(GO + b"\n")
+
+
+class _Orders(abstract.FileDescriptor):
+    """
+    Our stdin, a pipe from the process that spawned us, read on the
+    reactor: the first order on it fires C{heard(True)}; its end (the
+    spawner's process ended, a SIGKILL included: the kernel closes the
+    pipe), or anything but L{GO}, fires C{heard(False)}.  Then nothing more
+    is read, and the descriptor stays open (a later file must never take
+    its number).
+    """
+
+    def __init__(self, reactor, fd, heard):
+        abstract.FileDescriptor.__init__(self, reactor)
+        fdesc.setNonBlocking(fd)
+        self.fd = fd
+        self.heard = heard
+        self.buffer = b""
+
+    def fileno(self):
+        return self.fd
+
+    def doRead(self):
+        return fdesc.readFromFD(self.fd, self._received)
+
+    def _received(self, data):
+        self.buffer += data
+        line, newline, _ = self.buffer.partition(b"\n")
+        if newline:
+            self._answer(line.strip() == GO)
+        elif len(self.buffer) > _MAX_ORDER:
+            self._answer(False)
+
+    def _answer(self, go):
+        if self.heard is not None:
+            heard, self.heard = self.heard, None
+            self.stopReading()
+            heard(go)
+
+    def connectionLost(self, reason):
+        abstract.FileDescriptor.connectionLost(self, reason)
+        self._answer(False)
+
+
+def awaitGo(reactor, fd=0):
+    """
+    Wait for the order to go on (L{tellGo}) on C{fd}, our stdin: a
+    Deferred that fires True when it comes, False when the process that
+    spawned us ended first (or said anything else).
+    """
+    d = defer.Deferred()
+    _Orders(reactor, fd, d.callback).startReading()
+    return d

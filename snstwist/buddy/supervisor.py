@@ -11,6 +11,14 @@ then respawned like a dead one.
 
 The supervision is a typed Automat machine (L{Supervision}): idle, running,
 waiting (to respawn), gave up, stopping, stopped.
+
+The same supervision keeps a VM's I{spare}: a process started ahead with
+the slave's command and C{--spare}, imported and waiting for its order
+(L{processes.awaitGo}).  A supervisor given C{spares} (another supervisor,
+keeping that spare) makes the spare its new slave (L{processes.tellGo})
+instead of starting a cold interpreter, and starts one only when no spare
+is there; the spare's supervisor starts the next spare when told to
+(L{Supervision.start}, once the new pair is complete).
 """
 
 import random
@@ -21,7 +29,7 @@ from automat import TypeMachineBuilder, pep614
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from snstwist.buddy.processes import signalChild, spawn, terminate
+from snstwist.buddy.processes import signalChild, spawn, tellGo, terminate
 from snstwist.core import metrics
 from snstwist.core.backoff import backoffPolicy
 from snstwist.core.machines import stateOf
@@ -33,7 +41,13 @@ class Supervision(Protocol):
     """What can happen to the supervision of one buddy."""
 
     def start(self) -> None:
-        """Spawn the buddy and keep it alive."""
+        """Spawn the buddy and keep it alive (nothing more if it is kept already)."""
+
+    def take(self) -> object:
+        """
+        Hand the running buddy over to another owner: its process, which
+        this supervision forgets (no respawn); None when none runs.
+        """
 
     def ended(self, process: object, reason: object) -> None:
         """The buddy C{process} ended (C{reason}: its Failure)."""
@@ -72,6 +86,19 @@ def _build():
     def spawnBuddy(inputs: Supervision, sup: BuddySupervisor) -> None:
         sup._spawn(inputs)
 
+    # Kept already, waiting to respawn, given up (bounded: only a stop and a
+    # new start begin again) or stopping: a start changes nothing.
+    for state in (running, waiting, gaveUp, stopping):
+        state.upon(Supervision.start).loop().returns(None)
+
+    @pep614(running.upon(Supervision.take).to(idle))
+    def handOver(inputs: Supervision, sup: BuddySupervisor) -> object:
+        process, sup.process = sup.process, None
+        return process
+
+    for state in (idle, waiting, gaveUp, stopping, stopped):
+        state.upon(Supervision.take).loop().returns(None)
+
     @pep614(waiting.upon(Supervision.respawn).to(running))
     def respawnBuddy(inputs: Supervision, sup: BuddySupervisor, pending: object) -> None:
         sup._spawn(inputs)
@@ -92,7 +119,8 @@ def _build():
     @pep614(running.upon(Supervision.kill).loop())
     def killBuddy(inputs: Supervision, sup: BuddySupervisor, why: str) -> None:
         if sup.process is not None:
-            log.warn("killing hung buddy {pid}: {why}", pid=sup.process.pid, why=why)
+            log.warn("killing hung {name} {pid}: {why}", name=sup.name, pid=sup.process.pid,
+                     why=why)
             signalChild(sup.process, signal.SIGKILL)
 
     for state in (idle, waiting, gaveUp, stopping, stopped):
@@ -150,17 +178,22 @@ class BuddySupervisor:
     intensity = 5
     period = 30.0
 
-    def __init__(self, command, reactor, onSpawn=lambda pid: None, jitter=random.random):
+    def __init__(self, command, reactor, onSpawn=lambda pid: None, jitter=random.random,
+                 spares=None, spare=False):
         self.command = command
         self.reactor = reactor
         self.onSpawn = onSpawn
         self.jitter = jitter
+        self.spares = spares
+        self.spare = spare
+        self.name = "spare" if spare else "buddy"
         self.process = None  # the buddy now, if any
         self.quickDeaths = 0
         self.restarts = []
         self.noRespawn = set()
         self._machine = _Supervision(self)
         self.start = self._machine.start
+        self.take = self._machine.take
         self.kill = self._machine.kill
         self.stop = self._machine.stop
 
@@ -182,33 +215,59 @@ class BuddySupervisor:
         self.noRespawn.add(pid)
 
     def _spawn(self, machine):
-        process = spawn(self.reactor, "buddy", self.command, machine.ended)
+        process = self.spares.take() if self.spares is not None else None
+        if process is None:
+            process = spawn(self.reactor, self.name, self.command, machine.ended)
+            log.info("spawned {name}, pid {pid}", name=self.name, pid=process.pid)
+        else:
+            # Ours from now on: its end, its name, and its age (a slave
+            # that dies at once is a quick death, however old the spare).
+            process.onEnded = machine.ended
+            process.name = self.name
+            process.started = self.reactor.seconds()
+            tellGo(process)
+            log.info("spare {pid} told to go on as the {name}", pid=process.pid,
+                     name=self.name)
         self.process = process
-        log.info("spawned buddy, pid {pid}", pid=process.pid)
         self.onSpawn(process.pid)
 
     def _verdict(self, machine, process, reason):
         """What the death of C{process} calls for: a respawn, soon or later, or none."""
-        if process.pid in self.noRespawn:
-            log.info("buddy {pid} stopped in order: not respawning it", pid=process.pid)
+        if process.pid in self.noRespawn or self._terminated(reason):
+            log.info("{name} {pid} stopped in order: not respawning it", name=self.name,
+                     pid=process.pid)
             machine._endedInOrder()
             return
         now = self.reactor.seconds()
         self.restarts = [t for t in self.restarts if now - t < self.period]
         if len(self.restarts) >= self.intensity:
             log.critical(
-                "buddy died {n} times within {period}s (last: {why}): giving up;"
-                " this VM runs without a standby until restarted",
-                n=len(self.restarts) + 1, period=self.period, why=reason.getErrorMessage())
+                "{name} died {n} times within {period}s (last: {why}): giving up;"
+                " {meaning}", name=self.name, n=len(self.restarts) + 1, period=self.period,
+                why=reason.getErrorMessage(),
+                meaning="the VM's next slaves start cold" if self.spare
+                else "this VM runs without a standby until restarted")
             machine._tooOften()
             return
         self.restarts.append(now)
         lived = now - process.started
         delay = self._restartDelay(lived)
         metrics.respawns.inc()
-        log.warn("buddy {pid} ended after {lived:.2f}s ({why}); respawning in {delay:.2f}s",
-                 pid=process.pid, lived=lived, why=reason.getErrorMessage(), delay=delay)
+        log.warn("{name} {pid} ended after {lived:.2f}s ({why}); respawning in {delay:.2f}s",
+                 name=self.name, pid=process.pid, lived=lived, why=reason.getErrorMessage(),
+                 delay=delay)
         machine._died(delay)
+
+    def _terminated(self, reason):
+        """
+        Did a spare end by SIGTERM (or twistd's exit status after one)?  Then
+        whoever sent it stopped it in order, as sns-cluster stops every
+        process of a VM: it is not respawned.  (A slave says so on its
+        stream before it goes: L{stopping}.)
+        """
+        value = getattr(reason, "value", None)
+        return self.spare and (getattr(value, "signal", None) == signal.SIGTERM
+                               or getattr(value, "exitCode", None) == 128 + signal.SIGTERM)
 
     def _restartDelay(self, lived):
         """

@@ -110,6 +110,10 @@ class ServerOptions(_Common):
          "Seconds a session token lasts (default 24 hours); clients renew"
          " theirs at half its life, and a timeline ends with its token.", float],
     ]
+    optFlags = [
+        ["spare", None, "For a slave: start, then wait for the order to go on (on stdin"
+         " from the master or slave that spawned it, which keeps it as a spare)."],
+    ]
 
     def postOptions(self):
         if not self["router"]:
@@ -132,9 +136,11 @@ class ServerOptions(_Common):
             raise usage.UsageError("--role is master or slave")
         if self["role"] == "slave" and not self["buddy"]:
             raise usage.UsageError("a slave needs --buddy MASTER_ADDRESS")
+        if self["spare"] and self["role"] != "slave":
+            raise usage.UsageError("--spare is for a slave (--role slave)")
         parent = getattr(self, "parent", None)
         self["logfile"] = parent.get("logfile") if parent is not None else None
-        _logAs(self, self["vm"], self["role"])
+        _logAs(self, self["vm"], "spare" if self["spare"] else self["role"])
         _Common.postOptions(self)
 
 
@@ -187,7 +193,8 @@ def makeServerService(options):
     return _withMetrics(ServerService(ServerConfig(
         vm=options["vm"], listen=options["listen"], routers=options["router"],
         data=options["data"], secret=options.secret(), role=options["role"],
-        master=options["buddy"], masterPid=options["buddy-pid"], logfile=options["logfile"],
+        master=options["buddy"], masterPid=options["buddy-pid"], spare=bool(options["spare"]),
+        logfile=options["logfile"],
         metricsListen=options["metrics"], postRate=options["posts-per-second"],
         tlsArgs=options["tlsArgs"], peerListen=options["peer-listen"],
         tokenLifetime=options["token-lifetime"])), options)

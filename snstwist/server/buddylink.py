@@ -4,7 +4,9 @@ C{Onetime_s_to_buddy}), as the server sees them:
 
 - L{MasterEnd}: a master spawns its slave (through a
   L{buddy.BuddySupervisor}), answers the slave's C{BuddyConnection} and keeps
-  the slave warm with a L{BuddyFeed} of every durable update;
+  the slave warm with a L{BuddyFeed} of every durable update.  Master and
+  slave alike keep a spare process (started ahead, imported, waiting): the
+  next slave of the VM, should the slave die or the slave become master;
 - L{SlaveEnd}: a slave dials its master's C{BuddyConnection}, says when the
   master is lost or stopping, and fences it before taking over.
 
@@ -34,11 +36,12 @@ log = Logger()
 # How long a batch for the slave smaller than a full message waits for more.
 FEED_LINGER = 0.05
 
-def slaveCommand(config, address):
+def slaveCommand(config, address, spare=False):
     """
     The command that starts the slave of the master started with C{config}
     and serving the cluster at C{address}: the same VM, data, routers and
-    limits, on a free port of the same host.
+    limits, on a free port of the same host.  With C{spare}, the slave
+    starts as a spare: imported and waiting for the order to go on.
     """
     host = config.listen.rsplit(":", 1)[0]
     # Never a pipe to us: a slave outlives its master when it takes over,
@@ -49,6 +52,8 @@ def slaveCommand(config, address):
              "--listen", host + ":0", "--data", config.data,
              "--router", ",".join(config.routers),
              "--buddy", address, "--buddy-pid", str(os.getpid())]
+    if spare:
+        args += ["--spare"]
     if config.metricsListen:
         # Master and slave run at once: the slave serves its metrics on
         # a free port of the same host (it logs which).
@@ -59,7 +64,7 @@ def slaveCommand(config, address):
         args += ["--token-lifetime", repr(config.tokenLifetime)]
     args += config.tlsArgs
     env = dict(os.environ, SNS_SECRET=config.secret, GRPC_ENABLE_FORK_SUPPORT="0")
-    return buddy.BuddyCommand(sys.executable, tuple(args), env)
+    return buddy.BuddyCommand(sys.executable, tuple(args), env, buddy.runDirectory(config.data))
 
 
 class BuddyFeed:
@@ -182,6 +187,12 @@ class MasterEnd:
     the L{BuddyFeed} to a slave (L{slaveFeed}, over gRPC, by default).
     Subscribe L{durable} to the node: what is durable here is what the slave
     is fed.  L{fed} counts what every feed of ours carried.
+
+    L{spares} keeps this process's spare (C{command(spare=True)}), started
+    by L{keepSpare} once the pair is complete (a master's slave said hello;
+    a slave is a ready standby), so that it never competes with the start
+    of the pair for a CPU; the supervisor of our slave makes the spare its
+    next slave.
     """
 
     def __init__(self, node, clock, reactor, secret, hello, command, feedTo=None,
@@ -195,13 +206,26 @@ class MasterEnd:
         self.feedTo = feedTo if feedTo is not None else functools.partial(slaveFeed,
                                                                           clock=clock)
         self.supervisor = None
+        self._spares = None
         self.slaveLink = None
         self.feed = None
         self.fed = fed if fed is not None else metrics.Traffic()
 
+    @property
+    def spares(self):
+        if self._spares is None:
+            self._spares = buddy.BuddySupervisor(self.command(spare=True), self.reactor,
+                                                 spare=True)
+        return self._spares
+
+    def keepSpare(self):
+        """Keep a spare from now on (start one unless one runs or waits)."""
+        self.spares.start()
+
     def supervise(self):
-        """Spawn our slave, and again whenever it dies."""
-        self.supervisor = buddy.BuddySupervisor(self.command(), self.reactor)
+        """Spawn our slave (our spare, when there is one), and again whenever it dies."""
+        self.supervisor = buddy.BuddySupervisor(self.command(), self.reactor,
+                                                spares=self.spares)
         self.supervisor.start()
 
     def connection(self):
@@ -212,6 +236,7 @@ class MasterEnd:
     def slaveHello(self, link, hello):
         """A (new) slave said hello: feed it everything it lacks, then every durable update."""
         log.info("slave {pid} at {address} connected", pid=hello.pid, address=hello.address)
+        self.keepSpare()
         if self.feed is not None:
             self.feed.close().addErrback(
                 lambda f: log.failure("closing the feed to the old slave failed", f))
@@ -241,9 +266,9 @@ class MasterEnd:
 
     @defer.inlineCallbacks
     def stop(self):
-        """Stop the slave (TERM, then KILL) and close the feed."""
-        if self.supervisor is not None:
-            yield self.supervisor.stop()
+        """Stop the slave and the spare (TERM, then KILL) and close the feed."""
+        stops = [sup.stop() for sup in (self.supervisor, self._spares) if sup is not None]
+        yield defer.gatherResults(stops, consumeErrors=True)
         if self.feed is not None:
             yield self.feed.close()
 

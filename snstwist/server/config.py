@@ -21,6 +21,8 @@ class ServerConfig:
     role: str = attrs.field(default="master", validator=attrs.validators.in_(("master", "slave")))
     master: str | None = None  # the slave's: its master's BuddyConnection address
     masterPid: int = 0
+    # A slave started ahead as a spare: it waits for the order to go on.
+    spare: bool = False
     logfile: str | None = None
     metricsListen: str | None = None
     postRate: float | None = None

@@ -17,7 +17,6 @@ from snstwist import buddy
 from snstwist.core import errors, logs
 from snstwist.server.process import (
     SETTLE,
-    Pidfile,
     exitWith,
     settleMemory,
     stopOnlyOnce,
@@ -97,6 +96,9 @@ class Lifecycle:
 
     lockDeadline = 10.0
     orphanStop = 10.0
+    # How a spare hears its order: a class attribute, so that a test can
+    # give it another door than this process's stdin.
+    awaitGo = staticmethod(buddy.awaitGo)
 
     def __init__(self, config, current, node, serve, masterEnd, slaveEnd, openStore,
                  reactor, clock):
@@ -115,7 +117,7 @@ class Lifecycle:
         slaveEnd.stopping.add(self.masterStopping)
         self.ready = None
         self.orphaned = None
-        self.pidfile = Pidfile(config.data)
+        self.pidfile = buddy.Pidfile(buddy.runDirectory(config.data), os.getpid())
         self.settler = task.LoopingCall(settleMemory)
         self.settler.clock = clock
 
@@ -124,18 +126,40 @@ class Lifecycle:
         return self.config.vm
 
     def start(self):
-        """Load (a master) or warm up (a slave), then play the role started with."""
+        """
+        Load (a master) or warm up (a slave), then play the role started
+        with; a spare first waits for the order to go on (L{awaitGo}).
+        """
         if self.clock is self.reactor:
             stopOnlyOnce(self.reactor)
         self.pidfile.write()
         if self.config.role == "master":
             self.ready = withoutCollections(self.node.load)
             self.ready.addCallback(lambda _: self.role.startAsMaster())
+            self.ready.addCallback(self._settleEvery)
+        elif self.config.spare:
+            log.info("spare of VM {vm} waiting for the order to go on (pid {pid})",
+                     vm=self.vm, pid=os.getpid())
+            self.ready = self.awaitGo(self.reactor).addCallback(self._goOn)
         else:
             # A slave settles its memory once warm (standBy).
             self.ready = defer.maybeDeferred(self.role.startAsSlave)
-        self.ready.addCallback(self._settleEvery)
+            self.ready.addCallback(self._settleEvery)
         self.ready.addErrback(self.failed)
+
+    def _goOn(self, go):
+        """
+        The spare's order came (C{go}): on as a slave; or the process that
+        started it ended first: it is nobody's spare any more, and stops.
+        """
+        if not go:
+            log.info("the process that started this spare ended before it needed it:"
+                     " stopping")
+            stopReactor(self.reactor)
+            return None
+        log.info("spare told to go on as the slave of VM {vm}", vm=self.vm)
+        self.role.startAsSlave()
+        return self._settleEvery(None)
 
     def stop(self):
         """The orderly stop begins: nothing is taken over or respawned any more."""

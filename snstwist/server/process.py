@@ -89,23 +89,3 @@ def withoutCollections(load):
 
     return load().addBoth(settle)
 
-
-class Pidfile:
-    """
-    C{data}/run/PID.pid while this process runs: how sns-cluster and the
-    tests find every server process of a VM, slaves included.
-    """
-
-    def __init__(self, data):
-        self.path = os.path.join(data, "run", "%d.pid" % (os.getpid(),))
-
-    def write(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.path, "w") as f:
-            f.write("%d\n" % (os.getpid(),))
-
-    def remove(self):
-        try:
-            os.remove(self.path)
-        except OSError:
-            pass

@@ -64,7 +64,9 @@ class ServerParts:
         self.report = Report(identity, current, address, peerAddress, node, self.sessions,
                              self.replicator, self.writes, fed)
         self.masterEnd = MasterEnd(node, clock, reactor, secret, self.report.buddyHello,
-                                   lambda: slaveCommand(config, peerAddress()), feedTo, fed)
+                                   lambda spare=False: slaveCommand(config, peerAddress(),
+                                                                    spare),
+                                   feedTo, fed)
         self.internal = ClusterApi(secret, current, self.admission, node, clock, self.report,
                                    self.masterEnd)
         # In this order: a password change ends old sessions before anything
@@ -117,6 +119,8 @@ class ServerService(MultiService):
                                  reactor)
         parts.internal.mirrored.add(self.slaveEnd.mirrored)
         self.slaveEnd.ready.add(self.routerLinks.report)
+        # A ready standby keeps a spare: its slave once it is master.
+        self.slaveEnd.ready.add(parts.masterEnd.keepSpare)
         self.lifecycle = Lifecycle(config, current, self.node, self._serve, parts.masterEnd,
                                    self.slaveEnd,
                                    lambda: SQLiteStore(config.data, name=config.vm),
