@@ -125,6 +125,16 @@ def threeVMs(test):
     return cluster, client, posted, reconnects
 
 
+def twoVMs(test):
+    posted = []
+    cluster = FakeCluster(test, {"a:1": master(posted), "b:1": master(posted)},
+                          {"a:1": "vm1", "b:1": "vm2"})
+    client = Client(["router:1"], "alice", "pw", clock=Clock(), jitter=lambda: 0.0)
+    test.successResultOf(client.connect())
+    test.assertEqual((client.master1.address, client.master2.address), ("a:1", "b:1"))
+    return cluster, client, posted
+
+
 class FailoverTests(SynchronousTestCase):
     def test_connect_logs_in_on_master1_and_keeps_master2(self):
         cluster, client, posted, reconnects = threeVMs(self)
@@ -166,6 +176,60 @@ class FailoverTests(SynchronousTestCase):
         self.assertNotEqual(client.master2.vm, "vm2")
         (ask,) = [r for a, n, r in cluster.calls if n == "Onetime_c_to_r" and r.exclude_vms]
         self.assertEqual(list(ask.exclude_vms), ["vm2"])
+
+    def test_master2_is_asked_for_again_until_another_vm_has_one(self):
+        """
+        Both VMs' masters were killed: after its failover to vm2's promoted
+        master, the client finds no master outside vm2 yet; it asks again,
+        backing off, and knows vm1's promoted master once it registers, so
+        that the next failover asks no router.
+        """
+        cluster, client, posted = twoVMs(self)
+        cluster.kill("a:1")
+        self.assertEqual((client.master1.address, client.master2), ("b:1", None))
+        cluster.masters["a:2"], cluster.vms["a:2"] = master(posted), "vm1"
+        client.clock.advance(0.05)
+        self.assertEqual(client.master2.address, "a:2")
+        asked = len(cluster.names(None))
+        cluster.kill("b:1")
+        # (The session on b:1 never worked here: the next one waits a little.)
+        client.clock.advance(1)
+        self.assertEqual(client.master1.address, "a:2")
+        failover = [n for a, n in cluster.names(None)[asked:]]
+        self.assertEqual(failover[:2], ["Login", "Onetime_c_to_r"])
+
+    def test_master2_is_asked_for_with_growing_waits_then_no_more(self):
+        """50 ms doubling (no jitter here) up to 2 s; after the failover deadline, nothing."""
+        cluster, client, posted = twoVMs(self)
+        times = []
+
+        def call(method, request, **kwargs):
+            if method.name == "Onetime_c_to_r" and list(request.exclude_vms) == ["vm2"]:
+                times.append(client.clock.seconds())
+            return cluster.call(method, request, **kwargs)
+
+        self.patch(grpcbridge, "call", call)
+        cluster.kill("a:1")
+
+        def asks():
+            return list(times)
+
+        client.clock.pump([0.001] * 20000)
+        times = asks()
+        gaps = [round(b - a, 2) for a, b in zip(times, times[1:])]
+        self.assertEqual(gaps[:4], [0.05, 0.1, 0.2, 0.4])
+        self.assertTrue(set(gaps[6:]) <= {2.0}, gaps)
+        client.clock.pump([1.0] * 30)
+        self.assertEqual(asks(), times)
+        self.assertIsNone(client.masters._refillWait)
+
+    def test_closing_stops_asking_for_master2(self):
+        cluster, client, posted = twoVMs(self)
+        cluster.kill("a:1")
+        client.masters.closed = True
+        asked = len(cluster.calls)
+        client.clock.pump([0.5] * 10)
+        self.assertEqual((len(cluster.calls), client.masters._refillWait), (asked, None))
 
     def test_a_write_prefers_master2s_vm_for_its_second_copy(self):
         cluster, client, posted, reconnects = threeVMs(self)

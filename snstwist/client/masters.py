@@ -218,9 +218,22 @@ class Masters:
         self.onReconnect = onReconnect
         self.master1 = None
         self.master2 = None
-        self.closed = False
+        self._closed = False
         self.reconnects = Reconnects(clock, delay=backoffPolicy(0.02, 1.0, jitter=jitter))
+        self._refillDelay = backoffPolicy(0.05, 2.0, jitter=jitter)
+        self._refillWait = None
         self._failover = _Failover(self)
+
+    @property
+    def closed(self):
+        return self._closed
+
+    @closed.setter
+    def closed(self, closed):
+        """The client is closing: nothing more is asked, nothing left waiting."""
+        self._closed = closed
+        if closed and self._refillWait is not None:
+            self._refillWait.cancel()
 
     @property
     def failingOver(self):
@@ -301,11 +314,39 @@ class Masters:
                 dead.address if dead else "?", e))
 
     async def _refillMaster2(self):
-        try:
-            reply = await self.ask(exclude={self.master1.vm})
-        except ClusterUnreachable as e:
-            # Not fatal: a failover with no master2 asks the router again.
-            log.info("no master2 outside {vm} for now: {why}", vm=self.master1.vm, why=e)
+        """
+        Find a master2 outside master1's VM.  When no router has one yet
+        (the other VM's master died too, and its promoted slave registers
+        tens of milliseconds later, or that VM is away), ask again, waiting
+        longer each time (50 ms doubling to 2 s, with jitter), until one
+        is found, master1 changes (a failover asks for itself), the client
+        closes, or L{FAILOVER_DEADLINE} has passed: the next failover then
+        goes straight to a known master2 instead of asking a router first.
+        """
+        one = self.master1
+        started = self.clock.seconds()
+        attempt = 0
+        while True:
+            try:
+                reply = await self.ask(exclude={one.vm})
+            except ClusterUnreachable as e:
+                if attempt == 0:
+                    log.info("no master2 outside {vm} for now: {why}", vm=one.vm, why=e)
+            else:
+                if self.master1 is one:
+                    self.master2 = master(reply.master1)
+                return
+            if self.master1 is not one or self.closed or (
+                    self.clock.seconds() - started > FAILOVER_DEADLINE):
+                return
             self.master2 = None
-            return
-        self.master2 = master(reply.master1)
+            self._refillWait = deferLater(self.clock, self._refillDelay(attempt), lambda: None)
+            try:
+                await self._refillWait
+            except defer.CancelledError:
+                return
+            finally:
+                self._refillWait = None
+            attempt += 1
+            if self.master1 is not one or self.failingOver:
+                return
