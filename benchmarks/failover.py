@@ -18,7 +18,13 @@ respawn is immediate, not backed off.
 Prints median and max of each, then stops the cluster with SIGTERM and
 checks that no server it saw is left running.
 
-Usage: python benchmarks/failover.py [-n 10] [--keep]
+With C{--client}, it runs C{run.py}'s failover phase instead
+(C{benchlib.failovers}): a client (C{loadgen.py failover}, the client
+library) SIGKILLs its own master1 and times its next post (durable on two
+VMs) and LIST until they succeed, the design's client failover; then the
+promoted master's Login, the pair again and the slave's replacement as above.
+
+Usage: python benchmarks/failover.py [-n 10] [--keep] [--client]
 
 A measurement, not a test: it is not run by trial or CI.
 """
@@ -34,6 +40,7 @@ import time
 import grpc
 
 from benchlib.cluster import SETTLE, Cluster, until, useTLS
+from benchlib.processes import ENV
 
 from snstwist.rpc import sns_pb2 as pb
 
@@ -90,7 +97,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=10, help="kills of each kind (default 10)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster's directory")
+    parser.add_argument("--client", action="store_true",
+                        help="time a client's next post and LIST after the kill of its master1")
     args = parser.parse_args()
+    if args.client:
+        return clientFailovers(args)
 
     base = tempfile.mkdtemp(prefix="sns-failover-")
     useTLS(base, os.environ)
@@ -125,6 +136,52 @@ def main():
     summary("(a) master SIGKILL -> promoted master answers Login", served)
     summary("(b) slave SIGKILL -> replacement registered with router", replaced)
     summary("(c) master SIGKILL -> new slave registered (pair again)", paired)
+
+
+class _Run:
+    """What C{benchlib.failovers} needs of C{run.py}'s run: its settings, names and log."""
+
+    def __init__(self, n, logdir):
+        self.cfg = {"failovers": n}
+        self.logdir = logdir
+        self.count = 0
+        self.t0 = time.monotonic()
+
+    def name(self, what):
+        self.count += 1
+        return "%02d-%s" % (self.count, what)
+
+    def say(self, text):
+        print("[%6.1fs] %s" % (time.monotonic() - self.t0, text), flush=True)
+
+
+def clientFailovers(args):
+    from benchlib.failovers import failover
+
+    base = tempfile.mkdtemp(prefix="sns-failover-")
+    useTLS(base, ENV)  # the processes' environment (the client's too), and ours
+    cluster = Cluster(base, 2, base)
+    try:
+        cluster.start()
+        result = failover(_Run(args.n, base), cluster)
+    finally:
+        left = cluster.stop()
+        print("WARNING: servers left running (killed): %s" % (sorted(left),) if left
+              else "cluster stopped; no server left running")
+        if args.keep:
+            print("data and logs in %s" % (base,))
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    print()
+    for key, what in (("client_post_ms", "master1 SIGKILL -> the client's next post acked"),
+                      ("client_list_ms", "master1 SIGKILL -> the client's LIST answered"),
+                      ("promoted_login_ms", "master SIGKILL -> promoted master answers Login"),
+                      ("pair_again_ms", "master SIGKILL -> new slave registered"),
+                      ("slave_replaced_ms", "slave SIGKILL -> replacement registered")):
+        stat = result[key]
+        print("%-52s p50 %7.1f ms   p99 %7.1f ms   max %7.1f ms   (n=%d, failed %d)"
+              % (what, stat["p50"] or 0, stat["p99"] or 0, stat["max"] or 0, stat["n"],
+                 stat["failed"]))
 
 
 if __name__ == "__main__":
