@@ -236,7 +236,9 @@ class MasterEnd:
     def slaveHello(self, link, hello):
         """A (new) slave said hello: feed it everything it lacks, then every durable update."""
         log.info("slave {pid} at {address} connected", pid=hello.pid, address=hello.address)
-        self.keepSpare()
+        if self.supervisor is not None:
+            # The slave we spawned is up: the pair is complete.
+            self.keepSpare()
         if self.feed is not None:
             self.feed.close().addErrback(
                 lambda f: log.failure("closing the feed to the old slave failed", f))
