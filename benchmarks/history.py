@@ -51,7 +51,12 @@ from benchlib.vms import VMs
 from benchlib.writing import Writing
 
 SECRET = "history-benchmark-secret-0123456789"
-SETTLE = 1.3  # > BuddySupervisor.threshold: a respawn is immediate, not backed off
+# Seconds a pair is left alone before the next kill: more than
+# BuddySupervisor.threshold (a respawn is immediate, not backed off), and
+# more than buddylink.SPARE_DELAY plus a spare's start (0.35-0.5 s on a quiet
+# machine): the killed process's replacement is the spare, as after any
+# failure that does not follow another within seconds.
+SETTLE = 2.5
 WRITING = 0.5  # --writing: seconds of posts before the kill
 
 

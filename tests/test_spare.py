@@ -23,7 +23,7 @@ from snstwist import buddy
 from snstwist.commands import tap
 from snstwist.core.node import Node
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.buddylink import MasterEnd, slaveCommand
+from snstwist.server.buddylink import SPARE_DELAY, MasterEnd, slaveCommand
 from snstwist.server.lifecycle import CurrentRole, Lifecycle
 from tests.servers import serverConfig
 from tests.test_buddy import COMMAND, FakeProcessReactor
@@ -212,14 +212,33 @@ class MasterEndSpareTests(SynchronousTestCase):
         self.assertEqual(spare.args, cold.args + ("--spare",))
 
     def test_a_master_keeps_a_spare_once_its_slave_said_hello(self):
+        """The spare starts SPARE_DELAY after the pair is complete, not during its start."""
         end, reactor = masterEnd(self)
         end.supervise()
         self.assertEqual(len(reactor.spawned), 1)
         end.feedTo = lambda address, secret: _NoFeed()
         end.node = _NoHistory()
         end.slaveHello(object(), HELLO)
+        reactor.advance(SPARE_DELAY - 0.01)
+        self.assertEqual(len(reactor.spawned), 1)
+        reactor.advance(0.01)
         self.assertEqual(len(reactor.spawned), 2)
         self.assertIn("--spare", reactor.spawned[-1].args)
+
+    def test_keeping_a_spare_twice_starts_one(self):
+        end, reactor = masterEnd(self)
+        end.keepSpare()
+        reactor.advance(0.5)
+        end.keepSpare()
+        reactor.advance(SPARE_DELAY * 3)
+        self.assertEqual(len(reactor.spawned), 1)
+
+    def test_a_stop_before_the_spare_is_due_starts_none(self):
+        end, reactor = masterEnd(self)
+        end.keepSpare()
+        self.successResultOf(end.stop())
+        reactor.advance(SPARE_DELAY * 3)
+        self.assertEqual((reactor.spawned, reactor.getDelayedCalls()), ([], []))
 
     def test_a_master_whose_slave_dies_makes_its_spare_the_slave(self):
         end, reactor = masterEnd(self)
@@ -233,6 +252,7 @@ class MasterEndSpareTests(SynchronousTestCase):
         end, reactor = masterEnd(self)
         end.supervise()
         end.keepSpare()
+        reactor.advance(SPARE_DELAY)
         d = end.stop()
         slave, spare = reactor.spawned
         self.assertEqual((slave.signals, spare.signals), ([signal.SIGTERM], [signal.SIGTERM]))

@@ -15,7 +15,12 @@ import time
 
 from benchlib.processes import Child, PY, killLeft, pidsWith, procCmdline
 
-SETTLE = 1.3  # > BuddySupervisor.threshold: a respawn is immediate, not backed off
+# Seconds a pair is left alone before the next kill: more than
+# BuddySupervisor.threshold (a respawn is immediate, not backed off), and
+# more than buddylink.SPARE_DELAY plus a spare's start (0.35-0.5 s on a quiet
+# machine): the killed process's replacement is the spare, as after any
+# failure that does not follow another within seconds.
+SETTLE = 2.5
 POLL = 0.005
 
 # Every benchmark user's password.
