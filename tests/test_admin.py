@@ -227,6 +227,16 @@ class ExportImportTests(TestCase):
         self.assertEqual(error.lineno, 3)
 
 
+    def test_users_past_the_clusters_maximum_are_refused_and_nothing_is_written(self):
+        """A data set with more users than a cluster holds is not imported, by line number."""
+        self.patch(importer, "MAX_USERS", 2)
+        again = {"user": "bob", "time": "2026-11-29T18:26:21.986269Z", "id": "vm2.b/1"}
+        lines = jsonLines({"user": "alice"}, {"user": "bob"}, again, {"user": "carol"})
+        error = self.assertRaises(storeAdmin.BadLine, self.importLines, "many", lines)
+        self.assertEqual((error.lineno, "more than 2 users" in error.message,
+                          os.listdir(self.dir("many"))), (4, True, []))
+
+
 class AdminCommandTests(SynchronousTestCase):
     def setUp(self):
         self.base = self.mktemp()

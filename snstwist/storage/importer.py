@@ -18,7 +18,7 @@ import shutil
 import time
 
 from snstwist.core import errors
-from snstwist.core.limits import CLOCK_WINDOW_US, MAX_POST_CHARS
+from snstwist.core.limits import CLOCK_WINDOW_US, MAX_POST_CHARS, MAX_USERS
 from snstwist.core.model import (
     FollowChange,
     PasswordChange,
@@ -232,6 +232,9 @@ class Importer:
         name = checkUsername(record["user"])
         if name in self.users and "id" not in record:
             raise BadLine(lineno, "user %s twice" % (name,))
+        if name not in self.users and len(self.users) >= MAX_USERS:
+            # What no server would take: a cluster holds at most this many.
+            raise BadLine(lineno, "more than %d users, the most a cluster holds" % (MAX_USERS,))
         update = self._update(lineno, record, user=name, hash=record.get("hash", ""))
         self.users.add(name)
         self.out.tables["users"].append((name, update.time_us))
