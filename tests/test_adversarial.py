@@ -370,6 +370,14 @@ class ClientMessageTests(AdversarialTestCase):
         self.check(world, "HistoryRequest",
                    _unary(world, "history", pb.HistoryRequest(limit=limit)))
 
+    @given(token=st.one_of(hostileText(80), st.builds(
+        lambda a, b: a + "/" + b, *[st.one_of(st.just(""), st.just("*"),
+                                              st.builds(">".__add__, names()))] * 2)))
+    def test_list_page_token(self, token):
+        world = World(self)
+        self.check(world, "ListRequest",
+                   _unary(world, "list", pb.ListRequest(page_token=token)))
+
     @given(token=hostileText(80))
     def test_a_hostile_session_token(self, token):
         world = World(self)

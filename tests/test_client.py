@@ -386,7 +386,7 @@ class CommandTests(SynchronousTestCase):
 
     def test_a_call_cancelled_by_a_failover_is_tried_again_after_it(self):
         c, calls, failovers = self.client(self, defer.CancelledError(), ["listed"])
-        self.assertEqual((self.successResultOf(c.list()), failovers), (["listed"], [0]))
+        self.assertEqual((self.successResultOf(c.listPage()), failovers), (["listed"], [0]))
 
     def test_a_command_fails_after_its_tries(self):
         c, calls, failovers = self.client(

@@ -11,20 +11,23 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.core import errors, limits, model
 from snstwist.core.limits import (
+    DIGEST_PAGE,
+    LIST_PAGE,
     MAX_EXCLUDED_VMS,
     MAX_HEARTBEAT_USERS,
     MAX_MESSAGE_BYTES,
     MAX_ORIGIN,
+    MAX_PAGE_TOKEN,
     MAX_POST_CHARS,
     MAX_REQUEST_ID,
     MAX_SEQ,
     MAX_SERVERS,
     MAX_UPDATE_BYTES,
     MAX_USERNAME,
-    MAX_USERS,
     UPDATES_PER_MESSAGE,
 )
 from snstwist.core.model import FollowChange, Post, ReadMark, Update, updateId
+from snstwist.core.pages import nextListToken
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core import node as nodes
@@ -101,17 +104,26 @@ class UpdateSizeTests(SynchronousTestCase):
 
 
 class ReplySizeTests(SynchronousTestCase):
-    def test_list_fits_with_the_most_users(self):
-        """LIST with MAX_USERS users, every one a follower, fits one reply."""
-        names = ["%0*d" % (MAX_USERNAME, i) for i in range(MAX_USERS)]
-        reply = pb.ListReply(all_users=names, followers=names)
+    def test_a_list_page_fits_with_the_longest_names_and_token(self):
+        """A LIST page: LIST_PAGE of the longest names in each list, and the longest token."""
+        names = ["%0*d" % (MAX_USERNAME, i) for i in range(LIST_PAGE)]
+        token = nextListToken(names, True, names, True)
+        reply = pb.ListReply(all_users=names, followers=names, next_page_token=token)
+        self.assertEqual(len(token), MAX_PAGE_TOKEN)
         self.assertLessEqual(reply.ByteSize(), MAX_MESSAGE_BYTES)
 
-    def test_a_digest_fits_with_a_post_file_per_user(self):
-        """sns-compare's digest of MAX_USERS post files fits one reply."""
-        files = {"%0*d.txt" % (MAX_USERNAME, i): "f" * 64 for i in range(MAX_USERS)}
+    def test_a_digest_page_fits_with_the_longest_file_names(self):
+        """sns-compare's digest page of DIGEST_PAGE post files, and every other field, fits."""
+        files = {"%0*d.txt" % (MAX_USERNAME, i): "f" * 64 for i in range(DIGEST_PAGE)}
+        big = 2**64 - 1
+        stream = pb.PeerStream(vm=NAME, lacking=big, failures=2**32 - 1,
+                               last_error="e" * limits.MAX_ERROR_TEXT, connected=True,
+                               sent_updates=big, sent_messages=big, acked_updates=big,
+                               ack_messages=big)
         reply = pb.DigestReply(vm=NAME, post_files=files, users="u" * 64, follows="f" * 64,
-                               posts=2**64 - 1, updates=2**64 - 1, unreplicated=2**32 - 1)
+                               marks="m" * 64, posts=2**64 - 1, updates=2**64 - 1,
+                               unreplicated=2**32 - 1, refused=2**64 - 1,
+                               peers=[stream] * limits.MAX_PEER_STREAMS, next=max(files))
         self.assertLessEqual(reply.ByteSize(), MAX_MESSAGE_BYTES)
 
     def test_a_membership_fits_with_the_most_servers(self):
@@ -161,3 +173,15 @@ class EchoTests(SynchronousTestCase):
         """A short bad value is quoted as it is."""
         e = self.assertRaises(errors.InvalidRequest, model.checkRequestId, "has space")
         self.assertIn("'has space'", e.message)
+
+
+class UserCapTests(SynchronousTestCase):
+    def test_a_new_user_past_the_maximum_is_refused_and_the_others_log_in(self):
+        """RESOURCE_EXHAUSTED for a new name at MAX_USERS; existing users go on."""
+        self.patch(nodes, "MAX_USERS", 2)
+        node = nodes.Node("vm1", "vm1.a", MemoryStore(), Clock())
+        node.login("alice")
+        node.login("bob")
+        e = self.assertRaises(errors.TooMany, node.login, "carol")
+        self.assertEqual((errors.statusFor(e)[0], node.login("alice"), sorted(node.replica.users)),
+                         (errors.Status.RESOURCE_EXHAUSTED, None, ["alice", "bob"]))

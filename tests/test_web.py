@@ -60,8 +60,11 @@ class FakeClient:
 
     unfollow = follow
 
-    def list(self):
-        return defer.succeed(pb.ListReply(all_users=sorted(self.users), followers=["bob"]))
+    more = ""  # the first LIST page's next_page_token
+
+    def listPage(self, token=""):
+        return defer.succeed(pb.ListReply(all_users=sorted(self.users), followers=["bob"],
+                                          next_page_token=self.more))
 
     def close(self):
         self.closed = True
@@ -212,6 +215,16 @@ class TimelineTests(WebTestCase):
         self.assertIn('<span data-sns="followers">bob</span>', page.text)
         self.assertRegex(page.text, r'<li data-sns="post" data-id="vm1.x/1">alice \(\w{3} '
                                     r'\w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\) &gt;&gt; hello</li>')
+
+    @inlineAsync
+    async def test_a_list_longer_than_a_page_shows_the_first_page_and_dots(self):
+        """The page shows LIST's first page only; a list that goes on ends in '...'."""
+        self.patch(FakeClient, "more", ">bob/*")
+        b = self.browser()
+        await b.signIn("alice")
+        page = await b.get("/")
+        self.assertIn('<span data-sns="users">alice, bob, ...</span>', page.text)
+        self.assertIn('<span data-sns="followers">bob</span>', page.text)
 
     @inlineAsync
     async def test_sign_in_page_has_its_hooks(self):

@@ -27,6 +27,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from snstwist.client.errors import ClusterUnreachable, CommandFailed, InvalidPassword
+from snstwist.client.listing import Lists
 from snstwist.client.login import Login
 from snstwist.client.masters import CALL_TIMEOUT, Master, Masters, Reconnects, master
 from snstwist.client.timeline import Session, SessionGone, Timeline
@@ -60,7 +61,7 @@ def requestId(time_us):
     return "t%016x%016x" % (time_us, random.getrandbits(64))
 
 
-class Client:
+class Client(Lists):
     """
     A user of the cluster, who logs in with C{password} (the first login of
     a name creates the account with it).  C{onReconnect(address)} is called
@@ -279,9 +280,6 @@ class Client:
         this one goes on (with a new token).
         """
         return defer.ensureDeferred(self._changePassword(new))
-
-    def list(self):
-        return self._command("List", pb.ListRequest())
 
     def history(self, limit=HISTORY):
         return self._command("History", pb.HistoryRequest(limit=limit))

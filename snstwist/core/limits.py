@@ -80,10 +80,21 @@ def _largestUpdate():
 MAX_UPDATE_BYTES = _largestUpdate().ByteSize()
 UPDATES_PER_MESSAGE = (MAX_MESSAGE_BYTES - 16) // (MAX_UPDATE_BYTES + 4)
 
-# Users are a grow-only set that LIST returns whole (with the followers) and
-# a digest hashes file by file: bounded so that those replies always fit in
-# one message too.
+# Users are a grow-only set held in every server's memory (names, password
+# hashes, follows): bounded so that a server at the cap stays well inside
+# its memory (docs/benchmarks.md, "Memory per user").  Nothing sends them
+# all in one message: LIST is sent LIST_PAGE names of each of its lists a
+# page, a digest DIGEST_PAGE post files a page, so every page fits one
+# message whatever the number of users (tests/test_limits.py).
 MAX_USERS = 8000
+LIST_PAGE = 5000
+DIGEST_PAGE = 2000
+# A digest page also ends once it has read this many bytes of post files
+# (always one file at least): it is read on the VM's disk thread.
+DIGEST_PAGE_BYTES = 16 << 20
+# A LIST page token: "<users part>/<followers part>", each part "" (from
+# the first), "*" (done) or ">" and the last name sent.
+MAX_PAGE_TOKEN = 2 * (MAX_USERNAME + 1) + 1
 
 
 # An error message quotes at most this much of the input it refuses: a 20 KB

@@ -27,124 +27,34 @@ import heapq
 import itertools
 
 import attrs
+from sortedcontainers import SortedSet
 
 from snstwist.core.requests import REMEMBERED_BYTES, REMEMBERED_REQUESTS, RememberedRequests
+from snstwist.core.versions import Seen, VersionVector
 from snstwist.core.window import AUTHOR_BYTES, HOT_POSTS, WINDOW_BYTES, Windows
-from snstwist.rpc import sns_pb2 as pb
 
-__all__ = ["HOT_POSTS", "AUTHOR_BYTES", "WINDOW_BYTES", "Replica", "Seen", "VersionVector"]
+__all__ = ["HOT_POSTS", "AUTHOR_BYTES", "WINDOW_BYTES", "Replica", "Seen", "VersionVector",
+           "pageOf"]
 
-
-@attrs.define
-class Seen:
-    """The sequence numbers seen from one origin: 1..contiguous, plus extra."""
-
-    contiguous: int = 0
-    extra: set = attrs.field(factory=set)
-    top: int = attrs.field(default=0, eq=False)
-
-    def __attrs_post_init__(self):
-        self.top = max(self.extra, default=self.contiguous)
-
-    def has(self, seq):
-        return seq <= self.contiguous or seq in self.extra
-
-    def add(self, seq):
-        if seq == self.contiguous + 1 and not self.extra:
-            # The next in order with nothing out of order held: most adds.
-            self.contiguous = seq
-            if seq > self.top:
-                self.top = seq
-            return True
-        if self.has(seq):
-            return False
-        self.extra.add(seq)
-        self.top = max(self.top, seq)
-        while self.contiguous + 1 in self.extra:
-            self.contiguous += 1
-            self.extra.discard(self.contiguous)
-        return True
-
-    def discard(self, seq):
-        """
-        Forget C{seq} (a write that failed).  C{top} stays what it was: an
-        upper bound is all L{lacking} needs.
-        """
-        if seq <= self.contiguous:
-            self.extra.update(range(seq + 1, self.contiguous + 1))
-            self.contiguous = seq - 1
-        else:
-            self.extra.discard(seq)
+# A user's followers are a plain set until they are this many, then a
+# sorted one: a page of a popular user's followers (LIST) is then found
+# without going through them all, and the many small sets stay small.
+SORTED_FOLLOWERS = 1000
 
 
-class VersionVector:
-    """What a replica holds, per origin."""
-
-    def __init__(self):
-        self.origins = {}
-
-    def has(self, origin, seq):
-        seen = self.origins.get(origin)
-        return seen is not None and seen.has(seq)
-
-    def add(self, origin, seq):
-        seen = self.origins.get(origin)
-        if seen is None:
-            seen = self.origins[origin] = Seen()
-        return seen.add(seq)
-
-    def discard(self, origin, seq):
-        seen = self.origins.get(origin)
-        if seen is not None:
-            seen.discard(seq)
-
-    def count(self):
-        return sum(s.contiguous + len(s.extra) for s in self.origins.values())
-
-    def merge(self, other):
-        """Hold, besides what is held here, everything C{other} holds."""
-        for origin, theirs in other.origins.items():
-            mine = self.origins.setdefault(origin, Seen())
-            if theirs.contiguous > mine.contiguous:
-                mine.contiguous = theirs.contiguous
-                mine.extra = {seq for seq in mine.extra if seq > mine.contiguous}
-            for seq in theirs.extra:
-                mine.add(seq)
-            while mine.contiguous + 1 in mine.extra:
-                mine.contiguous += 1
-                mine.extra.discard(mine.contiguous)
-            mine.top = max(mine.top, theirs.top)
-
-    def lacking(self, other):
-        """How many updates held here C{other} (a version vector, or None) lacks."""
-        if other is None:
-            return self.count()
-        n = 0
-        for origin, mine in self.origins.items():
-            theirs = other.origins.get(origin)
-            if theirs is None:
-                n += mine.contiguous + len(mine.extra)
-                continue
-            if mine.contiguous > theirs.contiguous:
-                # Of 1..mine.contiguous, those past theirs and not among
-                # their out-of-order ones.
-                n += mine.contiguous - theirs.contiguous - sum(
-                    1 for s in theirs.extra if s <= mine.contiguous)
-            n += sum(1 for s in mine.extra if not theirs.has(s))
-        return n
-
-    def toProto(self):
-        return pb.VersionVector(origins=[
-            pb.OriginRange(origin=o, contiguous=s.contiguous, extra=sorted(s.extra))
-            for o, s in sorted(self.origins.items())
-        ])
-
-    @classmethod
-    def fromProto(cls, message):
-        vv = cls()
-        for r in message.origins:
-            vv.origins[r.origin] = Seen(r.contiguous, set(r.extra))
-        return vv
+def pageOf(names, after, limit):
+    """
+    The first C{limit} of C{names} (a set of strings, sorted or not) that
+    sort after C{after} ("": from the first), in order, and whether more
+    follow: a page that begins by name, not by offset, so that names added
+    between two pages never make one appear twice.
+    """
+    if isinstance(names, SortedSet):
+        page = list(itertools.islice(
+            names.irange(minimum=after, inclusive=(False, True)), limit + 1))
+    else:
+        page = heapq.nsmallest(limit + 1, (n for n in names if n > after))
+    return page[:limit], len(page) > limit
 
 
 @attrs.frozen
@@ -163,7 +73,8 @@ class Replica:
     def __init__(self, hotPosts=HOT_POSTS, rememberedRequests=REMEMBERED_REQUESTS,
                  authorBytes=AUTHOR_BYTES, windowBytes=WINDOW_BYTES,
                  rememberedBytes=REMEMBERED_BYTES):
-        self.users = set()
+        # Sorted, so that LIST reads a page of it without sorting them all.
+        self.users = SortedSet()
         self.passwords = {}
         self.follows = {}
         # Indexes of the live follows, derived from self.follows, so that
@@ -224,13 +135,20 @@ class Replica:
             current = self.follows.get(pair)
             if current is None or update.key > current.key:
                 self.follows[pair] = FollowRegister(update.key, f.following)
+                follower, followee = pair
                 if f.following:
-                    self._followers.setdefault(f.followee, set()).add(f.follower)
-                    self._following.setdefault(f.follower, set()).add(f.followee)
+                    self._addFollower(followee, follower)
+                    self._following.setdefault(follower, set()).add(followee)
                 else:
-                    self._followers.get(f.followee, set()).discard(f.follower)
-                    self._following.get(f.follower, set()).discard(f.followee)
+                    self._followers.get(followee, set()).discard(follower)
+                    self._following.get(follower, set()).discard(followee)
         return True
+
+    def _addFollower(self, followee, follower):
+        followers = self._followers.setdefault(followee, set())
+        followers.add(follower)
+        if len(followers) >= SORTED_FOLLOWERS and not isinstance(followers, SortedSet):
+            self._followers[followee] = SortedSet(followers)
 
     def _setPassword(self, user, key, hash):
         current = self.passwords.get(user)
@@ -287,6 +205,14 @@ class Replica:
 
     def followers(self, user):
         return sorted(self._followers.get(user, ()))
+
+    def usersPage(self, after, limit):
+        """A page of the users after the name C{after} (L{pageOf})."""
+        return pageOf(self.users, after, limit)
+
+    def followersPage(self, user, after, limit):
+        """A page of C{user}'s followers after the name C{after} (L{pageOf})."""
+        return pageOf(self._followers.get(user, ()), after, limit)
 
     def followerSet(self, user):
         """The followers of C{user}, unsorted: for fan-out, on every post."""

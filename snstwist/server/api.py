@@ -22,6 +22,7 @@ from snstwist.core.model import (
     checkRequestId,
     checkUsername,
 )
+from snstwist.core.pages import nextListToken, parseListToken
 from snstwist.rpc import auth
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.passwords import FailedLogins, TokenBuckets
@@ -155,9 +156,18 @@ class SNSApi:
     # -- the seed's commands
 
     def list(self, request, ctx):
+        """A page of LIST: the next names of the users and of the caller's followers."""
         user = self.admission.user(ctx)
-        replica = self.node.replica
-        return pb.ListReply(all_users=sorted(replica.users), followers=replica.followers(user))
+        at = parseListToken(request.page_token)
+        users, moreUsers = self._page(at.users, self.node.replica.usersPage)
+        followers, moreFollowers = self._page(
+            at.followers, lambda after, n: self.node.replica.followersPage(user, after, n))
+        return pb.ListReply(all_users=users, followers=followers, next_page_token=nextListToken(
+            users, moreUsers, followers, moreFollowers))
+
+    @staticmethod
+    def _page(after, read):
+        return read(after, limits.LIST_PAGE) if after is not None else ([], False)
 
     def follow(self, request, ctx):
         return self.writes.write(self.admission.user(ctx), request, lambda user, rid:

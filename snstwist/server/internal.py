@@ -9,6 +9,7 @@ from snstwist.core import errors
 from snstwist.core.limits import UPDATES_PER_MESSAGE
 from snstwist.core.model import Update, checkCount
 from snstwist.core.observers import Observers
+from snstwist.core.pages import checkDigestAfter
 from snstwist.rpc import auth
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.peers import ReplicaReceiver
@@ -54,7 +55,7 @@ class ClusterApi:
         # Post file names are user names: for operators only.
         auth.checkSecret(ctx, self.secret)
         self.admission.asMaster()
-        return self.report.digest()
+        return self.report.digest(checkDigestAfter(request.after))
 
     def buddyConnection(self, ctx):
         auth.checkSecret(ctx, self.secret)

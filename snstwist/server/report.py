@@ -61,12 +61,12 @@ class Report:
                             acknowledged=self.writes.acknowledgedPosts,
                             fed_updates=self.fed.updates, fed_calls=self.fed.messages)
 
-    def digest(self):
-        """A Deferred L{pb.DigestReply}: what this VM holds, read from its store."""
+    def digest(self, after=""):
+        """A Deferred L{pb.DigestReply}: what this VM holds, read from its store, a page."""
         def reply(digest):
             return pb.DigestReply(vm=self.identity.vm, updates=self.node.replica.seen.count(),
                                   unreplicated=self._unreplicated(),
                                   peers=self.replicator.peerStates(),
                                   refused=self.node.window.refused, **digest)
 
-        return self.node.store.digest().addCallback(reply)
+        return self.node.store.digest(after).addCallback(reply)

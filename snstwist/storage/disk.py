@@ -17,7 +17,6 @@ completed from it (L{repair}).
 
 import concurrent.futures
 import fcntl
-import hashlib
 import os
 import sqlite3
 
@@ -26,6 +25,7 @@ from twisted.logger import Logger
 
 from snstwist.core import errors
 from snstwist.core.state import VersionVector
+from snstwist.storage import digests
 from snstwist.storage import index as _index
 from snstwist.storage.filesync import Unflushed
 from snstwist.storage.postfile import PostFiles
@@ -246,27 +246,9 @@ class Disk:
                 self.index.write([], synced=synced, flushed=flushed)
         self.unsynced -= synced
 
-    def digest(self):
-        """Hashes of what is on disk: each post file, the users, the follows, the read marks."""
-        files = {}
-        lines = 0
-        for name in self.files.names():
-            with open(os.path.join(self.postsDir, name), "rb") as f:
-                data = f.read()
-            files[name] = hashlib.sha256(data).hexdigest()
-            lines += data.count(b"\n")
-        users = "\n".join(n for (n,) in self.db.execute("SELECT name FROM users ORDER BY name"))
-        follows = "\n".join("%s %s" % pair for pair in self.db.execute(
-            "SELECT follower, followee FROM follows WHERE following = 1"
-            " ORDER BY follower, followee"))
-        # Each user's winning read mark: the post it reads up to (whichever
-        # update set it, as VMs may hold different copies of the same mark).
-        marks = "\n".join("%s %d %s" % row for row in self.db.execute(
-            "SELECT user, time_us, post_id FROM marks ORDER BY user"))
-        return {"post_files": files, "posts": lines,
-                "users": hashlib.sha256(users.encode()).hexdigest(),
-                "follows": hashlib.sha256(follows.encode()).hexdigest(),
-                "marks": hashlib.sha256(marks.encode()).hexdigest()}
+    def digest(self, after="", limit=None, most=None):
+        """Hashes of what is on disk, a page of them (L{digests.page})."""
+        return digests.page(self.db, self.files, after, limit, most)
 
     def close(self):
         self._flushers.shutdown()

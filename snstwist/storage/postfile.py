@@ -6,6 +6,7 @@ to them and rewrites them on the disk thread.
 """
 
 import datetime
+import heapq
 import json
 from json.encoder import encode_basestring as _jsonString
 import os
@@ -144,6 +145,11 @@ class PostFiles:
 
     def names(self):
         return sorted(n for n in os.listdir(self.postsDir) if n.endswith(".txt"))
+
+    def namesAfter(self, after, limit):
+        """The first C{limit} file names after C{after}, in order (a page: no full sort)."""
+        return heapq.nsmallest(limit, (n for n in os.listdir(self.postsDir)
+                                       if n > after and n.endswith(".txt")))
 
     def write(self, posts, drop):
         """

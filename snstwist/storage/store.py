@@ -299,9 +299,9 @@ class SQLiteStore:
         """A Deferred that fires once every post file written is flushed (tests, close)."""
         return self._flusher.settled()
 
-    def digest(self):
-        """Hashes of the VM's files and tables (a dict), read on the disk thread."""
-        return self._onDisk(self._disk.digest)
+    def digest(self, after=""):
+        """Hashes of the VM's files and tables (a dict), a page, read on the disk thread."""
+        return self._onDisk(self._disk.digest, after)
 
     @defer.inlineCallbacks
     def close(self):

@@ -213,7 +213,8 @@ class Home(_Site):
 
     async def _timeline(self, request, visit):
         try:
-            listing = await visit.person.client.list()
+            # The first page only: a page is the most a person reads here.
+            listing = await visit.person.client.listPage()
         except Exception as e:
             listing = None
             visit.flash = visit.flash or sentence(e)

@@ -10,6 +10,8 @@ import time
 from twisted.python.filepath import FilePath
 from twisted.web.template import Element, XMLFile, renderer, tags
 
+from snstwist.core.pages import parseListToken
+
 TEMPLATES = FilePath(__file__).sibling("templates")
 
 
@@ -75,13 +77,23 @@ class TimelinePage(_Page):
             tag(hidden="hidden")
         return tag(self.person.status)
 
+    def _names(self, field, which):
+        """The names of the first LIST page, and "..." if that list goes on."""
+        if self.listing is None:
+            return "?"
+        names = ", ".join(getattr(self.listing, field))
+        token = self.listing.next_page_token
+        if token and getattr(parseListToken(token), which) is not None:
+            names += ", ..."
+        return names
+
     @renderer
     def users(self, request, tag):
-        return tag(", ".join(self.listing.all_users) if self.listing is not None else "?")
+        return tag(self._names("all_users", "users"))
 
     @renderer
     def followers(self, request, tag):
-        return tag(", ".join(self.listing.followers) if self.listing is not None else "?")
+        return tag(self._names("followers", "followers"))
 
     @renderer
     def posts(self, request, tag):
