@@ -226,6 +226,23 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual((replica.lastSeq("vm1.a"), replica.lastSeq("vm2.a")), (3, 0))
 
 
+class NamesHeldOnceTests(SynchronousTestCase):
+    def test_a_name_is_one_string_in_the_users_and_every_follow(self):
+        """Each update brings its own copy of a name; memory keeps one (a follow's fifth)."""
+        def fresh(name):
+            return "".join(list(name))  # a string equal to name, not the same object
+
+        replica = Replica()
+        replica.apply(userUpdate("o", 1, 1, fresh("alice")))
+        replica.apply(userUpdate("o", 2, 2, fresh("bob")))
+        replica.apply(followUpdate("o", 3, 3, fresh("bob"), fresh("alice")))
+        replica.apply(followUpdate("o", 4, 4, fresh("alice"), fresh("bob")))
+        users = {name: name for name in replica.users}
+        held = [name for pair in replica.follows for name in pair]
+        held += [n for u in users for n in (*replica.followerSet(u), *replica.sources(u))]
+        self.assertEqual([n for n in held if n is not users[n]], [])
+
+
 class TimelineTests(SynchronousTestCase):
     def setUp(self):
         # alice follows bob; nobody follows carol; dave was unfollowed.
