@@ -86,7 +86,7 @@ UPDATES_PER_MESSAGE = (MAX_MESSAGE_BYTES - 16) // (MAX_UPDATE_BYTES + 4)
 # all in one message: LIST is sent LIST_PAGE names of each of its lists a
 # page, a digest DIGEST_PAGE post files a page, so every page fits one
 # message whatever the number of users (tests/test_limits.py).
-MAX_USERS = 8000
+MAX_USERS = 100000
 LIST_PAGE = 5000
 DIGEST_PAGE = 2000
 # A digest page also ends once it has read this many bytes of post files
