@@ -1,0 +1,214 @@
+"""
+Memory per user, and LIST and sns-compare with many users (docs/benchmarks.md,
+"Memory per user"): what sets limits.MAX_USERS.
+
+    python benchmarks/users.py --users 100000 [--follows 10] [--work DIR]
+
+For 1 user (the probe) and for N: an import file of N users (the probe
+and N - 1 others), each with an argon2id hash of the benchmark's password
+(as an account has one), each of the others following F others, no
+posts, imported once with ``sns-admin import`` (kept in WORK/imported-N-F)
+and copied to two VMs' data directories; a router and both VMs started;
+once each answers the probe's Login and has a warm standby, and 2 s
+later, the RSS (and peak RSS) of each master and slave.  Then, at N, a
+LIST from ``sns-client`` as one of the imported users (every page; the
+number of names printed, and whether they are sorted and unique) and
+``sns-compare`` (every digest page of both VMs), each timed, and the RSS
+after them.  Memory per user is (RSS at N - RSS at 1) / (N - 1).  The figures
+are of a shared machine: the load average before and after is in the
+results.  A measurement, not a test.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+from benchlib.cluster import PASSWORD, until, useTLS
+from benchlib.historydata import copyTo
+from benchlib.machine import machine
+from benchlib.processes import ENV, PY, ROOT
+from benchlib.vms import VMs
+
+SECRET = "users-benchmark-secret-0123456789"
+
+
+def peakKB(pid):
+    """RSS now and at its peak (VmRSS, VmHWM) of C{pid}, in KB."""
+    out = {}
+    with open("/proc/%d/status" % (pid,)) as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out["VmRSS"], out["VmHWM"]
+
+
+def name(i):
+    return "u%07d" % (i,)
+
+
+def writeLines(path, users, follows, hashed, seed=1):
+    """
+    C{users} users: C{users} - 1 named by L{name} and the benchmark's probe
+    (which logs in to see that a VM serves: at the cap, a new name would
+    be refused), each of the former following C{follows} others.
+    """
+    rng = random.Random(seed)
+    named = users - 1
+    with open(path, "w") as f:
+        for user in [name(i) for i in range(named)] + ["probe"]:
+            f.write(json.dumps({"user": user, "time": "2026-11-01T00:00:00.000000Z",
+                                "hash": hashed}) + "\n")
+        for i in range(named):
+            for j in rng.sample(range(named - 1), min(follows, named - 1)):
+                j += j >= i  # anyone but oneself
+                f.write(json.dumps({"follower": name(i), "followee": name(j)}) + "\n")
+
+
+def imported(work, users, follows, say):
+    """WORK/imported-N-F, made first if missing; the seconds the import took, or None."""
+    pristine = os.path.join(work, "imported-%d-%d" % (users, follows))
+    if os.path.exists(pristine):
+        return pristine, None
+    from argon2 import PasswordHasher
+
+    from snstwist.core import limits
+    hashed = PasswordHasher(time_cost=limits.ARGON2_TIME_COST,
+                            memory_cost=limits.ARGON2_MEMORY_KIB,
+                            parallelism=limits.ARGON2_PARALLELISM).hash(PASSWORD)
+    source = os.path.join(work, "users-%d-%d.jsonl" % (users, follows))
+    writeLines(source, users, follows, hashed)
+    shutil.rmtree(pristine + ".tmp", ignore_errors=True)
+    started = time.monotonic()
+    out = subprocess.run([PY, "-m", "snstwist.commands.admin", "import", "--data",
+                          pristine + ".tmp", source],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    seconds = round(time.monotonic() - started, 1)
+    os.rename(pristine + ".tmp", pristine)
+    os.remove(source)
+    say("imported %d users, %d follows each, in %.1f s: %s"
+        % (users, follows, seconds, out.stderr.strip()))
+    return pristine, seconds
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = os.path.abspath(args.work)
+        os.makedirs(self.work, exist_ok=True)
+        self.env = dict(ENV, SNS_SECRET=SECRET)
+        useTLS(self.work, self.env)
+        meta = machine("users", sys.argv)
+        meta["command"] = " ".join(["python", "benchmarks/users.py"] + sys.argv[1:])
+        self.results = {"meta": meta, "sizes": {}}
+        self.t0 = time.monotonic()
+
+    def say(self, text):
+        sys.stdout.write("[%7.1fs] %s\n" % (time.monotonic() - self.t0, text))
+        sys.stdout.flush()
+
+    def memory(self, vms):
+        out = {}
+        for vm in ("vm1", "vm2"):
+            master, slave = vms.pair(vm)
+            for role, server in (("master", master), ("slave", slave)):
+                rss, peak = peakKB(server.pid)
+                out["%s %s" % (vm, role)] = {"rss_kb": rss, "peak_kb": peak}
+        self.say("RSS (KB, now / peak): %s" % (
+            ", ".join("%s %d / %d" % (k, v["rss_kb"], v["peak_kb"]) for k, v in out.items()),))
+        return out
+
+    def listed(self, vms, users):
+        """LIST from sns-client as an imported user: (seconds, names, sorted and unique)."""
+        env = dict(self.env, SNS_PASSWORD=PASSWORD)
+        t = time.monotonic()
+        out = subprocess.run([PY, "-m", "snstwist.commands.cli", "-r", vms.routerAddress,
+                              "-u", name(0), "--tls-ca", env["SNS_TLS_CA"]],
+                             input="LIST\n", capture_output=True, text=True, env=env,
+                             check=True, cwd=ROOT)
+        seconds = time.monotonic() - t
+        line = next(x for x in out.stdout.splitlines() if x.startswith("All users:"))
+        names = line[len("All users: "):].split(", ")
+        return round(seconds, 2), len(names), names == sorted(set(names))
+
+    def compared(self, vms):
+        env = dict(self.env)
+        t = time.monotonic()
+        out = subprocess.run([PY, "-m", "snstwist.commands.compare", "-r", vms.routerAddress,
+                              "--tls-ca", env["SNS_TLS_CA"], "--wait", "30"],
+                             capture_output=True, text=True, env=env, cwd=ROOT)
+        return round(time.monotonic() - t, 2), out.stdout.strip().splitlines()[-1]
+
+    def start(self, vms, vm):
+        """Start C{vm}: seconds until it answers a Login and has a warm standby."""
+        t = time.time()
+        _, address = vms.startServer(vm)
+        until("%s to answer a Login" % (vm,), lambda: vms.loggedIn(address), timeout=600,
+              interval=0.05)
+        until("%s's standby" % (vm,), lambda: vms.readyStandby(vm), timeout=600, interval=0.05)
+        return round(time.time() - t, 2)
+
+    def size(self, users):
+        users = max(users, 1)
+        work = os.path.join(self.work, "run-%d" % (users,))
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        pristine, seconds = imported(self.work, users, self.args.follows, self.say)
+        vms = VMs(work, self.env, SECRET)
+        out = {"import_s": seconds}
+        try:
+            for vm in ("vm1", "vm2"):
+                copyTo(pristine, vms.data(vm))
+            vms.startRouter()
+            for vm in ("vm1", "vm2"):
+                out["%s_start_to_warm_standby_s" % (vm,)] = self.start(vms, vm)
+            time.sleep(2.0)
+            out["memory"] = self.memory(vms)
+            if users > 1:
+                out["list_s"], out["listed"], out["list_sorted_unique"] = self.listed(vms, users)
+                self.say("LIST: %d names in %.2f s, sorted and unique: %s"
+                         % (out["listed"], out["list_s"], out["list_sorted_unique"]))
+                out["compare_s"], out["compare_said"] = self.compared(vms)
+                self.say("sns-compare: %r in %.2f s" % (out["compare_said"], out["compare_s"]))
+                out["memory_after"] = self.memory(vms)
+        finally:
+            left = vms.stop()
+            if left:
+                self.say("killed leftover processes of this run: %s" % (left,))
+            shutil.rmtree(work, ignore_errors=True)
+        return out
+
+    def run(self):
+        sizes = self.results["sizes"]
+        for users in (1, self.args.users):
+            sizes[users] = self.size(users)
+        base, full = sizes[1]["memory"], sizes[self.args.users]["memory"]
+        per = {k: round((full[k]["rss_kb"] - base[k]["rss_kb"]) * 1024 / (self.args.users - 1))
+               for k in base}
+        self.results["bytes_per_user"] = per
+        self.say("RSS per user (bytes): %s" % (per,))
+        self.results["meta"]["load_after"] = os.getloadavg()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=100000)
+    parser.add_argument("--follows", type=int, default=10, help="follows of each user")
+    parser.add_argument("--work", default="/tmp/sns-users-bench")
+    parser.add_argument("--out", default=None, help="results JSON (default WORK/results-N.json)")
+    args = parser.parse_args()
+    bench = Bench(args)
+    bench.run()
+    out = args.out or os.path.join(bench.work, "results-%d.json" % (args.users,))
+    with open(out, "w") as f:
+        json.dump(bench.results, f, indent=1)
+    print("results in", out)
+
+
+if __name__ == "__main__":
+    main()
