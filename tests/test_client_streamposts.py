@@ -91,6 +91,19 @@ class StreamPostTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).copies, 2)
         self.assertEqual([(p.text, p.request) for p in shown], [("hi", requestId)])
 
+    def test_a_post_is_answered_even_when_showing_it_fails(self):
+        """A failing onPost breaks the session (as for a push), not the post's answer."""
+        c, shown = self.client()
+        d = c.post("hi")
+        [(requestId, _, _)] = posted(self.streams[0])
+
+        def broken(post):
+            raise ZeroDivisionError()
+
+        c.onPost = broken
+        self.assertRaises(ZeroDivisionError, c.session.messageReceived, answer(requestId))
+        self.assertEqual(self.successResultOf(d).copies, 2)
+
     def test_answers_in_any_order_reach_their_own_posts(self):
         c, shown = self.client()
         first, second = c.post("one"), c.post("two")

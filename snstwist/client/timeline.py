@@ -227,10 +227,13 @@ class Session:
         if not answer.HasField("reply"):
             waiting[0].errback(endOf(answer.refused))
             return
-        if answer.reply.HasField("post") and self.timeline.active:
-            # Our own post: the master sent it with its answer, not pushed.
-            self.timeline.received(Post.fromProto(answer.reply.post, answer.request_id))
-        waiting[0].callback(answer.reply)
+        try:
+            if answer.reply.HasField("post") and self.timeline.active:
+                # Our own post: the master sent it with its answer, not pushed.
+                self.timeline.received(Post.fromProto(answer.reply.post, answer.request_id))
+        finally:
+            # Answered even if showing it failed (which breaks the session).
+            waiting[0].callback(answer.reply)
 
     def _silent(self, seconds):
         log.info("master silent for {s:.1f}s", s=seconds)
