@@ -1,9 +1,10 @@
 """
 Phase 2 of C{benchmarks/run.py}: post -> follower's screen at a fixed offered
 rate, to a follower on the poster's VM and to one on another VM, with the
-part after the master accepted the post shown apart.  The posters post as
-a user in timeline mode does (the only mode in which the CLI posts): each
-post a message on its session's stream.
+part after the master accepted the post shown apart.  At a rate one poster
+offers, it posts as a user in timeline mode does (the only mode in which
+the CLI posts): one session, each post a message on its stream (see
+L{posterForm}).
 
 Takes the run (C{run.py}'s C{Bench}) and a started L{benchlib.cluster.Cluster}.
 """
@@ -33,9 +34,25 @@ def posterCount(rate, most):
     return max(1, min(most, math.ceil(rate / POSTER_RATE)))
 
 
+def posterForm(count):
+    """
+    The poster processes' arguments, and how they post, for C{count} of
+    them.  One posts as a user in timeline mode does: one client, its
+    timeline open, each post on its session's stream.  Several post by Post
+    calls, two clients each, with no timeline open: sessions of one user
+    would each be pushed every post of the others (at 1,000/s, thousands of
+    pushes a second no user asked for), and a session takes at most
+    MAX_SESSION_POSTS posts in flight.
+    """
+    if count == 1:
+        return ["--clients", 1, "--timeline"], "session stream"
+    return ["--clients", 2], "Post calls"
+
+
 def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
     cfg = bench.cfg
     count = posterCount(rate, cfg["posters"])
+    form, postedOn = posterForm(count)
     tag = "L%s%d" % (key, int(rate))
     # The yardstick at this pace: one echo caller at the offered rate, for
     # the same time.  The echo of the throughput phase calls back to back,
@@ -46,7 +63,7 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
                                                        echo["latency_ms"]["p99"]))
     posters = [loadgen(bench.name("poster-%d-w%d" % (rate, i)), "poster", bench.logdir,
                        "--router", cluster.router, "--user", "poster", "--pin", same,
-                       "--clients", 2, "--rate", rate / count, "--tag", tag, "--timeline")
+                       "--rate", rate / count, "--tag", tag, *form)
                for i in range(count)]
     posterVms = {}
     for p in posters:
@@ -76,8 +93,8 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
            "acked_one_copy": sum(r["ok1"] for r in sent),
            "dropped": sum(r["dropped"] for r in sent),
            "errors": sum(r["errors"] for r in sent),
-           "poster_processes": count, "poster_vms": posterVms, "follower_vms": where,
-           "cpu_percent": cpu,
+           "poster_processes": count, "posted_on": postedOn, "poster_vms": posterVms,
+           "follower_vms": where, "cpu_percent": cpu,
            "ack_ms": summarize([x for r in sent for x in r["lat"]]),
            "echo_paced_ms": echo["latency_ms"]}
     out["held_per_s"] = round(out["acked"] / cfg["latencySeconds"], 1)
@@ -98,10 +115,10 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
         out[k]["received_fraction"] = round(len(lats[k]) / max(1, out["acked"]), 3)
     stopEach(list(followers.values()) + posters)
     bench.raw.setdefault("latency-%s" % (key,), {})[rate] = lats
-    bench.say("post->screen at %d/s offered (held %.0f/s acked, %d dropped): same VM (%s)"
-              " p50 %s p99 %s max %s ms (after accept p50 %s); cross VM (%s) p50 %s p99 %s"
+    bench.say("post->screen at %d/s offered on %s (held %.0f/s acked, %d dropped): same VM"
+              " (%s) p50 %s p99 %s max %s ms (after accept p50 %s); cross VM (%s) p50 %s p99 %s"
               " max %s ms (after accept p50 %s); cpu %s"
-              % (rate, out["held_per_s"], out["dropped"], where["same"],
+              % (rate, postedOn, out["held_per_s"], out["dropped"], where["same"],
                  out["same"]["p50"], out["same"]["p99"], out["same"]["max"],
                  out["same"]["from_accept"]["p50"], where["cross"],
                  out["cross"]["p50"], out["cross"]["p99"], out["cross"]["max"],
