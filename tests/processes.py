@@ -142,8 +142,11 @@ async def waitUntil(predicate, what, timeout=DEADLINE, interval=0.05):
         await deferLater(reactor, interval, lambda: None)
 
 
-def serversUsing(path):
-    """Pids of live sns-server processes (spares too) with a data directory in C{path}."""
+def liveProcesses(match):
+    """
+    Pids of live processes for which C{match(cmdline, ppid)} is true
+    (C{cmdline} a list of bytes arguments, C{ppid} the parent's pid).
+    """
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -151,12 +154,20 @@ def serversUsing(path):
         try:
             with open("/proc/%s/cmdline" % (name,), "rb") as f:
                 cmdline = f.read().split(b"\0")
-        except OSError:
+            with open("/proc/%s/stat" % (name,)) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if (b"sns-server" in cmdline and any(a.startswith(path.encode()) for a in cmdline)
-                and pidAlive(int(name))):
+        if match(cmdline, ppid) and pidAlive(int(name)):
             found.append(int(name))
     return found
+
+
+def serversUsing(path):
+    """Pids of live sns-server processes (spares too) with a data directory in C{path}."""
+    prefix = path.encode()
+    return liveProcesses(lambda cmdline, ppid: b"sns-server" in cmdline
+                         and any(a.startswith(prefix) for a in cmdline))
 
 
 def killServersUsing(path, rounds=10):

@@ -29,6 +29,7 @@ from tests.processes import (
     childEnv,
     killPid,
     killServersUsing,
+    liveProcesses,
     pidAlive,
     routerStatus,
     serversUsing,
@@ -532,20 +533,7 @@ def sparesOf(parent):
     spare gone on as the slave keeps its command line, so its pid is here
     too.
     """
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % (name,), "rb") as f:
-                cmdline = f.read().split(b"\0")
-            with open("/proc/%s/stat" % (name,)) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"--spare" in cmdline and ppid == parent and pidAlive(int(name)):
-            found.append(int(name))
-    return found
+    return liveProcesses(lambda cmdline, ppid: b"--spare" in cmdline and ppid == parent)
 
 
 async def spareOf(parent, besides=()):

@@ -120,16 +120,22 @@ class StreamTroubleTests(SynchronousTestCase):
                                     " 1 time in a row, last: UNAVAILABLE: gone")
 
 
+async def storeHolding(case, updates):
+    """An opened L{SQLiteStore} in a fresh directory of C{case}'s, with C{updates}."""
+    path = case.mktemp()
+    os.makedirs(path)
+    store = SQLiteStore(path)
+    case.addCleanup(store.close)
+    await store.open()
+    await store.persist(updates)
+    return store
+
+
 class StoreDigestTests(TestCase):
     """Digests of real data directories differ exactly when their contents do."""
 
     async def digest(self, updates):
-        path = self.mktemp()
-        os.makedirs(path)
-        store = SQLiteStore(path)
-        self.addCleanup(store.close)
-        await store.open()
-        await store.persist(updates)
+        store = await storeHolding(self, updates)
         return pb.DigestReply(**await store.digest())
 
     def base(self):

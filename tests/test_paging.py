@@ -6,7 +6,6 @@ A page begins after a name, never at an offset, so signing up between two
 pages never shows a name twice.
 """
 
-import os
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,8 +21,9 @@ from snstwist.core.pages import ListPosition, Listing, nextListToken, parseListT
 from snstwist.core.state import Replica, pageOf
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc.grpcbridge import SESSION_METADATA
-from snstwist.storage.store import MemoryStore, SQLiteStore
+from snstwist.storage.store import MemoryStore
 from tests.fakes import FakeCallContext
+from tests.test_compare import storeHolding
 from tests.servers import serverParts
 from tests.strategies import followUpdate, postUpdate, userUpdate
 
@@ -287,14 +287,8 @@ class ComparisonTests(SynchronousTestCase):
 class StoreDigestPageTests(TestCase):
     """A real store's digest, a page at a time, bounded in files and in bytes."""
 
-    async def store(self, updates):
-        path = self.mktemp()
-        os.makedirs(path)
-        store = SQLiteStore(path)
-        self.addCleanup(store.close)
-        await store.open()
-        await store.persist(updates)
-        return store
+    def store(self, updates):
+        return storeHolding(self, updates)
 
     def updates(self, authors):
         ups = []
