@@ -208,6 +208,55 @@ class SQLiteStoreTests(TestCase):
         self.assertTrue(started, "the second batch waited for the reactor")
         self.assertEqual(len(readBytes(self.postsFile("alice")).splitlines()), 2)
 
+    async def test_a_batch_alone_wakes_the_reactor_once(self):
+        """
+        A run of the disk thread that writes one batch (every run, at a low
+        rate) hands the batch back with the run's end, in one call into the
+        reactor from the disk thread, not one for the batch and one for
+        the end; a run of two batches makes two.
+        """
+        from twisted.internet import reactor
+
+        calls = []
+
+        class Counting:
+            """The reactor, counting what the store's disk thread calls into it."""
+
+            def __getattr__(self, name):
+                return getattr(reactor, name)
+
+            def callFromThread(self, f, *args, **kwargs):
+                if "sns-store" in threading.current_thread().name:
+                    calls.append(f)
+                return reactor.callFromThread(f, *args, **kwargs)
+
+        s = store.SQLiteStore(self.path, reactor=Counting())
+        self.addCleanup(s.close)
+        await s.open()
+        del calls[:]
+        await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        self.assertEqual(len(calls), 1)
+        # Two batches in one run: the second comes while the first is written.
+        held, release = threading.Event(), threading.Event()
+        write = s._disk.write
+
+        def writing(updates, *rest):
+            if updates[0].seq == 2:
+                held.set()
+                release.wait(30)
+            return write(updates, *rest)
+
+        s._disk.write = writing
+        del calls[:]
+        two = s.persist([postUpdate("vm1.a", 2, 20, "alice")])
+        self.assertTrue(held.wait(30), "the batch never reached the disk")
+        three = s.persist([postUpdate("vm1.a", 3, 30, "alice")])
+        release.set()
+        await defer.gatherResults([two, three])
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(s.batches, 3)
+        self.assertEqual(len(readBytes(self.postsFile("alice")).splitlines()), 3)
+
     async def test_a_write_after_the_disk_thread_stopped_is_in_flight_until_written(self):
         """
         The disk thread found nothing more and stopped; a write comes before

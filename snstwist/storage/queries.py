@@ -114,3 +114,28 @@ class Queries:
                 yield self._onQuery(lambda index: index.db.close())
                 self._reader = None
             self._pool.stop()
+
+
+class Committed:
+    """
+    The methods of L{IStore} that read what is committed: a store's
+    L{Queries} (its C{_queries}) answers them on the query thread.
+    """
+
+    def missing(self, remote, limit, after=None):
+        return self._queries.missing(remote, limit, after)
+
+    def byRequests(self, keys):
+        return self._queries.byRequests(keys)
+
+    def requests(self, keys, requesters):
+        return self._queries.requests(keys, requesters)
+
+    def page(self, authors, cursor, limit, inclusive=False):
+        return self._queries.page(authors, cursor, limit, inclusive)
+
+    def uncovered(self, authors, covered, after, upto, limit):
+        return self._queries.uncovered(authors, covered, after, upto, limit)
+
+    def newest(self, authors, limit):
+        return self._queries.newest(authors, limit)

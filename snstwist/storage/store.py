@@ -49,7 +49,7 @@ from snstwist.storage.checkpoint import Checkpointer, boundWal
 from snstwist.storage.disk import DataLocked, Disk
 from snstwist.storage.filesync import Flusher
 from snstwist.storage.istore import IStore
-from snstwist.storage.queries import Queries
+from snstwist.storage.queries import Committed, Queries
 
 log = Logger()
 
@@ -79,7 +79,7 @@ def storageFailure(error, where):
 
 
 @implementer(IStore)
-class SQLiteStore:
+class SQLiteStore(Committed):
     """L{IStore} on SQLite and post files, with group commit on one thread."""
 
     # After a failed batch (disk full, no file descriptors) the writes wait
@@ -175,26 +175,6 @@ class SQLiteStore:
         floors = self._disk.index.floors() if read and hotPosts is None and known is None else {}
         return updates, VersionVector.fromProto(self._disk.index.versions.toProto()), floors
 
-    # -- queries: what is committed, read on the query thread (L{queries})
-
-    def missing(self, remote, limit, after=None):
-        return self._queries.missing(remote, limit, after)
-
-    def byRequests(self, keys):
-        return self._queries.byRequests(keys)
-
-    def requests(self, keys, requesters):
-        return self._queries.requests(keys, requesters)
-
-    def page(self, authors, cursor, limit, inclusive=False):
-        return self._queries.page(authors, cursor, limit, inclusive)
-
-    def uncovered(self, authors, covered, after, upto, limit):
-        return self._queries.uncovered(authors, covered, after, upto, limit)
-
-    def newest(self, authors, limit):
-        return self._queries.newest(authors, limit)
-
     def persist(self, updates, hidden=frozenset(), displaced=()):
         fresh = []
         for u in updates:
@@ -231,24 +211,35 @@ class SQLiteStore:
     def _drain(self):
         """
         On the disk thread: write what is pending, one batch at a time, and
-        hand each to the reactor (L{_written}) as it is written; stop when
-        nothing is pending (None), or at a batch the disk refused (that batch
-        and the failure).
+        hand each to the reactor (L{_written}) as it is written, until
+        nothing is pending or the disk refuses a batch.  Returns the run's
+        last batch written, as C{(batch, count)} (or None), and the batch
+        the disk refused with its failure (or None).
+
+        The last batch goes back with the run's end, in the one wake-up of
+        the reactor that ends the run: at a low rate every run is one
+        batch, and a second wake-up per batch would cost the reactor a turn
+        and, when it lands while the reactor pushes the batch's posts, the
+        interpreter.
         """
+        last = None
         while True:
             with self._lock:
                 batch, self._pending = self._pending, []
                 if not batch:
                     self._draining = False
-                    return None
+                    return last, None
+            if last is not None:
+                self.reactor.callFromThread(self._written, *last)
+                last = None
             updates = [u for ups, _, _, _ in batch for u in ups]
             hidden = set().union(*(h for _, _, h, _ in batch))
             displaced = [u for _, _, _, ds in batch for u in ds]
             try:
                 self._disk.write(updates, hidden, displaced)
             except Exception:
-                return batch, Failure()
-            self.reactor.callFromThread(self._written, batch, len(updates))
+                return None, (batch, Failure())
+            last = batch, len(updates)
 
     def _written(self, batch, count):
         """On the reactor: C{batch} (of C{count} updates) is on disk."""
@@ -263,19 +254,24 @@ class SQLiteStore:
         for _, d, _, _ in batch:
             d.callback(None)
 
-    def _drained(self, refused, writing):
+    def _drained(self, result, writing):
         """
-        The disk thread's run C{writing} stopped: nothing pending, or
-        C{refused} (batch, failure).  (A write that came after it found
-        nothing pending, and before the reactor heard, started the next
-        run: that one is in flight now.)
+        The disk thread's run C{writing} stopped (L{_drain}'s C{result}):
+        its last batch written, if any, is on disk; then nothing was
+        pending, or the disk refused a batch.  (A write that came after it
+        found nothing pending, and before the reactor heard, started the
+        next run: that one is in flight now.)
         """
+        last, refused = result
         if self._writing is writing:
             self._writing = None
         if refused is None:
             # (Nothing is in flight now: whoever waits for the files to
             # settle may be told.)
             self._flusher.soon()
+            if last is not None:
+                # Last: its writers' callbacks may close the store.
+                self._written(*last)
             return
         batch, f = refused
         first = self.problem is None
