@@ -6,7 +6,7 @@ so that the client side never shares the CPU of the process that measures.
     python benchmarks/loadgen.py post      --router R --prefix p --clients M [--pin VM] [--unary]
     python benchmarks/loadgen.py poster    --router R --user U --rate N [--pin VM] --tag T
                                            [--timeline]
-    python benchmarks/loadgen.py follower  --router R --user U --follow P [--pin VM] --tag T
+    python benchmarks/loadgen.py follower  --router R --user U --follow P[,P...] [--pin VM] --tag T
     python benchmarks/loadgen.py sessions  --router R --prefix p --clients M [--pin VM] [--timeline]
     python benchmarks/loadgen.py failover  --router R --user U
     python benchmarks/loadgen.py users     --router R --prefix p --clients M
@@ -164,35 +164,39 @@ class Poster(Worker):
 
 
 class Follower(Worker):
-    """A live timeline; each arriving post's delay from its send time."""
+    """A live timeline of the users of --follow; each arriving post's delay from its send time."""
 
     async def start(self):
         a = self.args
         self.arrivals = []
         self.live = False
+        self.followed = frozenset(a.follow.split(","))
         client = self.makeClient(a.user, onPost=self.onPost)
         await client.connect()
+        for followee in sorted(self.followed):
+            await self.follow(client, followee)
+        await client.timeline()
+        self.live = True
+        self.emit(event="ready", vm=client.master1.vm, address=client.master1.address)
+
+    async def follow(self, client, followee):
         for _ in range(200):
             try:
-                await client.follow(a.follow)
-                break
+                await client.follow(followee)
+                return
             except CommandFailed as e:
                 if e.code == Status.ALREADY_EXISTS:
-                    break  # following already
+                    return  # following already
                 if e.code != Status.NOT_FOUND:
                     raise
                 # The followee was created on another VM and has not
                 # reached ours yet.
                 await task.deferLater(self.reactor, 0.05, lambda: None)
-        else:
-            raise RuntimeError("%s never appeared on %s" % (a.follow, client.master1.vm))
-        await client.timeline()
-        self.live = True
-        self.emit(event="ready", vm=client.master1.vm, address=client.master1.address)
+        raise RuntimeError("%s never appeared on %s" % (followee, client.master1.vm))
 
     def onPost(self, post):
         now = time.time()
-        if not self.live or post.author != self.args.follow:
+        if not self.live or post.author not in self.followed:
             return
         words = post.text.split()
         if len(words) == 3 and words[0] == self.args.tag:
@@ -298,7 +302,7 @@ def parse(argv):
     parser.add_argument("--pin", default=None, help="prefer a master on this VM")
     parser.add_argument("--prefix", default="u")
     parser.add_argument("--user", default="poster")
-    parser.add_argument("--follow", default="poster")
+    parser.add_argument("--follow", default="poster", help="users, comma-separated (follower)")
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--size", type=int, default=40, help="post length (post)")
     parser.add_argument("--rate", type=float, default=1000.0, help="posts/s (poster)")

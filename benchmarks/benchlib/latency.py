@@ -1,9 +1,10 @@
 """
 Phase 2 of C{benchmarks/run.py}: post -> follower's screen at a fixed offered
 rate, to a follower on the poster's VM and to one on another VM, with the
-part after the master accepted the post shown apart.  At a rate one poster
-offers, it posts as a user in timeline mode does (the only mode in which
-the CLI posts): one session, each post a message on its stream (see
+part after the master accepted the post shown apart.  Posts are sent as a
+user in timeline mode sends them (the only mode in which the CLI posts):
+each poster process is one user with its timeline open, each post a message
+on its session's stream, and the followers follow every poster (see
 L{posterForm}).
 
 Takes the run (C{run.py}'s C{Bench}) and a started L{benchlib.cluster.Cluster}.
@@ -34,25 +35,34 @@ def posterCount(rate, most):
     return max(1, min(most, math.ceil(rate / POSTER_RATE)))
 
 
-def posterForm(count):
+def posterUsers(count):
+    """The users of C{count} poster processes, one each."""
+    return ["poster"] + ["poster-%d" % (i + 1,) for i in range(1, count)]
+
+
+def posterForm():
     """
-    The poster processes' arguments, and how they post, for C{count} of
-    them.  One posts as a user in timeline mode does: one client, its
-    timeline open, each post on its session's stream.  Several post by Post
-    calls, two clients each, with no timeline open: sessions of one user
-    would each be pushed every post of the others (at 1,000/s, thousands of
-    pushes a second no user asked for), and a session takes at most
-    MAX_SESSION_POSTS posts in flight.
+    The poster processes' arguments, and how they post: each one client of
+    a user of its own (L{posterUsers}), its timeline open, each post on its
+    session's stream, as timeline mode posts.
+
+    Not several clients of one user, nor Post calls: sessions of one user
+    are each pushed every post of the others (at 1,000/s, thousands of
+    pushes a second no user asked for: the posters' CPU a post doubled),
+    and a Post call costs the master and the poster more than a message on
+    a stream, so that at 1,000/s the run measured the posters' way of
+    posting more than the path of a post (2.66 ms of every process's CPU a
+    post at 1,000/s by calls, on two cores: 680-850/s held).  One
+    session takes L{POSTER_RATE} a second with room for its posts in flight
+    (MAX_SESSION_POSTS, 100: 0.2 s of them).
     """
-    if count == 1:
-        return ["--clients", 1, "--timeline"], "session stream"
-    return ["--clients", 2], "Post calls"
+    return ["--clients", 1, "--timeline"], "session streams"
 
 
 def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
     cfg = bench.cfg
     count = posterCount(rate, cfg["posters"])
-    form, postedOn = posterForm(count)
+    form, postedOn = posterForm()
     tag = "L%s%d" % (key, int(rate))
     # The yardstick at this pace: one echo caller at the offered rate, for
     # the same time.  The echo of the throughput phase calls back to back,
@@ -61,10 +71,11 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
     echo, _ = echoLoad(bench, 1, rate=rate, seconds=cfg["latencySeconds"])
     bench.say("echo paced at %d/s: p50 %s p99 %s ms" % (rate, echo["latency_ms"]["p50"],
                                                        echo["latency_ms"]["p99"]))
+    users = posterUsers(count)
     posters = [loadgen(bench.name("poster-%d-w%d" % (rate, i)), "poster", bench.logdir,
-                       "--router", cluster.router, "--user", "poster", "--pin", same,
+                       "--router", cluster.router, "--user", user, "--pin", same,
                        "--rate", rate / count, "--tag", tag, *form)
-               for i in range(count)]
+               for i, user in enumerate(users)]
     posterVms = {}
     for p in posters:
         for vm, n in p.expect("ready", 60)["vms"].items():
@@ -72,10 +83,10 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
     followers = {
         "same": loadgen(bench.name("follower-same-%d" % (rate,)), "follower", bench.logdir,
                         "--router", cluster.router, "--user", "fs_%s" % (tag,),
-                        "--follow", "poster", "--pin", same, "--tag", tag),
+                        "--follow", ",".join(users), "--pin", same, "--tag", tag),
         "cross": loadgen(bench.name("follower-cross-%d" % (rate,)), "follower", bench.logdir,
                          "--router", cluster.router, "--user", "fc_%s" % (tag,),
-                         "--follow", "poster", "--pin", other, "--tag", tag),
+                         "--follow", ",".join(users), "--pin", other, "--tag", tag),
     }
     where = {k: f.expect("ready", 60)["vm"] for k, f in followers.items()}
     procs = cluster.processes()
