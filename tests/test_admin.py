@@ -236,6 +236,27 @@ class ExportImportTests(TestCase):
         self.assertEqual((error.lineno, "more than 2 users" in error.message,
                           os.listdir(self.dir("many"))), (4, True, []))
 
+    def test_follows_past_one_users_maximum_are_refused_and_nothing_is_written(self):
+        """
+        A data set in which one user follows more than one may is not
+        imported, by line number; a relation imported as unfollowed does
+        not count.
+        """
+        self.patch(importer, "MAX_FOLLOWS", 2)
+        users = [{"user": name} for name in ("alice", "bob", "carol", "dave")]
+        fine = users + [{"follower": "alice", "followee": "bob"},
+                        {"follower": "alice", "followee": "carol", "following": False},
+                        {"follower": "alice", "followee": "dave"},
+                        {"follower": "bob", "followee": "alice"}]
+        self.assertEqual(self.importLines("fine", jsonLines(*fine))["follow"], 4)
+        over = users + [{"follower": "alice", "followee": "bob"},
+                        {"follower": "alice", "followee": "carol"},
+                        {"follower": "bob", "followee": "carol"},
+                        {"follower": "alice", "followee": "dave"}]
+        error = self.assertRaises(storeAdmin.BadLine, self.importLines, "over", jsonLines(*over))
+        self.assertEqual((error.lineno, "alice follows more than 2 users" in error.message,
+                          os.listdir(self.dir("over"))), (8, True, []))
+
 
 class AdminCommandTests(SynchronousTestCase):
     def setUp(self):

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from snstwist.client.client import ClusterUnreachable, CommandFailed
 from snstwist.commands.cli import CommandLine, formatPost
 from snstwist.core import errors
+from snstwist.core.limits import MAX_FOLLOWS
 from snstwist.core.model import Post
 from snstwist.rpc import sns_pb2 as pb
 
@@ -213,6 +214,11 @@ class RefusalTests(CommandLineTestCase):
         """UNFOLLOW of a user you do not follow (FAILED_PRECONDITION)."""
         self.assertRefusal("unfollow", errors.Status.FAILED_PRECONDITION, "UNFOLLOW bob",
                            "Command failed with not a follower")
+
+    def test_follow_past_the_most_one_may_follow(self):
+        """FOLLOW by a user who follows as many as one may (FAILED_PRECONDITION): its own line."""
+        self.assertRefusal("follow", errors.Status.FAILED_PRECONDITION, "FOLLOW bob",
+                           "Command failed with too many follows (at most %d)" % (MAX_FOLLOWS,))
 
     def test_server_rejects_username(self):
         """A username the server finds invalid (INVALID_ARGUMENT)."""

@@ -54,6 +54,8 @@ class FakeClient:
         return defer.succeed(pb.WriteReply(copies=2))
 
     def follow(self, name):
+        if name == "crowd":  # FOLLOW at the bound; UNFOLLOW of one not followed
+            return defer.fail(CommandFailed(errors.Status.FAILED_PRECONDITION, "refused"))
         if name not in self.users:
             return defer.fail(CommandFailed(errors.Status.NOT_FOUND, "no such user"))
         return defer.succeed(pb.WriteReply(copies=2))
@@ -262,7 +264,9 @@ class TimelineTests(WebTestCase):
                 ("nobody", "follow", "Input username does not exists, command failed"),
                 ("bob", "follow", "Command completed successfully"),
                 ("alice", "follow", "Command failed with invalid username"),
-                ("bob", "dance", "Command failed with invalid command")):
+                ("bob", "dance", "Command failed with invalid command"),
+                ("crowd", "follow", "Command failed with too many follows"),
+                ("crowd", "unfollow", "Command failed with not a follower")):
             token = await b.csrf()
             await b.post("/follow", {"csrf": token, "name": name, "action": action})
             page = await b.get("/")

@@ -31,7 +31,7 @@ from snstwist.client.client import Client, ClusterUnreachable, CommandFailed, In
 from snstwist.commands.commandline import INSECURE_FLAG, TLS_CA_OPTION
 from snstwist.core import errors
 from snstwist.core.errors import RemoteError, Status
-from snstwist.core.limits import MAX_PASSWORD_CHARS, USERNAME, excerpt
+from snstwist.core.limits import MAX_FOLLOWS, MAX_PASSWORD_CHARS, USERNAME, excerpt
 from snstwist.core.model import checkUsername
 from snstwist.rpc import grpcbridge
 
@@ -50,6 +50,14 @@ SENTENCES = {
     Status.INVALID_ARGUMENT: INVALID_USERNAME,
     Status.FAILED_PRECONDITION: "Command failed with not a follower",
 }
+# A FOLLOW past limits.MAX_FOLLOWS (an UNFOLLOW's FAILED_PRECONDITION is "not a follower").
+TOO_MANY_FOLLOWS = "Command failed with too many follows (at most %d)" % (MAX_FOLLOWS,)
+
+
+def sentenceOf(code, command=None):
+    """The line for C{command} (upper case) refused with C{code}, or None."""
+    follow = (command, code) == ("FOLLOW", Status.FAILED_PRECONDITION)
+    return TOO_MANY_FOLLOWS if follow else SENTENCES.get(code)
 
 _ARGUMENTS = {"FOLLOW": 1, "UNFOLLOW": 1, "LIST": 0, "TIMELINE": 0, "PASSWORD": 0}
 
@@ -277,7 +285,12 @@ class CommandLine(Protocol):
                 return
             await self._ensureConnected()
             method = self.client.follow if command == "FOLLOW" else self.client.unfollow
-            self._copies(await method(target))
+            try:
+                self._copies(await method(target))
+            except CommandFailed as e:
+                if sentenceOf(e.code, command) != TOO_MANY_FOLLOWS:
+                    raise
+                return self.say(TOO_MANY_FOLLOWS)
             self.say(OK)
         elif command == "LIST":
             await self._ensureConnected()

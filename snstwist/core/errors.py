@@ -82,6 +82,10 @@ class NotFollowing(SNSError):
     """You do not follow that user."""
 
 
+class TooManyFollows(SNSError):
+    """You follow as many users as one may: unfollow one first."""
+
+
 class NotMaster(SNSError):
     """This server is not the master of its VM."""
 
@@ -153,6 +157,7 @@ _STATUS = {
     UnknownUser: Status.NOT_FOUND,
     AlreadyFollowing: Status.ALREADY_EXISTS,
     NotFollowing: Status.FAILED_PRECONDITION,
+    TooManyFollows: Status.FAILED_PRECONDITION,
     NotMaster: Status.UNAVAILABLE,
     NoMasterAvailable: Status.UNAVAILABLE,
     NotBuddy: Status.FAILED_PRECONDITION,

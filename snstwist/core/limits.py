@@ -87,6 +87,17 @@ UPDATES_PER_MESSAGE = (MAX_MESSAGE_BYTES - 16) // (MAX_UPDATE_BYTES + 4)
 # page, a digest DIGEST_PAGE post files a page, so every page fits one
 # message whatever the number of users (tests/test_limits.py).
 MAX_USERS = 100000
+# The users one user may follow: checked where a FOLLOW is accepted (a
+# follow at it is refused, FAILED_PRECONDITION: the user unfollows someone
+# first, a retry alone never helps).  Every follow is held by every server
+# process, and a timeline (its history, a catch-up) reads one author per
+# user followed: the bound keeps one account from costing every process
+# megabytes, or its own timeline reads thousands of authors
+# (docs/benchmarks.md, "Follows per user").  A VM applies the follows other
+# VMs accepted whatever its own count (a peer can not refuse a replicated
+# write and converge): concurrent follows of one user on VMs that do not
+# see each other's go past it, by at most MAX_FOLLOWS per such VM.
+MAX_FOLLOWS = 5000
 LIST_PAGE = 5000
 DIGEST_PAGE = 2000
 # A digest page also ends once it has read this many bytes of post files

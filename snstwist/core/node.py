@@ -348,8 +348,7 @@ class Node:
 
     def follow(self, user, target, requestId):
         self._checkTarget(user, target)
-        if self.replica.isFollowing(user, target):
-            raise errors.AlreadyFollowing("you already follow %s" % (target,))
+        self.replica.checkFollow(user, target)
         return self.accept(requestId, follow=FollowChange(user, target, True))
 
     def unfollow(self, user, target, requestId):

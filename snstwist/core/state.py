@@ -30,6 +30,8 @@ import sys
 import attrs
 from sortedcontainers import SortedSet
 
+from snstwist.core import errors
+from snstwist.core.limits import MAX_FOLLOWS
 from snstwist.core.requests import REMEMBERED_BYTES, REMEMBERED_REQUESTS, RememberedRequests
 from snstwist.core.versions import Seen, VersionVector
 from snstwist.core.window import AUTHOR_BYTES, HOT_POSTS, WINDOW_BYTES, Windows
@@ -204,6 +206,14 @@ class Replica:
     def isFollowing(self, follower, followee):
         register = self.follows.get((follower, followee))
         return register is not None and register.following
+
+    def checkFollow(self, follower, followee):
+        """Raise why C{follower} may not follow C{followee} now (a FOLLOW's rules)."""
+        if self.isFollowing(follower, followee):
+            raise errors.AlreadyFollowing("you already follow %s" % (followee,))
+        if len(self._following.get(follower, ())) >= MAX_FOLLOWS:
+            raise errors.TooManyFollows("one may follow at most %d users: unfollow one first"
+                                        % (MAX_FOLLOWS,))
 
     def following(self, user):
         return sorted(self._following.get(user, ()))

@@ -18,7 +18,7 @@ import shutil
 import time
 
 from snstwist.core import errors
-from snstwist.core.limits import CLOCK_WINDOW_US, MAX_POST_CHARS, MAX_USERS
+from snstwist.core.limits import CLOCK_WINDOW_US, MAX_FOLLOWS, MAX_POST_CHARS, MAX_USERS
 from snstwist.core.model import (
     FollowChange,
     PasswordChange,
@@ -78,7 +78,7 @@ class Importer:
         self.now_us = now_us if now_us is not None else int(time.time() * 1e6)
         self.seq = 0
         self.users = set()
-        self.follows = set()
+        self.follows, self.followCounts = {}, {}  # L{_followed}
         self.counts = {"user": 0, "follow": 0, "post": 0}
         self.versions = VersionVector()
 
@@ -259,7 +259,7 @@ class Importer:
         if not isinstance(following, bool):
             raise ValueError("following is true or false")
         update = self._update(lineno, record, follow=FollowChange(pair[0], pair[1], following))
-        self.follows.add(pair)
+        _followed(self.follows, self.followCounts, lineno, pair, following)
         self.out.tables["follows"].append(writes.followRow(update))
 
     def _read(self, lineno, record):
@@ -300,6 +300,20 @@ class Importer:
                 raise ValueError("versions is a list of [origin, contiguous, [extra]]")
             vector.origins[checkOrigin(entry[0])] = Seen(entry[1], set(entry[2]))
         self.versions.merge(vector)
+
+
+def _followed(follows, counts, lineno, pair, following):
+    """
+    Note in C{follows} ({(follower, followee): following, as the pair's last
+    line says}) and C{counts} ({follower: how many it follows}) that line
+    C{lineno} says C{pair} is C{following}; a follower past
+    L{MAX_FOLLOWS} is what no server would accept: a L{BadLine}.
+    """
+    count = counts.get(pair[0], 0) + following - follows.get(pair, False)
+    if count > MAX_FOLLOWS:
+        raise BadLine(lineno, "%s follows more than %d users, the most one may"
+                      % (pair[0], MAX_FOLLOWS))
+    follows[pair], counts[pair[0]] = following, count
 
 
 def _batches(lines, size):

@@ -196,7 +196,7 @@ class Follow(_Form):
                 await method(name)
                 visit.flash = "Command completed successfully"
             except Exception as e:
-                visit.flash = sentence(e)
+                visit.flash = sentence(e, action.upper())
         redirect(request)
 
 

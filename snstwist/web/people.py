@@ -21,7 +21,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from snstwist.client.client import Client, ClusterUnreachable, CommandFailed, InvalidPassword
-from snstwist.commands.cli import INVALID_PASSWORD, INVALID_USERNAME, SENTENCES, UNKNOWN, formatPost
+from snstwist.commands.cli import (
+    INVALID_PASSWORD,
+    INVALID_USERNAME,
+    UNKNOWN,
+    formatPost,
+    sentenceOf,
+)
 from snstwist.core import errors
 from snstwist.core.limits import HISTORY
 from snstwist.core.model import checkUsername
@@ -40,13 +46,16 @@ class SignInFailed(Exception):
     """Signing in did not work; the message is the sentence to show."""
 
 
-def sentence(failure):
-    """The CLI's sentence for a failed command (and its cause, when unknown)."""
+def sentence(failure, command=None):
+    """
+    The CLI's sentence for a failed command (C{command}: its name, when its
+    line depends on it) and its cause, when unknown.
+    """
     e = failure if isinstance(failure, Exception) else failure.value
     if isinstance(e, InvalidPassword):
         return INVALID_PASSWORD
     if isinstance(e, CommandFailed):
-        return SENTENCES.get(e.code, UNKNOWN + ": " + e.message)
+        return sentenceOf(e.code, command) or UNKNOWN + ": " + e.message
     if isinstance(e, (ClusterUnreachable, errors.RemoteError)):
         return UNKNOWN + ": the cluster cannot be reached"
     if isinstance(e, errors.InvalidUsername):
