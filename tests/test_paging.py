@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from snstwist.client import client as clientModule
 from snstwist.commands import compare
-from snstwist.core import errors, limits, pages, state
+from snstwist.core import errors, follows, limits, pages, state
 from snstwist.core.errors import Status
 from snstwist.core.pages import ListPosition, Listing, nextListToken, parseListToken
 from snstwist.core.state import Replica, pageOf
@@ -87,10 +87,11 @@ class PageOfTests(SynchronousTestCase):
         expected = sorted(n for n in names if n > after)
         page = (expected[:limit], len(expected) > limit)
         self.assertEqual((pageOf(names, after, limit),
-                          pageOf(state.SortedSet(names), after, limit)), (page, page))
+                          pageOf(state.SortedSet(names), after, limit),
+                          pageOf(tuple(sorted(names)), after, limit)), (page, page, page))
 
     def test_a_popular_users_followers_become_sorted_and_page_the_same(self):
-        self.patch(state, "SORTED_FOLLOWERS", 3)
+        self.patch(follows, "SORTED_FOLLOWERS", 3)
         replica = replicaOf("star", "d", "b", "a", "c")
         for i, fan in enumerate(["d", "b", "a", "c"]):
             replica.apply(followUpdate("o", 10 + i, 10 + i, fan, "star"))

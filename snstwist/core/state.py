@@ -9,7 +9,9 @@ delay of delivery:
 - users are a grow-only set, and each user's password a last-writer-wins
   register (the account's creation is its first write);
 - a follow relation is a last-writer-wins register per (follower, followee),
-  ordered by (hybrid logical time, update id);
+  ordered by (hybrid logical time, update id), held compactly
+  (L{snstwist.core.follows}, each register's key packed into one int:
+  L{snstwist.core.registers});
 - posts are a grow-only set, ordered by (time, id) per author.
 
 Its memory does not grow with history: of the posts it holds only a window
@@ -31,30 +33,30 @@ import attrs
 from sortedcontainers import SortedSet
 
 from snstwist.core import errors
+from snstwist.core.follows import FollowRegister, Follows
 from snstwist.core.limits import MAX_FOLLOWS
+from snstwist.core.registers import Keys
 from snstwist.core.requests import REMEMBERED_BYTES, REMEMBERED_REQUESTS, RememberedRequests
 from snstwist.core.versions import Seen, VersionVector
 from snstwist.core.window import AUTHOR_BYTES, HOT_POSTS, WINDOW_BYTES, Windows
 
-__all__ = ["HOT_POSTS", "AUTHOR_BYTES", "WINDOW_BYTES", "Replica", "Seen", "VersionVector",
-           "pageOf"]
-
-# A user's followers are a plain set until they are this many, then a
-# sorted one: a page of a popular user's followers (LIST) is then found
-# without going through them all, and the many small sets stay small.
-SORTED_FOLLOWERS = 1000
-
+__all__ = ["HOT_POSTS", "AUTHOR_BYTES", "WINDOW_BYTES", "FollowRegister", "Replica", "Seen",
+           "VersionVector", "pageOf"]
 
 def pageOf(names, after, limit):
     """
-    The first C{limit} of C{names} (a set of strings, sorted or not) that
-    sort after C{after} ("": from the first), in order, and whether more
-    follow: a page that begins by name, not by offset, so that names added
-    between two pages never make one appear twice.
+    The first C{limit} of C{names} (a SortedSet, a sorted tuple, or any
+    other set of strings) that sort after C{after} ("": from the first),
+    in order, and whether more follow: a page that begins by name, not by
+    offset, so that names added between two pages never make one appear
+    twice.
     """
     if isinstance(names, SortedSet):
         page = list(itertools.islice(
             names.irange(minimum=after, inclusive=(False, True)), limit + 1))
+    elif isinstance(names, tuple):
+        start = bisect.bisect_right(names, after)
+        page = list(names[start:start + limit + 1])
     else:
         page = heapq.nsmallest(limit + 1, (n for n in names if n > after))
     return page[:limit], len(page) > limit
@@ -66,24 +68,18 @@ class PasswordRegister:
     hash: str
 
 
-@attrs.frozen
-class FollowRegister:
-    key: tuple  # (time_us, update id): the last writer wins
-    following: bool
-
-
 class Replica:
     def __init__(self, hotPosts=HOT_POSTS, rememberedRequests=REMEMBERED_REQUESTS,
                  authorBytes=AUTHOR_BYTES, windowBytes=WINDOW_BYTES,
                  rememberedBytes=REMEMBERED_BYTES):
         # Sorted, so that LIST reads a page of it without sorting them all.
         self.users = SortedSet()
+        # Registers' keys packed with their values (L{registers}), one int each.
+        self.keys = Keys()
+        # user -> (its password register's packed key, its password's hash).
         self.passwords = {}
-        self.follows = {}
-        # Indexes of the live follows, derived from self.follows, so that
-        # fan-out does not scan every relation for every post.
-        self._followers = {}
-        self._following = {}
+        # The follow registers, and the followers of each user for fan-out.
+        self.follows = Follows(self.keys)
         # The newest posts of each author held (older ones on disk only).
         self.windows = Windows(hotPosts, authorBytes, windowBytes)
         self.reads = {}
@@ -119,9 +115,9 @@ class Replica:
         if update.user is not None:
             user = sys.intern(update.user)
             self.users.add(user)
-            self._setPassword(user, update.key, update.hash)
+            self._setPassword(user, update, update.hash)
         elif update.password is not None:
-            self._setPassword(update.password.user, update.key, update.password.hash)
+            self._setPassword(update.password.user, update, update.password.hash)
         elif update.post is not None:
             later = prior is not None and prior.post is not None and update.key > prior.key
             if prior is not None and prior.post is not None and not later:
@@ -136,35 +132,23 @@ class Replica:
         else:
             f = update.follow
             # One string a name, whatever update brought it: a follow then
-            # costs its register and its places in the indexes, not two
-            # more copies of the names (a fifth of it, docs/benchmarks.md).
-            pair = (sys.intern(f.follower), sys.intern(f.followee))
-            current = self.follows.get(pair)
-            if current is None or update.key > current.key:
-                self.follows[pair] = FollowRegister(update.key, f.following)
-                follower, followee = pair
-                if f.following:
-                    self._addFollower(followee, follower)
-                    self._following.setdefault(follower, set()).add(followee)
-                else:
-                    self._followers.get(followee, set()).discard(follower)
-                    self._following.get(follower, set()).discard(followee)
+            # costs its register and its place in the followers, not two
+            # more copies of the names (docs/benchmarks.md).
+            self.follows.apply(sys.intern(f.follower), sys.intern(f.followee), update.time_us,
+                               update.origin, update.seq, f.following)
         return True
 
-    def _addFollower(self, followee, follower):
-        followers = self._followers.setdefault(followee, set())
-        followers.add(follower)
-        if len(followers) >= SORTED_FOLLOWERS and not isinstance(followers, SortedSet):
-            self._followers[followee] = SortedSet(followers)
-
-    def _setPassword(self, user, key, hash):
+    def _setPassword(self, user, update, hash):
         current = self.passwords.get(user)
-        if current is None or key > current.key:
-            self.passwords[user] = PasswordRegister(key, hash)
+        keys = self.keys
+        if current is None or keys.newer(update.time_us, update.origin, update.seq, current[0]):
+            self.passwords[user] = (keys.pack(update.time_us, update.origin, update.seq, True),
+                                    hash)
 
     def password(self, user):
         """C{user}'s L{PasswordRegister} (its key is the generation), or None."""
-        return self.passwords.get(user)
+        held = self.passwords.get(user)
+        return PasswordRegister(self.keys.key(held[0]), held[1]) if held is not None else None
 
     def rememberRequest(self, update):
         """
@@ -204,22 +188,21 @@ class Replica:
         return self.requests.get((user, requestId))
 
     def isFollowing(self, follower, followee):
-        register = self.follows.get((follower, followee))
-        return register is not None and register.following
+        return self.follows.isFollowing(follower, followee)
 
     def checkFollow(self, follower, followee):
         """Raise why C{follower} may not follow C{followee} now (a FOLLOW's rules)."""
         if self.isFollowing(follower, followee):
             raise errors.AlreadyFollowing("you already follow %s" % (followee,))
-        if len(self._following.get(follower, ())) >= MAX_FOLLOWS:
+        if self.follows.count(follower) >= MAX_FOLLOWS:
             raise errors.TooManyFollows("one may follow at most %d users: unfollow one first"
                                         % (MAX_FOLLOWS,))
 
     def following(self, user):
-        return sorted(self._following.get(user, ()))
+        return sorted(self.follows.following(user))
 
     def followers(self, user):
-        return sorted(self._followers.get(user, ()))
+        return list(self.follows.followers(user))
 
     def usersPage(self, after, limit):
         """A page of the users after the name C{after} (L{pageOf})."""
@@ -227,11 +210,11 @@ class Replica:
 
     def followersPage(self, user, after, limit):
         """A page of C{user}'s followers after the name C{after} (L{pageOf})."""
-        return pageOf(self._followers.get(user, ()), after, limit)
+        return pageOf(self.follows.followers(user), after, limit)
 
     def followerSet(self, user):
-        """The followers of C{user}, unsorted: for fan-out, on every post."""
-        return self._followers.get(user, frozenset())
+        """The followers of C{user} (iterable, sorted; do not change it): for fan-out."""
+        return self.follows.followers(user)
 
     def startCold(self, floors):
         """
@@ -274,7 +257,9 @@ class Replica:
 
     def sources(self, user):
         """The authors of C{user}'s timeline: whom they follow, and themselves."""
-        return set(self._following.get(user, ())) | {user}
+        sources = set(self.follows.following(user))
+        sources.add(user)
+        return sources
 
     def coldSources(self, user, limit):
         """
@@ -319,5 +304,5 @@ class Replica:
             tuple((a, keys) for a in sorted(self.posts)
                   if (keys := tuple(p.key for p in self.postsBy(a)))),
             frozenset(self.reads.items()),
-            frozenset(self.passwords.items()),
+            frozenset((user, self.password(user)) for user in self.passwords),
         )
