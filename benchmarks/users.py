@@ -9,8 +9,11 @@ and N - 1 others), each with an argon2id hash of the benchmark's password
 (as an account has one), each of the others following F others, no
 posts, imported once with ``sns-admin import`` (kept in WORK/imported-N-F)
 and copied to two VMs' data directories; a router and both VMs started;
-once each answers the probe's Login and has a warm standby, and 2 s
-later, the RSS (and peak RSS) of each master and slave.  Then, at N, a
+once each answers the probe's Login (the seconds from its start) and has
+a warm standby, and 2 s later, the RSS (and peak RSS) of each master and
+slave.  The servers run with $SNS_LOOP_LAG_MS=20: the timers more than
+20 ms late during the starts (from the spawn to the warm standby), the
+latest, and the busiest reactor turn (L{benchlib.looplags}).  Then, at N, a
 LIST from ``sns-client`` as one of the imported users (every page; the
 number of names printed, and whether they are sorted and unique) and
 ``sns-compare`` (every digest page of both VMs), each timed, and the RSS
@@ -30,6 +33,7 @@ import time
 
 from benchlib.cluster import PASSWORD, until, useTLS
 from benchlib.historydata import copyTo
+from benchlib.looplags import lagEvents, lagsByPhase
 from benchlib.machine import machine
 from benchlib.processes import ENV, PY, ROOT
 from benchlib.vms import VMs
@@ -100,7 +104,7 @@ class Bench:
         self.args = args
         self.work = os.path.abspath(args.work)
         os.makedirs(self.work, exist_ok=True)
-        self.env = dict(ENV, SNS_SECRET=SECRET)
+        self.env = dict(ENV, SNS_SECRET=SECRET, SNS_LOOP_LAG_MS="20")
         useTLS(self.work, self.env)
         meta = machine("users", sys.argv)
         meta["command"] = " ".join(["python", "benchmarks/users.py"] + sys.argv[1:])
@@ -143,14 +147,16 @@ class Bench:
                              capture_output=True, text=True, env=env, cwd=ROOT)
         return round(time.monotonic() - t, 2), out.stdout.strip().splitlines()[-1]
 
-    def start(self, vms, vm):
-        """Start C{vm}: seconds until it answers a Login and has a warm standby."""
+    def start(self, vms, vm, windows):
+        """Start C{vm}: seconds until it answers a Login, and until it has a warm standby."""
         t = time.time()
         _, address = vms.startServer(vm)
-        until("%s to answer a Login" % (vm,), lambda: vms.loggedIn(address), timeout=600,
-              interval=0.05)
-        until("%s's standby" % (vm,), lambda: vms.readyStandby(vm), timeout=600, interval=0.05)
-        return round(time.time() - t, 2)
+        login = until("%s to answer a Login" % (vm,), lambda: vms.loggedIn(address),
+                      timeout=600, interval=0.05)
+        ready = until("%s's standby" % (vm,), lambda: vms.readyStandby(vm), timeout=600,
+                      interval=0.05)
+        windows.append(("start", t, ready))
+        return round(login - t, 2), round(ready - t, 2)
 
     def size(self, users):
         users = max(users, 1)
@@ -164,8 +170,17 @@ class Bench:
             for vm in ("vm1", "vm2"):
                 copyTo(pristine, vms.data(vm))
             vms.startRouter()
+            windows = []
             for vm in ("vm1", "vm2"):
-                out["%s_start_to_warm_standby_s" % (vm,)] = self.start(vms, vm)
+                login, ready = self.start(vms, vm, windows)
+                out["%s_start_to_login_s" % (vm,)] = login
+                out["%s_start_to_warm_standby_s" % (vm,)] = ready
+                self.say("%s: start -> Login %.2f s, -> warm standby %.2f s" % (vm, login, ready))
+            out["start_loop_lag"] = lag = lagsByPhase(lagEvents(work), windows)["start"]
+            self.say("loop lag in the starts: %d timers over 20 ms late, latest %s ms (%s);"
+                     " busiest turn %s ms (%s), %s ms of it collecting"
+                     % (lag["turns_over_20ms"], lag["max_ms"], lag["where"], lag["max_busy_ms"],
+                        lag["busiest_where"], lag["busiest_collecting_ms"]))
             time.sleep(2.0)
             out["memory"] = self.memory(vms)
             if users > 1:
