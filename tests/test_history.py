@@ -10,6 +10,7 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from snstwist.core import history
 from snstwist.core.node import Node
 from snstwist.core.state import HOT_POSTS, Replica
 from snstwist.storage.store import MemoryStore, SQLiteStore
@@ -23,6 +24,17 @@ def smallNode(store, hotPosts=2, rememberedRequests=2):
     node = Node("vm1", "vm1.n", store, clock)
     node.replica = Replica(hotPosts=hotPosts, rememberedRequests=rememberedRequests)
     return node
+
+
+def countPages(store):
+    """The sizes of the pages of the state C{store} is asked for, in a list that grows."""
+    pages, statePage = [], store.statePage
+
+    def counted(after, limit):
+        return statePage(after, limit).addCallback(lambda page: pages.append(len(page[0])) or page)
+
+    store.statePage = counted
+    return pages
 
 
 class TimelinePageTests(SynchronousTestCase):
@@ -121,6 +133,36 @@ class HotStartTests(TestCase):
                              (([], len(posts) + 2, {"alice", "bob"}), [], newest))
             # Read once, alice's window is memory's.
             self.assertEqual([p.id for p in n.replica.postsBy("alice")], newest)
+
+    async def test_a_start_reads_the_users_and_follows_a_page_at_a_time(self):
+        """
+        A start and a warm-up read the state in pages of STATE_PAGE (never
+        all at once) and hold all of it; a follow written after the start
+        is later than every one stored, so an unfollow after it wins.
+        """
+        self.patch(history, "STATE_PAGE", 2)
+        path = self.mktemp()
+        os.makedirs(path)
+        store = SQLiteStore(path)
+        await store.open()
+        names = ["alice", "bob", "carol", "dave", "erin"]
+        await store.persist([userUpdate("vm2.a", n, n, name) for n, name in enumerate(names, 1)]
+                            + [followUpdate("vm2.a", 10 + n, 10**15 + n, "alice", name)
+                               for n, name in enumerate(names[1:])])
+        await store.close()
+        for start in ("load", "warmUp"):
+            node = Node("vm1", "vm1.n", SQLiteStore(path), Clock())
+            pages = countPages(node.store)
+            await getattr(node.history, start)()
+            self.assertEqual((node.replica.users, node.replica.following("alice"), pages),
+                             (set(names), names[1:], [2, 2, 2, 2, 1, 0]))
+            await node.store.close()
+        node = Node("vm1", "vm1.w", SQLiteStore(path), Clock())
+        self.addCleanup(node.store.close)
+        await node.load()
+        unfollow = node.unfollow("alice", "bob", "r-1")
+        self.assertGreater(unfollow.time_us, 10**15 + 3)
+        self.assertFalse(node.replica.isFollowing("alice", "bob"))
 
     async def test_a_write_after_a_start_is_later_than_everything_stored(self):
         """The clock is past every stored post, though none was read."""

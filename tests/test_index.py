@@ -15,11 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from snstwist.core.model import ReadMark, Update
 from snstwist.core.state import VersionVector
 from snstwist.storage import admin, disk
 from snstwist.storage.postfile import postLine
 from snstwist.storage.store import MemoryStore, SQLiteStore
-from tests.strategies import followUpdate, postUpdate, updateLists, userUpdate
+from tests.strategies import followUpdate, names, postUpdate, updateLists, userUpdate
 
 
 def vector(*held):
@@ -90,8 +91,9 @@ class IndexQueryTests(TestCase):
 
     async def test_a_start_reads_no_post_and_each_authors_newest_key(self):
         """
-        open and read with posts false, on SQLite and in memory alike: the
-        users and follows, no post, and each author's newest stored post
+        open and read with posts false, on SQLite and in memory alike: no
+        update (the state is read in pages: statePage gives the users and
+        follows, a page at a time), and each author's newest stored post
         key, a hidden copy's too (memory claims to hold no post up to it).
         """
         await self.store.close()
@@ -104,7 +106,14 @@ class IndexQueryTests(TestCase):
         for store, read in ((reopened, reopened.read), (reopened, reopened.open),
                             (memory, memory.open)):
             updates = await read(posts=False)
-            self.assertEqual((sorted(u.id for u in updates), store.floors()), (state, floors))
+            paged, after = [], None
+            while True:
+                page, after = await store.statePage(after, 1)
+                paged += page
+                if after is None:
+                    break
+            self.assertEqual((updates, sorted(u.id for u in paged), store.floors()),
+                             ([], state, floors))
         # A start that reads the windows needs no floor.
         await memory.open()
         self.assertEqual(memory.floors(), {})
@@ -228,3 +237,31 @@ class MissingPropertyTests(SynchronousTestCase):
         fromMemory = self.successResultOf(memory.missing(remote, len(updates) + 1))
         self.assertEqual(([k for page in pages for k in page],
                           [(u.origin, u.seq) for u in fromMemory]), (expected, expected))
+
+    @given(st.data())
+    def test_pages_of_the_state_are_what_a_whole_read_holds_once_each(self, data):
+        """
+        statePage's pages, of any size, hold every update of the state that
+        a whole read (hot) holds, each once: users, follow changes and each
+        user's last read mark, no post.
+        """
+        updates = data.draw(updateLists())
+        updates += [Update(origin="m.a", seq=i, time_us=10 * i,
+                           read=ReadMark(user, 10 * i, "vm1.a/%d" % (i,)))
+                    for i, user in enumerate(data.draw(st.lists(names(), max_size=4)), 1)]
+        limit = data.draw(st.integers(1, 5))
+        path = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, path)
+        d = disk.Disk(path)
+        d.openRecord()
+        self.addCleanup(d.close)
+        d.index.write([(u, True) for u in updates])
+        paged, after = [], None
+        while True:
+            page, after = d.index.statePage(after, limit)
+            self.assertLessEqual(len(page), limit)
+            paged += [u.id for u in page]
+            if after is None:
+                break
+        whole = [u.id for u in d.index.hot(0) if u.post is None]
+        self.assertEqual((sorted(paged), len(paged)), (sorted(whole), len(set(whole))))

@@ -25,6 +25,8 @@ from snstwist.core.window import Windows
 
 # Updates read from the store per page of a catch-up (a peer's or the slave's).
 MISSING_PAGE = 1000
+# Updates of the state (users, passwords, follows, read marks) read a page at a start.
+STATE_PAGE = 2000
 
 
 class History:
@@ -47,15 +49,17 @@ class History:
 
     def _apply(self, read, store):
         """
-        Apply what C{read} (a Deferred list of updates read from C{store}:
-        the state a Login and a write need, no post) brings, in slices
-        (L{slices}).  First memory lets go of every window and knows each
-        author's newest post stored (L{IStore.floors}): each window is read
-        from disk when it is first asked for (L{recent}, L{timelinePage}),
-        and the posts written from now on are held.
+        Apply what C{read} (a Deferred list of updates read from C{store},
+        no post) brings, then the state a Login and a write need (users,
+        passwords, follows, read marks) a page at a time, each in slices
+        (L{slices}, L{readState}).  First memory lets go of every window
+        and knows each author's newest post stored (L{IStore.floors}): each
+        window is read from disk when it is first asked for (L{recent},
+        L{timelinePage}), and the posts written from now on are held.
         """
         d = read.addCallback(lambda updates: self._cold(store.floors()) or updates)
         d.addCallback(self.node.mirrorAll)
+        d.addCallback(lambda fresh: defer.ensureDeferred(readState(self.node, store, fresh)))
 
         def applied(fresh):
             self._held(store)
@@ -264,3 +268,27 @@ class History:
             return sorted(posts.values(), key=lambda p: p.key)[-limit:]
 
         return self.node.store.newest(cold, read + 1).addCallback(loaded)
+
+
+async def readState(node, store, fresh):
+    """
+    Apply the state C{store} holds (L{IStore.statePage}) to C{node}'s
+    replica a page at a time, in slices: no reactor turn and no memory
+    holds all of it, and the next page is read while one is applied.  What
+    it applies is not noted in the version vector (L{Replica.applyState}):
+    the store's is merged once all is read (L{History._held}).  Returns
+    C{fresh} plus how many updates were read.
+    """
+
+    def apply(update):
+        node.hlc.observe(update.time_us)
+        node.replica.applyState(update)
+
+    # Else nothing is stored: no page to read.
+    reading = store.statePage(None, STATE_PAGE) if store.held().origins else None
+    while reading is not None:
+        updates, after = await reading
+        reading = store.statePage(after, STATE_PAGE) if after is not None else None
+        await inSlices(node.clock, updates, apply)
+        fresh += len(updates)
+    return fresh

@@ -112,19 +112,30 @@ class Replica:
         prior = self.requests.get(request) if request else None
         if request:
             self.rememberRequest(update)
+        if update.post is None:
+            self.applyState(update)
+            return True
+        later = prior is not None and prior.post is not None and update.key > prior.key
+        if prior is not None and prior.post is not None and not later:
+            self.windows.hide(prior.post)
+            if displaced is not None:
+                displaced.append(prior)
+        self.windows.hold(update.post, hidden=later)
+        return True
+
+    def applyState(self, update):
+        """
+        Apply the change of C{update}, not a post, as L{apply} does, but
+        neither note it in the version vector nor remember its request: a
+        start applies the state it reads so, and then holds the store's
+        vector (L{History}), not one gap per post skipped.
+        """
         if update.user is not None:
             user = sys.intern(update.user)
             self.users.add(user)
             self._setPassword(user, update, update.hash)
         elif update.password is not None:
             self._setPassword(update.password.user, update, update.password.hash)
-        elif update.post is not None:
-            later = prior is not None and prior.post is not None and update.key > prior.key
-            if prior is not None and prior.post is not None and not later:
-                self.windows.hide(prior.post)
-                if displaced is not None:
-                    displaced.append(prior)
-            self.windows.hold(update.post, hidden=later)
         elif update.read is not None:
             mark = update.read
             if mark.key > self.reads.get(mark.user, (0, "")):
@@ -136,7 +147,6 @@ class Replica:
             # more copies of the names (docs/benchmarks.md).
             self.follows.apply(sys.intern(f.follower), sys.intern(f.followee), update.time_us,
                                update.origin, update.seq, f.following)
-        return True
 
     def _setPassword(self, user, update, hash):
         current = self.passwords.get(user)

@@ -277,14 +277,40 @@ class Index(RecordWrites):
         What a replica holds in memory: the users, passwords and follow
         changes, each user's last read mark, and the C{hotPosts} + 1 newest
         shown posts of each author (one more than the window, so that the
-        replica knows the author has older ones); no post when C{hotPosts}
-        is None (a server reads each window when it is asked for, L{floors}).
+        replica knows the author has older ones).  Nothing when C{hotPosts}
+        is None: a server reads the state a page at a time (L{statePage})
+        and each window when it is asked for (L{floors}).
         """
+        if hotPosts is None:
+            return []
         updates = decoded(body for (body,) in self.db.execute(
             _BODY + "author IS NULL AND kind <> 'read'"))
         updates += decoded(body for (body,) in self.db.execute(
             "SELECT body FROM marks JOIN record USING (origin, seq)"))
-        for author in self.authors() if hotPosts is not None else ():
+        for author in self.authors():
             updates += self.newest(author, hotPosts + 1)
         return updates
 
+    def statePage(self, after, limit):
+        """
+        At most C{limit} of the updates of a replica's state (L{hot} less
+        the posts): the users, passwords and follow changes in (kind,
+        origin, seq) order, then each user's last read mark by user; from
+        after the position C{after} (None: from the first), and the
+        position of the next page (None: there is none).  A start reads
+        them so, a page at a time: neither the disk thread nor the reactor
+        holds a hundred thousand users and their follows at once.
+        """
+        if after is None or after[0] == "state":
+            rows = self.db.execute(
+                "SELECT kind, origin, seq, body FROM record WHERE author IS NULL"
+                " AND kind <> 'read' AND (kind, origin, seq) > (?, ?, ?)"
+                " ORDER BY kind, origin, seq LIMIT ?",
+                tuple(after[1:] if after else ("", "", 0)) + (limit,)).fetchall()
+            more = ("state",) + rows[-1][:3] if len(rows) == limit else ("marks", "")
+        else:
+            rows = self.db.execute(
+                "SELECT user, body FROM marks JOIN record USING (origin, seq) WHERE user > ?"
+                " ORDER BY user LIMIT ?", (after[1], limit)).fetchall()
+            more = ("marks", rows[-1][0]) if len(rows) == limit else None
+        return decoded(row[-1] for row in rows), more

@@ -15,10 +15,21 @@ class IStore(Interface):
         the users, passwords, follow changes and last read marks, and the
         newest posts of each author (L{state.HOT_POSTS} and one more); with
         a version vector C{known}, every stored update it lacks instead;
-        with C{posts} false, no post (a start: see L{floors}); with C{posts}
-        None, nothing (a warm slave taking over pages what it lacks,
-        L{missing}).  A Deferred list of L{Update}s; L{held} says
-        what is stored.
+        with C{posts} false, nothing (a start: it reads the state a page at
+        a time, L{statePage}, and no post, L{floors}); with C{posts} None,
+        nothing (a warm slave taking over pages what it lacks, L{missing}).
+        A Deferred list of L{Update}s; L{held} says what is stored.
+        """
+
+    def statePage(after, limit):
+        """
+        A Deferred (updates, position): at most C{limit} of the stored
+        updates of a replica's state (the users, passwords, follow changes
+        and each user's last read mark, no post), from after the position
+        C{after} (None: the first page; else the position a page gave), and
+        the position of the next page (None: this was the last).  What was
+        stored when the last L{open} or L{read} read L{held} is in the
+        pages; what is stored later may be.
         """
 
     def held():

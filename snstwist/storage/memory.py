@@ -36,11 +36,12 @@ class MemoryStore:
         if posts is None:
             return defer.succeed([])
         if known is None and not posts:
-            # What SQLiteStore reads for a start: no post, each author's newest key.
+            # What SQLiteStore reads for a start: each author's newest key;
+            # the state is read a page at a time (statePage).
             for u in self.durable.values():
                 if u.post is not None and u.key > self._floors.get(u.post.author, (0, "")):
                     self._floors[u.post.author] = u.key
-            return defer.succeed([u for u in self.durable.values() if u.post is None])
+            return defer.succeed([])
         if known is None:
             return defer.succeed(list(self.durable.values()))
         return defer.succeed(compaction.missingPage(self.held(), known, self._rows, None))
@@ -93,6 +94,13 @@ class MemoryStore:
 
     def floors(self):
         return self._floors
+
+    def statePage(self, after, limit):
+        """Pages of the updates not posts, in (origin, seq) order; a position is a count."""
+        state = [self.durable[k] for k in sorted(self.durable) if self.durable[k].post is None]
+        start = after or 0
+        more = start + limit if len(state) > start + limit else None
+        return defer.succeed((state[start:start + limit], more))
 
     def newest(self, authors, limit):
         shown = [u for u in self.durable.values() if u.post is not None and u.id not in self.hidden]

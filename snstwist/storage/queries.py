@@ -69,6 +69,9 @@ class Queries:
     def newest(self, authors, limit):
         return self._onQuery(Index.newestOf, list(authors), limit)
 
+    def statePage(self, after, limit):
+        return self._onQuery(Index.statePage, after, limit)
+
     def byRequests(self, keys):
         """The earliest stored copy of each request of C{keys} (see L{requests})."""
         return self.requests(keys, ()).addCallback(lambda answer: answer[0])
@@ -139,3 +142,6 @@ class Committed:
 
     def newest(self, authors, limit):
         return self._queries.newest(authors, limit)
+
+    def statePage(self, after, limit):
+        return self._queries.statePage(after, limit)
