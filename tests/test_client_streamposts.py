@@ -11,10 +11,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from snstwist.client import client as clientModule
+from snstwist.client import timeline as timelineModule
 from snstwist.client.client import Client, CommandFailed
 from snstwist.client.masters import CALL_TIMEOUT, Master
 from snstwist.core.errors import Status
 from snstwist.core.limits import MAX_SESSION_POSTS
+from snstwist.core.limits import SESSION_HEARTBEAT as HEARTBEAT
 from snstwist.core.model import Post
 from snstwist.rpc import sns_pb2 as pb
 from tests.fakes import FakeStream
@@ -204,3 +206,59 @@ class StreamPostTests(SynchronousTestCase):
             old.messageReceived(pb.ServerPush(heartbeat=pb.Heartbeat()))
         old.messageReceived(answer(requestId))
         self.assertEqual(shown, [])
+
+
+def kinds(stream):
+    return [m.WhichOneof("kind") for m in stream.sent]
+
+
+class RidingAckTests(SynchronousTestCase):
+    """The ack of what was shown rides on the next post rather than going alone."""
+
+    client = StreamPostTests.client
+    openSession = StreamPostTests.openSession
+
+    def test_a_post_carries_the_ack_due_and_no_ack_goes_alone(self):
+        c, shown = self.client()
+        d = c.post("hi")
+        [(requestId, _, _)] = posted(self.streams[0])
+        c.session.messageReceived(answer(requestId, seq=3))
+        self.successResultOf(d)
+        c.post("again")
+        message = self.streams[0].sent[-1]
+        self.assertEqual((message.read.time_us, message.read.id), (3, "vm1.a/3"))
+        c.clock.advance(timelineModule.ACK_DELAY)
+        self.assertNotIn("ack", kinds(self.streams[0]))
+
+    def test_a_post_with_nothing_new_to_ack_carries_none(self):
+        c, shown = self.client()
+        c.post("hi")
+        self.assertFalse(self.streams[0].sent[-1].HasField("read"))
+
+    def test_an_ack_goes_alone_when_no_post_goes_within_its_delay(self):
+        """And only once: a later post has nothing new to carry."""
+        c, shown = self.client()
+        d = c.post("hi")
+        [(requestId, _, _)] = posted(self.streams[0])
+        c.session.messageReceived(answer(requestId, seq=3))
+        self.successResultOf(d)
+        c.clock.advance(timelineModule.ACK_DELAY)
+        acks = [m.ack for m in self.streams[0].sent if m.WhichOneof("kind") == "ack"]
+        self.assertEqual([(a.time_us, a.id) for a in acks], [(3, "vm1.a/3")])
+        c.post("again")
+        self.assertFalse(self.streams[0].sent[-1].HasField("read"))
+
+
+class BusyHeartbeatTests(SynchronousTestCase):
+    client = StreamPostTests.client
+    openSession = StreamPostTests.openSession
+
+    def test_a_session_that_posted_since_its_last_beat_sends_no_heartbeat(self):
+        """A post says the client is alive; a beat goes once a quiet interval passed."""
+        c, shown = self.client()
+        c.clock.advance(HEARTBEAT - 0.01)
+        c.post("hi")
+        c.clock.advance(0.01)
+        self.assertNotIn("heartbeat", kinds(self.streams[0]))
+        c.clock.advance(HEARTBEAT)
+        self.assertEqual(kinds(self.streams[0]).count("heartbeat"), 1)

@@ -363,3 +363,39 @@ class TimelineTests(SynchronousTestCase):
         store.flush()
         self.assertEqual([a[1].post.text for a in answers(stream)], ["hello", "again"])
         self.assertEqual(pushedTexts(stream), [])
+
+
+class RidingAckTests(SynchronousTestCase):
+    """An ack may ride on a post (ClientMessage.read): one message fewer a post."""
+
+    def test_an_ack_riding_on_a_post_moves_the_users_cursor_and_the_post_goes_on(self):
+        parts, store = makeServer(self)
+        s, stream = connect(parts, "alice", timeline=True)
+        s.messageReceived(pb.ClientMessage(
+            post=pb.PostRequest(text="hello", request_id="r1"),
+            read=pb.Cursor(time_us=10, id="vm1.test/4")))
+        self.assertEqual(parts.sessions.cursors["alice"], (10, "vm1.test/4"))
+        store.flush()
+        self.assertEqual([a[1].post.text for a in answers(stream)], ["hello"])
+
+    def test_an_older_riding_ack_does_not_move_the_cursor_back(self):
+        parts, store = makeServer(self)
+        s, stream = connect(parts, "alice", timeline=True)
+        s.messageReceived(pb.ClientMessage(ack=pb.Cursor(time_us=12, id="vm1.test/5")))
+        s.messageReceived(pb.ClientMessage(
+            post=pb.PostRequest(text="hello", request_id="r1"),
+            read=pb.Cursor(time_us=10, id="vm1.test/9")))
+        self.assertEqual(parts.sessions.cursors["alice"], (12, "vm1.test/5"))
+
+    def test_a_malformed_riding_ack_ends_the_session_and_stores_nothing(self):
+        """Checked as an ack is, before the post is applied: nothing half-done."""
+        parts, store = makeServer(self)
+        s, stream = connect(parts, "alice", timeline=True)
+        s.messageReceived(pb.ClientMessage(
+            post=pb.PostRequest(text="hello", request_id="r1"),
+            read=pb.Cursor(time_us=10, id="no-slash")))
+        self.assertIsInstance(stream.reason, errors.InvalidRequest)
+        self.assertEqual(stream.last("end").code, Status.INVALID_ARGUMENT.value)
+        store.flush()
+        self.assertEqual(parts.node.replica.postsBy("alice"), [])
+        self.assertNotIn("alice", parts.sessions.cursors)

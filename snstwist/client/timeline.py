@@ -2,7 +2,8 @@
 The client's session with its master1 (C{Bidirectional_s_and_c}) and its
 timeline: each post shown once, in the order received; the cursor (the
 newest post shown) that a resumed session starts from after a failover; and
-the acknowledgements that tell the server how far the user has read.
+the acknowledgements that tell the server how far the user has read (at most
+one per L{ACK_DELAY}, riding on a post when one goes before that).
 
 A post is shown once by id and once by (author, request id): the two copies
 of a retried post that two VMs accepted have two ids, and a master may send
@@ -84,6 +85,7 @@ class Timeline:
         self.covered = None
         self.ready = None
         self._ackCall = None
+        self._acked = None  # the cursor the last ack sent said
 
     def enter(self):
         """Timeline mode from now on; fires once the history has been delivered."""
@@ -156,9 +158,21 @@ class Timeline:
 
     def _ack(self):
         self._ackCall = None
-        if self.cursor is not None:
-            self.send(pb.ClientMessage(ack=pb.Cursor(time_us=self.cursor[0],
-                                                     id=self.cursor[1])))
+        read = self.ackRiding()
+        if read is not None:
+            self.send(pb.ClientMessage(ack=read))
+
+    def ackRiding(self):
+        """
+        The ack not sent yet (a C{Cursor}: the newest post shown, when it
+        is newer than the last ack), taken to ride on a message going now
+        (a post) rather than in a message of its own; None when there is
+        none.  (The timer left running finds nothing to send then.)
+        """
+        if self.cursor is None or self.cursor == self._acked:
+            return None
+        self._acked = self.cursor
+        return pb.Cursor(time_us=self.cursor[0], id=self.cursor[1])
 
     def flush(self):
         """Send the ack that is due now rather than later (the user is leaving)."""
@@ -186,6 +200,7 @@ class Session:
         self.farewell = None  # why the server said it ends the stream
         self.ready = False  # the timeline's history has come
         self.posts = {}  # request id -> (Deferred, when sent), oldest first
+        self.busy = False  # a post sent since the last heartbeat
 
     def makeConnection(self, stream):
         self.stream = stream
@@ -193,7 +208,10 @@ class Session:
         self.beats = Heartbeat(self.clock, HEARTBEAT, 3 * HEARTBEAT, self._beat, self._silent)
 
     def _beat(self):
-        self.stream.send(_BEAT)
+        if not self.busy:
+            # (A session that sent a post since the last beat has said it is alive.)
+            self.stream.send(_BEAT)
+        self.busy = False
         # Posts unanswered for as long as a call may take time out as a call does.
         late = self.clock.seconds() - CALL_TIMEOUT
         while self.posts:
@@ -217,7 +235,9 @@ class Session:
         """
         d = defer.Deferred()
         self.posts[request.request_id] = (d, self.clock.seconds())
-        self.stream.send(pb.ClientMessage(post=request))
+        # An ack due goes with the post: one message fewer.
+        self.stream.send(pb.ClientMessage(post=request, read=self.timeline.ackRiding()))
+        self.busy = True
         return d
 
     def _answered(self, answer):

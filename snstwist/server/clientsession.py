@@ -52,8 +52,11 @@ def checkClientMessage(message, now_us):
     The bounds of what a client sends on its session: a cursor is a post's
     (time, id), the time within the clock window of C{now_us}; a covered
     version vector has bounded origins; a heartbeat names at most a few users;
-    a post has a request id, by which it is answered.
+    a post has a request id, by which it is answered; an ack riding on a
+    message (C{read}) is a cursor as an ack's is.
     """
+    if message.HasField("read"):
+        checkCursor(message.read.time_us, message.read.id, now_us)
     kind = message.WhichOneof("kind")
     if kind == "post":
         if not message.post.request_id:
@@ -189,6 +192,8 @@ class ClientSession:
             self.hub.ack(self.user, message.ack)
         elif kind == "post":
             postOn(self, message.post)
+        if message.HasField("read"):  # the client's ack, riding on its post
+            self.hub.ack(self.user, message.read)
 
     def _startTimeline(self, request):
         """
