@@ -9,12 +9,12 @@ What the client-facing service lets in, and when it answers a write.
 """
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from snstwist.core import errors, limits, metrics
 from snstwist.core.model import checkRequestId, checkVm
 from snstwist.rpc import auth
 from snstwist.rpc import sns_pb2 as pb
-from snstwist.server.peers import firstError
 
 
 class Admission:
@@ -65,6 +65,55 @@ def _kind(update):
     if update.post is not None:
         return "post"
     return "follow" if update.follow.following else "unfollow"
+
+
+# The counter of each kind of write acknowledged, looked up once, not once a write.
+_acknowledged = {}
+
+
+def _countAcknowledged(update):
+    kind = _kind(update)
+    counter = _acknowledged.get(kind)
+    if counter is None:
+        counter = _acknowledged[kind] = metrics.acknowledgedWrites.labels(kind)
+    counter.inc()
+
+
+class _Copies:
+    """
+    The VMs holding a write: fires with 1 (this VM's flush, C{durable}) +
+    the other VMs' durable copies (C{replicated}) once both are known, or
+    with the first failure at once (the disk's refusal, StorageFailed,
+    reaches the client as itself); a failure after that is consumed.  What
+    C{gatherResults} of the two did, without its list and wrappers: this
+    is on the path of every write.
+    """
+
+    __slots__ = ("deferred", "waiting", "others")
+
+    def __init__(self, durable, replicated):
+        self.deferred = defer.Deferred()
+        self.waiting = 2
+        self.others = 0
+        durable.addBoth(self._one, False)
+        replicated.addBoth(self._one, True)
+
+    def _one(self, result, fromPeers):
+        if self.deferred.called:
+            return None
+        if isinstance(result, Failure):
+            self.deferred.errback(result)
+            return None
+        if fromPeers:
+            self.others = result
+        self.waiting -= 1
+        if not self.waiting:
+            self.deferred.callback(1 + self.others)
+        return None
+
+
+def _one(_):
+    return 1
 
 
 class Writes:
@@ -129,27 +178,23 @@ class Writes:
             d = self.acknowledged(update, request.prefer_vm)
         else:
             # A retry of a command we (or a peer VM) already applied.
-            d = self.node.durable(update).addCallback(lambda _: 1)
-
-        def reply(copies):
-            out = pb.WriteReply(id=update.id, copies=copies)
-            metrics.acknowledgedWrites.labels(_kind(update)).inc()
-            metrics.copies.observe(copies)
-            if update.post is not None:
-                self.acknowledgedPosts += 1
-                out.post.CopyFrom(update.encoding().post)
-            return out
-
-        def done(result):
-            self.writing -= 1
-            return result
-
+            d = self.node.durable(update).addCallback(_one)
         self.writing += 1
-        return d.addCallback(reply).addBoth(done)
+        return d.addBoth(self._reply, update)
+
+    def _reply(self, copies, update):
+        """The reply to the write of C{update}, held by C{copies} VMs (or its failure)."""
+        self.writing -= 1
+        if isinstance(copies, Failure):
+            return copies
+        _countAcknowledged(update)
+        metrics.copies.observe(copies)
+        if update.post is None:
+            return pb.WriteReply(id=update.id, copies=copies)
+        self.acknowledgedPosts += 1
+        return pb.WriteReply(id=update.id, copies=copies, post=update.encoding().post)
 
     def acknowledged(self, update, prefer):
         """Fires with the number of VMs holding C{update} durably (at least 1)."""
         replicated = self.replicator.broadcast(update, prefer or None)
-        d = defer.gatherResults([self.node.durable(update), replicated], consumeErrors=True)
-        # The disk's refusal (StorageFailed) reaches the client as itself.
-        return d.addCallbacks(lambda results: 1 + results[1], firstError)
+        return _Copies(self.node.durable(update), replicated).deferred
