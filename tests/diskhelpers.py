@@ -6,7 +6,18 @@ Helpers for the tests of a data directory's record and post files
 import os
 import sqlite3
 
+from twisted.internet import reactor, task
+
 from snstwist.storage.disk import Disk
+
+
+def batchHandled():
+    """
+    Fires once the store's reactor has finished with the batch whose
+    writer's Deferred just fired: a due round of checkpoints or flushes
+    starts in that same turn, after the batch's writers were answered.
+    """
+    return task.deferLater(reactor, 0, lambda: None)
 
 
 def unsynced(path):

@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 from snstwist.storage import checkpoint, store
 from snstwist.storage.checkpoint import Checkpointer
 from snstwist.storage.rounds import AfterBatches
+from tests.diskhelpers import batchHandled
 from tests.strategies import postUpdate
 
 TEXT = "x" * 1000
@@ -74,6 +75,7 @@ class CheckpointTests(TestCase):
         clock = Clock()
         s = await self.openStore(clock)
         await s.persist(batches(1, 10)[0])
+        await batchHandled()
         clock.advance(Checkpointer.delay + AfterBatches.grace - 0.01)
         self.assertEqual(s._checkpointer.rounds, 0)
         clock.advance(0.01)
@@ -90,9 +92,11 @@ class CheckpointTests(TestCase):
         s = await self.openStore(clock)
         first, second = batches(2, 10)
         await s.persist(first)
+        await batchHandled()
         clock.advance(Checkpointer.delay)
         self.assertEqual(s._checkpointer.rounds, 0, "due, and no batch since")
         await s.persist(second)
+        await batchHandled()
         self.assertEqual(s._checkpointer.rounds, 1, "started by the batch, no clock moved")
         busy, pages, copied = await s._checkpointer.checkpoint()
         self.assertEqual((busy, copied), (0, pages))

@@ -262,6 +262,20 @@ class NodeDurabilityTests(SynchronousTestCase):
         self.store.flush()
         self.assertEqual(self.durableBatches, [[first], [second]])
 
+    def test_a_batch_is_shown_before_its_writers_are_answered(self):
+        """
+        A batch made durable goes to the durable observers (the live
+        timelines' pushes) before its writers' Deferreds fire (their
+        answers), and is durable while they have it.
+        """
+        events = []
+        update = self.node.login("alice")
+        self.node.addDurableObserver(
+            lambda updates: events.append(("shown", self.node.isDurable(update.id))))
+        self.node.durable(update).addCallback(lambda _: events.append(("answered", True)))
+        self.store.flush()
+        self.assertEqual(events, [("shown", True), ("answered", True)])
+
     def test_on_durable_waits_for_the_flush(self):
         """Nothing is reported durable before the store flushed it."""
         self.node.login("alice")

@@ -257,6 +257,23 @@ class SQLiteStoreTests(TestCase):
         self.assertEqual(s.batches, 3)
         self.assertEqual(len(readBytes(self.postsFile("alice")).splitlines()), 3)
 
+    async def test_a_round_due_starts_after_the_batchs_writers_are_answered(self):
+        """
+        A checkpoint due when a batch is written starts once the batch's
+        writers have had their answer: a round wakes a thread of its own,
+        which would take the interpreter from the posts' pushes.
+        """
+        from twisted.internet import reactor, task
+
+        s = await self.openStore()
+        s._checkpointer.delay = 0  # due at every batch
+        rounds = []
+        d = s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        d.addCallback(lambda _: rounds.append(s._checkpointer.rounds))
+        await d
+        await task.deferLater(reactor, 0, lambda: None)
+        self.assertEqual((rounds, s._checkpointer.rounds), ([0], 1))
+
     async def test_a_write_after_the_disk_thread_stopped_is_in_flight_until_written(self):
         """
         The disk thread found nothing more and stopped; a write comes before

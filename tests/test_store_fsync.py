@@ -24,7 +24,7 @@ from snstwist.storage import store
 from snstwist.storage.filesync import Flusher
 from snstwist.storage.rounds import AfterBatches
 from tests import crashwriter
-from tests.diskhelpers import openDisk, postFiles, roundWithWrite, unsynced
+from tests.diskhelpers import batchHandled, openDisk, postFiles, roundWithWrite, unsynced
 from tests.processes import spawn
 from tests.strategies import followUpdate, postUpdate, userUpdate
 
@@ -211,9 +211,11 @@ class FsyncOrderTests(TestCase):
         self.addCleanup(s.close)
         await s.open()
         await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
+        await batchHandled()
         clock.advance(Flusher.delay)
         self.assertEqual(s._flusher.rounds, 0, "due, and no batch since")
         await s.persist([postUpdate("vm1.a", 2, 20, "bob")])
+        await batchHandled()
         self.assertEqual(s._flusher.rounds, 1, "started by the batch, no clock moved")
         await s.synced()
         self.assertEqual(s._flusher.files, 2)
@@ -232,10 +234,12 @@ class FsyncOrderTests(TestCase):
         await s.persist([postUpdate("vm1.a", 1, 10, "alice"), postUpdate("vm1.a", 2, 20, "bob")])
         self.assertEqual(s._flusher.rounds, 0)
         await s.persist([postUpdate("vm1.a", 3, 30, "carol")])
+        await batchHandled()
         self.assertEqual(s._flusher.rounds, 1, "the third file started a round, no clock moved")
         await s.synced()
         self.assertEqual((s._flusher.files, unsynced(self.path)), (3, ["alice", "bob", "carol"]))
         await s.persist([postUpdate("vm1.a", 4, 40, "dave")])
+        await batchHandled()
         self.assertEqual((s._flusher.rounds, unsynced(self.path)), (1, ["dave"]))
         clock.advance(Flusher.delay + AfterBatches.grace)
         self.assertEqual(s._flusher.rounds, 2, "dave's file flushed Flusher.delay later")

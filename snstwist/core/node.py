@@ -232,13 +232,14 @@ class Node:
         def finished(result):
             failed = isinstance(result, Failure)
             self.writing.finished(requested)
-            for i in ids:
-                for observer in self._durable.pop(i, ()):
-                    observer.errback(result) if failed else observer.callback(None)
+            waiting = [d for i in ids for d in self._durable.pop(i, ())]
             if failed:
                 log.failure("storing {n} updates failed", result, n=len(updates))
             else:
+                # Shown before answered: an answer sent first delays the push.
                 self._durableObservers(updates)
+            for d in waiting:
+                d.errback(result) if failed else d.callback(None)
 
         self.store.persist(updates, hidden, displaced).addBoth(finished)
 

@@ -118,6 +118,7 @@ class SQLiteStore(Committed):
         self._floors = {}
         self._retry = None
         self._failedInARow = 0
+        self._closing = False
         self.batches = 0
         self.problem = None
         self.onProblem = lambda error: None
@@ -249,10 +250,13 @@ class SQLiteStore(Committed):
                      " waited for it)", name=self.name, n=count)
             self.problem = None
             self._failedInARow = 0
-        self._flusher.soon()
-        self._checkpointer.soon()
         for _, d, _, _ in batch:
             d.callback(None)
+        if not self._closing:
+            # After its writers: a round wakes a thread of its own, which
+            # would take the interpreter from their pushes and answers.
+            self._flusher.soon()
+            self._checkpointer.soon()
 
     def _drained(self, result, writing):
         """
@@ -266,12 +270,12 @@ class SQLiteStore(Committed):
         if self._writing is writing:
             self._writing = None
         if refused is None:
-            # (Nothing is in flight now: whoever waits for the files to
-            # settle may be told.)
-            self._flusher.soon()
             if last is not None:
-                # Last: its writers' callbacks may close the store.
                 self._written(*last)
+            if not self._closing:
+                # (Nothing is in flight now: whoever waits for the files to
+                # settle may be told.)
+                self._flusher.soon()
             return
         batch, f = refused
         first = self.problem is None
@@ -301,6 +305,7 @@ class SQLiteStore(Committed):
 
     @defer.inlineCallbacks
     def close(self):
+        self._closing = True
         while self._writing is not None:
             try:
                 yield self._writing
