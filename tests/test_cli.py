@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from snstwist.client.client import ClusterUnreachable, CommandFailed
+from snstwist.client.client import ClusterUnreachable, CommandFailed, InvalidPassword
 from snstwist.commands.cli import CommandLine, formatPost
 from snstwist.core import errors
 from snstwist.core.limits import MAX_FOLLOWS
@@ -25,6 +25,7 @@ OK = "Command completed successfully"
 UNKNOWN = "Command failed with unknown reason"
 INVALID_COMMAND = "Command failed with invalid command"
 INVALID_USERNAME = "Command failed with invalid username"
+INVALID_PASSWORD = "Command failed with invalid password"
 
 # Tue Nov 24 11:48:30 2026 UTC.
 WHEN_US = 1795520910 * 1000000
@@ -152,20 +153,31 @@ class CommandTests(CommandLineTestCase):
         self.type("follow Bob")
         self.assertEqual(self.client.commands(), [("follow", "Bob")])
 
-    def test_logs_in_once_before_the_first_command(self):
-        """The client connects on the first command, and only once."""
+    def test_logs_in_once_at_start(self):
+        """The client logs in as it starts, before any command, and only once."""
         self.start(FakeClient(follow=pb.WriteReply()))
-        self.assertEqual(self.client.calls, [])
+        self.assertEqual(self.client.calls, [("connect",)])
         self.type("FOLLOW bob", "FOLLOW carol")
         self.assertEqual(self.client.calls,
                          [("connect",), ("follow", "bob"), ("follow", "carol")])
+
+    def test_commands_typed_during_the_login_wait_for_it(self):
+        """A line typed while the login is under way runs once it is done."""
+        client = FakeClient(follow=pb.WriteReply())
+        del client.answers["connect"]
+        self.start(client)
+        self.type("FOLLOW bob")
+        self.assertEqual(client.calls, [("connect",)])
+        client.pending[0].callback(pb.LoginReply())
+        self.assertEqual(client.calls, [("connect",), ("follow", "bob")])
+        self.assertEqual(self.output(), [OK])
 
     def test_over_long_line_is_an_invalid_command(self):
         """A line longer than the line limit is refused, not buffered on."""
         cli = self.start(FakeClient())
         self.type("x" * (cli.MAX_LENGTH + 1))
         self.assertEqual(self.output(), [INVALID_COMMAND])
-        self.assertEqual(self.client.calls, [])
+        self.assertEqual(self.client.commands(), [])
 
     def test_commands_after_an_over_long_line_are_still_answered(self):
         """The line after an over-long one is read as a command of its own."""
@@ -185,7 +197,7 @@ class CommandTests(CommandLineTestCase):
         """An empty line is not a command and prints nothing."""
         self.start(FakeClient())
         self.type("", "   ")
-        self.assertEqual((self.output(), self.client.calls), ([], []))
+        self.assertEqual((self.output(), self.client.commands()), ([], []))
 
 
 class RefusalTests(CommandLineTestCase):
@@ -244,7 +256,7 @@ class LocalCheckTests(CommandLineTestCase):
         self.start(FakeClient())
         self.type(command)
         self.assertEqual(self.output(), [line])
-        self.assertEqual(self.client.calls, [])
+        self.assertEqual(self.client.commands(), [])
 
     def test_follow_invalid_username(self):
         """FOLLOW of a name that is not a valid username."""
@@ -334,8 +346,83 @@ class UnreachableTests(CommandLineTestCase):
         self.type("LIST")
         client.answers["connect"] = pb.LoginReply()
         self.type("LIST")
-        self.assertEqual(client.calls, [("connect",), ("connect",), ("list",)])
+        self.assertEqual(client.calls, [("connect",), ("connect",), ("connect",), ("list",)])
         self.assertEqual(self.output()[1], OK)
+
+
+class LoginAtStartTests(CommandLineTestCase):
+    def test_a_wrong_password_with_no_command_is_refused(self):
+        """
+        A wrong password is told even when nothing is typed: one line, and
+        the client is done (refused: exit 1).
+        """
+        wrong = InvalidPassword(errors.Status.UNAUTHENTICATED, "invalid password")
+        cli = self.start(FakeClient(connect=wrong))
+        self.assertEqual(self.output(), [INVALID_PASSWORD])
+        self.assertTrue(cli.refused)
+        self.successResultOf(cli.done)
+
+    def test_a_wrong_password_runs_no_command(self):
+        """Lines typed after a refused login are not run, nor answered."""
+        wrong = InvalidPassword(errors.Status.UNAUTHENTICATED, "invalid password")
+        self.start(FakeClient(connect=wrong, list=pb.ListReply()))
+        self.type("LIST", "FOLLOW bob")
+        self.assertEqual((self.output(), self.client.commands()), ([INVALID_PASSWORD], []))
+
+    def test_a_terminal_is_prompted_once_the_login_is_done(self):
+        """On a terminal the first prompt waits for the login."""
+        client = FakeClient()
+        del client.answers["connect"]
+        self.start(client, interactive=True)
+        self.assertEqual(self.transport.value(), b"")
+        client.pending[0].callback(pb.LoginReply())
+        self.assertEqual(self.transport.value(), b"Cmd> ")
+
+    def test_a_wrong_password_on_a_terminal_is_not_prompted(self):
+        """On a terminal a refused login prints its line and no prompt."""
+        wrong = InvalidPassword(errors.Status.UNAUTHENTICATED, "invalid password")
+        self.start(FakeClient(connect=wrong), interactive=True)
+        self.assertEqual(self.output(), [INVALID_PASSWORD])
+
+    def test_eof_with_nothing_typed_after_a_login_is_done(self):
+        """EOF with no command, logged in: done, nothing printed (exit 0)."""
+        cli = self.start(FakeClient())
+        cli.readConnectionLost()
+        self.successResultOf(cli.done)
+        self.assertEqual((self.output(), cli.unreachable, cli.refused), ([], False, False))
+
+    def test_eof_waits_for_the_login(self):
+        """EOF with no command waits for the login to be answered."""
+        client = FakeClient()
+        del client.answers["connect"]
+        cli = self.start(client)
+        cli.readConnectionLost()
+        self.assertNoResult(cli.done)
+        client.pending[0].errback(
+            InvalidPassword(errors.Status.UNAUTHENTICATED, "invalid password"))
+        self.successResultOf(cli.done)
+        self.assertEqual((self.output(), cli.refused), ([INVALID_PASSWORD], True))
+
+    def test_an_unreachable_cluster_at_start_is_said_once_at_eof(self):
+        """
+        A login at start that can not reach the cluster says nothing then;
+        with nothing typed, EOF gives the unknown-reason line with the
+        cause (exit 1).
+        """
+        cli = self.start(FakeClient(connect=ClusterUnreachable("router 127.0.0.1:3410: refused")))
+        self.assertEqual(self.output(), [])
+        cli.readConnectionLost()
+        self.successResultOf(cli.done)
+        self.assertEqual((self.output(), cli.unreachable), ([UNKNOWN], True))
+        self.assertIn("router 127.0.0.1:3410: refused", self.err.getvalue())
+
+    def test_an_unreachable_cluster_is_said_once_per_command_not_again_at_eof(self):
+        """A command that found the cluster unreachable said so: EOF adds nothing."""
+        cli = self.start(FakeClient(connect=ClusterUnreachable("down")))
+        self.type("LIST")
+        cli.readConnectionLost()
+        self.successResultOf(cli.done)
+        self.assertEqual(self.output(), [UNKNOWN])
 
 
 class FormatPostTests(CommandLineTestCase):

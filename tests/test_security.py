@@ -253,6 +253,20 @@ class AccountAttackTests(unittest.TestCase):
                          ("Command completed successfully", 0))
 
     @inlineAsync
+    async def test_a_wrong_password_is_refused_with_no_command_typed(self):
+        """
+        sns-client logs in as it starts: with an empty stdin, a wrong
+        password still prints its one line and exits 1; the right one
+        prints nothing and exits 0.
+        """
+        cluster = await Cluster(self, vms=1).start()
+        made = await cluster.run("alice", "")
+        self.assertEqual((made.lines, made.exitCode), ([], 0), made.err)
+        wrong = await cluster.run("alice", "", password="guess")
+        self.assertEqual((wrong.lines, wrong.exitCode),
+                         (["Command failed with invalid password"], 1))
+
+    @inlineAsync
     async def test_a_token_forged_with_the_published_default_is_unauthenticated(self):
         cluster = await Cluster(self, vms=1).start()
         await cluster.run("alice", "LIST\n")

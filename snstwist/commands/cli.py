@@ -15,8 +15,6 @@ been answered.  The sentences printed are the contract of docs/design.md section
 and L{SENTENCES} is the one table that maps the cluster's statuses to them.
 """
 
-import getpass
-import os
 import re
 import sys
 import time
@@ -24,14 +22,13 @@ import time
 from twisted.internet import defer, stdio
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
-from twisted.python import usage
 from zope.interface import implementer
 
 from snstwist.client.client import Client, ClusterUnreachable, CommandFailed, InvalidPassword
-from snstwist.commands.commandline import INSECURE_FLAG, TLS_CA_OPTION
+from snstwist.commands.clientoptions import Options
 from snstwist.core import errors
 from snstwist.core.errors import RemoteError, Status
-from snstwist.core.limits import MAX_FOLLOWS, MAX_PASSWORD_CHARS, USERNAME, excerpt
+from snstwist.core.limits import MAX_FOLLOWS, MAX_PASSWORD_CHARS
 from snstwist.core.model import checkUsername
 from snstwist.rpc import grpcbridge
 
@@ -93,56 +90,6 @@ def formatPost(post):
                               visibleText(post.text))
 
 
-def readPassword(path, environ, stdin, ask=getpass.getpass):
-    """
-    The user's password: from the file C{path} (its first line), else
-    $SNS_PASSWORD, else asked on the terminal without echo.  Raises
-    L{usage.UsageError} saying how to give one when there is none.
-    """
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                password = f.readline().rstrip("\r\n")
-        except OSError as e:
-            raise usage.UsageError("cannot read the password file %s: %s" % (path, e.strerror))
-    elif environ.get("SNS_PASSWORD"):
-        password = environ["SNS_PASSWORD"]
-    elif stdin.isatty():
-        password = ask("Password: ")
-    else:
-        raise usage.UsageError("no password: give --password-file FILE or $SNS_PASSWORD"
-                               " (on a terminal the client asks for it)")
-    if not 1 <= len(password) <= MAX_PASSWORD_CHARS:
-        raise usage.UsageError("a password is 1-%d characters" % (MAX_PASSWORD_CHARS,))
-    return password
-
-
-class Options(usage.Options):
-    synopsis = ("--router HOST:PORT[,HOST:PORT] --user NAME --tls-ca FILE"
-                " [--password-file FILE]")
-    optParameters = [
-        ["router", "r", None, "Router address(es), comma-separated."],
-        ["user", "u", None, "Your username: 1-32 of A-Z a-z 0-9 _ . -"],
-        ["password-file", None, None,
-         "File whose first line is your password (default: $SNS_PASSWORD,"
-         " else asked on the terminal)."],
-        TLS_CA_OPTION,
-    ]
-    optFlags = [INSECURE_FLAG]
-
-    def postOptions(self):
-        from snstwist.commands.commandline import installReactor, parseRouters, readTLS
-        if not self["router"] or not self["user"]:
-            raise usage.UsageError("both --router and --user are required")
-        self["router"] = parseRouters(self["router"])
-        if not USERNAME.match(self["user"]):
-            raise usage.UsageError("invalid username %s: use 1-32 of A-Z a-z 0-9 _ . -"
-                                   % (excerpt(self["user"]),))
-        self["tls"], _ = readTLS(self, server=False)
-        self["password"] = readPassword(self["password-file"], os.environ, sys.stdin)
-        installReactor()
-
-
 @implementer(IHalfCloseableProtocol)
 class CommandLine(Protocol):
     """
@@ -171,6 +118,7 @@ class CommandLine(Protocol):
         self.unreachable = False
         self.refused = False
         self.newPassword = False
+        self.startProblem = None
         client.onPost = self._showPost
         client.onReconnect = lambda address: self.say("Reconnecting to %s..." % (address,))
         client.onLost = self._sessionLost
@@ -189,7 +137,30 @@ class CommandLine(Protocol):
             self.transport.write(PROMPT.encode())
 
     def connectionMade(self):
-        self.prompt()
+        # Log in at once, as the course client does: a wrong password is
+        # told (one line, exit 1) even when no command is typed.  Lines
+        # typed meanwhile wait behind it; the first prompt comes after it.
+        self.queue.addCallback(lambda _: defer.ensureDeferred(self._logIn()))
+        self.queue.addErrback(self._crashed)
+
+    async def _logIn(self):
+        try:
+            await self._ensureConnected()
+        except InvalidPassword:
+            self._refuse()
+        except Exception as e:
+            # Not now: the first command tries again and says why it could
+            # not; with none typed, the end of input does (readConnectionLost).
+            self.startProblem = e
+        finally:
+            self.prompt()
+
+    def _refuse(self):
+        """A wrong password ends the client: one line, exit 1."""
+        self.say(INVALID_PASSWORD)
+        self.refused = True
+        if not self.done.called:
+            self.done.callback(None)
 
     def lineReceived(self, line):
         text = line.decode("utf-8", "replace").rstrip("\r")
@@ -234,11 +205,7 @@ class CommandLine(Protocol):
                 return
             await self._command(text)
         except InvalidPassword:
-            # A wrong password ends the client: one line, exit 1.
-            self.say(INVALID_PASSWORD)
-            self.refused = True
-            if not self.done.called:
-                self.done.callback(None)
+            self._refuse()
         except CommandFailed as e:
             if self.inTimeline:
                 self.say("Post failed: %s" % (e.message,))
@@ -352,7 +319,18 @@ class CommandLine(Protocol):
         elif self._buffer:
             self.lineReceived(self._buffer)
         self._buffer, self._skipping = b"", False
-        self.queue.addBoth(lambda _: None if self.done.called else self.done.callback(None))
+        self.queue.addBoth(lambda _: self._ended())
+
+    def _ended(self):
+        if self.done.called:
+            return
+        if not (self.loggedIn or self.unreachable or self.refused):
+            # Nothing typed reached the cluster, and the login at start
+            # could not: say so once, as a command would (exit 1).
+            self.unreachable = True
+            self.say(UNKNOWN)
+            self.err.write("sns-client: cannot reach the cluster: %s\n" % (self.startProblem,))
+        self.done.callback(None)
 
     def writeConnectionLost(self):
         pass
