@@ -58,3 +58,49 @@ class HeartbeatTests(SynchronousTestCase):
         clock.advance(1.0)
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertIsNone(hb.timer)
+
+
+class StarvedJudgeTests(SynchronousTestCase):
+    """A process that did not run can not have heard: that time is not the peer's silence."""
+
+    def test_a_tick_late_by_the_whole_deadline_does_not_judge_the_peer(self):
+        """Starved past the timeout (one late tick): no silence, a beat instead."""
+        clock, hb, beats, silences = start(interval=1.0, timeout=3.0)
+        clock.advance(4.0)
+        self.assertEqual((silences, beats), ([], [4.0]))
+
+    def test_the_peer_heard_after_the_starvation_goes_on(self):
+        """The peer's message read once this process runs again keeps the link alive."""
+        clock, hb, beats, silences = start(interval=1.0, timeout=3.0)
+        clock.advance(4.0)
+        hb.heard()
+        clock.pump([1.0] * 3)
+        self.assertEqual((silences, beats), ([], [4.0, 5.0, 6.0, 7.0]))
+
+    def test_a_peer_still_silent_is_caught_by_the_ticks_on_time(self):
+        """Silence counts again from the late tick on: caught timeout s of it later."""
+        clock, hb, beats, silences = start(interval=1.0, timeout=3.0)
+        clock.advance(4.0)
+        clock.pump([1.0, 1.0])
+        self.assertEqual(silences, [])
+        clock.advance(1.0)
+        self.assertEqual(silences, [4.0])
+
+    def test_a_tick_late_by_less_than_an_interval_is_not_excused(self):
+        """A little lateness (a busy moment) still counts as the peer's silence."""
+        clock, hb, beats, silences = start(interval=1.0, timeout=3.0)
+        clock.pump([1.5, 1.0, 1.0])
+        self.assertEqual(silences, [3.5])
+
+    def test_what_is_excused_never_exceeds_the_silence(self):
+        """
+        The peer heard in the wake-up just before a late tick: nothing of the
+        time before is excused, so a silence after it is caught in time.
+        """
+        clock, hb, beats, silences = start(interval=1.0, timeout=3.0)
+        clock.callLater(0.5, hb.heard)  # read in the same wake-up as the tick
+        clock.advance(4.0)
+        clock.pump([1.0, 1.0, 1.0])
+        self.assertEqual(silences, [])
+        clock.advance(1.0)
+        self.assertEqual(silences, [4.0])
