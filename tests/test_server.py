@@ -210,20 +210,62 @@ def lifecycleOn(test, role, node, openStore=None):
     return lifecycle, masterEnd, slaveEnd, served, reactor
 
 
+def oneTurn(clock):
+    """
+    Run the calls due now on C{clock}, not those they schedule for now in
+    turn (C{Clock.advance(0)} runs those too): one turn of a reactor.
+    """
+    due = [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
 class LifecycleTests(SynchronousTestCase):
     def test_a_master_loads_then_serves_and_spawns_its_slave(self):
         node = Node("vm1", "vm1.a", MemoryStore(), Clock())
         lifecycle, masterEnd, slaveEnd, served, reactor = lifecycleOn(self, "master", node)
         lifecycle.start()
+        reactor.advance(0)
+        reactor.advance(0)
         self.successResultOf(lifecycle.ready)
         self.assertEqual((lifecycle.current.name, served, masterEnd.calls),
                          ("master", ["master"], ["supervise"]))
         self.assertTrue(os.path.exists(lifecycle.pidfile.path))
 
+    def test_a_master_loads_serves_and_spawns_in_three_turns(self):
+        """
+        Each reactor turn of a start is bounded: the load ends one, serving
+        (the gRPC servers, the router links) is the next, the slave's spawn
+        the one after.
+        """
+        node = Node("vm1", "vm1.a", MemoryStore(), Clock())
+        lifecycle, masterEnd, slaveEnd, served, reactor = lifecycleOn(self, "master", node)
+        lifecycle.start()
+        self.assertEqual((served, masterEnd.calls), ([], []))
+        oneTurn(reactor)
+        self.assertEqual((served, masterEnd.calls), (["master"], []))
+        oneTurn(reactor)
+        self.assertEqual((served, masterEnd.calls), (["master"], ["supervise"]))
+
+    def test_a_stop_before_the_spawns_turn_spawns_nothing(self):
+        """Stopped between serving and spawning: no slave is spawned, no call is left."""
+        node = Node("vm1", "vm1.a", MemoryStore(), Clock())
+        lifecycle, masterEnd, slaveEnd, served, reactor = lifecycleOn(self, "master", node)
+        lifecycle.start()
+        oneTurn(reactor)
+        lifecycle.stop()
+        reactor.advance(0)
+        self.assertEqual(masterEnd.calls, ["shutdown"])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
     def test_an_orderly_stop_tells_both_ends_and_takes_nothing_over(self):
         node = Node("vm1", "vm1.a", MemoryStore(), Clock())
         lifecycle, masterEnd, slaveEnd, served, reactor = lifecycleOn(self, "master", node)
         lifecycle.start()
+        reactor.advance(0)
+        reactor.advance(0)
         lifecycle.stop()
         slaveEnd.lost("the master died")
         self.assertEqual((lifecycle.current.name, masterEnd.calls, slaveEnd.calls),
@@ -246,6 +288,7 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIn("alice", node.replica.users)
         old.login("bob")
         slaveEnd.lost("buddy stream broke")
+        reactor.advance(0)
         self.assertEqual((lifecycle.current.name, served, slaveEnd.calls, masterEnd.calls),
                          ("master", ["slave", "master"], ["start", "fence"], ["supervise"]))
         self.assertIn("bob", node.replica.users)

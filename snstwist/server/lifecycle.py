@@ -117,6 +117,7 @@ class Lifecycle:
         slaveEnd.stopping.add(self.masterStopping)
         self.ready = None
         self.orphaned = None
+        self.supervising = None
         self.pidfile = buddy.Pidfile(buddy.runDirectory(config.data), os.getpid())
         self.settler = task.LoopingCall(settleMemory)
         self.settler.clock = clock
@@ -135,7 +136,10 @@ class Lifecycle:
         self.pidfile.write()
         if self.config.role == "master":
             self.ready = withoutCollections(self.node.load)
-            self.ready.addCallback(lambda _: self.role.startAsMaster())
+            # Serving in a turn of its own: the load's last slice and the
+            # freeze of what it loaded end this one (a turn of each bounded).
+            self.ready.addCallback(lambda _: task.deferLater(self.clock, 0,
+                                                             self.role.startAsMaster))
             self.ready.addCallback(self._settleEvery)
         elif self.config.spare:
             log.info("spare of VM {vm} waiting for the order to go on (pid {pid})",
@@ -163,8 +167,9 @@ class Lifecycle:
 
     def stop(self):
         """The orderly stop begins: nothing is taken over or respawned any more."""
-        if self.orphaned is not None and self.orphaned.active():
-            self.orphaned.cancel()
+        for call in (self.orphaned, self.supervising):
+            if call is not None and call.active():
+                call.cancel()
         if self.settler.running:
             self.settler.stop()
         self.role.stop()
@@ -190,9 +195,15 @@ class Lifecycle:
     def serveAsMaster(self):
         logs.setIdentity(self.vm, "master")
         address = self.serve()
-        self.masterEnd.supervise()
+        # Our slave (a spare told to go on, or a spawn) in a later turn:
+        # serving (two gRPC servers, the router links) fills this one.
+        self.supervising = self.clock.callLater(0, self._supervise)
         log.info("master of VM {vm} serving at {address} (pid {pid}, data {data})",
                  vm=self.vm, address=address, pid=os.getpid(), data=self.config.data)
+
+    def _supervise(self):
+        self.supervising = None
+        self.masterEnd.supervise()
 
     def standBy(self):
         """
