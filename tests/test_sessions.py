@@ -302,11 +302,26 @@ class HeartbeatTests(SynchronousTestCase):
         """
         clock, node, hub = makeHub(self)
         session, stream = connect(hub, "alice")
-        clock.advance(TIMEOUT)
+        clock.pump([HEARTBEAT] * int(TIMEOUT / HEARTBEAT))
         self.assertFalse(stream.aborted)
         clock.advance(HEARTBEAT)
         self.assertTrue(stream.aborted)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_starved_master_cuts_off_no_client_for_the_time_it_did_not_run(self):
+        """
+        The hub's timer late by more than the timeout: the master did not
+        run, and read nothing, meanwhile; the client is still served, and is
+        cut off only after TIMEOUT of the master's running time.
+        """
+        clock, node, hub = makeHub(self)
+        session, stream = connect(hub, "alice")
+        clock.advance(TIMEOUT + 3 * HEARTBEAT)
+        self.assertFalse(stream.aborted)
+        clock.pump([HEARTBEAT] * int(TIMEOUT / HEARTBEAT - 1))
+        self.assertFalse(stream.aborted)
+        clock.advance(HEARTBEAT)
+        self.assertTrue(stream.aborted)
 
     def test_any_client_message_keeps_session_alive(self):
         """Heartbeats, acks and opens all count as hearing from the client."""

@@ -127,7 +127,7 @@ class ClientSession:
         self.held = {}
         self.caughtUp = 0
         self.sentHistory = set()
-        self.lastHeard = 0
+        self.lastHeard = 0  # on the hub's clock of running time (heartbeat.Asleep)
         self.busy = False
 
     @property
@@ -137,7 +137,7 @@ class ClientSession:
     def makeConnection(self, stream):
         self.stream = stream
         self.pushes = LivePosts(stream, self.end)
-        self.lastHeard = self.clock.seconds()
+        self.lastHeard = self.hub.asleep.awake()
         self.hub.add(self)
 
     def check(self, now, report=None):
@@ -146,7 +146,7 @@ class ClientSession:
         heartbeat of its expiry), cut off a silent client, or say we are
         alive (with C{report}, what the pushes cover now, if the client asked).
         """
-        silent = now - self.lastHeard
+        silent = self.hub.asleep.awake() - self.lastHeard
         if self.expires is not None and now >= self.expires:
             log.info("ending a session of {user}: its token expired", user=self.user)
             self.end(errors.NotLoggedIn("your session has expired: log in again"))
@@ -178,7 +178,7 @@ class ClientSession:
         self.clock.callLater(TIMEOUT, self.stream.abort, reason)
 
     def messageReceived(self, message):
-        self.lastHeard = self.clock.seconds()
+        self.lastHeard = self.hub.asleep.awake()
         try:
             checkClientMessage(message, self.hub.node.hlc.physical())
         except errors.SNSError as e:

@@ -29,6 +29,7 @@ from snstwist.core.limits import (
 )
 from snstwist.core.node import durableVector
 from snstwist.rpc import sns_pb2 as pb
+from snstwist.rpc.heartbeat import Asleep
 from snstwist.server.clientsession import TIMEOUT, ClientSession
 
 log = Logger()
@@ -64,6 +65,8 @@ class SessionHub:
         self.unsaved = {}
         self.saver = None
         self.beat = None
+        # The time this process did not run is no client's silence.
+        self.asleep = Asleep(clock, HEARTBEAT)
         self.pushed = collections.OrderedDict()  # request -> id of the copy pushed
         self.changed = set()  # origins of the updates made durable since the last heartbeat
 
@@ -87,6 +90,7 @@ class SessionHub:
         self.sessions.setdefault(session.user, set()).add(session)
         self.addresses[session.host] = self.addresses.get(session.host, 0) + 1
         if self.beat is None:
+            self.asleep.started()
             self.beat = self.clock.callLater(HEARTBEAT, self._heartbeat)
 
     def remove(self, session):
@@ -111,6 +115,7 @@ class SessionHub:
         something since the last one, and a silent client is cut off.
         """
         self.beat = None
+        self.asleep.ticked()
         now = self.clock.seconds()
         report = None
         if self.changed:
