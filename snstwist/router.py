@@ -18,109 +18,23 @@ caught up), for the Status RPC and so for people watching the cluster.
 
 import collections
 
-import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from snstwist.core import errors, metrics
 from snstwist.core.limits import MAX_EXCLUDED_VMS, MAX_SERVERS, ROUTER_HEARTBEAT
-from snstwist.core.model import (
-    checkCount,
-    checkHeartbeat,
-    checkServerHello,
-    checkUsername,
-    checkVm,
-)
+from snstwist.core.model import checkCount, checkHeartbeat, checkUsername, checkVm
 from snstwist.rpc import auth
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc.grpcbridge import GrpcServerService, Servicer
+from snstwist.rpc.heartbeat import Asleep
+from snstwist.routerrecords import CatchUp, ClusterEvent, ServerIdentity, ServerRecord
 
 log = Logger()
 
 HEARTBEAT = ROUTER_HEARTBEAT
-PICK_MEMORY = 4 * HEARTBEAT
 EVENTS = 100
-
-
-@attrs.frozen
-class ServerIdentity:
-    vm: str
-    role: int
-    address: str
-    pid: int
-    incarnation: str
-    # Its cluster port, where peers dial it (mutual TLS); "" when one port
-    # serves both.
-    peerAddress: str = ""
-
-    @classmethod
-    def fromHello(cls, hello):
-        if not hello.vm or not hello.address or not hello.incarnation:
-            raise errors.InvalidRequest("hello needs vm, address and incarnation")
-        if hello.role not in (pb.MASTER, pb.SLAVE):
-            raise errors.InvalidRequest("hello needs a role")
-        checkServerHello(hello)
-        return cls(hello.vm, hello.role, hello.address, hello.pid, hello.incarnation,
-                   hello.peer_address)
-
-
-
-@attrs.define
-class ServerRecord:
-    identity: ServerIdentity
-    link: object
-    since: float
-    lastSeen: float
-    clients: int = 0
-    updates: int = 0
-    pending: int = 0
-    users: tuple = ()
-    acknowledged: int = 0
-    peers: tuple = ()
-    refused: int = 0
-    fedUpdates: int = 0
-    fedCalls: int = 0
-    picks: list = attrs.field(factory=list)
-
-    def load(self, now):
-        """
-        Live sessions, plus clients handed this server so recently that its
-        heartbeats may not count them yet.
-        """
-        self.picks = [t for t in self.picks if now - t < PICK_MEMORY]
-        return self.clients + len(self.picks)
-
-    def info(self, now, streams=True):
-        """What the router says of this server; with C{streams}, its peer streams too."""
-        i = self.identity
-        return pb.ServerInfo(vm=i.vm, role=i.role, address=i.address,
-                             peer_address=i.peerAddress, pid=i.pid,
-                             incarnation=i.incarnation, clients=self.clients,
-                             updates=self.updates, pending=self.pending,
-                             seen_ago=now - self.lastSeen, users=self.users,
-                             acknowledged=self.acknowledged,
-                             peers=self.peers if streams else (),
-                             refused=self.refused if streams else 0,
-                             fed_updates=self.fedUpdates, fed_calls=self.fedCalls)
-
-
-@attrs.frozen
-class ClusterEvent:
-    time: float
-    kind: str
-    vm: str
-    text: str
-
-    def toProto(self):
-        return pb.ClusterEvent(time=self.time, kind=self.kind, vm=self.vm, text=self.text)
-
-
-@attrs.frozen
-class CatchUp:
-    """A VM back with a new master, and how many updates its peers held then."""
-    target: int
-    since: float
 
 
 class Registry:
@@ -134,6 +48,7 @@ class Registry:
     def __init__(self, clock, onChange=lambda: None):
         self.clock = clock
         self.onChange = onChange
+        self.asleep = Asleep(clock, HEARTBEAT)  # ticked by expire()
         self.servers = {}
         self.events = collections.deque(maxlen=EVENTS)
         self.vmsSeen = set()
@@ -182,14 +97,15 @@ class Registry:
         old = self.servers.get(identity.incarnation)
         if old is not None and old.identity == identity:
             relinked = old.link is not link
-            old.link, old.lastSeen = link, now
+            old.link, old.lastSeen, old.awakeSeen = link, now, self.asleep.awake()
             if relinked:
                 # Back on a new stream before the old one was noticed gone:
                 # membership pushed meanwhile went to the old stream, so the
                 # new one must be told it again.
                 self.onChange()
             return old
-        record = ServerRecord(identity, link, since=now, lastSeen=now)
+        record = ServerRecord(identity, link, since=now, lastSeen=now,
+                              awakeSeen=self.asleep.awake())
         if old is not None:
             # A role change (a promoted slave): it is the newest master of
             # its VM from now on, with the clients it already had.
@@ -209,7 +125,7 @@ class Registry:
     def heartbeat(self, incarnation, beat):
         record = self.servers.get(incarnation)
         if record is not None:
-            record.lastSeen = self.clock.seconds()
+            record.lastSeen, record.awakeSeen = self.clock.seconds(), self.asleep.awake()
             record.clients, record.updates, record.pending = (
                 beat.clients, beat.updates, beat.pending)
             record.users = tuple(beat.users)
@@ -234,11 +150,16 @@ class Registry:
         return record
 
     def expire(self):
-        """Deactivate every server silent for longer than C{timeout}."""
-        now = self.clock.seconds()
+        """
+        Deactivate every server silent for longer than C{timeout} of our
+        own running time (L{Asleep}: a starved router has read nothing).
+        """
+        self.asleep.ticked()
+        awake = self.asleep.awake()
         for incarnation, record in list(self.servers.items()):
-            if now - record.lastSeen > self.timeout:
-                self.remove(incarnation, "no heartbeat for %.1fs" % (now - record.lastSeen,))
+            silent = awake - record.awakeSeen
+            if silent > self.timeout:
+                self.remove(incarnation, "no heartbeat for %.1fs" % (silent,))
                 if record.link is not None:
                     record.link.abort()
 

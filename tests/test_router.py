@@ -6,7 +6,7 @@ what a server's stream does to the registry.  No network, no reactor.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from snstwist import router
+from snstwist import router, routerrecords
 from snstwist.core import errors
 from snstwist.router import HEARTBEAT, Registry, RouterService, ServerIdentity, ServerLink
 from snstwist.rpc import auth
@@ -54,6 +54,13 @@ def makeRegistry():
     clock = Clock()
     changes = []
     return clock, Registry(clock, lambda: changes.append(clock.seconds())), changes
+
+
+def ticking(clock, tick, seconds):
+    """The router awake for C{seconds}: its timer (C{tick}) every HEARTBEAT."""
+    for _ in range(int(round(seconds / HEARTBEAT))):
+        clock.advance(HEARTBEAT)
+        tick()
 
 
 def connect(registry, message=None):
@@ -162,12 +169,10 @@ class RegistryTests(SynchronousTestCase):
         link = FakeLink()
         i = identity()
         registry.register(i, link)
-        clock.advance(Registry.timeout)
-        registry.expire()
+        ticking(clock, registry.expire, Registry.timeout)
         self.assertIn(i.incarnation, registry.servers)
         self.assertFalse(link.aborted)
-        clock.advance(HEARTBEAT)
-        registry.expire()
+        ticking(clock, registry.expire, HEARTBEAT)
         self.assertNotIn(i.incarnation, registry.servers)
         self.assertTrue(link.aborted)
         self.assertEqual(changes, [0, Registry.timeout + HEARTBEAT])
@@ -190,11 +195,34 @@ class RegistryTests(SynchronousTestCase):
         quiet, talking = identity("vm1"), identity("vm2")
         registry.register(quiet, FakeLink())
         registry.register(talking, FakeLink())
-        clock.advance(Registry.timeout)
+        ticking(clock, registry.expire, Registry.timeout)
         registry.heartbeat(talking.incarnation, pb.Heartbeat())
-        clock.advance(HEARTBEAT)
-        registry.expire()
+        ticking(clock, registry.expire, HEARTBEAT)
         self.assertEqual(list(registry.servers), [talking.incarnation])
+
+    def test_a_starved_router_deactivates_nobody_for_the_time_it_did_not_run(self):
+        """
+        A router that did not run for longer than the timeout (its timer
+        late) has read no heartbeat meanwhile: that is no server's silence.
+        """
+        clock, registry, changes = makeRegistry()
+        i = identity()
+        registry.register(i, FakeLink())
+        clock.advance(Registry.timeout + 5 * HEARTBEAT)
+        registry.expire()
+        self.assertIn(i.incarnation, registry.servers)
+
+    def test_a_server_still_silent_once_the_router_runs_again_is_deactivated(self):
+        """Silence counts again from the router's late tick: timeout later, the server goes."""
+        clock, registry, changes = makeRegistry()
+        i = identity()
+        registry.register(i, FakeLink())
+        clock.advance(Registry.timeout + 5 * HEARTBEAT)
+        registry.expire()
+        ticking(clock, registry.expire, Registry.timeout - HEARTBEAT)
+        self.assertIn(i.incarnation, registry.servers)
+        ticking(clock, registry.expire, HEARTBEAT)
+        self.assertNotIn(i.incarnation, registry.servers)
 
     def test_remove_deactivates_and_announces(self):
         """remove() returns the record, forgets it and calls onChange."""
@@ -334,7 +362,7 @@ class PickMastersTests(SynchronousTestCase):
         record = registry.servers[identity("vm1").incarnation]
         registry.heartbeat(identity("vm1").incarnation, pb.Heartbeat(clients=1))
         self.assertEqual(record.load(clock.seconds()), 4)
-        clock.advance(router.PICK_MEMORY)
+        clock.advance(routerrecords.PICK_MEMORY)
         self.assertEqual(record.load(clock.seconds()), 1)
 
     def test_a_stale_heartbeat_does_not_send_the_next_client_to_the_same_vm(self):
@@ -426,8 +454,7 @@ class ServerLinkTests(SynchronousTestCase):
         """
         clock, registry, changes = makeRegistry()
         old, oldStream = connect(registry)
-        clock.advance(Registry.timeout + HEARTBEAT)
-        registry.expire()
+        ticking(clock, registry.expire, Registry.timeout + HEARTBEAT)
         self.assertTrue(oldStream.aborted)
         new, _ = connect(registry)
         old.connectionLost(None)
@@ -553,10 +580,9 @@ class RouterServiceTests(SynchronousTestCase):
         """A tick after the timeout aborts a silent server's stream and tells the rest."""
         clock, router = makeRouter()
         silent = serverOn(router, "vm1")
-        clock.advance(Registry.timeout)
+        ticking(clock, router.tick, Registry.timeout)
         talking = serverOn(router, "vm2")
-        clock.advance(HEARTBEAT)
-        router.tick()
+        ticking(clock, router.tick, HEARTBEAT)
         self.assertTrue(silent.aborted)
         self.assertFalse(talking.aborted)
         self.assertEqual([s.vm for s in memberships(talking)[-1].servers], ["vm2"])
