@@ -28,7 +28,7 @@ def secret(value):
 class NoRoleWork:
     """Role hooks that do nothing: the role machine alone, no processes."""
 
-    def serveAsMaster(self):
+    def serveAsMaster(self, promoted):
         pass
 
     def standBy(self):

@@ -30,8 +30,8 @@ class RecordingHooks:
     def __init__(self):
         self.calls = []
 
-    def serveAsMaster(self):
-        self.calls.append(("serveAsMaster",))
+    def serveAsMaster(self, promoted):
+        self.calls.append(("serveAsMaster", promoted))
 
     def standBy(self):
         self.calls.append(("standBy",))
@@ -68,10 +68,10 @@ class RoleTests(SynchronousTestCase):
         self.assertEqual((role.state, hooks.calls), ("starting", []))
 
     def test_start_as_master_serves_as_master(self):
-        """starting -> master runs serveAsMaster once."""
+        """starting -> master runs serveAsMaster once, not as a promotion."""
         role, hooks = roleIn("starting")
         role.startAsMaster()
-        self.assertEqual((role.state, hooks.calls), ("master", [("serveAsMaster",)]))
+        self.assertEqual((role.state, hooks.calls), ("master", [("serveAsMaster", False)]))
 
     def test_start_as_slave_stands_by(self):
         """starting -> slave runs standBy once."""
@@ -87,10 +87,10 @@ class RoleTests(SynchronousTestCase):
                          ("promoting", [("takeOver", "buddy stream broke: gone")]))
 
     def test_promoting_becomes_master_when_promoted(self):
-        """promoting -> master on promoted runs serveAsMaster."""
+        """promoting -> master on promoted runs serveAsMaster, as a promotion."""
         role, hooks = roleIn("promoting")
         role.promoted()
-        self.assertEqual((role.state, hooks.calls), ("master", [("serveAsMaster",)]))
+        self.assertEqual((role.state, hooks.calls), ("master", [("serveAsMaster", True)]))
 
     def test_master_lost_again_while_promoting_is_ignored(self):
         """A second masterLost during a take-over does not start another one."""
@@ -130,7 +130,7 @@ class RoleTests(SynchronousTestCase):
         seen = []
 
         class Asking(RecordingHooks):
-            def serveAsMaster(self):
+            def serveAsMaster(self, promoted):
                 seen.append(role.state)
 
             def standBy(self):
@@ -156,7 +156,7 @@ class RoleTests(SynchronousTestCase):
                 role.promoted()
                 calls.append("takeOver done")
 
-            def serveAsMaster(self):
+            def serveAsMaster(self, promoted):
                 calls.append("serveAsMaster")
 
         role = buddy.Role(AtOnce())

@@ -288,10 +288,26 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIn("alice", node.replica.users)
         old.login("bob")
         slaveEnd.lost("buddy stream broke")
-        reactor.advance(0)
+        reactor.advance(lifecycle.promotedSpareDelay)
         self.assertEqual((lifecycle.current.name, served, slaveEnd.calls, masterEnd.calls),
                          ("master", ["slave", "master"], ["start", "fence"], ["supervise"]))
         self.assertIn("bob", node.replica.users)
+
+    def test_a_promoted_master_tells_its_spare_to_go_a_moment_after_it_serves(self):
+        """
+        The new slave (its spare) is not started in the promotion's first
+        moments: it would compete with them for the CPU.
+        """
+        disk = VMDisk()
+        node = Node("vm1", "vm1.new", disk, Clock())
+        lifecycle, masterEnd, slaveEnd, served, reactor = lifecycleOn(
+            self, "slave", node, openStore=lambda: disk)
+        lifecycle.start()
+        slaveEnd.lost("buddy stream broke")
+        reactor.advance(lifecycle.promotedSpareDelay - 0.01)
+        self.assertEqual((lifecycle.current.name, masterEnd.calls), ("master", []))
+        reactor.advance(0.01)
+        self.assertEqual(masterEnd.calls, ["supervise"])
 
     def test_a_slave_told_its_master_stops_stops_by_itself_if_not_signalled(self):
         node = Node("vm1", "vm1.new", VMDisk(), Clock())

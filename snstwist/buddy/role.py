@@ -37,8 +37,11 @@ class RoleInputs(Protocol):
 class RoleHooks(Protocol):
     """The server's work on each change of role."""
 
-    def serveAsMaster(self) -> None:
-        """Serve clients and replicate; spawn and watch the slave."""
+    def serveAsMaster(self, promoted: bool) -> None:
+        """
+        Serve clients and replicate; spawn and watch the slave.  C{promoted}:
+        a slave that took over (not a master started as one).
+        """
 
     def standBy(self) -> None:
         """Mirror the master's updates and watch the master."""
@@ -60,7 +63,7 @@ def _build():
 
     @pep614(starting.upon(RoleInputs.startAsMaster).to(master))
     def serveAsMaster(inputs: RoleInputs, hooks: RoleHooks) -> None:
-        hooks.serveAsMaster()
+        hooks.serveAsMaster(False)
 
     @pep614(starting.upon(RoleInputs.startAsSlave).to(slave))
     def standBy(inputs: RoleInputs, hooks: RoleHooks) -> None:
@@ -73,7 +76,7 @@ def _build():
     @pep614(promoting.upon(RoleInputs.promoted).to(master))
     def promoted(inputs: RoleInputs, hooks: RoleHooks) -> None:
         metrics.promotions.inc()
-        hooks.serveAsMaster()
+        hooks.serveAsMaster(True)
 
     # A second report of the lost master while taking over, or a report
     # about ourselves once master (a stale link), changes nothing.

@@ -96,6 +96,12 @@ class Lifecycle:
 
     lockDeadline = 10.0
     orphanStop = 10.0
+    # A promoted master tells its spare to go on this long after it
+    # serves: the spare's warm-up (reading the VM's users, follows and
+    # marks, then the master's catch-up) would otherwise compete for the
+    # CPU with the promotion's first Logins and its peers' reconnections
+    # (benchmarks.md, "Promotion with spares under load").
+    promotedSpareDelay = 0.25
     # How a spare hears its order: a class attribute, so that a test can
     # give it another door than this process's stdin.
     awaitGo = staticmethod(buddy.awaitGo)
@@ -192,12 +198,13 @@ class Lifecycle:
 
     # -- the role machine's hooks (called by buddy.Role only)
 
-    def serveAsMaster(self):
+    def serveAsMaster(self, promoted):
         logs.setIdentity(self.vm, "master")
         address = self.serve()
         # Our slave (a spare told to go on, or a spawn) in a later turn:
         # serving (two gRPC servers, the router links) fills this one.
-        self.supervising = self.clock.callLater(0, self._supervise)
+        self.supervising = self.clock.callLater(
+            self.promotedSpareDelay if promoted else 0, self._supervise)
         log.info("master of VM {vm} serving at {address} (pid {pid}, data {data})",
                  vm=self.vm, address=address, pid=os.getpid(), data=self.config.data)
 
