@@ -17,6 +17,7 @@ follower follows that user again.
 """
 
 import bisect
+import sys
 
 import attrs
 from sortedcontainers import SortedSet
@@ -65,8 +66,10 @@ class Follows:
         """
         Write the register (C{follower}, C{followee}) with the key
         (C{time_us}, C{origin}/C{seq}) if that is newer than its own; True
-        if it was.
+        if it was.  Names are held interned: one string a name, whatever
+        update brought it (docs/benchmarks.md).
         """
+        follower, followee = sys.intern(follower), sys.intern(followee)
         registers = self._registers.get(follower)
         if registers is None:
             registers = self._registers[follower] = {}

@@ -275,14 +275,19 @@ async def readState(node, store, fresh):
     Apply the state C{store} holds (L{IStore.statePage}) to C{node}'s
     replica a page at a time, in slices: no reactor turn and no memory
     holds all of it, and the next page is read while one is applied.  What
-    it applies is not noted in the version vector (L{Replica.applyState}):
+    it applies is not noted in the version vector (L{Replica.applyState};
+    the follows come as their registers, L{Index.statePage}):
     the store's is merged once all is read (L{History._held}).  Returns
     C{fresh} plus how many updates were read.
     """
 
-    def apply(update):
-        node.hlc.observe(update.time_us)
-        node.replica.applyState(update)
+    def apply(item):
+        if type(item) is tuple:  # a follow register as the store holds it
+            node.hlc.observe(item[2])
+            node.replica.follows.apply(*item)
+        else:
+            node.hlc.observe(item.time_us)
+            node.replica.applyState(item)
 
     # Else nothing is stored: no page to read.
     reading = store.statePage(None, STATE_PAGE) if store.held().origins else None

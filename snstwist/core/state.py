@@ -142,11 +142,8 @@ class Replica:
                 self.reads[mark.user] = mark.key
         else:
             f = update.follow
-            # One string a name, whatever update brought it: a follow then
-            # costs its register and its place in the followers, not two
-            # more copies of the names (docs/benchmarks.md).
-            self.follows.apply(sys.intern(f.follower), sys.intern(f.followee), update.time_us,
-                               update.origin, update.seq, f.following)
+            self.follows.apply(f.follower, f.followee, update.time_us, update.origin,
+                               update.seq, f.following)
 
     def _setPassword(self, user, update, hash):
         current = self.passwords.get(user)

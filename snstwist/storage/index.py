@@ -293,24 +293,43 @@ class Index(RecordWrites):
 
     def statePage(self, after, limit):
         """
-        At most C{limit} of the updates of a replica's state (L{hot} less
-        the posts): the users, passwords and follow changes in (kind,
-        origin, seq) order, then each user's last read mark by user; from
-        after the position C{after} (None: from the first), and the
-        position of the next page (None: there is none).  A start reads
-        them so, a page at a time: neither the disk thread nor the reactor
-        holds a hundred thousand users and their follows at once.
+        At most C{limit} of what a replica's state is made of (L{hot} less
+        the posts), from after the position C{after} (None: from the
+        first), and the position of the next page (None: there is none): the
+        updates of the users and passwords in (kind, origin, seq) order;
+        then the follow registers as C{follows} holds them (the last writer
+        of each pair: no update decoded), as (follower, followee, time_us,
+        origin, seq, following), by pair; then each user's last read mark,
+        by user.  A start reads them so, a page at a time: neither the disk
+        thread nor the reactor holds a hundred thousand users and their
+        follows at once.
         """
-        if after is None or after[0] == "state":
+        stage = after[0] if after else "users"
+        if stage == "users":
+            # Kinds sort follow < password < read < user: from "password" on,
+            # the follows' rows are not read, and the read marks' filtered out.
             rows = self.db.execute(
                 "SELECT kind, origin, seq, body FROM record WHERE author IS NULL"
                 " AND kind <> 'read' AND (kind, origin, seq) > (?, ?, ?)"
                 " ORDER BY kind, origin, seq LIMIT ?",
-                tuple(after[1:] if after else ("", "", 0)) + (limit,)).fetchall()
-            more = ("state",) + rows[-1][:3] if len(rows) == limit else ("marks", "")
-        else:
+                tuple(after[1:] if after else ("password", "", 0)) + (limit,)).fetchall()
+            more = ("users",) + rows[-1][:3] if len(rows) == limit else ("follows", "", "")
+            return decoded(row[-1] for row in rows), more
+        if stage == "follows":
             rows = self.db.execute(
-                "SELECT user, body FROM marks JOIN record USING (origin, seq) WHERE user > ?"
-                " ORDER BY user LIMIT ?", (after[1], limit)).fetchall()
-            more = ("marks", rows[-1][0]) if len(rows) == limit else None
+                "SELECT follower, followee, following, time_us, update_id FROM follows"
+                " WHERE (follower, followee) > (?, ?) ORDER BY follower, followee LIMIT ?",
+                (after[1], after[2], limit)).fetchall()
+            more = ("follows",) + rows[-1][:2] if len(rows) == limit else ("marks", "")
+            return [_register(*row) for row in rows], more
+        rows = self.db.execute(
+            "SELECT user, body FROM marks JOIN record USING (origin, seq) WHERE user > ?"
+            " ORDER BY user LIMIT ?", (after[1], limit)).fetchall()
+        more = ("marks", rows[-1][0]) if len(rows) == limit else None
         return decoded(row[-1] for row in rows), more
+
+
+def _register(follower, followee, following, time_us, updateId):
+    """A row of C{follows} as L{Index.statePage} gives it."""
+    origin, _, seq = updateId.rpartition("/")
+    return (follower, followee, time_us, origin, int(seq), bool(following))

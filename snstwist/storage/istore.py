@@ -25,7 +25,9 @@ class IStore(Interface):
         """
         A Deferred (updates, position): at most C{limit} of the stored
         updates of a replica's state (the users, passwords, follow changes
-        and each user's last read mark, no post), from after the position
+        and each user's last read mark, no post; a store may give a follow
+        pair's last writer instead of its changes, as a tuple (follower,
+        followee, time_us, origin, seq, following)), from after the position
         C{after} (None: the first page; else the position a page gave), and
         the position of the next page (None: this was the last).  What was
         stored when the last L{open} or L{read} read L{held} is in the
