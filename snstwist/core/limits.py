@@ -93,7 +93,7 @@ MAX_USERS = 100000
 # process, and a timeline (its history, a catch-up) reads one author per
 # user followed: the bound keeps one account from costing every process
 # megabytes, or its own timeline reads thousands of authors
-# (docs/benchmarks.md, "Follows per user").  A VM applies the follows other
+# (docs/benchmarks.md, "Memory per user").  A VM applies the follows other
 # VMs accepted whatever its own count (a peer can not refuse a replicated
 # write and converge): concurrent follows of one user on VMs that do not
 # see each other's go past it, by at most MAX_FOLLOWS per such VM.
