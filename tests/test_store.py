@@ -30,6 +30,27 @@ def byId(updates):
     return sorted(updates, key=lambda u: u.id)
 
 
+def holdWrite(s, seq):
+    """
+    Hold the batch that begins with C{seq} on C{s}'s disk thread until the
+    returned C{release} is set; C{held} is set once it got there.  Other
+    batches are written as they come, and C{others} is set when one is.
+    """
+    held, release, others = threading.Event(), threading.Event(), threading.Event()
+    write = s._disk.write
+
+    def writing(updates, *rest):
+        if updates[0].seq == seq:
+            held.set()
+            release.wait(30)
+        else:
+            others.set()
+        return write(updates, *rest)
+
+    s._disk.write = writing
+    return held, release, others
+
+
 class SQLiteStoreTests(TestCase):
     def setUp(self):
         self.path = self.mktemp()
@@ -186,19 +207,7 @@ class SQLiteStoreTests(TestCase):
         blocks it) from before the first batch ends until the second starts.
         """
         s = await self.openStore()
-        first, second = threading.Event(), threading.Event()
-        release = threading.Event()
-        write = s._disk.write
-
-        def writing(updates, *rest):
-            if updates[0].seq == 1:
-                first.set()
-                release.wait(30)
-            else:
-                second.set()
-            return write(updates, *rest)
-
-        s._disk.write = writing
+        first, release, second = holdWrite(s, 1)
         one = s.persist([postUpdate("vm1.a", 1, 10, "alice")])
         self.assertTrue(first.wait(30), "the first batch never reached the disk")
         two = s.persist([postUpdate("vm1.a", 2, 20, "alice")])
@@ -237,16 +246,7 @@ class SQLiteStoreTests(TestCase):
         await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
         self.assertEqual(len(calls), 1)
         # Two batches in one run: the second comes while the first is written.
-        held, release = threading.Event(), threading.Event()
-        write = s._disk.write
-
-        def writing(updates, *rest):
-            if updates[0].seq == 2:
-                held.set()
-                release.wait(30)
-            return write(updates, *rest)
-
-        s._disk.write = writing
+        held, release, _ = holdWrite(s, 2)
         del calls[:]
         two = s.persist([postUpdate("vm1.a", 2, 20, "alice")])
         self.assertTrue(held.wait(30), "the batch never reached the disk")
@@ -282,16 +282,7 @@ class SQLiteStoreTests(TestCase):
         for it), even once the reactor hears that the first run stopped.
         """
         s = await self.openStore()
-        held, release = threading.Event(), threading.Event()
-        write = s._disk.write
-
-        def writing(updates, *rest):
-            if updates[0].seq == 2:
-                held.set()
-                release.wait(30)
-            return write(updates, *rest)
-
-        s._disk.write = writing
+        held, release, _ = holdWrite(s, 2)
         first = s.persist([postUpdate("vm1.a", 1, 10, "alice")])
         run = s._writing
         second = []
