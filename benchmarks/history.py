@@ -36,13 +36,12 @@ A measurement, not a test.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
 
 from benchlib.cluster import until, useTLS
-from benchlib.historydata import copyTo, imported
+from benchlib.historydata import copyTo, imported, saveResults
 from benchlib.looplags import lagEvents, lagsByPhase
 from benchlib.machine import machine
 from benchlib.processes import ENV, rssKB
@@ -267,10 +266,7 @@ def main():
         bench.run()
     finally:
         bench.stop()
-    out = args.out or os.path.join(bench.work, "results-%d.json" % (args.posts,))
-    with open(out, "w") as f:
-        json.dump(bench.results, f, indent=1)
-    print("results in", out)
+    saveResults(bench.results, bench.work, args.posts, args.out)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import sys
 import time
 
 from benchlib.cluster import PASSWORD, until, useTLS
-from benchlib.historydata import copyTo
+from benchlib.historydata import copyTo, saveResults
 from benchlib.looplags import lagEvents, lagsByPhase
 from benchlib.machine import machine
 from benchlib.processes import ENV, PY, ROOT
@@ -219,10 +219,7 @@ def main():
     args = parser.parse_args()
     bench = Bench(args)
     bench.run()
-    out = args.out or os.path.join(bench.work, "results-%d.json" % (args.users,))
-    with open(out, "w") as f:
-        json.dump(bench.results, f, indent=1)
-    print("results in", out)
+    saveResults(bench.results, bench.work, args.users, args.out)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ copy of that import in each VM's data directory: the same file gives every
 VM the same data.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -41,3 +42,11 @@ def copyTo(pristine, data):
     shutil.rmtree(os.path.dirname(data), ignore_errors=True)
     shutil.copytree(pristine, data)
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(data) for f in fs)
+
+
+def saveResults(results, work, n, out=None):
+    """Write C{results} as JSON to C{out}, by default WORK/results-N.json, and say where."""
+    out = out or os.path.join(work, "results-%d.json" % (n,))
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    print("results in", out)
