@@ -60,6 +60,8 @@ TARGETS = {
     "snstwist/rpc/auth.py": (["tests.test_auth", "tests.test_server", "tests.test_router"], None),
     "snstwist/core/state.py": (["tests.test_state", "tests.test_read_marks",
                            "tests.test_replication", "tests.test_convergence"], None),
+    "snstwist/core/follows.py": (["tests.test_follows", "tests.test_state"], None),
+    "snstwist/core/registers.py": (["tests.test_follows", "tests.test_state"], None),
     "snstwist/router.py": (["tests.test_router", "tests.test_timeouts"], None),
     "snstwist/buddy/role.py": (["tests.test_buddy"], None),
     "snstwist/buddy/supervisor.py": (["tests.test_buddy"], None),

@@ -143,3 +143,27 @@ class CompactFollowsTests(SynchronousTestCase):
                   len([n for n in followers if n > "b"]) > 2)))
             for other in FAN:
                 self.assertEqual(compact.isFollowing(name, other), (name, other) in live)
+
+    def test_followers_grow_past_the_sorted_set_and_shrink_back(self):
+        """
+        One followee's followers, up from none past the switch to a sorted set
+        (3 here) and back down to none, one at a time, in an order that is
+        not theirs: each step is seen in followers, counts and isFollowing.
+        """
+        compact, names = Follows(), ["erin", "bob", "dave", "alice", "carol"]
+        for seq, name in enumerate(names, 1):
+            compact.apply(name, "zed", 10, "vm1.a", seq, True)
+            self.assertEqual(list(compact.followers("zed")), sorted(names[:seq]))
+            self.assertEqual(compact.count(name), 1)
+        compact.apply("bob", "yan", 11, "vm1.a", 6, True)
+        self.assertEqual(compact.count("bob"), 2)
+        for seq, name in enumerate(names, 7):
+            compact.apply(name, "zed", 20, "vm1.a", seq, False)
+            self.assertEqual(list(compact.followers("zed")), sorted(names[names.index(name) + 1:]))
+            self.assertFalse(compact.isFollowing(name, "zed"))
+            self.assertEqual(compact.count(name), 1 if name == "bob" else 0)
+        self.assertEqual(compact.followers("zed"), ())
+        # Out of a sorted tuple (a few followers): the others stay.
+        compact.apply("alice", "yan", 30, "vm1.a", 12, True)
+        compact.apply("alice", "yan", 31, "vm1.a", 13, False)
+        self.assertEqual(compact.followers("yan"), ("bob",))
