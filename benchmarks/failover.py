@@ -22,7 +22,9 @@ With C{--client}, it runs C{run.py}'s failover phase instead
 (C{benchlib.failovers}): a client (C{loadgen.py failover}, the client
 library) SIGKILLs its own master1 and times its next post (durable on two
 VMs) and LIST until they succeed, the design's client failover; then the
-promoted master's Login, the pair again and the slave's replacement as above.
+promoted master's Login, the pair again and the slave's replacement as above;
+and how many VMs held each of those posts when it was acknowledged (its
+reply's copies).
 
 Usage: python benchmarks/failover.py [-n 10] [--keep] [--client]
 
@@ -182,6 +184,11 @@ def clientFailovers(args):
         print("%-52s p50 %7.1f ms   p99 %7.1f ms   max %7.1f ms   (n=%d, failed %d)"
               % (what, stat["p50"] or 0, stat["p99"] or 0, stat["max"] or 0, stat["n"],
                  stat["failed"]))
+    # The VMs holding the post acknowledged after each kill, as its reply said.
+    copies = [r.get("post_copies") for r in result["runs"]]
+    print("%-52s %s (on two VMs: %d of %d)"
+          % ("copies of the client's next post after each kill", copies,
+             copies.count(2), len(copies)))
 
 
 if __name__ == "__main__":

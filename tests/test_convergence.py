@@ -316,6 +316,11 @@ class ReplicationMachine(RuleBasedStateMachine):
         stored = [u.time_us for u in store.durable.values()]
         assert inc.node.hlc.last >= max(stored, default=0), "restart must observe stored times"
         self.vms[vm] = inc
+        # The routers list every VM throughout (a crashed master's slave
+        # takes over; a partition cuts VMs off from each other, not from
+        # the routers): a write waits for a peer whose stream is down, for
+        # a while, and must then be sent on the next stream.
+        inc.replicator.setLive(set(VMS) - {vm})
         return inc
 
     def _link(self, inc, other):

@@ -112,10 +112,6 @@ class _Copies:
         return None
 
 
-def _one(_):
-    return 1
-
-
 class Writes:
     """
     The writes of this master's clients: applied on C{node}, replicated by
@@ -175,10 +171,10 @@ class Writes:
         """Apply the write, unless C{update} is the copy of its request already applied."""
         if update is None:
             update = make(user, requestId)
-            d = self.acknowledged(update, request.prefer_vm)
-        else:
-            # A retry of a command we (or a peer VM) already applied.
-            d = self.node.durable(update).addCallback(_one)
+        # else a retry of a command we (or a peer VM: its master may have
+        # died before answering) already applied: sent to the peers again,
+        # so that it too is answered with the copies really held.
+        d = self.acknowledged(update, request.prefer_vm)
         self.writing += 1
         return d.addBoth(self._reply, update)
 

@@ -39,6 +39,16 @@ log = Logger()
 ANTI_ENTROPY = 1.0
 LINK_TIMEOUT = 3 * ANTI_ENTROPY
 ACK_TIMEOUT = 5.0
+# How long a write waits for a peer VM the routers list as live whose
+# stream is not synced (docs/design.md section 5, "When a write is
+# acknowledged"), counted from when that VM's stream was lost, or from
+# when it was first listed unlinked: a promotion links again in tens of
+# milliseconds (0.3 s p99 on a loaded machine), while the routers drop a
+# server silent for 2 s (and a slave fences a master silent that long).  A
+# VM still unlinked after that is cut off from us, not failing over; and a
+# write that waited it out is answered well inside the client's 5 s call
+# timeout.
+UNLINKED_WAIT = 2.0
 BATCH = min(100, UPDATES_PER_MESSAGE)
 # A catch-up reads its next page from disk once at most this many messages
 # wait on the stream.
@@ -138,10 +148,13 @@ class PeerLink(grpcbridge.ReconnectingLink):
             return
         kind = message.WhichOneof("kind")
         if kind == "hello":
+            self.remote = VersionVector.fromProto(message.hello.have)
             if not self.synced:
                 log.info("replicating to {vm} at {address}", vm=self.vm, address=self.address)
-            self.synced = True
-            self.remote = VersionVector.fromProto(message.hello.have)
+                self.synced = True
+                # The writes waiting for this VM go first (the catch-up
+                # then skips them as in flight).
+                self.replicator.linked(self)
             self._catchUp(self.remote)
         elif kind == "ack":
             self.ackTraffic.count(len(message.ack.ids))
@@ -242,7 +255,7 @@ class PeerLink(grpcbridge.ReconnectingLink):
                          " updates through; last: {why}", vm=self.vm, n=self.failures,
                          why=self.lastError)
         if wasSynced:
-            self.replicator.linkLost(self.vm)
+            self.replicator.linkLost(self)
 
     def lacking(self):
         """How many updates held here the peer has not confirmed holding."""

@@ -64,11 +64,21 @@ def peersOf(memberships, vm):
     return peers
 
 
+def liveVmsOf(memberships, vm):
+    """
+    The other VMs the routers' views list with any server: a master, or a
+    slave only (its master just died: it is taking over).
+    """
+    return {server.vm for membership in memberships for server in membership.servers
+            if server.vm != vm}
+
+
 class RouterLinks:
     """
     A L{RouterLink} to every router, and what their memberships mean: while
-    this server is its VM's master, C{setPeers({vm: address})} is told where
-    the other VMs' masters are after every membership a router pushes.
+    this server is its VM's master, C{setPeers({vm: address}, live)} is told
+    where the other VMs' masters are, and which other VMs are live, after
+    every membership a router pushes.
     """
 
     def __init__(self, routers, clock, secret, vm, current, hello, load, setPeers):
@@ -103,7 +113,8 @@ class RouterLinks:
     def membershipChanged(self, router, membership):
         self.memberships[router] = membership
         if self.current.isMaster():
-            self.setPeers(peersOf(self.memberships.values(), self.vm))
+            views = self.memberships.values()
+            self.setPeers(peersOf(views, self.vm), liveVmsOf(views, self.vm))
 
     @defer.inlineCallbacks
     def stop(self):
