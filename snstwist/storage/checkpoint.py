@@ -19,12 +19,11 @@ WAL's fsync) is; a checkpoint only moves committed pages into the database.
 import sqlite3
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from snstwist.storage.rounds import AfterBatches
+from snstwist.storage.threads import DiskThread
 
 log = Logger()
 
@@ -54,7 +53,7 @@ class Checkpointer:
         self.clock = clock
         self.dbPath = dbPath
         self.name = name
-        self._pool = ThreadPool(1, 1, name="sns-checkpoint")
+        self._thread = DiskThread(reactor, "sns-checkpoint")
         self._db = None
         self._round = AfterBatches(clock, self.checkpoint)
         self._running = None
@@ -75,10 +74,8 @@ class Checkpointer:
         self._round.started()
         if self._running is not None:
             return self._running
-        if not self._pool.started:
-            self._pool.start()
         self.rounds += 1
-        self._running = deferToThreadPool(self.reactor, self._pool, self._checkpoint)
+        self._running = self._thread.run(self._checkpoint)
         return self._running.addBoth(self._done)
 
     def _checkpoint(self):
@@ -105,9 +102,9 @@ class Checkpointer:
         self._round.cancel()
         if self._running is not None:
             yield self._running
-        if self._pool.started:
-            yield deferToThreadPool(self.reactor, self._pool, self._close)
-            self._pool.stop()
+        if self._thread.started:
+            yield self._thread.run(self._close)
+        yield self._thread.stop()
 
     def _close(self):
         if self._db is not None:

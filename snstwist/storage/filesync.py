@@ -12,12 +12,11 @@ import contextlib
 import threading
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from snstwist.storage.rounds import AfterBatches
+from snstwist.storage.threads import DiskThread
 
 log = Logger()
 
@@ -153,7 +152,7 @@ class Flusher:
         self.name = name
         self.writing = writing
         self.retryDelay = retryDelay
-        self._pool = ThreadPool(1, 1, name="sns-sync")
+        self._thread = DiskThread(reactor, "sns-sync")
         self._syncing = None
         self._failures = 0
         self._retry = None
@@ -189,10 +188,8 @@ class Flusher:
                 for d in settled:
                     d.callback(None)
             return
-        if not self._pool.started:
-            self._pool.start()
         self.rounds += 1
-        self._syncing = deferToThreadPool(self.reactor, self._pool, self.disk.unflushed.sync)
+        self._syncing = self._thread.run(self.disk.unflushed.sync)
         self._syncing.addBoth(self._flushed)
 
     def _flushed(self, result):
@@ -238,8 +235,7 @@ class Flusher:
                 pass  # logged by _flushed
             # Its end may have scheduled the next round (or a retry).
             self._cancelLater()
-        if self._pool.started:
-            self._pool.stop()
+        yield self._thread.stop()
         settled, self._settled = self._settled, []
         for d in settled:
             d.callback(None)

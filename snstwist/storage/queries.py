@@ -8,12 +8,11 @@ request, pages of posts (L{index.Index}'s queries).
 import sqlite3
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from snstwist.core.state import VersionVector
 from snstwist.storage.index import Index
+from snstwist.storage.threads import DiskThread
 
 
 def _lookUp(index, keys, requesters):
@@ -38,16 +37,14 @@ class Queries:
     def __init__(self, reactor, dbPath):
         self.reactor = reactor
         self.dbPath = dbPath
-        self._pool = ThreadPool(1, 1, name="sns-query")
+        self._thread = DiskThread(reactor, "sns-query")
         self._reader = None
         self._lookups = []  # (keys, requesters, Deferred) asked while a lookup is under way
         self._lookingUp = False
         self.lookups = 0
 
     def _onQuery(self, function, *args):
-        if not self._pool.started:
-            self._pool.start()
-        return deferToThreadPool(self.reactor, self._pool, self._query, function, *args)
+        return self._thread.run(self._query, function, *args)
 
     def _query(self, function, *args):
         if self._reader is None:
@@ -112,11 +109,10 @@ class Queries:
 
     @defer.inlineCallbacks
     def close(self):
-        if self._pool.started:
-            if self._reader is not None:
-                yield self._onQuery(lambda index: index.db.close())
-                self._reader = None
-            self._pool.stop()
+        if self._reader is not None:
+            yield self._onQuery(lambda index: index.db.close())
+            self._reader = None
+        yield self._thread.stop()
 
 
 class Committed:

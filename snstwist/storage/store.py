@@ -36,10 +36,8 @@ import sqlite3
 import threading
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from snstwist.core import errors
@@ -50,6 +48,7 @@ from snstwist.storage.disk import DataLocked, Disk
 from snstwist.storage.filesync import Flusher
 from snstwist.storage.istore import IStore
 from snstwist.storage.queries import Committed, Queries
+from snstwist.storage.threads import DiskThread
 
 log = Logger()
 
@@ -97,7 +96,7 @@ class SQLiteStore(Committed):
         self.path = path
         self.name = name or path
         self._disk = Disk(path)
-        self._pool = ThreadPool(1, 1, name="sns-store")
+        self._thread = DiskThread(self.reactor, "sns-store")
         # The post files' flushes, off the acknowledgement's path.
         self._flusher = Flusher(self.reactor, self.clock, self._disk, self.name,
                                 lambda: self._writing is not None, self._retryDelay)
@@ -128,9 +127,7 @@ class SQLiteStore(Committed):
                              jitter=self.jitter)(failedInARow)
 
     def _onDisk(self, function, *args):
-        if not self._pool.started:
-            self._pool.start()
-        return deferToThreadPool(self.reactor, self._pool, function, *args)
+        return self._thread.run(function, *args)
 
     def read(self, posts=True):
         """
@@ -320,15 +317,15 @@ class SQLiteStore(Committed):
                      why=self.problem.message if self.problem else "")
         yield self._flusher.stop()
         yield self._checkpointer.stop()
-        if self._pool.started and self._disk.index is not None:
+        if self._thread.started and self._disk.index is not None:
             # The files flushed, and their authors out of unsynced (else repaired on open).
             yield self._onDisk(self._disk.settle).addErrback(lambda f: log.warn(
                 "{name}: closing with post files not flushed: {why}", name=self.name,
                 why=f.getErrorMessage()))
         yield self._queries.close()
-        if self._pool.started:
+        if self._thread.started:
             yield self._onDisk(self._disk.close)
-            self._pool.stop()
+        yield self._thread.stop()
 
 
 def __getattr__(name):
