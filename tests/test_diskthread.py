@@ -3,12 +3,14 @@ L{DiskThread}: the store's threads run their jobs one at a time, in the
 order given, off the reactor's thread, and answer each on the reactor.
 """
 
+import asyncio
 import threading
 
 from twisted.internet import defer, reactor, threads
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from snstwist.storage.threads import DiskThread
+from snstwist.storage.threads import DiskThread, fromThread
 
 
 class Boom(Exception):
@@ -99,3 +101,56 @@ class DiskThreadTests(TestCase):
         self.assertFalse(thread.started)
         # Stopping twice is stopping.
         await thread.stop()
+
+
+class FromThreadTests(TestCase):
+    async def test_a_call_from_a_thread_runs_on_the_loops_next_turn(self):
+        """
+        A call made from a thread runs among the loop's ready calls of the
+        next turn, before what the reactor's thread queues for the turn
+        after it; Twisted's asyncio reactor's callFromThread would run it
+        a turn later (a callLater(0) of it).
+        """
+        loop = asyncio.get_event_loop()
+        order = []
+        made = threading.Event()
+        done = defer.Deferred()
+
+        def fromAThread():
+            fromThread(reactor)(order.append, "from the thread")
+            made.set()
+
+        def blocked():
+            threading.Thread(target=fromAThread).start()
+            self.assertTrue(made.wait(30))
+            # Queued after the thread's call, on the reactor's thread.
+            loop.call_soon(order.append, "next on the loop")
+            reactor.callLater(0.01, done.callback, None)
+
+        reactor.callLater(0, blocked)
+        await done
+        self.assertEqual(order, ["from the thread", "next on the loop"])
+
+    async def test_a_call_from_a_thread_that_raises_is_logged(self):
+        def fails():
+            raise Boom("bug")
+
+        made = threading.Event()
+
+        def fromAThread():
+            fromThread(reactor)(fails)
+            made.set()
+
+        await threads.deferToThread(fromAThread)
+        await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)
+
+    def test_a_reactor_without_an_asyncio_loop_is_called_as_it_says(self):
+        calls = []
+
+        class Plain:
+            def callFromThread(self, f, *args):
+                calls.append((f, args))
+
+        fromThread(Plain())(print, 1)
+        self.assertEqual(calls, [(print, (1,))])

@@ -228,7 +228,7 @@ class SQLiteStore(Committed):
                     self._draining = False
                     return last, None
             if last is not None:
-                self.reactor.callFromThread(self._written, *last)
+                self._thread.callFromThread(self._written, *last)
                 last = None
             updates = [u for ups, _, _, _ in batch for u in ups]
             hidden = set().union(*(h for _, _, h, _ in batch))

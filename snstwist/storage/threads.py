@@ -11,19 +11,45 @@ master's reactor thread at 100 posts/s), and the woken worker took the
 interpreter several times before it ran the job, each time winning it back
 from a reactor that may be busy.  A L{DiskThread} sleeps on a lock of its
 own, released once to wake it; it takes every job waiting when it wakes,
-and answers each with one C{callFromThread}.  A job's handoff to an idle
-thread and back: 25 and 60 us at p50 here, against 61 and 61 us through the
-pool (benchmarks.md, "A thread of the store's own").
+and answers each in one turn of the reactor's loop (L{fromThread}).
 """
 
 import collections
 import threading
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+log = Logger()
 
 # In the queue: the thread ends here.
 _STOP = object()
+
+
+def _run(f, args):
+    try:
+        f(*args)
+    except BaseException:
+        log.failure("a call from a disk thread failed")
+
+
+def fromThread(reactor):
+    """
+    How a thread calls C{f(*args)} on C{reactor}'s thread, as soon as it
+    can.  Twisted's asyncio reactor's C{callFromThread} takes two turns of
+    its loop (the loop's C{call_soon_threadsafe} runs a C{callLater(0, f)},
+    which runs on the turn after): on that reactor the call goes to the
+    loop itself, one turn.  Other reactors (tests' fakes) get their own.
+    """
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    if loop is None:
+        return reactor.callFromThread
+
+    def call(f, *args):
+        loop.call_soon_threadsafe(_run, f, args)
+
+    return call
 
 
 class DiskThread:
@@ -41,6 +67,8 @@ class DiskThread:
         self._wake.acquire()
         self._thread = None
         self._stopping = None
+        # How the thread answers (a test counts the calls here).
+        self.callFromThread = fromThread(reactor)
 
     @property
     def started(self):
@@ -88,7 +116,7 @@ class DiskThread:
 
     def _work(self):
         """The thread: sleep until woken, then run every job waiting, answering each."""
-        answer = self.reactor.callFromThread
+        answer = self.callFromThread
         while True:
             self._wake.acquire()
             while self._jobs:
