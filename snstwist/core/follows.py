@@ -91,6 +91,29 @@ class Follows:
                 del self._followers[followee]
         return True
 
+    def restore(self, follower, followees, packed, following):
+        """
+        Hold C{follower}'s registers as a snapshot keeps them: C{packed}[i]
+        (packed by this holding's L{Keys}) of C{followees}[i], C{following}
+        of them followed.  Into a holding that has none of C{follower}'s yet;
+        its followees' followers are restored apart (L{restoreFollowers}).
+        """
+        self._registers[follower] = dict(zip(followees, packed))
+        if following:
+            self._counts[follower] = following
+
+    def restoreFollowers(self, followee, followers):
+        """Hold C{followers} (a sorted tuple) as C{followee}'s, as a snapshot keeps them."""
+        self._followers[followee] = (SortedSet(followers) if len(followers) >= SORTED_FOLLOWERS
+                                     else followers)
+
+    def mergeFrom(self, other):
+        """Apply every register of C{other} (a holding with keys of its own) here."""
+        unpack = other.keys.unpack
+        for follower, registers in other._registers.items():
+            for followee, held in registers.items():
+                self.apply(follower, followee, *unpack(held))
+
     @staticmethod
     def _decrement(counts, name):
         if counts[name] == 1:

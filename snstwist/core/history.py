@@ -18,9 +18,10 @@ reactor's.
 import functools
 import itertools
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from snstwist.core.slices import inSlices
+from snstwist.core.stateload import Rebuild
 from snstwist.core.window import Windows
 
 # Updates read from the store per page of a catch-up (a peer's or the slave's).
@@ -71,10 +72,16 @@ class History:
     def load(self):
         """
         Open the node's store and apply what memory holds of it (never the
-        whole history: L{IStore.open}), in slices (L{slices}).
+        whole history: L{IStore.open}), in slices (L{slices}); then, as the
+        VM's writer, keep its state snapshot (L{IStore.keepSnapshots}).
         """
         store = self.node.store
-        return self._apply(store.open(posts=False), store)
+        return self._apply(store.open(posts=False), store).addCallback(self._keep, store)
+
+    @staticmethod
+    def _keep(fresh, store):
+        store.keepSnapshots()
+        return fresh
 
     def warmUp(self):
         """The same, read without the writer lock: a slave warming up while its master writes."""
@@ -113,6 +120,7 @@ class History:
             d.addCallback(lambda _: fresh[0])
         else:
             d = self._apply(store.open(posts=False), store)
+        d.addCallback(self._keep, store)
 
         def opened(fresh):
             self.warm = True
@@ -272,13 +280,15 @@ class History:
 
 async def readState(node, store, fresh):
     """
-    Apply the state C{store} holds (L{IStore.statePage}) to C{node}'s
-    replica a page at a time, in slices: no reactor turn and no memory
-    holds all of it, and the next page is read while one is applied.  What
-    it applies is not noted in the version vector (L{Replica.applyState};
-    the follows come as their registers, L{Index.statePage}):
-    the store's is merged once all is read (L{History._held}).  Returns
-    C{fresh} plus how many updates were read.
+    Apply the state C{store} holds to C{node}'s replica: its snapshot, a
+    part a turn (L{stateload.Rebuild}), and the state updates it does not
+    cover (L{IStore.stateSince}); or, with no snapshot, everything
+    (L{IStore.statePage}).  Updates are read a page at a time and applied
+    in slices: no reactor turn and no memory holds all of it, and the next
+    page is read while one is applied.  What it applies is not noted in the
+    version vector (L{Replica.applyState}; the follows may come as their
+    registers, L{Index.statePage}): the store's is merged once all is read
+    (L{History._held}).  Returns C{fresh} plus how many updates were read.
     """
 
     def apply(item):
@@ -289,11 +299,24 @@ async def readState(node, store, fresh):
             node.hlc.observe(item.time_us)
             node.replica.applyState(item)
 
-    # Else nothing is stored: no page to read.
-    reading = store.statePage(None, STATE_PAGE) if store.held().origins else None
+    if not store.held().origins:
+        return fresh  # nothing is stored: no page to read
+    snapshot = await store.stateSnapshot()
+    if snapshot is None:
+        pageOf = store.statePage
+    else:
+        rebuild = Rebuild(snapshot.origins)
+        for part in snapshot.parts():
+            rebuild.apply(part)
+            await task.deferLater(node.clock, 0, lambda: None)
+        rebuild.install(node.replica)
+        node.hlc.observe(snapshot.maxTime)
+        fresh += snapshot.count
+        pageOf = functools.partial(store.stateSince, snapshot.covers)
+    reading = pageOf(None, STATE_PAGE)
     while reading is not None:
         updates, after = await reading
-        reading = store.statePage(after, STATE_PAGE) if after is not None else None
+        reading = pageOf(after, STATE_PAGE) if after is not None else None
         await inSlices(node.clock, updates, apply)
         fresh += len(updates)
     return fresh

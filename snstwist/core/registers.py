@@ -35,9 +35,18 @@ class Keys:
     about L{limits.MAX_ORIGINS}, far below 2**32).
     """
 
-    def __init__(self):
-        self._origins = []
-        self._numbers = {}
+    def __init__(self, origins=()):
+        # Numbered in the order given (a snapshot's keys were packed so,
+        # L{snstwist.storage.snapshot}), then in the order met.
+        self._origins = list(origins)
+        self._numbers = {origin: n for n, origin in enumerate(self._origins)}
+        if len(self._numbers) != len(self._origins) or len(self._origins) > _ORIGIN_MASK + 1:
+            raise ValueError("origins must be distinct and fewer than 2**32")
+
+    @property
+    def origins(self):
+        """The origins numbered so far, in the order of their numbers (do not change it)."""
+        return self._origins
 
     def pack(self, time_us, origin, seq, value):
         """The int of the key (C{time_us}, C{origin}/C{seq}) with the bit C{value}."""
@@ -55,6 +64,11 @@ class Keys:
         return (packed >> _TIME_SHIFT,
                 updateId(self._origins[(packed >> _ORIGIN_SHIFT) & _ORIGIN_MASK],
                          (packed >> _SEQ_SHIFT) & _SEQ_MASK))
+
+    def unpack(self, packed):
+        """(time_us, origin, seq, value) of C{packed}: what L{pack} was given."""
+        return (packed >> _TIME_SHIFT, self._origins[(packed >> _ORIGIN_SHIFT) & _ORIGIN_MASK],
+                (packed >> _SEQ_SHIFT) & _SEQ_MASK, bool(packed & 1))
 
     @staticmethod
     def value(packed):

@@ -133,9 +133,10 @@ class Replica:
         if update.user is not None:
             user = sys.intern(update.user)
             self.users.add(user)
-            self._setPassword(user, update, update.hash)
+            self.setPassword(user, update.time_us, update.origin, update.seq, update.hash)
         elif update.password is not None:
-            self._setPassword(update.password.user, update, update.password.hash)
+            self.setPassword(update.password.user, update.time_us, update.origin, update.seq,
+                             update.password.hash)
         elif update.read is not None:
             mark = update.read
             if mark.key > self.reads.get(mark.user, (0, "")):
@@ -145,12 +146,12 @@ class Replica:
             self.follows.apply(f.follower, f.followee, update.time_us, update.origin,
                                update.seq, f.following)
 
-    def _setPassword(self, user, update, hash):
+    def setPassword(self, user, time_us, origin, seq, hash):
+        """Write C{user}'s password register, keyed (C{time_us}, C{origin}/C{seq}), if newer."""
         current = self.passwords.get(user)
         keys = self.keys
-        if current is None or keys.newer(update.time_us, update.origin, update.seq, current[0]):
-            self.passwords[user] = (keys.pack(update.time_us, update.origin, update.seq, True),
-                                    hash)
+        if current is None or keys.newer(time_us, origin, seq, current[0]):
+            self.passwords[user] = (keys.pack(time_us, origin, seq, True), hash)
 
     def password(self, user):
         """C{user}'s L{PasswordRegister} (its key is the generation), or None."""

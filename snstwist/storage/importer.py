@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import time
 
 from snstwist.core import errors
@@ -34,7 +35,7 @@ from snstwist.core.model import (
     updateId,
 )
 from snstwist.core.state import Seen, VersionVector
-from snstwist.storage import writes
+from snstwist.storage import snapshot, writes
 from snstwist.storage.admin import BadLine, NotEmpty, isEmpty
 from snstwist.storage.bulk import BulkWriter
 from snstwist.storage.postfile import formatTime, fsync, parseTime, postLineOf
@@ -99,8 +100,12 @@ class Importer:
                 made.origins[self.origin] = Seen(self.seq)
                 self.versions.merge(made)
             self.out.finish(self.versions)
+            snapshotted = _snapshot(work)
             os.replace(os.path.join(work, "sns.sqlite3"), os.path.join(self.path, "sns.sqlite3"))
             os.replace(os.path.join(work, "posts"), os.path.join(self.path, "posts"))
+            if snapshotted:
+                os.replace(os.path.join(work, snapshot.FILE),
+                           os.path.join(self.path, snapshot.FILE))
             os.rmdir(work)
             fsync(self.path)
         except BaseException:
@@ -314,6 +319,15 @@ def _followed(follows, counts, lineno, pair, following):
         raise BadLine(lineno, "%s follows more than %d users, the most one may"
                       % (pair[0], MAX_FOLLOWS))
     follows[pair], counts[pair[0]] = following, count
+
+
+def _snapshot(work):
+    """Write the state snapshot into C{work} if a start would want one (L{snapshot.saveIfDue})."""
+    db = sqlite3.connect(os.path.join(work, "sns.sqlite3"))
+    try:
+        return snapshot.saveIfDue(work, db) is not None
+    finally:
+        db.close()
 
 
 def _batches(lines, size):

@@ -321,7 +321,7 @@ class Index(RecordWrites):
                 " WHERE (follower, followee) > (?, ?) ORDER BY follower, followee LIMIT ?",
                 (after[1], after[2], limit)).fetchall()
             more = ("follows",) + rows[-1][:2] if len(rows) == limit else ("marks", "")
-            return [_register(*row) for row in rows], more
+            return [register(*row) for row in rows], more
         rows = self.db.execute(
             "SELECT user, body FROM marks JOIN record USING (origin, seq) WHERE user > ?"
             " ORDER BY user LIMIT ?", (after[1], limit)).fetchall()
@@ -329,7 +329,7 @@ class Index(RecordWrites):
         return decoded(row[-1] for row in rows), more
 
 
-def _register(follower, followee, following, time_us, updateId):
+def register(follower, followee, following, time_us, updateId):
     """A row of C{follows} as L{Index.statePage} gives it."""
     origin, _, seq = updateId.rpartition("/")
     return (follower, followee, time_us, origin, int(seq), bool(following))

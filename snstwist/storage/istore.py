@@ -34,6 +34,24 @@ class IStore(Interface):
         pages; what is stored later may be.
         """
 
+    def stateSnapshot():
+        """
+        A Deferred of the state snapshot the store keeps (an object with
+        C{covers}, the version vector of what it holds, and C{origins},
+        C{maxTime}, C{count} and C{parts()}: L{snstwist.core.stateload}), or
+        of None if it keeps none it can use (none, torn, or covering what
+        L{held} lacks): then the state is read with L{statePage}.
+        """
+
+    def stateSince(covers, after, limit):
+        """
+        Like L{statePage}, the state updates stored that the version vector
+        C{covers} (a snapshot's) lacks: what a start applies after the snapshot.
+        """
+
+    def keepSnapshots():
+        """As the VM's writer (after L{open}), keep the state snapshot up to date."""
+
     def held():
         """The L{VersionVector} of the updates stored or being written (after L{open})."""
 

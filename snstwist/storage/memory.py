@@ -97,10 +97,22 @@ class MemoryStore:
 
     def statePage(self, after, limit):
         """Pages of the updates not posts, in (origin, seq) order; a position is a count."""
-        state = [self.durable[k] for k in sorted(self.durable) if self.durable[k].post is None]
+        return self.stateSince(VersionVector(), after, limit)
+
+    def stateSnapshot(self):
+        """Memory keeps no snapshot: a start reads the state a page at a time."""
+        return defer.succeed(None)
+
+    def stateSince(self, covers, after, limit):
+        """L{statePage} of the updates C{covers} lacks."""
+        state = [self.durable[k] for k in sorted(self.durable)
+                 if self.durable[k].post is None and not covers.has(*k)]
         start = after or 0
         more = start + limit if len(state) > start + limit else None
         return defer.succeed((state[start:start + limit], more))
+
+    def keepSnapshots(self):
+        """Nothing to keep: memory writes no snapshot."""
 
     def newest(self, authors, limit):
         shown = [u for u in self.durable.values() if u.post is not None and u.id not in self.hidden]

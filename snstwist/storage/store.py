@@ -47,7 +47,8 @@ from snstwist.storage.checkpoint import Checkpointer, boundWal
 from snstwist.storage.disk import DataLocked, Disk
 from snstwist.storage.filesync import Flusher
 from snstwist.storage.istore import IStore
-from snstwist.storage.queries import Committed, Queries
+from snstwist.storage.queries import Committed
+from snstwist.storage.snapshots import SnapshotStore, StateQueries
 from snstwist.storage.threads import DiskThread
 
 log = Logger()
@@ -78,7 +79,7 @@ def storageFailure(error, where):
 
 
 @implementer(IStore)
-class SQLiteStore(Committed):
+class SQLiteStore(Committed, SnapshotStore):
     """L{IStore} on SQLite and post files, with group commit on one thread."""
 
     # After a failed batch (disk full, no file descriptors) the writes wait
@@ -100,7 +101,7 @@ class SQLiteStore(Committed):
         # The post files' flushes, off the acknowledgement's path.
         self._flusher = Flusher(self.reactor, self.clock, self._disk, self.name,
                                 lambda: self._writing is not None, self._retryDelay)
-        self._queries = Queries(self.reactor, self._disk.dbPath)
+        self._queries = StateQueries(self.reactor, self._disk.dbPath, self.clock)
         # The WAL's checkpoints, off the commits (L{checkpoint}).
         self._checkpointer = Checkpointer(self.reactor, self.clock, self._disk.dbPath,
                                           self.name)

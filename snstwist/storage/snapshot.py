@@ -1,0 +1,307 @@
+"""
+A snapshot of a VM's state (users, passwords, read marks, follow registers)
+in one file, DATA/state.snapshot, so that a start reads one file and the
+changes made since it, not a row per user and per follow (docs/design.md
+section 4, "The state snapshot").
+
+The file is what the record's tables held at one version vector (its
+C{covers}), read in one transaction: C{MAGIC}, a header (format version,
+number of parts, payload length, CRC-32 of the payload), then the payload:
+parts, each a length and a marshal'd tuple.  The first part says what the
+snapshot covers (its version vector, the origins its keys were packed with,
+the latest time in it); then the names, each once, and the users,
+passwords, read marks, follow registers and followers by the names'
+numbers, in parts of at most L{PART_ITEMS} items, each loaded in a reactor
+turn of its own (L{snstwist.core.stateload}).
+
+A start uses the snapshot only if the record holds everything it covers;
+then the state is the snapshot plus the state updates of the record that
+it does not cover (L{changes}), applied as any update is (the last writer
+of each register wins), which is exactly what reading every row gives.  A
+snapshot that is torn (a kill while it was written: it is written to a
+temporary file, flushed, then renamed), damaged, of another format, or
+ahead of the record (a data directory restored from a backup) is ignored,
+with a log line, and the state read row by row.
+
+Only a VM's writer writes it (L{snstwist.storage.snapshots}), on a thread and a read-only
+connection of its own, when the state changed by L{CHANGES} updates since
+the last one: a start then reads at most about that many updates besides
+the file.  Nothing here runs on the reactor's thread.
+"""
+
+import marshal
+import os
+import struct
+import zlib
+
+from twisted.logger import Logger
+
+from snstwist.core.registers import Keys
+from snstwist.core.state import Replica, Seen, VersionVector
+from snstwist.storage.index import Index, decoded, register
+from snstwist.storage.postfile import fsync
+
+log = Logger()
+
+FILE = "state.snapshot"
+MAGIC = b"SNSSTATE"
+FORMAT = 1
+_HEADER = struct.Struct("<IIQI")  # format, parts, payload bytes, CRC-32 of the payload
+_LENGTH = struct.Struct("<I")
+# Items (names, registers, followers) in one part: each part is decoded and
+# applied in one reactor turn at a start (a few milliseconds).
+PART_ITEMS = 20000
+# A VM's writer writes a new snapshot once the record holds this many state
+# updates it does not cover (or this many in all, with no snapshot): what a
+# start reads besides the file, at some microseconds each.
+CHANGES = 20000
+# The kinds of state updates, in the order L{changes} reads them.
+KINDS = ("follow", "password", "read", "user")
+
+
+class StateSnapshot:
+    """A snapshot read and checked: what it C{covers}, and its parts (decoded when asked)."""
+
+    def __init__(self, meta, parts):
+        _, covers, self.origins, self.maxTime, self.count = meta
+        self.covers = VersionVector()
+        for origin, contiguous, extra in covers:
+            self.covers.origins[origin] = Seen(contiguous, set(extra))
+        self._parts = parts
+
+    def parts(self):
+        """The parts after the first, each decoded as it is taken."""
+        for raw in self._parts:
+            yield marshal.loads(raw)
+
+
+def _chunks(kind, columns):
+    """Parts of C{kind} from the equal-length lists C{columns}, L{PART_ITEMS} items each."""
+    n = len(columns[0])
+    return [(kind,) + tuple(c[i:i + PART_ITEMS] for c in columns)
+            for i in range(0, n, PART_ITEMS)]
+
+
+class _Builder:
+    """The parts of a snapshot, from one transaction of a connection (L{build})."""
+
+    def __init__(self, db):
+        self.db = db
+        self.numbers = {}
+        self.keys = Keys()
+        self.maxTime = 0
+        self.count = 0
+
+    def number(self, name):
+        n = self.numbers.get(name)
+        if n is None:
+            n = self.numbers[name] = len(self.numbers)
+        return n
+
+    def users(self):
+        """
+        The users, passwords and read marks, as a start applies their
+        updates (L{Replica.applyState}): the same code decides.
+        """
+        replica = Replica()
+        replica.keys = self.keys
+        rows = self.db.execute(
+            "SELECT body FROM record WHERE author IS NULL AND kind IN ('password', 'user')")
+        marks = self.db.execute("SELECT body FROM marks JOIN record USING (origin, seq)")
+        for body in (rows, marks):
+            for u in decoded(b for (b,) in body):
+                replica.applyState(u)
+                self.maxTime = max(self.maxTime, u.time_us)
+                self.count += 1
+        number = self.number
+        parts = _chunks("users", [[number(u) for u in replica.users]])
+        passwords = sorted(replica.passwords.items())
+        parts += _chunks("passwords", [[number(u) for u, _ in passwords],
+                                       [p for _, (p, _) in passwords],
+                                       [h for _, (_, h) in passwords]])
+        reads = sorted(replica.reads.items())
+        parts += _chunks("reads", [[number(u) for u, _ in reads], [k[0] for _, k in reads],
+                                   [k[1] for _, k in reads]])
+        return parts
+
+    def follows(self):
+        """The follow registers by follower, then the followers by followee (as names sort)."""
+        parts, run = [], ([], [], [], [], [])
+        followers, counts, following, followees, packed = run
+        pack, number = self.keys.pack, self.number
+        last = None
+        for row in self.db.execute("SELECT follower, followee, following, time_us, update_id"
+                                   " FROM follows ORDER BY follower, followee"):
+            follower, followee, time_us, origin, seq, value = register(*row)
+            if follower != last:
+                if len(followees) >= PART_ITEMS:
+                    parts.append(("follows",) + run)
+                    run = followers, counts, following, followees, packed = [], [], [], [], []
+                last = follower
+                followers.append(number(follower))
+                counts.append(0)
+                following.append(0)
+            counts[-1] += 1
+            following[-1] += value
+            followees.append(number(followee))
+            packed.append(pack(time_us, origin, seq, value))
+            self.maxTime = max(self.maxTime, time_us)
+            self.count += 1
+        if followers:
+            parts.append(("follows",) + run)
+        grouped = [[], [], []]
+        for followee, follower in self.db.execute(
+                "SELECT followee, follower FROM follows WHERE following = 1"
+                " ORDER BY followee, follower"):
+            if not grouped[0] or grouped[0][-1] != self.numbers[followee]:
+                if len(grouped[2]) >= PART_ITEMS:
+                    parts.append(("followers",) + tuple(grouped))
+                    grouped = [[], [], []]
+                grouped[0].append(self.numbers[followee])
+                grouped[1].append(0)
+            grouped[1][-1] += 1
+            grouped[2].append(self.numbers[follower])
+        if grouped[0]:
+            parts.append(("followers",) + tuple(grouped))
+        return parts
+
+
+def build(db):
+    """
+    The bytes of a snapshot of what the connection C{db} holds, read in one
+    transaction (so that the parts and the version vector agree).
+    """
+    db.execute("BEGIN")
+    try:
+        covers = Index(db).readVersions()
+        builder = _Builder(db)
+        parts = builder.users() + builder.follows()
+    finally:
+        db.execute("COMMIT")
+    names = sorted(builder.numbers, key=builder.numbers.get)
+    meta = (FORMAT, [(o, s.contiguous, sorted(s.extra)) for o, s in sorted(covers.origins.items())],
+            list(builder.keys.origins), builder.maxTime, builder.count)
+    payload = b"".join(_LENGTH.pack(len(raw)) + raw for raw in map(
+        marshal.dumps, [meta] + _chunks("names", [names]) + parts))
+    nparts = 1 + len(_chunks("names", [names])) + len(parts)
+    return (MAGIC + _HEADER.pack(FORMAT, nparts, len(payload), zlib.crc32(payload))
+            + payload)
+
+
+def parse(data, held):
+    """
+    The L{StateSnapshot} of the bytes C{data}, or None (with the reason
+    logged) if they are not a whole snapshot of this format, or cover an
+    update the version vector C{held} (the record's) lacks.
+    """
+    start = len(MAGIC) + _HEADER.size
+    if data[:len(MAGIC)] != MAGIC or len(data) < start:
+        return _ignored("not a state snapshot")
+    fmt, nparts, size, digest = _HEADER.unpack_from(data, len(MAGIC))
+    if fmt != FORMAT:
+        return _ignored("format %d, not %d" % (fmt, FORMAT))
+    payload = memoryview(data)[start:]
+    if len(payload) != size or zlib.crc32(payload) != digest:
+        return _ignored("torn or damaged (its checksum does not match)")
+    raws, at = [], 0
+    for _ in range(nparts):
+        (n,) = _LENGTH.unpack_from(payload, at)
+        raws.append(payload[at + _LENGTH.size:at + _LENGTH.size + n])
+        at += _LENGTH.size + n
+    snapshot = StateSnapshot(marshal.loads(raws[0]), raws[1:])
+    if snapshot.covers.lacking(held):
+        return _ignored("it covers updates the record does not hold")
+    return snapshot
+
+
+def _ignored(why):
+    log.warn("ignoring the state snapshot: {why}; reading the state row by row", why=why)
+    return None
+
+
+def read(path, held):
+    """The L{StateSnapshot} of the data directory C{path} (L{parse}), or None if it has none."""
+    try:
+        with open(os.path.join(path, FILE), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return _ignored("can not read it (%s)" % (e,))
+    return parse(data, held)
+
+
+def save(path, db):
+    """
+    Write the snapshot of the connection C{db} into the data directory
+    C{path}: to a temporary file, flushed, then renamed over the last one.
+    """
+    data = build(db)
+    temporary = os.path.join(path, FILE + ".tmp")
+    with open(temporary, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, os.path.join(path, FILE))
+    fsync(path)
+    return len(data)
+
+
+def _ranges(db, covers, kinds=KINDS):
+    """((kind, origin), (what C{covers} holds of the origin)) to read, in order."""
+    origins = sorted(Index(db).readVersions().origins)
+    return [((kind, origin), covers.origins.get(origin) or Seen())
+            for kind in kinds for origin in origins]
+
+
+def changes(db, covers, after, limit):
+    """
+    At most C{limit} of the state updates C{db}'s record holds and the
+    version vector C{covers} lacks, in (kind, origin, seq) order, from after
+    the position C{after} (None: the first), and the next page's position
+    (None: none).  An index seek per kind and origin, not a scan.
+    """
+    page, position = [], None
+    for (kind, origin), seen in _ranges(db, covers):
+        if after is not None and (kind, origin) < after[:2]:
+            continue
+        start = max(seen.contiguous, after[2] if after and (kind, origin) == after[:2] else 0)
+        rows = db.execute("SELECT seq, body FROM record WHERE author IS NULL AND kind = ?"
+                          " AND origin = ? AND seq > ? ORDER BY seq", (kind, origin, start))
+        for seq, body in rows:
+            if seq in seen.extra:
+                continue
+            page.append(body)
+            if len(page) == limit:
+                position = (kind, origin, seq)
+                break
+        rows.close()
+        if position is not None:
+            break
+    return decoded(page), position
+
+
+def countChanges(db, covers):
+    """How many state updates C{db}'s record holds that C{covers} lacks (about)."""
+    n = 0
+    for (kind, origin), seen in _ranges(db, covers):
+        (count,) = db.execute("SELECT count(*) FROM record WHERE author IS NULL AND kind = ?"
+                              " AND origin = ? AND seq > ?",
+                              (kind, origin, seen.contiguous)).fetchone()
+        n += count
+    return n
+
+
+def saveIfDue(path, db, covers=None):
+    """
+    Write the snapshot of C{db} into C{path} (L{save}) if the record holds
+    at least L{CHANGES} state updates the version vector C{covers} (the
+    last snapshot's; None: there is none) lacks; its size, or None.
+    """
+    due = countChanges(db, covers if covers is not None else VersionVector())
+    if due < CHANGES:
+        return None
+    size = save(path, db)
+    log.info("wrote the state snapshot: {size} bytes, {due} state updates since the last",
+             size=size, due=due)
+    return size
