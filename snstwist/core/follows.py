@@ -11,6 +11,15 @@ it is followed, a place in its followee's followers: a sorted tuple while
 they are few, a sorted set (found and changed without copying them all)
 once they are many.  Names are the replica's one string each.
 
+What a start restores from a snapshot (L{snstwist.core.stateload}) stays
+*frozen* until it is used: a follower's registers as a run of the
+snapshot's part (its followees' name numbers, 4 bytes each, and its keys'
+bytes, about 19 each), a followee's followers likewise; the first read or
+write of a follower's registers (a FOLLOW, a timeline) or of a followee's
+followers (a post's fan-out, LIST) thaws them into the dict or the tuple
+above.  So a start holds a follow in about 25 bytes, not 90, and builds
+them in a few calls a part, not a call a follow.
+
 An unfollowed relation keeps its register (its key decides against a
 follow that arrives late), so it is in its follower's dict until the
 follower follows that user again.
@@ -18,6 +27,7 @@ follower follows that user again.
 
 import bisect
 import sys
+from itertools import accumulate, compress, repeat
 
 import attrs
 from sortedcontainers import SortedSet
@@ -55,12 +65,42 @@ def _removed(followers, follower):
     return followers[:i] + followers[i + 1:]
 
 
+def _thawed(part, start, n):
+    """The (followee, packed key) of registers [start, start + n) of a frozen C{part}."""
+    names, numbers, packed, width = part
+    return zip(map(names.__getitem__, numbers[start:start + n]),
+               (int.from_bytes(packed[j * width:(j + 1) * width], "little")
+                for j in range(start, start + n)))
+
+
 class Follows:
     def __init__(self, keys=None):
         self.keys = keys if keys is not None else Keys()
         self._registers = {}  # follower -> {followee: packed key and following}
         self._counts = {}  # follower -> how many it follows (absent: none)
         self._followers = {}  # followee -> its followers, sorted (absent: none)
+        # Restored from a snapshot and not used since (L{restore}): follower
+        # -> (part, start, n), its registers being the run [start, start +
+        # n) of a part of the snapshot's; followee -> (part, start, n), its
+        # followers likewise.  Each becomes a dict (a tuple) when first used.
+        self._frozen = {}
+        self._frozenFollowers = {}
+
+    def _registersOf(self, follower):
+        """C{follower}'s dict of registers, or None: made from its frozen run when first used."""
+        registers = self._registers.get(follower)
+        if registers is None and follower in self._frozen:
+            registers = self._registers[follower] = dict(_thawed(*self._frozen.pop(follower)))
+        return registers
+
+    def _pairs(self):
+        """(follower, followee, packed) of every register, leaving frozen runs frozen."""
+        for follower, registers in self._registers.items():
+            for followee, held in registers.items():
+                yield follower, followee, held
+        for follower, run in self._frozen.items():
+            for followee, held in _thawed(*run):
+                yield follower, followee, held
 
     def apply(self, follower, followee, time_us, origin, seq, following):
         """
@@ -70,7 +110,7 @@ class Follows:
         update brought it (docs/benchmarks.md).
         """
         follower, followee = sys.intern(follower), sys.intern(followee)
-        registers = self._registers.get(follower)
+        registers = self._registersOf(follower)
         if registers is None:
             registers = self._registers[follower] = {}
         held = registers.get(followee)
@@ -81,38 +121,46 @@ class Follows:
         was = held is not None and keys.value(held)
         if following and not was:
             self._counts[follower] = self._counts.get(follower, 0) + 1
-            self._followers[followee] = _added(self._followers.get(followee, ()), follower)
+            self._followers[followee] = _added(self.followers(followee), follower)
         elif was and not following:
             self._decrement(self._counts, follower)
-            left = _removed(self._followers[followee], follower)
+            left = _removed(self.followers(followee), follower)
             if left:
                 self._followers[followee] = left
             else:
                 del self._followers[followee]
         return True
 
-    def restore(self, follower, followees, packed, following):
+    def restore(self, followers, counts, following, part):
         """
-        Hold C{follower}'s registers as a snapshot keeps them: C{packed}[i]
-        (packed by this holding's L{Keys}) of C{followees}[i], C{following}
-        of them followed.  Into a holding that has none of C{follower}'s yet;
-        its followees' followers are restored apart (L{restoreFollowers}).
+        Hold the registers of C{followers} (a list of names none of which
+        this holding has registers of) as a part of a snapshot keeps them:
+        follower i has C{counts}[i] registers, the next run of the C{part}
+        (names, numbers, packed, width) (register j: the followee
+        C{names[numbers[j]]}, the key C{packed[j * width:(j + 1) * width]}
+        as packed by this holding's L{Keys}, little-endian), C{following}[i]
+        of them followed.  Frozen: in a few calls whatever their number,
+        and in about 25 bytes a register until its follower is used; the
+        followers of their followees are restored apart (L{restoreFollowers}).
         """
-        self._registers[follower] = dict(zip(followees, packed))
-        if following:
-            self._counts[follower] = following
+        self._frozen.update(zip(followers, zip(repeat(part), accumulate(counts, initial=0),
+                                               counts)))
+        self._counts.update(zip(compress(followers, following), compress(following, following)))
 
-    def restoreFollowers(self, followee, followers):
-        """Hold C{followers} (a sorted tuple) as C{followee}'s, as a snapshot keeps them."""
-        self._followers[followee] = (SortedSet(followers) if len(followers) >= SORTED_FOLLOWERS
-                                     else followers)
+    def restoreFollowers(self, followees, counts, part):
+        """
+        Hold the followers of C{followees} (none held yet) as a snapshot
+        keeps them: followee i's are the next C{counts}[i] of the C{part}
+        (names, numbers): C{names[numbers[j]]}, sorted.
+        """
+        self._frozenFollowers.update(zip(followees, zip(repeat(part),
+                                                        accumulate(counts, initial=0), counts)))
 
     def mergeFrom(self, other):
         """Apply every register of C{other} (a holding with keys of its own) here."""
         unpack = other.keys.unpack
-        for follower, registers in other._registers.items():
-            for followee, held in registers.items():
-                self.apply(follower, followee, *unpack(held))
+        for follower, followee, held in other._pairs():
+            self.apply(follower, followee, *unpack(held))
 
     @staticmethod
     def _decrement(counts, name):
@@ -124,7 +172,7 @@ class Follows:
     # -- reading
 
     def isFollowing(self, follower, followee):
-        registers = self._registers.get(follower)
+        registers = self._registersOf(follower)
         held = registers.get(followee) if registers is not None else None
         return held is not None and self.keys.value(held)
 
@@ -135,22 +183,30 @@ class Follows:
     def following(self, follower):
         """Whom C{follower} follows, unsorted."""
         value = self.keys.value
-        registers = self._registers.get(follower)
+        registers = self._registersOf(follower)
         return [f for f, held in registers.items() if value(held)] if registers else []
 
     def followers(self, followee):
         """The followers of C{followee}, sorted: a tuple or a SortedSet (do not change it)."""
-        return self._followers.get(followee, ())
+        held = self._followers.get(followee)
+        if held is None:
+            run = self._frozenFollowers.pop(followee, None)
+            if run is None:
+                return ()
+            (names, numbers), start, n = run
+            held = tuple(map(names.__getitem__, numbers[start:start + n]))
+            if n >= SORTED_FOLLOWERS:
+                held = SortedSet(held)
+            self._followers[followee] = held
+        return held
 
     def __iter__(self):
         """Every relation with a register, (follower, followee): unfollowed ones too."""
-        for follower, registers in self._registers.items():
-            for followee in registers:
-                yield (follower, followee)
+        for follower, followee, _ in self._pairs():
+            yield (follower, followee)
 
     def items(self):
         """((follower, followee), L{FollowRegister}) of every relation with a register."""
         keys = self.keys
-        for follower, registers in self._registers.items():
-            for followee, held in registers.items():
-                yield (follower, followee), FollowRegister(keys.key(held), keys.value(held))
+        for follower, followee, held in self._pairs():
+            yield (follower, followee), FollowRegister(keys.key(held), keys.value(held))

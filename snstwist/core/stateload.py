@@ -17,12 +17,19 @@ lost.  Pure data: no I/O, no reactor.
 """
 
 import sys
-from itertools import islice
+from array import array
 
 from sortedcontainers import SortedSet
 
 from snstwist.core.follows import Follows
 from snstwist.core.registers import Keys
+
+
+def _numbers(raw):
+    """The name numbers of C{raw}: 4 bytes each, in this machine's order (L{snapshot})."""
+    numbers = array("I")
+    numbers.frombytes(raw)
+    return numbers
 
 
 def sortedSet(names):
@@ -70,21 +77,13 @@ class Rebuild:
     def _reads(self, numbers, times, postIds):
         self.reads.update(zip(self._named(numbers), zip(times, postIds)))
 
-    def _follows(self, followers, counts, following, followees, packed):
-        """
-        Registers of C{followers}: follower i has C{counts}[i] of them (its
-        run of C{followees} and C{packed}), C{following}[i] followed.
-        """
-        followees, packed = self._named(followees), iter(packed)
-        restore = self.follows.restore
-        for follower, n, f in zip(self._named(followers), counts, following):
-            restore(follower, islice(followees, n), islice(packed, n), f)
+    def _follows(self, followers, counts, following, followees, packed, width):
+        self.follows.restore(list(self._named(followers)), counts, following,
+                             (self.names, _numbers(followees), packed, width))
 
     def _followers(self, followees, counts, followers):
-        followers = self._named(followers)
-        restore = self.follows.restoreFollowers
-        for followee, n in zip(self._named(followees), counts):
-            restore(followee, tuple(islice(followers, n)))
+        self.follows.restoreFollowers(self._named(followees), counts,
+                                      (self.names, _numbers(followers)))
 
     def install(self, replica):
         """

@@ -2,17 +2,20 @@
 A snapshot of a VM's state (users, passwords, read marks, follow registers)
 in one file, DATA/state.snapshot, so that a start reads one file and the
 changes made since it, not a row per user and per follow (docs/design.md
-section 4, "The state snapshot").
+section 4).
 
 The file is what the record's tables held at one version vector (its
 C{covers}), read in one transaction: C{MAGIC}, a header (format version,
 number of parts, payload length, CRC-32 of the payload), then the payload:
 parts, each a length and a marshal'd tuple.  The first part says what the
 snapshot covers (its version vector, the origins its keys were packed with,
-the latest time in it); then the names, each once, and the users,
-passwords, read marks, follow registers and followers by the names'
-numbers, in parts of at most L{PART_ITEMS} items, each loaded in a reactor
-turn of its own (L{snstwist.core.stateload}).
+the latest time in it, the byte order); then the names, each once, and
+the users, passwords, read marks, follow registers and followers by the
+names' numbers, in parts of at most L{PART_ITEMS} items, each loaded in a
+reactor turn of its own (L{snstwist.core.stateload}).  A part of follow
+registers holds its followees' numbers as 4-byte ints and its keys as
+little-endian ints of one width, each as bytes: read in one call, and held
+so until their follower is used (L{snstwist.core.follows}).
 
 A start uses the snapshot only if the record holds everything it covers;
 then the state is the snapshot plus the state updates of the record that
@@ -23,16 +26,18 @@ temporary file, flushed, then renamed), damaged, of another format, or
 ahead of the record (a data directory restored from a backup) is ignored,
 with a log line, and the state read row by row.
 
-Only a VM's writer writes it (L{snstwist.storage.snapshots}), on a thread and a read-only
-connection of its own, when the state changed by L{CHANGES} updates since
-the last one: a start then reads at most about that many updates besides
+Only a VM's writer writes it (L{snstwist.storage.snapshots}), on a thread
+and a read-only connection of its own, when the state changed by
+L{CHANGES} updates since the last one: a start then reads at most about that many updates besides
 the file.  Nothing here runs on the reactor's thread.
 """
 
 import marshal
 import os
 import struct
+import sys
 import zlib
+from array import array
 
 from twisted.logger import Logger
 
@@ -45,12 +50,12 @@ log = Logger()
 
 FILE = "state.snapshot"
 MAGIC = b"SNSSTATE"
-FORMAT = 1
+FORMAT = 2
 _HEADER = struct.Struct("<IIQI")  # format, parts, payload bytes, CRC-32 of the payload
 _LENGTH = struct.Struct("<I")
 # Items (names, registers, followers) in one part: each part is decoded and
 # applied in one reactor turn at a start (a few milliseconds).
-PART_ITEMS = 20000
+PART_ITEMS = 10000
 # A VM's writer writes a new snapshot once the record holds this many state
 # updates it does not cover (or this many in all, with no snapshot): what a
 # start reads besides the file, at some microseconds each.
@@ -63,7 +68,7 @@ class StateSnapshot:
     """A snapshot read and checked: what it C{covers}, and its parts (decoded when asked)."""
 
     def __init__(self, meta, parts):
-        _, covers, self.origins, self.maxTime, self.count = meta
+        _, self.byteorder, covers, self.origins, self.maxTime, self.count = meta
         self.covers = VersionVector()
         for origin, contiguous, extra in covers:
             self.covers.origins[origin] = Seen(contiguous, set(extra))
@@ -80,6 +85,17 @@ def _chunks(kind, columns):
     n = len(columns[0])
     return [(kind,) + tuple(c[i:i + PART_ITEMS] for c in columns)
             for i in range(0, n, PART_ITEMS)]
+
+
+def _followsPart(followers, counts, following, followees, packed):
+    """
+    A part of follow registers: the followees' name numbers as 4-byte
+    ints, the keys as little-endian ints of one width, both as bytes (cheap
+    to read, and held so until their follower is used: L{Follows.restore}).
+    """
+    width = max(1, (max(packed).bit_length() + 7) // 8)
+    return ("follows", followers, counts, following, followees.tobytes(),
+            b"".join(p.to_bytes(width, "little") for p in packed), width)
 
 
 class _Builder:
@@ -126,7 +142,7 @@ class _Builder:
 
     def follows(self):
         """The follow registers by follower, then the followers by followee (as names sort)."""
-        parts, run = [], ([], [], [], [], [])
+        parts, run = [], ([], [], [], array("I"), [])
         followers, counts, following, followees, packed = run
         pack, number = self.keys.pack, self.number
         last = None
@@ -135,8 +151,9 @@ class _Builder:
             follower, followee, time_us, origin, seq, value = register(*row)
             if follower != last:
                 if len(followees) >= PART_ITEMS:
-                    parts.append(("follows",) + run)
-                    run = followers, counts, following, followees, packed = [], [], [], [], []
+                    parts.append(_followsPart(*run))
+                    run = followers, counts, following, followees, packed = (
+                        [], [], [], array("I"), [])
                 last = follower
                 followers.append(number(follower))
                 counts.append(0)
@@ -148,21 +165,21 @@ class _Builder:
             self.maxTime = max(self.maxTime, time_us)
             self.count += 1
         if followers:
-            parts.append(("follows",) + run)
-        grouped = [[], [], []]
+            parts.append(_followsPart(*run))
+        grouped = [[], [], array("I")]
         for followee, follower in self.db.execute(
                 "SELECT followee, follower FROM follows WHERE following = 1"
                 " ORDER BY followee, follower"):
             if not grouped[0] or grouped[0][-1] != self.numbers[followee]:
                 if len(grouped[2]) >= PART_ITEMS:
-                    parts.append(("followers",) + tuple(grouped))
-                    grouped = [[], [], []]
+                    parts.append(("followers", grouped[0], grouped[1], grouped[2].tobytes()))
+                    grouped = [[], [], array("I")]
                 grouped[0].append(self.numbers[followee])
                 grouped[1].append(0)
             grouped[1][-1] += 1
             grouped[2].append(self.numbers[follower])
         if grouped[0]:
-            parts.append(("followers",) + tuple(grouped))
+            parts.append(("followers", grouped[0], grouped[1], grouped[2].tobytes()))
         return parts
 
 
@@ -179,8 +196,9 @@ def build(db):
     finally:
         db.execute("COMMIT")
     names = sorted(builder.numbers, key=builder.numbers.get)
-    meta = (FORMAT, [(o, s.contiguous, sorted(s.extra)) for o, s in sorted(covers.origins.items())],
-            list(builder.keys.origins), builder.maxTime, builder.count)
+    covered = [(o, s.contiguous, sorted(s.extra)) for o, s in sorted(covers.origins.items())]
+    meta = (FORMAT, sys.byteorder, covered, list(builder.keys.origins), builder.maxTime,
+            builder.count)
     payload = b"".join(_LENGTH.pack(len(raw)) + raw for raw in map(
         marshal.dumps, [meta] + _chunks("names", [names]) + parts))
     nparts = 1 + len(_chunks("names", [names])) + len(parts)
@@ -209,6 +227,8 @@ def parse(data, held):
         raws.append(payload[at + _LENGTH.size:at + _LENGTH.size + n])
         at += _LENGTH.size + n
     snapshot = StateSnapshot(marshal.loads(raws[0]), raws[1:])
+    if snapshot.byteorder != sys.byteorder or array("I").itemsize != 4:
+        return _ignored("written on a machine of another byte order")
     if snapshot.covers.lacking(held):
         return _ignored("it covers updates the record does not hold")
     return snapshot
