@@ -162,6 +162,36 @@ class SnapshotStartTests(SynchronousTestCase):
         self.assertIsNone(snapshot.read(record.path, record.disk.index.readVersions()))
         self.assertEqual(seen(record.loaded()[0]), seen(record.loaded(snapshots=False)[0]))
 
+    def test_a_damaged_header_is_caught_by_the_checksum(self):
+        """Each byte of the header's fields (format, parts, size) is checked with the payload."""
+        record = Record(self)
+        record.write([userUpdate("vm1.a", 1, 10, "alice")])
+        record.save()
+        path = os.path.join(record.path, snapshot.FILE)
+        with open(path, "rb") as f:
+            whole = f.read()
+        held, ignored = record.disk.index.readVersions(), []
+        for at in range(len(snapshot.MAGIC), len(snapshot.MAGIC) + snapshot._HEADER.size):
+            with open(path, "wb") as f:
+                f.write(whole[:at] + bytes([whole[at] ^ 1]) + whole[at + 1:])
+            ignored.append(snapshot.read(record.path, held) is None)
+        self.assertEqual(ignored, [True] * snapshot._HEADER.size)
+
+    def test_a_snapshot_that_does_not_read_is_left_for_every_row(self):
+        """
+        A part that the checksum passes but that does not build (written by
+        code that erred) leaves nothing half-applied: the start reads every row.
+        """
+        record = Record(self)
+        record.write([userUpdate("vm1.a", 1, 10, "alice"),
+                      followUpdate("vm1.a", 2, 20, "bob", "alice")])
+        users = snapshot._Builder.users
+        self.patch(snapshot._Builder, "users", lambda builder: users(builder) + [("bogus",)])
+        record.save()
+        node, _ = record.loaded()
+        self.assertEqual(seen(node), seen(record.loaded(snapshots=False)[0]))
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+
     def test_a_snapshot_covering_what_the_record_lacks_is_ignored(self):
         """A data directory restored from an older backup lacks what the snapshot holds."""
         older, newer = Record(self), Record(self)

@@ -6,7 +6,7 @@ section 4).
 
 The file is what the record's tables held at one version vector (its
 C{covers}), read in one transaction: C{MAGIC}, a header (format version,
-number of parts, payload length, CRC-32 of the payload), then the payload:
+number of parts, payload length, CRC-32 of them and the payload), then the payload:
 parts, each a length and a marshal'd tuple.  The first part says what the
 snapshot covers (its version vector, the origins its keys were packed with,
 the latest time in it, the byte order); then the names, each once, and
@@ -33,6 +33,7 @@ the file.  Nothing here runs on the reactor's thread.
 """
 
 import marshal
+import mmap
 import os
 import struct
 import sys
@@ -67,17 +68,26 @@ KINDS = ("follow", "password", "read", "user")
 class StateSnapshot:
     """A snapshot read and checked: what it C{covers}, and its parts (decoded when asked)."""
 
-    def __init__(self, meta, parts):
+    def __init__(self, meta, parts, close=lambda: None):
         _, self.byteorder, covers, self.origins, self.maxTime, self.count = meta
         self.covers = VersionVector()
         for origin, contiguous, extra in covers:
             self.covers.origins[origin] = Seen(contiguous, set(extra))
         self._parts = parts
+        self._close = close
 
     def parts(self):
-        """The parts after the first, each decoded as it is taken."""
-        for raw in self._parts:
-            yield marshal.loads(raw)
+        """
+        The parts after the first, each decoded as it is taken; the file
+        (mapped, L{read}) is let go after the last.
+        """
+        parts, self._parts = self._parts, []
+        while parts:
+            raw = parts.pop(0)
+            part = marshal.loads(raw)
+            raw.release()
+            yield part
+        self._close()
 
 
 def _chunks(kind, columns):
@@ -202,15 +212,22 @@ def build(db):
     payload = b"".join(_LENGTH.pack(len(raw)) + raw for raw in map(
         marshal.dumps, [meta] + _chunks("names", [names]) + parts))
     nparts = 1 + len(_chunks("names", [names])) + len(parts)
-    return (MAGIC + _HEADER.pack(FORMAT, nparts, len(payload), zlib.crc32(payload))
+    return (MAGIC + _HEADER.pack(FORMAT, nparts, len(payload),
+                                 _checksum(FORMAT, nparts, len(payload), payload))
             + payload)
 
 
-def parse(data, held):
+def _checksum(fmt, nparts, size, payload):
+    """The CRC-32 of the header's other fields and the payload."""
+    return zlib.crc32(payload, zlib.crc32(_HEADER.pack(fmt, nparts, size, 0)))
+
+
+def parse(data, held, close=lambda: None):
     """
     The L{StateSnapshot} of the bytes C{data}, or None (with the reason
     logged) if they are not a whole snapshot of this format, or cover an
-    update the version vector C{held} (the record's) lacks.
+    update the version vector C{held} (the record's) lacks.  C{close} is
+    called once its last part was taken.
     """
     start = len(MAGIC) + _HEADER.size
     if data[:len(MAGIC)] != MAGIC or len(data) < start:
@@ -219,14 +236,17 @@ def parse(data, held):
     if fmt != FORMAT:
         return _ignored("format %d, not %d" % (fmt, FORMAT))
     payload = memoryview(data)[start:]
-    if len(payload) != size or zlib.crc32(payload) != digest:
+    if len(payload) != size or _checksum(fmt, nparts, size, payload) != digest:
         return _ignored("torn or damaged (its checksum does not match)")
-    raws, at = [], 0
-    for _ in range(nparts):
-        (n,) = _LENGTH.unpack_from(payload, at)
-        raws.append(payload[at + _LENGTH.size:at + _LENGTH.size + n])
-        at += _LENGTH.size + n
-    snapshot = StateSnapshot(marshal.loads(raws[0]), raws[1:])
+    try:
+        raws, at = [], 0
+        for _ in range(nparts):
+            (n,) = _LENGTH.unpack_from(payload, at)
+            raws.append(payload[at + _LENGTH.size:at + _LENGTH.size + n])
+            at += _LENGTH.size + n
+        snapshot = StateSnapshot(marshal.loads(raws[0]), raws[1:], close)
+    except (ValueError, TypeError, EOFError, struct.error):
+        return _ignored("damaged (its parts do not add up)")
     if snapshot.byteorder != sys.byteorder or array("I").itemsize != 4:
         return _ignored("written on a machine of another byte order")
     if snapshot.covers.lacking(held):
@@ -243,12 +263,24 @@ def read(path, held):
     """The L{StateSnapshot} of the data directory C{path} (L{parse}), or None if it has none."""
     try:
         with open(os.path.join(path, FILE), "rb") as f:
-            data = f.read()
+            # Mapped, not read into the heap: its pages go back with it
+            # once the start took its last part.
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError:
         return None
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: an empty file
         return _ignored("can not read it (%s)" % (e,))
-    return parse(data, held)
+    found = parse(data, held, lambda: _unmap(data))
+    if found is None:
+        _unmap(data)
+    return found
+
+
+def _unmap(data):
+    try:
+        data.close()
+    except BufferError:
+        pass  # a part still looked at: closed when that is let go
 
 
 def save(path, db):
