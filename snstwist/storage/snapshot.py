@@ -51,7 +51,7 @@ log = Logger()
 
 FILE = "state.snapshot"
 MAGIC = b"SNSSTATE"
-FORMAT = 2
+FORMAT = 3
 _HEADER = struct.Struct("<IIQI")  # format, parts, payload bytes, CRC-32 of the payload
 _LENGTH = struct.Struct("<I")
 # Items (names, registers, followers) in one part: each part is decoded and
