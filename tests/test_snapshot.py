@@ -6,6 +6,7 @@ damaged or too new snapshot is ignored; the VM's writer and sns-admin
 import write one when it is due.
 """
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -186,7 +187,8 @@ class SnapshotStartTests(SynchronousTestCase):
         record.write([userUpdate("vm1.a", 1, 10, "alice"),
                       followUpdate("vm1.a", 2, 20, "bob", "alice")])
         users = snapshot._Builder.users
-        self.patch(snapshot._Builder, "users", lambda builder: users(builder) + [("bogus",)])
+        self.patch(snapshot._Builder, "users",
+                   lambda builder: itertools.chain(users(builder), [("bogus",)]))
         record.save()
         node, _ = record.loaded()
         self.assertEqual(seen(node), seen(record.loaded(snapshots=False)[0]))

@@ -6,16 +6,18 @@ section 4).
 
 The file is what the record's tables held at one version vector (its
 C{covers}), read in one transaction: C{MAGIC}, a header (format version,
-number of parts, payload length, CRC-32 of them and the payload), then the payload:
-parts, each a length and a marshal'd tuple.  The first part says what the
-snapshot covers (its version vector, the origins its keys were packed with,
-the latest time in it, the byte order); then the names, each once, and
-the users, passwords, read marks, follow registers and followers by the
-names' numbers, in parts of at most L{PART_ITEMS} items, each loaded in a
-reactor turn of its own (L{snstwist.core.stateload}).  A part of follow
-registers holds its followees' numbers as 4-byte ints and its keys as
-little-endian ints of one width, each as bytes: read in one call, and held
-so until their follower is used (L{snstwist.core.follows}).
+number of parts, payload length, CRC-32 of the payload and of them), then
+the payload: parts, each a length and a marshal'd tuple, written as they
+are built (L{write}): the users, passwords, read marks, follow registers
+and followers by the names' numbers, in parts of at most L{PART_ITEMS}
+items; then the names, each once; last what the snapshot covers (its
+version vector, the origins its keys were packed with, the latest time in
+it, the byte order, how many parts of names).  A start takes the names
+first, then the rest, each part in a reactor turn of its own
+(L{snstwist.core.stateload}).  A part of follow registers holds its
+followees' numbers as 4-byte ints and its keys as little-endian ints of
+one width, each as bytes: read in one call, and held so until their
+follower is used (L{snstwist.core.follows}).
 
 A start uses the snapshot only if the record holds everything it covers;
 then the state is the snapshot plus the state updates of the record that
@@ -32,6 +34,7 @@ L{CHANGES} updates since the last one: a start then reads at most about that man
 the file.  Nothing here runs on the reactor's thread.
 """
 
+import itertools
 import marshal
 import mmap
 import os
@@ -51,7 +54,7 @@ log = Logger()
 
 FILE = "state.snapshot"
 MAGIC = b"SNSSTATE"
-FORMAT = 3
+FORMAT = 4
 _HEADER = struct.Struct("<IIQI")  # format, parts, payload bytes, CRC-32 of the payload
 _LENGTH = struct.Struct("<I")
 # Items (names, registers, followers) in one part: each part is decoded and
@@ -69,7 +72,7 @@ class StateSnapshot:
     """A snapshot read and checked: what it C{covers}, and its parts (decoded when asked)."""
 
     def __init__(self, meta, parts, close=lambda: None):
-        _, self.byteorder, covers, self.origins, self.maxTime, self.count = meta
+        _, self.byteorder, covers, self.origins, self.maxTime, self.count, _ = meta
         self.covers = VersionVector()
         for origin, contiguous, extra in covers:
             self.covers.origins[origin] = Seen(contiguous, set(extra))
@@ -78,7 +81,7 @@ class StateSnapshot:
 
     def parts(self):
         """
-        The parts after the first, each decoded as it is taken; the file
+        The parts, the names first, each decoded as it is taken; the file
         (mapped, L{read}) is let go after the last.
         """
         parts, self._parts = self._parts, []
@@ -92,9 +95,8 @@ class StateSnapshot:
 
 def _chunks(kind, columns):
     """Parts of C{kind} from the equal-length lists C{columns}, L{PART_ITEMS} items each."""
-    n = len(columns[0])
-    return [(kind,) + tuple(c[i:i + PART_ITEMS] for c in columns)
-            for i in range(0, n, PART_ITEMS)]
+    for i in range(0, len(columns[0]), PART_ITEMS):
+        yield (kind,) + tuple(c[i:i + PART_ITEMS] for c in columns)
 
 
 def _followsPart(followers, counts, following, followees, packed):
@@ -109,7 +111,7 @@ def _followsPart(followers, counts, following, followees, packed):
 
 
 class _Builder:
-    """The parts of a snapshot, from one transaction of a connection (L{build})."""
+    """The parts of a snapshot, from one transaction of a connection (L{write})."""
 
     def __init__(self, db):
         self.db = db
@@ -140,19 +142,18 @@ class _Builder:
                 self.maxTime = max(self.maxTime, u.time_us)
                 self.count += 1
         number = self.number
-        parts = _chunks("users", [[number(u) for u in replica.users]])
+        yield from _chunks("users", [[number(u) for u in replica.users]])
         passwords = sorted(replica.passwords.items())
-        parts += _chunks("passwords", [[number(u) for u, _ in passwords],
-                                       [p for _, (p, _) in passwords],
-                                       [h for _, (_, h) in passwords]])
+        yield from _chunks("passwords", [[number(u) for u, _ in passwords],
+                                         [p for _, (p, _) in passwords],
+                                         [h for _, (_, h) in passwords]])
         reads = sorted(replica.reads.items())
-        parts += _chunks("reads", [[number(u) for u, _ in reads], [k[0] for _, k in reads],
-                                   [k[1] for _, k in reads]])
-        return parts
+        yield from _chunks("reads", [[number(u) for u, _ in reads], [k[0] for _, k in reads],
+                                     [k[1] for _, k in reads]])
 
     def follows(self):
         """The follow registers by follower, then the followers by followee (as names sort)."""
-        parts, run = [], ([], [], [], array("I"), [])
+        run = ([], [], [], array("I"), [])
         followers, counts, following, followees, packed = run
         pack, number = self.keys.pack, self.number
         last = None
@@ -161,7 +162,7 @@ class _Builder:
             follower, followee, time_us, origin, seq, value = register(*row)
             if follower != last:
                 if len(followees) >= PART_ITEMS:
-                    parts.append(_followsPart(*run))
+                    yield _followsPart(*run)
                     run = followers, counts, following, followees, packed = (
                         [], [], [], array("I"), [])
                 last = follower
@@ -175,53 +176,66 @@ class _Builder:
             self.maxTime = max(self.maxTime, time_us)
             self.count += 1
         if followers:
-            parts.append(_followsPart(*run))
+            yield _followsPart(*run)
         grouped = [[], [], array("I")]
         for followee, follower in self.db.execute(
                 "SELECT followee, follower FROM follows WHERE following = 1"
                 " ORDER BY followee, follower"):
             if not grouped[0] or grouped[0][-1] != self.numbers[followee]:
                 if len(grouped[2]) >= PART_ITEMS:
-                    parts.append(("followers", grouped[0], grouped[1], grouped[2].tobytes()))
+                    yield ("followers", grouped[0], grouped[1], grouped[2].tobytes())
                     grouped = [[], [], array("I")]
                 grouped[0].append(self.numbers[followee])
                 grouped[1].append(0)
             grouped[1][-1] += 1
             grouped[2].append(self.numbers[follower])
         if grouped[0]:
-            parts.append(("followers", grouped[0], grouped[1], grouped[2].tobytes()))
-        return parts
+            yield ("followers", grouped[0], grouped[1], grouped[2].tobytes())
 
 
-def build(db):
+def write(db, f):
     """
-    The bytes of a snapshot of what the connection C{db} holds, read in one
-    transaction (so that the parts and the version vector agree).
+    Write to the file C{f} a snapshot of what the connection C{db} holds,
+    read in one transaction (so that the parts and the version vector
+    agree), a part at a time as it is built; the names and the first part
+    (L{parse}) go last, once every name is numbered.  Its size.
     """
+    f.write(MAGIC + _HEADER.pack(FORMAT, 0, 0, 0))
+    written = [0, 0, 0]  # parts, payload bytes, CRC-32 of the payload
+
+    def put(part):
+        raw = marshal.dumps(part)
+        for chunk in (_LENGTH.pack(len(raw)), raw):
+            f.write(chunk)
+            written[1] += len(chunk)
+            written[2] = zlib.crc32(chunk, written[2])
+        written[0] += 1
+
     db.execute("BEGIN")
     try:
         covers = Index(db).readVersions()
         builder = _Builder(db)
-        parts = builder.users() + builder.follows()
+        for part in itertools.chain(builder.users(), builder.follows()):
+            put(part)
     finally:
         db.execute("COMMIT")
-    names = sorted(builder.numbers, key=builder.numbers.get)
-    covered = [(o, s.contiguous, sorted(s.extra)) for o, s in sorted(covers.origins.items())]
-    meta = (FORMAT, sys.byteorder, covered, list(builder.keys.origins), builder.maxTime,
-            builder.count)
-    payload = b"".join(_LENGTH.pack(len(raw)) + raw for raw in map(
-        marshal.dumps, [meta] + _chunks("names", [names]) + parts))
-    nparts = 1 + len(_chunks("names", [names])) + len(parts)
-    return (MAGIC + _HEADER.pack(FORMAT, nparts, len(payload),
-                                 _checksum(FORMAT, nparts, len(payload), payload))
-            + payload)
+    names = _chunks("names", [sorted(builder.numbers, key=builder.numbers.get)])
+    counted = 0
+    for part in names:
+        put(part)
+        counted += 1
+    put((FORMAT, sys.byteorder, [(o, s.contiguous, sorted(s.extra))
+                                 for o, s in sorted(covers.origins.items())],
+         list(builder.keys.origins), builder.maxTime, builder.count, counted))
+    nparts, size, crc = written
+    f.seek(len(MAGIC))
+    f.write(_HEADER.pack(FORMAT, nparts, size, _checksum(FORMAT, nparts, size, crc)))
+    return len(MAGIC) + _HEADER.size + size
 
 
-def _checksum(fmt, nparts, size, payload):
-    """The CRC-32 of the header's other fields and the payload."""
-    return zlib.crc32(payload, zlib.crc32(_HEADER.pack(fmt, nparts, size, 0)))
-
-
+def _checksum(fmt, nparts, size, crc):
+    """The CRC-32 of the payload (C{crc}) continued over the header's other fields."""
+    return zlib.crc32(_HEADER.pack(fmt, nparts, size, 0), crc)
 def parse(data, held, close=lambda: None):
     """
     The L{StateSnapshot} of the bytes C{data}, or None (with the reason
@@ -236,7 +250,7 @@ def parse(data, held, close=lambda: None):
     if fmt != FORMAT:
         return _ignored("format %d, not %d" % (fmt, FORMAT))
     payload = memoryview(data)[start:]
-    if len(payload) != size or _checksum(fmt, nparts, size, payload) != digest:
+    if len(payload) != size or _checksum(fmt, nparts, size, zlib.crc32(payload)) != digest:
         return _ignored("torn or damaged (its checksum does not match)")
     try:
         raws, at = [], 0
@@ -244,7 +258,9 @@ def parse(data, held, close=lambda: None):
             (n,) = _LENGTH.unpack_from(payload, at)
             raws.append(payload[at + _LENGTH.size:at + _LENGTH.size + n])
             at += _LENGTH.size + n
-        snapshot = StateSnapshot(marshal.loads(raws[0]), raws[1:], close)
+        meta = marshal.loads(raws.pop())
+        names = len(raws) - meta[-1]
+        snapshot = StateSnapshot(meta, raws[names:] + raws[:names], close)
     except (ValueError, TypeError, EOFError, struct.error):
         return _ignored("damaged (its parts do not add up)")
     if snapshot.byteorder != sys.byteorder or array("I").itemsize != 4:
@@ -288,15 +304,14 @@ def save(path, db):
     Write the snapshot of the connection C{db} into the data directory
     C{path}: to a temporary file, flushed, then renamed over the last one.
     """
-    data = build(db)
     temporary = os.path.join(path, FILE + ".tmp")
     with open(temporary, "wb") as f:
-        f.write(data)
+        size = write(db, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, os.path.join(path, FILE))
     fsync(path)
-    return len(data)
+    return size
 
 
 def _ranges(db, covers, kinds=KINDS):
