@@ -9,7 +9,8 @@ and N - 1 others), each with an argon2id hash of the benchmark's password
 (as an account has one), each of the others following F others, no
 posts, imported once with ``sns-admin import`` (kept in WORK/imported-N-F)
 and copied to two VMs' data directories; a router and both VMs started;
-once each answers the probe's Login (the seconds from its start) and has
+once each answers the probe's Login (the seconds from its start; a start
+reads the state snapshot that import wrote, whose size is said) and has
 a warm standby, and 2 s later, the RSS (and peak RSS) of each master and
 slave.  The servers run with $SNS_LOOP_LAG_MS=20: the timers more than
 20 ms late during the starts (from the spawn to the warm standby), the
@@ -49,6 +50,14 @@ def peakKB(pid):
             if line.startswith(("VmRSS:", "VmHWM:")):
                 out[line.split(":")[0]] = int(line.split()[1])
     return out["VmRSS"], out["VmHWM"]
+
+
+def snapshotBytes(path):
+    """The size of the state snapshot that C{path} holds (sns-admin import writes one), or None."""
+    try:
+        return os.path.getsize(os.path.join(path, "state.snapshot"))
+    except FileNotFoundError:
+        return None
 
 
 def name(i):
@@ -165,7 +174,8 @@ class Bench:
         os.makedirs(work)
         pristine, seconds = imported(self.work, users, self.args.follows, self.say)
         vms = VMs(work, self.env, SECRET)
-        out = {"import_s": seconds}
+        out = {"import_s": seconds, "snapshot_bytes": snapshotBytes(pristine)}
+        self.say("state snapshot in the data directory: %s bytes" % (out["snapshot_bytes"],))
         try:
             for vm in ("vm1", "vm2"):
                 copyTo(pristine, vms.data(vm))
