@@ -13,6 +13,7 @@ from snstwist.core import errors
 from snstwist.core.errors import Status
 from snstwist.core.model import Post
 from snstwist.rpc import sns_pb2 as pb
+from snstwist.server.clientsession import Push
 from snstwist.server.sessionposts import SessionPosts
 from tests.fakes import FakeStream, session
 from tests.servers import serverParts
@@ -255,6 +256,10 @@ def _post(requestId, author="alice", text="hi"):
     return Post(id="vm1.t/1", author=author, time_us=1, text=text, request=requestId)
 
 
+def _push(requestId):
+    return Push(_post(requestId))
+
+
 class HeldPushTests(SynchronousTestCase):
     """The session's own post in flight goes with its answer, not as a push of its own."""
 
@@ -271,7 +276,7 @@ class HeldPushTests(SynchronousTestCase):
     def test_the_push_of_an_own_post_in_flight_is_held_for_its_answer(self):
         s, posting, writes = self.posting()
         posting.received(pb.PostRequest(text="hi", request_id="r1"))
-        self.assertTrue(posting.holds(_post("r1"), b"push"))
+        self.assertTrue(posting.holds(_post("r1"), _push("r1")))
         writes["r1"].callback(pb.WriteReply(id="vm1.t/1", copies=2, post=_post("r1").toProto()))
         self.assertEqual((s.pushed, s.stream.kinds()), ([], ["answer"]))
         self.assertEqual(s.stream.last("answer").reply.post.text, "hi")
@@ -279,8 +284,8 @@ class HeldPushTests(SynchronousTestCase):
     def test_posts_of_others_or_of_other_requests_are_pushed(self):
         s, posting, writes = self.posting()
         posting.received(pb.PostRequest(text="hi", request_id="r1"))
-        self.assertFalse(posting.holds(_post("r1", author="bob"), b"push"))
-        self.assertFalse(posting.holds(_post("r2"), b"push"))
+        self.assertFalse(posting.holds(_post("r1", author="bob"), _push("r1")))
+        self.assertFalse(posting.holds(_post("r2"), _push("r2")))
 
     def test_the_push_of_an_own_post_that_comes_after_its_answer_is_dropped_once(self):
         """
@@ -290,8 +295,8 @@ class HeldPushTests(SynchronousTestCase):
         s, posting, writes = self.posting()
         posting.received(pb.PostRequest(text="hi", request_id="r1"))
         writes["r1"].callback(pb.WriteReply(id="vm1.t/1"))
-        self.assertTrue(posting.holds(_post("r1"), b"push"))
-        self.assertFalse(posting.holds(_post("r1"), b"push"))
+        self.assertTrue(posting.holds(_post("r1"), _push("r1")))
+        self.assertFalse(posting.holds(_post("r1"), _push("r1")))
 
     def test_posts_answered_before_their_push_are_remembered_boundedly(self):
         """Only the newest answered (the bound on posts in flight) wait for their push."""
@@ -301,7 +306,7 @@ class HeldPushTests(SynchronousTestCase):
             posting.received(pb.PostRequest(text="hi", request_id="r%d" % (n,)))
             writes["r%d" % (n,)].callback(pb.WriteReply(id="vm1.t/%d" % (n,)))
         self.assertEqual(list(posting.answered), ["r1", "r2"])
-        self.assertFalse(posting.holds(_post("r0"), b"push"))
+        self.assertFalse(posting.holds(_post("r0"), _push("r0")))
 
     def test_a_session_not_showing_its_timeline_waits_for_no_push(self):
         s, posting, writes = self.posting()
@@ -317,9 +322,9 @@ class HeldPushTests(SynchronousTestCase):
         """
         s, posting, writes = self.posting()
         posting.received(pb.PostRequest(text="hi", request_id="r1"))
-        posting.holds(_post("r1"), b"push")
+        posting.holds(_post("r1"), _push("r1"))
         writes["r1"].errback(errors.StorageFailed("the disk is full"))
-        self.assertEqual(s.pushed, [b"push"])
+        self.assertEqual(s.pushed, [_push("r1").encoded()])
         answer = s.stream.last("answer")
         self.assertEqual((answer.request_id, Status(answer.refused.code)),
                          ("r1", Status.UNAVAILABLE))
@@ -363,6 +368,44 @@ class TimelineTests(SynchronousTestCase):
         store.flush()
         self.assertEqual([a[1].post.text for a in answers(stream)], ["hello", "again"])
         self.assertEqual(pushedTexts(stream), [])
+
+    def test_a_post_only_its_posting_session_shows_is_never_encoded_as_a_push(self):
+        """Its push would be dropped for its answer: it is not built."""
+        encoded = countEncodings(self)
+        parts, store = makeServer(self)
+        s, stream = connect(parts, "alice", timeline=True)
+        postOn(s, "hello", "r1")
+        store.flush()
+        self.assertEqual((answers(stream)[0][1].post.text, encoded), ("hello", []))
+
+    def test_a_post_others_are_shown_is_encoded_once_for_them_all(self):
+        """alice's other session and her follower bob get the one encoding."""
+        encoded = countEncodings(self)
+        parts, store = makeServer(self)
+        parts.node.follow("bob", "alice", "f1")
+        s, stream = connect(parts, "alice", timeline=True)
+        other, otherStream = connect(parts, "alice", timeline=True)
+        bob, bobStream = connect(parts, "bob", timeline=True)
+        store.flush()
+        postOn(s, "hello", "r1")
+        store.flush()
+        self.assertEqual((pushedTexts(otherStream), pushedTexts(bobStream), pushedTexts(stream)),
+                         (["hello"], ["hello"], []))
+        self.assertEqual(otherStream.encoded[-1], bobStream.encoded[-1])
+        self.assertEqual(encoded, ["hello"])
+
+
+def countEncodings(test):
+    """The texts of the posts encoded for a live push from now on."""
+    encoded = []
+    toPush = Post.toPush
+
+    def counting(post):
+        encoded.append(post.text)
+        return toPush(post)
+
+    test.patch(Post, "toPush", counting)
+    return encoded
 
 
 class RidingAckTests(SynchronousTestCase):

@@ -47,6 +47,28 @@ _FIRST = (0, "")  # before every post key
 _LAST = (2 ** 63, "")  # after every post key
 
 
+class Push:
+    """
+    The live push of C{post}, encoded (L{encoded}) once for every session
+    that sends it, and only when one does: the posting session holds its
+    own post's push for the post's answer (L{snstwist.server.sessionposts})
+    and most often drops it, so a post nobody else is shown is never
+    encoded for a push.
+    """
+
+    __slots__ = ("post", "_encoded")
+
+    def __init__(self, post):
+        self.post = post
+        self._encoded = None
+
+    def encoded(self):
+        """The C{ServerPush} of the post, encoded (bytes, sent as they are)."""
+        if self._encoded is None:
+            self._encoded = pb.ServerPush(post=self.post.toPush()).SerializeToString()
+        return self._encoded
+
+
 def checkClientMessage(message, now_us):
     """
     The bounds of what a client sends on its session: a cursor is a post's
@@ -312,12 +334,12 @@ class ClientSession:
         self.stream.send(pb.ServerPush(ready=ready))
         self.live = True
 
-    def push(self, post, message):
+    def push(self, post, push):
         """
         Send C{post}, live, unless the client has it or the catch-up will
-        send it; C{message} is its ServerPush, encoded once for every
-        session that shows it (gathered with the posts that follow it while
-        the stream is busy: L{LivePosts}).
+        send it; C{push} is its L{Push}, encoded once for every session that
+        sends it (gathered with the posts that follow it while the stream is
+        busy: L{LivePosts}).
         """
         if self.covered is not None and covers(self.covered, post.id):
             # The client has it (from another master) or did not want it.
@@ -333,9 +355,9 @@ class ClientSession:
             # catch-up after the recent history being read).
             self.held[post.id] = post
             return
-        if self.posting is not None and self.posting.holds(post, message):
+        if self.posting is not None and self.posting.holds(post, push):
             return  # The session's own post in flight: it goes with its answer.
-        self.pushes.post(message)
+        self.pushes.post(push.encoded())
         self.busy = True
 
     def connectionLost(self, reason):

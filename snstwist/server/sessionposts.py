@@ -13,8 +13,9 @@ with the reply the call would return or the status it would end with.
 
 The session's own post reaches its timeline with its answer (the reply
 carries the post), so its live push to this session is not sent: one
-message a post fewer.  The push is held while the post is in flight
-(L{SessionPosts.holds}) and goes just before a refusal (the post may be
+message a post fewer, and not even encoded: the push is held while the post
+is in flight (L{SessionPosts.holds}) as a L{Push}, encoded only if it is
+sent after all, which it is just before a refusal (the post may be
 stored here, and shown to others); one that comes after the answer (another
 VM's copy was durable before this one's, or there is no other VM) is
 dropped, for the last L{MAX_SESSION_POSTS} posts answered.
@@ -94,16 +95,17 @@ class SessionPosts:
             return
         d.addCallbacks(self._answer, self._refuse, (requestId,), None, (requestId,))
 
-    def holds(self, post, message):
+    def holds(self, post, push):
         """
-        Keep C{message}, the live push of C{post}, for the answer to the
-        session's own post in flight that it is; False if it is not one.
+        Keep C{push}, the live push of C{post} (a L{Push}, not encoded yet),
+        for the answer to the session's own post in flight that it is;
+        False if it is not one.
         """
         if (not self.inFlight and not self.answered) or post.author != self.session.user:
             return False
         request = post.request
         if request in self.inFlight:
-            self.inFlight[request] = message
+            self.inFlight[request] = push
             return True
         if request in self.answered:
             del self.answered[request]
@@ -129,7 +131,7 @@ class SessionPosts:
             if not isinstance(error, errors.SNSError):
                 error = errors.SNSError("internal error")
         if held is not None and self.session.live:
-            self.session.pushes.post(held)
+            self.session.pushes.post(held.encoded())
         self._send(refusal(requestId, error))
 
     def _send(self, message):

@@ -30,7 +30,7 @@ from snstwist.core.limits import (
 from snstwist.core.node import durableVector
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc.heartbeat import Asleep
-from snstwist.server.clientsession import TIMEOUT, ClientSession
+from snstwist.server.clientsession import TIMEOUT, ClientSession, Push
 
 log = Logger()
 
@@ -188,15 +188,15 @@ class SessionHub:
                 # later copy, nor an earlier one that arrives (from a VM that
                 # was cut off) after the later one was pushed.
                 continue
-            message = None
+            push = None
             for user in (post.author, *replica.followerSet(post.author)):
                 # (A copy: a push may cut a slow reader's session off.)
                 for session in tuple(self.sessions.get(user, ())):
                     if session.live or session.catchingUp:
-                        if message is None:
-                            # Encoded once, however many sessions show it.
-                            message = pb.ServerPush(post=post.toPush()).SerializeToString()
-                        session.push(post, message)
+                        if push is None:
+                            # Encoded once, however many sessions send it.
+                            push = Push(post)
+                        session.push(post, push)
 
     def renew(self, user, peer, expires):
         """
