@@ -1,7 +1,8 @@
 """
 The benchmark of docs/design.md section 10, on real processes on this machine.
 
-    python benchmarks/run.py [--short | --full | --latency] [--out DIR] [--profile]
+    python benchmarks/run.py [--short | --full | --latency | --posting] [--out DIR]
+                             [--profile [stream | unary]]
 
 Starts a local cluster (``python -m snstwist.commands.cluster``) and, in one run:
 
@@ -133,7 +134,8 @@ class Bench:
                 section["rss_growth"] = {"vm1_master_before_kb": rss0, "after_kb": rss1,
                                          "posts_acked_approx": int(posts)}
                 if self.profile:
-                    section["profile"] = throughput.profileServers(self, cluster, key)
+                    section["profile"] = throughput.profileServers(self, cluster, key,
+                                                                   self.profile)
                 section["latency"] = [latency.latency(self, cluster, rate, key, "vm1", last)
                                       for rate in cfg["rates"]]
                 if "memory" in cfg["phases"]:
@@ -178,9 +180,10 @@ def main(argv=None):
                             " the echo (about a minute)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench-results"),
                         help="where results.json, results.md and plot.png go")
-    parser.add_argument("--profile", action="store_true",
-                        help="also sample vm1's master and slave and vm2's master with py-spy"
-                             " under the posting load")
+    parser.add_argument("--profile", nargs="?", const="stream", choices=throughput.FORMS,
+                        help="also sample vm1's master and slave, vm2's master and a load"
+                             " generator with py-spy under the posting load, its posts in"
+                             " FORM (stream, the default, or unary: a Post call each)")
     parser.add_argument("--keep", action="store_true", help="keep the clusters' data and logs")
     args = parser.parse_args(argv)
     mode = args.mode or "short"

@@ -176,11 +176,12 @@ def markdown(results):
     for proc in (prof or {}).get("processes", ()):
         if not proc.get("top"):
             continue
-        lines += ["py-spy on %s (pid %d) for %d s under %d posting clients (%s posts/s"
-                  " while sampled); per thread, the share of its busy samples (busy = not"
-                  " waiting in select or on a queue):" % (
+        lines += ["py-spy on %s (pid %d) for %d s under %d posting clients, %s form (%s"
+                  " posts/s while sampled); per thread, the share of its busy samples (busy"
+                  " = not waiting in select or on a queue):" % (
                       proc["name"], proc["pid"], prof["seconds"], prof["clients"],
-                      fmt(prof["posts_per_s_while_profiled"], 0)), ""]
+                      prof.get("form", "stream"), fmt(prof["posts_per_s_while_profiled"], 0)),
+                  ""]
         for t in proc["top"][:3]:
             lines += ["Thread %s, busy %s%% of %d samples:" % (t["thread"], t["busy_percent"],
                                                               t["samples"]), "",

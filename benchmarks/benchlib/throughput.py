@@ -205,24 +205,25 @@ def throughput(bench, cluster, levels, key):
     return rows
 
 
-def profileServers(bench, cluster, key):
+def profileServers(bench, cluster, key, form=FORMS[0]):
     """
     py-spy on vm1's master and slave, vm2's master and one load generator
-    at once, under the posting load of the last level (at most 100 clients).
+    at once, under the posting load of the last level (at most 100 clients),
+    its posts in C{form} (L{FORMS}).
     """
     procs = cluster.processes()
     names = ("vm1 master", "vm1 slave", "vm2 master")
     pids = {name: procs[name][0] for name in names if procs.get(name)}
     clients = min(bench.cfg["levels"][-1], 100)
     seconds = max(5, bench.cfg.get("profileSeconds") or 8)
-    bench.say("profiling %s with py-spy for %ds under %d posting clients"
-              % (", ".join("%s (pid %d)" % kv for kv in pids.items()), seconds, clients))
-    sns, _ = postLoad(bench, cluster, clients, "p%s" % (key,),
+    bench.say("profiling %s with py-spy for %ds under %d posting clients (%s)"
+              % (", ".join("%s (pid %d)" % kv for kv in pids.items()), seconds, clients, form))
+    sns, _ = postLoad(bench, cluster, clients, "p%s" % (key,), form=form,
                       profile={"pids": pids, "seconds": seconds, "dir": bench.out})
     out = []
     for name, pid in pids.items():  # (with the load generator postLoad added)
         path = os.path.join(bench.out, "profile-%s.txt" % (name.replace(" ", "-"),))
         out.append({"name": name, "pid": pid, "raw": path,
                     "top": topFunctions(path) if os.path.exists(path) else None})
-    return {"clients": clients, "seconds": seconds,
+    return {"clients": clients, "seconds": seconds, "form": form,
             "posts_per_s_while_profiled": sns["posts_per_s"], "processes": out}
