@@ -27,8 +27,7 @@ def routerLinks(role):
     """The router links of vm1 playing C{role}: (links, the peer maps they chose)."""
     chosen = []
     links = RouterLinks(["r1", "r2"], Clock(), "a-secret-of-16-chars", "vm1",
-                        CurrentRole(role), hello=None, load=None,
-                        setPeers=lambda peers, live: chosen.append(peers))
+                        CurrentRole(role), hello=None, load=None, setPeers=chosen.append)
     return links, chosen
 
 

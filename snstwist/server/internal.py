@@ -32,6 +32,9 @@ class ClusterApi:
         self.masterEnd = masterEnd
         # A slave's: told after each batch from the master is applied.
         self.mirrored = Observers("updates mirrored from the master")
+        # A slave's: the peers' streams waiting for it to be master, told
+        # when it is (L{lifecycle.Lifecycle.mastering}).
+        self.standbyStreams = Observers("this slave serving as master")
 
     def unary(self):
         return {"Onetime_s_to_buddy": self.onetimeSToBuddy, "Digest": self.digest}
@@ -64,5 +67,9 @@ class ClusterApi:
 
     def broadcastPosts(self, ctx):
         auth.checkSecret(ctx, self.secret)
+        if self.current.name in ("slave", "promoting"):
+            # A peer dials the slave of a VM whose master is gone: its
+            # stream is open, TLS and all, by the time we are master.
+            return ReplicaReceiver(self.node, self.clock, standby=self.standbyStreams)
         self.admission.asMaster()
         return ReplicaReceiver(self.node, self.clock)

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from snstwist import buddy
 from snstwist.core import errors, logs
+from snstwist.core.observers import Observers
 from snstwist.server.process import (
     SETTLE,
     exitWith,
@@ -125,6 +126,8 @@ class Lifecycle:
         self.orphaned = None
         self.supervising = None
         self.pidfile = buddy.Pidfile(buddy.runDirectory(config.data), os.getpid())
+        # Told once this process serves as its VM's master.
+        self.mastering = Observers("serving as master")
         self.settler = task.LoopingCall(settleMemory)
         self.settler.clock = clock
 
@@ -201,6 +204,7 @@ class Lifecycle:
     def serveAsMaster(self, promoted):
         logs.setIdentity(self.vm, "master")
         address = self.serve()
+        self.mastering()
         # Our slave (a spare told to go on, or a spawn) in a later turn:
         # serving (two gRPC servers, the router links) fills this one.
         self.supervising = self.clock.callLater(

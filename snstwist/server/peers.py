@@ -282,15 +282,22 @@ class ReplicaReceiver:
     can fill any gap.
     """
 
-    def __init__(self, node, clock):
+    def __init__(self, node, clock, standby=None):
         self.node = node
         self.clock = clock
         self.stream = None
         self.peerVm = None
         self.beats = None
+        # A slave's end, dialled by a peer whose link to this VM's dead
+        # master broke (L{routerlink.peersOf}): the observers of this
+        # process becoming master, which it waits for with heartbeats
+        # only; then it says hello, and the peer's writes come.
+        self.standby = standby
 
     def makeConnection(self, stream):
         self.stream = stream
+        if self.standby is not None:
+            self.standby.add(self.serving)
         self._hello()
         # The repeated hello is this side's heartbeat, and the anti-entropy.
         self.beats = Heartbeat(self.clock, ANTI_ENTROPY, LINK_TIMEOUT, self._hello, self._silent)
@@ -301,9 +308,20 @@ class ReplicaReceiver:
         self.stream.abort()
 
     def _hello(self):
+        if self.standby is not None:
+            self.stream.send(_BEAT)
+            return
         self.stream.send(pb.ReplicationMessage(hello=pb.ReplicaHello(
             vm=self.node.vm, origin=self.node.origin,
             have=self.node.replica.seen.toProto())))
+
+    def serving(self):
+        """This process is its VM's master now: a standby's end says hello at once."""
+        if self.standby is not None:
+            self.standby.remove(self.serving)
+            self.standby = None
+            if self.stream is not None:
+                self._hello()
 
     def messageReceived(self, message):
         self.beats.heard()
@@ -318,6 +336,10 @@ class ReplicaReceiver:
             return
         if kind == "hello":
             self.peerVm = message.hello.vm
+        elif kind == "updates" and self.standby is not None:
+            # Sent before our hello: only a master's disk takes them.
+            log.warn("updates from {vm} before this slave is master: closing", vm=self.peerVm)
+            self.stream.abort(errors.NotMaster("this server is a slave, not yet its VM's master"))
         elif kind == "updates":
             d = self.node.receive(updates)
             d.addCallback(self._ack)
@@ -343,5 +365,8 @@ class ReplicaReceiver:
 
     def connectionLost(self, reason):
         self.stream = None
+        if self.standby is not None:
+            self.standby.remove(self.serving)
+            self.standby = None
         if self.beats is not None:
             self.beats.stop()

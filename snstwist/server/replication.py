@@ -69,11 +69,10 @@ class Replicator:
         self.live = frozenset()
         self.unlinked = {}
 
-    def setPeers(self, peers, live=None):
+    def setPeers(self, peers):
         """
-        C{peers}: {vm: address} of the other VMs' masters; C{live}: the
-        other VMs the routers list with any server (C{peers}' by default),
-        a master or a slave taking over.
+        C{peers}: {vm: address} of the other live VMs' masters, or of their
+        slaves taking over (L{routerlink.peersOf}).
         """
         for vm in list(self.links):
             if peers.get(vm) != self.links[vm].address:
@@ -83,10 +82,10 @@ class Replicator:
             if vm != self.node.vm and vm not in self.links:
                 link = self.links[vm] = PeerLink(self, vm, address)
                 link.start()
-        self.setLive(set(peers if live is None else live) - {self.node.vm})
+        self.setLive(set(peers) - {self.node.vm})
 
     def setLive(self, live):
-        """C{live}: the other VMs the routers list (with any server)."""
+        """C{live}: the other VMs the routers list (with any server): awaited when unlinked."""
         now = self.clock.seconds()
         for vm in live - self.live:
             link = self.links.get(vm)

@@ -54,31 +54,29 @@ class RouterLink(grpcbridge.ReconnectingLink):
 
 
 def peersOf(memberships, vm):
-    """{vm: address} of the other VMs' masters, as the routers' views put together say."""
-    peers = {}
+    """
+    {vm: address} of the other VMs' masters, as the routers' views put
+    together say; for a VM listed with a slave and no master (its master
+    died: the slave is taking over), that slave's, whose end of the stream
+    waits until it is master (L{peers.ReplicaReceiver}): the stream is up
+    when the promotion is done, not dialled only once it registers.
+    """
+    peers, standbys = {}, {}
     for membership in memberships:
         for server in membership.servers:
-            if server.role == pb.MASTER and server.vm != vm:
+            if server.vm != vm:
                 # Peers replicate on the cluster port (mutual TLS).
-                peers[server.vm] = server.peer_address or server.address
-    return peers
-
-
-def liveVmsOf(memberships, vm):
-    """
-    The other VMs the routers' views list with any server: a master, or a
-    slave only (its master just died: it is taking over).
-    """
-    return {server.vm for membership in memberships for server in membership.servers
-            if server.vm != vm}
+                found = peers if server.role == pb.MASTER else standbys
+                found[server.vm] = server.peer_address or server.address
+    return {**standbys, **peers}
 
 
 class RouterLinks:
     """
     A L{RouterLink} to every router, and what their memberships mean: while
-    this server is its VM's master, C{setPeers({vm: address}, live)} is told
-    where the other VMs' masters are, and which other VMs are live, after
-    every membership a router pushes.
+    this server is its VM's master, C{setPeers({vm: address})} is told where
+    the other VMs' masters (or their slaves taking over) are after every
+    membership a router pushes.
     """
 
     def __init__(self, routers, clock, secret, vm, current, hello, load, setPeers):
@@ -113,8 +111,7 @@ class RouterLinks:
     def membershipChanged(self, router, membership):
         self.memberships[router] = membership
         if self.current.isMaster():
-            views = self.memberships.values()
-            self.setPeers(peersOf(views, self.vm), liveVmsOf(views, self.vm))
+            self.setPeers(peersOf(self.memberships.values(), self.vm))
 
     @defer.inlineCallbacks
     def stop(self):

@@ -125,6 +125,7 @@ class ServerService(MultiService):
                                    self.slaveEnd,
                                    lambda: SQLiteStore(config.data, name=config.vm),
                                    reactor, clock)
+        self.lifecycle.mastering.add(parts.internal.standbyStreams)
         metrics.watch(metrics.sessions, parts.sessions.count)
         metrics.watch(metrics.replicationLag, parts.replicator.lag)
         lag = LoopLag.fromEnvironment(clock)
