@@ -10,14 +10,13 @@ import os
 import sqlite3
 
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from snstwist.core.state import VersionVector
 from snstwist.storage import snapshot
 from snstwist.storage.index import Index
 from snstwist.storage.queries import Queries
+from snstwist.storage.threads import DiskThread
 
 log = Logger()
 
@@ -41,7 +40,7 @@ class Snapshots:
         self.reactor = reactor
         self.path = path
         self.dbPath = dbPath
-        self._pool = ThreadPool(1, 1, name="sns-snapshot")
+        self._thread = DiskThread(reactor, "sns-snapshot")
         self._db = None
         self._covers = None  # what the last snapshot read or written covers
         self._loop = task.LoopingCall(self.refresh)
@@ -58,9 +57,7 @@ class Snapshots:
         """Look, and write a snapshot if one is due (once at a time); fires when done."""
         if self._running is not None:
             return self._running
-        if not self._pool.started:
-            self._pool.start()
-        d = deferToThreadPool(self.reactor, self._pool, self._refresh)
+        d = self._thread.run(self._refresh)
 
         def done(result):
             self._running = None
@@ -91,11 +88,10 @@ class Snapshots:
             self._loop.stop()
         if self._running is not None:
             yield self._running
-        if self._pool.started:
-            if self._db is not None:
-                yield deferToThreadPool(self.reactor, self._pool, self._db.close)
-                self._db = None
-            self._pool.stop()
+        if self._db is not None:
+            yield self._thread.run(self._db.close)
+            self._db = None
+        yield self._thread.stop()
 
 
 class StateQueries(Queries):
