@@ -17,7 +17,7 @@ snapshot's part (its followees' name numbers, 4 bytes each, and its keys'
 bytes, about 19 each), a followee's followers likewise; the first read or
 write of a follower's registers (a FOLLOW, a timeline) or of a followee's
 followers (a post's fan-out, LIST) thaws them into the dict or the tuple
-above.  So a start holds a follow in about 25 bytes, not 90, and builds
+above.  So a start holds a follow in about 30 bytes, not 90, and builds
 them in a few calls a part, not a call a follow.
 
 An unfollowed relation keeps its register (its key decides against a
@@ -27,7 +27,8 @@ follower follows that user again.
 
 import bisect
 import sys
-from itertools import accumulate, compress, repeat
+from array import array
+from itertools import accumulate, compress
 
 import attrs
 from sortedcontainers import SortedSet
@@ -65,12 +66,18 @@ def _removed(followers, follower):
     return followers[:i] + followers[i + 1:]
 
 
-def _thawed(part, start, n):
-    """The (followee, packed key) of registers [start, start + n) of a frozen C{part}."""
-    names, numbers, packed, width = part
-    return zip(map(names.__getitem__, numbers[start:start + n]),
+# A frozen run is one int: its part's number in Follows._parts, shifted by
+# this, plus its place in the part (an int, not a tuple: 64 bytes less a run).
+_PART_SHIFT = 32
+
+
+def _thawed(part, i):
+    """The (followee, packed key) of the registers of follower C{i} of a frozen C{part}."""
+    names, numbers, packed, width, starts = part
+    start, end = starts[i], starts[i + 1]
+    return zip(map(names.__getitem__, numbers[start:end]),
                (int.from_bytes(packed[j * width:(j + 1) * width], "little")
-                for j in range(start, start + n)))
+                for j in range(start, end)))
 
 
 class Follows:
@@ -80,17 +87,29 @@ class Follows:
         self._counts = {}  # follower -> how many it follows (absent: none)
         self._followers = {}  # followee -> its followers, sorted (absent: none)
         # Restored from a snapshot and not used since (L{restore}): follower
-        # -> (part, start, n), its registers being the run [start, start +
-        # n) of a part of the snapshot's; followee -> (part, start, n), its
-        # followers likewise.  Each becomes a dict (a tuple) when first used.
+        # -> its run, its registers being a run of a part of the snapshot's
+        # (L{_PART_SHIFT}); followee -> its run of followers likewise.  Each
+        # becomes a dict (a tuple) when first used.
+        self._parts = []
         self._frozen = {}
         self._frozenFollowers = {}
+
+    def _run(self, run):
+        """The part and the place in it of the frozen C{run}."""
+        return self._parts[run >> _PART_SHIFT], run & ((1 << _PART_SHIFT) - 1)
+
+    def _freeze(self, frozen, names, counts, part):
+        """Hold C{names}' runs of C{part} (C{counts} items each) in C{frozen}."""
+        first = len(self._parts) << _PART_SHIFT
+        self._parts.append(part + (array("I", accumulate(counts, initial=0)),))
+        frozen.update(zip(names, range(first, first + len(counts))))
 
     def _registersOf(self, follower):
         """C{follower}'s dict of registers, or None: made from its frozen run when first used."""
         registers = self._registers.get(follower)
         if registers is None and follower in self._frozen:
-            registers = self._registers[follower] = dict(_thawed(*self._frozen.pop(follower)))
+            registers = self._registers[follower] = dict(
+                _thawed(*self._run(self._frozen.pop(follower))))
         return registers
 
     def _pairs(self):
@@ -99,7 +118,7 @@ class Follows:
             for followee, held in registers.items():
                 yield follower, followee, held
         for follower, run in self._frozen.items():
-            for followee, held in _thawed(*run):
+            for followee, held in _thawed(*self._run(run)):
                 yield follower, followee, held
 
     def apply(self, follower, followee, time_us, origin, seq, following):
@@ -140,11 +159,10 @@ class Follows:
         C{names[numbers[j]]}, the key C{packed[j * width:(j + 1) * width]}
         as packed by this holding's L{Keys}, little-endian), C{following}[i]
         of them followed.  Frozen: in a few calls whatever their number,
-        and in about 25 bytes a register until its follower is used; the
+        and in about 30 bytes a register until its follower is used; the
         followers of their followees are restored apart (L{restoreFollowers}).
         """
-        self._frozen.update(zip(followers, zip(repeat(part), accumulate(counts, initial=0),
-                                               counts)))
+        self._freeze(self._frozen, followers, counts, part)
         self._counts.update(zip(compress(followers, following), compress(following, following)))
 
     def restoreFollowers(self, followees, counts, part):
@@ -153,8 +171,7 @@ class Follows:
         keeps them: followee i's are the next C{counts}[i] of the C{part}
         (names, numbers): C{names[numbers[j]]}, sorted.
         """
-        self._frozenFollowers.update(zip(followees, zip(repeat(part),
-                                                        accumulate(counts, initial=0), counts)))
+        self._freeze(self._frozenFollowers, followees, counts, part)
 
     def mergeFrom(self, other):
         """Apply every register of C{other} (a holding with keys of its own) here."""
@@ -193,9 +210,9 @@ class Follows:
             run = self._frozenFollowers.pop(followee, None)
             if run is None:
                 return ()
-            (names, numbers), start, n = run
-            held = tuple(map(names.__getitem__, numbers[start:start + n]))
-            if n >= SORTED_FOLLOWERS:
+            (names, numbers, starts), i = self._run(run)
+            held = tuple(map(names.__getitem__, numbers[starts[i]:starts[i + 1]]))
+            if len(held) >= SORTED_FOLLOWERS:
                 held = SortedSet(held)
             self._followers[followee] = held
         return held
