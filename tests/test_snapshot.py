@@ -9,6 +9,7 @@ import write one when it is due.
 import itertools
 import os
 import shutil
+import sqlite3
 import tempfile
 import types
 
@@ -26,6 +27,7 @@ from snstwist.core.node import HybridClock
 from snstwist.core.state import Replica
 from snstwist.core.stateload import Rebuild, sortedSet
 from snstwist.storage import disk, snapshot
+from snstwist.storage.index import Index
 from snstwist.storage.importer import Importer
 from snstwist.storage.store import SQLiteStore
 from tests.strategies import followChanges, followUpdate, names, updateLists, userUpdate
@@ -305,6 +307,38 @@ class WrittenWhenDueTests(TestCase):
         self.assertEqual(([u.id for u in updates], after),
                          (["vm1.a/4", "vm1.a/5", "vm1.a/6"], None))
         self.assertEqual(snapshots.written, 2)
+
+    async def test_writes_committed_while_it_is_written_are_left_for_the_next(self):
+        """
+        A write committed between the writer's look at the record and its
+        snapshot's transaction (a busy master) is in the snapshot or after
+        it, and the next look counts only what came after.
+        """
+        self.patch(snapshot, "CHANGES", 2)
+        path = self.mktemp()
+        os.makedirs(path)
+        store = SQLiteStore(path, clock=Clock())
+        self.addCleanup(store.close)
+        await store.open(posts=False)
+        await store.persist([userUpdate("vm1.a", i, i, "u%d" % (i,)) for i in (1, 2)])
+        # Another connection writing the record, as the store's batches do.
+        other = Index(sqlite3.connect(os.path.join(path, "sns.sqlite3"), isolation_level=None,
+                                      check_same_thread=False))
+        self.addCleanup(other.db.close)
+        other.create()
+        count = snapshot.countChanges
+
+        def meanwhile(db, covers):
+            found = count(db, covers)
+            other.write([(userUpdate("vm1.a", 3, 3, "u3"), True)])
+            return found
+
+        self.patch(snapshot, "countChanges", meanwhile)
+        snapshots = store._queries.snapshots
+        self.assertIsNotNone(await snapshots.refresh())
+        self.patch(snapshot, "countChanges", count)
+        covered = snapshot.read(path, other.readVersions()).covers.count()
+        self.assertEqual((covered, await snapshots.refresh(), snapshots.written), (3, None, 1))
 
     async def test_an_imported_directory_starts_from_its_snapshot(self):
         """What import wrote covers everything imported."""

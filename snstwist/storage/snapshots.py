@@ -72,15 +72,21 @@ class Snapshots:
             self._db = sqlite3.connect("file:%s?mode=ro" % (self.dbPath,), uri=True,
                                        check_same_thread=False)
         if self._covers is None:
-            last = snapshot.read(self.path, Index(self._db).readVersions())
-            self._covers = last.covers if last is not None else VersionVector()
-        held = Index(self._db).readVersions()
+            self._covers = self._covered()
         size = snapshot.saveIfDue(self.path, self._db, self._covers)
         if size is not None:
-            # It covers at least what was held before it was read.
-            self._covers = snapshot.read(self.path, held).covers
+            self._covers = self._covered()
             self.written += 1
         return size
+
+    def _covered(self):
+        """
+        What the snapshot on disk covers (nothing, if none can be used),
+        checked against what is committed now: writes committed while it
+        was written are in the record, not in it.
+        """
+        last = snapshot.read(self.path, Index(self._db).readVersions())
+        return last.covers if last is not None else VersionVector()
 
     @defer.inlineCallbacks
     def stop(self):
