@@ -8,6 +8,7 @@ is stopped in the test's cleanup, by PID, whatever happened in the test.
 """
 
 import os
+import signal
 import sys
 
 from twisted.internet import defer, error, protocol, reactor
@@ -49,6 +50,18 @@ def childEnv(**extra):
 
 # Signal a process by pid; one already gone is no error.
 killPid = buddy.signalPid
+
+
+def killIfStill(pid, running, signum=signal.SIGKILL):
+    """
+    Signal C{pid} only if it is still the process it was: one whose command
+    line holds C{running} (a path of its test, as text).  A pid seen earlier
+    may be another program's by now: the kernel hands out pids again once
+    they wrap (every few minutes on the team's machine, threads counting),
+    and a blind SIGKILL in a cleanup then kills another run's process.
+    """
+    if pidAlive(pid, running=running.encode()):
+        killPid(pid, signum)
 
 
 class Collector(protocol.ProcessProtocol):
@@ -296,6 +309,5 @@ class Cluster:
         or a slave spawned after the last status, never registers).
         """
         for pid in self.pids:
-            if pidAlive(pid):
-                killPid(pid)
+            killIfStill(pid, self.base)
         killServersUsing(self.base)

@@ -27,7 +27,7 @@ from tests.processes import (
     TWISTD,
     Cluster,
     childEnv,
-    killPid,
+    killIfStill,
     killServersUsing,
     liveProcesses,
     pidAlive,
@@ -224,7 +224,7 @@ class MasterKilledTests(unittest.TestCase):
         """SIGKILL the master: its slave (same pid) registers as the VM's master."""
         cluster, master, slave = await self.killMaster()
         await assertBecomesMaster(cluster, slave.pid)
-        self.assertFalse(pidAlive(master.pid))
+        self.assertFalse(pidAlive(master.pid, running=cluster.base.encode()))
 
     @inlineAsync
     async def test_promoted_slave_spawns_a_new_slave(self):
@@ -279,8 +279,8 @@ class SlaveKilledTests(unittest.TestCase):
         master, slave = await pair(cluster)
 
         def neverResume():
-            killPid(slave.pid, signal.SIGKILL)
-            killPid(slave.pid, signal.SIGCONT)
+            killIfStill(slave.pid, cluster.base)
+            killIfStill(slave.pid, cluster.base, signal.SIGCONT)
 
         self.addCleanup(neverResume)
         os.kill(slave.pid, signal.SIGSTOP)
@@ -300,8 +300,8 @@ class MasterHungTests(unittest.TestCase):
         def neverResume():
             # KILL before CONT: a stopped process resumed by cleanup must not
             # run on (and write) for even a moment.
-            killPid(master.pid, signal.SIGKILL)
-            killPid(master.pid, signal.SIGCONT)
+            killIfStill(master.pid, cluster.base)
+            killIfStill(master.pid, cluster.base, signal.SIGCONT)
 
         self.addCleanup(neverResume)
         os.kill(master.pid, signal.SIGSTOP)
@@ -495,7 +495,7 @@ class ParentDeathTests(unittest.TestCase):
         parent = spawn(self, ["-c", PARENT, WATCHER])
         await parent.waitFor("watching ")
         line = [x for x in parent.lines if x.startswith("watching ")][0]
-        self.addCleanup(killPid, int(line.split()[2]), signal.SIGKILL)
+        self.addCleanup(killIfStill, int(line.split()[2]), "watchParent")
         self.assertEqual(line.split()[1], "True")
         os.kill(parent.pid, signal.SIGKILL)
         await parent.waitFor("parent ended")

@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from snstwist.rpc import sns_pb2 as pb
-from tests.processes import PASSWORD, Cluster, masterOf, pidAlive, waitUntil
+from tests.processes import PASSWORD, Cluster, killIfStill, masterOf, waitUntil
 from tests.test_integration import inlineAsync, posts
 
 
@@ -76,7 +76,7 @@ class FailoverTests(unittest.TestCase):
         await alice.waitFor(">> before")
         master1 = await masterOf(cluster, "alice")
         os.kill(master1.pid, signal.SIGSTOP)
-        self.addCleanup(lambda: pidAlive(master1.pid) and os.kill(master1.pid, signal.SIGKILL))
+        self.addCleanup(killIfStill, master1.pid, cluster.base)
         alice.write("in flight\n")
         await alice.waitFor("Reconnecting to ")
         alice.closeStdin()

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from tests.processes import (
     Cluster,
     childEnv,
-    killPid,
+    killIfStill,
     pidAlive,
     routerStatus,
     spawn,
@@ -178,7 +178,8 @@ class RouterTests(unittest.TestCase):
         os.kill(cluster.process.pid, signal.SIGTERM)
         await cluster.process.ended
         for pid in pids:
-            self.assertFalse(pidAlive(pid), "pid %d survived" % (pid,))
+            self.assertFalse(pidAlive(pid, running=cluster.base.encode()),
+                             "pid %d survived" % (pid,))
 
 
 async def _answers(address):
@@ -217,9 +218,9 @@ class TwistdClusterTests(unittest.TestCase):
         router = [line.split("router ")[1].split(";")[0] for line in cluster.lines
                   if "sns-cluster ready" in line][0]
         pids = {s.pid for s in (await routerStatus(router)).servers}
-        self.addCleanup(lambda: [killPid(p) for p in pids if pidAlive(p)])
+        self.addCleanup(lambda: [killIfStill(p, base) for p in pids])
         self.assertEqual(len(pids), 4, "two masters and their slaves")
         os.kill(cluster.pid, signal.SIGTERM)
         await cluster.ended
         for pid in pids:
-            self.assertFalse(pidAlive(pid), "pid %d survived" % (pid,))
+            self.assertFalse(pidAlive(pid, running=base.encode()), "pid %d survived" % (pid,))

@@ -222,8 +222,8 @@ class ClusterService(MultiService):
         MultiService.stopService(self)
         # A promoted slave is not our child (its master spawned it): find
         # every server of our VMs by the pid files they keep in their data.
-        others = [pid for pid in self.serverPids()
-                  if pid not in {c.pid for c in self.children.values()}]
+        others = {pid: data for pid, data in self.serverPids().items()
+                  if pid not in {c.pid for c in self.children.values()}}
         for pid in others:
             buddy.signalPid(pid, signal.SIGTERM)
         stops = [buddy.terminate(self.reactor, c, self.killTime)
@@ -232,38 +232,54 @@ class ClusterService(MultiService):
         return defer.gatherResults(stops, consumeErrors=True)
 
     def serverPids(self, vm=None):
-        """The live sns-server pids of VM C{vm} (default: of every VM), from their pid files."""
-        pids = set()
+        """
+        {pid: data directory} of the live sns-server processes of VM C{vm}
+        (default: of every VM), from their pid files.  A pid file left by a
+        server that died (a SIGKILLed process whose parent had died first
+        removes none) may name a pid the kernel has given another program
+        since, another run's server too: only a process whose command line
+        holds this VM's data directory is one of ours.
+        """
+        pids = {}
         for i in range(self.vms):
             name = "vm%d" % (i + 1,)
             if vm not in (None, name):
                 continue
-            run = os.path.join(self.base, name, "data", "run")
+            data = os.path.join(self.base, name, "data")
+            run = os.path.join(data, "run")
             for entry in os.listdir(run) if os.path.isdir(run) else ():
                 stem = entry.split(".")[0]
-                if stem.isdigit() and isServer(int(stem)):
-                    pids.add(int(stem))
+                if stem.isdigit() and isServer(int(stem), data):
+                    pids[int(stem)] = data
         return pids
 
     async def _waitGone(self, pids):
+        """Wait for the servers C{pids} ({pid: data directory}) to end; SIGKILL them late."""
         deadline = self.reactor.seconds() + self.killTime
-        while any(isServer(p) for p in pids):
+        while any(isServer(p, data) for p, data in pids.items()):
             if self.reactor.seconds() > deadline:
-                for pid in pids:
-                    buddy.signalPid(pid, signal.SIGKILL)
+                for pid, data in pids.items():
+                    if isServer(pid, data):
+                        buddy.signalPid(pid, signal.SIGKILL)
                 return
             await deferLater(self.reactor, 0.02)
+
+
+def isServer(pid, data):
+    """
+    Is C{pid} a live sns-server process on the data directory C{data} (not
+    a zombie, not a pid another program has now)?
+    """
+    # The data directory as a whole argument (they are NUL-separated):
+    # not a longer path it begins.
+    return (buddy.pidAlive(pid, running=b"sns-server")
+            and buddy.pidAlive(pid, running=b"\0" + os.fsencode(data) + b"\0"))
 
 
 def _tlsFromEnvironment():
     """(ca, cert, key) from $SNS_TLS_CA, $SNS_TLS_CERT, $SNS_TLS_KEY, if all are set."""
     files = tuple(os.environ.get(n) for n in ("SNS_TLS_CA", "SNS_TLS_CERT", "SNS_TLS_KEY"))
     return tuple(os.path.abspath(f) for f in files) if all(files) else None
-
-
-def isServer(pid):
-    """Is C{pid} a live sns-server process (not a zombie, not a reused pid)?"""
-    return buddy.pidAlive(pid, running=b"sns-server")
 
 
 def deferLater(clock, seconds):
