@@ -275,6 +275,14 @@ class WrittenWhenDueTests(TestCase):
         with open(source, "rb") as f:
             Importer(path, "import.1").run(f)
 
+    async def writer(self, path):
+        """A store of the data directory C{path} (made if new), opened as the VM's writer."""
+        os.makedirs(path, exist_ok=True)
+        store = SQLiteStore(path, clock=Clock())
+        self.addCleanup(store.close)
+        await store.open(posts=False)
+        return store
+
     def test_import_writes_one_when_a_start_would_want_it(self):
         self.patch(snapshot, "CHANGES", 5)
         few, many = self.mktemp(), self.mktemp()
@@ -286,11 +294,7 @@ class WrittenWhenDueTests(TestCase):
     async def test_the_writer_writes_one_once_enough_changed_since_the_last(self):
         """Every check, once the record holds CHANGES state updates the last one lacks."""
         self.patch(snapshot, "CHANGES", 3)
-        path = self.mktemp()
-        os.makedirs(path)
-        store = SQLiteStore(path, clock=Clock())
-        self.addCleanup(store.close)
-        await store.open(posts=False)
+        store = await self.writer(self.mktemp())
         snapshots = store._queries.snapshots
         await store.persist([userUpdate("vm1.a", i, i, "u%d" % (i,)) for i in (1, 2)])
         self.assertEqual((await snapshots.refresh(), await store.stateSnapshot()), (None, None))
@@ -316,10 +320,7 @@ class WrittenWhenDueTests(TestCase):
         """
         self.patch(snapshot, "CHANGES", 2)
         path = self.mktemp()
-        os.makedirs(path)
-        store = SQLiteStore(path, clock=Clock())
-        self.addCleanup(store.close)
-        await store.open(posts=False)
+        store = await self.writer(path)
         await store.persist([userUpdate("vm1.a", i, i, "u%d" % (i,)) for i in (1, 2)])
         # Another connection writing the record, as the store's batches do.
         other = Index(sqlite3.connect(os.path.join(path, "sns.sqlite3"), isolation_level=None,
@@ -345,9 +346,7 @@ class WrittenWhenDueTests(TestCase):
         self.patch(snapshot, "CHANGES", 1)
         path = self.mktemp()
         self.fill(path, 3)
-        store = SQLiteStore(path, clock=Clock())
-        self.addCleanup(store.close)
-        await store.open(posts=False)
+        store = await self.writer(path)
         found = await store.stateSnapshot()
         self.assertEqual((found.covers.origins, found.count),
                          (store.held().origins, 3))
