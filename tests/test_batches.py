@@ -7,6 +7,7 @@ a busy reactor, so a batch of posts is a few of them, whatever its size.
 """
 
 import errno
+import json
 import os
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -84,7 +85,11 @@ class FileCallTests(SynchronousTestCase):
             size = os.path.getsize(path) if os.path.exists(path) else 0
             self.assertEqual(self.disk.files.end(author)[0], size, author)
 
-    def test_a_batch_opens_each_file_once_and_asks_nothing_else(self):
+    def test_a_batch_opens_no_file_held_open_and_asks_nothing_else(self):
+        """
+        The files appended to by the batch before are held open: the next
+        batch's appends are a write each (storage/appends.py).
+        """
         authors = ["alice", "bob", "carol"]
         self.disk.write(posts(1, 3, authors))
         calls = []
@@ -95,7 +100,7 @@ class FileCallTests(SynchronousTestCase):
                 return real[name](*args, **kwargs)
             self.patch(os, name, counted)
         self.disk.write(posts(4, 6, authors))
-        self.assertEqual(calls, ["open"] * 3)
+        self.assertEqual(calls, [])
         del calls[:]
         self.assertSizesTrue(*authors)
 
@@ -120,3 +125,63 @@ class FileCallTests(SynchronousTestCase):
         self.assertSizesTrue("alice")
         self.disk.write([postUpdate("vm1.a", 3, 40, "alice")])
         self.assertSizesTrue("alice")
+
+
+def readLines(disk, author):
+    with open(disk.files.path(author), "rb") as f:
+        return [json.loads(line)["id"] for line in f.read().splitlines()]
+
+
+class HeldFileTests(SynchronousTestCase):
+    """The post files held open for appending (storage/appends.py)."""
+
+    def setUp(self):
+        self.disk = openDisk(self)
+
+    def test_at_most_so_many_files_are_held_open_the_last_appended_to(self):
+        self.disk.files.held.most = 2
+        for seq, author in enumerate(["alice", "bob", "carol", "alice"], 1):
+            self.disk.write([postUpdate("vm1.a", seq, 10 * seq, author)])
+        held = [os.path.basename(p) for p in self.disk.files.held.held]
+        self.assertEqual(held, ["carol.txt", "alice.txt"])
+        self.disk.write([postUpdate("vm1.a", 5, 50, "bob")])  # (let go, opened again)
+        self.assertEqual(readLines(self.disk, "alice"), ["vm1.a/1", "vm1.a/4"])
+        self.assertEqual(readLines(self.disk, "bob"), ["vm1.a/2", "vm1.a/5"])
+
+    def test_a_file_rewritten_is_appended_to_as_it_is_now(self):
+        """
+        A late post rewrites alice's file (a new file in its place): the
+        next append goes to that file, not to the one held open before.
+        """
+        self.disk.write([postUpdate("vm1.a", 1, 10, "alice"), postUpdate("vm1.a", 2, 30, "alice")])
+        self.disk.write([postUpdate("vm2.a", 1, 20, "alice", "late")])
+        self.disk.write([postUpdate("vm1.a", 3, 40, "alice")])
+        self.assertEqual(readLines(self.disk, "alice"),
+                         ["vm1.a/1", "vm2.a/1", "vm1.a/2", "vm1.a/3"])
+        self.assertNotIn(self.disk.files.path("alice") + ".tmp", self.disk.files.held.held)
+
+    def test_an_append_taken_back_leaves_the_file_let_go_and_whole_after(self):
+        self.disk.write(posts(1, 1, ["alice"]))
+        append = self.disk.append
+
+        def torn(path, data):
+            append(path, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+        self.disk.append = torn
+        self.assertRaises(OSError, self.disk.write, posts(2, 1, ["alice"]))
+        self.disk.append = append
+        # The torn line was cut off, and the file let go.
+        self.assertEqual(self.disk.files.held.held, [])
+        self.assertEqual(readLines(self.disk, "alice"), ["vm1.a/1"])
+        self.disk.write(posts(2, 2, ["alice"]))
+        self.assertEqual(readLines(self.disk, "alice"), ["vm1.a/1", "vm1.a/2", "vm1.a/3"])
+
+    def test_closing_lets_go_of_every_file(self):
+        self.disk.write(posts(1, 3, ["alice", "bob", "carol"]))
+        fds = list(self.disk.files.held._open.values())
+        self.assertEqual(len(fds), 3)
+        self.disk.files.close()
+        self.assertEqual(self.disk.files.held.held, [])
+        for fd in fds:
+            self.assertRaises(OSError, os.fstat, fd)

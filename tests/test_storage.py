@@ -22,11 +22,17 @@ from twisted.trial.unittest import TestCase
 from snstwist.core import errors
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
-from snstwist.storage.postfile import appendTo, parsePostLine
+from snstwist.storage.postfile import parsePostLine
 from snstwist.storage.store import SQLiteStore
 from tests.fakes import session
 from tests.servers import serverParts
 from tests.strategies import postUpdate
+
+
+def appendTo(path, data):
+    """Append C{data} to the file at C{path}, as the store does, with no file held open."""
+    with open(path, "ab") as f:
+        f.write(data)
 
 
 class FailingDisk:

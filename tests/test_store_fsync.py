@@ -453,11 +453,17 @@ def openFiles(under):
 
 
 class DescriptorTests(TestCase):
-    async def test_writing_leaves_no_descriptor_open(self):
-        """Every file and directory opened to be written and flushed is closed again."""
+    async def test_writing_holds_open_only_the_files_last_appended_to(self):
+        """
+        Of the post files and their directory, only the files appended to
+        last stay open (at most Appends.most of them: storage/appends.py);
+        every other opened to be written, rewritten or flushed is closed
+        again.
+        """
         path = self.mktemp()
         os.makedirs(path)
         s = store.SQLiteStore(path)
+        s._disk.files.held.most = 3
         self.addCleanup(s.close)
         await s.open()
         await s.persist([postUpdate("vm1.a", 1, 10, "alice")])
@@ -465,13 +471,19 @@ class DescriptorTests(TestCase):
         # The post files and their directory: the record's connections
         # (the checkpointer's opens 0.5 s after a batch) stay open.
         posts = os.path.join(os.path.realpath(path), "posts")
-        self.assertEqual(openFiles(posts), [])
+        self.assertEqual(openFiles(posts), [os.path.join(posts, "alice.txt")])
         for i in range(2, 12):
-            await s.persist([postUpdate("vm1.a", i, 10 * i, user)
-                             for user in ("alice", "bob", "u%d" % (i,))])
+            await s.persist([postUpdate("vm1.a", 3 * i + n, 10 * i, user)
+                             for n, user in enumerate(("alice", "bob", "u%d" % (i,)))])
+        await s.synced()
+        last = [os.path.join(posts, name) for name in ("alice.txt", "bob.txt", "u11.txt")]
+        self.assertEqual(openFiles(posts), last)
         await s.persist([postUpdate("vm2.a", 1, 15, "alice")])  # a rewrite
         await s.synced()
-        self.assertEqual(openFiles(posts), [])
+        # alice's file was replaced by its rewrite, and let go; the file
+        # the rewrite wrote is closed.
+        held = set(openFiles(posts))
+        self.assertTrue(held and held <= set(last[1:]), held)
 
     async def test_closing_releases_every_descriptor(self):
         """A closed store holds nothing open: the database, the lock, the files."""

@@ -251,6 +251,7 @@ class Disk:
         return digests.page(self.db, self.files, after, limit, most)
 
     def close(self):
+        self.files.close()
         self._flushers.shutdown()
         if self.index is not None:
             self.index.db.close()

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from snstwist.core import errors
 from snstwist.core.model import Post, Update, checkUsername
+from snstwist.storage.appends import Appends
 
 # A post key before every post's (times are never negative, ids never empty).
 NO_KEY = (0, "")
@@ -83,22 +84,6 @@ def parsePostLine(line):
 
 
 
-def appendTo(path, data):
-    """
-    Append the bytes C{data} to the file at C{path} (made if absent), not
-    flushed: three calls to the system (a text file opened for appending
-    makes seven).  A short write (a disk filling up) is followed by the
-    rest, and so by the error that stopped it.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
 def fsync(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -133,8 +118,10 @@ class PostFiles:
         self.sizes = {}
         self._paths = {}  # one a user, as its key and size
         # How bytes are appended to a post file, or to the file a rewrite
-        # writes (a test puts a failing filesystem here).
-        self.append = appendTo
+        # writes (a test puts a failing filesystem here): through the files
+        # held open.
+        self.held = Appends()
+        self.append = self.held
 
     def path(self, author):
         path = self._paths.get(author)
@@ -187,6 +174,11 @@ class PostFiles:
         """The author's file was changed behind this writer's back (a repair): look again."""
         self.lastKey.pop(author, None)
         self.sizes.pop(author, None)
+        self.held.close(self.path(author))
+
+    def close(self):
+        """Let go of every file held open."""
+        self.held.closeAll()
 
     def sync(self, authors, created):
         """Flush the files of C{authors}, then the directory if a file is new."""
@@ -316,7 +308,10 @@ class PostFiles:
                 os.unlink(tmp)  # a crashed rewrite's
             except FileNotFoundError:
                 pass
-            self.append(tmp, data)
+            try:
+                self.append(tmp, data)
+            finally:
+                self.held.close(tmp)
             fsync(tmp)
         except BaseException:
             try:
@@ -324,6 +319,8 @@ class PostFiles:
             except OSError:
                 pass
             raise
+        # The file replaced is let go: an append to it would be lost.
+        self.held.close(path)
         os.replace(tmp, path)
         self.syncDir()
         self.lastKey[author] = ordered[-1].post.key if ordered else None
