@@ -6,7 +6,6 @@ take-over's lock loop, and what the process does to itself.
 
 import gc
 import os
-import weakref
 
 from twisted.internet import defer
 from twisted.internet.error import ReactorNotRunning
@@ -379,63 +378,6 @@ class LoadingMemoryTests(SynchronousTestCase):
             (during, gc.isenabled(), self.successResultOf(result) is loaded,
              gc.get_freeze_count() > before),
             ([False], True, True, True))
-
-
-class _Cycle:
-    """A reference cycle that says when the collector frees it."""
-
-    def __init__(self, freed):
-        self.me = self
-        weakref.finalize(self, freed.append, True)
-
-
-class SettleMemoryTests(SynchronousTestCase):
-    def setUp(self):
-        self.addCleanup(gc.unfreeze)
-        self.addCleanup(gc.collect)
-
-    def test_a_settle_frees_the_old_garbage_before_it_freezes(self):
-        """
-        A cycle that lived long enough to reach the oldest generation and
-        died since is freed by the next settle, not frozen with what lives.
-        """
-        freed = []
-        old = _Cycle(freed)
-        gc.collect(1)
-        gc.collect(1)  # (in the oldest generation now)
-        del old
-        process.settleMemory()
-        self.assertEqual(freed, [True])
-
-    def test_a_settle_freezes_what_lives(self):
-        before = gc.get_freeze_count()
-        kept = [_Cycle([]) for _ in range(10)]
-        process.settleMemory()
-        self.assertGreaterEqual(gc.get_freeze_count() - before, len(kept))
-
-    def test_a_settle_does_not_reach_what_an_earlier_one_froze(self):
-        """
-        What was frozen stays out of every later collection: a settle's
-        pass covers what came since the last one, not the history.
-        """
-        freed = []
-        earlier = _Cycle(freed)
-        process.settleMemory()
-        del earlier
-        process.settleMemory()
-        gc.collect()
-        self.assertEqual(freed, [])
-        gc.unfreeze()
-        gc.collect()
-        self.assertEqual(freed, [True])
-
-    def test_settles_come_every_few_seconds(self):
-        """
-        A minute of posts at 1,000 a second made full collections of 8-15
-        ms on a master's reactor: settles come often enough that no pass
-        covers more than a few seconds of them.
-        """
-        self.assertLessEqual(process.SETTLE, 5.0)
 
 
 class _StrictReactor:

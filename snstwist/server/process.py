@@ -13,10 +13,7 @@ from twisted.logger import Logger
 
 log = Logger()
 
-# How often what a server accepted is settled (L{settleMemory}): the
-# longest collection a master makes is one over what it took in since, so a
-# minute of posts at 1,000 a second made collections of 8-15 ms on its reactor.
-SETTLE = 5.0
+SETTLE = 60.0
 
 
 def stopOnlyOnce(reactor):
@@ -67,16 +64,10 @@ def settleMemory():
     What was loaded or accepted so far lives as long as the process: keep it
     out of the garbage collector's full passes, which otherwise hold the
     reactor for hundreds of milliseconds once a million posts are held.
-    Done every L{SETTLE} seconds once warm: a full collection of what is not
-    frozen, then a freeze of what is left.  What a start loads or a standby
-    warms up with is frozen as it is loaded (L{withoutCollections}), so what
-    a settle collects is what came since the last one, a few seconds of
-    posts, never the history; and the garbage among it (cycles the young
-    collections left to the oldest generation) is freed, not frozen for
-    good.  Between settles the collector's own full passes cover no more
-    than that either.
+    Young garbage is collected first; a full collection is not (it would
+    cost what freezing saves).  Done once warm, then every L{SETTLE} seconds.
     """
-    gc.collect()
+    gc.collect(1)
     gc.freeze()
 
 
