@@ -321,6 +321,28 @@ class StandbyStreamTests(SynchronousTestCase):
         self.receiver.connectionLost(None)
         self.assertEqual(self.waiting(), 0)
 
+    def test_a_stream_connected_after_the_promotion_served_says_hello(self):
+        """
+        The bridge connects a stream some turns after its call came: a
+        promotion that served in between was not heard, and the stream
+        would beat without a hello for good (the peer never synced).
+        """
+        late = self.parts.internal.broadcastPosts(secret("s"))
+        self.role.state = "master"
+        self.parts.internal.standbyStreams()
+        stream = FakeStream()
+        late.makeConnection(stream)
+        self.addCleanup(late.connectionLost, None)
+        self.assertEqual(stream.kinds(), ["hello"])
+        self.assertEqual(self.waiting(), 0)
+
+    def test_a_standby_end_not_told_says_hello_at_its_next_beat(self):
+        """Master, but never told (the news came before it was waiting): its next beat."""
+        self.role.state = "master"
+        self.parts.internal.clock.advance(ANTI_ENTROPY)
+        self.assertEqual(self.stream.kinds(), ["heartbeat", "hello"])
+        self.assertEqual(self.waiting(), 0)
+
     def test_a_stopping_server_takes_no_stream(self):
         self.role.state = "stopping"
         self.assertRaises(errors.NotMaster, self.parts.internal.broadcastPosts, secret("s"))

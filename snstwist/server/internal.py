@@ -70,6 +70,7 @@ class ClusterApi:
         if self.current.name in ("slave", "promoting"):
             # A peer dials the slave of a VM whose master is gone: its
             # stream is open, TLS and all, by the time we are master.
-            return ReplicaReceiver(self.node, self.clock, standby=self.standbyStreams)
+            return ReplicaReceiver(self.node, self.clock, standby=self.standbyStreams,
+                                   isMaster=self.current.isMaster)
         self.admission.asMaster()
         return ReplicaReceiver(self.node, self.clock)

@@ -282,7 +282,7 @@ class ReplicaReceiver:
     can fill any gap.
     """
 
-    def __init__(self, node, clock, standby=None):
+    def __init__(self, node, clock, standby=None, isMaster=None):
         self.node = node
         self.clock = clock
         self.stream = None
@@ -293,11 +293,19 @@ class ReplicaReceiver:
         # process becoming master, which it waits for with heartbeats
         # only; then it says hello, and the peer's writes come.
         self.standby = standby
+        # Whether this process serves as master by now: the bridge connects
+        # a stream some turns after its call came (it sends the headers
+        # first), and the promotion may have served, and told the waiting
+        # streams, in between.
+        self.isMaster = isMaster
 
     def makeConnection(self, stream):
         self.stream = stream
         if self.standby is not None:
-            self.standby.add(self.serving)
+            if self.isMaster is not None and self.isMaster():
+                self.standby = None
+            else:
+                self.standby.add(self.serving)
         self._hello()
         # The repeated hello is this side's heartbeat, and the anti-entropy.
         self.beats = Heartbeat(self.clock, ANTI_ENTROPY, LINK_TIMEOUT, self._hello, self._silent)
@@ -309,6 +317,11 @@ class ReplicaReceiver:
 
     def _hello(self):
         if self.standby is not None:
+            if self.isMaster is not None and self.isMaster():
+                # Master already and not told: a net under the check at
+                # the connection.
+                self.serving()
+                return
             self.stream.send(_BEAT)
             return
         self.stream.send(pb.ReplicationMessage(hello=pb.ReplicaHello(
