@@ -302,10 +302,7 @@ class ReplicaReceiver:
     def makeConnection(self, stream):
         self.stream = stream
         if self.standby is not None:
-            if self.isMaster is not None and self.isMaster():
-                self.standby = None
-            else:
-                self.standby.add(self.serving)
+            self.standby.add(self.serving)
         self._hello()
         # The repeated hello is this side's heartbeat, and the anti-entropy.
         self.beats = Heartbeat(self.clock, ANTI_ENTROPY, LINK_TIMEOUT, self._hello, self._silent)
@@ -318,8 +315,8 @@ class ReplicaReceiver:
     def _hello(self):
         if self.standby is not None:
             if self.isMaster is not None and self.isMaster():
-                # Master already and not told: a net under the check at
-                # the connection.
+                # Master already, and not told: it served before this
+                # stream was connected.
                 self.serving()
                 return
             self.stream.send(_BEAT)
