@@ -17,6 +17,27 @@ the accept and the push, with nothing else measured with it.
     python benchmarks/commits.py --batch 30 --authors 100 --busy
     python benchmarks/commits.py --batch 30 --authors 100 --sqlite-checkpoints
     python benchmarks/commits.py --rate 1000 --authors 20 --seconds 8
+    python benchmarks/commits.py --syncs --rounds 400
+
+``--syncs``: what a commit's fsync costs on this disk, and why.  Round
+after round, each of a few kinds of durable write in turn (so that all
+share the machine's moments), with ``--pace`` seconds idle after each, as
+at 100 posts a second: ``fdatasync`` of a file with nothing written since
+the last; a write of 512 B, 4 KB or a one-post commit's WAL frames
+(L{FRAMES} pages with their headers) in place, in a file written whole
+before; the same appended (the file grows: a size change, and a block
+newly allocated, for the sync to write too); into a file
+``posix_fallocate``'d (unwritten extents, which the write converts); and
+``fsync`` against ``fdatasync``.  Beside them, a one-post batch written
+as the disk thread writes it (``Disk.write``) with its WAL checkpointed
+(PASSIVE) every ``--checkpoint-every`` batches, so that the WAL starts
+over and its frames overwrite what an earlier commit wrote, and on a
+second data directory whose WAL is never checkpointed (it grows, as
+after a start): the ``COMMIT`` statement alone and the whole write, the
+WAL frames each commit wrote, and how often the WAL grew.  To see
+SQLite's own calls per commit (one ``fdatasync`` of the WAL; no sync of
+the directory or of the ``-shm``), run ``--batch 1 --authors 1`` under
+``strace -f -e trace=fsync,fdatasync,pwrite64,write -T``.
 
 --busy runs a thread beside it that holds the interpreter 1 ms out of every
 2, as a reactor half busy does: the disk thread waits for the interpreter
@@ -41,7 +62,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from snstwist.core.model import Post, Update  # noqa: E402
 from snstwist.core.state import HOT_POSTS  # noqa: E402
-from snstwist.storage.checkpoint import boundWal  # noqa: E402
+from snstwist.storage.checkpoint import boundWal, walCommits  # noqa: E402
 from snstwist.storage.disk import Disk  # noqa: E402
 
 
@@ -100,6 +121,143 @@ def batches(args, work):
         return out
     finally:
         stop.set()
+
+
+# A one-post batch's WAL frames (4 KB pages): the record's row, its indexes
+# of posts by author and by request, the version vector's row.
+FRAMES = 4
+_FRAME = 24 + 4096
+
+
+class TimedCommits:
+    """A connection whose C{COMMIT}s are timed (ms, in C{times}); the rest passes through."""
+
+    def __init__(self, db):
+        self._db = db
+        self.times = []
+
+    def execute(self, sql, *args):
+        if sql != "COMMIT":
+            return self._db.execute(sql, *args)
+        t0 = time.perf_counter()
+        try:
+            return self._db.execute(sql, *args)
+        finally:
+            self.times.append(1000 * (time.perf_counter() - t0))
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+class Committing:
+    """
+    One-post batches to the data directory C{path}, checkpointed (PASSIVE,
+    on a second connection, as L{checkpoint.Checkpointer} does) every
+    C{every} batches, or never (C{every} 0: the WAL grows).
+    """
+
+    def __init__(self, path, every):
+        os.makedirs(path)
+        self.disk = Disk(path)
+        self.disk.open(HOT_POSTS)
+        boundWal(self.disk.db)
+        self.timed = self.disk.db = TimedCommits(self.disk.db)
+        self.wal = self.disk.dbPath + "-wal"
+        self.every = every
+        self.checkpoints = None
+        if every:
+            import sqlite3
+            self.checkpoints = sqlite3.connect(self.disk.dbPath, isolation_level=None)
+        self.seq = 0
+        self.frames = []
+        self.writes = []
+        self.grew = 0
+
+    def __call__(self):
+        self.seq += 1
+        before = os.path.getsize(self.wal) if os.path.exists(self.wal) else 0
+        framesBefore = _walFrames(self.wal)
+        update = postUpdate(self.seq, 1, 1_700_000_000_000_000 + self.seq)
+        t0 = time.perf_counter()
+        self.disk.write([update])
+        self.writes.append(1000 * (time.perf_counter() - t0))
+        after = _walFrames(self.wal)
+        # (A WAL started over holds this commit's frames only.)
+        self.frames.append(after - framesBefore if after >= framesBefore else after)
+        self.grew += os.path.getsize(self.wal) > before
+        if self.every and self.seq % self.every == 0:
+            self.checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def close(self):
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+        self.disk.close()
+
+
+def _walFrames(wal):
+    """Frames in the WAL C{wal} up to its last commit."""
+    return sum(len(pages) for pages in walCommits(wal))
+
+
+def syncs(args, work):
+    """--syncs: kinds of durable writes, interleaved round by round, each timed."""
+    n = args.rounds
+    kinds = {}
+
+    def raw(name, size, prepare, sync=os.fdatasync):
+        path = os.path.join(work, name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if prepare == "written":
+            os.pwrite(fd, b"\1" * (n * max(size, 1) + 65536), 0)
+        elif prepare == "fallocated":
+            os.posix_fallocate(fd, 0, n * size + 65536)
+        os.fsync(fd)
+        data = b"x" * size
+        at = [0]
+
+        def write():
+            if data:
+                os.pwrite(fd, data, at[0])
+                at[0] += len(data)
+            sync(fd)
+
+        kinds[name] = (write, [])
+
+    frames = FRAMES * _FRAME
+    raw("fdatasync, nothing written", 0, "written")
+    raw("512 B in place", 512, "written")
+    raw("4 KB in place", 4096, "written")
+    raw("%d frames in place" % FRAMES, frames, "written")
+    raw("4 KB appended", 4096, "")
+    raw("%d frames appended" % FRAMES, frames, "")
+    raw("%d frames appended, fsync" % FRAMES, frames, "", os.fsync)
+    raw("%d frames in place, fsync" % FRAMES, frames, "written", os.fsync)
+    raw("%d frames, fallocated" % FRAMES, frames, "fallocated")
+    reused = Committing(os.path.join(work, "reused"), args.checkpoint_every)
+    growing = Committing(os.path.join(work, "growing"), 0)
+    kinds["commit, WAL reused"] = (reused, [])
+    kinds["commit, WAL growing"] = (growing, [])
+    try:
+        for _ in range(n):
+            for write, times in kinds.values():
+                t0 = time.perf_counter()
+                write()
+                times.append(1000 * (time.perf_counter() - t0))
+                time.sleep(args.pace)
+        out = {"rounds": n, "pace_s": args.pace, "checkpoint_every": args.checkpoint_every}
+        for name, (_, times) in kinds.items():
+            out[name] = percentiles(times)
+        for name, c in (("commit, WAL reused", reused), ("commit, WAL growing", growing)):
+            # The batch's write alone (the times above have the WAL's frames counted too).
+            out[name].update(percentiles(c.writes))
+            out[name]["COMMIT"] = percentiles(c.timed.times)
+            out[name]["frames_p50"] = sorted(c.frames)[len(c.frames) // 2]
+            out[name]["frames_max"] = max(c.frames)
+            out[name]["wal_grew"] = c.grew
+        return out
+    finally:
+        reused.close()
+        growing.close()
 
 
 def offered(args, work):
@@ -183,10 +341,21 @@ def main():
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--batch", type=int, default=30, metavar="N",
                       help="time one Disk.write of N posts at a time (the default mode)")
+    mode.add_argument("--syncs", action="store_true",
+                      help="time kinds of durable writes (fdatasync of an overwrite, of an"
+                           " append, fsync, a one-post commit with its WAL reused or growing),"
+                           " interleaved")
     mode.add_argument("--rate", type=float, default=None, metavar="R",
                       help="offer R writes a second to a SQLiteStore, open loop, and time"
                            " each from persist until durable")
     parser.add_argument("--authors", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=400,
+                        help="(--syncs) rounds of every kind of write")
+    parser.add_argument("--pace", type=float, default=0.01, metavar="S",
+                        help="(--syncs) seconds idle after each write, as at 100 posts/s")
+    parser.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+                        help="(--syncs) checkpoint the reused WAL every N commits (the"
+                             " store's 0.5 s at 100/s)")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--busy", action="store_true")
     parser.add_argument("--after", type=float, default=0.0, metavar="MS",
@@ -206,7 +375,10 @@ def main():
         sys.setswitchinterval(args.switch)
     work = tempfile.mkdtemp(prefix="sns-commit-")
     try:
-        out = offered(args, work) if args.rate else batches(args, work)
+        if args.syncs:
+            out = syncs(args, work)
+        else:
+            out = offered(args, work) if args.rate else batches(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["load"] = os.getloadavg()

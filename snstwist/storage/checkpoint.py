@@ -38,6 +38,34 @@ def boundWal(db):
     db.execute("PRAGMA wal_autocheckpoint=%d" % (max(1, WAL_BOUND_BYTES // pageSize),))
 
 
+def walCommits(walPath):
+    """
+    The commits in the WAL at C{walPath} since it last started over, as
+    lists of the page numbers each wrote (its frames, in order): what each
+    commit had to write and sync.  Read from the file (its header's salts
+    mark the frames of this generation); for benchmarks and tests.
+    """
+    commits, frames = [], []
+    try:
+        f = open(walPath, "rb")
+    except FileNotFoundError:
+        return commits
+    with f:
+        header = f.read(32)
+        if len(header) < 32:
+            return commits
+        pageSize, salts = int.from_bytes(header[8:12], "big"), header[16:24]
+        while True:
+            frame = f.read(24)
+            if len(frame) < 24 or frame[8:16] != salts:
+                return commits
+            frames.append(int.from_bytes(frame[0:4], "big"))
+            if int.from_bytes(frame[4:8], "big"):  # a commit's last frame
+                commits.append(frames)
+                frames = []
+            f.seek(pageSize, 1)
+
+
 class Checkpointer:
     """
     PASSIVE checkpoints of the record at C{dbPath}, L{delay} seconds after a
