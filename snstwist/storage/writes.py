@@ -65,33 +65,48 @@ def recordRow(update, shown=True, body=None):
 ROWS_A_STATEMENT = 64
 
 
-def insertRows(db, head, rows):
+def insertRows(db, head, rows, tail=""):
     """
-    Run C{head} (an C{INSERT OR IGNORE} or C{INSERT OR REPLACE} ending in
-    C{VALUES}) for every row of C{rows} (tuples of one length), as few
+    Run C{head} (an C{INSERT OR IGNORE}, or an C{INSERT} whose C{tail} is
+    an C{ON CONFLICT} clause, ending in C{VALUES}) for every row of C{rows}
+    (tuples of one length), as few
     statements as it takes: each takes up to L{ROWS_A_STATEMENT} rows, so a
     batch is one step of SQLite, not one a row.  Each step lets go of the
     interpreter and, in a server, has to win it back from a busy reactor.
     A statement's row count is rounded up to a power of two by repeating
-    its last row (which changes nothing, the statement being OR IGNORE or
-    OR REPLACE of the same values), so that few texts are prepared.
+    its last row (which changes nothing, the statement ignoring it or
+    setting the same values again), so that few texts are prepared.
     """
     for start in range(0, len(rows), ROWS_A_STATEMENT):
         chunk = rows[start:start + ROWS_A_STATEMENT]
         size = 1 << (len(chunk) - 1).bit_length()
         chunk.extend([chunk[-1]] * (size - len(chunk)))
-        db.execute(_values(head, len(chunk[0]), size), [v for row in chunk for v in row])
+        db.execute(_values(head, len(chunk[0]), size, tail),
+                   [v for row in chunk for v in row])
 
 
 _valuesSQL = {}
 
 
-def _values(head, width, count):
-    key = (head, width, count)
+def _values(head, width, count, tail=""):
+    key = (head, width, count, tail)
     if key not in _valuesSQL:
         row = "(%s)" % (", ".join("?" * width),)
-        _valuesSQL[key] = head + ", ".join([row] * count)
+        _valuesSQL[key] = head + ", ".join([row] * count) + tail
     return _valuesSQL[key]
+
+
+# A row of the version vector, and a flushed end, kept by key: changed in
+# place when the key is there already (the table's page alone), where
+# C{INSERT OR REPLACE} deletes the row and inserts it again, which changes
+# the page of the key's index too: one page more for the commit to write
+# and sync.
+UPSERT_VERSIONS = ("INSERT INTO versions (origin, contiguous, extra) VALUES ",
+                   " ON CONFLICT (origin) DO UPDATE SET contiguous = excluded.contiguous,"
+                   " extra = excluded.extra")
+UPSERT_FLUSHED = ("INSERT INTO flushed (author, size, time_us, uid) VALUES ",
+                  " ON CONFLICT (author) DO UPDATE SET size = excluded.size,"
+                  " time_us = excluded.time_us, uid = excluded.uid")
 
 
 def copySeen(seen):
@@ -108,9 +123,9 @@ class RecordWrites:
     def writeVersions(self, seen):
         """Store C{seen} ({origin: L{Seen}}); inside the caller's transaction."""
         if seen:
-            insertRows(self.db, "INSERT OR REPLACE INTO versions (origin, contiguous, extra)"
-                       " VALUES ", [(o, s.contiguous, json.dumps(sorted(s.extra)))
-                                    for o, s in seen.items()])
+            head, tail = UPSERT_VERSIONS
+            insertRows(self.db, head, [(o, s.contiguous, json.dumps(sorted(s.extra)))
+                                       for o, s in seen.items()], tail)
 
     def write(self, rows, displaced=(), authors=(), synced=(), flushed=None, moved=None):
         """
@@ -153,9 +168,9 @@ class RecordWrites:
                 db.execute("INSERT OR IGNORE INTO unsynced (author)"
                            " SELECT value FROM json_each(?)", (json.dumps(sorted(authors)),))
             if flushed:
-                insertRows(db, "INSERT OR REPLACE INTO flushed (author, size, time_us, uid)"
-                           " VALUES ", [(a, size, t, uid)
-                                        for a, (size, (t, uid)) in sorted(flushed.items())])
+                head, tail = UPSERT_FLUSHED
+                insertRows(db, head, [(a, size, t, uid)
+                                      for a, (size, (t, uid)) in sorted(flushed.items())], tail)
             if moved:
                 db.executemany("DELETE FROM flushed WHERE author = ?"
                                " AND (time_us, uid) >= (?, ?)",
