@@ -196,12 +196,13 @@ class Disk:
             db.execute("DROP TABLE log")
             db.execute("DROP TABLE IF EXISTS post_files")
 
-    def write(self, updates, hidden=frozenset(), displaced=()):
+    def write(self, updates, hidden=frozenset(), displaced=(), beforeCommit=None):
         """
         Commit the batch to the record (its durable point), then append its
         posts to their files, unflushed (L{sync} flushes them).  A failed
         append is taken back and raised: the batch is tried again, and its
-        rows, already committed, are not written twice.
+        rows, already committed, are not written twice.  C{beforeCommit()}
+        is called just before the commit (L{writes.RecordWrites.write}).
         """
         posts = {}
         rows = []
@@ -229,7 +230,7 @@ class Disk:
             # (an author flushed and appended to again stays).
             self.index.write(rows, displaced, authors - self.unsynced,
                              synced=(synced & self.unsynced) - authors, flushed=ends,
-                             moved=moved)
+                             moved=moved, beforeCommit=beforeCommit)
         self.unsynced = before | authors
         appended, created, rewritten = self.files.write(posts, drop)
         self.unflushed.appended(appended, created)
