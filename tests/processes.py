@@ -60,8 +60,7 @@ def killIfStill(pid, running, signum=signal.SIGKILL):
     they wrap (every few minutes on the team's machine, threads counting),
     and a blind SIGKILL in a cleanup then kills another run's process.
     """
-    if pidAlive(pid, running=running.encode()):
-        killPid(pid, signum)
+    buddy.signalIfStill(pid, signum, lambda p: pidAlive(p, running=running.encode()))
 
 
 class Collector(protocol.ProcessProtocol):

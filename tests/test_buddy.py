@@ -813,39 +813,54 @@ class RecordingKill:
             raise self.error
 
 
+def fence(pid, kill, still=lambda pid, data: True):
+    """L{buddy.fence} of C{pid} on /data/vm1 with C{kill}; C{still} says it is a server there."""
+    return buddy.fence(pid, "/data/vm1", kill=kill, still=still)
+
+
 class FenceTests(SynchronousTestCase):
     timeout = 120
 
     def test_kills_the_old_master_with_sigkill(self):
         """The old master's pid gets SIGKILL (which also ends a stopped process)."""
         kill = RecordingKill()
-        buddy.fence(4242, kill=kill)
+        fence(4242, kill)
         self.assertEqual(kill.calls, [(4242, signal.SIGKILL)])
 
     def test_reports_a_live_old_master(self):
         """fence() is True when there was a process to kill."""
-        self.assertTrue(buddy.fence(4242, kill=RecordingKill()))
+        self.assertTrue(fence(4242, RecordingKill()))
 
     def test_ignores_pid_zero(self):
         """Pid 0 (unknown) would signal our whole process group: never sent."""
         kill = RecordingKill()
-        self.assertEqual((buddy.fence(0, kill=kill), kill.calls), (False, []))
+        self.assertEqual((fence(0, kill), kill.calls), (False, []))
 
     def test_ignores_our_own_pid(self):
         """A slave never fences itself."""
         kill = RecordingKill()
-        self.assertEqual((buddy.fence(os.getpid(), kill=kill), kill.calls), (False, []))
+        self.assertEqual((fence(os.getpid(), kill), kill.calls), (False, []))
 
     def test_already_dead_master_is_reported_as_such(self):
         """ProcessLookupError (nothing to kill) is False, not an error."""
-        self.assertFalse(buddy.fence(4242, kill=RecordingKill(ProcessLookupError())))
+        self.assertFalse(fence(4242, RecordingKill(ProcessLookupError())))
 
     def test_permission_denied_is_false_and_logged(self):
         """A pid we may not signal is not ours: False, with a warning."""
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        self.assertFalse(buddy.fence(4242, kill=RecordingKill(PermissionError())))
+        self.assertFalse(fence(4242, RecordingKill(PermissionError())))
         self.assertEqual([e["pid"] for e in logged if e["log_level"] == LogLevel.warn],
                          [4242])
+
+    def test_a_pid_that_is_no_server_on_the_vms_data_is_left_alone(self):
+        """
+        The old master's pid is checked first (L{buddy.isServer} on the
+        VM's data): once dead, its pid may be another program's.
+        """
+        kill = RecordingKill()
+        asked = []
+        self.assertFalse(fence(4242, kill, lambda pid, data: asked.append((pid, data))))
+        self.assertEqual((kill.calls, asked), ([], [(4242, "/data/vm1")]))
 
 
 # -- processes known by pid, and the launch line

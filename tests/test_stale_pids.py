@@ -6,7 +6,8 @@ machine (pid_max 32768, threads taking pids too, 60-70 a second under the
 team's load) every few minutes.  A cleanup or a last-resort kill that
 SIGKILLs a remembered pid blindly then kills another run's process: a
 test's master, its spare, another suite's trial (each of which then
-failed "under load only", passing alone).
+failed "under load only", passing alone).  The same holds for a slave's fence
+of its old master and for the chaos bed's faults.
 """
 
 import os
@@ -17,6 +18,7 @@ from twisted.trial import unittest
 
 from snstwist import buddy
 from snstwist.commands.cluster import ClusterService
+from snstwist.testbed import faults
 from tests.processes import Cluster, killPid, spawn
 from tests.test_integration import inlineAsync
 
@@ -81,3 +83,56 @@ class StalePidTests(unittest.TestCase):
         await service._waitGone({ours.pid: data, other.pid: data})
         self.assertEqual(await endedBy(ours), signal.SIGKILL)
         self.assertEqual(await endedBy(other, signal.SIGTERM), signal.SIGTERM)
+
+
+class FenceAndFaultsTests(unittest.TestCase):
+    """
+    A slave's fence of its old master, and the chaos bed's signals to the
+    servers it saw in the router's status, go to a pid only while it is
+    still a server on that VM's data (L{buddy.isServer}).
+    """
+
+    timeout = 60
+
+    def data(self):
+        return os.path.abspath(self.mktemp())
+
+    @inlineAsync
+    async def test_a_fence_spares_a_pid_that_is_another_programs_now(self):
+        data = self.data()
+        other = sleeper(self, "sns-server", "--data", data + "-of-another-run")
+        plain = sleeper(self)
+        self.assertEqual((buddy.fence(other.pid, data), buddy.fence(plain.pid, data)),
+                         (False, False))
+        self.assertEqual(await endedBy(other, signal.SIGTERM), signal.SIGTERM)
+        self.assertEqual(await endedBy(plain, signal.SIGTERM), signal.SIGTERM)
+
+    @inlineAsync
+    async def test_a_fence_kills_the_old_master_on_the_data_stopped_or_not(self):
+        data = self.data()
+        running = sleeper(self, "sns-server", "--data", data)
+        typed = sleeper(self, "sns-server", "--data=" + data)
+        stopped = sleeper(self, "sns-server", "--data", data)
+        killPid(stopped.pid, signal.SIGSTOP)
+        self.assertEqual([buddy.fence(c.pid, data) for c in (running, typed, stopped)],
+                         [True, True, True])
+        for child in (running, typed, stopped):
+            self.assertEqual(await endedBy(child), signal.SIGKILL)
+
+    @inlineAsync
+    async def test_the_chaos_faults_signal_only_the_server_they_saw(self):
+        data = self.data()
+        ours = sleeper(self, "sns-server", "--data", data)
+        other = sleeper(self, "sns-server", "--data", data + "2")
+        for child in (ours, other):
+            faults.kill(child.pid, signal.SIGKILL, data)
+        self.assertEqual(await endedBy(ours), signal.SIGKILL)
+        self.assertEqual(await endedBy(other, signal.SIGTERM), signal.SIGTERM)
+
+    @inlineAsync
+    async def test_a_pid_gone_is_signalled_nothing(self):
+        child = sleeper(self, "sns-server")
+        pid = child.pid
+        killPid(pid, signal.SIGKILL)
+        await child.ended
+        self.assertFalse(buddy.signalIfStill(pid, signal.SIGKILL, lambda pid: True))

@@ -18,9 +18,11 @@ from snstwist.buddy.processes import (
     WatchedProcess,
     awaitGo,
     fence,
+    isServer,
     pidAlive,
     runDirectory,
     signalChild,
+    signalIfStill,
     signalPid,
     spawn,
     tellGo,
@@ -33,5 +35,5 @@ from snstwist.buddy.supervisor import BuddySupervisor
 
 __all__ = ["HEARTBEAT", "TIMEOUT", "BuddyCommand", "BuddySupervisor", "MasterLink", "Pidfile",
            "Role", "SlaveLink", "WatchedProcess", "awaitGo", "checkBuddyMessage", "fence",
-           "pidAlive", "runDirectory", "signalChild", "signalPid", "spawn", "tellGo",
-           "terminate", "twistdArgs", "watchParent"]
+           "isServer", "pidAlive", "runDirectory", "signalChild", "signalIfStill", "signalPid",
+           "spawn", "tellGo", "terminate", "twistdArgs", "watchParent"]

@@ -5,11 +5,12 @@ One C{twistd} launch line (L{twistdArgs}) for every process the package
 starts (a master's slave, the local cluster's routers and VMs, the test
 bed's hosts); L{spawn} and L{WatchedProcess} for a child whose end we wait
 for; L{terminate} for an orderly stop with a deadline; L{fence} for the old
-master a slave takes over from; L{pidAlive} and L{signalPid} for processes
-known only by their pid; L{watchParent}, the kernel's word that the process
-that spawned us (a slave's master) ended; L{tellGo} and L{awaitGo}, the one
-order a spare process (spawned ahead, imported and waiting) takes from the
-process that spawned it, through its stdin: become the slave now.
+master a slave takes over from; L{pidAlive}, L{isServer}, L{signalPid} and
+L{signalIfStill} for processes known only by their pid; L{watchParent},
+the kernel's word that the process that spawned us (a slave's master)
+ended; L{tellGo} and L{awaitGo}, the one order a spare process (spawned
+ahead, imported and waiting) takes from the process that spawned it,
+through its stdin: become the slave now.
 
 This is the only module that spawns or signals processes.
 """
@@ -211,16 +212,66 @@ def pidAlive(pid, running=None):
         return False
 
 
-def fence(pid, kill=os.kill):
+def isServer(pid, data):
     """
-    Make sure the old master C{pid} (on this VM) can never write again: kill
-    it.  SIGKILL also ends a stopped (SIGSTOP) process.  Returns True if it
-    was alive.
+    Is C{pid} a live sns-server process on the data directory C{data} (not
+    a zombie, not a pid another program has now)?  The data directory as
+    a whole argument (C{--data DIR}, or C{--data=DIR} as an operator may
+    type it): not a longer path it begins.
+    """
+    data = os.fsencode(data)
+    return pidAlive(pid, running=b"sns-server") and (
+        pidAlive(pid, running=b"\0" + data + b"\0")
+        or pidAlive(pid, running=b"\0--data=" + data + b"\0"))
+
+
+def signalIfStill(pid, signum, still, kill=None):
+    """
+    Send C{signum} to C{pid}, seen earlier, only while C{still(pid)} says
+    it is the process it was (L{isServer}, or L{pidAlive} with C{running}).
+    The kernel hands a pid out again once its counter wraps (pid_max 32768,
+    threads taking pids too: every few minutes on a busy machine), and a
+    blind signal then ends another program's process.  Where Linux gives
+    a pidfd, the signal goes through one opened before the check, so that
+    the pid can not change hands between the check and the signal either.
+    C{kill(pid, signum)} (a test's) replaces both.  Returns whether it was
+    sent.
+    """
+    fd = None
+    if kill is None:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except (AttributeError, OSError):
+            kill = os.kill  # no pidfd here: check, then signal
+    try:
+        if not still(pid):
+            return False
+        if fd is None:
+            return signalPid(pid, signum, kill)
+        try:
+            signal.pidfd_send_signal(fd, signum)
+        except ProcessLookupError:
+            return False
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def fence(pid, data, kill=None, still=isServer):
+    """
+    Make sure the old master C{pid} (a server on the data directory
+    C{data}) can never write again: kill it.  SIGKILL also ends a stopped
+    (SIGSTOP) process.  Only while C{pid} is still a server on C{data}: a
+    master that died before it was fenced left its pid to whoever comes
+    next.  Returns True if it was alive.
     """
     if not pid or pid == os.getpid():
         return False
     try:
-        return signalPid(pid, signal.SIGKILL, kill)
+        return signalIfStill(pid, signal.SIGKILL, lambda p: still(p, data), kill)
     except PermissionError:
         log.warn("cannot fence old master {pid}: permission denied", pid=pid)
         return False

@@ -14,6 +14,7 @@ DIR/tls, and prints the CA's path for clients (C{--tls-ca}).  Its secret is
 random unless given, and written to DIR/secret.
 """
 
+import functools
 import os
 import secrets
 import signal
@@ -224,8 +225,9 @@ class ClusterService(MultiService):
         # every server of our VMs by the pid files they keep in their data.
         others = {pid: data for pid, data in self.serverPids().items()
                   if pid not in {c.pid for c in self.children.values()}}
-        for pid in others:
-            buddy.signalPid(pid, signal.SIGTERM)
+        for pid, data in others.items():
+            buddy.signalIfStill(pid, signal.SIGTERM, functools.partial(buddy.isServer,
+                                                                       data=data))
         stops = [buddy.terminate(self.reactor, c, self.killTime)
                  for c in self.children.values()]
         stops.append(defer.ensureDeferred(self._waitGone(others)))
@@ -249,31 +251,20 @@ class ClusterService(MultiService):
             run = os.path.join(data, "run")
             for entry in os.listdir(run) if os.path.isdir(run) else ():
                 stem = entry.split(".")[0]
-                if stem.isdigit() and isServer(int(stem), data):
+                if stem.isdigit() and buddy.isServer(int(stem), data):
                     pids[int(stem)] = data
         return pids
 
     async def _waitGone(self, pids):
         """Wait for the servers C{pids} ({pid: data directory}) to end; SIGKILL them late."""
         deadline = self.reactor.seconds() + self.killTime
-        while any(isServer(p, data) for p, data in pids.items()):
+        while any(buddy.isServer(p, data) for p, data in pids.items()):
             if self.reactor.seconds() > deadline:
                 for pid, data in pids.items():
-                    if isServer(pid, data):
-                        buddy.signalPid(pid, signal.SIGKILL)
+                    buddy.signalIfStill(pid, signal.SIGKILL, functools.partial(buddy.isServer,
+                                                                               data=data))
                 return
             await deferLater(self.reactor, 0.02)
-
-
-def isServer(pid, data):
-    """
-    Is C{pid} a live sns-server process on the data directory C{data} (not
-    a zombie, not a pid another program has now)?
-    """
-    # The data directory as a whole argument (they are NUL-separated):
-    # not a longer path it begins.
-    return (buddy.pidAlive(pid, running=b"sns-server")
-            and buddy.pidAlive(pid, running=b"\0" + os.fsencode(data) + b"\0"))
 
 
 def _tlsFromEnvironment():

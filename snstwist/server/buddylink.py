@@ -291,12 +291,15 @@ class SlaveEnd:
     slave holds (C{held()}, a version vector) all the master held at its
     hello.  With a C{reactor}, the end of the master's process, our parent,
     is also watched through the kernel (L{buddy.watchParent}).  C{masterPid}
-    is the pid we were told at start; the master's hello says it again.
+    is the pid we were told at start; the master's hello says it again;
+    it is fenced only while it is still a server on C{data}, the VM's data
+    directory (L{buddy.fence}).
     """
 
     def __init__(self, clock, secret, master, masterPid, hello, held=VersionVector,
-                 reactor=None):
+                 reactor=None, data=None):
         self.clock = clock
+        self.data = data
         self.reactor = reactor
         self.secret = secret
         self.master = master
@@ -354,7 +357,7 @@ class SlaveEnd:
 
     def fence(self):
         """Make sure the old master can never write again, and let go of its channel."""
-        buddy.fence(self.masterPid())
+        buddy.fence(self.masterPid(), self.data)
         if self.channel is not None:
             grpcbridge.closeChannel(self.channel).addErrback(
                 lambda f: log.failure("closing the channel to the old master failed", f))

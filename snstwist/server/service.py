@@ -116,7 +116,7 @@ class ServerService(MultiService):
                                        parts.replicator.setPeers)
         self.slaveEnd = SlaveEnd(clock, config.secret, config.master, config.masterPid,
                                  parts.report.buddyHello, lambda: self.node.replica.seen,
-                                 reactor)
+                                 reactor, config.data)
         parts.internal.mirrored.add(self.slaveEnd.mirrored)
         self.slaveEnd.ready.add(self.routerLinks.report)
         # A ready standby keeps a spare: its slave once it is master.

@@ -28,6 +28,7 @@ between a user's commands, which are the load itself.
 
 import json
 import os
+import signal
 import random
 import sys
 import tempfile
@@ -236,7 +237,7 @@ class Chaos:
             self.events.close()
             self.events = None
         if self.worker is not None and not self.worker.ended.called:
-            buddy.fence(self.worker.pid)
+            buddy.signalChild(self.worker, signal.SIGKILL)
         if self.cluster is not None and self.cluster.running:
             await self.cluster.stopService()
         if self.channel is not None:

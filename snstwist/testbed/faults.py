@@ -7,15 +7,17 @@ stopped (SIGSTOPped and not yet continued), so that a fault never picks a
 victim that is already out, and L{Faults.healAll} can bring everything
 back before the checks.  Processes are found through the router's status
 (which server is the master of which VM) and the bed (what runs in a host);
-they are signalled by pid, never by name.
+they are signalled by pid, never by name, and a pid remembered from
+earlier only while it is still a server on its VM's data (L{kill}).
 """
 
+import os
 import signal
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 
-from snstwist.buddy.processes import pidAlive, signalPid
+from snstwist.buddy.processes import isServer, pidAlive, signalChild, signalIfStill
 from snstwist.core.errors import RemoteError
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
@@ -43,10 +45,14 @@ class Faults:
         self.lag = lag
         self.counts = {}
         self.down = set()      # "router" or VM names killed and not yet restarted
-        self.stopped = set()   # pids SIGSTOPped and not yet continued
+        self.stopped = {}      # {pid: data directory} SIGSTOPped and not yet continued
 
     def _later(self, seconds):
         return deferLater(self.reactor, max(0.0, seconds), lambda: None)
+
+    def data(self, vm):
+        """The data directory of VM C{vm} (as C{sns-cluster} lays it out)."""
+        return os.path.join(self.cluster.base, vm, "data")
 
     async def _status(self):
         try:
@@ -78,7 +84,7 @@ class Faults:
         done = False
         if kind == "kill-router" and "router" not in self.down:
             self.say("SIGKILL the router; restart in %.1fs", duration)
-            kill(self.cluster.children["router"].pid, signal.SIGKILL)
+            signalChild(self.cluster.children["router"], signal.SIGKILL)
             self.down.add("router")
             await self._later(duration)
             await self.restart("router")
@@ -128,17 +134,18 @@ class Faults:
         server = await self._server(pb.MASTER if kind.endswith("master") else pb.SLAVE)
         if server is None:
             return False
+        data = self.data(server.vm)
         if kind.startswith("kill"):
             self.say("SIGKILL the %s of %s (pid %d)", kind[5:], server.vm, server.pid)
-            kill(server.pid, signal.SIGKILL)
+            kill(server.pid, signal.SIGKILL, data)
         else:
             self.say("SIGSTOP the %s of %s (pid %d) for %.1fs", kind[5:], server.vm,
                      server.pid, duration)
-            kill(server.pid, signal.SIGSTOP)
-            self.stopped.add(server.pid)
+            kill(server.pid, signal.SIGSTOP, data)
+            self.stopped[server.pid] = data
             await self._later(duration)
-            kill(server.pid, signal.SIGCONT)
-            self.stopped.discard(server.pid)
+            kill(server.pid, signal.SIGCONT, data)
+            self.stopped.pop(server.pid, None)
         return True
 
     async def restart(self, name):
@@ -158,8 +165,8 @@ class Faults:
 
     async def healAll(self):
         """Continue, mend and restart everything; returns when it was done."""
-        for pid in list(self.stopped):
-            kill(pid, signal.SIGCONT)
+        for pid, data in list(self.stopped.items()):
+            kill(pid, signal.SIGCONT, data)
         self.stopped.clear()
         await self.net.heal()
         for name in sorted(self.down):
@@ -176,10 +183,14 @@ def cmdline(pid):
         return "?"
 
 
-def kill(pid, signum):
-    """Send C{signum} to C{pid} (None: not started yet), which may have ended already."""
-    if pid is not None:
-        signalPid(pid, signum)
+def kill(pid, signum, data):
+    """
+    Send C{signum} to C{pid}, a server on the data directory C{data} seen
+    in the router's status, only while it is still that: it may have
+    ended since (a SIGSTOP held for seconds, a heal at the end), and its
+    pid may be another program's by now.
+    """
+    signalIfStill(pid, signum, lambda p: isServer(p, data))
 
 
 async def waitUntil(reactor, predicate, what, timeout):

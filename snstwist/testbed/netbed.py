@@ -250,7 +250,7 @@ class NetBed:
         """Kill what runs in the bed, remove its namespaces, links and claim."""
         for process in self.processes:
             if process.pid and not process.ended.called:
-                buddy.fence(process.pid)
+                buddy.signalChild(process, signal.SIGKILL)
         for host in self.hosts.values():
             # Processes the bed did not start itself (a VM's slave, a
             # promoted slave's new slave) are found by their namespace.
