@@ -91,7 +91,9 @@ TARGETS = {
     "snstwist/server/routerlink.py": (["tests.test_peers"], {
         "peersOf", "RouterLinks.membershipChanged"}),
     "snstwist/server/buddylink.py": (["tests.test_promotion", "tests.test_auth"], {
-        "BuddyFeed", "MasterEnd.slaveHello", "MasterEnd.durable"}),
+        "MasterEnd.slaveHello", "MasterEnd.durable"}),
+    "snstwist/server/buddyfeed.py": (["tests.test_promotion", "tests.test_auth"], {
+        "BuddyFeed"}),
     "snstwist/server/lifecycle.py": (["tests.test_server", "tests.test_promotion"], {
         "takeLock", "Lifecycle.serveAsMaster", "Lifecycle.standBy", "Lifecycle.takeOver",
         "Lifecycle.shutdown", "Lifecycle.masterStopping"}),

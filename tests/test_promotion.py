@@ -14,7 +14,7 @@ from snstwist.rpc import sns_pb2 as pb
 from snstwist.core.node import Node
 from snstwist.core.limits import UPDATES_PER_MESSAGE
 from snstwist.core.requests import RememberedRequests
-from snstwist.server.buddylink import FEED_LINGER, BuddyFeed
+from snstwist.server.buddyfeed import FEED_LINGER, BuddyFeed
 from snstwist.server.lifecycle import CurrentRole, takeLock
 from snstwist.storage.store import MemoryStore, SQLiteStore
 from tests.fakes import FakeCallContext, NoRoleWork, session

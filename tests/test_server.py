@@ -158,6 +158,9 @@ class FakeMasterEnd:
     def supervise(self):
         self.calls.append("supervise")
 
+    def tellSpare(self):
+        self.calls.append("tellSpare")
+
     def shutdown(self):
         self.calls.append("shutdown")
 
@@ -290,7 +293,8 @@ class LifecycleTests(SynchronousTestCase):
         slaveEnd.lost("buddy stream broke")
         reactor.advance(lifecycle.promotedSpareDelay)
         self.assertEqual((lifecycle.current.name, served, slaveEnd.calls, masterEnd.calls),
-                         ("master", ["slave", "master"], ["start", "fence"], ["supervise"]))
+                         ("master", ["slave", "master"], ["start", "fence"],
+                          ["tellSpare", "supervise"]))
         self.assertIn("bob", node.replica.users)
 
     def test_a_promoted_master_tells_its_spare_to_go_a_moment_after_it_serves(self):
@@ -305,9 +309,9 @@ class LifecycleTests(SynchronousTestCase):
         lifecycle.start()
         slaveEnd.lost("buddy stream broke")
         reactor.advance(lifecycle.promotedSpareDelay - 0.01)
-        self.assertEqual((lifecycle.current.name, masterEnd.calls), ("master", []))
+        self.assertEqual((lifecycle.current.name, masterEnd.calls), ("master", ["tellSpare"]))
         reactor.advance(0.01)
-        self.assertEqual(masterEnd.calls, ["supervise"])
+        self.assertEqual(masterEnd.calls, ["tellSpare", "supervise"])
 
     def test_a_slave_told_its_master_stops_stops_by_itself_if_not_signalled(self):
         node = Node("vm1", "vm1.new", VMDisk(), Clock())

@@ -13,7 +13,7 @@ import os
 import signal
 
 import attrs
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
@@ -332,7 +332,7 @@ class SpareLifecycleTests(SynchronousTestCase):
     def test_told_to_go_on_a_spare_stands_by_as_the_slave(self):
         lifecycle, order, masterEnd, slaveEnd, served, reactor = spareLifecycle(self)
         lifecycle.start()
-        order[1].callback(True)
+        order[1].callback(buddy.Order(go=True))
         self.successResultOf(lifecycle.ready)
         self.assertEqual((lifecycle.current.name, served, slaveEnd.calls),
                          ("slave", ["slave"], ["start"]))
@@ -342,7 +342,7 @@ class SpareLifecycleTests(SynchronousTestCase):
         """No order, the pipe closed: nobody's spare any more; it stops, having served nothing."""
         lifecycle, order, masterEnd, slaveEnd, served, reactor = spareLifecycle(self)
         lifecycle.start()
-        order[1].callback(False)
+        order[1].callback(buddy.Order(go=False))
         self.assertEqual((lifecycle.current.name, served, slaveEnd.calls, reactor.hasStopped),
                          ("starting", [], [], True))
 
@@ -350,7 +350,7 @@ class SpareLifecycleTests(SynchronousTestCase):
         lifecycle, order, masterEnd, slaveEnd, served, reactor = spareLifecycle(self)
         lifecycle.start()
         lifecycle.stop()
-        order[1].callback(True)
+        order[1].callback(buddy.Order(go=True))
         self.assertEqual((lifecycle.current.name, served, slaveEnd.calls),
                          ("stopping", [], ["shutdown"]))
 
@@ -368,33 +368,53 @@ class OrderTests(unittest.TestCase):
         r, w = self.pipe()
         d = buddy.awaitGo(reactor, r)
         os.write(w, b"go\n")
-        return d.addCallback(self.assertIs, True)
+        return d.addCallback(self.assertEqual, buddy.Order(go=True))
 
     def test_the_order_may_come_in_pieces(self):
         r, w = self.pipe()
         d = buddy.awaitGo(reactor, r)
         os.write(w, b"g")
         reactor.callLater(0, os.write, w, b"o\n")
-        return d.addCallback(self.assertIs, True)
+        return d.addCallback(self.assertEqual, buddy.Order(go=True))
 
     def test_the_pipe_closed_fires_false(self):
         """The spawner's process ended (the kernel closes its end): no order will come."""
         r, w = self.pipe()
         d = buddy.awaitGo(reactor, r)
         os.close(w)
-        return d.addCallback(self.assertIs, False)
+        return d.addCallback(self.assertEqual, buddy.Order(go=False, standby=None))
 
-    def test_anything_else_fires_false(self):
+    def test_the_pipe_closed_names_the_last_standby_told(self):
+        """Every standby told replaces the one before; the last is what the spare goes by."""
         r, w = self.pipe()
         d = buddy.awaitGo(reactor, r)
-        os.write(w, b"stay\n")
-        return d.addCallback(self.assertIs, False)
+        os.write(w, b"standby 4242\nstandby 0\nstand")
+        reactor.callLater(0, os.write, w, b"by 77\n")
+        reactor.callLater(0, reactor.callLater, 0, os.close, w)
+        return d.addCallback(self.assertEqual, buddy.Order(go=False, standby=77))
+
+    def test_go_after_standbys_is_go(self):
+        r, w = self.pipe()
+        d = buddy.awaitGo(reactor, r)
+        os.write(w, b"standby 0\ngo\n")
+        os.close(w)
+        return d.addCallback(self.assertEqual, buddy.Order(go=True))
+
+    def test_anything_else_fires_false(self):
+        """A line no spawner says: the spare only stops (no standby to go by)."""
+        heard = []
+        for line in (b"stay\n", b"standby me\n", b"standby -1\n"):
+            r, w = self.pipe()
+            heard.append(buddy.awaitGo(reactor, r))
+            os.write(w, b"standby 0\n" + line)
+        return defer.gatherResults(heard).addCallback(
+            self.assertEqual, [buddy.Order(go=False, standby=None)] * 3)
 
     def test_an_order_without_an_end_is_bounded(self):
         r, w = self.pipe()
         d = buddy.awaitGo(reactor, r)
         os.write(w, b"g" * 100)
-        return d.addCallback(self.assertIs, False)
+        return d.addCallback(self.assertEqual, buddy.Order(go=False))
 
     def test_the_pipe_stays_open_after_the_order(self):
         """Nothing else may take the descriptor's number (stdin) afterwards."""
@@ -417,7 +437,9 @@ class OrderTests(unittest.TestCase):
             transport = Transport()
 
         buddy.tellGo(Process())
-        self.assertEqual(written, [b"go\n"])
+        buddy.tellStandby(Process(), 4242)
+        buddy.tellStandby(Process(), None)
+        self.assertEqual(written, [b"go\n", b"standby 4242\n", b"standby 0\n"])
 
 
 def _close(fd):

@@ -6,6 +6,7 @@ Buddies: the master and the slave of one VM, which resurrect each other.
 - L{link}: the two ends of C{BuddyConnection}.
 - L{processes}: spawning, stopping, signalling and fencing processes (the
   only module of the package that does).
+- L{orders}: what a spare process is told on its stdin.
 
 The names most callers need are here too (C{from snstwist import buddy}).
 A client program never imports this package.
@@ -16,7 +17,6 @@ from snstwist.buddy.processes import (
     BuddyCommand,
     Pidfile,
     WatchedProcess,
-    awaitGo,
     fence,
     isServer,
     pidAlive,
@@ -25,15 +25,15 @@ from snstwist.buddy.processes import (
     signalIfStill,
     signalPid,
     spawn,
-    tellGo,
     terminate,
     twistdArgs,
     watchParent,
 )
+from snstwist.buddy.orders import Order, awaitGo, tellGo, tellStandby
 from snstwist.buddy.role import Role
 from snstwist.buddy.supervisor import BuddySupervisor
 
 __all__ = ["HEARTBEAT", "TIMEOUT", "BuddyCommand", "BuddySupervisor", "MasterLink", "Pidfile",
-           "Role", "SlaveLink", "WatchedProcess", "awaitGo", "checkBuddyMessage", "fence",
+           "Order", "Role", "SlaveLink", "WatchedProcess", "awaitGo", "checkBuddyMessage", "fence",
            "isServer", "pidAlive", "runDirectory", "signalChild", "signalIfStill", "signalPid",
-           "spawn", "tellGo", "terminate", "twistdArgs", "watchParent"]
+           "spawn", "tellGo", "tellStandby", "terminate", "twistdArgs", "watchParent"]

@@ -8,9 +8,7 @@ for; L{terminate} for an orderly stop with a deadline; L{fence} for the old
 master a slave takes over from; L{pidAlive}, L{isServer}, L{signalPid} and
 L{signalIfStill} for processes known only by their pid; L{watchParent},
 the kernel's word that the process that spawned us (a slave's master)
-ended; L{tellGo} and L{awaitGo}, the one order a spare process (spawned
-ahead, imported and waiting) takes from the process that spawned it,
-through its stdin: become the slave now.
+ended.  (What a spare is told on its stdin is L{orders}'.)
 
 This is the only module that spawns or signals processes.
 """
@@ -21,7 +19,7 @@ import signal
 import sys
 
 import attrs
-from twisted.internet import abstract, defer, error, fdesc, protocol
+from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 log = Logger()
@@ -310,70 +308,3 @@ def watchParent(pid, callFromThread, ended, prctl=_prctl, signals=signal):
         call(_PR_SET_PDEATHSIG, 0, 0, 0, 0)
     signals.signal(PARENT_ENDED, signal.SIG_IGN)
     return False
-
-
-# What a spare is told on its stdin, and the most it reads before a line ends.
-GO = b"go"
-_MAX_ORDER = 64
-
-
-def tellGo(process):
-    """
-    Tell our child C{process} (a spare, waiting in L{awaitGo}) to go on as
-    a slave.  Written to the pipe of its stdin, where it waits however long
-    the child still takes to start reading.
-    """
-    process.transport.write(GO + b"\n")
-
-
-class _Orders(abstract.FileDescriptor):
-    """
-    Our stdin, a pipe from the process that spawned us, read on the
-    reactor: the first order on it fires C{heard(True)}; its end (the
-    spawner's process ended, a SIGKILL included: the kernel closes the
-    pipe), or anything but L{GO}, fires C{heard(False)}.  Then nothing more
-    is read, and the descriptor stays open (a later file must never take
-    its number).
-    """
-
-    def __init__(self, reactor, fd, heard):
-        abstract.FileDescriptor.__init__(self, reactor)
-        fdesc.setNonBlocking(fd)
-        self.fd = fd
-        self.heard = heard
-        self.buffer = b""
-
-    def fileno(self):
-        return self.fd
-
-    def doRead(self):
-        return fdesc.readFromFD(self.fd, self._received)
-
-    def _received(self, data):
-        self.buffer += data
-        line, newline, _ = self.buffer.partition(b"\n")
-        if newline:
-            self._answer(line.strip() == GO)
-        elif len(self.buffer) > _MAX_ORDER:
-            self._answer(False)
-
-    def _answer(self, go):
-        if self.heard is not None:
-            heard, self.heard = self.heard, None
-            self.stopReading()
-            heard(go)
-
-    def connectionLost(self, reason):
-        abstract.FileDescriptor.connectionLost(self, reason)
-        self._answer(False)
-
-
-def awaitGo(reactor, fd=0):
-    """
-    Wait for the order to go on (L{tellGo}) on C{fd}, our stdin: a
-    Deferred that fires True when it comes, False when the process that
-    spawned us ended first (or said anything else).
-    """
-    d = defer.Deferred()
-    _Orders(reactor, fd, d.callback).startReading()
-    return d

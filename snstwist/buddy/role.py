@@ -30,6 +30,12 @@ class RoleInputs(Protocol):
     def promoted(self) -> None:
         """Fencing done and writer lock taken."""
 
+    def lastServerLost(self, why: str) -> None:
+        """
+        A spare's spawner ended, and no other server of the VM lives to take
+        it over (L{orders}): the spare takes it over itself.
+        """
+
     def stop(self) -> None:
         """Orderly shutdown (SIGTERM, or the master's stopping notice)."""
 
@@ -70,6 +76,7 @@ def _build():
         hooks.standBy()
 
     @pep614(slave.upon(RoleInputs.masterLost).to(promoting))
+    @pep614(starting.upon(RoleInputs.lastServerLost).to(promoting))
     def takeOver(inputs: RoleInputs, hooks: RoleHooks, why: str) -> None:
         hooks.takeOver(why)
 
@@ -79,9 +86,13 @@ def _build():
         hooks.serveAsMaster(True)
 
     # A second report of the lost master while taking over, or a report
-    # about ourselves once master (a stale link), changes nothing.
+    # about ourselves once master (a stale link), changes nothing; only a
+    # spare waiting for its order (still starting) hears of the last
+    # server's end.
     promoting.upon(RoleInputs.masterLost).loop().returns(None)
     master.upon(RoleInputs.masterLost).loop().returns(None)
+    for state in (slave, promoting, master):
+        state.upon(RoleInputs.lastServerLost).loop().returns(None)
 
     @pep614(starting.upon(RoleInputs.stop).to(stopping))
     @pep614(slave.upon(RoleInputs.stop).to(stopping))
@@ -93,7 +104,7 @@ def _build():
     # A stop during start-up (SIGTERM while loading) must not be undone
     # when the loading finishes; nothing is taken over once stopping.
     for ignored in (RoleInputs.startAsMaster, RoleInputs.startAsSlave, RoleInputs.stop,
-                    RoleInputs.masterLost, RoleInputs.promoted):
+                    RoleInputs.masterLost, RoleInputs.promoted, RoleInputs.lastServerLost):
         stopping.upon(ignored).loop().returns(None)
     return machine.build()
 
@@ -113,6 +124,7 @@ class Role:
         self.startAsSlave = self._machine.startAsSlave
         self.masterLost = self._machine.masterLost
         self.promoted = self._machine.promoted
+        self.lastServerLost = self._machine.lastServerLost
         self.stop = self._machine.stop
 
     @property

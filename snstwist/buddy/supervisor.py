@@ -14,8 +14,8 @@ waiting (to respawn), gave up, stopping, stopped.
 
 The same supervision keeps a VM's I{spare}: a process started ahead with
 the slave's command and C{--spare}, imported and waiting for its order
-(L{processes.awaitGo}).  A supervisor given C{spares} (another supervisor,
-keeping that spare) makes the spare its new slave (L{processes.tellGo})
+(L{orders.awaitGo}).  A supervisor given C{spares} (another supervisor,
+keeping that spare) makes the spare its new slave (L{orders.tellGo})
 instead of starting a cold interpreter, and starts one only when no spare
 is there; the spare's supervisor starts the next spare when told to
 (L{Supervision.start}, once the new pair is complete).
@@ -29,7 +29,8 @@ from automat import TypeMachineBuilder, pep614
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from snstwist.buddy.processes import signalChild, spawn, tellGo, terminate
+from snstwist.buddy.orders import tellGo
+from snstwist.buddy.processes import signalChild, spawn, terminate
 from snstwist.core import metrics
 from snstwist.core.backoff import backoffPolicy
 from snstwist.core.machines import stateOf
@@ -110,6 +111,7 @@ def _build():
         # next input (run once this transition is over).
         if process is sup.process:
             sup.process = None
+            sup.onEnd(process.pid)
             sup._verdict(inputs, process, reason)
 
     running.upon(Supervision._died).to(waiting).returns(None)
@@ -168,7 +170,8 @@ class BuddySupervisor:
     before the next start; one that ran longer is respawned at once.  More
     than C{intensity} restarts within C{period} seconds and it gives up,
     logging why.  A stop sends TERM and, C{killTime} later, KILL, and waits
-    for the process to end.
+    for the process to end.  C{onSpawn(pid)} hears of each buddy started
+    (or spare taken), C{onEnd(pid)} of the end of each, however it ended.
     """
 
     threshold = 1.0
@@ -179,10 +182,11 @@ class BuddySupervisor:
     period = 30.0
 
     def __init__(self, command, reactor, onSpawn=lambda pid: None, jitter=random.random,
-                 spares=None, spare=False):
+                 spares=None, spare=False, onEnd=lambda pid: None):
         self.command = command
         self.reactor = reactor
         self.onSpawn = onSpawn
+        self.onEnd = onEnd
         self.jitter = jitter
         self.spares = spares
         self.spare = spare

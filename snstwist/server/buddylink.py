@@ -4,7 +4,7 @@ C{Onetime_s_to_buddy}), as the server sees them:
 
 - L{MasterEnd}: a master spawns its slave (through a
   L{buddy.BuddySupervisor}), answers the slave's C{BuddyConnection} and keeps
-  the slave warm with a L{BuddyFeed} of every durable update.  Master and
+  the slave warm with a L{buddyfeed.BuddyFeed} of every durable update.  Master and
   slave alike keep a spare process (started ahead, imported, waiting): the
   next slave of the VM, should the slave die or the slave become master;
 - L{SlaveEnd}: a slave dials its master's C{BuddyConnection}, says when the
@@ -14,7 +14,6 @@ The links, the supervisor and the fencing themselves are L{buddy}'s; this
 module only ties them to a node and a channel.
 """
 
-import collections
 import functools
 import os
 import sys
@@ -24,17 +23,14 @@ from twisted.logger import Logger
 
 from snstwist import buddy
 from snstwist.core import metrics
-from snstwist.core.limits import UPDATES_PER_MESSAGE
 from snstwist.core.observers import Observers
 from snstwist.core.state import VersionVector
 from snstwist.rpc import auth, grpcbridge
-from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
+from snstwist.server.buddyfeed import slaveFeed
 
 log = Logger()
 
-# How long a batch for the slave smaller than a full message waits for more.
-FEED_LINGER = 0.05
 # How long after its pair is complete a server starts its spare: the
 # spare's imports (a CPU for about 0.35 s) then come after the pair's
 # start, the promotion or the respawn, not in the middle of them.
@@ -71,124 +67,13 @@ def slaveCommand(config, address, spare=False):
     return buddy.BuddyCommand(sys.executable, tuple(args), env, buddy.runDirectory(config.data))
 
 
-class BuddyFeed:
-    """
-    C{Onetime_s_to_buddy}: the master tells its slave about every durable
-    update, in batches, one call in flight at a time.  Nothing is lost when a
-    call fails: a (new) slave says what it holds in its hello and is sent the
-    rest.
-
-    C{send(batch, metadata)} makes one call (a Deferred), with the cluster
-    C{secret} in its metadata; C{release()} lets go of what the calls went
-    through (a Deferred).  With a C{clock}, a batch smaller than a full
-    message waits C{linger} seconds for more before it is sent: the feed is
-    off every acknowledgement's path, and a call carrying many updates costs
-    both processes little more than one carrying one.  L{slaveFeed} makes a
-    feed over gRPC.
-    """
-
-    def __init__(self, send, secret, release=lambda: defer.succeed(None), clock=None,
-                 linger=0.0, traffic=None):
-        self.sendBatch = send
-        self.release = release
-        self.metadata = auth.secretMetadata(secret)
-        self.clock = clock
-        self.linger = linger if clock is not None else 0.0
-        self.queue = collections.deque()
-        self.busy = False
-        self.closed = False
-        self.waiting = None  # the call of a batch lingering for more
-        # The updates fed, in how many calls (a master's, across its feeds).
-        self.traffic = traffic if traffic is not None else metrics.Traffic()
-        self.emptied = []  # Deferreds of pushPage, fired when the queue is empty
-
-    def push(self, updates):
-        if self.closed:
-            return
-        self.queue.extend(updates)
-        self._kick()
-
-    def pushPage(self, updates):
-        """
-        L{push} one page of a catch-up, without lingering; the Deferred
-        fires once the queue is empty.
-        """
-        if self.closed:
-            return defer.fail(defer.CancelledError())
-        d = defer.Deferred()
-        self.emptied.append(d)
-        self.push(updates)
-        return d
-
-    def _kick(self):
-        """Send now, or linger for more (a call in flight sends what waits when it is done)."""
-        if self.busy:
-            return
-        # A page of a catch-up is all there is to wait for (L{pushPage}):
-        # lingering would only delay the standby it makes ready.
-        full = len(self.queue) >= UPDATES_PER_MESSAGE or bool(self.emptied)
-        if self.waiting is not None:
-            if not full:
-                return
-            self.waiting.cancel()
-        elif self.queue and not full and self.linger:
-            self.waiting = self.clock.callLater(self.linger, self._send)
-            return
-        self._send()
-
-    def _send(self):
-        self.waiting = None
-        # Cut from the front without copying the rest.
-        batch = [self.queue.popleft() for _ in range(min(UPDATES_PER_MESSAGE, len(self.queue)))]
-        if not batch or self.closed:
-            self.busy = False
-            emptied, self.emptied = self.emptied, []
-            for d in emptied:
-                d.errback(defer.CancelledError()) if self.closed else d.callback(None)
-            return
-        self.busy = True
-        self.traffic.count(len(batch))
-        d = self.sendBatch(pb.UpdateBatch(updates=[u.encoding() for u in batch]), self.metadata)
-
-        def failed(f):
-            log.info("could not update the slave: {why}", why=f.getErrorMessage())
-            self.queue.clear()
-
-        def done(_):
-            self.busy = False
-            self._kick()
-
-        d.addCallbacks(lambda _: None, failed)
-        d.addCallback(done)
-
-    def close(self):
-        self.closed = True
-        if self.waiting is not None:
-            self.waiting.cancel()
-            self.waiting = None
-        emptied, self.emptied = self.emptied, []
-        for d in emptied:
-            d.errback(defer.CancelledError())
-        return self.release()
-
-
-def slaveFeed(address, secret, clock=None):
-    """A L{BuddyFeed} to the slave at C{address}, on a gRPC channel of its own."""
-    channel = grpcbridge.channel(address)
-    stub = pbg.ClusterStub(channel)
-
-    def send(batch, metadata):
-        return grpcbridge.call(stub.Onetime_s_to_buddy, batch, timeout=5, metadata=metadata)
-
-    return BuddyFeed(send, secret, lambda: grpcbridge.closeChannel(channel), clock, FEED_LINGER)
-
-
 class MasterEnd:
     """
     The master's end of its buddy pair.  C{hello()} is what we tell the
     slave about ourselves; C{command()} the L{buddy.BuddyCommand} that
     starts a slave; C{reactor} spawns it; C{feedTo(address, secret)} makes
-    the L{BuddyFeed} to a slave (L{slaveFeed}, over gRPC, by default).
+    the L{buddyfeed.BuddyFeed} to a slave (L{buddyfeed.slaveFeed}, over gRPC, by
+    default).
     Subscribe L{durable} to the node: what is durable here is what the slave
     is fed.  L{fed} counts what every feed of ours carried.
 
@@ -200,8 +85,11 @@ class MasterEnd:
     """
 
     def __init__(self, node, clock, reactor, secret, hello, command, feedTo=None,
-                 fed=None):
+                 fed=None, current=None):
         self.node = node
+        self.current = current
+        # The pid of our master while we are a slave (the slave's end says).
+        self.master = lambda: 0
         self.clock = clock
         self.reactor = reactor
         self.secret = secret
@@ -220,8 +108,36 @@ class MasterEnd:
     def spares(self):
         if self._spares is None:
             self._spares = buddy.BuddySupervisor(self.command(spare=True), self.reactor,
-                                                 spare=True)
+                                                 spare=True, onSpawn=self.tellSpare)
         return self._spares
+
+    def standby(self):
+        """
+        The server that would take this VM over should this process end now:
+        our master while we are a slave, our slave (spawned, or a spare told to
+        go on) while we are master and have one; 0 for nobody (a master
+        without a slave, a slave taking over).  None while the role changes
+        nothing (starting, stopping).
+        """
+        role = self.current.name if self.current is not None else "starting"
+        if role == "slave":
+            return self.master() or 0
+        if role == "master":
+            return (self.supervisor.pid if self.supervisor is not None else None) or 0
+        return 0 if role == "promoting" else None
+
+    def tellSpare(self, _=None):
+        """
+        Tell our spare, if one waits, who takes the VM over should we end
+        before we tell it to go on (L{buddy.tellStandby}): whenever that
+        changes (our spare started, our slave started or ended, our
+        take-over), so that a spare whose spawner ended knows whether to stop
+        or to take the VM over itself.
+        """
+        process = self._spares.process if self._spares is not None else None
+        standby = self.standby()
+        if process is not None and standby is not None:
+            buddy.tellStandby(process, standby)
 
     def keepSpare(self):
         """Keep a spare from now on: start one L{SPARE_DELAY} from now, unless one runs."""
@@ -231,7 +147,8 @@ class MasterEnd:
     def supervise(self):
         """Spawn our slave (our spare, when there is one), and again whenever it dies."""
         self.supervisor = buddy.BuddySupervisor(self.command(), self.reactor,
-                                                spares=self.spares)
+                                                spares=self.spares, onSpawn=self.tellSpare,
+                                                onEnd=self.tellSpare)
         self.supervisor.start()
 
     def connection(self):
@@ -326,8 +243,21 @@ class SlaveEnd:
         if self.reactor is not None:
             # The master spawned us: the kernel tells us at once when its
             # process ends, before its stream's end reaches gRPC.
-            buddy.watchParent(self.startPid, self.reactor.callFromThread,
-                              self.link.masterEnded)
+            watched = buddy.watchParent(self.startPid, self.reactor.callFromThread,
+                                        self.link.masterEnded)
+            if not watched and self._masterGone():
+                # It ended while we started (imports, warm-up): no signal
+                # will come, and dialling it for a while would only wait.
+                self.link.masterEnded()
+
+    def _masterGone(self):
+        """
+        Has the master that spawned us ended?  We were reparented, and its
+        pid is no server on our data any more (a slave started by hand,
+        naming a master that is not its parent, never thinks so of a live one).
+        """
+        return (self.startPid and os.getppid() != self.startPid
+                and not buddy.isServer(self.startPid, self.data))
 
     def masterHello(self, hello):
         """The master said hello: what it holds (C{hello.have}) is what to hold to be ready."""

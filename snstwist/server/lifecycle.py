@@ -59,14 +59,32 @@ class CurrentRole:
         return self.name == "slave"
 
 
-def takeLock(node, openStore, clock, deadline, retry=LOCK_RETRY):
+class Outrun(Exception):
+    """Another live server of the VM took its writer lock first: it is the master."""
+
+
+def lockHolder(data):
+    """
+    The pid the VM's writer wrote into C{data}/lock when it took the lock
+    (L{snstwist.storage.disk.Disk.lock}), or 0 when none can be read.
+    """
+    try:
+        with open(os.path.join(data, "lock"), "rb") as f:
+            text = f.read(32).strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def takeLock(node, openStore, clock, deadline, retry=LOCK_RETRY, outrun=lambda: False):
     """
     Take the VM's data over as its writer: C{node} adopts C{openStore()}
     (writer lock and all), tried again every C{retry} seconds while the old
     master still holds the lock, until C{deadline}.  Fires with how many
     updates the mirror had missed; fails with L{DataLocked} past the
-    deadline (the old master could not be fenced), or with whatever else
-    went wrong.
+    deadline (the old master could not be fenced), with L{Outrun} as soon
+    as C{outrun()} says another live server holds the lock (two spares that
+    both took the VM over: one wins), or with whatever else went wrong.
     """
     result = defer.Deferred()
 
@@ -74,7 +92,9 @@ def takeLock(node, openStore, clock, deadline, retry=LOCK_RETRY):
         node.adopt(openStore()).addCallbacks(result.callback, busy)
 
     def busy(failure):
-        if failure.check(DataLocked) and clock.seconds() <= deadline:
+        if failure.check(DataLocked) and outrun():
+            result.errback(Outrun())
+        elif failure.check(DataLocked) and clock.seconds() <= deadline:
             clock.callLater(retry, attempt)
         else:
             result.errback(failure)
@@ -160,18 +180,27 @@ class Lifecycle:
             self.ready.addCallback(self._settleEvery)
         self.ready.addErrback(self.failed)
 
-    def _goOn(self, go):
+    def _goOn(self, order):
         """
-        The spare's order came (C{go}): on as a slave; or the process that
-        started it ended first: it is nobody's spare any more, and stops.
+        The spare's L{buddy.Order} came: go on as a slave; or the process
+        that started it ended first.  Then the server it named to take the VM
+        over (L{buddy.tellStandby}) does, and this spare, nobody's any more,
+        stops; or none is left (it named none, or the one it named is gone
+        too): this spare takes the VM over itself, as a slave whose master
+        died does, so that the VM is not left without a server.
         """
-        if not go:
-            log.info("the process that started this spare ended before it needed it:"
-                     " stopping")
+        if order.go:
+            log.info("spare told to go on as the slave of VM {vm}", vm=self.vm)
+            self.role.startAsSlave()
+            return self._settleEvery(None)
+        standby = order.standby
+        if standby is None or (standby and buddy.isServer(standby, self.config.data)):
+            log.info("the process that started this spare ended before it needed it"
+                     " (server {standby} takes the VM over): stopping", standby=standby)
             stopReactor(self.reactor)
             return None
-        log.info("spare told to go on as the slave of VM {vm}", vm=self.vm)
-        self.role.startAsSlave()
+        self.role.lastServerLost("the process that started this spare ended, and no other"
+                                 " server of the VM lives (named: %d)" % (standby,))
         return self._settleEvery(None)
 
     def stop(self):
@@ -237,9 +266,12 @@ class Lifecycle:
         logs.setIdentity(self.vm, "promoting")
         log.warn("master {pid} of VM {vm} lost ({why}): fencing it and taking over",
                  pid=self.slaveEnd.masterPid(), vm=self.vm, why=why)
+        old = self.slaveEnd.masterPid()
         self.slaveEnd.fence()
+        # Our spare now hears that nobody would take over from us.
+        self.masterEnd.tellSpare()
         d = takeLock(self.node, self.openStore, self.clock,
-                     self.clock.seconds() + self.lockDeadline)
+                     self.clock.seconds() + self.lockDeadline, outrun=lambda: self._outrun(old))
 
         def locked(added):
             log.info("took the writer lock of {data}; {n} updates not mirrored before",
@@ -247,12 +279,22 @@ class Lifecycle:
             self.role.promoted()
 
         def gaveUp(f):
+            if f.check(Outrun):
+                log.info("server {pid} took VM {vm} over first: stopping",
+                         pid=lockHolder(self.config.data), vm=self.vm)
+                stopReactor(self.reactor)
+                return
             if f.check(DataLocked):
                 log.critical("the old master still holds {data}: giving up",
                              data=self.config.data)
             self.failed(f)
 
         d.addCallbacks(locked, gaveUp).addErrback(self.failed)
+
+    def _outrun(self, old):
+        """Does a live server other than the old master C{old} hold the VM's lock?"""
+        holder = lockHolder(self.config.data)
+        return holder not in (0, old, os.getpid()) and buddy.isServer(holder, self.config.data)
 
     def shutdown(self):
         self.slaveEnd.shutdown()

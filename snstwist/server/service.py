@@ -45,7 +45,7 @@ class ServerParts:
     role this process plays (L{CurrentRole}); C{address()} where it serves
     clients, C{peerAddress()} the other processes of the cluster; C{reactor}
     spawns the slave of a master; C{feedTo} makes the feed to that slave
-    (L{buddylink.slaveFeed} by default).
+    (L{buddyfeed.slaveFeed} by default).
     """
 
     def __init__(self, config, identity, node, clock, reactor, hasher, current, address,
@@ -66,7 +66,7 @@ class ServerParts:
         self.masterEnd = MasterEnd(node, clock, reactor, secret, self.report.buddyHello,
                                    lambda spare=False: slaveCommand(config, peerAddress(),
                                                                     spare),
-                                   feedTo, fed)
+                                   feedTo, fed, current)
         self.internal = ClusterApi(secret, current, self.admission, node, clock, self.report,
                                    self.masterEnd)
         # In this order: a password change ends old sessions before anything
@@ -117,6 +117,7 @@ class ServerService(MultiService):
         self.slaveEnd = SlaveEnd(clock, config.secret, config.master, config.masterPid,
                                  parts.report.buddyHello, lambda: self.node.replica.seen,
                                  reactor, config.data)
+        parts.masterEnd.master = self.slaveEnd.masterPid
         parts.internal.mirrored.add(self.slaveEnd.mirrored)
         self.slaveEnd.ready.add(self.routerLinks.report)
         # A ready standby keeps a spare: its slave once it is master.
