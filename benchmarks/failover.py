@@ -18,6 +18,13 @@ respawn is immediate, not backed off.
 Prints median and max of each, then stops the cluster with SIGTERM and
 checks that no server it saw is left running.
 
+With C{--last}, it times instead how long vm1 is without a master when its
+last server dies with nobody to take over from it but a spare: (d) the
+master SIGKILLed, then the promoted slave as soon as the router lists it as
+master (before it tells its spare to go on, a quarter of a second later);
+(e) master and slave SIGKILLed together.  Each until a new master of vm1
+answers Login.
+
 With C{--client}, it runs C{run.py}'s failover phase instead
 (C{benchlib.failovers}): a client (C{loadgen.py failover}, the client
 library) SIGKILLs its own master1 and times its next post (durable on two
@@ -26,7 +33,7 @@ promoted master's Login, the pair again and the slave's replacement as above;
 and how many VMs held each of those posts when it was acknowledged (its
 reply's copies).
 
-Usage: python benchmarks/failover.py [-n 10] [--keep] [--client]
+Usage: python benchmarks/failover.py [-n 10] [--keep] [--client | --last]
 
 A measurement, not a test: it is not run by trial or CI.
 """
@@ -89,6 +96,75 @@ def killSlave(cluster):
     return time.monotonic() - start
 
 
+def newMasterAnswers(cluster, dead):
+    """Wait until a master of vm1 whose pid is not in C{dead} answers Login."""
+    def answers():
+        for m in cluster.servers("vm1", pb.MASTER):
+            if m.pid not in dead:
+                try:
+                    cluster.login(m.address)
+                    return True
+                except grpc.RpcError:
+                    return False
+        return False
+
+    until("a new master of vm1 to answer", answers)
+
+
+def killPromoted(cluster):
+    """(d): the promoted master killed as soon as it is listed; seconds until vm1 serves."""
+    master, slave = pair(cluster)
+    os.kill(master.pid, signal.SIGKILL)
+    until("the slave to be listed as master",
+          lambda: [m for m in cluster.servers("vm1", pb.MASTER) if m.pid == slave.pid],
+          interval=0.001)
+    start = time.monotonic()
+    os.kill(slave.pid, signal.SIGKILL)
+    newMasterAnswers(cluster, {master.pid, slave.pid})
+    return time.monotonic() - start
+
+
+def killBoth(cluster):
+    """(e): master and slave killed together; seconds until vm1 serves."""
+    master, slave = pair(cluster)
+    start = time.monotonic()
+    os.kill(slave.pid, signal.SIGKILL)
+    os.kill(master.pid, signal.SIGKILL)
+    newMasterAnswers(cluster, {master.pid, slave.pid})
+    return time.monotonic() - start
+
+
+def lastServers(args):
+    """C{--last}: (d) and (e), C{args.n} times each."""
+    base = tempfile.mkdtemp(prefix="sns-failover-")
+    useTLS(base, os.environ)
+    cluster = Cluster(base, 2, base)
+    promoted, both = [], []
+    try:
+        cluster.start()
+        until("the first login", lambda: cluster.login(pair(cluster)[0].address) or True)
+        for i in range(args.n):
+            # Both spares of vm1 up (a second after the pair is complete).
+            time.sleep(SETTLE)
+            promoted.append(killPromoted(cluster))
+            time.sleep(SETTLE)
+            both.append(killBoth(cluster))
+            print("run %2d: promoted master killed at once -> vm1 serves %6.1f ms;"
+                  " master and slave killed together -> %6.1f ms"
+                  % (i + 1, promoted[-1] * 1000, both[-1] * 1000), flush=True)
+    finally:
+        left = cluster.stop()
+        print("WARNING: servers left running (killed): %s" % (sorted(left),) if left
+              else "cluster stopped; no server left running")
+        if args.keep:
+            print("data and logs in %s" % (base,))
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    print()
+    summary("(d) promoted master SIGKILL at once -> vm1's master answers", promoted)
+    summary("(e) master + slave SIGKILL -> vm1's master answers", both)
+
+
 def summary(name, seconds):
     ms = sorted(s * 1000 for s in seconds)
     print("%-58s median %7.1f ms   max %7.1f ms   (n=%d)"
@@ -101,9 +177,13 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the cluster's directory")
     parser.add_argument("--client", action="store_true",
                         help="time a client's next post and LIST after the kill of its master1")
+    parser.add_argument("--last", action="store_true",
+                        help="time vm1 without a master when its last server dies")
     args = parser.parse_args()
     if args.client:
         return clientFailovers(args)
+    if args.last:
+        return lastServers(args)
 
     base = tempfile.mkdtemp(prefix="sns-failover-")
     useTLS(base, os.environ)
