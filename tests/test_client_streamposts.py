@@ -169,7 +169,15 @@ class StreamPostTests(SynchronousTestCase):
         self.assertEqual([p.text for p in shown], ["one", "two"])
 
     def test_posts_unanswered_while_there_is_no_session_go_as_calls(self):
-        c, shown = self.client(pb.WriteReply(id="vm2.b/1", copies=2))
+        """
+        And the post is shown from the call's reply: the new master may hold
+        it already (replicated before the old one died), so that no push of
+        it comes, and the new session's catch-up skips it when the old
+        master's report of what the screen covers counted it before its
+        answer was sent.
+        """
+        c, shown = self.client(pb.WriteReply(id="vm2.b/1", copies=2, post=Post(
+            id="vm2.b/1", author="alice", time_us=1, text="hi").toProto()))
         d = c.post("hi")
         [(requestId, _, _)] = posted(self.streams[0])
 
@@ -182,6 +190,15 @@ class StreamPostTests(SynchronousTestCase):
         c.session.connectionLost(None)
         self.assertEqual(self.successResultOf(d).id, "vm2.b/1")
         self.assertEqual([r for _, r, _ in self.calls.calls], [requestId])
+        self.assertEqual([(p.text, p.request) for p in shown], [("hi", requestId)])
+
+    def test_a_post_answered_by_a_call_without_a_timeline_shows_nothing(self):
+        c, shown = self.client(pb.WriteReply(id="vm1.a/1", copies=2, post=Post(
+            id="vm1.a/1", author="alice", time_us=1, text="hi").toProto()))
+        c.reader.active = False
+        self.openSession(c, ready=False)
+        self.successResultOf(c.post("hi"))
+        self.assertEqual(shown, [])
 
     def test_a_post_unanswered_for_a_calls_timeout_fails_over_and_goes_again(self):
         c, shown = self.client()

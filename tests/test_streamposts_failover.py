@@ -76,11 +76,20 @@ class StreamPostFailoverTests(unittest.TestCase):
         self.assertEqual(len(set(acked)), len(acked))
         self.assertTrue(all(c.master1.vm != victim.vm for c in onVictim))
 
+        last = []
+
         async def agreeing():
             replies = await compare.digests(cluster.router, SECRET)
-            return len(replies) == 2 and not compare.differences(replies)
+            last[:] = [compare.differences(replies)]
+            return len(replies) == 2 and not last[0]
 
-        await waitUntil(agreeing, "the two VMs to agree", timeout=60, interval=0.2)
+        try:
+            await waitUntil(agreeing, "the two VMs to agree", timeout=60, interval=0.2)
+        except AssertionError as e:
+            # Say what differed, and where the cluster's logs are (kept with
+            # the test's temporary directory).
+            raise AssertionError("%s; last differences: %s; logs in %s"
+                                 % (e, last, cluster.base)) from None
         for vm in ("vm1", "vm2"):
             stored = [json.loads(line) for content in cluster.postFiles(vm).values()
                       for line in content.decode().splitlines()]
@@ -88,5 +97,7 @@ class StreamPostFailoverTests(unittest.TestCase):
                              "posts on %s" % (vm,))
         for c in clients:
             texts = collections.Counter(p.text for p in shown[c.user])
-            self.assertEqual(texts, collections.Counter(
-                "%s post %d" % (c.user, n) for n in range(POSTS)), "%s's timeline" % (c.user,))
+            wanted = collections.Counter("%s post %d" % (c.user, n) for n in range(POSTS))
+            self.assertEqual(texts, wanted, "%s's timeline: missing %s, extra %s; logs in %s"
+                             % (c.user, sorted(wanted - texts), sorted(texts - wanted),
+                                cluster.base))

@@ -204,8 +204,16 @@ class Client(Lists):
         session = self.session
         if name == "Post" and session is not None and session.takesPosts():
             return session.post(request)
-        return grpcbridge.call(getattr(self.login.stub, name), request,
-                               timeout=CALL_TIMEOUT, metadata=self.login.metadata())
+        d = grpcbridge.call(getattr(self.login.stub, name), request,
+                            timeout=CALL_TIMEOUT, metadata=self.login.metadata())
+        if name == "Post":
+            d.addCallback(self._answered, request.request_id)
+        return d
+
+    def _answered(self, reply, requestId):
+        """A post answered by a call: shown from its reply in timeline mode, as on a session."""
+        self.reader.answered(reply, requestId)
+        return reply
 
     async def _call(self, name, request, write=False, failed=None):
         """The tries of a command; C{failed}: the (error, epoch) of a first one (L{_command})."""

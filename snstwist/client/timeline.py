@@ -145,6 +145,18 @@ class Timeline:
         if self._ackCall is None:
             self._ackCall = self.clock.callLater(ACK_DELAY, self._ack)
 
+    def answered(self, reply, requestId):
+        """
+        Our own post C{reply} (a WriteReply) answers, in timeline mode: shown
+        from there, whichever way it was posted.  A post retried after a
+        failover by a call (the new session not ready yet) may be one the
+        new master held already: it is pushed to no session again, and the
+        catch-up skips it when the old master's report of what the screen
+        covers counted it before its answer (which carries it) was sent.
+        """
+        if self.active and reply.HasField("post"):
+            self.received(Post.fromProto(reply.post, requestId))
+
     def _cover(self, postId):
         """The screen covers the post C{postId}, shown or a copy of one shown."""
         if self.covered is None:
@@ -248,9 +260,8 @@ class Session:
             waiting[0].errback(endOf(answer.refused))
             return
         try:
-            if answer.reply.HasField("post") and self.timeline.active:
-                # Our own post: the master sent it with its answer, not pushed.
-                self.timeline.received(Post.fromProto(answer.reply.post, answer.request_id))
+            # Our own post: the master sent it with its answer, not pushed.
+            self.timeline.answered(answer.reply, answer.request_id)
         finally:
             # Answered even if showing it failed (which breaks the session).
             waiting[0].callback(answer.reply)
