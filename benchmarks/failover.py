@@ -68,18 +68,7 @@ def killMaster(cluster):
     master, slave = pair(cluster)
     start = time.monotonic()
     os.kill(master.pid, signal.SIGKILL)
-
-    def answers():
-        for m in cluster.servers("vm1", pb.MASTER):
-            if m.pid != master.pid:
-                try:
-                    cluster.login(m.address)
-                    return True
-                except grpc.RpcError:
-                    return False
-        return False
-
-    until("the promoted master to answer", answers)
+    newMasterAnswers(cluster, {master.pid})
     served = time.monotonic() - start
     until("a new slave", lambda: [s for s in cluster.servers("vm1", pb.SLAVE)
                                   if s.pid not in (master.pid, slave.pid)])
@@ -153,16 +142,21 @@ def lastServers(args):
                   " master and slave killed together -> %6.1f ms"
                   % (i + 1, promoted[-1] * 1000, both[-1] * 1000), flush=True)
     finally:
-        left = cluster.stop()
-        print("WARNING: servers left running (killed): %s" % (sorted(left),) if left
-              else "cluster stopped; no server left running")
-        if args.keep:
-            print("data and logs in %s" % (base,))
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        finish(cluster, base, args.keep)
     print()
     summary("(d) promoted master SIGKILL at once -> vm1's master answers", promoted)
     summary("(e) master + slave SIGKILL -> vm1's master answers", both)
+
+
+def finish(cluster, base, keep):
+    """Stop C{cluster}, say whether any server was left, and remove C{base} unless C{keep}."""
+    left = cluster.stop()
+    print("WARNING: servers left running (killed): %s" % (sorted(left),) if left
+          else "cluster stopped; no server left running")
+    if keep:
+        print("data and logs in %s" % (base,))
+    else:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def summary(name, seconds):
@@ -247,13 +241,7 @@ def clientFailovers(args):
         cluster.start()
         result = failover(_Run(args.n, base), cluster)
     finally:
-        left = cluster.stop()
-        print("WARNING: servers left running (killed): %s" % (sorted(left),) if left
-              else "cluster stopped; no server left running")
-        if args.keep:
-            print("data and logs in %s" % (base,))
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        finish(cluster, base, args.keep)
     print()
     for key, what in (("client_post_ms", "master1 SIGKILL -> the client's next post acked"),
                       ("client_list_ms", "master1 SIGKILL -> the client's LIST answered"),
