@@ -53,3 +53,24 @@ class LogFormatTests(SynchronousTestCase):
         self.assertEqual(logs.formatTime(1_700_000_000.9999996)[:26],
                          logs.formatTime(1_700_000_001.0)[:26])
         self.assertRegex(logs.formatTime(1_700_000_000.9999996), r"\.000000[+-]\d{4}$")
+
+
+class SharedLogFileTests(SynchronousTestCase):
+    def test_processes_logging_to_one_file_do_not_write_over_each_other(self):
+        """
+        Each process opens the file once and writes its lines as they come:
+        every line of each is kept, whole (two opens here stand for two
+        processes).
+        """
+        path = self.mktemp()
+        first = logs.SharedLogFile.fromFullPath(path)
+        second = logs.SharedLogFile.fromFullPath(path)
+        self.addCleanup(first.close)
+        self.addCleanup(second.close)
+        for n in range(3):
+            first.write("first %d\n" % (n,))
+            second.write("second %d\n" % (n,))
+        with open(path) as f:
+            self.assertEqual(sorted(f.read().splitlines()),
+                             sorted(["first %d" % (n,) for n in range(3)]
+                                    + ["second %d" % (n,) for n in range(3)]))

@@ -60,11 +60,26 @@ def _format(event):
     return body.replace("\n", " \u23ce ") + "\n"
 
 
+class SharedLogFile(logfile.LogFile):
+    """
+    A log file that several processes write at once (a master, its slave and
+    their spares all log to the master's C{--logfile}): opened for appending,
+    so that each line (one unbuffered write) lands whole at the end.
+    Twisted's opens it for writing at the end it saw when it opened it, so
+    the processes wrote over each other's lines.
+    """
+
+    def _openFile(self):
+        self.closed = False
+        self._file = open(self.path, "ab", 0)
+        self.size = self._file.tell()
+
+
 def observer():
     """The twistd --logger factory: to --logfile if given, else stdout."""
     path = _target["path"]
     if path and path != "-":
-        out = logfile.LogFile.fromFullPath(path)
+        out = SharedLogFile.fromFullPath(path)
     else:
         out = sys.stdout
     return FileLogObserver(out, _format)
