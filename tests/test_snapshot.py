@@ -26,7 +26,7 @@ from snstwist.core.model import PasswordChange, ReadMark, Update
 from snstwist.core.node import HybridClock
 from snstwist.core.state import Replica
 from snstwist.core.stateload import Rebuild, sortedSet
-from snstwist.storage import disk, snapshot
+from snstwist.storage import disk, snapshot, snapshotparts
 from snstwist.storage.index import Index
 from snstwist.storage.importer import Importer
 from snstwist.storage.store import SQLiteStore
@@ -88,9 +88,11 @@ def stateUpdates(draw):
 class Record:
     """A data directory's record on a real SQLite file, written a batch at a time."""
 
-    def __init__(self, case):
-        self.path = tempfile.mkdtemp()
-        case.addCleanup(shutil.rmtree, self.path)
+    def __init__(self, case, path=None):
+        if path is None:
+            path = tempfile.mkdtemp()
+            case.addCleanup(shutil.rmtree, path)
+        self.path = path
         self.disk = disk.Disk(self.path)
         self.disk.openRecord()
         case.addCleanup(lambda: self.disk.close())
@@ -105,8 +107,8 @@ class Record:
         self.disk = disk.Disk(self.path)
         self.disk.openRecord()
 
-    def save(self):
-        return snapshot.save(self.path, self.disk.index.db)
+    def save(self, parts=None):
+        return snapshot.save(self.path, self.disk.index.db, parts)
 
     def loaded(self, snapshots=True):
         return started(IndexStore(self.disk.index, self.path, snapshots))
@@ -122,7 +124,7 @@ class SnapshotStartTests(SynchronousTestCase):
         registers, followers, counts and clock as reading every row; in
         parts of any size.
         """
-        self.patch(snapshot, "PART_ITEMS", data.draw(st.integers(1, 4)))
+        self.patch(snapshotparts, "PART_ITEMS", data.draw(st.integers(1, 4)))
         updates = data.draw(stateUpdates())
         cut = data.draw(st.integers(0, len(updates)))
         record = Record(self)
@@ -188,9 +190,9 @@ class SnapshotStartTests(SynchronousTestCase):
         record = Record(self)
         record.write([userUpdate("vm1.a", 1, 10, "alice"),
                       followUpdate("vm1.a", 2, 20, "bob", "alice")])
-        users = snapshot._Builder.users
-        self.patch(snapshot._Builder, "users",
-                   lambda builder: itertools.chain(users(builder), [("bogus",)]))
+        users = snapshotparts.Parts.users
+        self.patch(snapshotparts.Parts, "users",
+                   lambda parts: itertools.chain(users(parts), [("bogus",)]))
         record.save()
         node, _ = record.loaded()
         self.assertEqual(seen(node), seen(record.loaded(snapshots=False)[0]))
@@ -248,7 +250,7 @@ class SnapshotStartTests(SynchronousTestCase):
 
     def test_many_followers_become_a_sorted_set(self):
         """A user followed by as many as a sorted set's bound is held in one after a start too."""
-        self.patch(snapshot, "PART_ITEMS", 100)
+        self.patch(snapshotparts, "PART_ITEMS", 100)
         record = Record(self)
         fans = ["f%04d" % (i,) for i in range(SORTED_FOLLOWERS)]
         record.write([followUpdate("vm1.a", i, i, fan, "star") for i, fan in enumerate(fans, 1)])
@@ -265,6 +267,15 @@ class SnapshotStartTests(SynchronousTestCase):
                          (["b", "bb", "c", "d"], ["b", "bb", "c"], True))
 
 
+async def openWriter(case, path):
+    """A store of the data directory C{path} (made if new), opened as the VM's writer."""
+    os.makedirs(path, exist_ok=True)
+    store = SQLiteStore(path, clock=Clock())
+    case.addCleanup(store.close)
+    await store.open(posts=False)
+    return store
+
+
 class WrittenWhenDueTests(TestCase):
     def fill(self, path, n):
         """A data directory holding C{n} users, imported."""
@@ -275,13 +286,8 @@ class WrittenWhenDueTests(TestCase):
         with open(source, "rb") as f:
             Importer(path, "import.1").run(f)
 
-    async def writer(self, path):
-        """A store of the data directory C{path} (made if new), opened as the VM's writer."""
-        os.makedirs(path, exist_ok=True)
-        store = SQLiteStore(path, clock=Clock())
-        self.addCleanup(store.close)
-        await store.open(posts=False)
-        return store
+    def writer(self, path):
+        return openWriter(self, path)
 
     def test_import_writes_one_when_a_start_would_want_it(self):
         self.patch(snapshot, "CHANGES", 5)

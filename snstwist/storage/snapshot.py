@@ -9,7 +9,7 @@ C{covers}), read in one transaction: C{MAGIC}, a header (format version,
 number of parts, payload length, CRC-32 of the payload and of them), then
 the payload: parts, each a length and a marshal'd tuple, written as they
 are built (L{write}): the users, passwords, read marks, follow registers
-and followers by the names' numbers, in parts of at most L{PART_ITEMS}
+and followers by the names' numbers, in parts of at most L{snapshotparts.PART_ITEMS}
 items; then the names, each once; last what the snapshot covers (its
 version vector, the origins its keys were packed with, the latest time in
 it, the byte order, how many parts of names).  A start takes the names
@@ -45,10 +45,10 @@ from array import array
 
 from twisted.logger import Logger
 
-from snstwist.core.registers import Keys
-from snstwist.core.state import Replica, Seen, VersionVector
-from snstwist.storage.index import Index, decoded, register
+from snstwist.core.state import Seen, VersionVector
+from snstwist.storage.index import Index, decoded
 from snstwist.storage.postfile import fsync
+from snstwist.storage.snapshotparts import Parts
 
 log = Logger()
 
@@ -57,9 +57,6 @@ MAGIC = b"SNSSTATE"
 FORMAT = 4
 _HEADER = struct.Struct("<IIQI")  # format, parts, payload bytes, CRC-32 of the payload
 _LENGTH = struct.Struct("<I")
-# Items (names, registers, followers) in one part: each part is decoded and
-# applied in one reactor turn at a start (a few milliseconds).
-PART_ITEMS = 10000
 # A VM's writer writes a new snapshot once the record holds this many state
 # updates it does not cover (or this many in all, with no snapshot): what a
 # start reads besides the file, at some microseconds each.
@@ -93,113 +90,15 @@ class StateSnapshot:
         self._close()
 
 
-def _chunks(kind, columns):
-    """Parts of C{kind} from the equal-length lists C{columns}, L{PART_ITEMS} items each."""
-    for i in range(0, len(columns[0]), PART_ITEMS):
-        yield (kind,) + tuple(c[i:i + PART_ITEMS] for c in columns)
-
-
-def _followsPart(followers, counts, following, followees, packed):
-    """
-    A part of follow registers: the followees' name numbers as 4-byte
-    ints, the keys as little-endian ints of one width, both as bytes (cheap
-    to read, and held so until their follower is used: L{Follows.restore}).
-    """
-    width = max(1, (max(packed).bit_length() + 7) // 8)
-    return ("follows", followers, counts, following, followees.tobytes(),
-            b"".join(p.to_bytes(width, "little") for p in packed), width)
-
-
-class _Builder:
-    """The parts of a snapshot, from one transaction of a connection (L{write})."""
-
-    def __init__(self, db):
-        self.db = db
-        self.numbers = {}
-        self.keys = Keys()
-        self.maxTime = 0
-        self.count = 0
-
-    def number(self, name):
-        n = self.numbers.get(name)
-        if n is None:
-            n = self.numbers[name] = len(self.numbers)
-        return n
-
-    def users(self):
-        """
-        The users, passwords and read marks, as a start applies their
-        updates (L{Replica.applyState}): the same code decides.
-        """
-        replica = Replica()
-        replica.keys = self.keys
-        rows = self.db.execute(
-            "SELECT body FROM record WHERE author IS NULL AND kind IN ('password', 'user')")
-        marks = self.db.execute("SELECT body FROM marks JOIN record USING (origin, seq)")
-        for body in (rows, marks):
-            for u in decoded(b for (b,) in body):
-                replica.applyState(u)
-                self.maxTime = max(self.maxTime, u.time_us)
-                self.count += 1
-        number = self.number
-        yield from _chunks("users", [[number(u) for u in replica.users]])
-        passwords = sorted(replica.passwords.items())
-        yield from _chunks("passwords", [[number(u) for u, _ in passwords],
-                                         [p for _, (p, _) in passwords],
-                                         [h for _, (_, h) in passwords]])
-        reads = sorted(replica.reads.items())
-        yield from _chunks("reads", [[number(u) for u, _ in reads], [k[0] for _, k in reads],
-                                     [k[1] for _, k in reads]])
-
-    def follows(self):
-        """The follow registers by follower, then the followers by followee (as names sort)."""
-        run = ([], [], [], array("I"), [])
-        followers, counts, following, followees, packed = run
-        pack, number = self.keys.pack, self.number
-        last = None
-        for row in self.db.execute("SELECT follower, followee, following, time_us, update_id"
-                                   " FROM follows ORDER BY follower, followee"):
-            follower, followee, time_us, origin, seq, value = register(*row)
-            if follower != last:
-                if len(followees) >= PART_ITEMS:
-                    yield _followsPart(*run)
-                    run = followers, counts, following, followees, packed = (
-                        [], [], [], array("I"), [])
-                last = follower
-                followers.append(number(follower))
-                counts.append(0)
-                following.append(0)
-            counts[-1] += 1
-            following[-1] += value
-            followees.append(number(followee))
-            packed.append(pack(time_us, origin, seq, value))
-            self.maxTime = max(self.maxTime, time_us)
-            self.count += 1
-        if followers:
-            yield _followsPart(*run)
-        grouped = [[], [], array("I")]
-        for followee, follower in self.db.execute(
-                "SELECT followee, follower FROM follows WHERE following = 1"
-                " ORDER BY followee, follower"):
-            if not grouped[0] or grouped[0][-1] != self.numbers[followee]:
-                if len(grouped[2]) >= PART_ITEMS:
-                    yield ("followers", grouped[0], grouped[1], grouped[2].tobytes())
-                    grouped = [[], [], array("I")]
-                grouped[0].append(self.numbers[followee])
-                grouped[1].append(0)
-            grouped[1][-1] += 1
-            grouped[2].append(self.numbers[follower])
-        if grouped[0]:
-            yield ("followers", grouped[0], grouped[1], grouped[2].tobytes())
-
-
-def write(db, f):
+def write(db, f, parts=None):
     """
     Write to the file C{f} a snapshot of what the connection C{db} holds,
     read in one transaction (so that the parts and the version vector
-    agree), a part at a time as it is built; the names and the first part
-    (L{parse}) go last, once every name is numbered.  Its size.
+    agree), a part at a time as it is built (L{snapshotparts.Parts}, or
+    C{parts} of C{db}); the names and the first part (L{parse}) go last,
+    once every name is numbered.  Its size.
     """
+    parts = parts if parts is not None else Parts(db)
     f.write(MAGIC + _HEADER.pack(FORMAT, 0, 0, 0))
     written = [0, 0, 0]  # parts, payload bytes, CRC-32 of the payload
 
@@ -214,19 +113,18 @@ def write(db, f):
     db.execute("BEGIN")
     try:
         covers = Index(db).readVersions()
-        builder = _Builder(db)
-        for part in itertools.chain(builder.users(), builder.follows()):
+        for part in itertools.chain(parts.users(), parts.follows()):
             put(part)
     finally:
-        db.execute("COMMIT")
-    names = _chunks("names", [sorted(builder.numbers, key=builder.numbers.get)])
+        if db.in_transaction:
+            db.execute("COMMIT")
     counted = 0
-    for part in names:
+    for part in parts.names():
         put(part)
         counted += 1
     put((FORMAT, sys.byteorder, [(o, s.contiguous, sorted(s.extra))
                                  for o, s in sorted(covers.origins.items())],
-         list(builder.keys.origins), builder.maxTime, builder.count, counted))
+         list(parts.keys.origins), parts.maxTime, parts.count, counted))
     nparts, size, crc = written
     f.seek(len(MAGIC))
     f.write(_HEADER.pack(FORMAT, nparts, size, _checksum(FORMAT, nparts, size, crc)))
@@ -236,6 +134,8 @@ def write(db, f):
 def _checksum(fmt, nparts, size, crc):
     """The CRC-32 of the payload (C{crc}) continued over the header's other fields."""
     return zlib.crc32(_HEADER.pack(fmt, nparts, size, 0), crc)
+
+
 def parse(data, held, close=lambda: None):
     """
     The L{StateSnapshot} of the bytes C{data}, or None (with the reason
@@ -299,16 +199,25 @@ def _unmap(data):
         pass  # a part still looked at: closed when that is let go
 
 
-def save(path, db):
+def save(path, db, parts=None):
     """
-    Write the snapshot of the connection C{db} into the data directory
-    C{path}: to a temporary file, flushed, then renamed over the last one.
+    Write the snapshot of the connection C{db} (of C{parts} of it, if
+    given: L{write}) into the data directory C{path}: to a temporary file,
+    flushed, then renamed over the last one.  A write that fails or is
+    stopped (L{Aborted}) leaves no temporary file and the last one in place.
     """
     temporary = os.path.join(path, FILE + ".tmp")
-    with open(temporary, "wb") as f:
-        size = write(db, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(temporary, "wb") as f:
+            size = write(db, f, parts)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        try:
+            os.remove(temporary)
+        except FileNotFoundError:
+            pass
+        raise
     os.replace(temporary, os.path.join(path, FILE))
     fsync(path)
     return size
@@ -359,16 +268,17 @@ def countChanges(db, covers):
     return n
 
 
-def saveIfDue(path, db, covers=None):
+def saveIfDue(path, db, covers=None, changes=None, parts=None):
     """
-    Write the snapshot of C{db} into C{path} (L{save}) if the record holds
-    at least L{CHANGES} state updates the version vector C{covers} (the
-    last snapshot's; None: there is none) lacks; its size, or None.
+    Write the snapshot of C{db} (of C{parts} of it, if given) into C{path}
+    (L{save}) if the record holds at least C{changes} (L{CHANGES} if None)
+    state updates the version vector C{covers} (the last snapshot's; None:
+    there is none) lacks; its size, or None.
     """
     due = countChanges(db, covers if covers is not None else VersionVector())
-    if due < CHANGES:
+    if due < (CHANGES if changes is None else changes):
         return None
-    size = save(path, db)
+    size = save(path, db, parts)
     log.info("wrote the state snapshot: {size} bytes, {due} state updates since the last",
              size=size, due=due)
     return size
