@@ -20,7 +20,8 @@ here runs on the reactor's thread.
 import bisect
 import threading
 from array import array
-from itertools import accumulate, groupby
+from collections import Counter
+from itertools import compress, repeat
 from operator import itemgetter
 
 from snstwist.core.registers import Keys
@@ -49,16 +50,8 @@ _ACCOUNT = (
 
 def _runs(rows):
     """The values of the first column of C{rows} (sorted by it) and how many rows each has."""
-    values, counts = [], []
-    for value, run in groupby(map(itemgetter(0), rows)):
-        values.append(value)
-        counts.append(sum(1 for _ in run))
-    return values, counts
-
-
-def _splitId(row):
-    """C{row} with its last column, an update id, as (origin, "/", seq)."""
-    return row[:-1] + (row[-1].rpartition("/"),)
+    counted = Counter(map(itemgetter(0), rows))
+    return list(counted), list(counted.values())
 
 
 class Aborted(Exception):
@@ -174,16 +167,14 @@ class Parts:
         for rows in self._groups("SELECT follower, followee, following, time_us, update_id"
                                  " FROM follows ORDER BY follower, followee"):
             followers, counts = _runs(rows)
-            ends = list(accumulate(map(itemgetter(2), rows), initial=0))
-            starts = list(accumulate(counts, initial=0))
+            followed = Counter(compress(map(itemgetter(0), rows), map(itemgetter(2), rows)))
             self.maxTime = max(self.maxTime, max(map(itemgetter(3), rows)))
             self.count += len(rows)
             yield followsPart(
-                self._numbered(followers), counts,
-                [ends[e] - ends[s] for s, e in zip(starts, starts[1:])],
+                self._numbered(followers), counts, list(map(followed.get, followers, repeat(0))),
                 array("I", self._numbered(map(itemgetter(1), rows))),
-                [pack(t, o, int(s), v) for _, _, v, t, (o, _, s) in
-                 map(_splitId, rows)])
+                [pack(row[3], origin, int(seq), row[2])
+                 for row in rows for origin, _, seq in (row[4].rpartition("/"),)])
         numbers = self.numbers.__getitem__
         for rows in self._groups("SELECT followee, follower FROM follows WHERE following = 1"
                                  " ORDER BY followee, follower"):
