@@ -13,6 +13,7 @@ import sqlite3
 import tempfile
 import types
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from sortedcontainers import SortedSet
@@ -21,13 +22,14 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from snstwist.core.follows import SORTED_FOLLOWERS
+from snstwist.core.limits import MAX_REQUEST_ID
 from snstwist.core.history import readState
 from snstwist.core.model import PasswordChange, ReadMark, Update
 from snstwist.core.node import HybridClock
 from snstwist.core.state import Replica
 from snstwist.core.stateload import Rebuild, sortedSet
 from snstwist.storage import disk, snapshot, snapshotparts
-from snstwist.storage.index import Index
+from snstwist.storage.index import Index, decoded
 from snstwist.storage.importer import Importer
 from snstwist.storage.store import SQLiteStore
 from tests.strategies import followChanges, followUpdate, names, updateLists, userUpdate
@@ -145,6 +147,29 @@ class SnapshotStartTests(SynchronousTestCase):
                              replica.following(u.follow.follower), replica.apply(u))
                             for u in later] + [seen(node)])
         self.assertEqual(answers[0], answers[1])
+
+    @given(st.data())
+    def test_a_stored_follow_that_breaks_a_bound_is_held_as_reading_every_row_holds_it(
+            self, data):
+        """
+        A follow stored before a bound it breaks existed (here a request id
+        longer than one may be) is in the record and its pair's register:
+        a start from the snapshot holds its pair as reading every row does,
+        whether it came before the snapshot or after.
+        """
+        updates = data.draw(stateUpdates())
+        bad = [attrs.evolve(followUpdate("old.v", i, t, f.follower, f.followee, f.following),
+                            request_id="r" * (MAX_REQUEST_ID + 1))
+               for i, (t, f) in enumerate(data.draw(st.lists(
+                   st.tuples(st.integers(1, 60), followChanges()), min_size=1, max_size=4)), 1)]
+        self.assertEqual(decoded([u.toProto().SerializeToString() for u in bad]), [])
+        updates = data.draw(st.permutations(updates + bad))
+        cut = data.draw(st.integers(0, len(updates)))
+        record = Record(self)
+        record.write(updates[:cut])
+        record.save()
+        record.write(updates[cut:])
+        self.assertEqual(seen(record.loaded()[0]), seen(record.loaded(snapshots=False)[0]))
 
     @given(st.data())
     def test_a_torn_or_damaged_snapshot_is_ignored(self, data):

@@ -328,6 +328,21 @@ class Index(RecordWrites):
         more = ("marks", rows[-1][0]) if len(rows) == limit else None
         return decoded(row[-1] for row in rows), more
 
+    def registers(self, pairs):
+        """
+        The follow registers of the (follower, followee) C{pairs}, as
+        L{statePage} gives them (a pair without one: none), an index seek
+        each.
+        """
+        found = []
+        for pair in pairs:
+            row = self.db.execute(
+                "SELECT follower, followee, following, time_us, update_id FROM follows"
+                " WHERE follower = ? AND followee = ?", pair).fetchone()
+            if row is not None:
+                found.append(register(*row))
+        return found
+
 
 def register(follower, followee, following, time_us, updateId):
     """A row of C{follows} as L{Index.statePage} gives it."""

@@ -43,9 +43,11 @@ import sys
 import zlib
 from array import array
 
+from google.protobuf.message import DecodeError
 from twisted.logger import Logger
 
 from snstwist.core.state import Seen, VersionVector
+from snstwist.rpc import sns_pb2 as pb
 from snstwist.storage.index import Index, decoded
 from snstwist.storage.postfile import fsync
 from snstwist.storage.snapshotparts import Parts
@@ -235,7 +237,8 @@ def changes(db, covers, after, limit):
     At most C{limit} of the state updates C{db}'s record holds and the
     version vector C{covers} lacks, in (kind, origin, seq) order, from after
     the position C{after} (None: the first), and the next page's position
-    (None: none).  An index seek per kind and origin, not a scan.
+    (None: none).  An index seek per kind and origin, not a scan.  A follow
+    comes as its pair's register (L{_registers}).
     """
     page, position = [], None
     for (kind, origin), seen in _ranges(db, covers):
@@ -247,14 +250,35 @@ def changes(db, covers, after, limit):
         for seq, body in rows:
             if seq in seen.extra:
                 continue
-            page.append(body)
+            page.append((kind, body))
             if len(page) == limit:
                 position = (kind, origin, seq)
                 break
         rows.close()
         if position is not None:
             break
-    return decoded(page), position
+    follows = [body for kind, body in page if kind == "follow"]
+    return (_registers(db, follows)
+            + decoded([body for kind, body in page if kind != "follow"])), position
+
+
+def _registers(db, bodies):
+    """
+    The registers of the pairs the follow updates C{bodies} changed, as the
+    record's C{follows} table holds them now: what reading every row applies
+    (L{Index.statePage}), whatever the updates, one that breaks a bound of
+    limits.py included (stored before the bound existed), so that a start
+    from the snapshot holds what reading every row holds.
+    """
+    pairs = set()
+    for body in bodies:
+        try:
+            follow = pb.Update.FromString(body).follow
+        except DecodeError:
+            log.warn("ignoring a stored follow that does not decode")
+            continue
+        pairs.add((follow.follower, follow.followee))
+    return Index(db).registers(sorted(pairs))
 
 
 def countChanges(db, covers):
