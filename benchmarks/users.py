@@ -2,7 +2,7 @@
 Memory per user, and LIST and sns-compare with many users (docs/benchmarks.md,
 "Memory per user"): what sets limits.MAX_USERS.
 
-    python benchmarks/users.py --users 100000 [--follows 10] [--work DIR]
+    python benchmarks/users.py --users 100000 [--follows 10] [--work DIR] [--writer]
 
 For 1 user (the probe) and for N: an import file of N users (the probe
 and N - 1 others), each with an argon2id hash of the benchmark's password
@@ -21,6 +21,16 @@ number of names printed, and whether they are sorted and unique) and
 after them.  Memory per user is (RSS at N - RSS at 1) / (N - 1).  The figures
 are of a shared machine: the load average before and after is in the
 results.  A measurement, not a test.
+
+With --writer, only the state snapshot's writer, at N: vm1 alone, on a copy
+without the snapshot (so its master's writer finds every state update not
+covered and writes one at its first look, $SNS_SNAPSHOT_EVERY=1 s after
+the start, or 30 s for code that does not read it): the master's CPU while
+the temporary file exists (the writer's work, on a process otherwise idle),
+the write's seconds, its RSS just before and at most while it writes
+(sampled every 10 ms), and after; then the same start again, SIGTERM to the
+master as soon as the next write began: the seconds until the master is
+gone, and whether the temporary file and a new snapshot are left.
 """
 
 import argparse
@@ -28,6 +38,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +48,7 @@ from benchlib.historydata import copyTo, saveResults
 from benchlib.looplags import lagEvents, lagsByPhase
 from benchlib.machine import machine
 from benchlib.processes import ENV, PY, ROOT
+from snstwist.buddy.processes import pidAlive
 from benchlib.vms import VMs
 
 SECRET = "users-benchmark-secret-0123456789"
@@ -50,6 +62,13 @@ def peakKB(pid):
             if line.startswith(("VmRSS:", "VmHWM:")):
                 out[line.split(":")[0]] = int(line.split()[1])
     return out["VmRSS"], out["VmHWM"]
+
+
+def cpuSeconds(pid):
+    """The CPU seconds (user and system) C{pid} has used."""
+    with open("/proc/%d/stat" % (pid,)) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def snapshotBytes(path):
@@ -207,6 +226,65 @@ class Bench:
             shutil.rmtree(work, ignore_errors=True)
         return out
 
+    def master(self, vms):
+        """Start vm1 and wait for its Login (not for its standby); the master's pid."""
+        _, address = vms.startServer("vm1")
+        until("vm1 to answer a Login", lambda: vms.loggedIn(address), timeout=600, interval=0.05)
+        return until("vm1's master", lambda: [s.pid for s in vms.servers("vm1", "master")],
+                     timeout=60, interval=0.05)[0]
+
+    def writer(self):
+        """The snapshot writer's CPU, memory and stop (see the module's docstring)."""
+        users = self.args.users
+        work = os.path.join(self.work, "writer-%d" % (users,))
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        pristine, _ = imported(self.work, users, self.args.follows, self.say)
+        vms = VMs(work, dict(self.env, SNS_SNAPSHOT_EVERY="1"), SECRET)
+        data = vms.data("vm1")
+        snapshot, temporary = (os.path.join(data, "state.snapshot" + e) for e in ("", ".tmp"))
+        out = self.results["writer"] = {}
+        try:
+            copyTo(pristine, data)
+            os.remove(snapshot)
+            vms.startRouter()
+            pid = self.master(vms)
+            until("the writer to begin", lambda: os.path.exists(temporary), timeout=600,
+                  interval=0.01)
+            cpu, t, before = cpuSeconds(pid), time.monotonic(), peakKB(pid)[0]
+            peak = before
+            while os.path.exists(temporary):
+                peak = max(peak, peakKB(pid)[0])
+                time.sleep(0.01)
+            out.update(write_s=round(time.monotonic() - t, 2),
+                       writer_cpu_s=round(cpuSeconds(pid) - cpu, 2), rss_before_kb=before,
+                       rss_peak_kb=peak, rss_after_kb=peakKB(pid)[0],
+                       snapshot_bytes=snapshotBytes(data))
+            self.say("writer: %(write_s).2f s, %(writer_cpu_s).2f s of the master's CPU; RSS"
+                     " %(rss_before_kb)d KB before, %(rss_peak_kb)d at most while writing,"
+                     " %(rss_after_kb)d after; %(snapshot_bytes)s bytes" % out)
+            vms.stop()
+            os.remove(snapshot)
+            vms.startRouter()
+            pid = self.master(vms)
+            until("the writer to begin again", lambda: os.path.exists(temporary), timeout=600,
+                  interval=0.01)
+            t = time.monotonic()
+            os.kill(pid, signal.SIGTERM)
+            until("the master to end", lambda: not pidAlive(pid), timeout=600, interval=0.01)
+            out.update(stop_master_s=round(time.monotonic() - t, 2),
+                       temporary_left=os.path.exists(temporary),
+                       snapshot_written=os.path.exists(snapshot))
+            self.say("SIGTERM during a write: the master gone in %(stop_master_s).2f s;"
+                     " temporary file left: %(temporary_left)s, a snapshot written:"
+                     " %(snapshot_written)s" % out)
+        finally:
+            left = vms.stop()
+            if left:
+                self.say("killed leftover processes of this run: %s" % (left,))
+            shutil.rmtree(work, ignore_errors=True)
+        self.results["meta"]["load_after"] = os.getloadavg()
+
     def run(self):
         sizes = self.results["sizes"]
         for users in (1, self.args.users):
@@ -226,9 +304,14 @@ def main():
     parser.add_argument("--follows", type=int, default=10, help="follows of each user")
     parser.add_argument("--work", default="/tmp/sns-users-bench")
     parser.add_argument("--out", default=None, help="results JSON (default WORK/results-N.json)")
+    parser.add_argument("--writer", action="store_true",
+                        help="measure the state snapshot's writer only")
     args = parser.parse_args()
     bench = Bench(args)
-    bench.run()
+    if args.writer:
+        bench.writer()
+    else:
+        bench.run()
     saveResults(bench.results, bench.work, args.users, args.out)
 
 
