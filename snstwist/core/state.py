@@ -33,6 +33,7 @@ import attrs
 from sortedcontainers import SortedSet
 
 from snstwist.core import errors
+from snstwist.core.accounts import Passwords
 from snstwist.core.follows import FollowRegister, Follows
 from snstwist.core.limits import MAX_FOLLOWS
 from snstwist.core.registers import Keys
@@ -77,7 +78,7 @@ class Replica:
         # Registers' keys packed with their values (L{registers}), one int each.
         self.keys = Keys()
         # user -> (its password register's packed key, its password's hash).
-        self.passwords = {}
+        self.passwords = Passwords()
         # The follow registers, and the followers of each user for fan-out.
         self.follows = Follows(self.keys)
         # The newest posts of each author held (older ones on disk only).

@@ -21,6 +21,7 @@ from array import array
 
 from sortedcontainers import SortedSet
 
+from snstwist.core.accounts import Passwords
 from snstwist.core.follows import Follows
 from snstwist.core.registers import Keys
 
@@ -52,7 +53,7 @@ class Rebuild:
         self.keys = Keys(origins)
         self.names = []
         self.users = []  # sorted
-        self.passwords = {}
+        self.passwords = Passwords()
         self.reads = {}
         self.follows = Follows(self.keys)
 
@@ -72,7 +73,8 @@ class Rebuild:
         self.users.extend(self._named(numbers))
 
     def _passwords(self, numbers, packed, hashes):
-        self.passwords.update(zip(self._named(numbers), zip(packed, hashes)))
+        # Frozen, as the snapshot's part holds them (L{Passwords.restore}).
+        self.passwords.restore(list(self._named(numbers)), packed, hashes)
 
     def _reads(self, numbers, times, postIds):
         self.reads.update(zip(self._named(numbers), zip(times, postIds)))
