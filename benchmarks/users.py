@@ -28,7 +28,9 @@ covered and writes one at its first look, $SNS_SNAPSHOT_EVERY=1 s after
 the start, or 30 s for code that does not read it): the master's CPU while
 the temporary file exists (the writer's work, on a process otherwise idle),
 the write's seconds, its RSS just before and at most while it writes
-(sampled every 10 ms), and after; then the same start again, SIGTERM to the
+(sampled every 10 ms), and after, and the timers more than 20 ms late in
+the servers meanwhile (the writer's thread competes with the reactor for
+the interpreter); then the same start again, SIGTERM to the
 master as soon as the next write began: the seconds until the master is
 gone, and whether the temporary file and a new snapshot are left.
 """
@@ -251,11 +253,12 @@ class Bench:
             pid = self.master(vms)
             until("the writer to begin", lambda: os.path.exists(temporary), timeout=600,
                   interval=0.01)
-            cpu, t, before = cpuSeconds(pid), time.monotonic(), peakKB(pid)[0]
+            cpu, t, began, before = cpuSeconds(pid), time.monotonic(), time.time(), peakKB(pid)[0]
             peak = before
             while os.path.exists(temporary):
                 peak = max(peak, peakKB(pid)[0])
                 time.sleep(0.01)
+            writing = [("write", began, time.time())]
             out.update(write_s=round(time.monotonic() - t, 2),
                        writer_cpu_s=round(cpuSeconds(pid) - cpu, 2), rss_before_kb=before,
                        rss_peak_kb=peak, rss_after_kb=peakKB(pid)[0],
@@ -263,6 +266,9 @@ class Bench:
             self.say("writer: %(write_s).2f s, %(writer_cpu_s).2f s of the master's CPU; RSS"
                      " %(rss_before_kb)d KB before, %(rss_peak_kb)d at most while writing,"
                      " %(rss_after_kb)d after; %(snapshot_bytes)s bytes" % out)
+            out["write_loop_lag"] = lag = lagsByPhase(lagEvents(work), writing)["write"]
+            self.say("loop lag while it wrote: %d timers over 20 ms late, latest %s ms (%s)"
+                     % (lag["turns_over_20ms"], lag["max_ms"], lag["where"]))
             vms.stop()
             os.remove(snapshot)
             vms.startRouter()
