@@ -2,7 +2,7 @@
 The benchmark of docs/design.md section 10, on real processes on this machine.
 
     python benchmarks/run.py [--short | --full | --latency | --posting] [--out DIR]
-                             [--profile [stream | unary]]
+                             [--profile [stream | unary]] [--profile-latency]
 
 Starts a local cluster (``python -m snstwist.commands.cluster``) and, in one run:
 
@@ -184,6 +184,10 @@ def main(argv=None):
                         help="also sample vm1's master and slave, vm2's master and a load"
                              " generator with py-spy under the posting load, its posts in"
                              " FORM (stream, the default, or unary: a Post call each)")
+    parser.add_argument("--profile-latency", action="store_true",
+                        help="also sample the poster, its master and the same VM's follower with"
+                             " py-spy in each rate of the latency phase (its figures are then"
+                             " those of profiled processes)")
     parser.add_argument("--keep", action="store_true", help="keep the clusters' data and logs")
     args = parser.parse_args(argv)
     mode = args.mode or "short"
@@ -193,6 +197,7 @@ def main(argv=None):
     useTLS(work, ENV)  # the processes' environment, and ours
     bench = Bench(MODES[mode], out, work, args.profile)
     bench.argv = sys.argv[1:] if argv is None else list(argv)
+    bench.profileLatency = args.profile_latency
 
     def interrupted(signum, frame):
         raise Interrupted("signal %d" % (signum,))

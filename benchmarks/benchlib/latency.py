@@ -11,15 +11,20 @@ Takes the run (C{run.py}'s C{Bench}) and a started L{benchlib.cluster.Cluster}.
 """
 
 import math
+import os
 import time
 
 from benchlib.processes import CpuMeter, loadgen, stopEach
+from benchlib.pyspy import startProfile, topFunctions
 from benchlib.stats import summarize
 from benchlib.throughput import echoLoad
 
 
 # The most posts a second one poster process is asked to offer.
 POSTER_RATE = 500
+# py-spy's samples a second with --profile-latency: a post's path on a
+# process is a millisecond or less.
+PROFILE_RATE = 500
 
 
 def posterCount(rate, most):
@@ -93,10 +98,25 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
     procs["posters"] = [p.pid for p in posters]
     procs["followers"] = [f.pid for f in followers.values()]
     meter = CpuMeter(procs)
+    profiled = {}
+    if getattr(bench, "profileLatency", False):
+        # The processes a post to the same VM's follower crosses.
+        master = "%s master" % (same,)
+        profiled = {"poster": posters[0].pid, master: procs[master][0],
+                    "follower on %s" % (same,): followers["same"].pid}
+        profiled = {name: (pid, os.path.join(bench.out, "profile-latency-%d-%s.txt"
+                                              % (rate, name.replace(" ", "-"))))
+                    for name, pid in profiled.items()}
+        spies = [startProfile(bench.say, pid, cfg["latencySeconds"], path, PROFILE_RATE)
+                 for pid, path in profiled.values()]
     for p in posters:
         p.send("go %s" % (cfg["latencySeconds"],))
     sent = [p.expect("result", cfg["latencySeconds"] + 60) for p in posters]
     used, wall = meter.seconds()
+    if profiled:
+        for spy in spies:
+            if spy is not None:
+                spy.wait(60)
     cpu = {k: round(100 * v / wall) for k, v in used.items()}
     time.sleep(1.0)  # the last posts reach the screens
     out = {"offered_per_s": rate, "seconds": cfg["latencySeconds"],
@@ -135,4 +155,18 @@ def latency(bench, cluster, rate, key, same="vm1", other="vm2"):
                  out["cross"]["p50"], out["cross"]["p99"], out["cross"]["max"],
                  out["cross"]["from_accept"]["p50"], cpu))
     bench.say("CPU ms per acknowledged post at %d/s: %s" % (rate, out["cpu_ms_per_post"]))
+    if profiled:
+        out["profile"] = profileOf(bench, profiled)
+    return out
+
+
+def profileOf(bench, profiled):
+    """What py-spy saw of each process (C{profiled}: name -> (pid, raw file)), said briefly."""
+    out = []
+    for name, (pid, path) in profiled.items():
+        top = topFunctions(path) if os.path.exists(path) else None
+        out.append({"name": name, "pid": pid, "raw": path, "top": top})
+        for thread in top or ():
+            bench.say("py-spy %s, thread %s: %.1f%% busy; inclusive %s"
+                      % (name, thread["thread"], thread["busy_percent"], thread["inclusive"][:6]))
     return out

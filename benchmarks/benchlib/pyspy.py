@@ -10,10 +10,11 @@ import subprocess
 from benchlib.processes import PY
 
 
-def startProfile(say, pid, seconds, path):
+def startProfile(say, pid, seconds, path, rate=100):
     """
-    Record C{pid} with py-spy for C{seconds} into C{path} (raw format);
-    the recorder's Popen, or None (said) when py-spy is not installed.
+    Record C{pid} with py-spy for C{seconds} into C{path} (raw format),
+    C{rate} samples a second; the recorder's Popen, or None (said) when
+    py-spy is not installed.
     """
     spy = shutil.which("py-spy") or os.path.join(os.path.dirname(PY), "py-spy")
     if not os.path.exists(spy):
@@ -21,13 +22,14 @@ def startProfile(say, pid, seconds, path):
         return None
     return subprocess.Popen(
         [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-         "--rate", "100", "--idle", "--threads", "--format", "raw", "--output", path,
+         "--rate", str(rate), "--idle", "--threads", "--format", "raw", "--output", path,
          "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=open(path + ".log", "w"))
 
 
 IDLE_LEAVES = {"EpollSelector.select", "Condition.wait", "Thread.run", "Queue.get",
-               "_worker"}  # a concurrent.futures worker waiting for work
+               "_worker",  # a concurrent.futures worker waiting for work
+               "DiskThread._work"}  # a store's thread asleep on its lock (storage/threads.py)
 FRAMEWORK = ("<module>", "run", "runApp", "ApplicationRunner.", "UnixApplicationRunner.",
              "runReactorWithLogging", "AsyncioSelectorReactor.run", "BaseEventLoop.run_forever",
              "BaseEventLoop._run_once", "Handle._run", "Thread._bootstrap", "Thread.run",
