@@ -168,7 +168,7 @@ class Committing:
         if every:
             import sqlite3
             self.checkpoints = sqlite3.connect(self.disk.dbPath, isolation_level=None)
-        self.seq = 0
+        self.seq = self.counted = 0
         self.frames = []
         self.writes = []
         self.grew = 0
@@ -176,27 +176,30 @@ class Committing:
     def __call__(self):
         self.seq += 1
         before = os.path.getsize(self.wal) if os.path.exists(self.wal) else 0
-        framesBefore = _walFrames(self.wal)
         update = postUpdate(self.seq, 1, 1_700_000_000_000_000 + self.seq)
         t0 = time.perf_counter()
         self.disk.write([update])
         self.writes.append(1000 * (time.perf_counter() - t0))
-        after = _walFrames(self.wal)
-        # (A WAL started over holds this commit's frames only.)
-        self.frames.append(after - framesBefore if after >= framesBefore else after)
         self.grew += os.path.getsize(self.wal) > before
         if self.every and self.seq % self.every == 0:
+            self.countFrames()
             self.checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def countFrames(self):
+        """
+        The frames of each commit since the WAL last started over (read
+        from the WAL once a generation, not between two commits, so that
+        the reading does not take the commits' caches).
+        """
+        uncounted = self.seq - self.counted
+        if uncounted:
+            self.frames.extend(len(pages) for pages in walCommits(self.wal)[-uncounted:])
+        self.counted = self.seq
 
     def close(self):
         if self.checkpoints is not None:
             self.checkpoints.close()
         self.disk.close()
-
-
-def _walFrames(wal):
-    """Frames in the WAL C{wal} up to its last commit."""
-    return sum(len(pages) for pages in walCommits(wal))
 
 
 def syncs(args, work):
@@ -248,6 +251,7 @@ def syncs(args, work):
         for name, (_, times) in kinds.items():
             out[name] = percentiles(times)
         for name, c in (("commit, WAL reused", reused), ("commit, WAL growing", growing)):
+            c.countFrames()
             # The batch's write alone (the times above have the WAL's frames counted too).
             out[name].update(percentiles(c.writes))
             out[name]["COMMIT"] = percentiles(c.timed.times)
