@@ -196,7 +196,8 @@ class Lifecycle:
         standby = order.standby
         if standby is None or (standby and buddy.isServer(standby, self.config.data)):
             log.info("the process that started this spare ended before it needed it"
-                     " (server {standby} takes the VM over): stopping", standby=standby)
+                     " ({who}): stopping", who="it named nobody to go by" if standby is None
+                     else "server %d takes the VM over" % (standby,))
             stopReactor(self.reactor)
             return None
         self.role.lastServerLost("the process that started this spare ended, and no other"
