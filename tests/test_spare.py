@@ -360,9 +360,19 @@ class OrderTests(unittest.TestCase):
 
     def pipe(self):
         r, w = os.pipe()
-        self.addCleanup(_close, r)
-        self.addCleanup(_close, w)
+        self.addCleanup(self.closeEnd, r)
+        self.addCleanup(self.closeEnd, w)
+        self.open = getattr(self, "open", set()) | {r, w}
         return r, w
+
+    def closeEnd(self, fd):
+        """
+        Close C{fd} once: closed twice, its number may be another's by then
+        (the reactor's own wake-up pipe, say).
+        """
+        if fd in self.open:
+            self.open.discard(fd)
+            os.close(fd)
 
     def test_go_on_the_pipe_fires_true(self):
         r, w = self.pipe()
@@ -381,7 +391,7 @@ class OrderTests(unittest.TestCase):
         """The spawner's process ended (the kernel closes its end): no order will come."""
         r, w = self.pipe()
         d = buddy.awaitGo(reactor, r)
-        os.close(w)
+        self.closeEnd(w)
         return d.addCallback(self.assertEqual, buddy.Order(go=False, standby=None))
 
     def test_the_pipe_closed_names_the_last_standby_told(self):
@@ -390,14 +400,14 @@ class OrderTests(unittest.TestCase):
         d = buddy.awaitGo(reactor, r)
         os.write(w, b"standby 4242\nstandby 0\nstand")
         reactor.callLater(0, os.write, w, b"by 77\n")
-        reactor.callLater(0, reactor.callLater, 0, os.close, w)
+        reactor.callLater(0, reactor.callLater, 0, self.closeEnd, w)
         return d.addCallback(self.assertEqual, buddy.Order(go=False, standby=77))
 
     def test_go_after_standbys_is_go(self):
         r, w = self.pipe()
         d = buddy.awaitGo(reactor, r)
         os.write(w, b"standby 0\ngo\n")
-        os.close(w)
+        self.closeEnd(w)
         return d.addCallback(self.assertEqual, buddy.Order(go=True))
 
     def test_anything_else_fires_false(self):
@@ -440,10 +450,3 @@ class OrderTests(unittest.TestCase):
         buddy.tellStandby(Process(), 4242)
         buddy.tellStandby(Process(), None)
         self.assertEqual(written, [b"go\n", b"standby 4242\n", b"standby 0\n"])
-
-
-def _close(fd):
-    try:
-        os.close(fd)
-    except OSError:
-        pass
