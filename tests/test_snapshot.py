@@ -127,6 +127,7 @@ class SnapshotStartTests(SynchronousTestCase):
         parts of any size.
         """
         self.patch(snapshotparts, "PART_ITEMS", data.draw(st.integers(1, 4)))
+        self.patch(snapshotparts, "PAGE", data.draw(st.integers(1, 4)))
         updates = data.draw(stateUpdates())
         cut = data.draw(st.integers(0, len(updates)))
         record = Record(self)

@@ -69,7 +69,8 @@ def snapshotBytes(path):
 class WriterTests(SynchronousTestCase):
     def record(self):
         """A record holding a snapshot of some state, and as much state written after it."""
-        self.patch(snapshotparts, "PART_ITEMS", 3)
+        self.patch(snapshotparts, "PART_ITEMS", 5)
+        self.patch(snapshotparts, "PAGE", 3)
         record = Record(self)
         record.write(state("vm1.a", 1, 6))
         record.save()
@@ -118,6 +119,24 @@ class WriterTests(SynchronousTestCase):
         record.save()
         # Users, passwords, and the one read mark of each user that is kept.
         self.assertEqual((max(batches), sum(batches)), (3, 2 * (6 + 7) + 7))
+
+    def test_a_part_joins_pages_up_to_its_items(self):
+        """
+        Pages of a few rows make parts of at least PART_ITEMS registers (or
+        followers) each but the last, whole followers (followees) each.
+        """
+        record = self.record()
+        db = record.disk.index.db
+        db.execute("BEGIN")
+        self.addCleanup(db.execute, "COMMIT")
+        parts = list(Parts(db).follows())
+        sizes = {kind: [len(part[4]) // 4 if kind == "follows" else len(part[3]) // 4
+                        for part in parts if part[0] == kind]
+                 for kind in ("follows", "followers")}
+        for kind, found in sizes.items():
+            self.assertTrue(all(n >= 5 for n in found[:-1]), (kind, found))
+        self.assertEqual((sum(sizes["follows"]), sum(sizes["followers"])), db.execute(
+            "SELECT count(*), sum(following) FROM follows").fetchone())
 
     def test_settings_come_from_the_environment(self):
         made = snapshots.Snapshots(reactor, reactor, "p", "p/db", environ={

@@ -2,14 +2,16 @@
 The parts of a state snapshot (L{snstwist.storage.snapshot}), built from one
 read transaction of a record's connection a page of rows at a time.
 
-The writer holds a page of rows and the part made of it, written and let go
-before the next page is read: what it holds grows with the number of names
-(a number each, about 100 bytes a name), not with the follows.  What must
+The writer holds a page of rows (L{PAGE}) and the part made of them (of
+several pages, up to about L{PART_ITEMS} items), written and let go as it
+goes: what it holds grows with the number of names (a number each, about
+100 bytes a name), not with the follows.  What must
 be sorted or merged across pages is left to SQLite: the followers by
 followee (its sorter, which spills to temporary files) and each user's
 password register (a temporary table, one row a user, last writer wins as
-L{registers.Keys.newer} decides).  A page is a few milliseconds of the
-thread's CPU, a few Python calls a row at most.
+L{registers.Keys.newer} decides).  A page is about a millisecond of the
+thread's CPU, a few Python calls a row at most, and no call over a page
+holds the interpreter long from the reactor.
 
 A writer asked to stop (C{stopping}, a L{threading.Event}) stops at the
 next page with L{Aborted}; C{pause} seconds between pages leave the
@@ -27,10 +29,15 @@ from operator import itemgetter
 from snstwist.core.registers import Keys
 from snstwist.storage.index import decoded
 
-# Items (names, registers, followers) in one part, and rows in one page:
-# each part is decoded and applied in one reactor turn at a start (a few
-# milliseconds).
+# Items (names, registers, followers) in one part: each part is decoded and
+# applied in one reactor turn at a start (a few milliseconds).
 PART_ITEMS = 10000
+# Rows the writer reads at a time and makes a piece of a part of.  SQLite
+# lets go of the interpreter for each row it steps to, but the work on a
+# page does not: the reactor's thread, woken meanwhile, waits for the end
+# of it.  256 rows are about 0.2 ms of it; pages of 2,000 held a woken
+# thread 0.5-1.5 ms at the median (docs/benchmarks.md), for the same CPU.
+PAGE = 256
 
 _ACCOUNTS = (
     "CREATE TEMP TABLE snapshot_accounts (user TEXT PRIMARY KEY, isuser INTEGER NOT NULL,"
@@ -52,6 +59,25 @@ def _runs(rows):
     """The values of the first column of C{rows} (sorted by it) and how many rows each has."""
     counted = Counter(map(itemgetter(0), rows))
     return list(counted), list(counted.values())
+
+
+def _joined(chunks, items):
+    """
+    The tuples of columns C{chunks} (lists or arrays) joined column by
+    column until their column C{items} holds L{PART_ITEMS} or more.
+    """
+    joined = None
+    for chunk in chunks:
+        if joined is None:
+            joined = chunk
+        else:
+            for column, more in zip(joined, chunk):
+                column.extend(more)
+        if len(joined[items]) >= PART_ITEMS:
+            yield joined
+            joined = None
+    if joined is not None:
+        yield joined
 
 
 class Aborted(Exception):
@@ -118,7 +144,7 @@ class Parts:
         try:
             while True:
                 self._check()
-                page = rows.fetchmany(PART_ITEMS)
+                page = rows.fetchmany(PAGE)
                 if not page:
                     return
                 yield page
@@ -163,6 +189,13 @@ class Parts:
 
     def follows(self):
         """The follow registers by follower, then the followers by followee (as names sort)."""
+        for columns in _joined(self._registers(), 3):
+            yield followsPart(*columns)
+        for followees, counts, followers in _joined(self._followers(), 2):
+            yield ("followers", followees, counts, followers.tobytes())
+
+    def _registers(self):
+        """The columns of a follows part (L{followsPart}) of each page's followers."""
         pack = self.keys.pack
         for rows in self._groups("SELECT follower, followee, following, time_us, update_id"
                                  " FROM follows ORDER BY follower, followee"):
@@ -170,17 +203,20 @@ class Parts:
             followed = Counter(compress(map(itemgetter(0), rows), map(itemgetter(2), rows)))
             self.maxTime = max(self.maxTime, max(map(itemgetter(3), rows)))
             self.count += len(rows)
-            yield followsPart(
-                self._numbered(followers), counts, list(map(followed.get, followers, repeat(0))),
-                array("I", self._numbered(map(itemgetter(1), rows))),
-                [pack(row[3], origin, int(seq), row[2])
-                 for row in rows for origin, _, seq in (row[4].rpartition("/"),)])
+            yield (self._numbered(followers), counts,
+                   list(map(followed.get, followers, repeat(0))),
+                   array("I", self._numbered(map(itemgetter(1), rows))),
+                   [pack(row[3], origin, int(seq), row[2])
+                    for row in rows for origin, _, seq in (row[4].rpartition("/"),)])
+
+    def _followers(self):
+        """The followees, their counts and their followers of each page, by number."""
         numbers = self.numbers.__getitem__
         for rows in self._groups("SELECT followee, follower FROM follows WHERE following = 1"
                                  " ORDER BY followee, follower"):
             followees, counts = _runs(rows)
-            yield ("followers", list(map(numbers, followees)), counts,
-                   array("I", map(numbers, map(itemgetter(1), rows))).tobytes())
+            yield (list(map(numbers, followees)), counts,
+                   array("I", map(numbers, map(itemgetter(1), rows))))
 
     def _groups(self, sql):
         """
