@@ -16,6 +16,7 @@ from twisted.internet.task import deferLater
 
 from snstwist import buddy
 from snstwist.buddy.processes import pidAlive  # noqa: F401  (the tests import it from here)
+from snstwist.commands.cluster import HeldPort
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
@@ -50,6 +51,17 @@ def childEnv(**extra):
 
 # Signal a process by pid; one already gone is no error.
 killPid = buddy.signalPid
+
+
+def heldAddress(testCase, host="127.0.0.1"):
+    """
+    C{HOST:PORT} of a free port held for a process the test starts later
+    (L{HeldPort}: nothing else is given it meanwhile), until the test's
+    cleanup.
+    """
+    held = HeldPort(host)
+    testCase.addCleanup(held.release)
+    return "%s:%d" % (host, held.port)
 
 
 def killIfStill(pid, running, signum=signal.SIGKILL):

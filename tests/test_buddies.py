@@ -18,7 +18,6 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from snstwist import buddy
-from snstwist.commands.cluster import freePort
 from snstwist.core import errors
 from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
@@ -27,6 +26,7 @@ from tests.processes import (
     TWISTD,
     Cluster,
     childEnv,
+    heldAddress,
     killIfStill,
     killServersUsing,
     liveProcesses,
@@ -144,9 +144,9 @@ def startByHand(testCase):
     data directory).  Cleanup stops both and kills any server left on the
     data.
     """
-    router = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
+    router = heldAddress(testCase)
     env = childEnv()
-    peer = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
+    peer = heldAddress(testCase)
     spawn(testCase, TWISTD + ["sns-router", "--listen", router, "--peer-listen", peer], env=env)
     data = os.path.abspath(testCase.mktemp())
     testCase.addCleanup(killServersUsing, data)

@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from tests.processes import (
     Cluster,
     childEnv,
+    heldAddress,
     killIfStill,
     pidAlive,
     routerStatus,
@@ -133,8 +134,7 @@ class RouterTests(unittest.TestCase):
     timeout = 60
 
     def startRouter(self):
-        from snstwist.commands.cluster import freePort
-        address = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
+        address = heldAddress(self)
         router = spawn(self, twistd("sns-router", "--listen", address,
                                     "--peer-listen", "127.0.0.1:0"),
                        env=childEnv())

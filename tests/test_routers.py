@@ -8,9 +8,9 @@ import signal
 
 from twisted.trial import unittest
 
-from snstwist.commands.cluster import freePort
 from snstwist.rpc import sns_pb2 as pb
-from tests.processes import TWISTD, childEnv, killServersUsing, routerStatus, spawn, waitUntil
+from tests.processes import (TWISTD, childEnv, heldAddress, killServersUsing, routerStatus, spawn,
+                             waitUntil)
 from tests.test_integration import inlineAsync
 
 ENV = childEnv()
@@ -23,7 +23,7 @@ class SeveralRoutersTests(unittest.TestCase):
         """The cluster port (where servers register) of the router at C{address}."""
         peers = self.__dict__.setdefault("peers", {})
         if address not in peers:
-            peers[address] = "127.0.0.1:%d" % (freePort("127.0.0.1"),)
+            peers[address] = heldAddress(self)
         return peers[address]
 
     def router(self, address):
@@ -53,7 +53,7 @@ class SeveralRoutersTests(unittest.TestCase):
         await waitUntil(enough, "%d servers registered with %s" % (n, router))
 
     def addresses(self, n):
-        return ["127.0.0.1:%d" % (freePort("127.0.0.1"),) for _ in range(n)]
+        return [heldAddress(self) for _ in range(n)]
 
     @inlineAsync
     async def test_servers_register_with_every_router(self):

@@ -15,12 +15,11 @@ import attrs
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from snstwist.commands.cluster import freePort
 from snstwist.core.model import PasswordChange, ReadMark, Update
 from snstwist.storage import snapshot, snapshotparts, snapshots
 from snstwist.storage.snapshotparts import Aborted, Parts
-from tests.processes import (DEADLINE, childEnv, killServersUsing, serversUsing, spawn, twistd,
-                             waitUntil)
+from tests.processes import (DEADLINE, childEnv, heldAddress, killServersUsing, serversUsing,
+                             spawn, twistd, waitUntil)
 from tests.strategies import followUpdate, userUpdate
 from tests.test_integration import inlineAsync
 from tests.test_snapshot import Record, openWriter, seen
@@ -183,7 +182,7 @@ class RealMasterTests(TestCase):
         env = childEnv(SNS_SECRET="snapshot-writer-secret",
                        **{"SNS_SNAPSHOT_" + k.upper(): str(v) for k, v in settings.items()})
         return spawn(self, twistd("sns-server", "--router",
-                                  "127.0.0.1:%d" % (freePort("127.0.0.1"),), "--vm", "vms",
+                                  heldAddress(self), "--vm", "vms",
                                   "--listen", "127.0.0.7:0", "--data", data), env=env)
 
     async def writing(self, data, base):

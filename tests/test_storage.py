@@ -240,8 +240,7 @@ class DamagedDatabaseTests(TestCase):
         A master whose sns.sqlite3 is not a database exits non-zero, and its
         log says in one line which file is damaged and what to do.
         """
-        from snstwist.commands.cluster import freePort
-        from tests.processes import DEADLINE, childEnv, spawn, twistd
+        from tests.processes import DEADLINE, childEnv, heldAddress, spawn, twistd
 
         data = os.path.abspath(self.mktemp())
         os.makedirs(data)
@@ -249,7 +248,7 @@ class DamagedDatabaseTests(TestCase):
         with open(damaged, "wb") as f:
             f.write(b"this is not a database, it was overwritten" * 100)
         server = spawn(self, twistd("sns-server",
-                                    "--router", "127.0.0.1:%d" % (freePort("127.0.0.1"),),
+                                    "--router", heldAddress(self),
                                     "--vm", "vmd", "--listen", "127.0.0.6:0", "--data", data),
                        env=childEnv(SNS_SECRET="damaged-data-secret"))
         status = await server.ended.addTimeout(DEADLINE, reactor)

@@ -10,7 +10,6 @@ Blocking code: the benchmark is a plain script polling real processes.
 import glob
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -18,14 +17,20 @@ from benchlib.cluster import PASSWORD, fastChannel, until
 from benchlib.processes import procCmdline
 
 from snstwist.buddy.processes import pidAlive, signalPid, twistdArgs
+from snstwist.commands.cluster import HeldPort
 
 HOSTS = {"vm1": "127.0.0.2", "vm2": "127.0.0.3"}
 
 
+# Ports of the run's processes, held (nothing else is given them) for the
+# life of the benchmark: a process started again binds the same one.
+_held = []
+
+
 def freePort(host):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    held = HeldPort(host)
+    _held.append(held)
+    return held.port
 
 
 class VMs:

@@ -34,11 +34,28 @@ from snstwist.rpc import sns_pb2_grpc as pbg
 
 log = Logger()
 
-def freePort(host):
-    """A port free on C{host} right now (for the router, whose address clients need)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+class HeldPort:
+    """
+    A free port of C{host}, held for a process that binds it later (the
+    router, whose address its clients and servers need before it runs).
+
+    A socket stays bound to it, with C{SO_REUSEADDR} and never listening,
+    until L{release}: meanwhile the kernel gives the port neither to another
+    bind to port 0 nor to an outgoing connection as its local port, while a
+    listener that sets C{SO_REUSEADDR} too (as gRPC's servers do) still binds
+    it.  A port only found free and let go could be taken by another process
+    before the router's bind (the router then exited with "Address already in
+    use", seen in a loaded test run).
+    """
+
+    def __init__(self, host):
+        self._socket = socket.socket()
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, 0))
+        self.port = self._socket.getsockname()[1]
+
+    def release(self):
+        self._socket.close()
 
 
 def vmHost(index):
@@ -60,8 +77,11 @@ class ClusterService(MultiService):
         host, port = routerListen.rsplit(":", 1)
         # The router's cluster port, where servers register (mutual TLS):
         # the next port, as sns-router's default, or another free one.
+        # Ports chosen here are held until the cluster stops (a router
+        # started again binds the same ones).
+        self.heldPorts = []
         if int(port) == 0:
-            port, peerPort = freePort(host), freePort(host)
+            port, peerPort = self._holdPort(host), self._holdPort(host)
         else:
             peerPort = int(port) + 1
         self.router = "%s:%s" % (host, port)
@@ -69,7 +89,7 @@ class ClusterService(MultiService):
         self.web = None
         if webListen:
             host, port = webListen.rsplit(":", 1)
-            self.web = "%s:%s" % (host, port if int(port) else freePort(host))
+            self.web = "%s:%s" % (host, port if int(port) else self._holdPort(host))
         self.serverArgs = list(serverArgs)
         self.secret = secret or secrets.token_hex(32)
         self.secretFile = os.path.join(self.base, "secret")
@@ -80,6 +100,11 @@ class ClusterService(MultiService):
         self.children = {}
         self.whenReady = defer.Deferred()
         self.stopping = False
+
+    def _holdPort(self, host):
+        held = HeldPort(host)
+        self.heldPorts.append(held)
+        return held.port
 
     @classmethod
     def fromOptions(cls, options):
@@ -231,6 +256,8 @@ class ClusterService(MultiService):
         stops = [buddy.terminate(self.reactor, c, self.killTime)
                  for c in self.children.values()]
         stops.append(defer.ensureDeferred(self._waitGone(others)))
+        for held in self.heldPorts:
+            held.release()
         return defer.gatherResults(stops, consumeErrors=True)
 
     def serverPids(self, vm=None):
