@@ -24,13 +24,11 @@ from snstwist.core.node import Node
 from snstwist.server.buddylink import SPARE_DELAY, MasterEnd, SlaveEnd, slaveCommand
 from snstwist.server.lifecycle import CurrentRole, Lifecycle, Outrun, takeLock
 from snstwist.storage.store import MemoryStore
-from tests.processes import spawn
 from tests.servers import serverConfig
+from tests.test_integration import inlineAsync
 from tests.test_buddy import FakeProcessReactor
 from tests.test_server import FakeMasterEnd, FakeSlaveEnd, LockedDisk, VMDisk
-
-SLEEP = "import time; time.sleep(60)"
-
+from tests.test_stale_pids import sleeper
 
 class Role:
     """A role fixed by the test, as L{CurrentRole} reads it."""
@@ -201,10 +199,11 @@ class SpareTakesOverTests(SynchronousTestCase):
 class SpareStopsTests(unittest.TestCase):
     timeout = 60
 
-    def test_a_spare_whose_named_standby_lives_stops(self):
+    @inlineAsync
+    async def test_a_spare_whose_named_standby_lives_stops(self):
         """The server named takes the VM over: the spare, nobody's now, stops."""
         lifecycle, order, masterEnd, slaveEnd, served, reactor = spare(self)
-        standby = spawn(self, ["-c", SLEEP, "sns-server", "--data", lifecycle.config.data])
+        standby = await sleeper(self, "sns-server", "--data", lifecycle.config.data)
         order.callback(buddy.Order(go=False, standby=standby.pid))
         self.assertEqual((lifecycle.current.name, served, reactor.hasStopped),
                          ("starting", [], True))
@@ -258,8 +257,9 @@ class MasterGoneTests(unittest.TestCase):
     def test_a_master_that_ended_is_gone(self):
         self.assertTrue(self.end(deadPid(self), "/nowhere")._masterGone())
 
-    def test_a_live_server_on_our_data_is_not_gone_though_not_our_parent(self):
+    @inlineAsync
+    async def test_a_live_server_on_our_data_is_not_gone_though_not_our_parent(self):
         """A slave started by hand names a master that is not its parent."""
         data = os.path.abspath(self.mktemp())
-        master = spawn(self, ["-c", SLEEP, "sns-server", "--data", data])
+        master = await sleeper(self, "sns-server", "--data", data)
         self.assertFalse(self.end(master.pid, data)._masterGone())

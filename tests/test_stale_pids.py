@@ -19,15 +19,22 @@ from twisted.trial import unittest
 from snstwist import buddy
 from snstwist.commands.cluster import ClusterService
 from snstwist.testbed import faults
-from tests.processes import Cluster, killPid, spawn
+from tests.processes import Cluster, killPid, pidAlive, spawn, waitUntil
 from tests.test_integration import inlineAsync
 
 SLEEP = "import time; time.sleep(60)"
 
 
-def sleeper(test, *marks):
-    """A process of ours that sleeps, its command line holding C{marks}."""
-    return spawn(test, ["-c", SLEEP] + list(marks))
+async def sleeper(test, *marks):
+    """
+    A process of ours that sleeps, its command line holding C{marks}, once
+    it runs that command: until its exec, a spawned child's command line
+    may still be ours.
+    """
+    child = spawn(test, ["-c", SLEEP] + list(marks))
+    await waitUntil(lambda: pidAlive(child.pid, running=SLEEP.encode()),
+                    "the sleeper %d to run" % (child.pid,), interval=0.01)
+    return child
 
 
 async def endedBy(child, signum=None):
@@ -49,7 +56,7 @@ class StalePidTests(unittest.TestCase):
         A pid the cluster's status once showed, now another program's: the
         test's last-resort cleanup leaves it alone.
         """
-        other = sleeper(self)
+        other = await sleeper(self)
         cluster = Cluster(self)
         cluster.pids.add(other.pid)
         cluster.killAll()
@@ -58,7 +65,7 @@ class StalePidTests(unittest.TestCase):
     @inlineAsync
     async def test_a_clusters_cleanup_kills_its_own_servers(self):
         cluster = Cluster(self)
-        server = sleeper(self, "sns-server", "--data", cluster.base + "/vm1/data")
+        server = await sleeper(self, "sns-server", "--data", cluster.base + "/vm1/data")
         cluster.pids.add(server.pid)
         cluster.killAll()
         self.assertEqual(await endedBy(server), signal.SIGKILL)
@@ -75,8 +82,8 @@ class StalePidTests(unittest.TestCase):
                                  reactor=reactor)
         service.killTime = 0
         data = os.path.join(service.base, "vm1", "data")
-        ours = sleeper(self, "sns-server", "--data", data)
-        other = sleeper(self, "sns-server", "--data", data + "-of-another-run")
+        ours = await sleeper(self, "sns-server", "--data", data)
+        other = await sleeper(self, "sns-server", "--data", data + "-of-another-run")
         for child in (ours, other):
             buddy.Pidfile(os.path.join(data, "run"), child.pid).write()
         self.assertEqual(service.serverPids(), {ours.pid: data})
@@ -100,8 +107,8 @@ class FenceAndFaultsTests(unittest.TestCase):
     @inlineAsync
     async def test_a_fence_spares_a_pid_that_is_another_programs_now(self):
         data = self.data()
-        other = sleeper(self, "sns-server", "--data", data + "-of-another-run")
-        plain = sleeper(self)
+        other = await sleeper(self, "sns-server", "--data", data + "-of-another-run")
+        plain = await sleeper(self)
         self.assertEqual((buddy.fence(other.pid, data), buddy.fence(plain.pid, data)),
                          (False, False))
         self.assertEqual(await endedBy(other, signal.SIGTERM), signal.SIGTERM)
@@ -110,9 +117,9 @@ class FenceAndFaultsTests(unittest.TestCase):
     @inlineAsync
     async def test_a_fence_kills_the_old_master_on_the_data_stopped_or_not(self):
         data = self.data()
-        running = sleeper(self, "sns-server", "--data", data)
-        typed = sleeper(self, "sns-server", "--data=" + data)
-        stopped = sleeper(self, "sns-server", "--data", data)
+        running = await sleeper(self, "sns-server", "--data", data)
+        typed = await sleeper(self, "sns-server", "--data=" + data)
+        stopped = await sleeper(self, "sns-server", "--data", data)
         killPid(stopped.pid, signal.SIGSTOP)
         self.assertEqual([buddy.fence(c.pid, data) for c in (running, typed, stopped)],
                          [True, True, True])
@@ -122,8 +129,8 @@ class FenceAndFaultsTests(unittest.TestCase):
     @inlineAsync
     async def test_the_chaos_faults_signal_only_the_server_they_saw(self):
         data = self.data()
-        ours = sleeper(self, "sns-server", "--data", data)
-        other = sleeper(self, "sns-server", "--data", data + "2")
+        ours = await sleeper(self, "sns-server", "--data", data)
+        other = await sleeper(self, "sns-server", "--data", data + "2")
         for child in (ours, other):
             faults.kill(child.pid, signal.SIGKILL, data)
         self.assertEqual(await endedBy(ours), signal.SIGKILL)
@@ -131,7 +138,7 @@ class FenceAndFaultsTests(unittest.TestCase):
 
     @inlineAsync
     async def test_a_pid_gone_is_signalled_nothing(self):
-        child = sleeper(self, "sns-server")
+        child = await sleeper(self, "sns-server")
         pid = child.pid
         killPid(pid, signal.SIGKILL)
         await child.ended
