@@ -13,7 +13,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from snstwist.core import errors
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.server.admission import _Copies
-from snstwist.storage.memory import MemoryStore
 from tests.servers import serverParts
 
 
@@ -32,24 +31,8 @@ class _Peer:
         return defer.succeed(None)
 
 
-class IdleWriterStore(MemoryStore):
-    """
-    A manual MemoryStore whose every write wakes an idle writer: the write's
-    L{committing} Deferred (the test fires it when the commit starts).
-    """
-
-    def __init__(self):
-        super().__init__(manual=True)
-        self.commits = []
-
-    def committing(self):
-        d = defer.Deferred()
-        self.commits.append(d)
-        return d
-
-
-def makeServer(test, store=None):
-    parts = serverParts(test, store=store)
+def makeServer(test):
+    parts = serverParts(test)
     parts.node.login("alice")
     parts.node.store.flush()
     peer = _Peer()
@@ -92,57 +75,6 @@ class AnsweredTests(SynchronousTestCase):
         self.failureResultOf(d, errors.StorageFailed)
         self.assertEqual(parts.writes.writing, 0)
         parts.replicator.acked("vm2", peer.offered[0])  # too late: nothing happens
-
-
-class PeersAfterTheCommitStartsTests(SynchronousTestCase):
-    """
-    A write that woke the store's idle writer goes to the peers once its
-    commit has started, so that the reactor's replication work runs beside
-    the fsync rather than before the disk thread's statements; the answer
-    still waits for this VM's flush and a peer's copy.
-    """
-
-    def test_offered_to_the_peers_only_once_the_commit_has_started(self):
-        store = IdleWriterStore()
-        parts, peer = makeServer(self, store)
-        d = post(parts, "hi", "r1")
-        self.assertEqual(peer.offered, [])
-        [starting] = store.commits
-        starting.callback(None)
-        [updateId] = peer.offered
-        parts.replicator.acked("vm2", updateId)
-        self.assertNoResult(d)
-        store.flush()
-        self.assertEqual(self.successResultOf(d).copies, 2)
-
-    def test_the_flush_alone_answers_nothing_before_the_peers_copy(self):
-        store = IdleWriterStore()
-        parts, peer = makeServer(self, store)
-        d = post(parts, "hi", "r1")
-        store.flush()
-        self.assertNoResult(d)
-        store.commits[0].callback(None)
-        parts.replicator.acked("vm2", peer.offered[0])
-        self.assertEqual(self.successResultOf(d).copies, 2)
-
-    def test_a_retry_of_an_applied_write_goes_to_the_peers_at_once(self):
-        store = IdleWriterStore()
-        parts, peer = makeServer(self, store)
-        first = post(parts, "hi", "r1")
-        store.commits[0].callback(None)
-        store.flush()
-        parts.replicator.acked("vm2", peer.offered[0])
-        self.successResultOf(first)
-        again = post(parts, "hi", "r1")  # the same request again: nothing new is stored
-        self.assertEqual((len(store.commits), peer.offered), (1, peer.offered[:1] * 2))
-        parts.replicator.acked("vm2", peer.offered[0])
-        self.assertEqual(self.successResultOf(again).copies, 2)
-
-    def test_with_a_busy_writer_the_peers_have_it_at_once(self):
-        """The plain manual MemoryStore: nothing to wait for (committing is None)."""
-        parts, peer = makeServer(self)
-        post(parts, "hi", "r1")
-        self.assertEqual(len(peer.offered), 1)
 
 
 class CopiesTests(SynchronousTestCase):

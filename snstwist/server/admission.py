@@ -169,14 +169,12 @@ class Writes:
 
     def _writeOnce(self, user, requestId, update, request, make):
         """Apply the write, unless C{update} is the copy of its request already applied."""
-        committing = None
         if update is None:
             update = make(user, requestId)
-            committing = self.node.store.committing()
         # else a retry of a command we (or a peer VM: its master may have
         # died before answering) already applied: sent to the peers again,
         # so that it too is answered with the copies really held.
-        d = self.acknowledged(update, request.prefer_vm, committing)
+        d = self.acknowledged(update, request.prefer_vm)
         self.writing += 1
         return d.addBoth(self._reply, update)
 
@@ -192,18 +190,7 @@ class Writes:
         self.acknowledgedPosts += 1
         return pb.WriteReply(id=update.id, copies=copies, post=update.encoding().post)
 
-    def acknowledged(self, update, prefer, committing=None):
-        """
-        Fires with the number of VMs holding C{update} durably (at least 1).
-        With C{committing} (the store's L{IStore.committing}: the write woke
-        its idle disk thread), C{update} goes to the peers once its commit
-        has started: the replication stream's write takes the reactor 0.2-0.3
-        ms, and the disk thread, which needs the interpreter for the batch's
-        statements, waited for it; now that write runs beside the fsync.
-        """
-        if committing is None:
-            replicated = self.replicator.broadcast(update, prefer or None)
-        else:
-            replicated = committing.addCallback(
-                lambda _: self.replicator.broadcast(update, prefer or None))
+    def acknowledged(self, update, prefer):
+        """Fires with the number of VMs holding C{update} durably (at least 1)."""
+        replicated = self.replicator.broadcast(update, prefer or None)
         return _Copies(self.node.durable(update), replicated).deferred
