@@ -23,8 +23,8 @@ Then, with a router:
    respawned in its place holds every update; with --writing, 20 of the
    imported users post on the master (200 a second) for 0.5 s before and during the kill, so
    that the promoted slave repairs the post files the master left unflushed;
-3. catch-up: both processes of vm2 are SIGKILLed, M posts are written on
-   vm1, vm2's master is started again; time until it answers a Login and
+3. catch-up: every process of vm2 (master, slave and their spares) is SIGKILLed,
+   M posts are written on vm1, vm2's master is started again; time until it answers a Login and
    until it holds every update of vm1.
 
 Every server runs with $SNS_LOOP_LAG_MS=20 (L{benchlib.looplags}): for each
@@ -173,8 +173,7 @@ class Bench:
         from snstwist.rpc import sns_pb2 as pb
         from snstwist.rpc import sns_pb2_grpc as pbg
         vms = self.vms
-        for s in vms.servers("vm2"):
-            vms.kill(s.pid)
+        vms.killVM("vm2")
         until("vm2 to be gone", lambda: not vms.servers("vm2"), timeout=30)
         master = vms.servers("vm1", "master")[0]
         stub = pbg.SNSStub(vms.channel(master.address))
