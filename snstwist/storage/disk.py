@@ -196,13 +196,12 @@ class Disk:
             db.execute("DROP TABLE log")
             db.execute("DROP TABLE IF EXISTS post_files")
 
-    def write(self, updates, hidden=frozenset(), displaced=(), beforeCommit=None):
+    def write(self, updates, hidden=frozenset(), displaced=()):
         """
         Commit the batch to the record (its durable point), then append its
         posts to their files, unflushed (L{sync} flushes them).  A failed
         append is taken back and raised: the batch is tried again, and its
-        rows, already committed, are not written twice.  C{beforeCommit()}
-        is called just before the commit (L{writes.RecordWrites.write}).
+        rows, already committed, are not written twice.
         """
         posts = {}
         rows = []
@@ -230,7 +229,7 @@ class Disk:
             # (an author flushed and appended to again stays).
             self.index.write(rows, displaced, authors - self.unsynced,
                              synced=(synced & self.unsynced) - authors, flushed=ends,
-                             moved=moved, beforeCommit=beforeCommit)
+                             moved=moved)
         self.unsynced = before | authors
         appended, created, rewritten = self.files.write(posts, drop)
         self.unflushed.appended(appended, created)

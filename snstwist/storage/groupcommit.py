@@ -9,7 +9,6 @@ C{problem} says why.
 """
 
 import errno
-from functools import partial
 import random
 import sqlite3
 import threading
@@ -71,8 +70,6 @@ class GroupCommit:
         self._writing = None
         self._retry = None
         self._failedInARow = 0
-        # The last persist's run's Deferred for committing(), if it started one.
-        self._committing = None
         self.batches = 0
         self.problem = None
         self.onProblem = lambda error: None
@@ -82,7 +79,6 @@ class GroupCommit:
                              jitter=self.jitter)(failedInARow)
 
     def persist(self, updates, hidden=frozenset(), displaced=()):
-        self._committing = None
         fresh = []
         for u in updates:
             # Marked as stored one by one, so an update repeated within
@@ -97,26 +93,10 @@ class GroupCommit:
             self._pending.append((fresh, d, set(hidden), list(displaced)))
             start, self._draining = not self._draining, True
         if start:
-            self._committing = _Committing()
-            self._nextBatch(self._committing)
+            self._nextBatch()
         return d
 
-    def committing(self):
-        """
-        The Deferred of the run that the last L{persist} started, if it
-        started one (the disk thread was idle): fired, in one loop call, as
-        that run's first batch starts its C{COMMIT}, or with the run's end
-        if that batch did not commit or was already committing when asked.
-        Asking takes it; a run nobody asked about calls the reactor no more
-        than before.
-        """
-        committing, self._committing = self._committing, None
-        if committing is None:
-            return None
-        committing.wanted = True
-        return committing.d
-
-    def _nextBatch(self, committing=None):
+    def _nextBatch(self):
         """
         Write everything pending, a batch at a time, on the disk thread
         (L{_drain}), until nothing is.  Each batch's Deferreds fire once it
@@ -126,20 +106,18 @@ class GroupCommit:
         from the queue nor written twice.
         """
         self._retry = None
-        writing = self._writing = self._onDisk(self._drain, committing)
-        writing.addCallback(self._drained, writing, committing)
+        writing = self._writing = self._onDisk(self._drain)
+        writing.addCallback(self._drained, writing)
         writing.addErrback(lambda f: log.failure("{name}: the writer failed", f,
                                                  name=self.name))
 
-    def _drain(self, committing=None):
+    def _drain(self):
         """
         On the disk thread: write what is pending, one batch at a time, and
         hand each to the reactor (L{_written}) as it is written, until
         nothing is pending or the disk refuses a batch.  Returns the run's
         last batch written, as C{(batch, count)} (or None), and the batch
-        the disk refused with its failure (or None).  The Deferred
-        C{committing} is fired on the reactor as the first batch starts its
-        commit (L{committing}).
+        the disk refused with its failure (or None).
 
         The last batch goes back with the run's end, in the one wake-up of
         the reactor that ends the run: at a low rate every run is one
@@ -160,12 +138,8 @@ class GroupCommit:
             updates = [u for ups, _, _, _ in batch for u in ups]
             hidden = set().union(*(h for _, _, h, _ in batch))
             displaced = [u for _, _, _, ds in batch for u in ds]
-            beforeCommit = None
-            if committing is not None:
-                beforeCommit = partial(committing.started, self._thread.callFromThread)
-                committing = None
             try:
-                self._disk.write(updates, hidden, displaced, beforeCommit)
+                self._disk.write(updates, hidden, displaced)
             except Exception:
                 return None, (batch, Failure())
             last = batch, len(updates)
@@ -186,7 +160,7 @@ class GroupCommit:
             self._flusher.soon()
             self._checkpointer.soon()
 
-    def _drained(self, result, writing, committing=None):
+    def _drained(self, result, writing):
         """
         The disk thread's run C{writing} stopped (L{_drain}'s C{result}):
         its last batch written, if any, is on disk; then nothing was
@@ -195,9 +169,6 @@ class GroupCommit:
         next run: that one is in flight now.)
         """
         last, refused = result
-        if committing is not None:
-            # (The run's first batch did not reach its commit, or did before anyone asked.)
-            committing.fire()
         if self._writing is writing:
             self._writing = None
         if refused is None:
@@ -225,24 +196,3 @@ class GroupCommit:
         self._retry = self.clock.callLater(delay, self._nextBatch)
         self.onProblem(self.problem)
 
-
-class _Committing:
-    """
-    What L{GroupCommit.committing} gives of a run: C{d}, fired once, and
-    whether someone asked for it (C{wanted}, set on the reactor, read on
-    the disk thread as the run's first batch starts its commit).
-    """
-
-    def __init__(self):
-        self.d = defer.Deferred()
-        self.wanted = False
-
-    def started(self, callFromThread):
-        """On the disk thread, just before the commit: tell the reactor, if it asked."""
-        if self.wanted:
-            callFromThread(self.fire)
-
-    def fire(self):
-        """On the reactor."""
-        if not self.d.called:
-            self.d.callback(None)

@@ -107,16 +107,6 @@ class IStore(Interface):
         copy of their request stop being shown.
         """
 
-    def committing():
-        """
-        None, or, right after a L{persist} that woke the store's idle
-        writer, a Deferred that fires (with None) as the first batch of
-        that writer's run starts its commit (its fsync), or ends without
-        one; asking takes it (the next call gives None).  What a caller may
-        do meanwhile, on the reactor, runs while the disk syncs rather than
-        before the batch's statements.
-        """
-
     def close():
         """Finish pending writes and release the writer lock (Deferred)."""
 

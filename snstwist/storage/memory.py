@@ -126,10 +126,6 @@ class MemoryStore:
             self.flush()
         return d
 
-    def committing(self):
-        """Memory has no writer of its own to wait for."""
-        return None
-
     def flush(self):
         pending, self._pending = self._pending, []
         for updates, hidden, d in pending:

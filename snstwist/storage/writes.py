@@ -127,8 +127,7 @@ class RecordWrites:
             insertRows(self.db, head, [(o, s.contiguous, json.dumps(sorted(s.extra)))
                                        for o, s in seen.items()], tail)
 
-    def write(self, rows, displaced=(), authors=(), synced=(), flushed=None, moved=None,
-              beforeCommit=None):
+    def write(self, rows, displaced=(), authors=(), synced=(), flushed=None, moved=None):
         """
         One transaction: the updates C{rows} ([(update, shown)]), the posts
         C{displaced} no longer shown, the derived tables, the version vector,
@@ -141,8 +140,7 @@ class RecordWrites:
 
         Each statement runs once for all its rows, and not at all when it
         has none: a batch of posts is a few steps of SQLite whatever its
-        size (L{insertRows}).  C{beforeCommit()}, if given, is called once
-        the statements are done, just before the C{COMMIT} (its fsync).
+        size (L{insertRows}).
         """
         db = self.db
         seen = {}
@@ -177,8 +175,6 @@ class RecordWrites:
                 db.executemany("DELETE FROM flushed WHERE author = ?"
                                " AND (time_us, uid) >= (?, ?)",
                                [(a, t, uid) for a, (t, uid) in moved.items()])
-            if beforeCommit is not None:
-                beforeCommit()
             db.execute("COMMIT")
         except BaseException:
             try:
