@@ -114,8 +114,8 @@ class _Orders(abstract.FileDescriptor):
             line = line.strip()
             if line == GO:
                 self._answer(Order(go=True))
-            elif _standby(line) is not None:
-                self.standby = _standby(line)
+            elif (standby := _standby(line)) is not None:
+                self.standby = standby
             else:
                 self._answer(Order(go=False))
 
