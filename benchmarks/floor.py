@@ -29,6 +29,11 @@ and its push is the variant:
   database (WAL, ``synchronous=FULL``) on that thread; a PASSIVE
   checkpoint every ``CHECKPOINT_EVERY`` commits, queued after a commit,
   so that the WAL is overwritten in place as the store's is.
+- ``peer``: ``sqlite``, and each post also sent, as it arrives, to a
+  second relay process (a peer, on a stream of its own) that commits its
+  copy the same way: as the poster's master sends its update to the other
+  VM at the accept, whose commit then shares this machine's one disk with
+  the master's.
 
 Each configuration (a variant, with or without TLS) runs in fresh
 processes: the relay, then the follower (its stream open), then the
@@ -71,7 +76,7 @@ from snstwist.rpc import sns_pb2 as pb  # noqa: E402
 SERVICE = "bench.Floor"
 SESSION = "/%s/Session" % (SERVICE,)
 OPTIONS = [("grpc.so_reuseport", 0)]
-VARIANTS = ("push", "inline", "thread", "sqlite")
+VARIANTS = ("push", "inline", "thread", "sqlite", "peer")
 # A few megabytes of journal, overwritten in place round and round.
 JOURNAL_BYTES = 4 << 20
 CHECKPOINT_EVERY = 100
@@ -235,8 +240,9 @@ def durablePoint(variant, directory, record, loop):
 class Relay:
     """The server between poster and follower: pushes each post to every follower."""
 
-    def __init__(self, durable):
+    def __init__(self, durable, peer=None):
         self.durable = durable
+        self.peer = peer  # the queue of a stream to a peer relay, or None
         self.followers = []
         self.seq = 0
 
@@ -258,6 +264,8 @@ class Relay:
             post = pb.Post(id="relay/%d" % (self.seq,), author="poster",
                            time_us=int(time.time() * 1e6), text=message.post.text,
                            request=message.post.request_id)
+            if self.peer is not None:
+                self.peer.put_nowait(message)
             if self.durable is not None:
                 await self.durable(post)
             push = pb.ServerPush(post=post)
@@ -270,7 +278,11 @@ class Relay:
 async def relay(args):
     loop = asyncio.get_running_loop()
     server = grpc.aio.server(options=OPTIONS)
-    floor = Relay(durablePoint(args.variant, args.dir, args.record, loop))
+    peer = None
+    if args.peer:
+        peer = await connectPeer(args.peer, args.tls, args.tls_name)
+    variant = "sqlite" if args.variant == "peer" else args.variant
+    floor = Relay(durablePoint(variant, args.dir, args.record, loop), peer)
     server.add_generic_rpc_handlers((
         grpc.method_handlers_generic_handler(SERVICE, {
             "Session": grpc.stream_stream_rpc_method_handler(
@@ -296,6 +308,23 @@ async def relay(args):
     loop.create_task(lines.get()).add_done_callback(lambda _: stop.set())
     await stop.wait()
     await server.stop(0)
+
+
+async def connectPeer(target, tls, name):
+    """A session stream to a peer relay, open: the queue of its outgoing messages."""
+    loop = asyncio.get_running_loop()
+    outgoing, messages = sessionMessages(pb.ClientMessage(open=pb.SessionOpen()))
+    call = sessionCall(channelTo(target, tls, name))(messages)
+    ready = loop.create_future()
+
+    async def read():
+        async for push in call:
+            if push.HasField("ready") and not ready.done():
+                ready.set_result(None)
+
+    loop.create_task(read())
+    await ready
+    return outgoing
 
 
 def sessionMessages(first):
@@ -436,9 +465,16 @@ def configuration(args, variant, tls, work):
     load0 = os.getloadavg()[0]
     children = []
     try:
+        peerArgs = []
+        if variant == "peer":
+            peerChild = Child("peer-" + name, [PY, here, "relay", "--variant", "sqlite", "--dir",
+                                               tempfile.mkdtemp(prefix="peer-", dir=directory)]
+                              + tlsArgs, work)
+            children.append(peerChild)
+            peerArgs = ["--peer", peerChild.expect("ready", 30)["tls" if tls else "plain"]]
         relayChild = Child("relay-" + name, [PY, here, "relay", "--variant", variant,
                                              "--dir", directory, "--record", str(args.record)]
-                           + tlsArgs, work)
+                           + tlsArgs + peerArgs, work)
         children.append(relayChild)
         ready = relayChild.expect("ready", 30)
         target = ready["tls" if tls else "plain"]
@@ -512,6 +548,7 @@ def main():
     r.add_argument("--variant", choices=VARIANTS, required=True)
     r.add_argument("--dir", required=True)
     r.add_argument("--record", type=int, default=512)
+    r.add_argument("--peer", default=None, help="a peer relay's address (variant peer)")
     for p in (sub.add_parser("follower"), sub.add_parser("poster")):
         p.add_argument("--target", required=True)
         p.add_argument("--skip", type=int, default=0)
