@@ -34,6 +34,9 @@ and its push is the variant:
   copy the same way: as the poster's master sends its update to the other
   VM at the accept, whose commit then shares this machine's one disk with
   the master's.
+- ``peer-after``: ``peer``, but the copy is sent to the peer once the
+  post is committed here (and pushed): the two commits do not overlap, and
+  the peer's copy is a commit later.
 
 Each configuration (a variant, with or without TLS) runs in fresh
 processes: the relay, then the follower (its stream open), then the
@@ -76,7 +79,7 @@ from snstwist.rpc import sns_pb2 as pb  # noqa: E402
 SERVICE = "bench.Floor"
 SESSION = "/%s/Session" % (SERVICE,)
 OPTIONS = [("grpc.so_reuseport", 0)]
-VARIANTS = ("push", "inline", "thread", "sqlite", "peer")
+VARIANTS = ("push", "inline", "thread", "sqlite", "peer", "peer-after")
 # A few megabytes of journal, overwritten in place round and round.
 JOURNAL_BYTES = 4 << 20
 CHECKPOINT_EVERY = 100
@@ -240,9 +243,10 @@ def durablePoint(variant, directory, record, loop):
 class Relay:
     """The server between poster and follower: pushes each post to every follower."""
 
-    def __init__(self, durable, peer=None):
+    def __init__(self, durable, peer=None, peerAfter=False):
         self.durable = durable
         self.peer = peer  # the queue of a stream to a peer relay, or None
+        self.peerAfter = peerAfter  # sent there once durable here, not on arrival
         self.followers = []
         self.seq = 0
 
@@ -264,13 +268,15 @@ class Relay:
             post = pb.Post(id="relay/%d" % (self.seq,), author="poster",
                            time_us=int(time.time() * 1e6), text=message.post.text,
                            request=message.post.request_id)
-            if self.peer is not None:
+            if self.peer is not None and not self.peerAfter:
                 self.peer.put_nowait(message)
             if self.durable is not None:
                 await self.durable(post)
             push = pb.ServerPush(post=post)
             for pushes in self.followers:
                 pushes.put_nowait(push)
+            if self.peer is not None and self.peerAfter:
+                self.peer.put_nowait(message)
             yield pb.ServerPush(answer=pb.PostAnswer(
                 request_id=post.request, reply=pb.WriteReply(id=post.id, copies=1)))
 
@@ -281,8 +287,9 @@ async def relay(args):
     peer = None
     if args.peer:
         peer = await connectPeer(args.peer, args.tls, args.tls_name)
-    variant = "sqlite" if args.variant == "peer" else args.variant
-    floor = Relay(durablePoint(variant, args.dir, args.record, loop), peer)
+    variant = "sqlite" if args.variant.startswith("peer") else args.variant
+    floor = Relay(durablePoint(variant, args.dir, args.record, loop), peer,
+                  args.variant == "peer-after")
     server.add_generic_rpc_handlers((
         grpc.method_handlers_generic_handler(SERVICE, {
             "Session": grpc.stream_stream_rpc_method_handler(
@@ -466,7 +473,7 @@ def configuration(args, variant, tls, work):
     children = []
     try:
         peerArgs = []
-        if variant == "peer":
+        if variant.startswith("peer"):
             peerChild = Child("peer-" + name, [PY, here, "relay", "--variant", "sqlite", "--dir",
                                                tempfile.mkdtemp(prefix="peer-", dir=directory)]
                               + tlsArgs, work)
