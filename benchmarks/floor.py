@@ -252,15 +252,18 @@ class Relay:
 
     async def session(self, requests, context):
         first = await anext(requests)
-        yield pb.ServerPush(ready=pb.SessionReady())
         if first.open.timeline:
+            # Registered before it is told it is ready: no post is missed.
             pushes = asyncio.Queue()
             self.followers.append(pushes)
             try:
+                yield pb.ServerPush(ready=pb.SessionReady())
                 while True:
                     yield await pushes.get()
             finally:
                 self.followers.remove(pushes)
+            return
+        yield pb.ServerPush(ready=pb.SessionReady())
         async for message in requests:
             if not message.HasField("post"):
                 continue
