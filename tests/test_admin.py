@@ -198,6 +198,19 @@ class ExportImportTests(TestCase):
          b' "request": "two words"}\n', "a request id is at most 64"),
         (b'{"author": "alice", "time": "2126-11-29T18:26:21.986269Z", "text": "x"}\n',
          "ahead of this server's clock"),
+        (b'{"versions": [["vm1.a", 99999999999999999999999, []]]}\n',
+         "a contiguous sequence number is 0-"),
+        (b'{"versions": [["vm1.a", -1, []]]}\n', "a contiguous sequence number is 0-"),
+        (b'{"versions": [["vm1.a", true, []]]}\n', "a contiguous sequence number is 0-"),
+        (b'{"versions": [["vm1.a", 3, [-2]]]}\n', "a sequence number is 1-"),
+        (b'{"versions": [["vm1.a", 3, [99999999999999999999999]]]}\n',
+         "a sequence number is 1-"),
+        (b'{"versions": [["vm1.a", 3, [true]]]}\n', "a sequence number is 1-"),
+        (b'{"user": "dave", "hash": "not-a-hash"}\n', "an argon2id hash"),
+        (b'{"password": "alice", "time": "2026-11-29T18:26:21.986269Z", "id": "vm1.a/9",'
+         b' "hash": ""}\n', "an argon2id hash"),
+        (b'{"password": "alice", "time": "2026-11-29T18:26:21.986269Z", "id": "vm1.a/9",'
+         b' "hash": 7}\n', "an argon2id hash"),
     ]
 
     def test_a_bad_line_is_named_by_its_number_and_nothing_is_written(self):
@@ -226,6 +239,51 @@ class ExportImportTests(TestCase):
                                   lines + [b"garbage\n"])
         self.assertEqual(error.lineno, 3)
 
+
+    def test_a_version_vector_past_the_wires_bounds_is_refused(self):
+        """A vector line holds no more origins, nor out-of-order numbers, than a peer may send."""
+        self.patch(importer, "MAX_ORIGINS", 2)
+        self.patch(importer, "MAX_EXTRA", 2)
+        many = {"versions": [["o1", 1, []], ["o2", 1, []], ["o3", 1, []]]}
+        gaps = {"versions": [["o1", 1, [3, 5, 7]]]}
+        for name, line, why in [("many", many, "at most 2 origins"),
+                                ("gaps", gaps, "at most 2 out-of-order")]:
+            error = self.assertRaises(storeAdmin.BadLine, self.importLines, name,
+                                      jsonLines({"user": "alice"}, line))
+            self.assertEqual((error.lineno, why in error.message, os.listdir(self.dir(name))),
+                             (2, True, []), error.message)
+
+    def test_a_line_past_the_bound_is_refused_by_its_number_after_the_lines_before_it(self):
+        """
+        A line longer than the bound is refused by its number, and is never
+        read whole; a bad line before it in the same batch is named first.
+        """
+        self.patch(importer, "MAX_IMPORT_LINE_BYTES", 100)
+        long = b'{"user": "' + b"x" * 1000 + b'"}\n'
+        fine = jsonLines({"user": "alice"}, {"user": "bob"})
+        reads = []
+
+        class Source(io.BytesIO):
+            def readline(self, limit=-1):
+                line = io.BytesIO.readline(self, limit)
+                reads.append(len(line))
+                return line
+
+        error = self.assertRaises(storeAdmin.BadLine, self.importLines, "long",
+                                  importer.fileLines(Source(b"".join(fine + [long] + fine))))
+        self.assertEqual((error.lineno, "longer than 100 bytes" in error.message,
+                          os.listdir(self.dir("long")), max(reads)), (3, True, [], 101))
+        error = self.assertRaises(storeAdmin.BadLine, self.importLines, "first",
+                                  importer.fileLines(io.BytesIO(b"".join(
+                                      fine + [b"garbage\n", long]))))
+        self.assertEqual((error.lineno, "not JSON" in error.message), (3, True))
+
+    def test_a_batch_holds_a_bounded_number_of_bytes(self):
+        """Lines are parsed a batch at a time, and a batch of long lines is cut short."""
+        self.patch(importer, "_PARSE_BYTES", 1000)
+        lines = [b"x" * 300 + b"\n"] * 10
+        sizes = [sum(map(len, batch)) for _, batch in importer._batches(lines, 5000)]
+        self.assertEqual(sizes, [1204, 1204, 602])
 
     def test_users_past_the_clusters_maximum_are_refused_and_nothing_is_written(self):
         """A data set with more users than a cluster holds is not imported, by line number."""
@@ -293,6 +351,18 @@ class AdminCommandTests(SynchronousTestCase):
         code, _, err = self.command("import", "--data", os.path.join(self.base, "data"), self.file)
         self.assertEqual((code, err.splitlines()[0].startswith("sns-admin import: line 5: ")),
                          (1, True), err)
+
+    def test_a_line_past_the_bound_exits_1_with_its_number(self):
+        """A line longer than the bound is one line on stderr, with its number, and exit 1."""
+        self.patch(importer, "MAX_IMPORT_LINE_BYTES", 100)
+        with open(self.file, "ab") as f:
+            f.write(b'{"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "'
+                    + b"x" * 1000)
+        data = os.path.join(self.base, "data")
+        code, _, err = self.command("import", "--data", data, self.file)
+        self.assertEqual((code, err, os.listdir(data)),
+                         (1, "sns-admin import: line 5: longer than 100 bytes, the most a line"
+                             " may be\n", []))
 
     def test_export_of_a_directory_without_data_says_so(self):
         """Exporting a directory that is not a data directory is an error, not an empty export."""

@@ -136,7 +136,8 @@ def import_(config, stderr):
     origin = config["origin"] or fileOrigin(config["file"])
     started = time.monotonic()
     with open(config["file"], "rb") as f:
-        counts = importer.Importer(config["data"], origin, now_us=int(time.time() * 1e6)).run(f)
+        counts = importer.Importer(config["data"], origin, now_us=int(time.time() * 1e6)).run(
+            importer.fileLines(f))
     seconds = time.monotonic() - started
     lines = sum(counts.values())
     stderr.write("imported %d users, %d follows, %d posts into %s in %.1f s (%d lines/s)\n"

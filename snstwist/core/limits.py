@@ -103,6 +103,11 @@ DIGEST_PAGE = 2000
 # A digest page also ends once it has read this many bytes of post files
 # (always one file at least): it is read on the VM's disk thread.
 DIGEST_PAGE_BYTES = 16 << 20
+# A line of an import file (sns-admin import), in bytes: a post line is at
+# most about 12 KB (1,000 characters, each escaped as two \uXXXX), a
+# version vector line about 100 bytes an origin.  Longer lines are refused
+# by their number, never read whole.
+MAX_IMPORT_LINE_BYTES = 16 << 20
 # A LIST page token: "<users part>/<followers part>", each part "" (from
 # the first), "*" (done) or ">" and the last name sent.
 MAX_PAGE_TOKEN = 2 * (MAX_USERNAME + 1) + 1

@@ -19,16 +19,28 @@ import sqlite3
 import time
 
 from snstwist.core import errors
-from snstwist.core.limits import CLOCK_WINDOW_US, MAX_FOLLOWS, MAX_POST_CHARS, MAX_USERS
+from snstwist.core.limits import (
+    CLOCK_WINDOW_US,
+    MAX_EXTRA,
+    MAX_FOLLOWS,
+    MAX_IMPORT_LINE_BYTES,
+    MAX_ORIGINS,
+    MAX_POST_CHARS,
+    MAX_SEQ,
+    MAX_USERS,
+    excerpt,
+)
 from snstwist.core.model import (
     FollowChange,
     PasswordChange,
     ReadMark,
     Update,
+    checkCount,
     checkCursor,
     checkOrigin,
     checkPostText,
     checkRequestId,
+    checkSeq,
     checkTime,
     checkUsername,
     parseUpdateId,
@@ -50,11 +62,15 @@ _KINDS = [
     ("versions", "versions", {"versions"}, set()),
 ]
 _NAMES = "a user, a password, a follow, a read mark, a post nor a version vector"
-# Lines parsed at once.
+# Lines parsed at once, and the bytes of them (a batch ends at the line
+# that reaches it): a batch of long lines is cut short.
 _PARSE_LINES = 5000
+_PARSE_BYTES = 8 << 20
 # A time as export writes it: taken as it is, the line keeps it.
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 _BAD_TIME = "must be a UTC time like 2026-11-29T18:26:21.986269Z"
+_VECTOR = "versions is a list of [origin, contiguous, [extra]]"
+_ARGON2ID = "$argon2id$"
 
 
 class Importer:
@@ -125,7 +141,7 @@ class Importer:
         try:
             texts = [line.decode("utf-8") for line in lines]
             records = json.loads("[" + ",".join(texts) + "]")
-        except ValueError:
+        except (ValueError, AttributeError):  # (AttributeError: a line too long, L{_batches})
             pass
         if records is None or len(records) != len(lines):
             # One is not a JSON object of its own: find which, line by line.
@@ -226,6 +242,15 @@ class Importer:
                              " import with another --origin" % (requestId,))
         return requestId
 
+    def _hash(self, record, required):
+        """The argon2id hash C{record} gives (or "", when it need not give one)."""
+        value = record.get("hash", "")
+        if (value or required) and not (isinstance(value, str)
+                                         and value.startswith(_ARGON2ID)):
+            raise ValueError("hash must be an argon2id hash (%s...), as export writes it"
+                             % (_ARGON2ID,))
+        return value
+
     def _update(self, lineno, record, **change):
         origin, seq = self._id(record)
         update = Update(origin=origin, seq=seq, time_us=self._time(record),
@@ -240,7 +265,7 @@ class Importer:
         if name not in self.users and len(self.users) >= MAX_USERS:
             # What no server would take: a cluster holds at most this many.
             raise BadLine(lineno, "more than %d users, the most a cluster holds" % (MAX_USERS,))
-        update = self._update(lineno, record, user=name, hash=record.get("hash", ""))
+        update = self._update(lineno, record, user=name, hash=self._hash(record, False))
         self.users.add(name)
         self.out.tables["users"].append((name, update.time_us))
 
@@ -251,7 +276,8 @@ class Importer:
 
     def _password(self, lineno, record):
         user = self._known(lineno, record["password"])
-        self._update(lineno, record, password=PasswordChange(user, record["hash"]))
+        self._update(lineno, record,
+                     password=PasswordChange(user, self._hash(record, True)))
 
     def _follow(self, lineno, record):
         pair = (self._known(lineno, record["follower"]),
@@ -295,15 +321,19 @@ class Importer:
     def _versions(self, lineno, record):
         """What the exported VM held, superseded updates included (docs/design.md s. 4)."""
         held = record["versions"]
-        if not isinstance(held, list):
-            raise ValueError("versions is a list of [origin, contiguous, [extra]]")
+        if not isinstance(held, list) or not all(
+                isinstance(e, list) and len(e) == 3 and isinstance(e[2], list) for e in held):
+            raise ValueError(_VECTOR)
+        # The bounds of a peer's vector (L{checkVersionVector}), and numbers
+        # SQLite holds.
+        checkCount(held, "origins in a version vector", MAX_ORIGINS)
         vector = VersionVector()
-        for entry in held:
-            if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[1], int)
-                    or not isinstance(entry[2], list)
-                    or not all(isinstance(s, int) for s in entry[2])):
-                raise ValueError("versions is a list of [origin, contiguous, [extra]]")
-            vector.origins[checkOrigin(entry[0])] = Seen(entry[1], set(entry[2]))
+        for origin, contiguous, extra in held:
+            if type(contiguous) is not int or not 0 <= contiguous <= MAX_SEQ:
+                raise ValueError("a contiguous sequence number is 0-%d (got %s)"
+                                 % (MAX_SEQ, excerpt(contiguous)))
+            checkCount(extra, "out-of-order sequence numbers of one origin", MAX_EXTRA)
+            vector.origins[checkOrigin(origin)] = Seen(contiguous, set(map(_seq, extra)))
         self.versions.merge(vector)
 
 
@@ -321,6 +351,13 @@ def _followed(follows, counts, lineno, pair, following):
     follows[pair], counts[pair[0]] = following, count
 
 
+def _seq(value):
+    """A sequence number of a vector line: an integer (not a boolean) of L{checkSeq}."""
+    if type(value) is not int:
+        raise ValueError("a sequence number is 1-%d (got %s)" % (MAX_SEQ, excerpt(value)))
+    return checkSeq(value)
+
+
 def _snapshot(work):
     """Write the state snapshot into C{work} if a start would want one (L{snapshot.saveIfDue})."""
     db = sqlite3.connect(os.path.join(work, "sns.sqlite3"))
@@ -330,21 +367,43 @@ def _snapshot(work):
         db.close()
 
 
+def fileLines(f):
+    """
+    The lines of the binary file C{f}, none read further than one byte past
+    L{MAX_IMPORT_LINE_BYTES}: a longer line (L{_batches} refuses it) is never
+    held whole, whatever the file (no newline in gigabytes, /dev/zero).
+    """
+    return iter(lambda: f.readline(MAX_IMPORT_LINE_BYTES + 1), b"")
+
+
 def _batches(lines, size):
-    """(number of the first line, [line]) of C{lines}, C{size} lines at a time."""
-    batch, first = [], 1
-    for line in lines:
-        batch.append(line)
-        if len(batch) == size:
+    """
+    (number of the first line, [line]) of C{lines}, C{size} lines, or
+    L{_PARSE_BYTES}, at a time.  A line longer than L{MAX_IMPORT_LINE_BYTES}
+    ends the lines: it is the last of its batch as the L{BadLine} it is, so
+    that a bad line before it is named first.
+    """
+    batch, first, held = [], 1, 0
+    for lineno, line in enumerate(lines, 1):
+        if len(line) > MAX_IMPORT_LINE_BYTES:
+            batch.append(BadLine(lineno, "longer than %d bytes, the most a line may be"
+                                 % (MAX_IMPORT_LINE_BYTES,)))
             yield first, batch
-            first += size
-            batch = []
+            return
+        batch.append(line)
+        held += len(line)
+        if len(batch) == size or held >= _PARSE_BYTES:
+            yield first, batch
+            first += len(batch)
+            batch, held = [], 0
     if batch:
         yield first, batch
 
 
 def _parse(lineno, line):
     """The JSON value of one line, or the L{BadLine} it is."""
+    if isinstance(line, BadLine):
+        return line
     try:
         return json.loads(line)
     except ValueError as e:
