@@ -20,7 +20,7 @@ from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
 from snstwist.storage import admin as storeAdmin
-from snstwist.storage import importer, store
+from snstwist.storage import importer, importlines, store
 from tests.processes import (
     PASSWORD,
     SECRET,
@@ -258,7 +258,7 @@ class ExportImportTests(TestCase):
         A line longer than the bound is refused by its number, and is never
         read whole; a bad line before it in the same batch is named first.
         """
-        self.patch(importer, "MAX_IMPORT_LINE_BYTES", 100)
+        self.patch(importlines, "MAX_IMPORT_LINE_BYTES", 100)
         long = b'{"user": "' + b"x" * 1000 + b'"}\n'
         fine = jsonLines({"user": "alice"}, {"user": "bob"})
         reads = []
@@ -270,19 +270,19 @@ class ExportImportTests(TestCase):
                 return line
 
         error = self.assertRaises(storeAdmin.BadLine, self.importLines, "long",
-                                  importer.fileLines(Source(b"".join(fine + [long] + fine))))
+                                  importlines.fileLines(Source(b"".join(fine + [long] + fine))))
         self.assertEqual((error.lineno, "longer than 100 bytes" in error.message,
                           os.listdir(self.dir("long")), max(reads)), (3, True, [], 101))
         error = self.assertRaises(storeAdmin.BadLine, self.importLines, "first",
-                                  importer.fileLines(io.BytesIO(b"".join(
+                                  importlines.fileLines(io.BytesIO(b"".join(
                                       fine + [b"garbage\n", long]))))
         self.assertEqual((error.lineno, "not JSON" in error.message), (3, True))
 
     def test_a_batch_holds_a_bounded_number_of_bytes(self):
         """Lines are parsed a batch at a time, and a batch of long lines is cut short."""
-        self.patch(importer, "_PARSE_BYTES", 1000)
+        self.patch(importlines, "PARSE_BYTES", 1000)
         lines = [b"x" * 300 + b"\n"] * 10
-        sizes = [sum(map(len, batch)) for _, batch in importer._batches(lines, 5000)]
+        sizes = [sum(map(len, batch)) for _, batch in importlines.batches(lines)]
         self.assertEqual(sizes, [1204, 1204, 602])
 
     def test_users_past_the_clusters_maximum_are_refused_and_nothing_is_written(self):
@@ -354,7 +354,7 @@ class AdminCommandTests(SynchronousTestCase):
 
     def test_a_line_past_the_bound_exits_1_with_its_number(self):
         """A line longer than the bound is one line on stderr, with its number, and exit 1."""
-        self.patch(importer, "MAX_IMPORT_LINE_BYTES", 100)
+        self.patch(importlines, "MAX_IMPORT_LINE_BYTES", 100)
         with open(self.file, "ab") as f:
             f.write(b'{"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "'
                     + b"x" * 1000)

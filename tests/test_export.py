@@ -14,7 +14,7 @@ import tracemalloc
 from twisted.trial.unittest import TestCase
 
 from snstwist.core.model import PasswordChange, ReadMark, Update
-from snstwist.storage import admin, bulk, disk, importer
+from snstwist.storage import admin, bulk, disk, importer, importlines
 from snstwist.storage.store import SQLiteStore
 from tests.strategies import followUpdate, postUpdate, userUpdate
 
@@ -125,7 +125,7 @@ class RoundTripTests(TestCase):
         of post lines holds no more than importing 3 MB does.
         """
         self.patch(bulk, "FLUSH_ROWS", 500)
-        self.patch(importer, "_PARSE_LINES", 200)
+        self.patch(importlines, "PARSE_LINES", 200)
 
         def lines(n):
             yield b'{"user": "alice"}\n'

@@ -23,7 +23,7 @@ import time
 from twisted.python import usage
 
 from snstwist.core import errors
-from snstwist.storage import admin, importer
+from snstwist.storage import admin, importer, importlines
 
 
 class ExportOptions(usage.Options):
@@ -137,7 +137,7 @@ def import_(config, stderr):
     started = time.monotonic()
     with open(config["file"], "rb") as f:
         counts = importer.Importer(config["data"], origin, now_us=int(time.time() * 1e6)).run(
-            importer.fileLines(f))
+            importlines.fileLines(f))
     seconds = time.monotonic() - started
     lines = sum(counts.values())
     stderr.write("imported %d users, %d follows, %d posts into %s in %.1f s (%d lines/s)\n"

@@ -11,7 +11,6 @@ export's lines (with ids, read marks, hidden copies and the version
 vector) take the general way, which checks every field.
 """
 
-import json
 import os
 import re
 import shutil
@@ -23,7 +22,6 @@ from snstwist.core.limits import (
     CLOCK_WINDOW_US,
     MAX_EXTRA,
     MAX_FOLLOWS,
-    MAX_IMPORT_LINE_BYTES,
     MAX_ORIGINS,
     MAX_POST_CHARS,
     MAX_SEQ,
@@ -47,7 +45,7 @@ from snstwist.core.model import (
     updateId,
 )
 from snstwist.core.state import Seen, VersionVector
-from snstwist.storage import snapshot, writes
+from snstwist.storage import importlines, snapshot, writes
 from snstwist.storage.admin import BadLine, NotEmpty, isEmpty
 from snstwist.storage.bulk import BulkWriter
 from snstwist.storage.postfile import formatTime, fsync, parseTime, postLineOf
@@ -62,10 +60,6 @@ _KINDS = [
     ("versions", "versions", {"versions"}, set()),
 ]
 _NAMES = "a user, a password, a follow, a read mark, a post nor a version vector"
-# Lines parsed at once, and the bytes of them (a batch ends at the line
-# that reaches it): a batch of long lines is cut short.
-_PARSE_LINES = 5000
-_PARSE_BYTES = 8 << 20
 # A time as export writes it: taken as it is, the line keeps it.
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 _BAD_TIME = "must be a UTC time like 2026-11-29T18:26:21.986269Z"
@@ -109,7 +103,7 @@ class Importer:
         self.out = None
         try:
             self.out = BulkWriter(work)
-            for lineno, batch in _batches(lines, _PARSE_LINES):
+            for lineno, batch in importlines.batches(lines):
                 self._batch(lineno, batch)
             if self.seq:
                 made = VersionVector()
@@ -137,15 +131,7 @@ class Importer:
 
     def _batch(self, first, lines):
         """The lines C{lines} (bytes), the first numbered C{first}."""
-        records = None
-        try:
-            texts = [line.decode("utf-8") for line in lines]
-            records = json.loads("[" + ",".join(texts) + "]")
-        except (ValueError, AttributeError):  # (AttributeError: a line too long, L{_batches})
-            pass
-        if records is None or len(records) != len(lines):
-            # One is not a JSON object of its own: find which, line by line.
-            records = [_parse(first + i, line) for i, line in enumerate(lines)]
+        records = importlines.parsed(first, lines)
         fast, out = self._fastPost, self.out
         for lineno, record in enumerate(records, first):
             if not fast(lineno, record):
@@ -320,21 +306,7 @@ class Importer:
 
     def _versions(self, lineno, record):
         """What the exported VM held, superseded updates included (docs/design.md s. 4)."""
-        held = record["versions"]
-        if not isinstance(held, list) or not all(
-                isinstance(e, list) and len(e) == 3 and isinstance(e[2], list) for e in held):
-            raise ValueError(_VECTOR)
-        # The bounds of a peer's vector (L{checkVersionVector}), and numbers
-        # SQLite holds.
-        checkCount(held, "origins in a version vector", MAX_ORIGINS)
-        vector = VersionVector()
-        for origin, contiguous, extra in held:
-            if type(contiguous) is not int or not 0 <= contiguous <= MAX_SEQ:
-                raise ValueError("a contiguous sequence number is 0-%d (got %s)"
-                                 % (MAX_SEQ, excerpt(contiguous)))
-            checkCount(extra, "out-of-order sequence numbers of one origin", MAX_EXTRA)
-            vector.origins[checkOrigin(origin)] = Seen(contiguous, set(map(_seq, extra)))
-        self.versions.merge(vector)
+        self.versions.merge(_vector(record["versions"]))
 
 
 def _followed(follows, counts, lineno, pair, following):
@@ -351,6 +323,25 @@ def _followed(follows, counts, lineno, pair, following):
     follows[pair], counts[pair[0]] = following, count
 
 
+def _vector(held):
+    """
+    The version vector of a vector line's value C{held}, within the bounds
+    of a peer's vector (L{checkVersionVector}) and of what SQLite holds.
+    """
+    if not isinstance(held, list) or not all(
+            isinstance(e, list) and len(e) == 3 and isinstance(e[2], list) for e in held):
+        raise ValueError(_VECTOR)
+    checkCount(held, "origins in a version vector", MAX_ORIGINS)
+    vector = VersionVector()
+    for origin, contiguous, extra in held:
+        if type(contiguous) is not int or not 0 <= contiguous <= MAX_SEQ:
+            raise ValueError("a contiguous sequence number is 0-%d (got %s)"
+                             % (MAX_SEQ, excerpt(contiguous)))
+        checkCount(extra, "out-of-order sequence numbers of one origin", MAX_EXTRA)
+        vector.origins[checkOrigin(origin)] = Seen(contiguous, set(map(_seq, extra)))
+    return vector
+
+
 def _seq(value):
     """A sequence number of a vector line: an integer (not a boolean) of L{checkSeq}."""
     if type(value) is not int:
@@ -365,46 +356,3 @@ def _snapshot(work):
         return snapshot.saveIfDue(work, db) is not None
     finally:
         db.close()
-
-
-def fileLines(f):
-    """
-    The lines of the binary file C{f}, none read further than one byte past
-    L{MAX_IMPORT_LINE_BYTES}: a longer line (L{_batches} refuses it) is never
-    held whole, whatever the file (no newline in gigabytes, /dev/zero).
-    """
-    return iter(lambda: f.readline(MAX_IMPORT_LINE_BYTES + 1), b"")
-
-
-def _batches(lines, size):
-    """
-    (number of the first line, [line]) of C{lines}, C{size} lines, or
-    L{_PARSE_BYTES}, at a time.  A line longer than L{MAX_IMPORT_LINE_BYTES}
-    ends the lines: it is the last of its batch as the L{BadLine} it is, so
-    that a bad line before it is named first.
-    """
-    batch, first, held = [], 1, 0
-    for lineno, line in enumerate(lines, 1):
-        if len(line) > MAX_IMPORT_LINE_BYTES:
-            batch.append(BadLine(lineno, "longer than %d bytes, the most a line may be"
-                                 % (MAX_IMPORT_LINE_BYTES,)))
-            yield first, batch
-            return
-        batch.append(line)
-        held += len(line)
-        if len(batch) == size or held >= _PARSE_BYTES:
-            yield first, batch
-            first += len(batch)
-            batch, held = [], 0
-    if batch:
-        yield first, batch
-
-
-def _parse(lineno, line):
-    """The JSON value of one line, or the L{BadLine} it is."""
-    if isinstance(line, BadLine):
-        return line
-    try:
-        return json.loads(line)
-    except ValueError as e:
-        return BadLine(lineno, "not JSON (%s)" % (getattr(e, "msg", e),))
