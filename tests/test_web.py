@@ -47,6 +47,9 @@ class FakeClient:
         return defer.succeed(None)
 
     def post(self, text):
+        if len(text) > 1000:  # as the cluster refuses it
+            return defer.fail(CommandFailed(errors.Status.INVALID_ARGUMENT,
+                                            "a post is 1-1000 characters (got %d)" % (len(text),)))
         post = Post("vm1.x/%d" % (len(self.posts) + 1,), self.user,
                     1795984727000000 + len(self.posts), text)
         self.posts.append(post)
@@ -271,6 +274,18 @@ class TimelineTests(WebTestCase):
             await b.post("/follow", {"csrf": token, "name": name, "action": action})
             page = await b.get("/")
             self.assertIn(sentence, page.text)
+
+    @inlineAsync
+    async def test_a_refused_post_says_why_as_the_cli_does(self):
+        """A post the cluster refuses gets the CLI's timeline line: "Post failed: " and why."""
+        b = self.browser()
+        await b.signIn("alice")
+        token = await b.csrf()
+        await b.post("/post", {"csrf": token, "text": "x" * 1001})
+        page = await b.get("/")
+        self.assertIn("Post failed: a post is 1-1000 characters (got 1001)", page.text)
+        self.assertNotIn("invalid username", page.text)
+        self.assertEqual(self.clients[0].posts, [])
 
     @inlineAsync
     async def test_signing_out_closes_the_client(self):

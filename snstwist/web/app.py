@@ -25,6 +25,7 @@ from twisted.python.filepath import FilePath
 from twisted.web import resource, server, static
 from twisted.web.template import renderElement
 
+from snstwist.client.client import CommandFailed
 from snstwist.commands.cli import INVALID_USERNAME
 from snstwist.core.limits import MAX_CONNECTIONS_PER_ADDRESS
 from snstwist.web import live, pages
@@ -177,7 +178,10 @@ class Post(_Form):
             try:
                 await visit.person.client.post(text)
             except Exception as e:
-                visit.flash = "Post failed: " + sentence(e)
+                # What the cluster said, as the CLI says it in timeline mode:
+                # a post's INVALID_ARGUMENT is its length, not a username.
+                refused = type(e) is CommandFailed
+                visit.flash = "Post failed: " + (e.message if refused else sentence(e))
         redirect(request)
 
 
