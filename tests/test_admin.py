@@ -20,7 +20,7 @@ from snstwist.rpc import grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
 from snstwist.storage import admin as storeAdmin
-from snstwist.storage import importer, importlines, store
+from snstwist.storage import disk, importer, importlines, store
 from tests.processes import (
     PASSWORD,
     SECRET,
@@ -239,6 +239,40 @@ class ExportImportTests(TestCase):
                                   lines + [b"garbage\n"])
         self.assertEqual(error.lineno, 3)
 
+
+    def test_no_server_takes_a_directory_being_imported_into(self):
+        """
+        An import holds the directory's writer lock, as a server does, until
+        it is filled: a server starting on it meanwhile is refused, and the
+        import's data is whole.
+        """
+        path = self.dir("d")
+        tried = []
+
+        def lines():
+            yield from jsonLines({"user": "alice"})
+            try:
+                disk.Disk(path).lock()
+                tried.append("locked")
+            except disk.DataLocked as e:
+                tried.append(e.message)
+            yield from jsonLines(
+                {"author": "alice", "time": "2026-11-29T18:26:21.986269Z", "text": "hi"})
+
+        self.assertEqual(self.importLines("d", lines())["post"], 1)
+        self.assertEqual((tried, sorted(os.listdir(path))),
+                         (["another process is the writer of %s" % (path,)],
+                          ["lock", "posts", "sns.sqlite3"]))
+
+    def test_a_directory_a_server_holds_is_not_imported_into(self):
+        """An import refuses a directory whose writer lock a server holds: nothing is written."""
+        path = self.dir("d")
+        held = disk.Disk(path)
+        held.lock()
+        self.addCleanup(held.close)
+        self.assertRaises((disk.DataLocked, storeAdmin.NotEmpty), self.importLines, "d",
+                          jsonLines({"user": "alice"}))
+        self.assertEqual(sorted(os.listdir(path)), ["lock", "posts"])
 
     def test_a_version_vector_past_the_wires_bounds_is_refused(self):
         """A vector line holds no more origins, nor out-of-order numbers, than a peer may send."""

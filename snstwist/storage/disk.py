@@ -38,6 +38,23 @@ class DataLocked(errors.SNSError):
     """Another process holds this VM's data directory."""
 
 
+def holdLock(path):
+    """
+    The writer lock of the data directory C{path} (C{path}/lock, flocked,
+    naming our pid): its descriptor, the lock held until it is closed.  A
+    server holds it while it writes; an import while it fills a directory.
+    """
+    fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataLocked("another process is the writer of %s" % (path,))
+    os.ftruncate(fd, 0)
+    os.write(fd, b"%d\n" % (os.getpid(),))
+    return fd
+
+
 class Disk:
     """The part of the store that runs on the disk thread only."""
 
@@ -72,16 +89,9 @@ class Disk:
         self.files.append = value
 
     def lock(self):
+        os.makedirs(self.path, exist_ok=True)
+        self.lockFile = holdLock(self.path)
         os.makedirs(self.postsDir, exist_ok=True)
-        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DataLocked("another process is the writer of %s" % (self.path,))
-        os.ftruncate(fd, 0)
-        os.write(fd, b"%d\n" % (os.getpid(),))
-        self.lockFile = fd
 
     def read(self, hotPosts):
         """

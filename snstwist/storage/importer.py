@@ -48,6 +48,7 @@ from snstwist.core.state import Seen, VersionVector
 from snstwist.storage import importlines, snapshot, writes
 from snstwist.storage.admin import BadLine, NotEmpty, isEmpty
 from snstwist.storage.bulk import BulkWriter
+from snstwist.storage.disk import holdLock
 from snstwist.storage.postfile import formatTime, fsync, parseTime, postLineOf
 
 # (kind, the field that says it, required fields, optional fields)
@@ -99,6 +100,9 @@ class Importer:
             raise NotEmpty("%s is not empty: import only into a new data directory"
                            % (self.path,))
         os.makedirs(self.path, exist_ok=True)
+        # The writer lock, as a server holds it: no server starts on the
+        # directory while it is filled (its files would be replaced under it).
+        lock = holdLock(self.path)
         work = os.path.join(self.path, ".importing")
         self.out = None
         try:
@@ -122,7 +126,10 @@ class Importer:
             if self.out is not None:
                 self.out.abandon()
             shutil.rmtree(work, ignore_errors=True)
+            os.unlink(os.path.join(self.path, "lock"))  # as empty as it was
             raise
+        finally:
+            os.close(lock)
         return self.counts
 
     def _nextId(self):
