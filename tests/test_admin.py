@@ -410,6 +410,17 @@ class AdminCommandTests(SynchronousTestCase):
         code, _, err = self.command("backup", "--data", data, "--to", self.base)
         self.assertEqual((code, "not empty" in err), (1, True))
 
+    def test_backup_refuses_a_target_inside_the_data_directory(self):
+        """A backup into the VM's own directory (its posts/ say) is refused: nothing is made."""
+        data = os.path.join(self.base, "data")
+        self.command("import", "--data", data, self.file)
+        for inside in ("posts/copy", "copy"):
+            code, _, err = self.command("backup", "--data", data, "--to",
+                                        os.path.join(data, inside))
+            self.assertEqual((code, "is inside" in err, sorted(os.listdir(data))),
+                             (1, True, ["lock", "posts", "sns.sqlite3"]), err)
+        self.assertEqual(os.listdir(os.path.join(data, "posts")), ["alice.txt"])
+
     def test_a_missing_subcommand_is_a_usage_error(self):
         """Without export, import, backup or certs, sns-admin prints its usage and exits 2."""
         code, _, err = self.command()

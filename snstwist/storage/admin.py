@@ -151,6 +151,10 @@ def backup(path, dest):
     """
     if not isEmpty(dest):
         raise NotEmpty("%s is not empty: back up into a new directory" % (dest,))
+    if os.path.realpath(dest).startswith(os.path.join(os.path.realpath(path), "")):
+        # A copy in the VM's own directory goes where the VM goes.
+        raise errors.SNSError("%s is inside %s: back up into a directory of its own"
+                              % (dest, path))
     src = _readOnly(path)
     postsDir = os.path.join(path, "posts")
     outDir = os.path.join(dest, "posts")
