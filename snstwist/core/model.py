@@ -287,15 +287,15 @@ class Update:
     hash: str = attrs.field(default="", validator=_passwordHash)
     # Its encoding, made once (L{encoding}): no part of the value.
     _encoding: object = attrs.field(default=None, init=False, eq=False, repr=False)
+    # "origin/seq", made once: the write path asks for it about ten times
+    # an update (its flush, its copies, its request, the replication).
+    id: str = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self):
+        object.__setattr__(self, "id", updateId(self.origin, self.seq))
         # A post knows its request id (clients are sent it), whoever built it.
         if self.post is not None and self.post.request != self.request_id:
             object.__setattr__(self, "post", attrs.evolve(self.post, request=self.request_id))
-
-    @property
-    def id(self):
-        return updateId(self.origin, self.seq)
 
     @property
     def key(self):
