@@ -85,6 +85,21 @@ class AnswerTests(SynchronousTestCase):
         self.assertEqual([p.text for p in parts.node.replica.postsBy("alice")], ["hello"])
         self.assertEqual(parts.writes.acknowledgedPosts, 1)
 
+    def test_the_answer_carries_the_reply_the_post_call_returns(self):
+        """
+        The session's answer, built in place (answerOf), is the Post call's
+        WriteReply (writeReply) field for field, post included.
+        """
+        parts, store = makeServer(self)
+        called = parts.api.post(pb.PostRequest(text="same", request_id="r1"),
+                                as_(parts, "alice"))
+        s, stream = connect(parts, "alice")
+        postOn(s, "same", "r1")
+        store.flush()
+        [(_, reply)] = answers(stream)
+        self.assertEqual(reply, self.successResultOf(called))
+        self.assertEqual((reply.copies, reply.post.text), (1, "same"))
+
     def test_answers_come_in_the_order_the_posts_complete(self):
         """
         A retry of a durable post is answered at once, ahead of a new post
@@ -266,9 +281,10 @@ class HeldPushTests(SynchronousTestCase):
     def posting(self):
         writes = {}
 
-        def write(user, request):
+        def write(user, request, answer):
             writes[request.request_id] = d = defer.Deferred()
-            return d
+            # The write's answer, from the WriteReply a test fires it with.
+            return d.addCallback(lambda reply: pb.ServerPush(answer=pb.PostAnswer(reply=reply)))
 
         s = _Session()
         return s, SessionPosts(s, write), writes

@@ -112,6 +112,13 @@ class _Copies:
         return None
 
 
+def writeReply(update, copies):
+    """The C{WriteReply} of C{update}, held by C{copies} VMs: a post's carries the post."""
+    if update.post is None:
+        return pb.WriteReply(id=update.id, copies=copies)
+    return pb.WriteReply(id=update.id, copies=copies, post=update.encoding().post)
+
+
 class Writes:
     """
     The writes of this master's clients: applied on C{node}, replicated by
@@ -126,12 +133,15 @@ class Writes:
         self.writing = 0
         self.acknowledgedPosts = 0
 
-    def write(self, user, request, make, check):
+    def write(self, user, request, make, check, answer=None):
         """
         Apply a write once per (user, request id); answer when it is durable.
         C{make(user, requestId)} applies it (on the node) and returns its
         update; C{check(user)} refuses bad input (and takes the user's rate
         token) at once, before the disk is asked whether it is a retry.
+        The Deferred fires with C{answer(update, copies)}: by default the
+        C{WriteReply} (L{writeReply}); a session's post is answered with its
+        stream's message built at once (L{sessionposts.answerOf}).
 
         The reply's id names the copy of the request this VM holds.  A write
         is identified by its request, not by that id: when a VM stored a
@@ -157,7 +167,7 @@ class Writes:
 
             def known(done):
                 self.writing -= 1
-                return self._writeOnce(user, requestId, done, request, make)
+                return self._writeOnce(user, requestId, done, request, make, answer)
 
             def failed(f):
                 self.writing -= 1
@@ -165,9 +175,9 @@ class Writes:
 
             return self.node.history.byRequest(user, requestId).addCallbacks(known, failed)
         done = self.node.replica.byRequest(user, requestId) if requestId else None
-        return self._writeOnce(user, requestId, done, request, make)
+        return self._writeOnce(user, requestId, done, request, make, answer)
 
-    def _writeOnce(self, user, requestId, update, request, make):
+    def _writeOnce(self, user, requestId, update, request, make, answer):
         """Apply the write, unless C{update} is the copy of its request already applied."""
         if update is None:
             update = make(user, requestId)
@@ -176,19 +186,18 @@ class Writes:
         # so that it too is answered with the copies really held.
         d = self.acknowledged(update, request.prefer_vm)
         self.writing += 1
-        return d.addBoth(self._reply, update)
+        return d.addBoth(self._reply, update, answer or writeReply)
 
-    def _reply(self, copies, update):
-        """The reply to the write of C{update}, held by C{copies} VMs (or its failure)."""
+    def _reply(self, copies, update, answer):
+        """The answer to the write of C{update}, held by C{copies} VMs (or its failure)."""
         self.writing -= 1
         if isinstance(copies, Failure):
             return copies
         _countAcknowledged(update)
         metrics.copies.observe(copies)
-        if update.post is None:
-            return pb.WriteReply(id=update.id, copies=copies)
-        self.acknowledgedPosts += 1
-        return pb.WriteReply(id=update.id, copies=copies, post=update.encoding().post)
+        if update.post is not None:
+            self.acknowledgedPosts += 1
+        return answer(update, copies)
 
     def acknowledged(self, update, prefer):
         """Fires with the number of VMs holding C{update} durably (at least 1)."""

@@ -182,25 +182,27 @@ class SNSApi:
     def post(self, request, ctx):
         return self._post(self.admission.user(ctx), request)
 
-    def sessionPost(self, session, request):
+    def sessionPost(self, session, request, answer=None):
         """
         A post on C{session}'s stream (L{snstwist.server.sessionposts}), as
         the Post call of its user: on a master only, while the session's
         token (renewed on its connection) holds and its password stands.
+        C{answer(update, copies)} builds what it is answered with (the
+        C{WriteReply} by default).
         """
         self.admission.asMaster()
         expires = session.expires if session.expires is not None else float("inf")
         auth.stillValid(session.user, expires, session.generation, self.clock.seconds(),
                         self.admission.generation)
-        return self._post(session.user, request)
+        return self._post(session.user, request, answer)
 
-    def _post(self, user, request):
+    def _post(self, user, request, answer=None):
         def check(user):
             checkPostText(request.text)
             self.posts.take(user)
 
         return self.writes.write(user, request, lambda user, rid:
-                                 self.node.post(user, request.text, rid), check)
+                                 self.node.post(user, request.text, rid), check, answer)
 
     def history(self, request, ctx):
         user = self.admission.user(ctx)

@@ -42,6 +42,23 @@ def refusal(requestId, error):
         request_id=requestId, refused=pb.SessionEnd(code=status.value, message=message)))
 
 
+def answerOf(update, copies):
+    """
+    The answer to a post on a session, C{update} held by C{copies} VMs: the
+    stream's message itself, its C{WriteReply} (with the post) written in
+    place, so that the post is copied once, not once per message around it.
+    (The same reply as L{admission.writeReply}; its request id is set by
+    L{SessionPosts._answer}.)
+    """
+    push = pb.ServerPush()
+    reply = push.answer.reply
+    reply.id = update.id
+    reply.copies = copies
+    if update.post is not None:
+        reply.post.CopyFrom(update.encoding().post)
+    return push
+
+
 def postOn(session, request):
     """
     C{request}, a post on C{session} (a L{ClientSession}): written by the
@@ -86,7 +103,7 @@ class SessionPosts:
         if fresh:
             self.inFlight[requestId] = None
         try:
-            d = self.write(self.session, request)
+            d = self.write(self.session, request, answerOf)
         except errors.SNSError as e:
             self.waiting -= 1
             if fresh:
@@ -112,14 +129,16 @@ class SessionPosts:
             return True
         return False
 
-    def _answer(self, reply, requestId):
+    def _answer(self, push, requestId):
+        """C{push}: the answer's message (L{answerOf}), but for its request id."""
         self.waiting -= 1
         if self.inFlight.pop(requestId, b"") is None and self.session.live:
             # Not pushed yet: the client shows the post from this answer.
             self.answered[requestId] = None
             if len(self.answered) > self.most:
                 del self.answered[next(iter(self.answered))]
-        self._send(pb.ServerPush(answer=pb.PostAnswer(request_id=requestId, reply=reply)))
+        push.answer.request_id = requestId
+        self._send(push)
 
     def _refuse(self, failure, requestId):
         self.waiting -= 1
