@@ -362,32 +362,43 @@ class Update:
         (L{errors.InvalidRequest} otherwise).  Times are checked against our
         clock by the node that receives it, not here.
         """
-        if not u.origin or u.seq < 1:
+        # Each field read once: a message's field makes a new object each read,
+        # and every update a peer or the master sends comes through here.
+        origin, seq = u.origin, u.seq
+        if not origin or seq < 1:
             raise errors.InvalidRequest("update without origin or sequence number")
-        common = dict(origin=checkOrigin(u.origin), seq=checkSeq(u.seq),
-                      time_us=checkTime(u.time_us), request_id=checkRequestId(u.request_id))
+        checkOrigin(origin)
+        checkSeq(seq)
+        time_us = checkTime(u.time_us)
+        request_id = checkRequestId(u.request_id)
         kind = u.WhichOneof("change")
         try:
-            if kind == "user":
-                return cls(user=checkUsername(u.user.name), hash=u.user.password_hash, **common)
-            if kind == "password":
-                p = u.password
-                return cls(password=PasswordChange(p.user, p.password_hash), **common)
             if kind == "post":
-                post = Post.fromProto(u.post, common["request_id"])
-                if post.id != updateId(u.origin, u.seq) or post.time_us != u.time_us:
+                p = u.post
+                post = Post(p.id, p.author, p.time_us, p.text, request_id)
+                update = cls(origin, seq, time_us, post=post, request_id=request_id)
+                if post.id != update.id or post.time_us != time_us:
                     raise errors.InvalidRequest("post id or time does not match its update")
-                return cls(post=post, **common)
+                return update
+            if kind == "read":
+                r = u.read
+                checkCursor(r.time_us, r.post_id)
+                return cls(origin, seq, time_us, read=ReadMark(r.user, r.time_us, r.post_id),
+                           request_id=request_id)
             if kind == "follow":
                 f = u.follow
                 if f.follower == f.followee:
                     raise errors.InvalidRequest("a follow of oneself")
-                return cls(follow=FollowChange(f.follower, f.followee, f.following), **common)
-            if kind == "read":
-                r = u.read
-                checkCursor(r.time_us, r.post_id)
-                return cls(read=ReadMark(r.user, r.time_us, r.post_id), **common)
+                return cls(origin, seq, time_us, request_id=request_id,
+                           follow=FollowChange(f.follower, f.followee, f.following))
+            if kind == "user":
+                return cls(origin, seq, time_us, user=checkUsername(u.user.name),
+                           hash=u.user.password_hash, request_id=request_id)
+            if kind == "password":
+                p = u.password
+                return cls(origin, seq, time_us, request_id=request_id,
+                           password=PasswordChange(p.user, p.password_hash))
         except (errors.InvalidUsername, errors.InvalidPost) as e:
             # A peer's bad value is a bad request, whatever its field.
-            raise errors.InvalidRequest("bad update %s: %s" % (excerpt(u.origin), e.message))
+            raise errors.InvalidRequest("bad update %s: %s" % (excerpt(origin), e.message))
         raise errors.InvalidRequest("update with no change")
