@@ -287,15 +287,21 @@ class Update:
     hash: str = attrs.field(default="", validator=_passwordHash)
     # Its encoding, made once (L{encoding}): no part of the value.
     _encoding: object = attrs.field(default=None, init=False, eq=False, repr=False)
-    # "origin/seq", made once: the write path asks for it about ten times
-    # an update (its flush, its copies, its request, the replication).
+    # "origin/seq" and (requester, request id), made once: the write path
+    # asks for each about ten times an update (its flush, its copies, the
+    # retry check, the replication).
     id: str = attrs.field(init=False, eq=False, repr=False)
+    request: tuple | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self):
         object.__setattr__(self, "id", updateId(self.origin, self.seq))
         # A post knows its request id (clients are sent it), whoever built it.
         if self.post is not None and self.post.request != self.request_id:
             object.__setattr__(self, "post", attrs.evolve(self.post, request=self.request_id))
+        # The request that made it (None for an update made by no request):
+        # request ids are scoped to their requester.
+        object.__setattr__(self, "request",
+                           (self.requester, self.request_id) if self.request_id else None)
 
     @property
     def key(self):
@@ -349,11 +355,6 @@ class Update:
         if self.password is not None:
             return self.password.user
         return self.user
-
-    @property
-    def request(self):
-        """(requester, request id), or None for an update made by no request."""
-        return (self.requester, self.request_id) if self.request_id else None
 
     @classmethod
     def fromProto(cls, u):
