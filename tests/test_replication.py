@@ -253,6 +253,37 @@ class NodeDurabilityTests(SynchronousTestCase):
         self.store.flush()
         self.successResultOf(d)
 
+    def test_all_durable_waits_for_the_last_of_its_updates(self):
+        """
+        allDurable(updates) fires once, when the last of them is flushed,
+        whichever batch each is in (an update named twice counts once).
+        """
+        alice, bob = self.node.login("alice"), self.node.login("bob")
+        d = self.node.allDurable([alice, bob, alice])
+        bobsBatch = self.store._pending.pop()
+        self.store.flush()
+        self.assertNoResult(d)
+        self.store._pending.append(bobsBatch)
+        self.store.flush()
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_all_durable_of_stored_updates_fires_at_once(self):
+        alice = self.node.login("alice")
+        self.store.flush()
+        self.successResultOf(self.node.allDurable([alice]))
+        self.successResultOf(self.node.allDurable([]))
+
+    def test_all_durable_fails_once_with_the_first_failure(self):
+        """A batch that fails fails it at once; the other batch's flush changes nothing."""
+        alice, bob = self.node.login("alice"), self.node.login("bob")
+        d = self.node.allDurable([alice, bob])
+        _, _, alicesFlush = self.store._pending.pop(0)
+        alicesFlush.errback(errors.StorageFailed("disk full on vm1"))
+        self.assertEqual(self.failureResultOf(d, errors.StorageFailed).value.message,
+                         "disk full on vm1")
+        self.store.flush()
+        self.assertEqual(len(self.flushLoggedErrors(errors.StorageFailed)), 1)
+
     def test_on_durable_gets_new_updates_only(self):
         """Durable observers are called once per flushed batch, with only the new updates."""
         first, second = userUpdate("vm2.a", 1, 10, "bob"), userUpdate("vm2.a", 2, 11, "carol")

@@ -124,6 +124,29 @@ def durableVector(node, origins=None):
     return vector
 
 
+class _AllDurable:
+    """
+    Waits among the Deferreds of several updates' flushes (L{Node._durable})
+    as one of them, called back once for each: fires its C{deferred} when
+    the last is, or with the first failure (later ones consumed).
+    """
+
+    __slots__ = ("deferred", "waiting")
+
+    def __init__(self, waiting):
+        self.deferred = defer.Deferred()
+        self.waiting = waiting
+
+    def callback(self, result):
+        self.waiting -= 1
+        if not self.waiting and not self.deferred.called:
+            self.deferred.callback(None)
+
+    def errback(self, failure):
+        if not self.deferred.called:
+            self.deferred.errback(failure)
+
+
 class Node:
     """
     One VM's replica: the in-memory state, its durable store, and the rules
@@ -141,7 +164,7 @@ class Node:
         self.replica = Replica()
         self.history = History(self)
         self.seq = 0
-        self._durable = {}  # update id -> Deferreds waiting for its flush
+        self._durable = {}  # update id -> Deferreds (or _AllDurable) waiting for its flush
         self.writing = WritingRequests()
         self._durableObservers = Observers("durable updates")
         self._watch(store)
@@ -259,6 +282,23 @@ class Node:
         observers.append(d)
         return d
 
+    def allDurable(self, updates):
+        """
+        A Deferred that fires once every one of C{updates} is on this VM's
+        disk, or fails with the first failure: what C{gatherResults} of
+        their L{durable} gives, with one waiter for them all, where a
+        replication message of ten updates made ten Deferreds and a list.
+        """
+        pending = [self._durable[u.id] for u in updates if u.id in self._durable]
+        if not pending:
+            return defer.succeed(None)
+        if self.store.problem is not None:
+            return defer.fail(errors.StorageFailed(self.store.problem.message))
+        waiter = _AllDurable(len(pending))
+        for observers in pending:
+            observers.append(waiter)
+        return waiter.deferred
+
     def receive(self, updates):
         """
         Apply updates from a peer.  The Deferred fires, once they are
@@ -291,8 +331,7 @@ class Node:
                 fresh.append(u)
         if fresh:
             self._persist(fresh, displaced)
-        d = defer.gatherResults([self.durable(u) for u in accepted], consumeErrors=True)
-        return d.addCallback(lambda _: [u.id for u in accepted])
+        return self.allDurable(accepted).addCallback(lambda _: [u.id for u in accepted])
 
     def mirror(self, updates):
         """
