@@ -23,6 +23,8 @@ Nothing here knows about failover: a L{Session} reports that it works or
 that it was lost, and the L{Timeline} outlives every session.
 """
 
+import collections
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -61,10 +63,16 @@ def endOf(farewell):
 
 
 def remember(memory, key):
-    """Add C{key} to C{memory}, a dict used as a bounded ordered set (the oldest go)."""
+    """
+    Add C{key} to C{memory}, an C{OrderedDict} used as a bounded ordered set
+    (the oldest go).  Not a plain dict: the first key of a dict whose oldest
+    keys were deleted is found by walking past every deleted slot since it
+    was last rebuilt, about 4 us at 10,000 keys, twice for each post shown;
+    an C{OrderedDict} drops its oldest at once.
+    """
     memory[key] = None
     if len(memory) > SHOWN_MEMORY:
-        del memory[next(iter(memory))]
+        memory.popitem(last=False)
 
 
 class Timeline:
@@ -79,8 +87,8 @@ class Timeline:
         self.send = send
         self.active = False  # in timeline mode
         self.cursor = None  # (time_us, id) of the newest post shown
-        self.shown = {}  # ids of posts shown, oldest first (bounded)
-        self.requests = {}  # (author, request id) of the posts shown, the same way
+        self.shown = collections.OrderedDict()  # ids of posts shown, oldest first (bounded)
+        self.requests = collections.OrderedDict()  # (author, request id) of those, the same way
         # What the screen covers: None until a master reports it.
         self.covered = None
         self.ready = None
