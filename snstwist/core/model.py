@@ -287,9 +287,7 @@ class Update:
     hash: str = attrs.field(default="", validator=_passwordHash)
     # Its encoding, made once (L{encoding}): no part of the value.
     _encoding: object = attrs.field(default=None, init=False, eq=False, repr=False)
-    # "origin/seq" and (requester, request id), made once: the write path
-    # asks for each about ten times an update (its flush, its copies, the
-    # retry check, the replication).
+    # "origin/seq" and (requester, request id), made once (asked for ten times a write).
     id: str = attrs.field(init=False, eq=False, repr=False)
     request: tuple | None = attrs.field(init=False, eq=False, repr=False)
 
@@ -298,8 +296,7 @@ class Update:
         # A post knows its request id (clients are sent it), whoever built it.
         if self.post is not None and self.post.request != self.request_id:
             object.__setattr__(self, "post", attrs.evolve(self.post, request=self.request_id))
-        # The request that made it (None for an update made by no request):
-        # request ids are scoped to their requester.
+        # The request that made it (None if none): ids are scoped to their requester.
         object.__setattr__(self, "request",
                            (self.requester, self.request_id) if self.request_id else None)
 
@@ -363,8 +360,7 @@ class Update:
         (L{errors.InvalidRequest} otherwise).  Times are checked against our
         clock by the node that receives it, not here.
         """
-        # Each field read once: a message's field makes a new object each read,
-        # and every update a peer or the master sends comes through here.
+        # Each field read once: a message's field is a new object each read.
         origin, seq = u.origin, u.seq
         if not origin or seq < 1:
             raise errors.InvalidRequest("update without origin or sequence number")
@@ -384,8 +380,8 @@ class Update:
             if kind == "read":
                 r = u.read
                 checkCursor(r.time_us, r.post_id)
-                return cls(origin, seq, time_us, read=ReadMark(r.user, r.time_us, r.post_id),
-                           request_id=request_id)
+                r = ReadMark(r.user, r.time_us, r.post_id)
+                return cls(origin, seq, time_us, read=r, request_id=request_id)
             if kind == "follow":
                 f = u.follow
                 if f.follower == f.followee:
@@ -393,12 +389,11 @@ class Update:
                 return cls(origin, seq, time_us, request_id=request_id,
                            follow=FollowChange(f.follower, f.followee, f.following))
             if kind == "user":
-                return cls(origin, seq, time_us, user=checkUsername(u.user.name),
-                           hash=u.user.password_hash, request_id=request_id)
+                name, hashed = checkUsername(u.user.name), u.user.password_hash
+                return cls(origin, seq, time_us, user=name, hash=hashed, request_id=request_id)
             if kind == "password":
-                p = u.password
-                return cls(origin, seq, time_us, request_id=request_id,
-                           password=PasswordChange(p.user, p.password_hash))
+                p = PasswordChange(u.password.user, u.password.password_hash)
+                return cls(origin, seq, time_us, request_id=request_id, password=p)
         except (errors.InvalidUsername, errors.InvalidPost) as e:
             # A peer's bad value is a bad request, whatever its field.
             raise errors.InvalidRequest("bad update %s: %s" % (excerpt(origin), e.message))

@@ -27,7 +27,7 @@ from snstwist.core.model import (
     updateId,
 )
 from snstwist.core.history import History
-from snstwist.core.observers import Observers
+from snstwist.core.observers import CountDown, Observers
 from snstwist.core.requests import WritingRequests
 from snstwist.core.slices import inSlices
 from snstwist.core.state import Replica, Seen, VersionVector
@@ -124,29 +124,6 @@ def durableVector(node, origins=None):
     return vector
 
 
-class _AllDurable:
-    """
-    Waits among the Deferreds of several updates' flushes (L{Node._durable})
-    as one of them, called back once for each: fires its C{deferred} when
-    the last is, or with the first failure (later ones consumed).
-    """
-
-    __slots__ = ("deferred", "waiting")
-
-    def __init__(self, waiting):
-        self.deferred = defer.Deferred()
-        self.waiting = waiting
-
-    def callback(self, result):
-        self.waiting -= 1
-        if not self.waiting and not self.deferred.called:
-            self.deferred.callback(None)
-
-    def errback(self, failure):
-        if not self.deferred.called:
-            self.deferred.errback(failure)
-
-
 class Node:
     """
     One VM's replica: the in-memory state, its durable store, and the rules
@@ -164,7 +141,7 @@ class Node:
         self.replica = Replica()
         self.history = History(self)
         self.seq = 0
-        self._durable = {}  # update id -> Deferreds (or _AllDurable) waiting for its flush
+        self._durable = {}  # update id -> Deferreds (or a CountDown) waiting for its flush
         self.writing = WritingRequests()
         self._durableObservers = Observers("durable updates")
         self._watch(store)
@@ -272,32 +249,17 @@ class Node:
 
     def durable(self, update):
         """A Deferred that fires once C{update} is on this VM's disk."""
-        observers = self._durable.get(update.id)
-        if observers is None:
-            return defer.succeed(None)
-        if self.store.problem is not None:
-            # Kept, and written once the disk takes writes again: not yet.
-            return defer.fail(errors.StorageFailed(self.store.problem.message))
-        d = defer.Deferred()
-        observers.append(d)
-        return d
+        return self.allDurable((update,))
 
     def allDurable(self, updates):
-        """
-        A Deferred that fires once every one of C{updates} is on this VM's
-        disk, or fails with the first failure: what C{gatherResults} of
-        their L{durable} gives, with one waiter for them all, where a
-        replication message of ten updates made ten Deferreds and a list.
-        """
+        """A Deferred: all of C{updates} are on this VM's disk (or the first failure)."""
         pending = [self._durable[u.id] for u in updates if u.id in self._durable]
         if not pending:
             return defer.succeed(None)
         if self.store.problem is not None:
+            # Kept, and written once the disk takes writes again: not yet.
             return defer.fail(errors.StorageFailed(self.store.problem.message))
-        waiter = _AllDurable(len(pending))
-        for observers in pending:
-            observers.append(waiter)
-        return waiter.deferred
+        return CountDown.among(pending)
 
     def receive(self, updates):
         """
