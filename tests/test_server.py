@@ -158,8 +158,8 @@ class FakeMasterEnd:
     def supervise(self):
         self.calls.append("supervise")
 
-    def tellSpare(self):
-        self.calls.append("tellSpare")
+    def alone(self):
+        self.calls.append("alone")
 
     def shutdown(self):
         self.calls.append("shutdown")
@@ -172,6 +172,7 @@ class FakeSlaveEnd:
         self.lost = Observers("the master's loss")
         self.stopping = Observers("the master's orderly stop")
         self.calls = []
+        self.master = "127.0.0.1:2"
 
     def start(self):
         self.calls.append("start")
@@ -234,8 +235,20 @@ class LifecycleTests(SynchronousTestCase):
         reactor.advance(0)
         self.successResultOf(lifecycle.ready)
         self.assertEqual((lifecycle.current.name, served, masterEnd.calls),
-                         ("master", ["master"], ["supervise"]))
+                         ("master", ["master"], ["alone", "supervise"]))
         self.assertTrue(os.path.exists(lifecycle.pidfile.path))
+
+    def test_a_master_keeps_a_spare_before_it_loads(self):
+        """
+        Alone on its VM until its slave runs: its spare is started before
+        anything else, so that a process that would take the VM over is
+        there as early as can be.
+        """
+        node = Node("vm1", "vm1.a", MemoryStore(), Clock())
+        lifecycle, masterEnd, slaveEnd, served, reactor = lifecycleOn(self, "master", node)
+        node.load = lambda: masterEnd.calls.append("load") or defer.succeed(None)
+        lifecycle.start()
+        self.assertEqual((lifecycle.current.name, masterEnd.calls), ("starting", ["alone", "load"]))
 
     def test_a_master_loads_serves_and_spawns_in_three_turns(self):
         """
@@ -246,11 +259,11 @@ class LifecycleTests(SynchronousTestCase):
         node = Node("vm1", "vm1.a", MemoryStore(), Clock())
         lifecycle, masterEnd, slaveEnd, served, reactor = lifecycleOn(self, "master", node)
         lifecycle.start()
-        self.assertEqual((served, masterEnd.calls), ([], []))
+        self.assertEqual((served, masterEnd.calls), ([], ["alone"]))
         oneTurn(reactor)
-        self.assertEqual((served, masterEnd.calls), (["master"], []))
+        self.assertEqual((served, masterEnd.calls), (["master"], ["alone"]))
         oneTurn(reactor)
-        self.assertEqual((served, masterEnd.calls), (["master"], ["supervise"]))
+        self.assertEqual((served, masterEnd.calls), (["master"], ["alone", "supervise"]))
 
     def test_a_stop_before_the_spawns_turn_spawns_nothing(self):
         """Stopped between serving and spawning: no slave is spawned, no call is left."""
@@ -260,7 +273,7 @@ class LifecycleTests(SynchronousTestCase):
         oneTurn(reactor)
         lifecycle.stop()
         reactor.advance(0)
-        self.assertEqual(masterEnd.calls, ["shutdown"])
+        self.assertEqual(masterEnd.calls, ["alone", "shutdown"])
         self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_an_orderly_stop_tells_both_ends_and_takes_nothing_over(self):
@@ -272,7 +285,7 @@ class LifecycleTests(SynchronousTestCase):
         lifecycle.stop()
         slaveEnd.lost("the master died")
         self.assertEqual((lifecycle.current.name, masterEnd.calls, slaveEnd.calls),
-                         ("stopping", ["supervise", "shutdown"], ["shutdown"]))
+                         ("stopping", ["alone", "supervise", "shutdown"], ["shutdown"]))
 
     def test_a_slave_that_loses_its_master_fences_it_and_takes_over(self):
         """
@@ -294,7 +307,7 @@ class LifecycleTests(SynchronousTestCase):
         reactor.advance(lifecycle.promotedSpareDelay)
         self.assertEqual((lifecycle.current.name, served, slaveEnd.calls, masterEnd.calls),
                          ("master", ["slave", "master"], ["start", "fence"],
-                          ["tellSpare", "supervise"]))
+                          ["alone", "supervise"]))
         self.assertIn("bob", node.replica.users)
 
     def test_a_promoted_master_tells_its_spare_to_go_a_moment_after_it_serves(self):
@@ -309,9 +322,9 @@ class LifecycleTests(SynchronousTestCase):
         lifecycle.start()
         slaveEnd.lost("buddy stream broke")
         reactor.advance(lifecycle.promotedSpareDelay - 0.01)
-        self.assertEqual((lifecycle.current.name, masterEnd.calls), ("master", ["tellSpare"]))
+        self.assertEqual((lifecycle.current.name, masterEnd.calls), ("master", ["alone"]))
         reactor.advance(0.01)
-        self.assertEqual(masterEnd.calls, ["tellSpare", "supervise"])
+        self.assertEqual(masterEnd.calls, ["alone", "supervise"])
 
     def test_a_slave_told_its_master_stops_stops_by_itself_if_not_signalled(self):
         node = Node("vm1", "vm1.new", VMDisk(), Clock())

@@ -85,16 +85,52 @@ class SpareBecomesSlaveTests(SynchronousTestCase):
         self.assertEqual(reactor.spawned[-1].args, list(SPARE.args))
 
     def test_the_end_of_a_taken_spare_is_the_slave_supervisors(self):
-        """Once taken, the process's end is a slave's death: the slave supervisor respawns."""
+        """
+        Once taken, the process's end is a slave's death: the slave
+        supervisor respawns, through a spare started at once (the process
+        that would take the VM over until the respawn).
+        """
         slaves, spares, reactor = pairWithSpare()
         slaves.start()
         (taken,) = reactor.spawned
         reactor.advance(5)
         taken.end(signum=signal.SIGKILL)
+        self.assertEqual((len(reactor.spawned), spares.state), (2, "running"))
         reactor.advance(0)
-        self.assertEqual((len(reactor.spawned), reactor.spawned[-1].args, slaves.pid),
-                         (2, list(COMMAND.args), reactor.spawned[-1].pid))
+        new = reactor.spawned[-1]
+        self.assertEqual((len(reactor.spawned), new.args, new.written, slaves.pid),
+                         (2, list(SPARE.args), [b"go\n"], new.pid))
         self.assertEqual(spares.state, "idle")
+
+    def test_a_slave_waiting_for_its_respawn_leaves_a_spare_standing_by(self):
+        """
+        A slave that died at once is respawned later (backoff); meanwhile
+        its master would be alone: a spare starts at once, and the respawn
+        makes it the slave.
+        """
+        slaves, spares, reactor = pairWithSpare()
+        slaves.start()
+        reactor.spawned[0].end(exitCode=3)
+        spare = reactor.spawned[-1]
+        self.assertEqual((slaves.state, spares.state, spare.args),
+                         ("waiting", "running", list(SPARE.args)))
+        reactor.advance(slaves.minRestartDelay)
+        self.assertEqual((slaves.pid, spare.written, len(reactor.spawned)),
+                         (spare.pid, [b"go\n"], 2))
+
+    def test_a_slave_given_up_on_leaves_a_spare_standing_by(self):
+        slaves, spares, reactor = pairWithSpare(intensity=0)
+        slaves.intensity = 0
+        slaves.start()
+        reactor.spawned[0].end(exitCode=3)
+        self.assertEqual((slaves.state, spares.state), ("gaveUp", "running"))
+
+    def test_a_slave_stopped_in_order_leaves_no_spare(self):
+        slaves, spares, reactor = pairWithSpare()
+        slaves.start()
+        slaves.stopping(reactor.spawned[0].pid)
+        reactor.spawned[0].end(signum=signal.SIGTERM)
+        self.assertEqual((slaves.state, spares.state, len(reactor.spawned)), ("idle", "idle", 1))
 
     def test_a_slave_that_dies_right_after_the_order_is_a_quick_death(self):
         """A spare's age before the order does not count: dying at once backs off."""
@@ -207,9 +243,10 @@ HELLO = pb.BuddyHello(pid=77, address="127.0.0.1:8")
 class MasterEndSpareTests(SynchronousTestCase):
     def test_the_spare_command_is_the_slaves_with_spare(self):
         config = serverConfig(self)
-        cold, spare = slaveCommand(config, "127.0.0.1:7"), slaveCommand(config, "127.0.0.1:7",
-                                                                       spare=True)
-        self.assertEqual(spare.args, cold.args + ("--spare",))
+        cold, spare = slaveCommand(config, "127.0.0.1:7"), slaveCommand(config, spare=True)
+        at = cold.args.index("--buddy")
+        self.assertEqual(spare.args, cold.args[:at] + cold.args[at + 2:] + ("--spare",))
+        self.assertEqual((cold.master, spare.master), ("127.0.0.1:7", None))
 
     def test_a_master_keeps_a_spare_once_its_slave_said_hello(self):
         """The spare starts SPARE_DELAY after the pair is complete, not during its start."""
@@ -246,7 +283,8 @@ class MasterEndSpareTests(SynchronousTestCase):
         reactor.advance(5)
         end.supervise()
         (spare,) = reactor.spawned
-        self.assertEqual((spare.written, end.supervisor.pid), ([b"go\n"], spare.pid))
+        self.assertEqual((spare.written[-1], end.supervisor.pid),
+                         (b"go 127.0.0.1:7\n", spare.pid))
 
     def test_stop_stops_the_slave_and_the_spare(self):
         end, reactor = masterEnd(self)
@@ -289,6 +327,14 @@ class SpareOptionTests(SynchronousTestCase):
     def test_a_spare_is_a_slave(self):
         e = self.assertRaises(tap.usage.UsageError, self.options, "--spare")
         self.assertIn("--spare is for a slave", str(e))
+
+    def test_a_spare_needs_no_masters_address(self):
+        options = self.options("--spare", "--role", "slave")
+        self.assertEqual((options["spare"], options["buddy"]), (True, None))
+
+    def test_a_slave_that_is_no_spare_needs_its_masters_address(self):
+        e = self.assertRaises(tap.usage.UsageError, self.options, "--role", "slave")
+        self.assertIn("--buddy", str(e))
 
     def test_a_spare_slave_is_configured_as_a_spare(self):
         options = self.options("--spare", "--role", "slave", "--buddy", "127.0.0.1:3")
@@ -337,6 +383,22 @@ class SpareLifecycleTests(SynchronousTestCase):
         self.assertEqual((lifecycle.current.name, served, slaveEnd.calls),
                          ("slave", ["slave"], ["start"]))
         self.assertFalse(reactor.hasStopped)
+
+    def test_a_spare_dials_the_master_its_order_names(self):
+        """A spare may be started before its spawner serves: the address comes with the order."""
+        lifecycle, order, masterEnd, slaveEnd, served, reactor = spareLifecycle(self)
+        lifecycle.start()
+        order[1].callback(buddy.Order(go=True, master="127.0.0.9:45"))
+        self.assertEqual((lifecycle.current.name, slaveEnd.master, slaveEnd.calls),
+                         ("slave", "127.0.0.9:45", ["start"]))
+
+    def test_a_spare_told_no_masters_address_stops(self):
+        lifecycle, order, masterEnd, slaveEnd, served, reactor = spareLifecycle(self)
+        slaveEnd.master = None
+        lifecycle.start()
+        order[1].callback(buddy.Order(go=True))
+        self.assertEqual((lifecycle.current.name, served, slaveEnd.calls, reactor.hasStopped),
+                         ("starting", [], [], True))
 
     def test_a_spare_whose_spawner_ended_stops(self):
         """No order, the pipe closed: nobody's spare any more; it stops, having served nothing."""
@@ -423,7 +485,19 @@ class OrderTests(unittest.TestCase):
     def test_an_order_without_an_end_is_bounded(self):
         r, w = self.pipe()
         d = buddy.awaitGo(reactor, r)
-        os.write(w, b"g" * 100)
+        os.write(w, b"g" * 1000)
+        return d.addCallback(self.assertEqual, buddy.Order(go=False))
+
+    def test_go_with_an_address_names_the_master(self):
+        r, w = self.pipe()
+        d = buddy.awaitGo(reactor, r)
+        os.write(w, b"standby 0\ngo 127.0.0.2:40123\n")
+        return d.addCallback(self.assertEqual, buddy.Order(go=True, master="127.0.0.2:40123"))
+
+    def test_go_with_an_address_of_control_characters_is_no_order(self):
+        r, w = self.pipe()
+        d = buddy.awaitGo(reactor, r)
+        os.write(w, b"go 127.0.0.2:1\x1b[2J\n")
         return d.addCallback(self.assertEqual, buddy.Order(go=False))
 
     def test_the_pipe_stays_open_after_the_order(self):
@@ -447,6 +521,8 @@ class OrderTests(unittest.TestCase):
             transport = Transport()
 
         buddy.tellGo(Process())
+        buddy.tellGo(Process(), "127.0.0.2:7")
         buddy.tellStandby(Process(), 4242)
         buddy.tellStandby(Process(), None)
-        self.assertEqual(written, [b"go\n", b"standby 4242\n", b"standby 0\n"])
+        self.assertEqual(written, [b"go\n", b"go 127.0.0.2:7\n", b"standby 4242\n",
+                                   b"standby 0\n"])

@@ -81,7 +81,8 @@ class StandbyOrderTests(SynchronousTestCase):
         slave.end(signum=signal.SIGKILL)
         self.assertEqual(spare.written[-1], b"standby 0\n")
         reactor.advance(0)
-        self.assertEqual((spare.written[-1], end.supervisor.pid), (b"go\n", spare.pid))
+        self.assertEqual((spare.written[-1], end.supervisor.pid),
+                         (b"go 127.0.0.1:7\n", spare.pid))
 
     def test_a_master_waiting_to_respawn_its_slave_names_nobody(self):
         """A slave that died at once is respawned later: meanwhile the spare would take over."""
@@ -94,15 +95,21 @@ class StandbyOrderTests(SynchronousTestCase):
         slave.end(exitCode=1)
         self.assertEqual((end.supervisor.state, spare.written[-1]), ("waiting", b"standby 0\n"))
         reactor.advance(end.supervisor.maxRestartDelay)
-        self.assertEqual((end.supervisor.pid, spare.written[-1]), (spare.pid, b"go\n"))
+        self.assertEqual((end.supervisor.pid, spare.written[-1]),
+                         (spare.pid, b"go 127.0.0.1:7\n"))
 
-    def test_a_process_starting_or_stopping_tells_nothing(self):
-        for role in ("starting", "stopping"):
-            end, reactor, current = endOf(self, role)
-            end.keepSpare()
-            reactor.advance(SPARE_DELAY)
-            end.tellSpare()
-            self.assertEqual(reactor.spawned[0].written, [])
+    def test_a_stopping_process_tells_nothing(self):
+        end, reactor, current = endOf(self, "stopping")
+        end.keepSpare()
+        reactor.advance(SPARE_DELAY)
+        end.tellSpare()
+        self.assertEqual(reactor.spawned[0].written, [])
+
+    def test_a_starting_master_names_nobody(self):
+        """Its spare, started before it loads, would take the VM over."""
+        end, reactor, current = endOf(self, "starting")
+        end.alone()
+        self.assertEqual(reactor.spawned[0].written, [b"standby 0\n"])
 
 
 class ImmediateOrderTests(SynchronousTestCase):
@@ -176,7 +183,7 @@ class SpareTakesOverTests(SynchronousTestCase):
         reactor.advance(lifecycle.promotedSpareDelay)
         self.assertEqual((lifecycle.current.name, served, slaveEnd.calls, masterEnd.calls,
                           reactor.hasStopped),
-                         ("master", ["master"], ["fence"], ["tellSpare", "supervise"], False))
+                         ("master", ["master"], ["fence"], ["alone", "supervise"], False))
 
     def test_a_spare_whose_named_standby_is_gone_too_takes_the_vm_over(self):
         lifecycle, order, masterEnd, slaveEnd, served, reactor = spare(self)

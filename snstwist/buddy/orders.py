@@ -2,7 +2,10 @@
 What a spare process (spawned ahead, imported, waiting) is told by the
 process that spawned it, on its stdin, one line each:
 
-- C{go}: become my slave now (L{tellGo});
+- C{go ADDRESS}: become my slave now, dialling me at ADDRESS, my cluster
+  port (L{tellGo}); a spare is spawned before its spawner may know that
+  address (a master still loading, a spare taking a VM over), so it comes
+  with the order, not on the spare's command line;
 - C{standby PID}: should I end before I tell you to go, the server PID
   takes this VM over from me, and C{standby 0}: nobody would (L{tellStandby}).
   A spawner says so whenever that changes: a master names its slave while
@@ -24,20 +27,24 @@ from twisted.internet import abstract, defer, fdesc
 
 GO = b"go"
 STANDBY = b"standby"
-# The most a spare reads of one order before its line ends.
-_MAX_ORDER = 64
+# The most a spare reads of one order before its line ends: a host name
+# and a port fit.
+_MAX_ORDER = 300
 
 
 @attrs.frozen
 class Order:
     """
-    What became of a spare: told to go on (C{go}); or its spawner ended,
-    having named C{standby} last (a pid, 0 for nobody, None when it named
-    none, or said something no spawner says: then the spare only stops).
+    What became of a spare: told to go on (C{go}) as the slave of the
+    master at C{master} (None: the one its command line names); or its
+    spawner ended, having named C{standby} last (a pid, 0 for nobody, None
+    when it named none, or said something no spawner says: then the spare
+    only stops).
     """
 
     go: bool
     standby: int | None = None
+    master: str | None = None
 
 
 def _say(process, line):
@@ -59,9 +66,13 @@ def _say(process, line):
     process.transport.write(line)
 
 
-def tellGo(process):
-    """Tell our child C{process} (a spare, waiting in L{awaitGo}) to go on as a slave."""
-    _say(process, GO + b"\n")
+def tellGo(process, master=None):
+    """
+    Tell our child C{process} (a spare, waiting in L{awaitGo}) to go on as
+    the slave of the master at C{master} (our cluster address; None: the
+    one its command line names).
+    """
+    _say(process, GO + (b" " + master.encode("ascii") if master else b"") + b"\n")
 
 
 def tellStandby(process, pid):
@@ -76,6 +87,21 @@ def _standby(line):
     """The pid of a C{standby PID} order, or None for any other line."""
     word, _, pid = line.partition(b" ")
     return int(pid) if word == STANDBY and pid.isdigit() else None
+
+
+def _go(line):
+    """
+    The order C{go} or C{go ADDRESS} as an L{Order}, or None for any other
+    line (an address with spaces or control characters is none).
+    """
+    word, _, address = line.partition(b" ")
+    if word != GO:
+        return None
+    if not address:
+        return Order(go=True)
+    if not all(33 <= c < 127 for c in address):
+        return None
+    return Order(go=True, master=address.decode("ascii"))
 
 
 class _Orders(abstract.FileDescriptor):
@@ -112,8 +138,8 @@ class _Orders(abstract.FileDescriptor):
                     self._answer(Order(go=False))
                 return
             line = line.strip()
-            if line == GO:
-                self._answer(Order(go=True))
+            if (go := _go(line)) is not None:
+                self._answer(go)
             elif (standby := _standby(line)) is not None:
                 self.standby = standby
             else:

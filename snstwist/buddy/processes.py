@@ -74,13 +74,16 @@ class Pidfile:
 class BuddyCommand:
     """
     What to spawn as the buddy: executable, argv and environment; C{run},
-    the directory of its pid file (L{Pidfile}) while it runs, if any.
+    the directory of its pid file (L{Pidfile}) while it runs, if any;
+    C{master}, the address a slave spawned by it dials (a spare told to go
+    on in its place is told it: L{orders.tellGo}).
     """
 
     executable: str
     args: tuple
     env: dict = attrs.field(factory=dict, eq=False)
     run: str | None = None
+    master: str | None = None
 
 
 class WatchedProcess(protocol.ProcessProtocol):

@@ -229,19 +229,27 @@ class BuddySupervisor:
             process.onEnded = machine.ended
             process.name = self.name
             process.started = self.reactor.seconds()
-            tellGo(process)
+            tellGo(process, self.command.master)
             log.info("spare {pid} told to go on as the {name}", pid=process.pid,
                      name=self.name)
         self.process = process
         self.onSpawn(process.pid)
 
     def _verdict(self, machine, process, reason):
-        """What the death of C{process} calls for: a respawn, soon or later, or none."""
+        """
+        What the death of C{process} calls for: a respawn, soon or later, or
+        none.  Unless it stopped in order, a spare is started at once if none
+        waits: until the respawn (which takes it), or for good once given up
+        on, it is the process that takes the VM over should its spawner, left
+        alone, end too (L{orders}).
+        """
         if process.pid in self.noRespawn or self._terminated(reason):
             log.info("{name} {pid} stopped in order: not respawning it", name=self.name,
                      pid=process.pid)
             machine._endedInOrder()
             return
+        if self.spares is not None:
+            self.spares.start()
         now = self.reactor.seconds()
         self.restarts = [t for t in self.restarts if now - t < self.period]
         if len(self.restarts) >= self.intensity:

@@ -101,7 +101,8 @@ class ServerOptions(_Common):
          " (default: the --listen host, any free port)."],
         ["data", "d", None, "Data directory of the VM (default: ./sns-data/VM)."],
         ["role", None, "master", "master (the default) or slave; masters spawn their slave."],
-        ["buddy", None, None, "For a slave: its master's address."],
+        ["buddy", None, None,
+         "For a slave: its master's address (a spare's comes with its order to go on)."],
         ["buddy-pid", None, 0, "For a slave: its master's pid (for fencing).", int],
         ["posts-per-second", None, None,
          "Posts one user may make per second (a token bucket holding five"
@@ -134,7 +135,8 @@ class ServerOptions(_Common):
             raise usage.UsageError("--token-lifetime must be at least 2 seconds")
         if self["role"] not in ("master", "slave"):
             raise usage.UsageError("--role is master or slave")
-        if self["role"] == "slave" and not self["buddy"]:
+        if self["role"] == "slave" and not (self["buddy"] or self["spare"]):
+            # A spare hears its master's address with its order to go on.
             raise usage.UsageError("a slave needs --buddy MASTER_ADDRESS")
         if self["spare"] and self["role"] != "slave":
             raise usage.UsageError("--spare is for a slave (--role slave)")

@@ -36,12 +36,14 @@ log = Logger()
 # start, the promotion or the respawn, not in the middle of them.
 SPARE_DELAY = 1.0
 
-def slaveCommand(config, address, spare=False):
+def slaveCommand(config, address=None, spare=False):
     """
     The command that starts the slave of the master started with C{config}
     and serving the cluster at C{address}: the same VM, data, routers and
     limits, on a free port of the same host.  With C{spare}, the slave
-    starts as a spare: imported and waiting for the order to go on.
+    starts as a spare: imported and waiting for the order to go on, which
+    names the master's address (L{buddy.tellGo}), so that a spare can be
+    started before its spawner serves.
     """
     host = config.listen.rsplit(":", 1)[0]
     # Never a pipe to us: a slave outlives its master when it takes over,
@@ -50,10 +52,8 @@ def slaveCommand(config, address, spare=False):
                             else os.path.join(config.data, "buddies.log"))
     args += ["sns-server", "--role", "slave", "--vm", config.vm,
              "--listen", host + ":0", "--data", config.data,
-             "--router", ",".join(config.routers),
-             "--buddy", address, "--buddy-pid", str(os.getpid())]
-    if spare:
-        args += ["--spare"]
+             "--router", ",".join(config.routers), "--buddy-pid", str(os.getpid())]
+    args += ["--spare"] if spare else ["--buddy", address]
     if config.metricsListen:
         # Master and slave run at once: the slave serves its metrics on
         # a free port of the same host (it logs which).
@@ -64,7 +64,8 @@ def slaveCommand(config, address, spare=False):
         args += ["--token-lifetime", repr(config.tokenLifetime)]
     args += config.tlsArgs
     env = dict(os.environ, SNS_SECRET=config.secret, GRPC_ENABLE_FORK_SUPPORT="0")
-    return buddy.BuddyCommand(sys.executable, tuple(args), env, buddy.runDirectory(config.data))
+    return buddy.BuddyCommand(sys.executable, tuple(args), env, buddy.runDirectory(config.data),
+                              None if spare else address)
 
 
 class MasterEnd:
@@ -116,15 +117,31 @@ class MasterEnd:
         The server that would take this VM over should this process end now:
         our master while we are a slave, our slave (spawned, or a spare told to
         go on) while we are master and have one; 0 for nobody (a master
-        without a slave, a slave taking over).  None while the role changes
-        nothing (starting, stopping).
+        starting or without a slave, a slave or a spare taking over).  None
+        while stopping: a spare then hears nothing more.  (A process that
+        starts as a slave keeps no spare until it is a ready standby.)
         """
         role = self.current.name if self.current is not None else "starting"
         if role == "slave":
             return self.master() or 0
         if role == "master":
             return (self.supervisor.pid if self.supervisor is not None else None) or 0
-        return 0 if role == "promoting" else None
+        return 0 if role in ("promoting", "starting") else None
+
+    def alone(self):
+        """
+        This process may be its VM's only server (a master starting, a slave
+        or a spare taking over): keep a spare from now on, started at once
+        unless one runs, so that a process holding a pipe to us exists as
+        early as it can and takes the VM over should we end too (it hears
+        that nobody else would); a spare that runs is told so.
+        """
+        if self._spareDue is not None and self._spareDue.active():
+            self._spareDue.cancel()
+        if self.spares.state == "running":
+            self.tellSpare()
+        else:
+            self.spares.start()
 
     def tellSpare(self, _=None):
         """

@@ -164,6 +164,9 @@ class Lifecycle:
             stopOnlyOnce(self.reactor)
         self.pidfile.write()
         if self.config.role == "master":
+            # Alone on the VM until our slave runs: a spare first, so that
+            # the VM is not left without a server should we die loading.
+            self.masterEnd.alone()
             self.ready = withoutCollections(self.node.load)
             # Serving in a turn of its own: the load's last slice and the
             # freeze of what it loaded end this one (a turn of each bounded).
@@ -190,6 +193,12 @@ class Lifecycle:
         died does, so that the VM is not left without a server.
         """
         if order.go:
+            if order.master:
+                self.slaveEnd.master = order.master
+            if not self.slaveEnd.master:
+                log.critical("spare told to go on with no master's address: stopping")
+                stopReactor(self.reactor)
+                return None
             log.info("spare told to go on as the slave of VM {vm}", vm=self.vm)
             self.role.startAsSlave()
             return self._settleEvery(None)
@@ -260,7 +269,7 @@ class Lifecycle:
         d.addCallback(lambda _: self.slaveEnd.start())
         d.addErrback(self.failed)
         log.info("slave of VM {vm} at {address} standing by for master {master} (pid {pid})",
-                 vm=self.vm, address=address, master=self.config.master,
+                 vm=self.vm, address=address, master=self.slaveEnd.master,
                  pid=self.config.masterPid)
 
     def takeOver(self, why):
@@ -269,8 +278,9 @@ class Lifecycle:
                  pid=self.slaveEnd.masterPid(), vm=self.vm, why=why)
         old = self.slaveEnd.masterPid()
         self.slaveEnd.fence()
-        # Our spare now hears that nobody would take over from us.
-        self.masterEnd.tellSpare()
+        # Alone on the VM until we have a slave: a spare at once (or ours,
+        # told that nobody would take over from us).
+        self.masterEnd.alone()
         d = takeLock(self.node, self.openStore, self.clock,
                      self.clock.seconds() + self.lockDeadline, outrun=lambda: self._outrun(old))
 

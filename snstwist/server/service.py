@@ -64,8 +64,8 @@ class ServerParts:
         self.report = Report(identity, current, address, peerAddress, node, self.sessions,
                              self.replicator, self.writes, fed)
         self.masterEnd = MasterEnd(node, clock, reactor, secret, self.report.buddyHello,
-                                   lambda spare=False: slaveCommand(config, peerAddress(),
-                                                                    spare),
+                                   lambda spare=False: slaveCommand(
+                                       config, None if spare else peerAddress(), spare),
                                    feedTo, fed, current)
         self.internal = ClusterApi(secret, current, self.admission, node, clock, self.report,
                                    self.masterEnd)
