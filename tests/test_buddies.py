@@ -557,12 +557,12 @@ class SpareTests(unittest.TestCase):
     async def test_a_killed_slave_is_replaced_by_the_masters_spare(self):
         cluster = await startCluster(self, 1)
         master, slave = await pair(cluster)
-        spare = await spareOf(master.pid)
+        spare = await spareOf(master.pid, besides={slave.pid})
         os.kill(slave.pid, signal.SIGKILL)
         new = await slaveOtherThan(cluster, {slave.pid})
         self.assertEqual(new.pid, spare)
         # And the master keeps a spare again, a new process.
-        await spareOf(master.pid, besides={spare})
+        await spareOf(master.pid, besides={spare, slave.pid})
 
     @inlineAsync
     async def test_a_killed_master_leaves_the_promoted_slaves_spare_as_the_new_slave(self):
@@ -573,7 +573,8 @@ class SpareTests(unittest.TestCase):
         """
         cluster = await startCluster(self, 1)
         master, slave = await pair(cluster)
-        mastersSpare, slavesSpare = await spareOf(master.pid), await spareOf(slave.pid)
+        mastersSpare, slavesSpare = (await spareOf(master.pid, besides={slave.pid}),
+                                     await spareOf(slave.pid))
         os.kill(master.pid, signal.SIGKILL)
         await assertBecomesMaster(cluster, slave.pid)
         new = await slaveOtherThan(cluster, {master.pid, slave.pid})
@@ -585,7 +586,7 @@ class SpareTests(unittest.TestCase):
     async def test_sigterm_to_sns_cluster_leaves_no_server_spares_included(self):
         cluster = await startCluster(self, 1)
         master, slave = await pair(cluster)
-        spares = [await spareOf(master.pid), await spareOf(slave.pid)]
+        spares = [await spareOf(master.pid, besides={slave.pid}), await spareOf(slave.pid)]
         os.kill(cluster.process.pid, signal.SIGTERM)
         await cluster.process.ended.addTimeout(30, reactor)
         self.assertEqual([p for p in spares + [master.pid, slave.pid] if pidAlive(p)], [])

@@ -13,9 +13,19 @@ the servers' log lines, not by sleeping):
 
 Each then checks that the VM has a master serving again, that nothing
 acknowledged before was lost, and that the two VMs converge.
+
+And a VM's only live process, killed as soon as it has done the first
+thing it does once alone (start a spare), leaves that spare the master:
+
+- a master started by hand, killed as it starts (before it loads, or
+  spawns its slave);
+- a slave that takes over with no spare of its own yet (its master killed
+  while the slave starts);
+- spares that take a VM over, killed as they start their own.
 """
 
 import os
+import re
 import signal
 
 from twisted.trial import unittest
@@ -23,7 +33,15 @@ from twisted.trial import unittest
 from snstwist.commands import compare
 from snstwist.rpc import sns_pb2 as pb
 from tests.processes import SECRET, killIfStill, pidAlive, waitUntil
-from tests.test_buddies import byRole, pair, spareOf, startCluster, statusOf
+from tests.test_buddies import (
+    byRole,
+    pair,
+    registered,
+    spareOf,
+    startByHand,
+    startCluster,
+    statusOf,
+)
 from tests.test_integration import inlineAsync, posts
 
 
@@ -44,14 +62,33 @@ async def logged(path, needle, timeout=30):
 
 
 async def masterAmong(cluster, pids, vm="vm1", timeout=30):
-    """Wait until the router lists one master of C{vm}, one of C{pids}; returns it."""
+    """
+    Wait until the router lists one master of C{vm}, one of C{pids} (or of
+    what C{pids()} says at each look); returns it.
+    """
+    among = pids if callable(pids) else lambda: pids
+
     async def check():
         status = await statusOf(cluster)
         masters = byRole(status, vm)[pb.MASTER] if status is not None else []
-        return masters[0] if len(masters) == 1 and masters[0].pid in pids else None
+        return masters[0] if len(masters) == 1 and masters[0].pid in among() else None
 
-    return await waitUntil(check, "a master of %s among %s" % (vm, sorted(pids)),
+    return await waitUntil(check, "a master of %s among %s" % (vm, sorted(among())),
                            timeout=timeout)
+
+
+def sparesSpawnedBy(path, pids):
+    """The pids of the spares that the processes C{pids} logged spawning in C{path}."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    return {int(spare) for spawner, spare in re.findall(
+        r"pid=(\d+) snstwist\.buddy\.supervisor#info\] spawned spare, pid (\d+)", text)
+        if int(spawner) in pids}
+
+
+def spawnedSpare(pid):
+    """The log line's start of C{pid} spawning a spare."""
+    return "pid=%d snstwist.buddy.supervisor#info] spawned spare, pid " % (pid,)
 
 
 class LastServerTests(unittest.TestCase):
@@ -67,7 +104,7 @@ class LastServerTests(unittest.TestCase):
         before = await cluster.run("alice", "TIMELINE\nbefore the kills\n")
         self.assertEqual(before.exitCode, 0, before.err)
         master, slave = await pair(cluster)
-        spares = await spareOf(master.pid), await spareOf(slave.pid)
+        spares = await spareOf(master.pid, besides={slave.pid}), await spareOf(slave.pid)
         for pid in (master.pid, slave.pid) + spares:
             self.addCleanup(killIfStill, pid, cluster.base)
         for pid in spares:
@@ -152,4 +189,67 @@ class LastServerTests(unittest.TestCase):
         if new.pid == mastersSpare:
             await logged(self.log(cluster), "pid=%d snstwist.server.lifecycle#warn] master %d of"
                          " VM vm1 lost (master process ended)" % (new.pid, master.pid))
+        await self.servingAgain(cluster, new)
+
+    @inlineAsync
+    async def test_a_master_killed_as_it_starts_leaves_its_spare_the_master(self):
+        """
+        A master started by an operator, SIGKILLed as soon as it said it
+        started its spare (the first thing it does, before it loads): the
+        spare, told nobody would take over, is the VM's master.
+        """
+        router, server, data = startByHand(self)
+        text = await server.waitFor("spawned spare, pid ")
+        os.kill(server.pid, signal.SIGKILL)
+        spare = int(re.search(r"spawned spare, pid (\d+)", text).group(1))
+        self.addCleanup(killIfStill, spare, data)
+
+        async def spareIsMaster():
+            roles = await registered(router)
+            return roles is not None and [m.pid for m in roles[pb.MASTER]] == [spare]
+
+        await waitUntil(spareIsMaster, "spare %d to be vmx's master" % (spare,), timeout=60)
+
+    @inlineAsync
+    async def test_a_slave_alone_taking_over_starts_a_spare_that_takes_over_from_it(self):
+        """
+        The slave killed; the master's spare told to go on as the new slave;
+        the master killed while that slave starts (it has no spare before
+        it is a ready standby): it takes over alone, and starts a spare
+        first; SIGKILLed right then, its spare is the VM's master.
+        """
+        cluster, master, slave, mastersSpare, slavesSpare = await self.start()
+        os.kill(slave.pid, signal.SIGKILL)
+        await logged(self.log(cluster), "spare %d told to go on as the buddy" % (mastersSpare,))
+        # The dead slave's spare stops: its master lives.
+        await waitUntil(lambda: not pidAlive(slavesSpare), "spare %d to stop" % (slavesSpare,))
+        os.kill(master.pid, signal.SIGKILL)
+        await logged(self.log(cluster), spawnedSpare(mastersSpare))
+        os.kill(mastersSpare, signal.SIGKILL)
+        (last,) = sparesSpawnedBy(self.log(cluster), {mastersSpare})
+        self.addCleanup(killIfStill, last, cluster.base)
+        new = await masterAmong(cluster, {last})
+        await self.servingAgain(cluster, new)
+
+    @inlineAsync
+    async def test_spares_taking_a_vm_over_killed_leave_their_own_spare_the_master(self):
+        """
+        Master and slave SIGKILLed together: their spares take the VM over,
+        each starting a spare first; SIGKILLed as soon as one did, a spare
+        of theirs is the VM's master.
+        """
+        cluster, master, slave, mastersSpare, slavesSpare = await self.start()
+        spares = {mastersSpare, slavesSpare}
+        os.kill(slave.pid, signal.SIGKILL)
+        os.kill(master.pid, signal.SIGKILL)
+
+        def oneSpawned():
+            return sparesSpawnedBy(self.log(cluster), spares)
+
+        await waitUntil(oneSpawned, "a spare taking vm1 over to start its own", interval=0.002)
+        for pid in spares:
+            killIfStill(pid, cluster.base)
+        new = await masterAmong(cluster, oneSpawned)
+        for pid in oneSpawned():
+            self.addCleanup(killIfStill, pid, cluster.base)
         await self.servingAgain(cluster, new)

@@ -222,7 +222,7 @@ class BuddySupervisor:
         process = self.spares.take() if self.spares is not None else None
         if process is None:
             process = spawn(self.reactor, self.name, self.command, machine.ended)
-            log.info("spawned {name}, pid {pid}", name=self.name, pid=process.pid)
+            said = "spawned {name}, pid {pid}"
         else:
             # Ours from now on: its end, its name, and its age (a slave
             # that dies at once is a quick death, however old the spare).
@@ -230,10 +230,13 @@ class BuddySupervisor:
             process.name = self.name
             process.started = self.reactor.seconds()
             tellGo(process, self.command.master)
-            log.info("spare {pid} told to go on as the {name}", pid=process.pid,
-                     name=self.name)
+            said = "spare {pid} told to go on as the {name}"
         self.process = process
         self.onSpawn(process.pid)
+        # Logged once what the new process was told on spawning is in its
+        # pipe (a spare's standby order): a spawner killed right after this
+        # line leaves it knowing what to do.
+        log.info(said, name=self.name, pid=process.pid)
 
     def _verdict(self, machine, process, reason):
         """
