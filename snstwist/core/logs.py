@@ -7,6 +7,7 @@ another), so C{twistd sns-server ...} logs this way with no extra flag.  The
 role is updated as it changes (a slave promoted to master says so).
 """
 
+import fcntl
 import os
 import sys
 import time
@@ -67,12 +68,52 @@ class SharedLogFile(logfile.LogFile):
     so that each line (one unbuffered write) lands whole at the end.
     Twisted's opens it for writing at the end it saw when it opened it, so
     the processes wrote over each other's lines.
+
+    Rotated by the file's real size, which counts every process's lines
+    (Twisted's counts its own only, so that the file grew to several times
+    its limit), and by one process at a time: the one that rotates holds
+    an exclusive lock on C{PATH.lock} while it renames the files, and a
+    writer whose file is no longer the one at C{PATH} (another rotated it)
+    reopens C{PATH} before its next line, rather than rotating again (two
+    rotations at once would move the other's fresh file away).  A line
+    written while another rotates lands whole in the file just renamed.
     """
 
     def _openFile(self):
         self.closed = False
         self._file = open(self.path, "ab", 0)
-        self.size = self._file.tell()
+        self.size = os.fstat(self._file.fileno()).st_size
+
+    def _follow(self):
+        """
+        Reopen our path if another process rotated the file we hold (the
+        file there is another, or none yet); returns whether it did.
+        """
+        mine = os.fstat(self._file.fileno())
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            there = None
+        if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+            return False
+        self.reopen()
+        return True
+
+    def shouldRotate(self):
+        self._follow()
+        self.size = os.fstat(self._file.fileno()).st_size
+        return bool(self.rotateLength) and self.size >= self.rotateLength
+
+    def rotate(self):
+        """Rotate the file, unless another process rotated it first: then follow it."""
+        lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self._follow():
+                logfile.LogFile.rotate(self)
+        finally:
+            os.close(lock)
+
 
 
 def observer():
