@@ -20,6 +20,8 @@ from snstwist.commands.cluster import HeldPort
 from snstwist.rpc import auth, grpcbridge
 from snstwist.rpc import sns_pb2 as pb
 from snstwist.rpc import sns_pb2_grpc as pbg
+from snstwist.testbed.vmprocesses import killServersOn as killServersUsing  # noqa: F401
+from snstwist.testbed.vmprocesses import serversOn as serversUsing  # noqa: F401
 
 DEADLINE = 30.0
 
@@ -185,28 +187,6 @@ def liveProcesses(match):
         if match(cmdline, ppid) and pidAlive(int(name)):
             found.append(int(name))
     return found
-
-
-def serversUsing(path):
-    """Pids of live sns-server processes (spares too) with a data directory in C{path}."""
-    prefix = path.encode()
-    return liveProcesses(lambda cmdline, ppid: b"sns-server" in cmdline
-                         and any(a.startswith(prefix) for a in cmdline))
-
-
-def killServersUsing(path, rounds=10):
-    """
-    SIGKILL every sns-server on a data directory in C{path}, by pid, found
-    again until none is left: a server killed in one round may have spawned
-    a buddy after that round looked (a slave whose master was killed takes
-    over, and spawns).  The last resort of a test's cleanup.
-    """
-    for _ in range(rounds):
-        pids = serversUsing(path)
-        if not pids:
-            return
-        for pid in pids:
-            killPid(pid)
 
 
 async def routerStatus(address, channel=None, secret=SECRET):

@@ -7,7 +7,6 @@ their stop, which ends only processes this run started, by pid.
 Blocking code: the benchmark is a plain script polling real processes.
 """
 
-import functools
 import glob
 import os
 import signal
@@ -17,8 +16,9 @@ import time
 from benchlib.cluster import PASSWORD, fastChannel, until
 from benchlib.processes import procCmdline
 
-from snstwist.buddy.processes import isServer, pidAlive, signalIfStill, signalPid, twistdArgs
+from snstwist.buddy.processes import pidAlive, signalPid, twistdArgs
 from snstwist.commands.cluster import HeldPort
+from snstwist.testbed.vmprocesses import killServersOn, serversOn
 
 HOSTS = {"vm1": "127.0.0.2", "vm2": "127.0.0.3"}
 
@@ -141,24 +141,12 @@ class VMs:
 
     def killVM(self, vm):
         """
-        SIGKILL every server process of C{vm}, its spares included: a spare
-        whose spawner ended takes its VM over when no other server of it is
-        left, so a VM killed to be down has none of its processes left.
-        Each is found by its command line (the VM's data directory) and
-        signalled only while it still is that process.
+        SIGKILL every server process of C{vm}, its spares included, and wait
+        until none is left (L{vmprocesses.killServersOn}).
         """
         data = self.data(vm)
-        while True:
-            found = [int(p) for p in os.listdir("/proc")
-                     if p.isdigit() and isServer(int(p), data)]
-            if not found:
-                return
-            for pid in found:
-                self.pids.add(pid)
-                signalIfStill(pid, signal.SIGKILL, functools.partial(isServer, data=data))
-            until("%s's processes to end" % (vm,),
-                  lambda found=found: not any(isServer(pid, data) for pid in found),
-                  timeout=30)
+        self.pids.update(killServersOn(data))
+        until("%s's processes to end" % (vm,), lambda: not serversOn(data), timeout=30)
 
     # -- the end of a run
 
