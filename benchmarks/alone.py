@@ -13,9 +13,10 @@ A router and two VMs started by hand (C{benchlib.vms}), N times:
     (the interpreter's imports and twistd's start, before any code of ours
     can run);
 (g) a slave alone: vm1's slave SIGKILLed, the master's spare told to go on
-    as the new slave, and the master SIGKILLed as soon as it said so: the
-    new slave (no spare of its own before it is a ready standby) takes
-    over alone; the master's kill -> its first companion;
+    as the new slave, and the master SIGKILLed as soon as it said so (and
+    the dead slave's spare stopped): the new slave (no spare of its own
+    before it is a ready standby) takes over alone; the master's kill ->
+    its first companion;
 (h) a spare alone: vm1's master SIGKILLed, then the promoted slave as soon
     as it said it takes over: the spares take over; the slave's kill -> the
     first companion of a spare taking over; and -> vm1's master answers a
@@ -33,7 +34,6 @@ import datetime
 import os
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +41,9 @@ import time
 from benchlib.cluster import until, useTLS
 from benchlib.processes import ENV
 from benchlib.vms import VMs
+from failover import summary
+
+from snstwist.buddy.processes import pidAlive
 
 SECRET = "alone-benchmark-secret-0123456789"
 SETTLE = 2.5
@@ -119,6 +122,13 @@ class Bench:
         vms.kill(slave.pid)
         line = self.log.wait("told to go on as the buddy", after=t0)
         new = int(re.search(r"spare (\d+) told", line).group(1))
+        # The dead slave's spare stops (its master lives): only then is the
+        # new slave the one process left once the master is killed.
+        spare = self.log.first(re.compile(
+            r"^(\S+) \[vm1 \S+ pid=(%d) \S+\] spawned spare, pid (\d+)" % (slave.pid,)), 0)
+        if spare is not None:
+            gone = int(spare[2].rsplit(" ", 1)[1])
+            until("the dead slave's spare to stop", lambda: not pidAlive(gone), interval=0.001)
         tKill = time.time()
         vms.kill(master.pid)
         companion = until("the new slave's first companion",
@@ -149,12 +159,6 @@ class Bench:
     def killVM(self):
         self.vms.killVM("vm1")
         until("vm1 to be gone", lambda: not self.vms.servers("vm1"), timeout=30)
-
-
-def summary(name, seconds):
-    ms = sorted(s * 1000 for s in seconds)
-    print("%-62s median %7.1f ms   max %7.1f ms   (n=%d)"
-          % (name, statistics.median(ms), ms[-1], len(ms)))
 
 
 def main():
