@@ -11,7 +11,8 @@ A router and two VMs started by hand (C{benchlib.vms}), N times:
 (f) vm1's master started: its start (this script's exec of twistd) -> its
     first companion spawned; and, of that, the start -> its first log line
     (the interpreter's imports and twistd's start, before any code of ours
-    can run);
+    can run); and the start -> its first Login answered (what the
+    companion's start may cost it);
 (g) a slave alone: vm1's slave SIGKILLed, the master's spare told to go on
     as the new slave, and the master SIGKILLed as soon as it said so (and
     the dead slave's spare stopped): the new slave (no spare of its own
@@ -99,15 +100,17 @@ class Bench:
         self.log = Log(os.path.join(work, "vm1.log"))
 
     def start(self):
-        """(f): vm1's master started; (start -> first line, start -> first companion) in s."""
+        """(f): vm1's master started; start -> its first line, -> first companion, -> Login; s."""
         t0 = time.time()
         p, self.address = self.vms.startServer("vm1")
         first = until("vm1's first line", lambda: self.log.first(LINE, t0, {p.pid}),
                       interval=0.001)
         companion = until("vm1's master's first companion",
                           lambda: self.log.first(COMPANION, t0, {p.pid}), interval=0.001)
+        login = until("vm1 to answer a Login", lambda: self.vms.loggedIn(self.address),
+                      interval=0.005)
         self.settled()
-        return first[0] - t0, companion[0] - t0
+        return first[0] - t0, companion[0] - t0, login - t0
 
     def settled(self):
         """vm1 a pair with both spares started and waiting."""
@@ -170,22 +173,23 @@ def main():
     os.makedirs(work, exist_ok=True)
     bench = Bench(work)
     print("load before: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
-    imports, starts, slaves, spares, served = [], [], [], [], []
+    imports, starts, logins, slaves, spares, served = [], [], [], [], [], []
     try:
         bench.vms.startRouter()
         bench.vms.startServer("vm2")
         for i in range(args.n):
-            first, companion = bench.start()
+            first, companion, login = bench.start()
             imports.append(first)
             starts.append(companion)
+            logins.append(login)
             slaves.append(bench.slaveAlone())
             spare, serve = bench.spareAlone()
             spares.append(spare)
             served.append(serve)
-            print("run %2d: (f) start -> first line %6.1f ms, -> companion %6.1f ms;"
-                  " (g) %6.1f ms; (h) %6.1f ms (serving %6.1f ms)"
-                  % (i + 1, first * 1000, companion * 1000, slaves[-1] * 1000,
-                     spare * 1000, serve * 1000), flush=True)
+            print("run %2d: (f) start -> first line %6.1f ms, -> companion %6.1f ms,"
+                  " -> Login %6.1f ms; (g) %6.1f ms; (h) %6.1f ms (serving %6.1f ms)"
+                  % (i + 1, first * 1000, companion * 1000, login * 1000,
+                     slaves[-1] * 1000, spare * 1000, serve * 1000), flush=True)
             bench.killVM()
     finally:
         left = bench.vms.stop()
@@ -196,6 +200,7 @@ def main():
     print()
     summary("(f) master started -> its first log line (imports)", imports)
     summary("(f) master started -> its first companion", starts)
+    summary("(f) master started -> it answers a Login", logins)
     summary("(g) master SIGKILL -> the new slave's first companion", slaves)
     summary("(h) promoted slave SIGKILL -> a spare's first companion", spares)
     summary("(h) promoted slave SIGKILL -> vm1's master answers Login", served)
