@@ -117,7 +117,6 @@ class SharedLogFileTests(SynchronousTestCase):
         self.addCleanup(second.close)
         first.write("x" * 99 + "\n")
         first.write("first, after its rotation\n")
-        second.rotate()
         second.write("second, after the other's rotation\n")
         self.assertEqual((_read(path + ".1"), _read(path), glob.glob(path + ".2")),
                          ("x" * 99 + "\n", "first, after its rotation\n"

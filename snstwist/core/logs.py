@@ -73,10 +73,13 @@ class SharedLogFile(logfile.LogFile):
     (Twisted's counts its own only, so that the file grew to several times
     its limit), and by one process at a time: the one that rotates holds
     an exclusive lock on C{PATH.lock} while it renames the files, and a
-    writer whose file is no longer the one at C{PATH} (another rotated it)
-    reopens C{PATH} before its next line, rather than rotating again (two
+    writer whose file is no longer the one at C{PATH} (another rotated it:
+    its file is at the limit, so its next line comes to L{rotate} too)
+    reopens C{PATH} under that lock rather than rotating again (two
     rotations at once would move the other's fresh file away).  A line
     written while another rotates lands whole in the file just renamed.
+    (A file moved away under its limit, by a tool other than this one, is
+    followed only once it reaches the limit, as Twisted's own never is.)
     """
 
     def _openFile(self):
@@ -100,7 +103,9 @@ class SharedLogFile(logfile.LogFile):
         return True
 
     def shouldRotate(self):
-        self._follow()
+        # One fstat a line.  A file another process rotated was at its limit
+        # when it did, so that the next line of a writer still holding it
+        # comes here too, and follows the rotation (L{rotate}).
         self.size = os.fstat(self._file.fileno()).st_size
         return bool(self.rotateLength) and self.size >= self.rotateLength
 
@@ -113,7 +118,6 @@ class SharedLogFile(logfile.LogFile):
                 logfile.LogFile.rotate(self)
         finally:
             os.close(lock)
-
 
 
 def observer():
