@@ -109,6 +109,24 @@ class TLSTests(unittest.TestCase):
         self.assertIn("--tls-ca", child.err.decode())
 
     @inlineAsync
+    async def test_sns_client_given_a_ca_file_that_is_no_certificate_says_which(self):
+        """
+        A --tls-ca file that is not a PEM certificate (a key given for it,
+        say) is a usage error naming the option, before any call: gRPC
+        would say only that it could not make a handshaker.
+        """
+        bad = os.path.abspath(self.mktemp())
+        with open(bad, "wb") as f:
+            f.write(b"not a certificate\n")
+        child = spawn(self, ["-m", "snstwist.commands.cli", "-r", "127.0.0.1:1", "-u", "alice",
+                             "--tls-ca", bad], env=withoutTLS())
+        self.assertEqual(await child.ended, 2)
+        said = child.err.decode()
+        self.assertIn("--tls-ca: not a PEM certificate", said)
+        self.assertIn("sns-admin certs", said)
+        self.assertNotIn("handshaker", said)
+
+    @inlineAsync
     async def test_nobody_talks_to_the_cluster_in_clear_or_without_trusting_its_ca(self):
         """
         A plain-text channel, or one that trusts another CA, gets no answer
@@ -474,3 +492,29 @@ class _FakePeer(_Ending):
 class _FakeMaster(_FakePeer):
     """A would-be master (refused before its hello, like a fake peer)."""
 
+
+class CheckPemTests(unittest.SynchronousTestCase):
+    """L{certs.checkPem}: which of the three files is not what it must be."""
+
+    def setUp(self):
+        directory = os.path.abspath(self.mktemp())
+        ca, caKey = certs.makeCA(directory)
+        cert, key = certs.makeNode(directory, "vm1", ca=ca, caKey=caKey)
+        self.files = {}
+        for name, path in (("ca", ca), ("cert", cert), ("key", key)):
+            with open(path, "rb") as f:
+                self.files[name] = f.read()
+
+    def test_the_clusters_own_files_pass(self):
+        certs.checkPem(self.files["ca"], self.files["cert"], self.files["key"])
+        certs.checkPem(self.files["ca"])
+
+    def test_each_wrong_file_is_named(self):
+        ca, cert, key = self.files["ca"], self.files["cert"], self.files["key"]
+        for given, option in (((key, None, None), "--tls-ca"),
+                              ((b"", None, None), "--tls-ca"),
+                              ((ca, key, key), "--tls-cert"),
+                              ((ca, cert, cert), "--tls-key"),
+                              ((ca, cert, b"\xff" * 40), "--tls-key")):
+            e = self.assertRaises(ValueError, certs.checkPem, *given)
+            self.assertTrue(str(e).startswith(option + ": "), (given, str(e)))

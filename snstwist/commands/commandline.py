@@ -111,6 +111,7 @@ def readTLS(options, server, environ=None):
     to give them otherwise.  Returns (tls, the same choice as arguments for
     a process started by this one).
     """
+    from snstwist.rpc import certs
     from snstwist.rpc.grpcbridge import TLS
     environ = os.environ if environ is None else environ
     ca = options["tls-ca"] or environ.get("SNS_TLS_CA")
@@ -126,8 +127,11 @@ def readTLS(options, server, environ=None):
                                " clear" % (need, HOW_TO_MAKE_CERTIFICATES))
     try:
         tls = TLS.load(ca, cert, key)
+        certs.checkPem(tls.ca, tls.cert, tls.key)
     except OSError as e:
         raise usage.UsageError("cannot read %s: %s" % (e.filename, e.strerror))
+    except ValueError as e:
+        raise usage.UsageError("%s; %s" % (e, HOW_TO_MAKE_CERTIFICATES))
     args = ["--tls-ca", os.path.abspath(ca)]
     if server:
         args += ["--tls-cert", os.path.abspath(cert), "--tls-key", os.path.abspath(key)]

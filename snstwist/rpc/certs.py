@@ -53,6 +53,27 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+def checkPem(ca, cert=None, key=None):
+    """
+    Raise L{ValueError} naming the option whose file is not what it must
+    be: C{--tls-ca} and C{--tls-cert} PEM certificates, C{--tls-key} a PEM
+    private key (contents as bytes; None is not given).  gRPC takes any
+    bytes and says only, at the first call, that it could not make a
+    handshaker.
+    """
+    for option, data in (("--tls-ca", ca), ("--tls-cert", cert)):
+        if data is not None:
+            try:
+                x509.load_pem_x509_certificates(data)
+            except ValueError:
+                raise ValueError("%s: not a PEM certificate" % (option,)) from None
+    if key is not None:
+        try:
+            serialization.load_pem_private_key(key, None)
+        except (ValueError, TypeError):
+            raise ValueError("--tls-key: not a PEM private key without a passphrase") from None
+
+
 def makeCA(directory, name="snstwist cluster CA"):
     """Write C{ca.pem} and C{ca.key} (a new CA) into C{directory}; return their paths."""
     os.makedirs(directory, exist_ok=True)
