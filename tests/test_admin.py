@@ -264,6 +264,38 @@ class ExportImportTests(TestCase):
                          (["another process is the writer of %s" % (path,)],
                           ["lock", "posts", "sns.sqlite3"]))
 
+    def test_an_interrupted_imports_leftovers_are_removed_before_the_next(self):
+        """
+        An import killed part-way leaves C{.importing} and the lock file: the
+        next import into that directory removes them and runs, as into an
+        empty one.
+        """
+        path = self.dir("d")
+        os.makedirs(os.path.join(path, ".importing", "posts"))
+        with open(os.path.join(path, ".importing", "sns.sqlite3"), "wb") as f:
+            f.write(b"half a database")
+        with open(os.path.join(path, "lock"), "wb") as f:
+            f.write(b"12345\n")
+        self.assertEqual(self.importLines("d", jsonLines({"user": "alice"}))["user"], 1)
+        self.assertEqual(sorted(os.listdir(path)), ["lock", "posts", "sns.sqlite3"])
+
+    def test_a_running_imports_directory_is_left_to_it(self):
+        """While an import fills a directory, another gets DataLocked and removes nothing."""
+        path = self.dir("d")
+        os.makedirs(os.path.join(path, ".importing"))
+        held = disk.holdLock(path)
+        self.addCleanup(os.close, held)
+        self.assertRaises(disk.DataLocked, self.importLines, "d", jsonLines({"user": "alice"}))
+        self.assertEqual(sorted(os.listdir(path)), [".importing", "lock"])
+
+    def test_a_directory_with_more_than_leftovers_is_not_emptied(self):
+        """Leftovers beside anything else: the directory is not empty, and nothing is removed."""
+        path = self.dir("d")
+        os.makedirs(os.path.join(path, ".importing"))
+        os.makedirs(os.path.join(path, "posts"))
+        self.assertRaises(storeAdmin.NotEmpty, self.importLines, "d", jsonLines({"user": "alice"}))
+        self.assertEqual(sorted(os.listdir(path)), [".importing", "posts"])
+
     def test_a_directory_a_server_holds_is_not_imported_into(self):
         """An import refuses a directory whose writer lock a server holds: nothing is written."""
         path = self.dir("d")

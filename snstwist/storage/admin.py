@@ -9,10 +9,11 @@ L{postfile} and L{index}.
 
 import json
 import os
+import shutil
 import sqlite3
 
 from snstwist.core import errors
-from snstwist.storage.disk import Disk
+from snstwist.storage.disk import Disk, holdLock
 from snstwist.storage import index as _index
 from snstwist.storage.postfile import formatTime, fsync, postLine
 
@@ -133,6 +134,28 @@ def _jsonLine(record):
 
 def isEmpty(path):
     return not os.path.exists(path) or not os.listdir(path)
+
+
+def forgetInterruptedImport(path):
+    """
+    Remove what an import killed part-way left in the data directory
+    C{path} (C{.importing}, and the lock file, in a directory holding
+    nothing else), so that it is empty again, as a failed import leaves it;
+    unless that import still runs: L{DataLocked}, as for a directory a
+    server holds.
+    """
+    try:
+        names = set(os.listdir(path))
+    except FileNotFoundError:
+        return
+    if ".importing" not in names or not names <= {".importing", "lock"}:
+        return
+    lock = holdLock(path)
+    try:
+        shutil.rmtree(os.path.join(path, ".importing"))
+        os.unlink(os.path.join(path, "lock"))
+    finally:
+        os.close(lock)
 
 
 

@@ -46,7 +46,7 @@ from snstwist.core.model import (
 )
 from snstwist.core.state import Seen, VersionVector
 from snstwist.storage import importlines, snapshot, writes
-from snstwist.storage.admin import BadLine, NotEmpty, isEmpty
+from snstwist.storage.admin import BadLine, NotEmpty, forgetInterruptedImport, isEmpty
 from snstwist.storage.bulk import BulkWriter
 from snstwist.storage.disk import holdLock
 from snstwist.storage.postfile import formatTime, fsync, parseTime, postLineOf
@@ -96,6 +96,7 @@ class Importer:
 
     def run(self, lines):
         """Import every line of C{lines} (bytes, numbered from 1)."""
+        forgetInterruptedImport(self.path)
         if not isEmpty(self.path):
             raise NotEmpty("%s is not empty: import only into a new data directory"
                            % (self.path,))
