@@ -371,8 +371,7 @@ class Update:
         kind = u.WhichOneof("change")
         try:
             if kind == "post":
-                p = u.post
-                post = Post(p.id, p.author, p.time_us, p.text, request_id)
+                post = Post.fromProto(u.post, request_id)
                 update = cls(origin, seq, time_us, post=post, request_id=request_id)
                 if post.id != update.id or post.time_us != time_us:
                     raise errors.InvalidRequest("post id or time does not match its update")

@@ -158,7 +158,6 @@ def forgetInterruptedImport(path):
         os.close(lock)
 
 
-
 def backup(path, dest):
     """
     A consistent copy of the data directory C{path} of a running VM into the
