@@ -249,7 +249,18 @@ class LastServerTests(unittest.TestCase):
         await waitUntil(oneSpawned, "a spare taking vm1 over to start its own", interval=0.002)
         for pid in spares:
             killIfStill(pid, cluster.base)
-        new = await masterAmong(cluster, oneSpawned)
-        for pid in oneSpawned():
+        # The other spare may have started its own between our look and its
+        # kill, before it logged it: a master none of those killed is one
+        # of theirs (nothing else runs for vm1).
+        killed = spares | {master.pid, slave.pid}
+
+        async def newMaster():
+            status = await statusOf(cluster)
+            masters = byRole(status, "vm1")[pb.MASTER] if status is not None else []
+            return masters[0] if len(masters) == 1 and masters[0].pid not in killed else None
+
+        new = await waitUntil(newMaster, "a master of vm1 none of %s" % (sorted(killed),),
+                              timeout=30)
+        for pid in oneSpawned() | {new.pid}:
             self.addCleanup(killIfStill, pid, cluster.base)
         await self.servingAgain(cluster, new)
